@@ -1,0 +1,5 @@
+import sys
+
+from cxrguide.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""The `cxrguide` command: one subcommand per pipeline step.
+
+Each verb lives in its own module under :mod:`cxrguide.commands` and exposes
+``register(subparsers)``; the parser's ``func`` receives the parsed namespace. This file only
+wires them together and turns :class:`CxrGuideError` into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from cxrguide import __version__, commands
+from cxrguide.errors import CxrGuideError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrguide",
+        description="Train and explain chest X-ray classifiers (Normal / Pneumonia / COVID-19).",
+    )
+    parser.add_argument("--version", action="version", version=f"cxrguide {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except CxrGuideError as err:
+        print(f"cxrguide {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cxrguide {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

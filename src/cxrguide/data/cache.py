@@ -1,0 +1,41 @@
+"""On-disk caches of decoded images (and later masks), one ``.npy`` row per manifest row.
+
+Arrays are uint8 ``(N, size, size)`` opened as memory maps, so training reads a handful of pages
+per batch and never decodes an original again; memory use does not grow with N.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_CACHE = "cache/images_{size}.npy"
+
+
+def image_cache_path(prepared: str | Path, size: int) -> Path:
+    return Path(prepared) / IMAGE_CACHE.format(size=size)
+
+
+def create(path: Path, n: int, size: int) -> np.memmap:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+
+
+def open_readonly(path: str | Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def open_writable(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r+")
+
+
+def gather(src: np.ndarray, rows: list[int], dst_path: Path, chunk: int = 256) -> None:
+    """Copy ``src[rows]`` into a new cache file, in chunks (constant memory)."""
+    size = src.shape[1]
+    dst = create(dst_path, len(rows), size)
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        dst[start : start + len(part)] = src[part]
+    dst.flush()
+    del dst

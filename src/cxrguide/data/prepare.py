@@ -1,0 +1,336 @@
+"""`cxrguide prepare`: sources -> one de-duplicated, patient-grouped, stratified 8:1:1 manifest.
+
+Steps: scan every source's metadata (no pixels), decode all images in parallel into a resumable
+work cache, drop exact and near duplicates across sources, apply quotas, group by patient (and
+by duplicate links), split, and write ``manifest.csv`` plus an image cache whose row i is
+manifest row i. A killed run resumes from ``.work/`` with the same config.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cxrguide.config import PrepareConfig, save_yaml, to_dict
+from cxrguide.data import cache, manifest
+from cxrguide.data.sources import Rejection, SourceRecord, open_source
+from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
+
+CONFIG_FILE = "prepare_config.yaml"
+MANIFEST_COLUMNS = [
+    "image_id", "source", "site", "path", "label", "patient_id", "view", "view_recorded",
+    "finding", "sha256", "width", "height", "split", "cache_index",
+]  # fmt: skip
+DECODED_COLUMNS = [
+    "idx", "ok", "reason", "sha256", "dhash", "width", "height", "format", "view",
+]  # fmt: skip
+NON_FRONTAL = {"LL", "RL", "LATERAL", "L", "LAT"}
+
+
+@dataclass
+class PrepareResult:
+    out: Path
+    n_images: int
+    split_counts: dict[str, int]
+    n_rejected: int
+    n_duplicates: int
+    reused: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _parse_sources(specs: list[str], cfg: PrepareConfig) -> list:
+    if not specs:
+        raise ConfigError("source: give at least one --source KIND=PATH")
+    sources = []
+    for spec in specs:
+        kind, _, path = spec.partition("=")
+        kind = kind.strip().lower()
+        if kind == "radiography":
+            from cxrguide.data.sources.radiography import RadiographySource
+
+            sources.append(RadiographySource(path, classes=tuple(cfg.radiography_classes)))
+        else:
+            sources.append(open_source(kind, path))
+    return sources
+
+
+def _decode(task: tuple[int, str, int, int, int]) -> tuple[dict, np.ndarray | None]:
+    """Worker: read one file, hash its bytes and pixels, return the cache-sized uint8 image."""
+    from cxrguide.data.imaging import fit_square, read_image, to_uint8
+
+    idx, path, size, max_pixels, min_side = task
+    row = {"idx": idx, "ok": 0, "reason": "", "sha256": "", "dhash": "", "width": 0,
+           "height": 0, "format": "", "view": ""}  # fmt: skip
+    try:
+        img, info = read_image(path, max_pixels=max_pixels, min_side=min_side)
+        with open(path, "rb") as fh:
+            row["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
+    except ImageReadError as err:
+        row["reason"] = err.reason
+        return row, None
+    except OSError as err:
+        row["reason"] = f"cannot read file ({err.strerror or err})"
+        return row, None
+    row.update(ok=1, width=info.width, height=info.height, format=info.format, view=info.view)
+    row["dhash"] = manifest.dhash(img).tobytes().hex()
+    return row, to_uint8(fit_square(img, size))
+
+
+def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([cfg.size, cfg.max_pixels, cfg.min_side]).encode())
+    for r in records:
+        h.update(f"{r.source}|{r.root}|{r.path}\n".encode())
+    return h.hexdigest()
+
+
+def _check_out_dir(out: Path, cfg: PrepareConfig) -> bool:
+    """True when ``out`` already holds this exact preparation; refuse to clobber anything else."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise CxrGuideError(f"{out}: exists and is not a folder")
+    config_file = out / CONFIG_FILE
+    if not config_file.exists():
+        if any(p.name != ".work" for p in out.iterdir()):
+            raise CxrGuideError(
+                f"{out}: folder is not empty and holds no prepare run; choose an empty --out"
+            )
+        return False
+    from cxrguide.config import load_yaml
+
+    saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
+    wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    if saved != wanted:
+        raise CxrGuideError(
+            f"{config_file}: this folder was prepared with a different config; "
+            "use another --out or delete the folder"
+        )
+    return (out / "manifest.csv").exists()
+
+
+def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> list[dict]:
+    """Decode every record into ``work``; resumable (rows already decoded are skipped)."""
+    fingerprint = _fingerprint(cfg, records)
+    fp_file, log_file, arr_file = work / "fingerprint", work / "decoded.csv", work / "decoded.npy"
+    if fp_file.exists() and fp_file.read_text() != fingerprint:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    done: dict[int, dict] = {}
+    if fp_file.exists() and log_file.exists() and arr_file.exists():
+        with log_file.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                done[int(row["idx"])] = row
+        pixels = cache.open_writable(arr_file)
+    else:
+        pixels = cache.create(arr_file, max(len(records), 1), cfg.size)
+        with log_file.open("w", newline="") as fh:
+            csv.writer(fh).writerow(DECODED_COLUMNS)
+        fp_file.write_text(fingerprint)
+    todo = [
+        (i, str(r.file), cfg.size, cfg.max_pixels, cfg.min_side)
+        for i, r in enumerate(records)
+        if i not in done
+    ]
+    workers = cfg.workers or os.cpu_count() or 1
+    pool = mp.get_context("fork").Pool(workers) if workers > 1 and len(todo) > 1 else None
+    try:
+        results = pool.imap_unordered(_decode, todo, chunksize=8) if pool else map(_decode, todo)
+        with log_file.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
+            bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img")
+            for row, arr in results:
+                if arr is not None:
+                    pixels[row["idx"]] = arr  # pixels first: a logged row is always cached
+                writer.writerow(row)
+                fh.flush()
+                done[row["idx"]] = {k: str(v) for k, v in row.items()}
+                bar.update()
+            bar.close()
+    finally:
+        if pool:
+            pool.terminate()
+    pixels.flush()
+    return [done[i] for i in range(len(records))]
+
+
+def prepare(cfg: PrepareConfig) -> PrepareResult:
+    if cfg.out is None:
+        raise ConfigError("out: give --out DIR")
+    out = Path(cfg.out)
+    sources = _parse_sources(cfg.source, cfg)
+    if _check_out_dir(out, cfg):
+        summary = json.loads((out / "summary.json").read_text())
+        return PrepareResult(out, summary["images"], summary["splits"], summary["rejected"],
+                             summary["duplicates"], reused=True)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / CONFIG_FILE)
+
+    records: list[SourceRecord] = []
+    rejected: list[tuple[str, str, str, str]] = []  # source, path, stage, reason
+    for src in sources:
+        for item in src.scan():
+            if isinstance(item, Rejection):
+                rejected.append((item.source, item.path, "metadata", item.reason))
+            else:
+                records.append(item)
+
+    decoded = _decode_all(cfg, records, out / ".work")
+    ok: list[int] = []
+    views: dict[int, str] = {}
+    for i, (rec, row) in enumerate(zip(records, decoded, strict=True)):
+        if not int(row["ok"]):
+            rejected.append((rec.source, rec.path, "image", row["reason"]))
+            continue
+        view = rec.view or (row["view"] or "").upper()
+        if view.upper() in NON_FRONTAL:
+            rejected.append((rec.source, rec.path, "image", f"not a frontal view ({view})"))
+            continue
+        views[i] = "AP" if view.startswith("AP") else view
+        ok.append(i)
+
+    kept, duplicates, links = _deduplicate(cfg, records, decoded, ok)
+    kept, quota_dropped = _apply_quota(cfg, records, kept)
+    rejected += [(records[i].source, records[i].path, "quota", why) for i, why in quota_dropped]
+    split_of = _split(cfg, records, kept, links)
+
+    rows = sorted(kept, key=lambda i: _image_id(records[i]))
+    _write_manifest(out, records, decoded, views, rows, split_of)
+    cache.gather(cache.open_readonly(out / ".work/decoded.npy"), rows,
+                 cache.image_cache_path(out, cfg.size))  # fmt: skip
+    _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
+    _write_csv(
+        out / "duplicates.csv",
+        ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match", "distance"],
+        duplicates,
+    )
+    split_counts = dict(Counter(split_of[i] for i in rows))
+    summary = {"images": len(rows), "splits": split_counts, "rejected": len(rejected),
+               "duplicates": len(duplicates), "size": cfg.size}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    return PrepareResult(out, len(rows), split_counts, len(rejected), len(duplicates))
+
+
+def _image_id(rec: SourceRecord) -> str:
+    return f"{rec.source}:{rec.path}"
+
+
+def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], list[tuple[int, int]]]:
+    """Keep one image per duplicate group (most original source, then largest); log the rest.
+
+    Returns the kept record indices, the duplicates.csv rows and (dropped, survivor) links, so
+    the split can keep a dropped copy's patient together with the survivor.
+    """
+    sha = [decoded[i]["sha256"] for i in ok]
+    hashes = [np.frombuffer(bytes.fromhex(decoded[i]["dhash"]), dtype=np.uint8) for i in ok]
+    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance)
+    kept: list[int] = []
+    dropped: list[tuple] = []
+    links: list[tuple[int, int]] = []
+    for members in manifest.components(uf, range(len(ok))).values():
+        pos = {ok[m]: m for m in members}
+        idx = sorted(pos, key=lambda i: manifest.keep_order_key(
+            records[i].source, int(decoded[i]["width"]) * int(decoded[i]["height"]),
+            _image_id(records[i])))  # fmt: skip
+        keep = idx[0]
+        kept.append(keep)
+        for i in idx[1:]:
+            exact = decoded[i]["sha256"] == decoded[keep]["sha256"]
+            dist = 0 if exact else manifest.hamming(hashes[pos[i]], hashes[pos[keep]])
+            r = records[i]
+            dropped.append((_image_id(r), r.source, r.path, r.label, _image_id(records[keep]),
+                            records[keep].label, "exact" if exact else "near", dist))  # fmt: skip
+            links.append((i, keep))
+    return sorted(kept), dropped, links
+
+
+def _apply_quota(cfg, records, kept) -> tuple[list[int], list[tuple[int, str]]]:
+    if cfg.quota != "paper":
+        return kept, []
+    rng = np.random.default_rng(cfg.seed)
+    by_patient_stratum: dict[tuple, list[int]] = defaultdict(list)
+    for i in kept:
+        r = records[i]
+        by_patient_stratum[(r.source, r.label, r.patient_id)].append(i)
+    keys = sorted(by_patient_stratum)
+    keys = [keys[j] for j in rng.permutation(len(keys))]
+    taken: Counter = Counter()
+    keep, dropped = [], []
+    for key in keys:
+        source, label, _ = key
+        caps = manifest.quota_caps(source, label)
+        members = by_patient_stratum[key]
+        if caps is None or taken[(source, label)] + len(members) <= caps.sum():
+            taken[(source, label)] += len(members)
+            keep += members
+        else:
+            cap = 0 if caps is None else int(caps.sum())
+            dropped += [(i, f"over the paper quota ({source} {label} <= {cap})") for i in members]
+    return sorted(keep), dropped
+
+
+def _split(cfg, records, kept, links) -> dict[int, str]:
+    """Patient- and duplicate-grouped split, stratified by site x class."""
+    position = {i: k for k, i in enumerate(kept)}
+    uf = manifest.UnionFind(len(kept))
+    first_of_patient: dict[str, int] = {}
+    for k, i in enumerate(kept):
+        uf.union(first_of_patient.setdefault(records[i].patient_id, k), k)
+    # a dropped duplicate's patient is the same person (or shares the image) as the survivor's
+    for dropped, survivor in links:
+        pid = records[dropped].patient_id
+        if survivor in position and pid in first_of_patient:
+            uf.union(first_of_patient[pid], position[survivor])
+    groups: dict[int, manifest.SplitGroup] = {}
+    for k, i in enumerate(kept):
+        r = records[i]
+        g = groups.setdefault(uf.find(k), manifest.SplitGroup(key=_image_id(r), strata={}))
+        g.key = min(g.key, _image_id(r))
+        stratum = (r.stratum_site, r.label)
+        g.strata[stratum] = g.strata.get(stratum, 0) + 1
+        g.fixed = g.fixed or r.fixed_split
+    totals: Counter = Counter()
+    for g in groups.values():
+        if not g.fixed:
+            totals.update(g.strata)
+    targets = {}
+    for stratum, n in totals.items():
+        caps = manifest.quota_caps(*stratum) if cfg.quota == "paper" else None
+        targets[stratum] = (
+            caps if caps is not None and caps.sum() == n else manifest.split_targets(n)
+        )
+    for g in groups.values():
+        for stratum in g.strata:
+            targets.setdefault(stratum, np.zeros(3, dtype=int))
+    by_key = manifest.assign_splits(list(groups.values()), targets, cfg.seed)
+    key_of_root = {root: g.key for root, g in groups.items()}
+    return {i: by_key[key_of_root[uf.find(k)]] for k, i in enumerate(kept)}
+
+
+def _write_manifest(out, records, decoded, views, rows, split_of) -> None:
+    with (out / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(MANIFEST_COLUMNS)
+        for k, i in enumerate(rows):
+            r, d = records[i], decoded[i]
+            writer.writerow([_image_id(r), r.source, r.stratum_site, r.path, r.label,
+                             r.patient_id, views[i], int(bool(r.view or d["view"])), r.finding,
+                             d["sha256"], d["width"], d["height"], split_of[i], k])  # fmt: skip
+
+
+def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -1,0 +1,296 @@
+"""One small training loop for every stage (classifier heads, fine-tuning, GAIN, the U-Net).
+
+timm-style and plain: a ``Task`` turns a batch into a loss (and metric sums), the engine does
+the rest: device choice, optional AMP on CUDA, torchrun DDP, a tqdm bar, ``history.csv``,
+an atomic ``last.pt`` every epoch (so a killed run resumes exactly where it stopped, RNG state
+included), ``best.pt`` on every val-loss improvement, early stopping that restores the best
+weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+LAST, BEST, HISTORY = "last.pt", "best.pt", "history.csv"
+
+
+class Task(Protocol):
+    """What a stage plugs into the engine."""
+
+    def train_step(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss to back-propagate and metric *sums* over the batch (must include ``n``)."""
+        ...
+
+    def eval_step(self, model: nn.Module, batch: Any) -> dict[str, float]:
+        """Metric sums over the batch, including ``loss`` (summed) and ``n``."""
+        ...
+
+
+@dataclass
+class EngineConfig:
+    max_epochs: int = 100
+    patience: int = 10  # epochs without val-loss improvement before stopping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # mixed precision (CUDA only; ignored on CPU)
+    channels_last: bool = False
+    grad_clip: float = 0.0
+    progress: bool = True
+    monitor: str = "loss"  # the val metric early stopping watches (lower is better)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_value: float
+    epochs_run: int
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch RNGs (MONAI's ``set_determinism`` for its transforms)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_main_process() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the torchrun process group when launched by torchrun (no-op otherwise)."""
+    if distributed() and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0
+) -> DataLoader:
+    """A loader whose order depends only on (seed, epoch): reproducible and resumable."""
+    if distributed():
+        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
+        return DataLoader(dataset, batch_size, sampler=sampler, num_workers=num_workers)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size, shuffle=shuffle, generator=generator, num_workers=num_workers
+    )
+
+
+def _set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed(seed * 1000 + epoch)
+
+
+def _to(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: _to(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(_to(v, device, channels_last) for v in batch)
+    return batch
+
+
+def _reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
+    if torch.distributed.is_initialized():
+        keys = sorted(sums)
+        t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        sums = dict(zip(keys, t.tolist(), strict=True))
+    n = max(sums.pop("n", 0.0), 1.0)
+    return {k: v / n for k, v in sums.items()}
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load ``best.pt``/``last.pt`` (ours) into ``model``."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    unwrap(model).load_state_dict(state.get("model", state))
+
+
+def _run_epoch(
+    model: nn.Module,
+    task: Task,
+    loader: Iterable,
+    device: torch.device,
+    cfg: EngineConfig,
+    *,
+    train: bool,
+    optimizer: torch.optim.Optimizer | None,
+    scaler: torch.amp.GradScaler | None,
+    desc: str,
+) -> dict[str, float]:
+    use_amp = cfg.amp and device.type == "cuda"
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and is_main_process()))
+    model.train(train)
+    for batch in bar:
+        batch = _to(batch, device, cfg.channels_last)
+        with torch.autocast(device.type, enabled=use_amp):
+            if train:
+                loss, stats = task.train_step(model, batch)
+            else:
+                with torch.no_grad():
+                    stats = task.eval_step(model, batch)
+        if train:
+            assert optimizer is not None and scaler is not None
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return _reduce(sums, device)
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    cfg: EngineConfig,
+    run_dir: str | Path,
+    *,
+    on_epoch_end: Any = None,
+) -> FitResult:
+    """Train until ``max_epochs`` or early stopping; resume from ``run_dir/last.pt`` if present.
+
+    The model is left holding the best (lowest val ``monitor``) weights. ``on_epoch_end(epoch,
+    row)`` may raise to abort (the tuner's pruner does) after the checkpoint is written.
+    Eval runs under ``no_grad``: tasks that need gradients at eval (Grad-CAM) enable them inside.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    init_distributed(device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if torch.distributed.is_initialized():
+        ids = [device.index] if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+
+    seed_everything(cfg.seed)
+    start, best_value, best_epoch, bad, history = 0, float("inf"), -1, 0, []
+    last = run_dir / LAST
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
+        bad, history = state["bad_epochs"], state["history"]
+        _set_rng_state(state["rng"])
+        if state.get("finished"):
+            load_weights(model, run_dir / BEST)
+            return FitResult(best_epoch, best_value, len(history), state["stopped_early"], history)
+
+    stopped_early = False
+    epoch = start
+    for epoch in range(start, cfg.max_epochs):
+        _set_epoch(train_loader, cfg.seed, epoch)
+        tr = _run_epoch(net, task, train_loader, device, cfg, train=True, optimizer=optimizer,
+                        scaler=scaler, desc=f"epoch {epoch + 1}/{cfg.max_epochs} train")  # fmt: skip
+        va = _run_epoch(net, task, val_loader, device, cfg, train=False, optimizer=None,
+                        scaler=None, desc=f"epoch {epoch + 1}/{cfg.max_epochs} val")  # fmt: skip
+        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in tr.items()},
+               **{f"val_{k}": v for k, v in va.items()}}  # fmt: skip
+        history.append(row)
+        value = va[cfg.monitor]
+        if value < best_value:
+            best_value, best_epoch, bad = value, epoch + 1, 0
+            if is_main_process():
+                _atomic_save({"model": model.state_dict(), "epoch": epoch + 1}, run_dir / BEST)
+        else:
+            bad += 1
+        stopped_early = bad >= cfg.patience
+        done = stopped_early or epoch + 1 == cfg.max_epochs
+        if is_main_process():
+            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scaler": scaler.state_dict(), "epoch": epoch, "best_value": best_value,
+                          "best_epoch": best_epoch, "bad_epochs": bad, "history": history,
+                          "rng": _rng_state(), "finished": done,
+                          "stopped_early": stopped_early}, last)  # fmt: skip
+            _write_history(run_dir / HISTORY, history)
+            if cfg.progress:
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
+                tqdm.write(f"epoch {epoch + 1}: {shown}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+        if stopped_early:
+            break
+    if (run_dir / BEST).exists():
+        load_weights(model, run_dir / BEST)
+    return FitResult(best_epoch, best_value, len(history), stopped_early, history)
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)

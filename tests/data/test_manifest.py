@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrguide.data import manifest
+
+
+def _noise_image(seed: int, size: int = 64) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    img = gaussian_filter(rng.random((size, size)), sigma=size / 16)
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def test_dhash_is_256_bits_and_stable_under_resize():
+    img = _noise_image(1, 128)
+    small = img[::2, ::2]
+    h1, h2 = manifest.dhash(img), manifest.dhash(small)
+    assert h1.shape == (32,) and h1.dtype == np.uint8
+    assert manifest.hamming(h1, h2) <= 8  # well inside the default threshold of 12
+    assert manifest.hamming(h1, manifest.dhash(_noise_image(2, 128))) > 60
+
+
+def test_duplicate_groups_exact_and_near_but_not_different():
+    imgs = [_noise_image(s) for s in range(50)]
+    near = np.clip(imgs[3] + 0.01, 0, 1)
+    hashes = [manifest.dhash(i) for i in imgs] + [manifest.dhash(near), manifest.dhash(imgs[7])]
+    sha = [f"s{i}" for i in range(50)] + ["x", "s10"]  # item 51 is byte-identical to item 10
+    uf = manifest.duplicate_groups(sha, hashes, distance=12)
+    groups = [sorted(g) for g in manifest.components(uf, range(len(sha))).values() if len(g) > 1]
+    assert sorted(groups) == [[3, 50], [7, 10, 51]] or sorted(groups) == [
+        [3, 50],
+        [7, 51],
+        [10, 51],
+    ]
+
+
+def test_duplicate_groups_exact_links_items():
+    sha = ["a", "b", "a", "c", "b"]
+    uf = manifest.duplicate_groups(sha, [None] * 5, distance=12)
+    groups = sorted(sorted(g) for g in manifest.components(uf, range(5)).values())
+    assert groups == [[0, 2], [1, 4], [3]]
+
+
+def test_near_duplicate_search_is_not_quadratic():
+    """Random hashes share no band: each item compares with ~no bucket mates."""
+    rng = np.random.default_rng(0)
+    hashes = [rng.integers(0, 256, 32, dtype=np.uint8) for _ in range(3000)]
+    calls = 0
+    real = manifest.hamming
+
+    def counting(a, b):
+        nonlocal calls
+        calls += 1
+        return real(a, b)
+
+    manifest.hamming = counting  # type: ignore[assignment]
+    try:
+        manifest.duplicate_groups([""] * 3000, hashes, distance=12)
+    finally:
+        manifest.hamming = real  # type: ignore[assignment]
+    assert calls < 3000  # a quadratic search would make ~4.5 million comparisons
+
+
+@pytest.mark.parametrize("n", [10, 11, 18, 57, 165, 504])
+def test_split_targets_sum_and_ratio(n):
+    t = manifest.split_targets(n)
+    assert t.sum() == n
+    assert abs(t[1] - n * 0.1) <= 0.5 and abs(t[2] - n * 0.1) <= 0.5
+
+
+def _groups(sizes_by_stratum: dict, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    groups = []
+    for stratum, n in sizes_by_stratum.items():
+        left, k = n, 0
+        while left:
+            size = min(left, int(rng.integers(1, 4)))
+            groups.append(manifest.SplitGroup(key=f"{stratum}-{k}", strata={stratum: size}))
+            left -= size
+            k += 1
+    return groups
+
+
+def test_assign_splits_meets_targets_within_one_image_per_stratum():
+    sizes = {("a", "Normal"): 57, ("a", "COVID-19"): 120, ("b", "Pneumonia"): 31}
+    groups = _groups(sizes)
+    targets = {s: manifest.split_targets(n) for s, n in sizes.items()}
+    split = manifest.assign_splits(groups, targets, seed=3)
+    for stratum, t in targets.items():
+        got = np.zeros(3, dtype=int)
+        for g in groups:
+            if stratum in g.strata:
+                got[["train", "val", "test"].index(split[g.key])] += g.strata[stratum]
+        assert np.abs(got - t).max() <= 1, (stratum, got, t)
+
+
+def test_assign_splits_is_deterministic_and_seed_dependent():
+    sizes = {("a", "Normal"): 80}
+    groups = _groups(sizes)
+    targets = {s: manifest.split_targets(n) for s, n in sizes.items()}
+    one = manifest.assign_splits(groups, targets, seed=1)
+    assert one == manifest.assign_splits(list(reversed(groups)), targets, seed=1)
+    assert one != manifest.assign_splits(groups, targets, seed=2)
+
+
+def test_fixed_split_groups_keep_their_split():
+    groups = [manifest.SplitGroup("x", {("s", "Normal"): 2}, fixed="shortcut_test")]
+    groups += _groups({("s", "Normal"): 20})
+    targets = {("s", "Normal"): manifest.split_targets(20)}
+    assert manifest.assign_splits(groups, targets, seed=0)["x"] == "shortcut_test"
+
+
+def test_paper_quota_reproduces_table3_totals():
+    assert manifest.quota_caps("ieee8023", "COVID-19").tolist() == [407, 46, 51]
+    assert manifest.quota_caps("radiography", "Normal").sum() == 0
+    assert manifest.quota_caps("synthetic", "Normal") is None
+    total = sum(sum(v) for v in manifest.PAPER_TABLE3.values())
+    assert total == 2631  # the study's 2122 + 242 + 267
