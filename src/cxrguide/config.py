@@ -171,7 +171,7 @@ def add_config_flags(
         if field.name in exclude:
             continue
         kwargs, is_list = _flag_type(hints[field.name])
-        flag = "--" + field.name.replace("_", "-")
+        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else None
         if default is not None and not is_list and kwargs.get("action") is None:
@@ -273,3 +273,49 @@ class PrepareConfig:
     @property
     def reader(self) -> ReaderConfig:
         return ReaderConfig(max_pixels=self.max_pixels, min_side=self.min_side)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """`cxrguide train`: Stage I (frozen body), II (fine-tuning), III (guided attention)."""
+
+    stage: Literal[1, 2, 3] = _f(1, "1 frozen body + head, 2 fine-tune, 3 guided attention")
+    data: Path | None = _f(None, "prepared folder (from 'cxrguide prepare')", metavar="PREP")
+    backbone: str = _f("mobilenet_v2", "model name, comma list, or 'all' (see 'cxrguide models')")
+    from_run: Path | None = _f(
+        None, "Stage II/III: a leaderboard CSV or a run folder", metavar="RUN|CSV", flag="--from"
+    )
+    top: int = _f(4, "Stage II/III from a leaderboard: how many of the best runs")
+    out: Path = _f(Path("runs"), "folder that receives one run folder per model", metavar="RUNS")
+    weights: str = _f("imagenet", "imagenet | none | PATH (ImageNet needs the hub or a local file)")
+    image_size: int = _f(0, "input side in px (0: the backbone's own Table 2 size)")
+    max_epochs: int = _f(100, "maximum epochs (early stopping usually ends sooner)")
+    batch_size: int = _f(32, "batch size")
+    lr: float = _f(1e-4, "SGD learning rate for Stage I (the study's 1e-4)")
+    finetune_lr: float = _f(1e-5, "SGD learning rate for Stage II/III (body and head)")
+    momentum: float = _f(0.9, "SGD momentum (the study does not state it)")
+    l2: float = _f(1e-3, "L2 penalty lambda on trainable kernels (the study's 1e-3)")
+    patience: int = _f(10, "early stopping patience on val loss (epochs)")
+    head_widths: list[int] = _f([128, 64], "hidden widths of the head")
+    head_dropouts: list[float] = _f([0.10, 0.05], "dropout after each hidden layer")
+    activation: str = _f("elu", "head activation (elu, relu, gelu, silu, leaky_relu)")
+    augment: bool = _f(True, "Stage II/III augmentation (rotation, shift, zoom, contrast)")
+    hflip: bool = _f(False, "allow horizontal flips (off: anatomy is not symmetric)")
+    feature_cache: bool = _f(True, "Stage I: train the head on cached body features")
+    seed: int = _f(0, "random seed (same seed, same CPU, same result)")
+    precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", "bf16 autocast (CPU/CUDA), fp16 (CUDA)")
+    channels_last: bool = _f(False, "channels-last memory format (faster convs on CUDA/AVX-512)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    workers: int = _f(0, "data-loader worker processes")
+    resume: bool = _f(False, "continue a killed run from its last checkpoint")
+
+    def validate(self) -> None:
+        for name in ("max_epochs", "batch_size", "patience", "top"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1")
+        if self.image_size and not 32 <= self.image_size <= 1024:
+            raise ConfigError("image_size: must be 0 or between 32 and 1024")
+        if self.lr <= 0 or self.finetune_lr <= 0:
+            raise ConfigError("lr: learning rates must be positive")
+        if len(self.head_widths) != len(self.head_dropouts):
+            raise ConfigError("head_dropouts: need one dropout per head width")

@@ -114,3 +114,39 @@ def test_l2_penalty_counts_trainable_kernels_only():
     assert l2_penalty(m, 1e-3).item() == pytest.approx(4e-3)
     m.weight.requires_grad_(False)
     assert l2_penalty(m, 1e-3).item() == 0.0
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
+    from cxrguide.errors import CxrGuideError
+
+    class NanAfterTwoEpochs(ClassifyTask):
+        epoch = 0
+
+        def train_step(self, model, batch):
+            loss, stats = super().train_step(model, batch)
+            return (loss * float("nan") if self.epoch >= 2 else loss), stats
+
+    task = NanAfterTwoEpochs()
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg = engine.EngineConfig(max_epochs=5, seed=0, progress=False)
+    tl = engine.make_loader(_data(), 16, shuffle=True, seed=0)
+    vl = engine.make_loader(_data(48, 1), 16, shuffle=False, seed=0)
+
+    def bump(epoch, row):
+        task.epoch = epoch + 1
+
+    with pytest.raises(CxrGuideError, match="loss is nan"):
+        engine.fit(model, task, tl, vl, opt, cfg, tmp_path, on_epoch_end=bump)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_bf16_autocast_runs_on_cpu(tmp_path):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg = engine.EngineConfig(max_epochs=2, seed=0, progress=False, precision="bf16")
+    tl = engine.make_loader(_data(), 16, shuffle=True, seed=0)
+    vl = engine.make_loader(_data(48, 1), 16, shuffle=False, seed=0)
+    result = engine.fit(model, ClassifyTask(), tl, vl, opt, cfg, tmp_path)
+    assert result.epochs_run == 2 and result.best_value < 2.0

@@ -23,7 +23,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from cxrguide.errors import ConfigError, CxrGuideError
+
 LAST, BEST, HISTORY = "last.pt", "best.pt", "history.csv"
+
+
+class TrainingDivergedError(CxrGuideError):
+    """The loss became NaN or infinite."""
 
 
 class Task(Protocol):
@@ -44,7 +50,7 @@ class EngineConfig:
     patience: int = 10  # epochs without val-loss improvement before stopping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = False  # mixed precision (CUDA only; ignored on CPU)
+    precision: str = "fp32"  # fp32 | bf16 (autocast, CPU and CUDA) | fp16 (CUDA, grad scaling)
     channels_last: bool = False
     grad_clip: float = 0.0
     progress: bool = True
@@ -177,13 +183,14 @@ def _run_epoch(
     scaler: torch.amp.GradScaler | None,
     desc: str,
 ) -> dict[str, float]:
-    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+    use_amp = amp_dtype is not None and (device.type == "cuda" or amp_dtype == torch.bfloat16)
     sums: dict[str, float] = {}
     bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and is_main_process()))
     model.train(train)
-    for batch in bar:
+    for step, batch in enumerate(bar):
         batch = _to(batch, device, cfg.channels_last)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             if train:
                 loss, stats = task.train_step(model, batch)
             else:
@@ -191,6 +198,11 @@ def _run_epoch(
                     stats = task.eval_step(model, batch)
         if train:
             assert optimizer is not None and scaler is not None
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"{desc}, batch {step + 1}: loss is {loss.item()}; stopped (the last good "
+                    "checkpoint is kept; try a lower learning rate or --precision fp32)"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
@@ -232,7 +244,11 @@ def fit(
     if torch.distributed.is_initialized():
         ids = [device.index] if device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    if cfg.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision: {cfg.precision!r} is not one of fp32, bf16, fp16")
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=cfg.precision == "fp16" and device.type == "cuda"
+    )
 
     seed_everything(cfg.seed)
     start, best_value, best_epoch, bad, history = 0, float("inf"), -1, 0, []

@@ -1,0 +1,147 @@
+"""Torch datasets over a prepared folder: manifest rows + the uint8 image cache (+ lung masks).
+
+Images stay single-channel in [0, 1]; models repeat them to 3 channels with their own
+normalisation. Resizing from the cache side to the backbone's input happens here (antialiased),
+so one prepared folder serves every backbone size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from cxrguide.config import load_yaml
+from cxrguide.data import cache
+from cxrguide.errors import CxrGuideError
+from cxrguide.labels import CLASS_INDEX
+
+LUNG_CACHE = "cache/lungs_{size}.npy"
+
+
+@dataclass
+class Prepared:
+    """A folder written by ``cxrguide prepare``."""
+
+    root: Path
+    manifest: pd.DataFrame
+    size: int
+
+    @classmethod
+    def open(cls, root: str | Path) -> Prepared:
+        root = Path(root)
+        path = root / "manifest.csv"
+        if not path.exists():
+            raise CxrGuideError(f"{path}: not found (run 'cxrguide prepare' first)")
+        manifest = pd.read_csv(path, dtype={"patient_id": str, "view": str}, keep_default_na=False)
+        size = int(load_yaml(root / "prepare_config.yaml")["size"])
+        if not cache.image_cache_path(root, size).exists():
+            raise CxrGuideError(f"{cache.image_cache_path(root, size)}: image cache missing")
+        return cls(root, manifest, size)
+
+    @property
+    def images(self) -> np.ndarray:
+        return cache.open_readonly(cache.image_cache_path(self.root, self.size))
+
+    @property
+    def lung_cache_path(self) -> Path:
+        return self.root / LUNG_CACHE.format(size=self.size)
+
+    def lungs(self) -> np.ndarray:
+        path = self.lung_cache_path
+        if not path.exists():
+            raise CxrGuideError(
+                f"{path}: no lung masks for this prepared set (run 'cxrguide lungs predict RUN "
+                f"--data {self.root}')"
+            )
+        return cache.open_readonly(path)
+
+    def rows(self, split: str) -> np.ndarray:
+        rows = np.flatnonzero(self.manifest["split"].to_numpy() == split)
+        if len(rows) == 0:
+            raise CxrGuideError(f"{self.root}/manifest.csv: split {split!r} has no images")
+        return rows
+
+
+def resize(img: torch.Tensor, size: int, *, nearest: bool = False) -> torch.Tensor:
+    """(C, H, W) -> (C, size, size); area-like antialiased for images, nearest for masks."""
+    if img.shape[-1] == size and img.shape[-2] == size:
+        return img
+    mode = "nearest" if nearest else "bilinear"
+    kwargs = {} if nearest else {"antialias": True, "align_corners": False}
+    return F.interpolate(img[None], size=(size, size), mode=mode, **kwargs)[0]
+
+
+class CxrAugment:
+    """CXR-safe augmentation (torchvision v2): small rotation, shift, zoom, brightness/contrast.
+
+    Horizontal flips are off by default because anatomy is not symmetric (the heart is on the
+    left); masks get the same geometric transform as the image.
+    """
+
+    def __init__(self, degrees=7.0, translate=0.06, zoom=0.08, brightness=0.15, contrast=0.15,
+                 hflip=False) -> None:  # fmt: skip
+        from torchvision.transforms import v2
+
+        geo = [v2.RandomAffine(degrees=degrees, translate=(translate, translate),
+                               scale=(1 - zoom, 1 + zoom))]  # fmt: skip
+        if hflip:
+            geo.append(v2.RandomHorizontalFlip())
+        self.geometric = v2.Compose(geo)
+        self.photometric = v2.ColorJitter(brightness=brightness, contrast=contrast)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None):
+        from torchvision import tv_tensors
+
+        if mask is None:
+            image = self.geometric(tv_tensors.Image(image))
+        else:
+            image, mask = self.geometric(tv_tensors.Image(image), tv_tensors.Mask(mask))
+            mask = mask.as_subclass(torch.Tensor)
+        image = self.photometric(image).as_subclass(torch.Tensor).clamp(0, 1)
+        return image, mask
+
+
+class CxrDataset(Dataset):
+    """Items: dict(image (1,S,S) float [0,1], label, index (manifest row)[, lung (1,S,S)])."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        split: str | None = None,
+        *,
+        rows: np.ndarray | None = None,
+        image_size: int | None = None,
+        augment: CxrAugment | None = None,
+        with_lungs: bool = False,
+    ) -> None:
+        self.prepared = prepared
+        self.rows = rows if rows is not None else prepared.rows(split or "train")
+        self.image_size = image_size or prepared.size
+        self.augment = augment
+        self.labels = prepared.manifest["label"].map(CLASS_INDEX).to_numpy()
+        self._images = prepared.images
+        self._lungs = prepared.lungs() if with_lungs else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = int(self.rows[i])
+        image = torch.from_numpy(np.array(self._images[row], dtype=np.float32) / 255.0)[None]
+        image = resize(image, self.image_size)
+        lung = None
+        if self._lungs is not None:
+            lung = torch.from_numpy(np.array(self._lungs[row], dtype=np.float32) / 255.0)[None]
+            lung = resize(lung, self.image_size, nearest=True)
+        if self.augment is not None:
+            image, lung = self.augment(image, lung)
+        item = {"image": image, "label": torch.tensor(self.labels[row]), "index": torch.tensor(row)}
+        if lung is not None:
+            item["lung"] = lung
+        return item

@@ -1,0 +1,416 @@
+"""The one reader for chest X-ray files: PNG, JPEG, DICOM (and other Pillow formats) -> gray [0, 1].
+
+Every step that touches pixels (``inspect``, ``prepare``, ``predict``, ``serve``) goes through
+:func:`read_image`, so a file is read the same way everywhere. The format is detected from the
+content (magic bytes, DICOM preamble), never from the extension: the public sets contain PNGs
+named ``.jpg``. Size limits are checked from the header before any pixel is decoded, so a
+decompression bomb costs a few header bytes, and a refused file raises
+:class:`~cxrguide.errors.ImageReadError` with a short reason instead of a library exception.
+
+Normalisation (output is float32 HxW in [0, 1], bright = dense, i.e. bone white, air black):
+
+* PNG/JPEG/other 8-bit: value / 255. 16-bit gray PNG: value / (2**bits - 1) where ``bits`` is
+  the smallest of 12, 14, 16 that holds the image maximum: raw 12- and 14-bit detector values
+  written into 16-bit PNGs would otherwise read 16x or 4x too dark (a PNG ``sBIT`` chunk is not
+  used: by the PNG spec its samples are already scaled to the full 16 bits).
+  ``ImageInfo.bit_depth`` from :func:`read_image` reports the bits used for that scaling.
+  32-bit integer and float images (TIFF): min-max.
+* RGB: luminance with ITU-R 601 weights (as Pillow's ``L``), kept in float. RGBA/LA: alpha is
+  composited on black (gray * alpha), so transparent regions read as air, not as bone.
+* DICOM: stored values -> modality LUT (RescaleSlope/Intercept or Modality LUT Sequence) -> VOI
+  LUT or the first window (WindowCenter/Width) when present, i.e. the contrast the acquiring site
+  meant for display -> min-max to [0, 1] -> inverted for MONOCHROME1. Values are masked to
+  BitsStored first so overlay bits in the high bits of a 16-bit word do not leak in. RGB DICOM:
+  luminance, then min-max. A constant image min-maxes to all 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import struct
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cxrguide.errors import ImageReadError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+MIN_SIDE = 64
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# Pillow formats accepted besides PNG/JPEG; a whitelist, because Pillow's permissive plugins
+# (TGA, ...) would "identify" random binaries.
+_OTHER_PIL_FORMATS = ("TIFF", "BMP", "WEBP", "JPEG2000")
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_MODE_BITS = {"1": 1, "I": 32, "F": 32, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
+_LUMA = np.array([0.299, 0.587, 0.114])
+_DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What the header says about one file (``describe()`` is the ``inspect`` line body)."""
+
+    path: str
+    format: str  # "PNG", "JPEG", "DICOM", or Pillow's format name
+    width: int
+    height: int
+    bit_depth: int
+    photometric: str  # DICOM PhotometricInterpretation, else the Pillow mode
+    view: str  # DICOM ViewPosition ("PA", "AP", ...) or "" when unknown
+
+    def describe(self) -> str:
+        text = f"{self.format} {self.width}x{self.height} {self.bit_depth}-bit {self.photometric}"
+        return f"{text} view {self.view}" if self.view else text
+
+
+def _fail(path: str | Path, reason: str) -> ImageReadError:
+    return ImageReadError(path, reason)
+
+
+def _short(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _is_truncation(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, EOFError) or any(
+        k in text for k in ("truncat", "less than", "end of file", "eof", "too short", "shorter")
+    )
+
+
+def _read_head(path: Path) -> bytes:
+    """First bytes of the file; refuses missing, non-regular and empty files."""
+    try:
+        if not path.exists():
+            raise _fail(path, "file not found")
+        if not path.is_file():
+            raise _fail(path, "not a regular file")
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError as err:
+        raise _fail(path, f"cannot read file ({err.strerror or _short(err)})") from None
+    if not head:
+        raise _fail(path, "empty file")
+    return head
+
+
+def _check_size(
+    path: Path, w: int, h: int, max_pixels: int, min_side: int, frames: int = 1
+) -> None:
+    """The decompression-bomb and not-a-CXR checks, from header values only."""
+    pixels = w * h * max(frames, 1)
+    if pixels > max_pixels:
+        raise _fail(path, f"too many pixels ({w}x{h} = {pixels:,} > limit {max_pixels:,})")
+    if min(w, h) < min_side:
+        raise _fail(path, f"too small ({w}x{h} px, need >= {min_side})")
+
+
+def _png_header(path: Path, head: bytes) -> tuple[int, int, int]:
+    """(width, height, bit depth) from the IHDR chunk, which the PNG spec puts first."""
+    if len(head) < 8 + 8 + 13:
+        raise _fail(path, "truncated image data")
+    _, ctype, width, height, depth = struct.unpack(">I4sIIB", head[8:25])
+    if ctype != b"IHDR":
+        raise _fail(path, "corrupt PNG data (no IHDR chunk)")
+    return width, height, depth
+
+
+def _jpeg_header(path: Path) -> tuple[int, int, int]:
+    """(width, height, sample precision) from the first SOF segment, skipping other segments."""
+    with path.open("rb") as f:
+        f.seek(2)
+        while True:
+            byte = f.read(1)
+            if not byte:
+                raise _fail(path, "truncated image data")
+            if byte != b"\xff":
+                continue  # fill/garbage between segments, as decoders tolerate
+            code = f.read(1)
+            while code == b"\xff":
+                code = f.read(1)
+            if not code:
+                raise _fail(path, "truncated image data")
+            marker = code[0]
+            if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                continue
+            if marker in (0xD9, 0xDA):
+                raise _fail(path, "corrupt JPEG data (no frame header)")
+            raw = f.read(2)
+            if len(raw) < 2:
+                raise _fail(path, "truncated image data")
+            (length,) = struct.unpack(">H", raw)
+            if marker in _SOF_MARKERS:
+                sof = f.read(5)
+                if len(sof) < 5:
+                    raise _fail(path, "truncated image data")
+                precision, height, width = struct.unpack(">BHH", sof)
+                return width, height, precision
+            f.seek(length - 2, 1)
+
+
+def _looks_like_raw_dicom(head: bytes) -> bool:
+    """A preamble-less DICOM starts with a group 0002/0008 element; random binaries rarely do."""
+    if len(head) < 8 or head[:2] not in _DICOM_GROUPS:
+        return False
+    vr = head[4:6]
+    if vr.isalpha() and vr.isupper():
+        return True  # explicit VR
+    (length,) = struct.unpack("<I", head[4:8])
+    return length < 1024  # implicit VR: a short header value
+
+
+def _open_dicom(path: Path, head: bytes, deferred: bool) -> Any:
+    import pydicom
+    from pydicom import uid
+    from pydicom.errors import InvalidDicomError
+
+    preamble = head[128:132] == b"DICM"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=not preamble, defer_size="64 KB" if deferred else None)
+    except InvalidDicomError:
+        raise _fail(path, "not an image file") from None
+    except Exception as err:  # pydicom raises many types for broken headers
+        if _is_truncation(err):
+            raise _fail(path, "truncated image data") from None
+        raise _fail(path, f"corrupt DICOM data ({_short(err)})") from None
+    if not preamble and "Rows" not in ds and "SOPClassUID" not in ds and "Modality" not in ds:
+        raise _fail(path, "not an image file")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        # no file meta (bare dataset): pixel data is native; name the encoding pydicom found
+        implicit, little = ds.original_encoding
+        ts = uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian
+        ds.file_meta.TransferSyntaxUID = ts if little else uid.ExplicitVRBigEndian
+    return ds
+
+
+def _dicom_info(path: Path, ds: Any, max_pixels: int, min_side: int) -> ImageInfo:
+    if not any(tag in ds for tag in _PIXEL_TAGS):
+        raise _fail(path, "DICOM has no pixel data")
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if not rows or not cols:
+        raise _fail(path, "DICOM has no Rows/Columns")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    _check_size(path, int(cols), int(rows), max_pixels, min_side, frames)
+    if frames > 1:
+        raise _fail(path, f"multi-frame DICOM ({frames} frames), expected one image")
+    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
+    if photometric.startswith("PALETTE"):
+        raise _fail(path, f"unsupported DICOM photometric interpretation {photometric}")
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    return ImageInfo(str(path), "DICOM", int(cols), int(rows), bits, photometric, view)
+
+
+def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[ImageInfo, Any]:
+    """Open with Pillow (header only) after our own size check; returns an unloaded image."""
+    if head.startswith(_PNG_MAGIC):
+        width, height, depth = _png_header(path, head)
+        _check_size(path, width, height, max_pixels, min_side)
+        formats: tuple[str, ...] = ("PNG",)
+    elif head.startswith(_JPEG_MAGIC):
+        width, height, depth = _jpeg_header(path)
+        _check_size(path, width, height, max_pixels, min_side)
+        formats = ("JPEG",)
+    else:
+        formats, depth = _OTHER_PIL_FORMATS, 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # incl. DecompressionBombWarning: ours came first
+            im = Image.open(path, formats=formats)
+    except Image.DecompressionBombError as err:  # only above our limit for non-PNG/JPEG
+        n, limit = (int(x) for x in re.findall(r"\d+", str(err))[:2])
+        raise _fail(path, f"too many pixels ({n:,} > Pillow's limit {limit:,})") from None
+    except UnidentifiedImageError:
+        if formats == _OTHER_PIL_FORMATS:
+            raise _fail(path, "not an image file") from None
+        raise _fail(path, f"corrupt {formats[0]} data") from None
+    except Exception as err:
+        if _is_truncation(err):
+            raise _fail(path, "truncated image data") from None
+        label = formats[0] if len(formats) == 1 else "image"
+        raise _fail(path, f"corrupt {label} data ({_short(err)})") from None
+    fmt = formats[0] if len(formats) == 1 else str(im.format)
+    width, height = im.size
+    try:
+        _check_size(path, width, height, max_pixels, min_side)
+    except ImageReadError:
+        im.close()
+        raise
+    bits = depth or _MODE_BITS.get(im.mode, 8)
+    return ImageInfo(str(path), fmt, width, height, bits, im.mode, ""), im
+
+
+def _open(
+    path: str | Path, max_pixels: int, min_side: int, deferred: bool
+) -> tuple[ImageInfo, Any]:
+    path = Path(path)
+    head = _read_head(path)
+    if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
+        return _open_pil(path, head, max_pixels, min_side)
+    if head[128:132] == b"DICM" or _looks_like_raw_dicom(head):
+        ds = _open_dicom(path, head, deferred)
+        try:
+            return _dicom_info(path, ds, max_pixels, min_side), ds
+        except ImageReadError:
+            raise
+        except Exception as err:  # a malformed header value (Rows "abc", bad VR, ...)
+            raise _fail(path, f"corrupt DICOM data ({_short(err)})") from None
+    return _open_pil(path, head, max_pixels, min_side)
+
+
+def probe(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+) -> ImageInfo:
+    """Header-only look at a file: format, size, depth, view; refuses what cannot be used."""
+    info, handle = _open(path, max_pixels, min_side, deferred=True)
+    if isinstance(handle, Image.Image):
+        handle.close()
+    return info
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb[..., :3].astype(np.float64) @ _LUMA
+
+
+def _pil_pixels(im: Image.Image, info: ImageInfo) -> tuple[np.ndarray, int]:
+    """Decoded Pillow image -> float [0, 1] gray, and the bit depth used for scaling."""
+    mode = im.mode
+    if mode in ("P", "PA"):
+        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB...
+    arr = np.asarray(im)
+    if im.mode in ("L", "RGB", "RGBA", "LA"):
+        gray = arr[..., 0].astype(np.float64) if im.mode == "LA" else arr.astype(np.float64)
+        if gray.ndim == 3:
+            gray = _luminance(arr)
+        if im.mode in ("RGBA", "LA"):
+            gray = gray * (arr[..., -1] / 255.0)  # composite on black
+        return gray / 255.0, min(info.bit_depth, 8)
+    if im.mode.startswith("I;16") or (im.mode == "I" and info.bit_depth == 16):
+        vmax = int(arr.max()) if arr.size else 0
+        bits = next(b for b in (12, 14, 16) if vmax < 2**b)
+        return arr.astype(np.float64) / (2**bits - 1), bits
+    return _minmax(arr.astype(np.float64)), info.bit_depth
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
+def _dicom_pixels(ds: Any, info: ImageInfo) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    arr = ds.pixel_array
+    if arr.ndim == 3:  # RGB / YBR (pydicom converts YBR to RGB)
+        return _minmax(_luminance(arr))
+    bits = int(ds.get("BitsStored") or 0)
+    if arr.dtype.kind == "u" and 0 < bits < arr.dtype.itemsize * 8:
+        arr = arr & np.asarray((1 << bits) - 1, dtype=arr.dtype)
+    arr = apply_modality_lut(arr, ds)
+    with contextlib.suppress(ValueError, TypeError, IndexError, KeyError):
+        arr = apply_voi_lut(arr, ds)  # a malformed window is ignored: the full range is used
+    gray = _minmax(np.asarray(arr, dtype=np.float64))
+    if info.photometric == "MONOCHROME1" and np.ptp(gray) > 0:
+        gray = 1.0 - gray
+    return gray
+
+
+def read_image(
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode any supported CXR file to float32 HxW in [0, 1] (bright = dense) and its info."""
+    info, handle = _open(path, max_pixels, min_side, deferred=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(handle, Image.Image):
+                handle.load()
+                gray, bits = _pil_pixels(handle, info)
+                if bits != info.bit_depth:
+                    info = dataclasses.replace(info, bit_depth=bits)
+            else:
+                gray = _dicom_pixels(handle, info)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise _fail(info.path, "not enough memory to decode") from None
+    except Exception as err:  # decoder errors come in many types (OSError, ValueError, ...)
+        if _is_truncation(err):
+            raise _fail(info.path, "truncated image data") from None
+        raise _fail(info.path, f"cannot decode {info.format} data ({_short(err)})") from None
+    finally:
+        if isinstance(handle, Image.Image):
+            handle.close()
+    if gray.shape != (info.height, info.width):
+        raise _fail(info.path, f"decoded shape {gray.shape} does not match the header")
+    return np.ascontiguousarray(gray, dtype=np.float32), info
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """[0, 1] float (or bool) -> uint8 0..255, rounded; uint8 passes through unchanged."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
+    if img.dtype.kind != "f":
+        raise ValueError(f"to_uint8 expects float in [0, 1], bool or uint8, got {img.dtype}")
+    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def fit_square(img: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+    """Letterbox to a square (shorter side padded symmetrically with 0), then resize to size.
+
+    Padding instead of stretching keeps the anatomy's proportions (a stretched chest changes
+    heart/lung ratios the classifier may learn), and padding with 0 (black, air) adds no
+    structure. Images are resampled with an area filter when shrinking (antialiased, no
+    ringing) and bilinear when enlarging; masks (``nearest=True``) use nearest neighbour so
+    labels stay labels. The dtype is kept; integer images are rounded and clipped to its range.
+    """
+    if img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
+        raise ValueError(f"fit_square expects a non-empty HxW or HxWxC array, got {img.shape}")
+    if size < 1:
+        raise ValueError(f"fit_square: size must be >= 1, got {size}")
+    h, w = img.shape[:2]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    pad = [(top, side - h - top), (left, side - w - left)] + [(0, 0)] * (img.ndim - 2)
+    square = np.pad(img, pad, mode="constant", constant_values=0)
+    if side == size:
+        return square
+    if nearest:
+        idx = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.intp), side - 1)
+        return square[idx][:, idx]
+    resample = Image.Resampling.BOX if size < side else Image.Resampling.BILINEAR
+    planes = square[..., None] if square.ndim == 2 else square
+    out = np.stack(
+        [
+            np.asarray(
+                Image.fromarray(planes[..., c].astype(np.float32)).resize((size, size), resample)
+            )
+            for c in range(planes.shape[-1])
+        ],
+        axis=-1,
+    )
+    if img.ndim == 2:
+        out = out[..., 0]
+    if img.dtype.kind in "ui":
+        limits = np.iinfo(img.dtype)
+        return np.clip(np.round(out), limits.min, limits.max).astype(img.dtype)
+    if img.dtype == np.bool_:
+        return out >= 0.5
+    return out.astype(img.dtype)

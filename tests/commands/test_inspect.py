@@ -1,0 +1,74 @@
+"""`cxrguide inspect`: one line per file, bad files reported without stopping, exit code 0/2."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from cxrguide.cli import main
+
+
+def _png(path, h=96, w=80):
+    Image.fromarray(np.full((h, w), 128, np.uint8)).save(path)
+    return str(path)
+
+
+def _dicom(path):
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.ViewPosition = "PA"
+    ds.set_pixel_data(
+        np.arange(100 * 120, dtype=np.uint16).reshape(100, 120) % 4096, "MONOCHROME1", 12
+    )
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def test_all_good_files_exit_0(tmp_path, capsys):
+    png, dcm = _png(tmp_path / "a.png"), _dicom(tmp_path / "b.dcm")
+    assert main(["inspect", png, dcm]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{png}: PNG 80x96 8-bit L OK",
+        f"{dcm}: DICOM 120x100 12-bit MONOCHROME1 view PA OK",
+    ]
+
+
+def test_bad_files_reported_and_processing_continues(tmp_path, capsys):
+    good = _png(tmp_path / "good.png")
+    small = _png(tmp_path / "small.png", 40, 40)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    missing = str(tmp_path / "missing.dcm")
+    assert main(["inspect", missing, str(text), small, good]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"{missing}: file not found",
+        f"{text}: not an image file",
+        f"{small}: too small (40x40 px, need >= 64)",
+        f"{good}: PNG 80x96 8-bit L OK",
+    ]
+
+
+def test_reader_flags_change_the_verdict(tmp_path, capsys):
+    small = _png(tmp_path / "small.png", 40, 40)
+    assert main(["inspect", "--min-side", "32", small]) == 0
+    assert capsys.readouterr().out == f"{small}: PNG 40x40 8-bit L OK\n"
+    big = _png(tmp_path / "big.png", 100, 100)
+    assert main(["inspect", "--max-pixels", "9999", big]) == 2
+    assert capsys.readouterr().out == f"{big}: too many pixels (100x100 = 10,000 > limit 9,999)\n"
+    cfg = tmp_path / "reader.yaml"
+    cfg.write_text("min_side: 200\n")
+    assert main(["inspect", "--config", str(cfg), big]) == 2
+    assert "too small (100x100 px, need >= 200)" in capsys.readouterr().out
+
+
+def test_real_samples(shared_data, capsys):
+    rsna = sorted(shared_data.glob("RSNAPDD/*/stage_2_train_images/*.dcm"))[0]
+    rgba = shared_data / "CCXRD/covid-chestxray-dataset/images/000001-12.jpg"
+    assert main(["inspect", str(rsna), str(rgba)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{rsna}: DICOM 1024x1024 8-bit MONOCHROME2 view AP OK",
+        f"{rgba}: PNG 373x361 8-bit RGBA OK",
+    ]
