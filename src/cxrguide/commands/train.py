@@ -1,0 +1,34 @@
+"""`cxrguide train --stage 1|2 ...`: one run folder per model plus a stage leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+
+from cxrguide.config import TrainConfig, add_config_flags, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "train",
+        help="train classifiers: Stage I (frozen body) or Stage II (fine-tune the best)",
+        description="Stage I trains the paper's head on a frozen backbone (features cached once); "
+        "Stage II fine-tunes body and head of the best Stage I runs (--from LEADERBOARD --top k). "
+        "Runs under torchrun use DDP.",
+    )
+    add_config_flags(parser, TrainConfig)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxrguide.training.engine import is_main_process
+    from cxrguide.training.stages import LEADERBOARD, train
+
+    cfg = config_from_args(TrainConfig, args)
+    rows = train(cfg)
+    if is_main_process():
+        print(f"stage {cfg.stage}: {len(rows)} run(s); leaderboard "
+              f"{cfg.out / LEADERBOARD.format(stage=cfg.stage)}")  # fmt: skip
+        for r in sorted(rows, key=lambda r: -r["val_accuracy"]):
+            print(f"  {r['backbone']:<22} val {r['val_accuracy']:.3f}  test {r['test_accuracy']:.3f}"
+                  f"  {r['run']}")  # fmt: skip
+    return 0

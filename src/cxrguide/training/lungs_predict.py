@@ -1,0 +1,201 @@
+"""`cxrguide lungs predict`: lung masks for a classifier's prepared set, or for single files.
+
+``--data PREP`` segments every row of a folder written by ``cxrguide prepare`` straight from its
+image cache and writes ``PREP/cache/lungs_<size>.npy`` (uint8 0/255, row i = manifest row i, the
+same letterboxed square as the image cache), ``PREP/lung_quality.csv`` (image_id,
+area_fraction, components, lungs, flag) and ``lungs_<size>.json`` next to the cache (which run
+and checkpoint made it, threshold, flag counts), so Stage III can check what it is using. The
+mask cache is written to a temporary file and renamed, so a killed run never leaves a
+half-written cache behind. ``manifest.csv`` is not touched.
+
+``IMAGE...`` reads each file with the project's reader, letterboxes it like the cache,
+segments it, maps the probabilities back to the file's own pixel grid and post-processes there;
+``--out`` writes ``<stem>_lungs.png`` masks and ``--overlay`` ``<stem>_overlay.png`` pictures.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+from tqdm import tqdm
+
+from cxrguide.config import LungsPredictConfig, load_yaml
+from cxrguide.data import cache
+from cxrguide.data.imaging import fit_square, read_image, to_uint8
+from cxrguide.data.lungs.records import lung_cache_path
+from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
+from cxrguide.evaluation.segmentation import MaskQuality, content_fraction, postprocess, quality
+from cxrguide.training import engine
+from cxrguide.training.lungs import load_run, predict_batch
+
+QUALITY_FILE = "lung_quality.csv"
+QUALITY_COLUMNS = ["image_id", "area_fraction", "components", "lungs", "flag"]
+
+
+@dataclass
+class PreparedPrediction:
+    masks: Path
+    quality: Path
+    n: int
+    flags: dict[str, int]
+
+
+@dataclass
+class ImagePrediction:
+    path: str
+    quality: MaskQuality | None
+    mask_file: Path | None = None
+    overlay_file: Path | None = None
+    error: str = ""
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _checkpoint(run: Path) -> Path:
+    return run / engine.BEST if (run / engine.BEST).is_file() else run / engine.LAST
+
+
+def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
+    """Masks for every image of a classifier-prepared folder, aligned with its image cache."""
+    assert cfg.run is not None and cfg.data is not None
+    prep = Path(cfg.data)
+    manifest, config = prep / "manifest.csv", prep / "prepare_config.yaml"
+    if not manifest.is_file() or not config.is_file():
+        raise CxrGuideError(f"{prep}: not a folder written by 'cxrguide prepare'")
+    size = int(load_yaml(config).get("size", 0))
+    images_path = cache.image_cache_path(prep, size)
+    if not images_path.is_file():
+        raise CxrGuideError(f"{images_path}: image cache missing (rerun 'cxrguide prepare')")
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and "lung_fraction" in rows[0] and cfg.out is None:
+        raise CxrGuideError(
+            f"{prep}: is a 'lungs prepare' folder; its lungs cache holds the annotations. "
+            "Give --out DIR to write predictions elsewhere"
+        )
+    images = cache.open_readonly(images_path)
+    if len(images) != len(rows):
+        raise CxrGuideError(f"{images_path}: {len(images)} rows but manifest has {len(rows)}")
+    out = Path(cfg.out) if cfg.out else None
+    quality_path = (out or prep) / QUALITY_FILE
+    masks_path = out / f"lungs_{size}.npy" if out else lung_cache_path(prep, size)
+    masks_path.parent.mkdir(parents=True, exist_ok=True)
+    model, train_cfg = load_run(cfg.run)
+    threshold = cfg.threshold if cfg.threshold is not None else train_cfg.threshold
+    device = engine.resolve_device(cfg.device)
+    model.to(device)
+
+    tmp = masks_path.with_name(masks_path.name + ".tmp.npy")
+    masks = cache.create(tmp, max(len(rows), 1), size)
+    found: list[list] = []
+    bar = tqdm(total=len(rows), desc="lungs", unit="img")
+    for start in range(0, len(rows), cfg.batch_size):
+        probs = predict_batch(model, images[start : start + cfg.batch_size], train_cfg.size, device)
+        for k, prob in enumerate(probs):
+            row = rows[start + k]
+            raw = prob >= threshold
+            final = postprocess(raw)
+            content = content_fraction(row.get("width") or 0, row.get("height") or 0)
+            q = quality(raw, final, content, cfg.min_area, cfg.max_area)
+            masks[start + k] = final.astype(np.uint8) * 255
+            found.append([row["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
+        bar.update(len(probs))
+    bar.close()
+    masks.flush()
+    del masks
+    os.replace(tmp, masks_path)
+    with quality_path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(QUALITY_COLUMNS)
+        writer.writerows(found)
+    flags = dict(Counter(r[-1] for r in found))
+    checkpoint = _checkpoint(Path(cfg.run))
+    provenance = {"run": str(Path(cfg.run).resolve()), "checkpoint": checkpoint.name,
+                  "checkpoint_sha256": _sha256(checkpoint), "threshold": threshold,
+                  "model_size": train_cfg.size, "size": size, "n": len(rows), "flags": flags,
+                  "min_area": cfg.min_area, "max_area": cfg.max_area}  # fmt: skip
+    masks_path.with_suffix(".json").write_text(json.dumps(provenance, indent=2))
+    return PreparedPrediction(masks_path, quality_path, len(rows), flags)
+
+
+def unletterbox(prob: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Undo :func:`fit_square` on a (S, S) probability map: back to ``height`` x ``width``."""
+    side = max(height, width)
+    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
+    if t.shape[-1] != side:
+        t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)
+    top, left = (side - height) // 2, (side - width) // 2
+    return t[0, 0, top : top + height, left : left + width].numpy()
+
+
+def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB uint8: the film in gray, lungs tinted red, their outline yellow."""
+    gray = to_uint8(image).astype(np.float32)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rgb[mask, 0] = 0.55 * rgb[mask, 0] + 0.45 * 255
+    rgb[mask, 1:] *= 0.7
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 300))
+    rgb[edge] = (255, 230, 0)
+    return rgb.astype(np.uint8)
+
+
+def _unique_stem(path: Path, used: Counter) -> str:
+    used[path.stem] += 1
+    return path.stem if used[path.stem] == 1 else f"{path.stem}_{used[path.stem]}"
+
+
+def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
+    """Masks (and overlays) for image files at their own resolution; unreadable files reported."""
+    assert cfg.run is not None
+    if not cfg.images:
+        raise ConfigError("images: give image files or --data PREP")
+    model, train_cfg = load_run(cfg.run)
+    threshold = cfg.threshold if cfg.threshold is not None else train_cfg.threshold
+    device = engine.resolve_device(cfg.device)
+    model.to(device)
+    for folder in (cfg.out, cfg.overlay):
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    results: list[ImagePrediction] = []
+    used: Counter = Counter()
+    for start in range(0, len(cfg.images), cfg.batch_size):
+        loaded: list[tuple[str, np.ndarray]] = []
+        for path in cfg.images[start : start + cfg.batch_size]:
+            try:
+                img, _ = read_image(path)
+            except ImageReadError as err:
+                results.append(ImagePrediction(str(path), None, error=err.reason))
+                continue
+            loaded.append((str(path), img))
+        if not loaded:
+            continue
+        squares = np.stack([fit_square(img, train_cfg.size) for _, img in loaded])
+        probs = predict_batch(model, squares, train_cfg.size, device)
+        for (path, img), prob in zip(loaded, probs, strict=True):
+            raw = unletterbox(prob, *img.shape) >= threshold
+            final = postprocess(raw)
+            result = ImagePrediction(path, quality(raw, final, 1.0, cfg.min_area, cfg.max_area))
+            stem = _unique_stem(Path(path), used)
+            if cfg.out is not None:
+                result.mask_file = Path(cfg.out) / f"{stem}_lungs.png"
+                Image.fromarray(final.astype(np.uint8) * 255).save(result.mask_file)
+            if cfg.overlay is not None:
+                result.overlay_file = Path(cfg.overlay) / f"{stem}_overlay.png"
+                Image.fromarray(overlay(img, final)).save(result.overlay_file)
+            results.append(result)
+    order = {p: i for i, p in enumerate(map(str, cfg.images))}
+    return sorted(results, key=lambda r: order.get(r.path, 0))

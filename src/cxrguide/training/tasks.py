@@ -1,0 +1,40 @@
+"""Per-stage training tasks plugged into :func:`cxrguide.training.engine.fit`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cxrguide.training.losses import l2_penalty, paper_cross_entropy
+
+
+def _sums(logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
+    n = len(labels)
+    correct = (logits.argmax(1) == labels).sum().item()
+    return {"loss": loss.item() * n, "acc": correct, "n": n}
+
+
+class ClassifierTask:
+    """Images -> logits; the study's cross-entropy plus its explicit L2 penalty."""
+
+    def __init__(self, l2: float) -> None:
+        self.l2 = l2
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["image"])
+
+    def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.logits(model, batch)
+        ce = paper_cross_entropy(logits, batch["label"])
+        return ce + l2_penalty(model, self.l2), _sums(logits, batch["label"], ce)
+
+    def eval_step(self, model: nn.Module, batch: dict) -> dict[str, float]:
+        logits = self.logits(model, batch)
+        return _sums(logits, batch["label"], paper_cross_entropy(logits, batch["label"]))
+
+
+class FeatureTask(ClassifierTask):
+    """Stage I on cached pooled features: the model is the head alone."""
+
+    def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        return model(batch["features"])

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from cxrguide.config import TrainConfig
+from cxrguide.errors import CxrGuideError
+from cxrguide.training import stages
+from cxrguide.training.runs import load_run
+
+
+def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(stage=1, data=prep, backbone="mobilenet_v2", out=out, weights="none",
+                image_size=64, max_epochs=2, batch_size=8, seed=0, lr=1e-2)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_stage1_feature_cache_equals_training_the_frozen_whole_model(tiny_prepared, tmp_path):
+    cached = stages.train(_cfg(tiny_prepared, tmp_path / "a"))[0]
+    whole = stages.train(_cfg(tiny_prepared, tmp_path / "b", feature_cache=False))[0]
+    a, _ = load_run(cached["run"])
+    b, _ = load_run(whole["run"])
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(x, y, atol=1e-5), name
+    ha = pd.read_csv(Path(cached["run"]) / "history.csv")
+    hb = pd.read_csv(Path(whole["run"]) / "history.csv")
+    assert ha.val_loss.to_numpy() == pytest.approx(hb.val_loss.to_numpy(), abs=1e-5)
+    # the frozen body did not move: it equals a fresh body built with the same seed
+    from cxrguide.models.zoo import create_model
+
+    fresh = create_model("mobilenet_v2", "none", seed=0)
+    for k, v in fresh.body.state_dict().items():
+        assert torch.equal(v, a.body.state_dict()[k]), k
+
+
+def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, monkeypatch):
+    rows = stages.train(
+        _cfg(tiny_prepared, tmp_path / "runs", backbone="mobilenet_v2,efficientnet_b0")
+    )
+    board = pd.read_csv(tmp_path / "runs/leaderboard_stage1.csv")
+    assert list(board.backbone) == sorted(
+        [r["backbone"] for r in rows], key=lambda b: -board.set_index("backbone").val_accuracy[b]
+    )
+    assert board.val_accuracy.is_monotonic_decreasing
+    run = tmp_path / "runs/stage1-mobilenet_v2"
+    for name in ("config.yaml", "model.yaml", "model.pt", "history.csv", "metrics_test.json",
+                 "metrics_val.json", "predictions_test.csv"):  # fmt: skip
+        assert (run / name).exists(), name
+    assert len(list((tiny_prepared / "features").glob("*.npy"))) == 2
+    # a second Stage I run on the same data reuses the cache: the body never runs again
+    from cxrguide.models.classifier import CxrClassifier
+
+    def boom(self, x):
+        raise AssertionError("body ran although its features are cached")
+
+    monkeypatch.setattr(CxrClassifier, "forward_features", boom)
+    monkeypatch.setattr(
+        stages, "_finish", lambda run, cfg, model, info: {"val_accuracy": 0, "test_accuracy": 0}
+    )
+    stages.train(_cfg(tiny_prepared, tmp_path / "again"))
+
+
+def test_existing_run_needs_resume(tiny_prepared, tmp_path):
+    stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1))
+    with pytest.raises(CxrGuideError, match="--resume"):
+        stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1))
+    rows = stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1, resume=True))
+    assert rows[0]["backbone"] == "mobilenet_v2"
+
+
+def test_stage2_fine_tunes_body_of_the_best_run(tiny_prepared, tmp_path):
+    stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=1))
+    board = tmp_path / "runs/leaderboard_stage1.csv"
+    rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", stage=2, from_run=board, top=1,
+                             max_epochs=1, finetune_lr=1e-2, data=None))  # fmt: skip
+    s1, _ = load_run(tmp_path / "runs/stage1-mobilenet_v2")
+    s2, info = load_run(rows[0]["run"])
+    assert info.stage == 2 and info.parent.endswith("stage1-mobilenet_v2")
+    changed = [
+        k for k, v in s1.body.state_dict().items() if not torch.equal(v, s2.body.state_dict()[k])
+    ]
+    assert changed, "Stage II must update the body"
+    assert (tmp_path / "runs/leaderboard_stage2.csv").exists()
+
+
+def test_stage2_needs_a_source(tiny_prepared, tmp_path):
+    with pytest.raises(CxrGuideError, match="--from"):
+        stages.train(_cfg(tiny_prepared, tmp_path / "x", stage=2))
+    with pytest.raises(CxrGuideError, match="no such leaderboard"):
+        stages.train(_cfg(tiny_prepared, tmp_path / "x", stage=2, from_run=tmp_path / "nope.csv"))
