@@ -89,6 +89,11 @@ def is_main_process() -> bool:
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def init_distributed(device: torch.device) -> None:
     """Join the torchrun process group when launched by torchrun (no-op otherwise)."""
     if distributed() and not torch.distributed.is_initialized():

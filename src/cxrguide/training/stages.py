@@ -56,6 +56,10 @@ def _optimizer(params, lr: float, momentum: float) -> torch.optim.Optimizer:
 
 
 def _finish(run: Path, cfg: TrainConfig, model: CxrClassifier, info: RunInfo) -> dict:
+    """Save the run and evaluate it on val and test (rank 0 only; other ranks just wait)."""
+    if not engine.is_main_process():
+        engine.barrier()
+        return {"backbone": info.backbone, "run": str(run), "val_accuracy": float("nan")}
     save_run(run, model, info)
     save_yaml(cfg, run / "config.yaml")
     row = {"backbone": info.backbone, "run": str(run), "weights": info.weights_source}
@@ -67,6 +71,7 @@ def _finish(run: Path, cfg: TrainConfig, model: CxrClassifier, info: RunInfo) ->
     print(
         f"{run}: val accuracy {row['val_accuracy']:.3f}, test accuracy {row['test_accuracy']:.3f}"
     )
+    engine.barrier()
     return row
 
 
@@ -83,8 +88,13 @@ def stage1(cfg: TrainConfig, name: str, prepared: Prepared) -> dict:
     device = engine.resolve_device(cfg.device)
     ecfg = engine_config(cfg)
     if cfg.feature_cache:
-        feats = pooled_features(model, prepared, size, device, batch_size=cfg.batch_size,
-                                precision=cfg.precision, channels_last=cfg.channels_last)  # fmt: skip
+        if engine.is_main_process():  # rank 0 fills the cache, the other ranks then read it
+            feats = pooled_features(model, prepared, size, device, batch_size=cfg.batch_size,
+                                    precision=cfg.precision, channels_last=cfg.channels_last)  # fmt: skip
+        engine.barrier()
+        if not engine.is_main_process():
+            feats = pooled_features(model, prepared, size, device, precision=cfg.precision,
+                                    progress=False)  # fmt: skip
         train = FeatureDataset(feats, labels, prepared.rows("train"))
         val = FeatureDataset(feats, labels, prepared.rows("val"))
         net, task, ecfg = (
@@ -145,7 +155,12 @@ def stage2(cfg: TrainConfig, parent: Path, prepared: Prepared) -> dict:
 
 
 def train(cfg: TrainConfig) -> list[dict]:
-    """Run the configured stage for every selected model; write the stage leaderboard."""
+    """Run the configured stage for every selected model; write the stage leaderboard.
+
+    Under torchrun every rank calls this; the process group is joined first so that the feature
+    cache, run folders and leaderboard are written by rank 0 only.
+    """
+    engine.init_distributed(engine.resolve_device(cfg.device))
     if cfg.stage == 1:
         if cfg.data is None:
             raise ConfigError("data: give --data PREP (a folder written by 'cxrguide prepare')")
@@ -157,7 +172,8 @@ def train(cfg: TrainConfig) -> list[dict]:
         prepared = Prepared.open(data)
         cfg = dataclasses.replace(cfg, data=Path(data))
         rows = [stage2(cfg, parent, prepared) for parent in sources]
-    board = pd.DataFrame(rows).sort_values("val_accuracy", ascending=False, kind="stable")
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    board.to_csv(Path(cfg.out) / LEADERBOARD.format(stage=cfg.stage), index=False)
+    if engine.is_main_process():
+        board = pd.DataFrame(rows).sort_values("val_accuracy", ascending=False, kind="stable")
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        board.to_csv(Path(cfg.out) / LEADERBOARD.format(stage=cfg.stage), index=False)
     return rows
