@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cxr_testutils import make_prepared
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXRGUIDE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -17,43 +19,6 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data samples not found at {SHARED_DATA} (set CXRGUIDE_SHARED_DATA)")
     return SHARED_DATA
-
-
-def make_prepared(root: Path, n_per_class: int = 12, size: int = 64, seed: int = 0) -> Path:
-    """A tiny prepared folder written directly (manifest + config + cache), no decoding.
-
-    Class k images carry a bright blob at a class-specific place, so a model can learn them.
-    """
-    import numpy as np
-    import pandas as pd
-    import yaml
-
-    rng = np.random.default_rng(seed)
-    rows, images = [], []
-    splits = ["train"] * 8 + ["val"] * 2 + ["test"] * 2
-    yy, xx = np.mgrid[:size, :size]
-    for k, label in enumerate(("Normal", "Pneumonia", "COVID-19")):
-        for i in range(n_per_class):
-            img = rng.normal(80, 20, (size, size))
-            cy, cx = size * (0.3 + 0.2 * k), size * (0.35 + 0.15 * k)
-            img += 120 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 10) ** 2))
-            images.append(np.clip(img, 0, 255).astype(np.uint8))
-            image_id = f"synthetic:images/{label}-{i}.png"
-            rows.append({"image_id": image_id, "source": "synthetic", "site": f"site{i % 2}",
-                         "path": f"images/{label}-{i}.png", "label": label,
-                         "patient_id": f"p{k}-{i}", "view": "PA", "view_recorded": 1,
-                         "finding": label, "sha256": "", "width": size, "height": size,
-                         "split": splits[i % len(splits)]})  # fmt: skip
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = pd.DataFrame(rows).sort_values("image_id").reset_index(drop=True)
-    manifest["cache_index"] = range(len(manifest))
-    manifest.to_csv(root / "manifest.csv", index=False)
-    (root / "prepare_config.yaml").write_text(yaml.safe_dump({"size": size}))
-    (root / "cache").mkdir(exist_ok=True)
-    ids = [r["image_id"] for r in rows]
-    by_id = dict(zip(ids, images, strict=True))
-    np.save(root / f"cache/images_{size}.npy", np.stack([by_id[i] for i in manifest.image_id]))
-    return root
 
 
 @pytest.fixture

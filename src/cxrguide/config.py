@@ -279,7 +279,9 @@ class PrepareConfig:
 class TrainConfig:
     """`cxrguide train`: Stage I (frozen body), II (fine-tuning), III (guided attention)."""
 
-    stage: Literal[1, 2] = _f(1, "1 frozen body + head, 2 fine-tune the best runs")
+    stage: Literal[1, 2, 3] = _f(
+        1, "1 frozen body + head, 2 fine-tune the best runs, 3 guided attention"
+    )
     data: Path | None = _f(None, "prepared folder (from 'cxrguide prepare')", metavar="PREP")
     backbone: str = _f("mobilenet_v2", "model name, comma list, or 'all' (see 'cxrguide models')")
     from_run: Path | None = _f(
@@ -308,8 +310,29 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     workers: int = _f(0, "data-loader worker processes")
     resume: bool = _f(False, "continue a killed run from its last checkpoint")
+    attention: list[str] = _f(
+        ["gate", "gain"], "Stage III mechanisms, comma list: gate, gain, external", metavar="LIST"
+    )
+    gain_alpha: float = _f(1.0, "Stage III: weight alpha of GAIN's attention-mining loss")
+    gain_sigma: float = _f(0.5, "Stage III: soft-mask threshold sigma of GAIN")
+    gain_omega: float = _f(10.0, "Stage III: soft-mask sharpness omega of GAIN")
+    external_weight: float = _f(1.0, "Stage III: weight of the lung-mask supervision L_e")
+    gain_second_order: bool = _f(
+        True, "Stage III: exact Grad-CAM gradient (create_graph); off: CAM weights as constants"
+    )
+    gain_bn: Literal["clean", "eval"] = _f(
+        "clean", "Stage III: BatchNorm stats of GAIN's erased pass: the clean batch's, or running"
+    )
+    lung_model: Path | None = _f(
+        None, "Stage III: the lung run behind the mask cache (default: its record)", metavar="RUN"
+    )
 
     def validate(self) -> None:
+        from cxrguide.attention.gain import parse_attention
+
+        self.attention = parse_attention(self.attention)
+        if self.gain_alpha < 0 or self.external_weight < 0 or self.gain_omega <= 0:
+            raise ConfigError("gain_alpha/external_weight: must be >= 0; gain_omega: > 0")
         for name in ("max_epochs", "batch_size", "patience", "top"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
@@ -439,3 +462,238 @@ class LungsPredictConfig:
             raise ConfigError("min_area/max_area: need 0 <= min_area < max_area <= 1")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise ConfigError("threshold: must be in (0, 1)")
+
+
+# ---- hyper-parameter tuning (`cxrguide tune`) ------------------------------------------------
+
+
+def _in(value: float, bounds: list, name: str, field: str) -> None:
+    if not bounds[0] <= value <= bounds[1]:
+        raise ConfigError(
+            f"{field}: the first trial's value {value!r} lies outside {name} {list(bounds)}"
+        )
+
+
+@dataclasses.dataclass
+class TuneConfig(TrainConfig):
+    """`cxrguide tune`: Optuna search over head and optimiser; every `train` field plus these.
+
+    The `train` fields are the base of every trial (and, with ``paper_first``, the first trial's
+    values), so a `train` YAML works as ``--config`` and an exported best.yaml is a `train` YAML.
+    """
+
+    out: Path | None = _f(None, "tune folder: trial runs, plots, study.db (default runs/tune-STUDY)", metavar="DIR")  # fmt: skip
+    trials: int = _f(20, "finished trials the study should reach, counted over all its workers")
+    storage: str | None = _f(None, "SQLAlchemy URL of the study, e.g. postgresql://u:p@host/db (default sqlite:///OUT/study.db)", metavar="URL")  # fmt: skip
+    study: str | None = _f(None, "study name (default stage<k>-<backbone>)", metavar="NAME")
+    sampler: Literal["tpe", "gp", "random"] = _f("tpe", "multivariate TPE, Gaussian process, or random search")  # fmt: skip
+    startup_trials: int = _f(5, "random trials before the sampler models the results")
+    pruner: Literal["median", "hyperband", "none"] = _f("median", "stop trials whose per-epoch val accuracy trails the others")  # fmt: skip
+    prune_warmup: int = _f(2, "epochs a trial always runs before it may be pruned")
+    paper_first: bool = _f(True, "enqueue the configured values (the paper's by default) as the first trial")  # fmt: skip
+    lr_range: list[float] = _f([1e-6, 1e-1], "learning-rate LOW and HIGH, log scale (Stage 2 tunes finetune_lr); flag given twice")  # fmt: skip
+    l2_range: list[float] = _f([1e-6, 1e-1], "L2 lambda LOW and HIGH, log scale; flag given twice")
+    momentum_range: list[float] = _f([0.0, 0.99], "SGD momentum LOW and HIGH; flag given twice")
+    batch_sizes: list[int] = _f([8, 16, 32, 64], "batch sizes to try; flag repeated")
+    width_range: list[int] = _f([16, 512], "Stage 1: LOW and HIGH width of each hidden head layer, log scale; flag given twice")  # fmt: skip
+    dropout_range: list[float] = _f([0.0, 0.5], "Stage 1: LOW and HIGH dropout after each hidden layer; flag given twice")  # fmt: skip
+    activations: list[str] = _f(["elu", "relu", "gelu", "silu", "leaky_relu"], "Stage 1: head activations to try; flag repeated")  # fmt: skip
+    heartbeat: int = _f(60, "seconds between a running trial's liveness marks; one silent for twice that is retried (0: off)")  # fmt: skip
+    retries: int = _f(1, "how often a trial whose worker died is run again")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage: tune searches Stage 1 or 2, not {self.stage}")
+        for name in ("trials", "startup_trials", "prune_warmup", "heartbeat", "retries"):
+            if getattr(self, name) < (1 if name == "trials" else 0):
+                raise ConfigError(f"{name}: must be >= {1 if name == 'trials' else 0}")
+        for name in ("lr_range", "l2_range", "momentum_range", "width_range", "dropout_range"):
+            bounds = getattr(self, name)
+            if len(bounds) != 2 or not bounds[0] < bounds[1]:
+                raise ConfigError(f"{name}: need two values LOW HIGH with LOW < HIGH, got {bounds}")
+        if self.lr_range[0] <= 0 or self.l2_range[0] <= 0 or self.width_range[0] < 1:
+            raise ConfigError("lr_range/l2_range/width_range: log-scale ranges must be positive")
+        if self.momentum_range[0] < 0 or self.momentum_range[1] >= 1:
+            raise ConfigError("momentum_range: must lie within [0, 1)")
+        if self.dropout_range[0] < 0 or self.dropout_range[1] >= 1:
+            raise ConfigError("dropout_range: must lie within [0, 1)")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError("batch_sizes: need at least one size, all >= 1")
+        if not self.activations:
+            raise ConfigError("activations: need at least one activation")
+        if not self.paper_first:
+            return
+        lr_name = "lr" if self.stage == 1 else "finetune_lr"
+        _in(getattr(self, lr_name), self.lr_range, "lr_range", lr_name)
+        _in(self.l2, self.l2_range, "l2_range", "l2")
+        _in(self.momentum, self.momentum_range, "momentum_range", "momentum")
+        if self.batch_size not in self.batch_sizes:
+            raise ConfigError(f"batch_size: the first trial's {self.batch_size} is not in batch_sizes {self.batch_sizes}")  # fmt: skip
+        if self.stage == 1:
+            for w in self.head_widths:
+                _in(w, self.width_range, "width_range", "head_widths")
+            for d in self.head_dropouts:
+                _in(d, self.dropout_range, "dropout_range", "head_dropouts")
+            if self.activation not in self.activations:
+                raise ConfigError(f"activation: the first trial's {self.activation!r} is not in activations {self.activations}")  # fmt: skip
+
+
+# ---- inference (`cxrguide predict | export | serve`) -----------------------------------------
+
+_BACKEND_HELP = "auto | fp32 | channels_last | bf16 | onnx (auto: the fastest agreeing CPU path)"
+_CAM_METHODS = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """`cxrguide predict RUN INPUT...`: labels for new PNG/JPEG/DICOM files or folders."""
+
+    run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
+    inputs: list[str] = _f([], "image files or folders (folders are searched recursively)")
+    format: Literal["table", "json", "csv"] = _f("table", "output format (--json, --csv)")
+    output: Path | None = _f(None, "write the results here instead of stdout", metavar="FILE")
+    cam: Path | None = _f(None, "write Grad-CAM overlay PNGs into this folder", metavar="DIR")
+    cam_method: _CAM_METHODS = _f("gradcam", "CAM method for --cam")
+    batch_size: int = _f(16, "images per forward pass")
+    backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
+    max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
+    threads: int = _f(0, "CPU threads for inference (0: the library default)")
+    progress: bool = _f(True, "show a progress bar on stderr")
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("batch_size: must be >= 1")
+        if self.max_pixels <= 0 or self.threads < 0:
+            raise ConfigError("max_pixels/threads: max_pixels must be > 0, threads >= 0")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """`cxrguide export RUN --format onnx|torchscript --out FILE`: a portable classifier file."""
+
+    run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
+    format: Literal["onnx", "torchscript"] = _f("onnx", "file format")
+    out: Path | None = _f(None, "output file (.onnx or .pt)", metavar="FILE")
+    opset: int = _f(17, "ONNX opset version")
+    check: bool = _f(True, "check the file against PyTorch (probabilities within 1e-4)")
+
+    def validate(self) -> None:
+        if not 13 <= self.opset <= 21:
+            raise ConfigError("opset: must be between 13 and 21")
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """`cxrguide serve RUN`: REST API + web page on one run."""
+
+    run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
+    host: str = _f("127.0.0.1", "interface to listen on (0.0.0.0 exposes it to the network)")
+    port: int = _f(8000, "TCP port")
+    backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
+    max_upload_mb: float = _f(32.0, "refuse uploads larger than this many MiB")
+    max_pixels: int = _f(40_000_000, "refuse images with more pixels (checked before decoding)")
+    max_concurrent: int = _f(4, "uploads held in memory at once (others wait)")
+    threads: int = _f(0, "CPU threads for inference (0: the library default)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = _f("info", "uvicorn log level")  # fmt: skip
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port: must be between 0 and 65535")
+        if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.max_concurrent < 1:
+            raise ConfigError("max_upload_mb/max_pixels/max_concurrent: must be positive")
+        if self.threads < 0:
+            raise ConfigError("threads: must be >= 0")
+
+
+# ---- benchmarks (`cxrguide bench ...`) -----------------------------------------------------
+
+
+@dataclasses.dataclass
+class ShortcutBenchConfig:
+    """`cxrguide bench shortcut`: Stage II vs Stage III variants on shortcut-laden phantoms."""
+
+    out: Path | None = _f(None, "benchmark folder (data, runs, table; resumes)", metavar="DIR")
+    n: int = _f(360, "synthetic images in the main set (train/val/test)")
+    size: int = _f(128, "image side in px (synthetic, cache and model input)")
+    shortcut_rate: float = _f(0.95, "share of films whose marker sits at its class's position")
+    shortcut_test: int = _f(120, "images in the shortcut_test split (markers of another class)")
+    synth_seed: int = _f(0, "seed of the synthetic data (the same data for every run)")
+    backbone: str = _f("mobilenet_v2", "model for every run")
+    weights: str = _f("none", "starting weights of every run: none | imagenet | PATH")
+    seeds: list[int] = _f([0, 1, 2], "training seed (initialisation, batch order); repeatable")
+    variants: list[str] = _f(
+        ["stage2", "gate", "gain", "external", "gate+gain", "gate+gain+external"],
+        "stage2, or Stage III mechanisms joined by '+' (gate, gain, external), optionally "
+        "@eval (GAIN's erased pass on running BatchNorm stats); comma list",
+    )
+    lungs: str = _f("truth", "lung masks: 'truth' (the generator's masks) or a lung RUN folder")
+    max_epochs: int = _f(10, "epochs per run (the same budget for every variant)")
+    batch_size: int = _f(16, "batch size")
+    optimizer: Literal["adam", "sgd"] = _f(
+        "adam", "optimizer of every run (from random weights SGD barely moves in this budget)"
+    )
+    lr: float = _f(1e-3, "learning rate of every run")
+    momentum: float = _f(0.9, "SGD momentum (optimizer sgd)")
+    l2: float = _f(1e-3, "L2 penalty lambda on kernels")
+    augment: bool = _f(False, "training augmentation (off: from random weights it slows learning)")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    workers: int = _f(2, "processes for synth and prepare")
+
+    def validate(self) -> None:
+        from cxrguide.attention.gain import parse_attention
+
+        if self.n < 30 or self.shortcut_test < 3:
+            raise ConfigError("n/shortcut_test: need n >= 30 and shortcut_test >= 3")
+        if not 32 <= self.size <= 1024:
+            raise ConfigError("size: must be between 32 and 1024")
+        if not 0 <= self.shortcut_rate <= 1:
+            raise ConfigError("shortcut_rate: must be in [0, 1]")
+        self.variants = [v.strip() for item in self.variants for v in item.split(",") if v.strip()]
+        if not self.seeds or not self.variants:
+            raise ConfigError("seeds/variants: give at least one of each")
+        for v in self.variants:
+            mechanisms, _, bn = v.partition("@")
+            if v != "stage2":
+                parse_attention(mechanisms.split("+"))
+            if bn not in ("", "clean", "eval"):
+                raise ConfigError(f"variants: {v!r}: '@{bn}' is not @clean or @eval")
+        if self.max_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("max_epochs/batch_size/lr: must be positive")
+
+
+# ---- the whole chain (`cxrguide pipeline`) ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """`cxrguide pipeline`: every step from one YAML; each section holds that step's own fields.
+
+    Sections are checked against the step's config class (``synth`` -> SynthConfig, ``prepare``
+    -> PrepareConfig, ``lungs_prepare``/``lungs`` -> LungsPrepareConfig/LungsTrainConfig,
+    ``stage1``..``stage3`` -> TrainConfig, ``tune`` -> TuneConfig), so a typo names its field.
+    Paths between steps (out, data, from) are filled in by the pipeline.
+    """
+
+    out: Path = _f(Path("runs/pipeline"), "output folder of the whole chain", metavar="DIR")
+    seed: int = _f(0, "seed for every step (same seed, same CPU, same result)")
+    sources: list[str] = _f(
+        [], "real data KIND=PATH (empty: synthetic phantoms)", metavar="KIND=PATH"
+    )
+    lung_sources: list[str] = _f(
+        [], "lung data v7=PATH / masks=PATH (empty: the phantoms' exact masks)", metavar="KIND=PATH"
+    )
+    synth: dict[str, Any] = _f({}, "SynthConfig fields for the synthetic data")
+    prepare: dict[str, Any] = _f({}, "PrepareConfig fields")
+    lungs_prepare: dict[str, Any] = _f({}, "LungsPrepareConfig fields")
+    lungs: dict[str, Any] = _f({}, "LungsTrainConfig fields for the U-Net")
+    stage1: dict[str, Any] = _f({}, "TrainConfig fields for Stage I")
+    tune: dict[str, Any] = _f({}, "TuneConfig fields; trials: 0 skips tuning")
+    stage2: dict[str, Any] = _f({}, "TrainConfig fields for Stage II")
+    stage3: dict[str, Any] = _f({}, "TrainConfig fields for Stage III")
+    explain: dict[str, Any] = _f({}, "options of the Grad-CAM figures")
+    report: dict[str, Any] = _f({}, "options of the HTML report")

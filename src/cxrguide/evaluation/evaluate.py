@@ -52,29 +52,66 @@ def evaluate_run(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    attention_images: int = 0,
 ) -> dict[str, Any]:
-    """Write ``metrics_<split>.json`` and ``predictions_<split>.csv`` into the run; return metrics."""
+    """Write ``metrics_<split>.json`` and ``predictions_<split>.csv`` into the run; return metrics.
+
+    The metrics include ``attention`` (Grad-CAM energy in the lungs / true lesions, see
+    :mod:`cxrguide.evaluation.attention_metrics`) over all images, or over a seeded subset of
+    ``attention_images`` (> 0); -1 skips it.
+    """
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     model, info = load_run(run_dir, dev)
-    data = Path(data or info.data)
-    if not str(data):
+    if not (data or info.data):
         raise CxrGuideError(f"{run_dir}: the run does not record its data; pass --data PREP")
+    data = Path(data or info.data)
     prepared = Prepared.open(data)
     dataset = CxrDataset(prepared, split, image_size=info.image_size, with_lungs=info.lung_gate)
     probs, rows = predict_split(model, dataset, dev, batch_size=batch_size,
                                 use_lungs=info.lung_gate, progress=progress)  # fmt: skip
+    extra = dict(run=str(run_dir), split=split, data=str(data), backbone=info.backbone,
+                 stage=info.stage, weights_source=info.weights_source)  # fmt: skip
+    if attention_images >= 0:
+        from cxrguide.evaluation.attention_metrics import attention_report
+
+        extra["attention"] = attention_report(
+            model, prepared, split, info.image_size, dev, lung_gate=info.lung_gate,
+            batch_size=batch_size, max_images=attention_images, seed=seed, progress=progress,
+        )  # fmt: skip
+    return write_results(
+        run_dir, split, prepared, rows, dataset.labels[rows], probs, n_boot=n_boot, seed=seed,
+        extra=extra,
+    )  # fmt: skip
+
+
+def write_results(
+    out_dir: Path,
+    split: str,
+    prepared: Prepared,
+    rows: np.ndarray,
+    y: np.ndarray,
+    probs: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Write ``metrics_<split>.json`` (report + ``extra``) and ``predictions_<split>.csv``.
+
+    Shared by run and ONNX evaluation so both give files of one schema. ``probs`` are
+    ``(N, 3)`` in :data:`CLASSES` order for manifest ``rows``.
+    """
     manifest = prepared.manifest.iloc[rows]
-    y = dataset.labels[rows]
     report = classification_report(y, probs, manifest["site"].to_numpy(), n_boot=n_boot, seed=seed)
-    report.update(run=str(run_dir), split=split, data=str(data), backbone=info.backbone,
-                  stage=info.stage, weights_source=info.weights_source)  # fmt: skip
-    (run_dir / f"metrics_{split}.json").write_text(json.dumps(report, indent=2))
+    report.update(extra)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"metrics_{split}.json").write_text(json.dumps(report, indent=2))
     table = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(),
                           "source": manifest["site"].to_numpy(),
                           "true": [CLASSES[k] for k in y],
                           "predicted": [CLASSES[k] for k in probs.argmax(1)]})  # fmt: skip
     for k, name in enumerate(CLASSES):
         table[f"p_{name}"] = probs[:, k]
-    table.to_csv(run_dir / f"predictions_{split}.csv", index=False)
+    table.to_csv(out_dir / f"predictions_{split}.csv", index=False)
     return report

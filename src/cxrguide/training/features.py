@@ -9,6 +9,7 @@ resumable chunks.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from pathlib import Path
@@ -22,19 +23,23 @@ from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.models.classifier import CxrClassifier
 
 
+def body_digest(model: CxrClassifier) -> str:
+    """Hash of the body's weights: random inits with different seeds never share a cache."""
+    h = hashlib.sha256()
+    for name, tensor in model.body.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def cache_key(model: CxrClassifier, prepared: Prepared, image_size: int, precision: str) -> str:
     images = prepared.images
     stat = Path(images.filename).stat()  # type: ignore[attr-defined]
-    weights = model.weights_source
-    if weights.startswith("file:"):
-        path = Path(weights[5:])
-        weights += f"@{path.stat().st_mtime_ns}" if path.exists() else ""
-    payload = json.dumps([model.name, weights, image_size, precision, images.shape,
-                          stat.st_size, stat.st_mtime_ns])  # fmt: skip
+    payload = json.dumps([model.name, model.weights_source, body_digest(model), image_size,
+                          precision, images.shape, stat.st_size, stat.st_mtime_ns])  # fmt: skip
     return f"{model.name}-{image_size}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
-@torch.no_grad()
 def pooled_features(
     model: CxrClassifier,
     prepared: Prepared,
@@ -50,10 +55,23 @@ def pooled_features(
     folder = prepared.root / "features"
     folder.mkdir(exist_ok=True)
     key = cache_key(model, prepared, image_size, precision)
-    final, partial, done_file = (folder / f"{key}.npy", folder / f"{key}.partial.npy",
-                                 folder / f"{key}.done")  # fmt: skip
+    final = folder / f"{key}.npy"
     if final.exists():
         return np.load(final, mmap_mode="r")
+    with open(folder / f"{key}.lock", "w") as lock:  # one process fills, the others wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not final.exists():
+            _fill(model, prepared, image_size, device, key, batch_size, precision,
+                  channels_last, progress)  # fmt: skip
+    return np.load(final, mmap_mode="r")
+
+
+@torch.no_grad()
+def _fill(model, prepared, image_size, device, key, batch_size, precision, channels_last,
+          progress) -> None:  # fmt: skip
+    folder = prepared.root / "features"
+    final, partial, done_file = (folder / f"{key}.npy", folder / f"{key}.partial.npy",
+                                 folder / f"{key}.done")  # fmt: skip
     n = len(prepared.manifest)
     done = int(done_file.read_text()) if done_file.exists() and partial.exists() else 0
     if done == 0:
@@ -82,7 +100,6 @@ def pooled_features(
     del out
     partial.replace(final)
     done_file.unlink(missing_ok=True)
-    return np.load(final, mmap_mode="r")
 
 
 class FeatureDataset(torch.utils.data.Dataset):

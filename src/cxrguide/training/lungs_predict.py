@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from cxrguide.data.imaging import fit_square, read_image, to_uint8
 from cxrguide.data.lungs.records import lung_cache_path
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 from cxrguide.evaluation.segmentation import MaskQuality, content_fraction, postprocess, quality
+from cxrguide.models.unet import LungSegmenter
 from cxrguide.training import engine
 from cxrguide.training.lungs import load_run, predict_batch
 
@@ -67,6 +69,27 @@ def _sha256(path: Path) -> str:
 
 def _checkpoint(run: Path) -> Path:
     return run / engine.BEST if (run / engine.BEST).is_file() else run / engine.LAST
+
+
+def segment_cache(
+    model: LungSegmenter,
+    images: np.ndarray,
+    model_size: int,
+    device: torch.device,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    contents: list[float] | None = None,
+    min_area: float = 0.05,
+    max_area: float = 0.75,
+) -> Iterator[tuple[int, np.ndarray, MaskQuality]]:
+    """(row, post-processed mask, quality) for each row of a square image cache, in order."""
+    for start in range(0, len(images), batch_size):
+        probs = predict_batch(model, images[start : start + batch_size], model_size, device)
+        for k, prob in enumerate(probs):
+            raw = prob >= threshold
+            final = postprocess(raw)
+            content = contents[start + k] if contents is not None else 1.0
+            yield start + k, final, quality(raw, final, content, min_area, max_area)
 
 
 def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
@@ -102,18 +125,13 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     tmp = masks_path.with_name(masks_path.name + ".tmp.npy")
     masks = cache.create(tmp, max(len(rows), 1), size)
     found: list[list] = []
+    contents = [content_fraction(r.get("width") or 0, r.get("height") or 0) for r in rows]
     bar = tqdm(total=len(rows), desc="lungs", unit="img")
-    for start in range(0, len(rows), cfg.batch_size):
-        probs = predict_batch(model, images[start : start + cfg.batch_size], train_cfg.size, device)
-        for k, prob in enumerate(probs):
-            row = rows[start + k]
-            raw = prob >= threshold
-            final = postprocess(raw)
-            content = content_fraction(row.get("width") or 0, row.get("height") or 0)
-            q = quality(raw, final, content, cfg.min_area, cfg.max_area)
-            masks[start + k] = final.astype(np.uint8) * 255
-            found.append([row["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
-        bar.update(len(probs))
+    for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
+                                     cfg.batch_size, contents, cfg.min_area, cfg.max_area):  # fmt: skip
+        masks[i] = final.astype(np.uint8) * 255
+        found.append([rows[i]["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
+        bar.update()
     bar.close()
     masks.flush()
     del masks

@@ -75,8 +75,11 @@ def _finish(run: Path, cfg: TrainConfig, model: CxrClassifier, info: RunInfo) ->
     return row
 
 
-def stage1(cfg: TrainConfig, name: str, prepared: Prepared) -> dict:
-    """Frozen body, paper head; on cached pooled features unless ``feature_cache`` is off."""
+def stage1(cfg: TrainConfig, name: str, prepared: Prepared, on_epoch_end=None) -> dict:
+    """Frozen body, paper head; on cached pooled features unless ``feature_cache`` is off.
+
+    ``on_epoch_end(epoch, row)`` goes to :func:`engine.fit` (the tuner reports to its pruner).
+    """
     from cxrguide.models.zoo import create_model
 
     run = _run_dir(cfg, name)
@@ -110,7 +113,7 @@ def stage1(cfg: TrainConfig, name: str, prepared: Prepared) -> dict:
         net, task,
         engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
-        _optimizer(net.parameters(), cfg.lr, cfg.momentum), ecfg, run,
+        _optimizer(net.parameters(), cfg.lr, cfg.momentum), ecfg, run, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     info = RunInfo(name, 1, size, list(cfg.head_widths), list(cfg.head_dropouts), cfg.activation,
                    model.weights_source, data=str(prepared.root))  # fmt: skip
@@ -134,8 +137,9 @@ def parents(cfg: TrainConfig) -> list[Path]:
     return [Path(r) for r in board["run"].head(cfg.top)]
 
 
-def stage2(cfg: TrainConfig, parent: Path, prepared: Prepared) -> dict:
-    """Fine-tune body and head of a Stage I run, with CXR-safe augmentation."""
+def stage2(cfg: TrainConfig, parent: Path, prepared: Prepared, on_epoch_end=None) -> dict:
+    """Fine-tune body and head of a Stage I run, with CXR-safe augmentation (``on_epoch_end``:
+    as in :func:`stage1`)."""
     model, info = load_run(parent)
     model.unfreeze_body()
     run = _run_dir(cfg, info.backbone)
@@ -148,6 +152,7 @@ def stage2(cfg: TrainConfig, parent: Path, prepared: Prepared) -> dict:
         engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         _optimizer(model.parameters(), cfg.finetune_lr, cfg.momentum), engine_config(cfg), run,
+        on_epoch_end=on_epoch_end,
     )  # fmt: skip
     new = dataclasses.replace(info, stage=2, image_size=size, data=str(prepared.root),
                               parent=str(parent))  # fmt: skip
@@ -166,6 +171,10 @@ def train(cfg: TrainConfig) -> list[dict]:
             raise ConfigError("data: give --data PREP (a folder written by 'cxrguide prepare')")
         prepared = Prepared.open(cfg.data)
         rows = [stage1(cfg, name, prepared) for name in backbones(cfg)]
+    elif cfg.stage == 3:
+        from cxrguide.training.stage3 import train_stage3
+
+        cfg, rows = train_stage3(cfg)
     else:
         sources = parents(cfg)
         data = cfg.data or read_info(sources[0]).data

@@ -1,0 +1,220 @@
+"""CPU inference speed per backbone: eager fp32 vs channels-last vs bf16 autocast vs ONNX Runtime.
+
+For each backbone at its own input size (or ``--size``), the classifier (``CxrClassifier``, the
+module ``predict``/``serve`` run) is timed on ``--batches`` batches of ``--batch`` real chest
+X-rays from ``../shared/data`` (letterboxed like the Predictor; drawn phantoms when the samples
+are absent), after two untimed warm-up batches, ``--repeats`` times; images/s comes from the
+median batch time (the machine is shared: the median shrugs off a neighbour's burst). Printed
+per path: images/s, batch-1 latency (median of ``--latency-runs``), top-1 agreement with eager
+fp32 and the largest probability difference; then eager fp32's median top-1 margin and how many
+classes it predicted. Agreement means little when one class wins everything (random weights);
+the probability difference is the numerical measure. The summary gives the mean speed-ups and
+the fastest path by throughput and by batch-1 latency among those with >= 99 % agreement.
+
+Paths: ``fp32`` eager; ``channels_last`` (NHWC weights and input); ``bf16`` (channels-last +
+``torch.autocast(bfloat16)``); ``onnx`` (``cxrguide export``'s graph in onnxruntime, all graph
+optimisations). Without ``--run`` each backbone has random weights (seeded; ``--weights
+imagenet`` for pretrained bodies) and the paper head; weights do not change speed. With
+``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks).
+
+    python bench/inference.py [--backbones all|a,b] [--batch 32] [--batches 2] [--repeats 2]
+        [--size 0] [--latency-runs 5] [--threads 0] [--paths fp32,...] [--run RUN]
+
+Measured here (shared 2-core Xeon with AMX/AVX512-BF16, load average 6-10 from other jobs; batch
+8, all ten backbones, ``--threads 1``): mean speed-up over eager fp32, throughput / batch-1
+latency: channels-last 1.41x / 1.31x, bf16 3.08x / 1.83x, ONNX Runtime 2.21x / 2.76x; max |dp|
+vs fp32: ONNX 2e-7, bf16 2.3e-3. With torch's default 2 threads on the loaded machine, eager
+PyTorch collapses (OpenMP threads wait on each other: 0.2-2.6 img/s) and ONNX Runtime was the
+fastest path on every backbone. ONNX is the ``predict``/``serve`` default
+(:data:`cxrguide.inference.predictor.CPU_DEFAULT`): numerically identical to fp32, best for the
+one-image-at-a-time case, and robust to a busy CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
+from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.predictor import collect_inputs, letterbox
+from cxrguide.models.zoo import create_model, get_spec, list_models
+
+PATHS = ("fp32", "channels_last", "bf16", "onnx")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def load_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``(n, size, size)`` float32 inputs: real films when available, else noisy phantoms."""
+    from cxrguide.data.imaging import read_image
+    from cxrguide.errors import ImageReadError
+
+    files, _ = collect_inputs([SHARED]) if SHARED.is_dir() else ([], [])
+    rng = np.random.default_rng(seed)
+    rng.shuffle(files)
+    out: list[np.ndarray] = []
+    for f in files:
+        if len(out) == n:
+            break
+        try:
+            out.append(letterbox(read_image(f)[0], size))
+        except ImageReadError:
+            continue
+    while len(out) < n:
+        yy, xx = np.mgrid[:size, :size] / size
+        lungs = sum(((xx - 0.5 - s * 0.2) / 0.15) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1
+                    for s in (-1, 1))  # fmt: skip
+        img = 0.6 - 0.35 * lungs + rng.normal(0, 0.05, (size, size))
+        out.append(np.clip(img, 0, 1).astype(np.float32))
+    return np.stack(out)
+
+
+def make_runner(path: str, model: torch.nn.Module, size: int, gate: bool, tmp: Path):
+    """A callable ``(x (B,1,S,S) tensor, mask|None) -> probabilities (B,3) numpy``."""
+    if path == "onnx":
+        file = tmp / "model.onnx"
+        export_onnx(ExportModule(model, size, gate).eval(), file, size)
+        runner = OnnxRunner(file, threads=torch.get_num_threads())
+        return lambda x, m: runner(x.numpy(), None if m is None else m.numpy())
+    fast = path in ("channels_last", "bf16")
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor, m: torch.Tensor | None) -> np.ndarray:
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=path == "bf16"):
+            logits = model(x) if m is None else model(x, m)
+        return torch.softmax(logits.float(), 1).numpy()
+
+    return run
+
+
+def bench_one(model, size: int, gate: bool, images: np.ndarray, args) -> dict[str, dict]:
+    x_all = torch.from_numpy(images)[:, None]
+    mask_all = example_inputs(size, True, batch=len(images))[1] if gate else None
+    results: dict[str, dict] = {}
+    reference = None
+    for path in args.paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            fresh = _copy(model)
+            run = make_runner(path, fresh, size, gate, Path(tmp))
+            b = args.batch
+            batches = [(x_all[i : i + b], None if mask_all is None else mask_all[i : i + b])
+                       for i in range(0, len(x_all), b)]  # fmt: skip
+            for _ in range(2):  # warm-up: kernel selection, allocations, ORT arenas
+                run(*batches[0])
+            times, outs = [], []
+            for _ in range(args.repeats):
+                outs.clear()
+                for x, m in batches:
+                    t0 = time.perf_counter()
+                    outs.append(run(x, m))
+                    times.append((time.perf_counter() - t0) / len(x))
+            probs = np.concatenate(outs)
+            one = (x_all[:1], None if mask_all is None else mask_all[:1])
+            run(*one)
+            lat = []
+            for _ in range(args.latency_runs):
+                t = time.perf_counter()
+                run(*one)
+                lat.append(time.perf_counter() - t)
+        if reference is None:
+            reference = probs
+            top2 = np.sort(probs, 1)[:, -2:]
+            margin = float(np.median(top2[:, 1] - top2[:, 0]))
+            n_classes = len(set(probs.argmax(1).tolist()))
+        results[path] = {
+            "img_s": 1.0 / statistics.median(times),
+            "latency_ms": 1000 * statistics.median(lat),
+            "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
+            "max_dp": float(np.abs(probs - reference).max()),
+            "fp32_margin": margin,
+            "fp32_classes": n_classes,
+        }
+    return results
+
+
+def _copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", default="all", help="'all' or a comma list of zoo names")
+    parser.add_argument("--run", action="append", default=[], help="time a trained run instead")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=2, help="timed batches per path")
+    parser.add_argument("--size", type=int, default=0, help="input side (0: each backbone's own)")
+    parser.add_argument("--repeats", type=int, default=2, help="passes over the timed batches")
+    parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch/ORT threads (0: default)")
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--weights", default="none",
+                        help="none | imagenet (offline from $CXRGUIDE_WEIGHTS_DIR) for the bodies")  # fmt: skip
+    args = parser.parse_args(argv)
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if "fp32" not in args.paths or args.paths[0] != "fp32":
+        args.paths = ["fp32"] + [p for p in args.paths if p != "fp32"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    jobs = []
+    if args.run:
+        from cxrguide.training.runs import load_run
+
+        for run in args.run:
+            model, info = load_run(run)
+            jobs.append((Path(run).name, model, args.size or info.image_size, info.lung_gate))
+    else:
+        names = [n for n in list_models() if not n.startswith("covidnet")]
+        if args.backbones != "all":
+            names = [get_spec(n.strip()).name for n in args.backbones.split(",")]
+        for name in names:
+            size = args.size or get_spec(name).input_size[0]
+            jobs.append((name, None, size, False))
+    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x {args.batches} x {args.repeats} "
+          f"(median per-batch time), latency median of {args.latency_runs}")  # fmt: skip
+    header = f"{'backbone':<20} {'px':>4} " + " ".join(f"{p:>28}" for p in args.paths)
+    units = " ".join(f"{'img/s  b1 ms  agree  max|dp|':>28}" for _ in args.paths)
+    print(f"{header}  fp32 top-1\n{'':<26}{units}  margin, classes")
+    table: dict[str, dict] = {}
+    for name, model, size, gate in jobs:
+        if model is None:
+            model = create_model(name, args.weights, seed=0).eval()
+        images = load_images(args.batch * args.batches, size)
+        res = bench_one(model, size, gate, images, args)
+        table[name] = res
+        cells = " ".join(f"{r['img_s']:>6.1f} {r['latency_ms']:>6.0f} {r['agreement']:>6.1%} "
+                         f"{r['max_dp']:>8.1e}" for r in res.values())  # fmt: skip
+        ref = res["fp32"]
+        print(f"{name:<20} {size:>4} {cells}  {ref['fp32_margin']:.1e} {ref['fp32_classes']}",
+              flush=True)  # fmt: skip
+        del model
+    speedups = {p: statistics.mean(t[p]["img_s"] / t["fp32"]["img_s"] for t in table.values())
+                for p in args.paths}  # fmt: skip
+    lat = {p: statistics.mean(t["fp32"]["latency_ms"] / t[p]["latency_ms"] for t in table.values())
+           for p in args.paths}  # fmt: skip
+    print("mean speed-up over eager fp32 (throughput / batch-1 latency): "
+          + ", ".join(f"{p} {speedups[p]:.2f}x / {lat[p]:.2f}x" for p in args.paths))  # fmt: skip
+    ok = [p for p in args.paths if all(t[p]["agreement"] >= 0.99 for t in table.values())]
+    drift = {p: max(t[p]["max_dp"] for t in table.values()) for p in ok}
+    by_rate, by_latency = max(ok, key=speedups.get), max(ok, key=lat.get)
+    print(f"with >= 99% top-1 agreement on every backbone: fastest throughput {by_rate} "
+          f"({speedups[by_rate]:.2f}x, max |dp| {drift[by_rate]:.1e}), fastest batch-1 "
+          f"{by_latency} ({lat[by_latency]:.2f}x, max |dp| {drift[by_latency]:.1e})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

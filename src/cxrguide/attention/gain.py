@@ -1,0 +1,212 @@
+"""Stage III's guided attention: lung gate, GAIN attention mining, external supervision.
+
+GAIN (Li et al., CVPR 2018) in the form the study uses:
+
+- Grad-CAM A^c of the *true* class c on the (gated) last conv map, kept differentiable
+  (:mod:`cxrguide.attention.gradcam`).
+- Soft mask T(A) = sigmoid(omega (A - sigma)); erased image I* = I - T(A) I.
+- I* goes through the same network (shared weights); L_am = mean true-class softmax score on
+  I*. If the class is still visible after its attended region is erased, attention missed
+  evidence. Erased images never enter BatchNorm's running statistics. By default
+  (``erased_bn="clean"``) that pass is normalised with the *clean* batch's statistics, i.e.
+  exactly as the classification pass; ``"eval"`` uses the running statistics instead. The
+  shortcut benchmark showed why the default is not ``"eval"``: from random weights the L_am
+  gradient then flows through the running-statistics path only, and the network learns to wreck
+  that path (chance accuracy in eval mode, 70-90% with batch statistics) since L_clas never
+  sees it.
+- Optional external supervision L_e = mean (A - H)^2 with H the lung mask.
+
+Total loss (built by the Stage III task): L = L_clas + alpha L_am + omega_e L_e.
+
+:class:`GuidedAttention` wraps a :class:`CxrClassifier` so that both passes and the
+``autograd.grad`` call happen inside one ``forward``: DDP then sees one ordinary backward.
+Every mechanism is a switch, so ablations are one flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrguide.attention.gradcam import grad_cam, tapped_features
+from cxrguide.errors import ConfigError
+
+MECHANISMS = ("gate", "gain", "external")
+
+
+def parse_attention(items: Iterable[str]) -> list[str]:
+    """``["gate,gain", "external"]`` -> ``["gate", "gain", "external"]`` (validated, ordered)."""
+    names = [a.strip().lower() for item in items for a in str(item).split(",") if a.strip()]
+    unknown = sorted(set(names) - set(MECHANISMS))
+    if unknown:
+        raise ConfigError(
+            f"attention: unknown mechanism(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(MECHANISMS)}"
+        )
+    if not names:
+        raise ConfigError(f"attention: give at least one of {', '.join(MECHANISMS)}")
+    return [m for m in MECHANISMS if m in names]
+
+
+@dataclass(frozen=True)
+class GainSettings:
+    """Which mechanisms are on and GAIN's constants (defaults: GAIN's own values)."""
+
+    gate: bool = True
+    gain: bool = True
+    external: bool = False
+    alpha: float = 1.0  # weight of L_am
+    sigma: float = 0.5  # soft-mask threshold
+    omega: float = 10.0  # soft-mask sharpness
+    external_weight: float = 1.0  # weight of L_e (GAIN's omega_e)
+    second_order: bool = True  # exact create_graph; False treats the CAM weights as constants
+    erased_bn: str = "clean"  # erased pass normalised with the clean batch's stats | "eval"
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], **kw) -> GainSettings:
+        names = parse_attention(names)
+        return cls(gate="gate" in names, gain="gain" in names, external="external" in names, **kw)
+
+    @property
+    def needs_lungs(self) -> bool:
+        return self.gate or self.external
+
+    @property
+    def needs_cam(self) -> bool:
+        return self.gain or self.external
+
+
+def soft_mask(cam: torch.Tensor, sigma: float = 0.5, omega: float = 10.0) -> torch.Tensor:
+    """T(A) = 1 / (1 + exp(-omega (A - sigma)))."""
+    return torch.sigmoid(omega * (cam - sigma))
+
+
+def erase(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """I* = I - T(A) I: the attended region removed (set towards 0, i.e. black)."""
+    return images - mask * images
+
+
+def attention_mining_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean softmax score of the true class on the erased images (GAIN's Eq. 5)."""
+    probs = F.softmax(logits.float(), dim=1)
+    return probs.gather(1, target.view(-1, 1)).mean()
+
+
+def external_loss(cam: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """L_e = mean (A - H)^2, H the guidance mask (the lung mask) at the map's size."""
+    if guide.shape[-2:] != cam.shape[-2:]:
+        guide = F.interpolate(guide.float(), size=cam.shape[-2:], mode="area")
+    return (cam - guide.to(cam.dtype)).pow(2).mean()
+
+
+def _training_bn(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]  # fmt: skip
+
+
+@contextmanager
+def batchnorm_eval(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers in eval mode inside the block (running stats used, not updated)."""
+    changed = _training_bn(module)
+    for m in changed:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.train()
+
+
+@contextmanager
+def record_batch_stats(module: nn.Module, store: dict) -> Iterator[None]:
+    """Store each training-mode BatchNorm layer's batch mean and (biased) variance."""
+
+    def hook(m: nn.Module, args: tuple) -> None:
+        x = args[0].detach().float()
+        dims = [0, *range(2, x.dim())]
+        store[m] = (x.mean(dims), x.var(dims, unbiased=False))
+
+    handles = [m.register_forward_pre_hook(hook) for m in _training_bn(module)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def batchnorm_with_stats(module: nn.Module, store: dict) -> Iterator[None]:
+    """BatchNorm layers normalise with ``store``'s statistics and update nothing.
+
+    The layers run in eval mode with their running buffers swapped (not overwritten: autograd
+    keeps the swapped-in tensors for backward) for the recorded ones, so layer subclasses that
+    fuse an activation (timm's BatchNormAct2d) keep working.
+    """
+    layers = [m for m in _training_bn(module) if m in store]
+    saved = [(m.running_mean, m.running_var) for m in layers]
+    for m in layers:
+        m.running_mean, m.running_var = store[m]
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, (mean, var) in zip(layers, saved, strict=True):
+            m.running_mean, m.running_var = mean, var
+            m.train()
+
+
+class GuidedAttention(nn.Module):
+    """A classifier plus the Stage III passes; ``forward`` returns every term of the loss.
+
+    ``forward(images, labels, lung)`` -> dict with ``logits`` (plain pass), ``cam`` (true-class
+    Grad-CAM at input size, when GAIN or external supervision is on), ``am`` (L_am) and ``ext``
+    (L_e) as scalars (0 when off). In eval mode (validation) the map is computed without the
+    second-order graph and the erased pass without any graph: no backward follows.
+    """
+
+    def __init__(self, model: nn.Module, settings: GainSettings) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = settings
+
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, lung: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        s = self.settings
+        if s.needs_lungs and lung is None:
+            raise ValueError("the lung gate / external supervision need lung masks")
+        gate = lung if s.gate else None
+        zero = images.new_zeros(())
+        if not s.needs_cam:
+            return {"logits": self.model(images, gate), "am": zero, "ext": zero}
+        train = self.training and torch.is_grad_enabled()
+        stats: dict = {}  # BatchNorm layer -> the clean batch's (mean, var)
+        record = s.gain and s.erased_bn == "clean"
+        with torch.enable_grad():  # validation runs under no_grad; Grad-CAM needs gradients
+            if train:
+                with record_batch_stats(self.model, stats) if record else nullcontext():
+                    feats = tapped_features(self.model, images, gate)
+            else:  # d s / d F only needs the head: no graph through the body
+                with torch.no_grad():
+                    feats = tapped_features(self.model, images, gate)
+                feats = feats.detach().requires_grad_()
+            logits = self.model.forward_head(feats)
+            scores = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+            cam = grad_cam(feats, scores, tuple(images.shape[-2:]),
+                           create_graph=train and s.second_order)  # fmt: skip
+        if not train:
+            logits, cam = logits.detach(), cam.detach()
+        out = {"logits": logits, "cam": cam, "am": zero, "ext": zero}
+        if s.gain:
+            erased = erase(images, soft_mask(cam, s.sigma, s.omega))
+            norm = batchnorm_with_stats(self.model, stats) if record else batchnorm_eval(self.model)
+            with norm, torch.set_grad_enabled(train):
+                out["am"] = attention_mining_loss(self.model(erased, gate), labels)
+        if s.external:
+            out["ext"] = external_loss(cam, lung)
+        return out

@@ -1,0 +1,40 @@
+"""`cxrguide export RUN --format onnx|torchscript --out FILE`: the classifier as one file.
+
+The file takes ``image`` (B, 1, S, S) gray in [0, 1] (+ ``lung_mask`` for a lung-gated run) and
+returns ``probabilities`` and ``logits``; it is checked against PyTorch (within 1e-4) unless
+``--no-check``. See :mod:`cxrguide.inference.export`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cxrguide.config import ExportConfig, add_config_flags, config_from_args
+from cxrguide.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "export",
+        help="export a run's classifier to ONNX or TorchScript (with a parity check)",
+        description="Write the classifier (lung gate included: the mask is a second input) as "
+        "ONNX or TorchScript, then compare it with PyTorch on the same inputs.",
+    )
+    parser.add_argument("run", type=Path, metavar="RUN", help="run folder from 'cxrguide train'")
+    add_config_flags(parser, ExportConfig, exclude=("run",))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxrguide.inference.export import export_run
+
+    cfg = config_from_args(ExportConfig, args)
+    if cfg.run is None or cfg.out is None:
+        raise ConfigError("export: give RUN and --out FILE")
+    result = export_run(cfg.run, cfg.format, cfg.out, opset=cfg.opset, check=cfg.check)
+    check = ("not checked" if result.max_abs_diff is None
+             else f"max |dp| vs PyTorch {result.max_abs_diff:.1e}")  # fmt: skip
+    print(f"wrote {result.path} ({result.format}; inputs {', '.join(result.inputs)}; "
+          f"outputs probabilities, logits; {check})")  # fmt: skip
+    return 0

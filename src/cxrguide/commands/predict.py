@@ -1,0 +1,129 @@
+"""`cxrguide predict RUN INPUT...`: label new chest X-ray files with a trained run.
+
+Inputs are files or folders (searched recursively; PNG, JPEG, DICOM, ...). Results go to stdout
+(or ``--output FILE``) as a table, ``--json`` or ``--csv``: file, label, probabilities, lung
+coverage and mask quality (when a lung model is in play) and the run id. Unreadable files are
+listed on stderr with the reason and skipped; the exit code is then 2. ``--cam DIR`` writes one
+Grad-CAM overlay PNG per image (heatmap + lung contour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cxrguide.config import PredictConfig, add_config_flags, config_from_args
+from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.labels import CLASSES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "predict",
+        help="label PNG/JPEG/DICOM files or folders with a trained run (table, JSON or CSV)",
+        description="Label chest X-ray files with a trained run. Research use only: the output "
+        "is not a diagnosis. Bad files are reported and skipped (exit code 2).",
+    )
+    parser.add_argument("run", type=Path, metavar="RUN", help="run folder from 'cxrguide train'")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    add_config_flags(parser, PredictConfig, exclude=("run", "inputs"))
+    parser.add_argument("--json", dest="format", action="store_const", const="json",
+                        help="same as --format json")  # fmt: skip
+    parser.add_argument("--csv", dest="format", action="store_const", const="csv",
+                        help="same as --format csv")  # fmt: skip
+    parser.set_defaults(func=run)
+
+
+def _unique_stem(path: Path, used: Counter) -> str:
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem) or "image"
+    used[stem] += 1
+    return stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+
+
+def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The results as a fixed-width table, a JSON list or CSV text."""
+    if fmt == "json":
+        out = []
+        for r in rows:
+            item = {k: v for k, v in r.items() if not k.startswith("p_")}
+            item["probabilities"] = {c: r[f"p_{c}"] for c in CLASSES}
+            out.append(item)
+        return json.dumps(out, indent=2) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        columns = ["file", "label", *[f"p_{c}" for c in CLASSES], "lung_coverage",
+                   "lung_quality", "run_id"] + (["cam"] if any("cam" in r for r in rows) else [])  # fmt: skip
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
+        return buf.getvalue()
+    if not rows:
+        return "no images labelled\n"
+    width = min(60, max(len("file"), *(len(r["file"]) for r in rows)))
+    head = f"{'file':<{width}}  {'label':<10} " + " ".join(f"{c:>9}" for c in CLASSES)
+    lines = [head + f"  {'lungs':>6} {'quality':<11}"]
+    for r in rows:
+        name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3) :]
+        probs = " ".join(f"{r[f'p_{c}']:>9.3f}" for c in CLASSES)
+        lung = "-" if r["lung_coverage"] is None else f"{r['lung_coverage']:.2f}"
+        lines.append(f"{name:<{width}}  {r['label']:<10} {probs}  {lung:>6} "
+                     f"{r['lung_quality'] or '-':<11}")  # fmt: skip
+    lines.append(f"run {rows[0]['run_id']}; research tool, not a diagnosis")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from cxrguide.inference.predictor import Failure, Predictor, collect_inputs
+
+    cfg = config_from_args(PredictConfig, args)
+    if cfg.run is None or not cfg.inputs:
+        raise ConfigError("predict: give RUN and at least one INPUT")
+    if cfg.output is not None and cfg.output.is_dir():
+        raise CxrGuideError(f"{cfg.output}: is a folder; --output takes a file name")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    files, failures = collect_inputs(cfg.inputs)
+    predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
+                          lung_model=cfg.lung_model, max_pixels=cfg.max_pixels)  # fmt: skip
+    if cfg.cam is not None:
+        cfg.cam.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    used: Counter = Counter()
+    try:
+        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not cfg.progress,
+                   file=sys.stderr)  # fmt: skip
+        for result in predictor.predict_files(files, cfg.batch_size):
+            bar.update()
+            if isinstance(result, Failure):
+                failures.append(result)
+                continue
+            row = result.record(predictor.run_id)
+            if cfg.cam is not None:
+                target = cfg.cam / f"{_unique_stem(Path(result.source), used)}_cam.png"
+                Image.fromarray(predictor.cam(result, cfg.cam_method)).save(target)
+                row["cam"] = str(target)
+            rows.append(row)
+        bar.close()
+    finally:
+        predictor.close()
+    text = format_rows(rows, cfg.format)
+    if cfg.output is not None:
+        cfg.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    for failure in failures:
+        print(f"skipped {failure.source}: {failure.reason}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} input(s) could not be used; {len(rows)} labelled",
+              file=sys.stderr)  # fmt: skip
+    return 2 if failures else 0

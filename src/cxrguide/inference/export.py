@@ -1,0 +1,202 @@
+"""`cxrguide export RUN --format onnx|torchscript`: a run's classifier as one portable file.
+
+The exported graph takes what :class:`~cxrguide.inference.predictor.Predictor` feeds the model:
+``image`` ``(B, 1, S, S)`` float32 gray in [0, 1] at the run's input size (letterboxed with
+:func:`~cxrguide.data.imaging.fit_square`), plus ``lung_mask`` ``(B, 1, S, S)`` in {0, 1} when
+the run gates its features on the lungs. It returns ``probabilities`` (softmax, class order
+:data:`~cxrguide.labels.CLASSES`) and ``logits``. The batch axis is dynamic; the side is fixed.
+
+Why the gate is rebuilt here: the model resizes the mask to the feature grid with area
+interpolation (adaptive average pooling), which the ONNX exporter cannot express when the grid
+does not divide the side (Inception at 299 px -> 8x8). :class:`ExportModule` does the same
+averaging as two constant matrix products, exact for every size, so the exported graph and the
+PyTorch model agree to float rounding.
+
+Run facts (classes, input size, backbone, run id, gate) travel inside the file: ONNX metadata
+properties, or ``cxrguide.json`` among a TorchScript archive's extra files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrguide.errors import CxrGuideError
+from cxrguide.labels import CLASSES
+from cxrguide.models.classifier import CxrClassifier
+
+FORMATS = ("onnx", "torchscript")
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+META_FILE = "cxrguide.json"
+
+
+def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """``(n_out, n_in)`` averaging weights equal to 1-D adaptive average pooling.
+
+    Row ``i`` averages inputs ``floor(i * n_in / n_out)`` to ``ceil((i + 1) * n_in / n_out)``,
+    PyTorch's bin rule, so ``A_h @ M @ A_w.T`` equals ``F.interpolate(M, mode="area")``.
+    """
+    weights = torch.zeros(n_out, n_in, dtype=torch.float32)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, math.ceil((i + 1) * n_in / n_out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+class ExportModule(nn.Module):
+    """The classifier with softmax on top and an export-friendly lung gate."""
+
+    def __init__(self, model: CxrClassifier, image_size: int, lung_gate: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.lung_gate = lung_gate
+        with torch.no_grad():
+            probe = torch.zeros(1, 1, image_size, image_size, device=_device_of(model))
+            h, w = model.forward_features(probe).shape[-2:]
+        self.register_buffer("rows", area_matrix(image_size, int(h)))
+        self.register_buffer("cols", area_matrix(image_size, int(w)).T.contiguous())
+
+    def forward(
+        self, image: torch.Tensor, lung_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_features(image)
+        if self.lung_gate:
+            if lung_mask is None:
+                raise ValueError("this model gates on the lungs: pass lung_mask (B, 1, S, S)")
+            grid = torch.matmul(torch.matmul(self.rows, lung_mask.to(features.dtype)), self.cols)
+            features = features * grid
+        logits = self.model.head(self.model.feature_tap(features))
+        return torch.softmax(logits, dim=1), logits
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def example_inputs(
+    image_size: int, lung_gate: bool, batch: int = 2, seed: int = 0
+) -> tuple[torch.Tensor, ...]:
+    """Images in [0, 1] and, for a gated run, elliptic 0/1 lung masks (reproducible)."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.rand(batch, 1, image_size, image_size, generator=gen)
+    if not lung_gate:
+        return (image,)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, image_size), torch.linspace(-1, 1, image_size),
+                            indexing="ij")  # fmt: skip
+    lungs = ((xx.abs() - 0.45) / 0.3) ** 2 + (yy / 0.7) ** 2 <= 1
+    mask = lungs.float().expand(batch, 1, -1, -1).clone()
+    return image, mask
+
+
+def run_metadata(info: Any, run_id: str) -> dict[str, str]:
+    """String facts stored inside the exported file."""
+    return {"classes": ",".join(CLASSES), "image_size": str(info.image_size),
+            "backbone": info.backbone, "stage": str(info.stage), "run_id": run_id,
+            "lung_gate": "1" if info.lung_gate else "0", "input": "gray [0,1] letterboxed",
+            "outputs": "probabilities,logits"}  # fmt: skip
+
+
+def export_onnx(
+    module: ExportModule, path: Path, image_size: int, *, opset: int = DEFAULT_OPSET,
+    metadata: dict[str, str] | None = None,
+) -> Path:  # fmt: skip
+    """Write ``module`` as ONNX (dynamic batch) with ``metadata`` properties."""
+    import onnx
+
+    inputs = example_inputs(image_size, module.lung_gate)
+    names = ["image", "lung_mask"][: len(inputs)]
+    axes = {name: {0: "batch"} for name in [*names, "probabilities", "logits"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer chatter about Python-side shape arithmetic
+        torch.onnx.export(module.eval(), inputs, str(path), input_names=names,
+                          output_names=["probabilities", "logits"], dynamic_axes=axes,
+                          opset_version=opset, dynamo=False, do_constant_folding=True)  # fmt: skip
+    proto = onnx.load(str(path))
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_torchscript(
+    module: ExportModule, path: Path, image_size: int, *, metadata: dict[str, str] | None = None
+) -> Path:
+    """Trace ``module`` to TorchScript; ``metadata`` goes into ``cxrguide.json``."""
+    inputs = example_inputs(image_size, module.lung_gate)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings and the TorchScript deprecation notice
+        traced = torch.jit.trace(module.eval(), inputs, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={META_FILE: json.dumps(metadata or {})})
+    return path
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: str
+    inputs: list[str]
+    max_abs_diff: float | None  # probabilities vs PyTorch on the check inputs; None if skipped
+
+
+def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: int = 1) -> float:
+    """Largest absolute probability difference between the file and the PyTorch classifier.
+
+    The reference is the classifier's own ``forward`` (with its area-interpolated gate), not
+    :class:`ExportModule`, so the check also covers the rebuilt gate. Batch of 3.
+    """
+    inputs = example_inputs(image_size, module.lung_gate, batch=3, seed=seed)
+    with torch.no_grad():
+        reference = torch.softmax(module.model(*inputs), dim=1).cpu().numpy()
+    if fmt == "onnx":
+        from cxrguide.inference.onnx_runtime import OnnxRunner
+
+        runner = OnnxRunner(path)
+        got = runner(inputs[0].numpy(), inputs[1].numpy() if len(inputs) > 1 else None)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            loaded = torch.jit.load(str(path), map_location="cpu")
+        with torch.no_grad():
+            got = loaded(*inputs)[0].numpy()
+    return float(np.abs(got - reference).max())
+
+
+def export_run(
+    run: str | Path, fmt: str, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True
+) -> ExportResult:
+    """Export a run folder's classifier; with ``check`` fail unless parity is within 1e-4."""
+    from cxrguide.inference.predictor import run_identifier
+    from cxrguide.training.runs import load_run
+
+    if fmt not in FORMATS:
+        raise CxrGuideError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir():
+        raise CxrGuideError(f"{out}: is a folder; give a file name for --out")
+    if not out.parent.is_dir():
+        raise CxrGuideError(f"{out.parent}: output folder does not exist")
+    model, info = load_run(run, "cpu")
+    module = ExportModule(model, info.image_size, info.lung_gate).eval()
+    meta = run_metadata(info, run_identifier(run))
+    if fmt == "onnx":
+        export_onnx(module, out, info.image_size, opset=opset, metadata=meta)
+    else:
+        export_torchscript(module, out, info.image_size, metadata=meta)
+    diff = parity(module, out, fmt, info.image_size) if check else None
+    if diff is not None and diff > PARITY_TOLERANCE:
+        raise CxrGuideError(
+            f"{out}: exported {fmt} differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE:g}) "
+            "in probabilities; the file is not trustworthy"
+        )
+    names = ["image", "lung_mask"] if info.lung_gate else ["image"]
+    return ExportResult(out, fmt, names, diff)

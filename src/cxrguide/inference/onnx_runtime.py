@@ -1,0 +1,68 @@
+"""ONNX Runtime inference over a file written by ``cxrguide export --format onnx``.
+
+Used by the predictor's ``onnx`` backend, the export parity check and ``bench/inference.py``.
+It speaks the exported contract only (inputs ``image`` and optionally ``lung_mask``, output
+``probabilities``); external ONNX classifiers with other layouts are
+:mod:`cxrguide.evaluation.onnx_model`'s business.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrguide.errors import CxrGuideError
+
+
+def open_session(path: str | Path, threads: int = 0) -> Any:
+    """An optimised CPU (or CUDA, when onnxruntime-gpu is installed) session, errors made clear."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise CxrGuideError("ONNX inference needs onnxruntime: pip install onnxruntime") from err
+    path = Path(path)
+    if not path.is_file():
+        raise CxrGuideError(f"{path}: no such ONNX model file")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                 if p in ort.get_available_providers()]  # fmt: skip
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # InvalidProtobuf, InvalidGraph, ... (pybind types)
+        msg = " ".join(str(err).split())[:200]
+        raise CxrGuideError(f"{path}: not a valid ONNX model ({msg})") from err
+
+
+class OnnxRunner:
+    """Probabilities ``(B, 3)`` from gray images ``(B, 1, S, S)`` [+ lung masks], via onnxruntime."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = Path(path)
+        self.session = open_session(self.path, threads)
+        names = [i.name for i in self.session.get_inputs()]
+        if "image" not in names or not set(names) <= {"image", "lung_mask"}:
+            raise CxrGuideError(
+                f"{self.path}: inputs {names} are not those of 'cxrguide export' "
+                "(image[, lung_mask])"
+            )
+        if "probabilities" not in [o.name for o in self.session.get_outputs()]:
+            raise CxrGuideError(f"{self.path}: no 'probabilities' output (not a cxrguide export)")
+        self.needs_mask = "lung_mask" in names
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        shape = self.session.get_inputs()[names.index("image")].shape
+        self.image_size = shape[-1] if isinstance(shape[-1], int) else None
+
+    def __call__(self, images: np.ndarray, lung_mask: np.ndarray | None = None) -> np.ndarray:
+        feed = {"image": np.ascontiguousarray(images, dtype=np.float32)}
+        if self.needs_mask:
+            if lung_mask is None:
+                raise CxrGuideError(f"{self.path}: this model gates on the lungs; give lung_mask")
+            feed["lung_mask"] = np.ascontiguousarray(lung_mask, dtype=np.float32)
+        return np.asarray(self.session.run(["probabilities"], feed)[0], dtype=np.float32)

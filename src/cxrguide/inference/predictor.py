@@ -1,0 +1,384 @@
+"""One trained run, ready to label new chest X-ray files (``predict``, ``serve``, benches).
+
+A file goes the way the training images went: :func:`~cxrguide.data.imaging.read_image`
+(content-sniffed, size limits before decoding), :func:`~cxrguide.data.imaging.fit_square`
+letterboxing to the run's input side, and 8-bit quantisation (the training cache is uint8).
+When the run gates on the lungs (``RunInfo.lung_gate``), its lung segmenter
+(``RunInfo.lung_model``, or ``lung_model=`` here) segments the same square, the mask is
+post-processed and quality-flagged like ``lungs predict`` does, and enters the forward pass.
+Ungated runs can still be given a lung model, for the coverage figure and the contour.
+
+Backends (``backend=``): ``fp32`` eager; ``channels_last`` (fp32, NHWC weights); ``bf16``
+(channels-last + bfloat16 autocast); ``onnx`` (the run exported to a private temp file, run by
+ONNX Runtime); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
+``bench/inference.py`` (figures in its docstring): 100 % top-1 agreement and probabilities within
+3e-7 of eager fp32, 2.2x eager's throughput and 2.8x its batch-1 speed over the ten backbones
+with one thread, and the fastest path everywhere with two threads on the busy shared CPU (bf16
+had the best one-thread throughput, 3.1x, but drifts by up to 2e-3 and gains less at batch 1).
+If the export fails under ``auto``, eager fp32 is used with a warning. Grad-CAM always runs on
+the fp32 PyTorch model.
+
+Calls are serialised by a lock, so one Predictor can be shared by a threaded server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cxrguide.data.imaging import (
+    DEFAULT_MAX_PIXELS,
+    MIN_SIDE,
+    ImageInfo,
+    fit_square,
+    read_image,
+    to_uint8,
+)
+from cxrguide.errors import CxrGuideError, ImageReadError
+from cxrguide.evaluation.segmentation import MaskQuality, content_fraction, postprocess, quality
+from cxrguide.labels import CLASSES
+from cxrguide.training.engine import resolve_device
+from cxrguide.training.runs import RunInfo, load_run
+
+BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx")
+CPU_DEFAULT = "onnx"  # chosen with bench/inference.py (see the module docstring)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp",
+                  ".webp", ".jp2"}  # fmt: skip
+_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
+
+
+def run_identifier(run: str | Path) -> str:
+    """``<folder name>@<first 12 hex of model.pt's SHA-256>``: names the exact weights."""
+    run = Path(run)
+    weights = run / "model.pt"
+    if not weights.is_file():
+        raise CxrGuideError(f"{run}: no model.pt (not a finished run)")
+    with weights.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return f"{run.resolve().name}@{digest[:12]}"
+
+
+def bf16_supported() -> bool:
+    """Native bfloat16 matmuls on this CPU (AVX512-BF16 / AMX); without them bf16 is slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise CxrGuideError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device.type != "cpu":
+        return "fp32"
+    if CPU_DEFAULT == "bf16" and not bf16_supported():
+        return "channels_last"
+    return CPU_DEFAULT
+
+
+def letterbox(gray: np.ndarray, size: int) -> np.ndarray:
+    """A decoded film -> the model's ``(size, size)`` float32 input in [0, 1], 8-bit levels."""
+    return to_uint8(fit_square(gray, size)).astype(np.float32) / 255.0
+
+
+def looks_like_image(path: Path) -> bool:
+    """Worth trying when met in a folder: a known suffix, or image/DICOM magic bytes."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    riff_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return head.startswith(_MAGIC) or head[128:132] == b"DICM" or riff_webp
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be labelled, and why."""
+
+    source: str
+    reason: str
+
+
+def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Failure]]:
+    """Files as given, folders walked recursively (image-looking files, hidden ones skipped)."""
+    files: list[Path] = []
+    failures: list[Failure] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and looks_like_image(p)
+            )  # fmt: skip
+            if not found:
+                failures.append(Failure(str(path), "folder holds no image files"))
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            failures.append(Failure(str(path), "file not found"))
+    return files, failures
+
+
+@dataclass
+class Prediction:
+    """One labelled image. ``image``/``mask`` are the model-side square (for Grad-CAM)."""
+
+    source: str
+    label: str
+    probabilities: dict[str, float]
+    lung: MaskQuality | None
+    info: ImageInfo
+    image: np.ndarray
+    mask: np.ndarray | None
+
+    @property
+    def target(self) -> int:
+        return CLASSES.index(self.label)
+
+    def record(self, run_id: str) -> dict[str, Any]:
+        """Flat row for tables, CSV and JSON."""
+        row: dict[str, Any] = {"file": self.source, "label": self.label}
+        row.update({f"p_{name}": round(p, 6) for name, p in self.probabilities.items()})
+        row["lung_coverage"] = None if self.lung is None else self.lung.area_fraction
+        row["lung_quality"] = None if self.lung is None else self.lung.flag
+        row["run_id"] = run_id
+        return row
+
+
+def _resolve_lung_run(value: str, run_dir: Path) -> Path:
+    """``RunInfo.lung_model`` as written (absolute or relative to the cwd, the run or its parent)."""
+    candidate = Path(value).expanduser()
+    for path in (candidate, run_dir / candidate, run_dir.parent / candidate):
+        if (path / "config.yaml").is_file():
+            return path
+    raise CxrGuideError(
+        f"{run_dir}: its lung model {value!r} was not found; pass --lung-model RUN "
+        "(a 'cxrguide lungs train' run)"
+    )
+
+
+class Predictor:
+    """A loaded run (+ lung segmenter) that labels gray images or files; thread-safe."""
+
+    def __init__(
+        self,
+        run: str | Path,
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        lung_model: str | Path | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_side: int = MIN_SIDE,
+    ) -> None:
+        self.run_dir = Path(run)
+        self.device = resolve_device(device)
+        self.model, self.info = load_run(self.run_dir, self.device)
+        self.run_id = run_identifier(self.run_dir)
+        self.size = int(self.info.image_size)
+        self.max_pixels, self.min_side = max_pixels, min_side
+        self.lung_run: Path | None = None
+        self.lung_model = self.lung_cfg = None
+        lung_value = str(lung_model) if lung_model else self.info.lung_model
+        if lung_value:
+            from cxrguide.training.lungs import load_run as load_lungs
+
+            self.lung_run = _resolve_lung_run(lung_value, self.run_dir)
+            net, self.lung_cfg = load_lungs(self.lung_run)
+            self.lung_model = net.to(self.device).eval()
+        elif self.info.lung_gate:
+            raise CxrGuideError(
+                f"{self.run_dir}: the classifier gates on lung masks but names no lung model; "
+                "pass --lung-model RUN"
+            )
+        self.backend = resolve_backend(backend, self.device)
+        self._lock = threading.Lock()
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._onnx = None
+        if self.backend in ("channels_last", "bf16"):
+            self.model.to(memory_format=torch.channels_last)
+        elif self.backend == "onnx":
+            try:
+                self._onnx = self._export_onnx()
+            except Exception as err:  # the exporter and onnxruntime raise many types
+                msg = " ".join(str(err).split())[:160]
+                if backend != "auto":
+                    raise CxrGuideError(f"{self.run_dir}: ONNX export failed ({msg})") from err
+                warnings.warn(f"ONNX export failed ({msg}); using eager fp32", stacklevel=2)
+                self.close()
+                self.backend = "fp32"
+
+    def _export_onnx(self) -> Any:
+        from cxrguide.inference.export import ExportModule, export_onnx
+        from cxrguide.inference.onnx_runtime import OnnxRunner
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="cxrguide-onnx-")
+        path = Path(self._tmp.name) / "model.onnx"
+        module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate).eval()
+        export_onnx(module, path, self.size)
+        self.model.to(self.device)
+        return OnnxRunner(path, threads=torch.get_num_threads())
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._onnx = None
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # --- the steps ------------------------------------------------------------------------
+    def read(self, path: str | Path) -> tuple[np.ndarray, ImageInfo]:
+        """Decode a file (limits checked before decoding) and letterbox it to the input side."""
+        gray, info = read_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
+        return letterbox(gray, self.size), info
+
+    def segment(
+        self, squares: np.ndarray, infos: list[ImageInfo]
+    ) -> tuple[np.ndarray, list[MaskQuality]] | tuple[None, None]:
+        """Post-processed lung masks ``(B, S, S)`` bool and their quality, or (None, None)."""
+        if self.lung_model is None or self.lung_cfg is None:
+            return None, None
+        from cxrguide.training.lungs import predict_batch
+
+        probs = predict_batch(self.lung_model, squares, self.lung_cfg.size, self.device)
+        masks, flags = [], []
+        for prob, info in zip(probs, infos, strict=True):
+            raw = prob >= self.lung_cfg.threshold
+            final = postprocess(raw)
+            masks.append(final)
+            flags.append(quality(raw, final, content_fraction(info.width, info.height)))
+        return np.stack(masks), flags
+
+    def probabilities(self, squares: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """Softmax ``(B, 3)`` for ``(B, S, S)`` inputs in [0, 1] through the chosen backend."""
+        gate = masks if self.info.lung_gate else None
+        if self.info.lung_gate and gate is None:
+            raise CxrGuideError(f"{self.run_dir}: this run needs lung masks")
+        x = np.ascontiguousarray(squares, dtype=np.float32)[:, None]
+        m = None if gate is None else np.asarray(gate, dtype=np.float32)[:, None]
+        if self._onnx is not None:
+            return self._onnx(x, m)
+        xt = torch.from_numpy(x).to(self.device)
+        mt = None if m is None else torch.from_numpy(m).to(self.device)
+        if self.backend in ("channels_last", "bf16"):
+            xt = xt.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                  enabled=self.backend == "bf16")  # fmt: skip
+        with torch.inference_mode(), autocast:
+            logits = self.model(xt) if mt is None else self.model(xt, mt)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def predict_arrays(
+        self, squares: np.ndarray, infos: list[ImageInfo], sources: list[str]
+    ) -> list[Prediction]:
+        """Label letterboxed squares (from :meth:`read`)."""
+        with self._lock:
+            masks, flags = self.segment(squares, infos)
+            probs = self.probabilities(squares, masks)
+        out = []
+        for k, p in enumerate(probs):
+            out.append(Prediction(
+                sources[k], CLASSES[int(np.argmax(p))],
+                {name: float(p[j]) for j, name in enumerate(CLASSES)},
+                None if flags is None else flags[k], infos[k], squares[k],
+                None if masks is None else masks[k],
+            ))  # fmt: skip
+        return out
+
+    def predict_file(self, path: str | Path, source: str | None = None) -> Prediction:
+        """One file; raises :class:`ImageReadError` when it cannot be read."""
+        square, info = self.read(path)
+        return self.predict_arrays(square[None], [info], [source or str(path)])[0]
+
+    def predict_files(
+        self, paths: Iterable[str | Path], batch_size: int = 16
+    ) -> Iterator[Prediction | Failure]:
+        """Predictions in input order; unreadable files come out as :class:`Failure`."""
+        queue: list[Failure | tuple[str, np.ndarray, ImageInfo]] = []
+
+        def flush() -> Iterator[Prediction | Failure]:
+            ok = [q for q in queue if not isinstance(q, Failure)]
+            done = iter(self.predict_arrays(np.stack([q[1] for q in ok]), [q[2] for q in ok],
+                                            [q[0] for q in ok]) if ok else [])  # fmt: skip
+            for q in queue:
+                yield q if isinstance(q, Failure) else next(done)
+            queue.clear()
+
+        for path in paths:
+            try:
+                square, info = self.read(path)
+                queue.append((str(path), square, info))
+            except ImageReadError as err:
+                queue.append(Failure(str(path), err.reason))
+            if sum(not isinstance(q, Failure) for q in queue) >= batch_size:
+                yield from flush()
+        yield from flush()
+
+    def cam(self, prediction: Prediction, method: str = "gradcam", target: int | None = None):
+        """RGB uint8 Grad-CAM overlay (heatmap + lung contour) for a prediction."""
+        from cxrguide.evaluation.explain import cam_overlay
+
+        with self._lock:
+            return cam_overlay(self.model, prediction.image,
+                               prediction.target if target is None else target,
+                               prediction.mask, method, gate=self.info.lung_gate)  # fmt: skip
+
+    # --- description ------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /v1/model`` reports: run, network, input, lung model, training data."""
+        info: RunInfo = self.info
+        return {
+            "run_id": self.run_id, "backbone": info.backbone, "stage": info.stage,
+            "classes": list(CLASSES), "image_size": self.size, "lung_gate": info.lung_gate,
+            "lung_model": None if self.lung_run is None else self.lung_run.resolve().name,
+            "attention": list(info.attention), "weights_source": _public(info.weights_source),
+            "backend": self.backend, "device": str(self.device),
+            "training_data": training_summary(self.run_dir, info),
+        }  # fmt: skip
+
+
+def _public(source: str) -> str:
+    """``kind:/some/dir/file`` -> ``kind:file``: the API names weights without server paths."""
+    kind, sep, rest = source.partition(":")
+    return f"{kind}{sep}{Path(rest).name}" if sep and "/" in rest else source
+
+
+def training_summary(run_dir: Path, info: RunInfo) -> dict[str, Any]:
+    """Counts from the run's prepared manifest (when still on disk) and its saved metrics."""
+    import json
+
+    import pandas as pd
+
+    summary: dict[str, Any] = {"prepared": Path(info.data).name if info.data else None}
+    manifest = Path(info.data) / "manifest.csv" if info.data else None
+    if manifest is not None and manifest.is_file():
+        table = pd.read_csv(manifest, usecols=lambda c: c in {"split", "label", "source"})
+        summary["images"] = int(len(table))
+        if "split" in table:
+            summary["by_split"] = {str(k): int(v) for k, v in table["split"].value_counts().items()}
+        if {"split", "label"} <= set(table):
+            train = table[table["split"] == "train"]["label"].value_counts()
+            summary["train_by_class"] = {c: int(train.get(c, 0)) for c in CLASSES}
+        if "source" in table:
+            summary["sources"] = sorted(map(str, table["source"].unique()))
+    for split in ("val", "test"):
+        path = run_dir / f"metrics_{split}.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            summary[f"{split}_metrics"] = {k: m.get(k) for k in ("n", "accuracy", "macro_f1",
+                                                                  "macro_auc")}  # fmt: skip
+    return summary

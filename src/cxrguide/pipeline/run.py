@@ -1,0 +1,205 @@
+"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> Stage I -> tune -> Stage II ->
+Stage III -> evaluate -> explain -> report, as cached steps (see :mod:`.steps`).
+
+Every training step runs with ``resume`` on: a pipeline killed mid-epoch restarts at that step
+and continues from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from cxrguide.config import (
+    LungsPredictConfig,
+    LungsPrepareConfig,
+    LungsTrainConfig,
+    PipelineConfig,
+    PrepareConfig,
+    SynthConfig,
+    TrainConfig,
+    TuneConfig,
+    from_dict,
+    save_yaml,
+)
+from cxrguide.pipeline.steps import StepResult, StepRunner
+
+
+def _section(cls: type, section: dict[str, Any], name: str, wiring: dict[str, Any],
+             **defaults: Any) -> Any:  # fmt: skip
+    """The step's typed config: defaults (seed...) < the YAML section < the pipeline's wiring
+    (paths between steps, the stage), which a section cannot override."""
+    data = {**defaults, **section, **wiring}
+    return from_dict(cls, {k: str(v) if isinstance(v, Path) else v for k, v in data.items()},
+                     f"pipeline.{name}")  # fmt: skip
+
+
+def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "pipeline_config.yaml")
+    steps = StepRunner(out, log=log)
+    seed = cfg.seed
+
+    # -- data -----------------------------------------------------------------------------------
+    synthetic = out / "data/synthetic"
+    sources = list(cfg.sources)
+    if not sources:
+        synth = _section(SynthConfig, cfg.synth, "synth", {"out": synthetic}, seed=seed)
+        steps.run("synth", synth, lambda d: _synth(synth), folder="data/synthetic")
+        sources = [f"synthetic={synthetic}"]
+    prep_cfg = _section(PrepareConfig, cfg.prepare, "prepare",
+                        {"source": sources, "out": out / "prepared"}, seed=seed)  # fmt: skip
+    steps.run("prepare", prep_cfg, lambda d: _prepare(prep_cfg),
+              after=("synth",) if "synth" in steps.results else (), folder="prepared")  # fmt: skip
+
+    # -- lungs ----------------------------------------------------------------------------------
+    lung_sources = list(cfg.lung_sources) or [f"masks={synthetic}"]
+    lp = _section(LungsPrepareConfig, cfg.lungs_prepare, "lungs_prepare",
+                  {"source": lung_sources, "out": out / "lungs/data"}, seed=seed)  # fmt: skip
+    steps.run("lungs_prepare", lp, lambda d: _lungs_prepare(lp),
+              after=tuple(s for s in ("synth",) if s in steps.results), folder="lungs/data")  # fmt: skip
+    lt = _section(LungsTrainConfig, cfg.lungs, "lungs", {"data": lp.out, "out": out / "lungs/run"},
+                  seed=seed)  # fmt: skip
+    steps.run("lungs_train", lt, lambda d: _lungs_train(lt), after=("lungs_prepare",),
+              folder="lungs/run")  # fmt: skip
+    lpred = LungsPredictConfig(run=lt.out, data=prep_cfg.out)
+    steps.run("lungs_predict", lpred, lambda d: _lungs_predict(lpred),
+              after=("prepare", "lungs_train"), folder="lungs/predict")  # fmt: skip
+
+    # -- classifiers ----------------------------------------------------------------------------
+    s1 = _section(TrainConfig, cfg.stage1, "stage1",
+                  {"stage": 1, "data": prep_cfg.out, "out": out / "stage1", "resume": True},
+                  seed=seed)  # fmt: skip
+    steps.run("stage1", s1, lambda d: _train(s1), after=("prepare",), folder="stage1")
+    board1 = out / "stage1/leaderboard_stage1.csv"
+    stage2_after = ["stage1"]
+    if int(cfg.tune.get("trials", 0)) > 0:
+        tune = _section(TuneConfig, cfg.tune, "tune",
+                        {"stage": 1, "data": prep_cfg.out, "out": out / "tune"},
+                        seed=seed, **{k: v for k, v in cfg.stage1.items() if k in
+                                      ("weights", "image_size", "max_epochs", "batch_size")})  # fmt: skip
+        steps.run("tune", tune, lambda d: _tune(tune, board1), after=("stage1",), folder="tune")
+        stage2_after.append("tune")
+    s2 = _section(TrainConfig, cfg.stage2, "stage2",
+                  {"stage": 2, "from_run": board1, "out": out / "stage2", "resume": True,
+                   "data": prep_cfg.out}, seed=seed)  # fmt: skip
+    steps.run("stage2", s2, lambda d: _train(s2), after=tuple(stage2_after), folder="stage2")
+    s3 = _section(TrainConfig, cfg.stage3, "stage3",
+                  {"stage": 3, "from_run": out / "stage2/leaderboard_stage2.csv",
+                   "out": out / "stage3", "resume": True, "data": prep_cfg.out,
+                   "lung_model": lt.out}, seed=seed)  # fmt: skip
+    steps.run("stage3", s3, lambda d: _train(s3), after=("stage2", "lungs_predict"),
+              folder="stage3")  # fmt: skip
+
+    # -- figures and report ---------------------------------------------------------------------
+    bests = [steps.results[s].outputs["best"] for s in ("stage1", "stage2", "stage3")]
+    steps.run("explain", {"options": cfg.explain, "runs": bests},
+              lambda d: _explain(bests, d, cfg.explain), after=("stage1", "stage2", "stage3"),
+              folder="figures")  # fmt: skip
+    tune_dir = out / "tune" if "tune" in steps.results else None
+    steps.run("report", {"options": cfg.report},
+              lambda d: _report([out / "stage1", out / "stage2", out / "stage3"], d,
+                                out / "figures", tune_dir, cfg.report),
+              after=("explain", *stage2_after), folder="report")  # fmt: skip
+    return steps.results
+
+
+def _synth(cfg: SynthConfig) -> dict[str, Any]:
+    from cxrguide.data.synthetic.generate import generate_dataset
+
+    result = generate_dataset(cfg)
+    return {"folder": str(cfg.out), "images": getattr(result, "n_images", None)}
+
+
+def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
+    from cxrguide.data.prepare import prepare
+    from cxrguide.data.summary import summary_text
+
+    result = prepare(cfg)
+    print(summary_text(result.out))
+    return {"folder": str(result.out), "images": result.n_images, "splits": result.split_counts}
+
+
+def _lungs_prepare(cfg: LungsPrepareConfig) -> dict[str, Any]:
+    from cxrguide.data.lungs.prepare import prepare_lungs
+
+    prepare_lungs(cfg)
+    return {"folder": str(cfg.out)}
+
+
+def _lungs_train(cfg: LungsTrainConfig) -> dict[str, Any]:
+    from cxrguide.training.lungs import train_lungs
+
+    train_lungs(cfg)
+    return {"run": str(cfg.out)}
+
+
+def _lungs_predict(cfg: LungsPredictConfig) -> dict[str, Any]:
+    from cxrguide.training.lungs_predict import predict_prepared
+
+    predict_prepared(cfg)
+    return {"masks": str(cfg.data)}
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
+    from cxrguide.training.stages import train
+
+    rows = train(cfg)
+    best = max(rows, key=lambda r: r["val_accuracy"])
+    return {"runs": [r["run"] for r in rows], "best": best["run"],
+            "best_val_accuracy": best["val_accuracy"]}  # fmt: skip
+
+
+def _best(board: Path) -> str:
+    import pandas as pd
+
+    if not board.exists():
+        return "mobilenet_v2"  # resolved again once Stage I has written its leaderboard
+    return str(pd.read_csv(board).sort_values("val_accuracy", ascending=False).iloc[0]["backbone"])
+
+
+def _tune(cfg: TuneConfig, board: Path) -> dict[str, Any]:
+    """Tune Stage I of the best backbone; its best trial joins the Stage I leaderboard."""
+    import pandas as pd
+
+    from cxrguide.training.tune import best_trial, summarize, tune
+
+    cfg = dataclasses.replace(cfg, backbone=_best(board))
+    study, folder = tune(cfg)
+    files = summarize(study, folder)
+    best = best_trial(study)
+    if best is not None and best.user_attrs.get("run"):
+        table = pd.read_csv(board)
+        run = str(best.user_attrs["run"])
+        if run not in set(table["run"]):
+            row = {"backbone": cfg.backbone, "run": run, "val_accuracy": best.value}
+            table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+            table.sort_values("val_accuracy", ascending=False).to_csv(board, index=False)
+    return {"folder": str(folder), **{k: str(v) for k, v in files.items()}}
+
+
+def _explain(bests: list[str], out: Path, options: dict[str, Any]) -> dict[str, Any]:
+    """Galleries of each stage's best run, and the study's figure: one backbone across stages."""
+    from cxrguide.evaluation.galleries import compare_runs, explain_run
+    from cxrguide.training.runs import read_info
+
+    per_group = int(options.get("per_group", 2))
+    method = options.get("method", "gradcam")
+    for run in bests:
+        explain_run(run, out / Path(run).parent.name, per_group=per_group, method=method)
+    backbone = read_info(bests[-1]).backbone
+    lineage = [str(Path(r).parent / f"stage{k}-{backbone}") for k, r in enumerate(bests, 1)]
+    lineage = [r for r in lineage if Path(r, "model.yaml").exists()]
+    compare_runs(lineage, out, per_class=int(options.get("per_class", 1)), method=method)
+    return {"folder": str(out), "compare": str(out / "compare.png")}
+
+
+def _report(runs: list[Path], out: Path, figures: Path, tune: Path | None,
+            options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    from cxrguide.evaluation.report import build_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = build_report(runs, out / "report.html", explain_dir=figures, tune=tune, **options)
+    return {"report": str(path)}

@@ -1,0 +1,256 @@
+"""`cxrguide serve RUN`: a FastAPI REST API and a small web page over one trained run.
+
+- ``POST /v1/predict`` (multipart, one file part ``file``: PNG, JPEG or DICOM; ``?cam=true``
+  adds a Grad-CAM overlay PNG, base64) -> label, probabilities, lung coverage and quality.
+- ``GET /v1/health``, ``GET /v1/model`` (run id, backbone, stage, classes, training data).
+- ``GET /`` the page for a person (drop an X-ray, see probabilities, heatmap, lung contour);
+  OpenAPI docs at ``/docs``.
+
+Hostile input: the body is read in chunks and refused (413) past ``max_upload_bytes`` before it
+is parsed, the multipart parser keeps the part in memory (never a spool file in the system temp
+folder), and the bytes go to a file with a random name in a private 0700 temp folder, read by
+:func:`~cxrguide.data.imaging.read_image`, which sniffs the format from content and checks the
+pixel count from the header before decoding (413 for too many pixels, 422 for anything
+unreadable), then deleted. The client's file name is only echoed back, never used as a path.
+The model is shared and the :class:`~cxrguide.inference.predictor.Predictor` serialises
+inference with a lock; at most ``max_concurrent`` uploads are held in memory at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import weakref
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from cxrguide.errors import ImageReadError
+from cxrguide.evaluation.explain import CAM_METHODS
+from cxrguide.inference.predictor import Prediction, Predictor
+
+DISCLAIMER = (
+    "Research tool, not a diagnosis. Not a medical device; do not use it for patient care. "
+    "Any finding must be read by a qualified clinician."
+)
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
+STATIC = Path(__file__).with_name("static")
+CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
+assert set(CamMethod.__args__) == set(CAM_METHODS)  # type: ignore[attr-defined]
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+    "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class LungInfo(BaseModel):
+    coverage: float  # lung area / film area after post-processing
+    quality: str  # ok | empty | implausible
+    lungs: int
+    components: int
+
+
+class ImageMeta(BaseModel):
+    format: str
+    width: int
+    height: int
+
+
+class PredictResponse(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    lung: LungInfo | None
+    image: ImageMeta
+    filename: str | None
+    run_id: str
+    overlay_png_base64: str | None = None
+    cam_method: str | None = None
+    elapsed_ms: float
+    disclaimer: str = DISCLAIMER
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG, JPEG or DICOM chest X-ray",
+                        }
+                    },
+                }  # fmt: skip
+            }
+        },
+    }
+}
+
+
+def _safe_name(name: str | None) -> str | None:
+    """The client's file name for display only: last component, printable, at most 120 chars."""
+    if not name:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    clean = "".join(ch for ch in base if ch.isprintable())
+    return clean[:120] or None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit + MULTIPART_OVERHEAD:
+            raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
+    return bytes(body)
+
+
+async def _file_part(request: Request, body: bytes, limit: int) -> tuple[bytes, str | None]:
+    """The bytes and client name of the one file part, parsed in memory."""
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise HTTPException(415, "send the image as multipart/form-data with a part named 'file'")
+
+    async def stream():
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=8)
+    parser.spool_max_size = limit + MULTIPART_OVERHEAD  # stay in memory: no system temp files
+    try:
+        form = await parser.parse()
+    except MultiPartException as err:
+        raise HTTPException(400, f"bad multipart body: {err.message}") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "no file part named 'file' in the upload")
+        data = await upload.read()
+        name = upload.filename
+    finally:
+        await form.close()
+    if not data:
+        raise HTTPException(422, "empty file")
+    if len(data) > limit:
+        raise HTTPException(413, f"upload too large ({len(data):,} > limit {limit:,} bytes)")
+    return data, name
+
+
+def _png_base64(rgb: Any) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=False)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _response(pred: Prediction, predictor: Predictor, name: str | None, started: float,
+              overlay: str | None, method: str | None) -> PredictResponse:  # fmt: skip
+    lung = None
+    if pred.lung is not None:
+        lung = LungInfo(coverage=pred.lung.area_fraction, quality=pred.lung.flag,
+                        lungs=pred.lung.lungs, components=pred.lung.components)  # fmt: skip
+    return PredictResponse(
+        label=pred.label, probabilities=pred.probabilities, lung=lung,
+        image=ImageMeta(format=pred.info.format, width=pred.info.width, height=pred.info.height),
+        filename=_safe_name(name), run_id=predictor.run_id, overlay_png_base64=overlay,
+        cam_method=method, elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
+    )  # fmt: skip
+
+
+def create_app(
+    predictor: Predictor,
+    *,
+    max_upload_bytes: int = 32 * 1024 * 1024,
+    max_concurrent: int = 4,
+) -> FastAPI:
+    """The app over one loaded run. Pixel limits are the predictor's (``max_pixels``)."""
+    workdir = Path(tempfile.mkdtemp(prefix="cxrguide-serve-"))  # mode 0700
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    app = FastAPI(
+        title="cxrguide",
+        version="1",
+        summary="Chest X-ray classification (Normal / Pneumonia / COVID-19). " + DISCLAIMER,
+        lifespan=lifespan,
+    )
+    app.state.predictor = predictor
+    app.state.workdir = workdir
+    weakref.finalize(app, shutil.rmtree, workdir, True)
+    gate = asyncio.Semaphore(max_concurrent)
+    started_at = time.time()
+
+    def infer(data: bytes, name: str | None, cam: bool, method: str) -> PredictResponse:
+        started = time.perf_counter()
+        path = workdir / f"{uuid.uuid4().hex}.upload"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            pred = predictor.predict_file(path, source=_safe_name(name) or "upload")
+        finally:
+            path.unlink(missing_ok=True)
+        overlay = _png_base64(predictor.cam(pred, method)) if cam else None
+        return _response(pred, predictor, name, started, overlay, method if cam else None)
+
+    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_UPLOAD_BODY,
+              responses={400: {}, 413: {}, 415: {}, 422: {}})  # fmt: skip
+    async def predict(
+        request: Request,
+        cam: Annotated[bool, Query(description="add a Grad-CAM overlay PNG (base64)")] = False,
+        method: Annotated[CamMethod, Query(description="CAM method for the overlay")] = "gradcam",
+    ) -> PredictResponse:
+        """Label one chest X-ray (multipart part ``file``: PNG, JPEG or DICOM)."""
+        async with gate:
+            body = await _read_body(request, max_upload_bytes)
+            data, name = await _file_part(request, body, max_upload_bytes)
+            del body
+            try:
+                return await run_in_threadpool(infer, data, name, cam, method)
+            except ImageReadError as err:
+                status = 413 if err.reason.startswith("too many pixels") else 422
+                raise HTTPException(status, f"cannot use this image: {err.reason}") from None
+
+    @app.get("/v1/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "run_id": predictor.run_id, "backend": predictor.backend,
+                "uptime_s": round(time.time() - started_at, 1)}  # fmt: skip
+
+    @app.get("/v1/model")
+    def model_info() -> dict[str, Any]:
+        return {**predictor.describe(), "limits": {"max_upload_bytes": max_upload_bytes,
+                "max_pixels": predictor.max_pixels, "min_side": predictor.min_side},
+                "cam_methods": list(CAM_METHODS), "disclaimer": DISCLAIMER}  # fmt: skip
+
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
+
+    return app

@@ -1,0 +1,212 @@
+"""Stage III: guided attention (lung gate, GAIN attention mining, lung-mask supervision).
+
+``cxrguide train --stage 3 --from RUN|LEADERBOARD --attention gate,gain[,external]`` fine-tunes
+Stage II runs (the study's order) with the mechanisms switched on; without ``--from`` it starts
+from ``--backbone`` with ``--weights`` (ImageNet or random), which ablations and the shortcut
+benchmark use. Run folders are ``RUNS/stage3-<backbone>`` like the other stages.
+
+The lung masks come from the prepared set's lung cache (``cxrguide lungs predict``). The lung
+run that made them is recorded in ``model.yaml`` (``lung_model``), taken from ``--lung-model``
+or else from the cache's provenance JSON, so ``predict`` can segment a new image first.
+
+:func:`fine_tune` is the one fine-tuning path: with attention settings it is Stage III,
+without them plain Stage II (the shortcut benchmark trains both through it, so they differ only
+in the attention terms).
+
+Early stopping watches the validation *objective* (L_clas + alpha L_am + w_e L_e, true-class
+Grad-CAM, no second-order graph at eval): the quantity being optimised; the plain
+cross-entropy is logged beside it as ``val_ce``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxrguide.attention.gain import GainSettings, GuidedAttention, parse_attention
+from cxrguide.config import TrainConfig
+from cxrguide.data.datasets import CxrAugment, CxrDataset, Prepared
+from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.models.classifier import CxrClassifier
+from cxrguide.training import engine
+from cxrguide.training.losses import l2_penalty, paper_cross_entropy
+from cxrguide.training.runs import RunInfo, load_run, read_info
+from cxrguide.training.tasks import ClassifierTask
+
+
+class Stage3Task:
+    """Batches -> L = L_clas + alpha L_am + w_e L_e (+ the study's L2 penalty)."""
+
+    def __init__(self, settings: GainSettings, l2: float) -> None:
+        self.settings = settings
+        self.l2 = l2
+
+    def _terms(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(batch["image"], batch["label"], batch.get("lung"))
+        ce = paper_cross_entropy(out["logits"], batch["label"])
+        s = self.settings
+        total = ce
+        if s.gain:
+            total = total + s.alpha * out["am"]
+        if s.external:
+            total = total + s.external_weight * out["ext"]
+        n = len(batch["label"])
+        correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
+        sums = {"loss": total.detach().item() * n, "ce": ce.detach().item() * n,
+                "am": out["am"].detach().item() * n, "ext": out["ext"].detach().item() * n,
+                "acc": correct, "n": n}  # fmt: skip
+        return total, sums
+
+    def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        total, sums = self._terms(model, batch)
+        return total + l2_penalty(model, self.l2), sums
+
+    def eval_step(self, model: nn.Module, batch: dict) -> dict[str, float]:
+        return self._terms(model, batch)[1]
+
+
+def settings_from(cfg: TrainConfig) -> GainSettings:
+    return GainSettings.from_names(
+        cfg.attention, alpha=cfg.gain_alpha, sigma=cfg.gain_sigma, omega=cfg.gain_omega,
+        external_weight=cfg.external_weight, second_order=cfg.gain_second_order,
+        erased_bn=cfg.gain_bn,
+    )  # fmt: skip
+
+
+def lung_model_of(cfg: TrainConfig, prepared: Prepared) -> str:
+    """The lung run behind the mask cache: ``--lung-model``, else the cache's provenance."""
+    if cfg.lung_model is not None:
+        path = Path(cfg.lung_model)
+        if not path.exists():
+            raise CxrGuideError(f"{path}: lung model run not found (--lung-model)")
+        return str(path.resolve())
+    record = prepared.lung_cache_path.with_suffix(".json")
+    if record.is_file():
+        try:
+            return str(json.loads(record.read_text()).get("run", ""))
+        except (OSError, ValueError):
+            return ""
+    return ""
+
+
+def check_lungs(prepared: Prepared) -> None:
+    """Fail early, with the command to run, when the prepared set has no lung masks."""
+    if not prepared.lung_cache_path.exists():
+        raise CxrGuideError(
+            f"{prepared.lung_cache_path}: Stage III needs lung masks for this prepared set; run "
+            f"'cxrguide lungs predict LUNG_RUN --data {prepared.root}' first"
+        )
+    lungs = prepared.lungs()
+    if len(lungs) != len(prepared.manifest):
+        raise CxrGuideError(
+            f"{prepared.lung_cache_path}: {len(lungs)} masks but the manifest has "
+            f"{len(prepared.manifest)} rows; rerun 'cxrguide lungs predict'"
+        )
+
+
+def _start(
+    cfg: TrainConfig, parent: Path | None, backbone: str | None
+) -> tuple[CxrClassifier, RunInfo]:
+    """The network to fine-tune: a parent run, or a fresh ``backbone`` with ``cfg.weights``."""
+    from cxrguide.models.zoo import create_model
+
+    if parent is not None:
+        model, info = load_run(parent)
+        return model, dataclasses.replace(info, parent=str(parent))
+    if backbone is None:
+        raise ConfigError("backbone: Stage III without --from needs --backbone NAME")
+    model = create_model(backbone, cfg.weights, head_widths=cfg.head_widths,
+                         head_dropouts=cfg.head_dropouts, head_activation=cfg.activation,
+                         seed=cfg.seed)  # fmt: skip
+    info = RunInfo(model.name, 3, 0, list(cfg.head_widths), list(cfg.head_dropouts),
+                   cfg.activation, model.weights_source)  # fmt: skip
+    return model, info
+
+
+def fine_tune(
+    cfg: TrainConfig,
+    model: CxrClassifier,
+    info: RunInfo,
+    prepared: Prepared,
+    settings: GainSettings | None,
+    *,
+    optimizer: str = "sgd",
+) -> dict:
+    """Fine-tune body and head; ``settings`` None is plain Stage II, else Stage III.
+
+    One code path for both, so a benchmark's Stage II and Stage III runs differ only in the
+    attention terms. ``optimizer``: ``"sgd"`` (the study's, ``cfg.momentum``) or ``"adam"``
+    (the shortcut benchmark's: from random weights SGD does not learn in a CPU-sized budget).
+    """
+    from cxrguide.training.stages import _finish, _optimizer, _run_dir, engine_config
+
+    names = parse_attention(cfg.attention) if settings is not None else []
+    lungs = settings is not None and settings.needs_lungs
+    if lungs:
+        check_lungs(prepared)
+    model.unfreeze_body().train()
+    run = _run_dir(cfg, info.backbone)
+    size = cfg.image_size or info.image_size or model.input_size[0]
+    augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
+    train = CxrDataset(prepared, "train", image_size=size, augment=augment, with_lungs=lungs)
+    val = CxrDataset(prepared, "val", image_size=size, with_lungs=lungs)
+    if settings is None:
+        net, task = model, ClassifierTask(cfg.l2)
+    else:
+        net, task = GuidedAttention(model, settings), Stage3Task(settings, cfg.l2)
+    if optimizer == "sgd":
+        opt = _optimizer(net.parameters(), cfg.finetune_lr, cfg.momentum)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], cfg.finetune_lr)
+    else:
+        raise ConfigError(f"optimizer: {optimizer!r} is not one of sgd, adam")
+    engine.fit(
+        net, task,
+        engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
+        engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
+        opt, engine_config(cfg), run,
+    )  # fmt: skip
+    new = dataclasses.replace(
+        info, stage=2 if settings is None else 3, image_size=size, data=str(prepared.root),
+        lung_gate=settings is not None and settings.gate,
+        lung_model=lung_model_of(cfg, prepared) if lungs else "", attention=names,
+    )  # fmt: skip
+    return _finish(
+        run, dataclasses.replace(cfg, attention=names or cfg.attention), model.cpu(), new
+    )
+
+
+def stage3(
+    cfg: TrainConfig, parent: Path | None, prepared: Prepared, backbone: str | None = None
+) -> dict:
+    """Fine-tune ``parent`` (or a fresh ``backbone`` when ``parent`` is None) with attention."""
+    settings = settings_from(dataclasses.replace(cfg, attention=parse_attention(cfg.attention)))
+    if settings.needs_lungs:
+        check_lungs(prepared)  # before loading anything
+    model, info = _start(cfg, parent, backbone)
+    return fine_tune(cfg, model, info, prepared, settings)
+
+
+def train_stage3(cfg: TrainConfig) -> tuple[TrainConfig, list[dict]]:
+    """Every Stage III job of ``cfg``: the runs of ``--from``, else each ``--backbone``.
+
+    Returns the config with ``data`` resolved (for the leaderboard) and one row per run.
+    """
+    from cxrguide.training.stages import backbones, parents
+
+    if cfg.from_run is not None:
+        sources = parents(cfg)
+        data = cfg.data or read_info(sources[0]).data
+        if not str(data):
+            raise ConfigError("data: the parent run does not record its data; give --data PREP")
+        prepared = Prepared.open(data)
+        cfg = dataclasses.replace(cfg, data=Path(data))
+        return cfg, [stage3(cfg, parent, prepared) for parent in sources]
+    if cfg.data is None:
+        raise ConfigError("data: Stage III without --from needs --data PREP")
+    prepared = Prepared.open(cfg.data)
+    return cfg, [stage3(cfg, None, prepared, name) for name in backbones(cfg)]

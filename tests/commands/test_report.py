@@ -1,0 +1,49 @@
+"""`cxrguide report`: one HTML file from run folders; one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrguide.cli import main
+from explain_helpers import tiny_runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tiny_runs(tmp_path_factory.getbasetemp() / "explain-runs")
+
+
+def test_report_from_a_folder_of_runs_with_an_explain_folder(runs, tmp_path, capsys):
+    figs = tmp_path / "figs"
+    assert main(["explain", str(runs["stage1"]), "synthetic:images/COVID-19-10.png",
+                 "--out", str(figs), "--device", "cpu"]) == 0  # fmt: skip
+    out = tmp_path / "site" / "report.html"
+    code = main(["report", str(runs["stage1"].parent), "--out", str(out), "--explain", str(figs),
+                 "--title", "Tiny study"])  # fmt: skip
+    assert code == 0
+    assert f"wrote {out} (" in capsys.readouterr().out
+    html = out.read_text()
+    assert "<title>Tiny study</title>" in html
+    for table in ("leaderboard-stage1", "leaderboard-stage2", "leaderboard-stage3", "models"):
+        assert f'<table id="{table}">' in html
+    assert html.count("<img ") == 3 + 1  # one panel row per run + the explain figure
+    assert "https://" not in html and "http://" not in html
+
+
+def test_errors_are_one_line(runs, tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert main(["report", str(runs["stage1"]), "--out", str(tmp_path / "r.html"),
+                 "--tune", str(tmp_path / "nope")]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tuning folder not found (--tune)" in err
+    assert not (tmp_path / "r.html").exists()

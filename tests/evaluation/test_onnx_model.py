@@ -1,0 +1,199 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from cxr_testutils import make_prepared
+from cxrguide.cli import main
+from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.evaluate import predict_split
+from cxrguide.evaluation.onnx_model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    evaluate_onnx,
+    parse_classes,
+    resolve_input,
+)
+from cxrguide.labels import CLASSES
+from cxrguide.models.zoo import create_model
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
+SIZE = 64
+PROBS = [f"p_{c}" for c in CLASSES]
+
+
+class NhwcRgbWrapper(nn.Module):
+    """NHWC, 3-channel, ImageNet-normalised input; probabilities in COVID-19, Normal, Pneumonia."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 1, 1, 3))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 1, 1, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rgb = x * self.std + self.mean
+        gray = rgb.mean(dim=3, keepdim=True).permute(0, 3, 1, 2)
+        p = torch.softmax(self.model(gray), dim=1)
+        return p[:, [2, 0, 1]]
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> Path:
+    axes = {"image": {0: "batch"}, "out": {0: "batch"}} if dynamic_batch else None
+    torch.onnx.export(module.eval(), (example,), str(path), input_names=["image"],
+                      output_names=["out"], dynamic_axes=axes, dynamo=False)  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    prep = make_prepared(root / "prep", size=SIZE)
+    model = create_model("mobilenet_v2", "none", seed=0).eval()
+    nchw = _export(model, torch.rand(2, 1, SIZE, SIZE), root / "mnv2.onnx", dynamic_batch=True)
+    # fixed batch of 4: the 6 test images go in as 4 + 2 padded
+    nhwc = _export(NhwcRgbWrapper(model), torch.rand(4, SIZE, SIZE, 3), root / "nhwc.onnx",
+                   dynamic_batch=False)  # fmt: skip
+    prepared = Prepared.open(prep)
+    dataset = CxrDataset(prepared, "test", image_size=SIZE)
+    probs, rows = predict_split(model, dataset, torch.device("cpu"), batch_size=4, progress=False)
+    return {"root": root, "prep": prep, "nchw": nchw, "nhwc": nhwc, "torch_probs": probs,
+            "rows": rows, "prepared": prepared}  # fmt: skip
+
+
+def _probs(out: Path, split: str = "test") -> pd.DataFrame:
+    return pd.read_csv(out / f"predictions_{split}.csv")
+
+
+def test_cli_onnx_matches_pytorch_and_writes_metrics(setup, capsys):
+    code = main(["evaluate", "--onnx", str(setup["nchw"]), "--data", str(setup["prep"]),
+                 "--bootstrap", "20"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    out = setup["root"] / "mnv2_eval"  # default: <stem>_eval beside the model
+    table = _probs(out)
+    manifest = setup["prepared"].manifest
+    assert list(table.image_id) == list(manifest.image_id.iloc[setup["rows"]])
+    np.testing.assert_allclose(table[PROBS].to_numpy(), setup["torch_probs"], atol=1e-4)
+    metrics = json.loads((out / "metrics_test.json").read_text())
+    assert metrics["n"] == len(setup["rows"]) == 6
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["macro_auc"] is not None
+    assert metrics["onnx"]["layout"] == "nchw" and metrics["onnx"]["channels"] == 1
+    assert metrics["onnx"]["output_kind"] == "logits"
+    expected_acc = float((setup["torch_probs"].argmax(1) == table.true.map(
+        {c: i for i, c in enumerate(CLASSES)}).to_numpy()).mean())  # fmt: skip
+    assert metrics["accuracy"] == pytest.approx(expected_acc)
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_nhwc_rgb_probability_model_with_fixed_batch_and_class_order(setup, tmp_path):
+    report = evaluate_onnx(setup["nhwc"], setup["prep"], "test", tmp_path / "o",
+                           normalize="imagenet", classes="COVID-19,Normal,Pneumonia",
+                           n_boot=10, progress=False)  # fmt: skip
+    feed = report["onnx"]
+    assert (feed["layout"], feed["channels"], feed["height"], feed["batch"]) == ("nhwc", 3, 64, 4)
+    assert feed["output_kind"] == "probabilities"  # no second softmax
+    np.testing.assert_allclose(_probs(tmp_path / "o")[PROBS].to_numpy(), setup["torch_probs"],
+                               atol=1e-4)  # fmt: skip
+    # a wrong class order is visible: the columns come out permuted
+    evaluate_onnx(setup["nhwc"], setup["prep"], "test", tmp_path / "w", normalize="imagenet",
+                  n_boot=10, progress=False)  # fmt: skip
+    wrong = _probs(tmp_path / "w")[PROBS].to_numpy()
+    np.testing.assert_allclose(wrong, setup["torch_probs"][:, [2, 0, 1]], atol=1e-4)
+
+
+def test_bad_file_is_one_line_exit_2(setup, tmp_path, capsys):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"this is not a protobuf \x00\xff" * 10)
+    code = main(["evaluate", "--onnx", str(bad), "--data", str(setup["prep"])])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "broken.onnx" in err and "not a valid ONNX model" in err
+
+
+def _graph_model(path: Path, inputs: list[tuple[str, list]], out_shape: list, op: str) -> Path:
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    nodes = [helper.make_node(op, [inputs[0][0]], ["y"])]
+    graph = helper.make_graph(nodes, "g", ins, [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, path)
+    return path
+
+
+def test_graph_without_one_image_input_or_3_wide_output(setup, tmp_path, capsys):
+    flat = _graph_model(tmp_path / "flat.onnx", [("x", ["N", 3, 8, 8])], ["N", 192], "Flatten")
+    with pytest.raises(CxrGuideError, match=r"flat\.onnx: no 3-wide"):
+        evaluate_onnx(flat, setup["prep"], progress=False)
+    two = _graph_model(tmp_path / "two.onnx", [("a", ["N", 3, 8, 8]), ("b", ["N", 3, 8, 8])],
+                       ["N", 192], "Flatten")  # fmt: skip
+    assert main(["evaluate", "--onnx", str(two), "--data", str(setup["prep"])]) == 2
+    assert "2 inputs (a, b)" in capsys.readouterr().err
+
+
+def test_pooling_graph_with_dynamic_size_uses_override(setup, tmp_path):
+    # mean over H, W of a 3-channel image: dynamic spatial dims, 3 channels, probabilities-free
+    gap = _graph_model(tmp_path / "gap.onnx", [("x", ["N", 3, "H", "W"])], ["N", 3, 1, 1],
+                       "GlobalAveragePool")  # fmt: skip
+    with pytest.raises(CxrGuideError, match="no 3-wide"):
+        evaluate_onnx(gap, setup["prep"], progress=False)  # rank-4 output is not (batch, 3)
+    report = evaluate_onnx(gap, setup["prep"], "test", tmp_path / "g", size=32,
+                           output="y", n_boot=5, progress=False)  # fmt: skip
+    assert (report["onnx"]["height"], report["onnx"]["width"]) == (32, 32)
+    probs = _probs(tmp_path / "g")[PROBS].to_numpy()
+    assert np.allclose(probs, 1 / 3, atol=1e-6)  # equal channel means -> uniform softmax
+
+
+def test_resolve_input_rules():
+    kw = dict(size=None, layout=None, channels=None, normalize="none", default_size=100)
+    p = Path("m.onnx")
+    a = resolve_input(p, "x", [1, 480, 480, 3], "tensor(float)", **kw)
+    assert (a.layout, a.channels, a.height, a.width, a.batch) == ("nhwc", 3, 480, 480, 1)
+    b = resolve_input(p, "x", ["N", "C", "H", "W"], "tensor(float)", **kw)
+    assert (b.layout, b.channels, b.height, b.batch) == ("nchw", 3, 100, None)
+    c = resolve_input(p, "x", ["N", 240, 240, "C"], "tensor(float16)",
+                      **{**kw, "channels": 1})  # fmt: skip
+    assert (c.layout, c.channels, c.height, c.dtype) == ("nhwc", 1, 240, "float16")
+    with pytest.raises(CxrGuideError, match="fixes input size 480x480, not 224"):
+        resolve_input(p, "x", [1, 480, 480, 3], "tensor(float)", **{**kw, "size": 224})
+    with pytest.raises(CxrGuideError, match="fixes 3 input channels"):
+        resolve_input(p, "x", [1, 3, 224, 224], "tensor(float)", **{**kw, "channels": 1})
+    with pytest.raises(CxrGuideError, match="ambiguous"):
+        resolve_input(p, "x", [1, 3, 8, 3], "tensor(float)", **kw)
+    with pytest.raises(CxrGuideError, match="channel axis"):
+        resolve_input(p, "x", [1, 3, 224, 224], "tensor(float)", **{**kw, "layout": "nhwc"})
+    with pytest.raises(CxrGuideError, match="tensor\\(uint8\\)"):
+        resolve_input(p, "x", [1, 3, 224, 224], "tensor(uint8)", **kw)
+
+
+def test_parse_classes():
+    assert parse_classes("normal, pneumonia ,COVID-19") == CLASSES
+    assert parse_classes("covid19,Normal,Pneumonia") == ("COVID-19", "Normal", "Pneumonia")
+    with pytest.raises(CxrGuideError, match="need each"):
+        parse_classes("normal,normal,covid")
+    with pytest.raises(CxrGuideError, match="unknown class 'tb'"):
+        parse_classes("normal,tb,covid")
+
+
+def test_exactly_one_of_run_or_onnx(setup, tmp_path, capsys):
+    assert main(["evaluate"]) == 2
+    assert "exactly one of RUN or --onnx" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), "--onnx", str(setup["nchw"])]) == 2
+    assert main(["evaluate", "--onnx", str(setup["nchw"])]) == 2  # no --data
+    assert "--data" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), "--onnx-size", "64"]) == 2
+    assert "--onnx-size" in capsys.readouterr().err

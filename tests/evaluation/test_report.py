@@ -1,0 +1,213 @@
+"""The HTML report: contents parsed from the file, then rendered in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.galleries import explain_run
+from cxrguide.evaluation.report import build_report, find_runs, markdown_blocks, pct
+from explain_helpers import tiny_runs
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+class Page(HTMLParser):
+    """Tables (id -> rows of cell texts), every src/href, and the page's text."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.links: list[str] = []
+        self.images = 0
+        self.text: list[str] = []
+        self._table: str | None = None
+        self._body = False
+        self._cell: list[str] | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.links += [v for k, v in attrs if k in ("src", "href") and v is not None]
+        self.images += tag == "img"
+        if tag == "table":
+            self._table = a.get("id", "")
+            self.tables[self._table] = []
+        elif tag == "tbody":
+            self._body = True
+        elif tag == "tr" and self._body:
+            self.tables[self._table].append([])
+        elif tag == "td" and self._body:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "td" and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tbody":
+            self._body = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPU is shared
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tiny_runs(tmp_path_factory.getbasetemp() / "explain-runs")
+
+
+@pytest.fixture(scope="module")
+def extras(tmp_path_factory) -> dict[str, Path]:
+    """A shortcut table as `bench shortcut` writes it and a tuning folder with Optuna plots."""
+    import optuna
+
+    from cxrguide.evaluation.shortcut import table
+    from cxrguide.training.tune import plot_history
+
+    root = tmp_path_factory.mktemp("extras")
+    rows = pd.DataFrame({"variant": ["stage2", "stage2", "gate"], "test_accuracy": [0.9, 0.8, 0.85],
+                         "shortcut_accuracy": [0.1, 0.2, 0.6], "follows_marker": [0.9, 0.8, 0.3],
+                         "lung_energy": [0.3, 0.4, 0.8], "lung_pointing": [0.2, 0.3, 0.9],
+                         "marker_energy": [0.5, 0.4, 0.1], "lesion_energy": [0.1, 0.1, 0.2],
+                         "minutes": [1.0, 1.2, 2.0]})  # fmt: skip
+    md = "## Shortcut benchmark (mobilenet_v2)\n\nSome words.\n\n" + table(rows, ["stage2", "gate"])
+    (root / "shortcut.md").write_text(md + "\n")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", study_name="tiny",
+                                sampler=optuna.samplers.RandomSampler(seed=0))  # fmt: skip
+    study.optimize(lambda t: -((t.suggest_float("lr", 0, 1) - 0.3) ** 2), n_trials=4)
+    (root / "tune").mkdir()
+    plot_history(study, root / "tune/optimization_history.png")
+    return {"shortcut": root / "shortcut.md", "tune": root / "tune"}
+
+
+@pytest.fixture(scope="module")
+def report(runs, extras, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    return build_report([runs["stage1"].parent], out, shortcut=extras["shortcut"],
+                        tune=extras["tune"], device="cpu")  # fmt: skip
+
+
+def test_find_runs_takes_run_folders_and_folders_of_runs(runs, tmp_path):
+    parent = runs["stage1"].parent
+    found = find_runs([parent, runs["stage2"]])
+    assert found == [runs[k].resolve() for k in ("stage1", "stage2", "stage3")]
+    with pytest.raises(CxrGuideError, match="no such run folder"):
+        find_runs([tmp_path / "missing"])
+    with pytest.raises(CxrGuideError, match="no run folder"):
+        find_runs([tmp_path])
+
+
+def test_markdown_blocks_read_the_benchmark_table():
+    blocks = markdown_blocks("## Title\n\ntext here\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n",
+                             "t")  # fmt: skip
+    assert blocks[0] == {"heading": "Title"} and blocks[1] == {"text": "text here"}
+    t = blocks[2]["table"]
+    assert t.header == ["a", "b"] and t.rows == [["1", "2"], ["3", "4"]]
+
+
+def test_report_holds_the_studys_tables_and_only_embedded_figures(report, runs):
+    html = report.read_text()
+    page = Page(html)
+    assert all(link.startswith(("data:image/png;base64,", "#")) for link in page.links)
+    assert "http://" not in html and "https://" not in html
+    t = page.tables
+    # Table 3: 2 sites x 3 classes + total; 24 / 6 / 6 images
+    assert len(t["data-0"]) == 7 and t["data-0"][-1] == ["all", "all", "24", "6", "6", "36"]
+    assert t["models"] == [["MobileNet V2", "64x64", "2x2x1280", "2.40", "2.43", "0.025",
+                            "7x7x1280", "2.6"]]  # fmt: skip
+    for stage in (1, 2, 3):
+        run = runs[f"stage{stage}"]
+        metrics = json.loads((run / "metrics_test.json").read_text())
+        (row,) = t[f"leaderboard-stage{stage}"]
+        assert row[1] == run.name and row[3] == "random"
+        lo, hi = metrics["ci95"]["accuracy"]
+        assert row[5] == f"{pct(metrics['accuracy'])} [{pct(lo)}, {pct(hi)}]"
+        assert row[8] == pct(metrics["attention"]["lungs"]["energy"]["mean"])
+        assert [r[1] for r in t[f"per-class-stage{stage}"]] == ["Normal", "Pneumonia", "COVID-19"]
+        assert [r[1] for r in t[f"per-source-stage{stage}"]] == ["site0", "site1"]
+    assert [r[0] for r in t["shortcut"]] == ["stage2", "gate"]
+    assert [r[:5] for r in t["provenance"]] == [
+        [runs[f"stage{k}"].name, str(k), "mobilenet_v2", "random", "0"] for k in (1, 2, 3)
+    ]
+    text = " ".join(" ".join(page.text).split())
+    assert "Randomly initialised backbones." in text
+    for dist in ("torch", "timm"):
+        assert f"{dist} {importlib.metadata.version(dist)}" in text
+    # figures: 3 run panels + 3 galleries + the stage comparison + 1 tuning plot
+    assert page.images == 8
+    for src in (link for link in page.links if link.startswith("data:image")):
+        png = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert png.size[0] > 300 and np.asarray(png.convert("L")).std() > 10
+
+
+def test_report_embeds_an_explain_folder_instead_of_drawing(runs, tmp_path):
+    explain_run(runs["stage2"], tmp_path / "figs", ["synthetic:images/Normal-10.png"],
+                device="cpu")  # fmt: skip
+    out = build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs")
+    page = Page(out.read_text())
+    assert page.images == 2  # the run's panels + the one explain figure
+    assert "Stage II mobilenet_v2: chosen images" in " ".join(page.text)
+    with pytest.raises(CxrGuideError, match="explain folder not found"):
+        build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "nope")
+    with pytest.raises(CxrGuideError, match="shortcut benchmark file not found"):
+        build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs",
+                     shortcut=tmp_path / "none.md")  # fmt: skip
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(report.as_uri(), wait_until="load")
+            rows = page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
+                'table[id]')].map(t => [t.id, t.tBodies[0].rows.length]))""")
+            images = page.evaluate("""() => [...document.images].map(i =>
+                [i.complete, i.naturalWidth, i.getBoundingClientRect().width])""")
+            shot = page.screenshot(full_page=True)
+            first_figure = page.locator("#visual figure img").first.screenshot()
+        finally:
+            browser.close()
+    assert errors == []
+    assert all(url.startswith(("file:", "data:")) for url in requests)
+    assert rows["data-0"] == 7 and rows["models"] == 1 and rows["shortcut"] == 2
+    assert all(rows[f"leaderboard-stage{k}"] == 1 for k in (1, 2, 3))
+    assert all(rows[f"per-class-stage{k}"] == 3 for k in (1, 2, 3))
+    assert len(images) == 8 and all(ok and w > 0 and shown > 100 for ok, w, shown in images)
+    full = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=float)
+    assert full.shape[1] == 1280 and full.shape[0] > 3000 and full.std() > 20
+    cam = np.asarray(Image.open(io.BytesIO(first_figure)).convert("RGB"), dtype=float)
+    assert cam.std() > 20 and (np.abs(cam[..., 0] - cam[..., 2]) > 60).mean() > 0.05  # in colour
+    (tmp_path / "report.png").write_bytes(shot)  # for a person to look at

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cxrguide.errors import CxrGuideError
+from cxrguide.inference.export import (
+    META_FILE,
+    ExportModule,
+    area_matrix,
+    example_inputs,
+    export_run,
+)
+from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.predictor import run_identifier
+from cxrguide.training.runs import load_run
+from inference_helpers import gated_run, tiny_run
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(64, 2), (224, 7), (299, 8), (300, 10), (13, 5)])
+def test_area_matrix_equals_area_interpolation(n_in, n_out):
+    a_rows, a_cols = area_matrix(n_in, n_out), area_matrix(n_in + 3, n_out + 1)
+    mask = (torch.rand(2, 1, n_in, n_in + 3) > 0.5).float()
+    expected = F.interpolate(mask, size=(n_out, n_out + 1), mode="area")
+    torch.testing.assert_close(a_rows @ mask @ a_cols.T, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a_rows.sum(1), torch.ones(n_out))
+
+
+def test_export_module_gate_equals_the_model_gate():
+    from cxrguide.models.zoo import create_model
+
+    model = create_model("mobilenet_v2", "none", seed=0).eval()
+    module = ExportModule(model, 96, lung_gate=True).eval()
+    image, mask = example_inputs(96, True, batch=2)
+    with torch.no_grad():
+        probs, logits = module(image, mask)
+        expected = model(image, mask)
+        ungated = model(image)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(probs, torch.softmax(expected, 1), atol=1e-6, rtol=0)
+    assert (logits - ungated).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="pass lung_mask"):
+        module(image)
+
+
+def _reference(run: Path, image: torch.Tensor, mask: torch.Tensor | None) -> np.ndarray:
+    model, _ = load_run(run)
+    with torch.no_grad():
+        logits = model(image) if mask is None else model(image, mask)
+    return torch.softmax(logits, 1).numpy()
+
+
+def test_onnx_export_of_a_plain_run(tmp_path_factory, tmp_path):
+    run = tiny_run(tmp_path_factory)
+    out = tmp_path / "model.onnx"
+    result = export_run(run, "onnx", out)
+    assert result.inputs == ["image"] and result.max_abs_diff is not None
+    assert result.max_abs_diff <= 1e-4
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["classes"] == "Normal,Pneumonia,COVID-19" and meta["image_size"] == "64"
+    assert meta["run_id"] == run_identifier(run) and meta["lung_gate"] == "0"
+    runner = OnnxRunner(out)
+    assert not runner.needs_mask and runner.image_size == 64
+    image = torch.rand(5, 1, 64, 64, generator=torch.Generator().manual_seed(3))  # dynamic batch
+    np.testing.assert_allclose(runner(image.numpy()), _reference(run, image, None), atol=1e-4)
+
+
+def test_onnx_export_of_a_gated_run_takes_the_mask(tmp_path_factory, tmp_path):
+    run = gated_run(tmp_path_factory)
+    out = tmp_path / "gated.onnx"
+    result = export_run(run, "onnx", out)
+    assert result.inputs == ["image", "lung_mask"] and result.max_abs_diff <= 1e-4
+    runner = OnnxRunner(out)
+    assert runner.needs_mask and runner.metadata["lung_gate"] == "1"
+    image, mask = example_inputs(64, True, batch=3, seed=7)
+    mask[1] = 0  # one image without lungs: every feature gated away
+    expected = _reference(run, image, mask)
+    np.testing.assert_allclose(runner(image.numpy(), mask.numpy()), expected, atol=1e-4)
+    with pytest.raises(CxrGuideError, match="gates on the lungs"):
+        runner(image.numpy())
+
+
+def test_torchscript_export(tmp_path_factory, tmp_path):
+    run = gated_run(tmp_path_factory)
+    out = tmp_path / "gated.pt"
+    result = export_run(run, "torchscript", out)
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4
+    extra = {META_FILE: ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra[META_FILE])["lung_gate"] == "1"
+    image, mask = example_inputs(64, True, batch=2, seed=5)
+    with torch.no_grad():
+        probs, _ = loaded(image, mask)
+    np.testing.assert_allclose(probs.numpy(), _reference(run, image, mask), atol=1e-4)
+
+
+def test_export_refuses_bad_destinations(tmp_path_factory, tmp_path):
+    run = tiny_run(tmp_path_factory)
+    with pytest.raises(CxrGuideError, match="is a folder"):
+        export_run(run, "onnx", tmp_path)
+    with pytest.raises(CxrGuideError, match="output folder does not exist"):
+        export_run(run, "onnx", tmp_path / "missing" / "m.onnx")
+    with pytest.raises(CxrGuideError, match="format: 'tflite'"):
+        export_run(run, "tflite", tmp_path / "m.tflite")
+    with pytest.raises(CxrGuideError, match="not a trained run"):
+        export_run(tmp_path, "onnx", tmp_path / "m.onnx")

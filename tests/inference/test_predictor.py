@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.evaluate import predict_split
+from cxrguide.inference.predictor import (
+    CPU_DEFAULT,
+    Failure,
+    Prediction,
+    Predictor,
+    _public,
+    bf16_supported,
+    collect_inputs,
+    resolve_backend,
+)
+from cxrguide.labels import CLASSES
+from inference_helpers import film, gated_run, lung_run, tiny_prepared, tiny_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def predictor(run) -> Predictor:
+    return Predictor(run, backend="fp32")
+
+
+def test_files_are_preprocessed_like_the_training_cache(predictor, tmp_path_factory, tmp_path):
+    """A cached training image saved as PNG gets the probabilities evaluate gives its row."""
+    prepared = Prepared.open(tiny_prepared(tmp_path_factory))
+    dataset = CxrDataset(prepared, "test", image_size=64)
+    expected, rows = predict_split(predictor.model, dataset, torch.device("cpu"), progress=False)
+    paths = []
+    for row in rows:
+        paths.append(tmp_path / f"row{row}.png")
+        Image.fromarray(np.asarray(prepared.images[row])).save(paths[-1])
+    got = list(predictor.predict_files(paths, batch_size=4))
+    assert all(isinstance(p, Prediction) for p in got)
+    probs = np.array([[p.probabilities[c] for c in CLASSES] for p in got])
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert [p.label for p in got] == [CLASSES[k] for k in expected.argmax(1)]
+
+
+def test_backends_agree_with_eager_fp32(run, predictor, tmp_path):
+    squares = np.stack([predictor.read(film(tmp_path / f"f{i}.png", seed=i))[0] for i in range(6)])
+    reference = predictor.probabilities(squares)
+    np.testing.assert_allclose(reference.sum(1), 1.0, atol=1e-6)
+    for backend, tol in (("channels_last", 1e-5), ("onnx", 1e-4), ("bf16", 2e-2)):
+        other = Predictor(run, backend=backend)
+        try:
+            assert other.backend == backend
+            np.testing.assert_allclose(other.probabilities(squares), reference, atol=tol)
+        finally:
+            other.close()
+
+
+def test_auto_backend_and_bad_names():
+    cpu = torch.device("cpu")
+    expected = CPU_DEFAULT if CPU_DEFAULT != "bf16" or bf16_supported() else "channels_last"
+    assert resolve_backend("auto", cpu) == expected
+    assert resolve_backend("auto", torch.device("cuda")) == "fp32"
+    assert resolve_backend("onnx", cpu) == "onnx"
+    with pytest.raises(CxrGuideError, match="backend: 'fast'"):
+        resolve_backend("fast", cpu)
+
+
+def test_collect_inputs_walks_folders_and_reports_missing(tmp_path):
+    root = tmp_path / "in"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    film(root / "one.png")
+    film(root / "a" / "two.jpg")
+    film(root / "a" / "b" / "scan")  # DICOM without a suffix: found by its magic bytes
+    film(root / ".hidden" / "skip.png")
+    (root / "a" / "notes.csv").write_text("x,y\n")
+    (root / "empty").mkdir()
+    files, failures = collect_inputs([root, tmp_path / "nope.png", root / "empty"])
+    names = [f.relative_to(root).as_posix() for f in files]
+    assert names == ["a/b/scan", "a/two.jpg", "one.png"]
+    assert failures == [Failure(str(tmp_path / "nope.png"), "file not found"),
+                        Failure(str(root / "empty"), "folder holds no image files")]  # fmt: skip
+
+
+def test_bad_files_come_out_in_order_with_reasons(run, tmp_path):
+    predictor = Predictor(run, backend="fp32", max_pixels=100 * 100)
+    good = [film(tmp_path / f"g{i}.png", seed=i) for i in range(3)]
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    big = film(tmp_path / "big.png", width=128, height=128)
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    order = [good[0], corrupt, good[1], big, text, good[2]]
+    out = list(predictor.predict_files(order, batch_size=2))
+    assert [r.source for r in out] == [str(p) for p in order]
+    kinds = [type(r).__name__ for r in out]
+    assert kinds == ["Prediction", "Failure", "Prediction", "Failure", "Failure", "Prediction"]
+    assert out[3].reason.startswith("too many pixels") and "not an image" in out[4].reason
+    assert out[1].reason  # a reason for every failure
+
+
+def test_dicom_and_jpeg_inputs(predictor, tmp_path):
+    dcm = predictor.predict_file(film(tmp_path / "x.dcm"))
+    jpg = predictor.predict_file(film(tmp_path / "x.jpg"))
+    assert dcm.info.format == "DICOM" and jpg.info.format == "JPEG"
+    for p in (dcm, jpg):
+        assert p.image.shape == (64, 64) and p.label in CLASSES and p.lung is None
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-5
+
+
+def test_gated_run_needs_and_uses_its_lung_model(tmp_path_factory, tmp_path):
+    gated = gated_run(tmp_path_factory)
+    predictor = Predictor(gated, backend="fp32")
+    assert predictor.lung_run == lung_run(tmp_path_factory)
+    pred = predictor.predict_file(film(tmp_path / "f.png"))
+    assert pred.lung is not None and pred.lung.flag == "ok" and 0.15 < pred.lung.area_fraction < 0.6
+    assert pred.mask is not None and pred.mask.shape == (64, 64) and pred.mask.dtype == np.bool_
+    x = torch.from_numpy(pred.image)[None, None]
+    m = torch.from_numpy(pred.mask.astype(np.float32))[None, None]
+    with torch.no_grad():
+        gated_p = torch.softmax(predictor.model(x, m), 1)[0].numpy()
+        plain_p = torch.softmax(predictor.model(x), 1)[0].numpy()
+    got = np.array([pred.probabilities[c] for c in CLASSES])
+    np.testing.assert_allclose(got, gated_p, atol=1e-6)
+    assert np.abs(gated_p - plain_p).max() > 1e-4  # the mask really entered the forward pass
+    onnx = Predictor(gated, backend="onnx")
+    try:
+        np.testing.assert_allclose(onnx.probabilities(pred.image[None], pred.mask[None]),
+                                   gated_p[None], atol=1e-4)  # fmt: skip
+    finally:
+        onnx.close()
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in ("model.pt", "model.yaml"):
+        (moved / f).write_bytes((gated / f).read_bytes())
+    text = (moved / "model.yaml").read_text()
+    (moved / "model.yaml").write_text(re.sub(r"lung_model: .*", "lung_model: gone/run", text))
+    with pytest.raises(CxrGuideError, match="lung model 'gone/run' was not found"):
+        Predictor(moved)
+    (moved / "model.yaml").write_text(re.sub(r"lung_model: .*", "lung_model: ''", text))
+    with pytest.raises(CxrGuideError, match="gates on lung masks but names no lung model"):
+        Predictor(moved)
+    assert Predictor(moved, lung_model=lung_run(tmp_path_factory), backend="fp32").info.lung_gate
+
+
+def test_ungated_run_with_a_lung_model_reports_coverage_only(run, predictor, tmp_path_factory,
+                                                             tmp_path):  # fmt: skip
+    with_lungs = Predictor(run, backend="fp32", lung_model=lung_run(tmp_path_factory))
+    path = film(tmp_path / "f.png")
+    a, b = with_lungs.predict_file(path), predictor.predict_file(path)
+    assert a.lung is not None and b.lung is None
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-7)
+
+
+def test_describe_and_run_id(run, predictor, tmp_path_factory):
+    d = predictor.describe()
+    assert re.fullmatch(r"stage1-mobilenet_v2@[0-9a-f]{12}", d["run_id"])
+    assert (
+        d["classes"] == list(CLASSES) and d["image_size"] == 64 and d["backbone"] == "mobilenet_v2"
+    )
+    data = d["training_data"]
+    assert data["images"] == 36 and data["train_by_class"] == dict.fromkeys(CLASSES, 8)
+    assert data["sources"] == ["synthetic"] and data["test_metrics"]["n"] == 6
+    assert d["weights_source"] == "random"
+    assert _public("imagenet:/srv/w/mobilenetv2.safetensors") == "imagenet:mobilenetv2.safetensors"
+
+
+def test_concurrent_calls_match_serial_ones(predictor, tmp_path):
+    paths = [film(tmp_path / f"c{i}.png", seed=i) for i in range(6)]
+    serial = [predictor.predict_file(p).probabilities for p in paths]
+    results: dict[int, dict] = {}
+
+    def work(i: int) -> None:
+        results[i] = predictor.predict_file(paths[i]).probabilities
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(paths))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(len(paths))] == serial
+
+
+def test_not_a_run(tmp_path):
+    with pytest.raises(CxrGuideError, match="not a trained run"):
+        Predictor(tmp_path)
+
+
+def test_auto_falls_back_to_eager_when_onnx_export_fails(run, monkeypatch):
+    def broken(self):
+        raise RuntimeError("unsupported operator aten::weird")
+
+    monkeypatch.setattr(Predictor, "_export_onnx", broken)
+    if resolve_backend("auto", torch.device("cpu")) == "onnx":
+        with pytest.warns(UserWarning, match="ONNX export failed .*aten::weird.*eager fp32"):
+            assert Predictor(run, device="cpu").backend == "fp32"
+    with pytest.raises(CxrGuideError, match="ONNX export failed"):
+        Predictor(run, backend="onnx")

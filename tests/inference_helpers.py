@@ -1,0 +1,96 @@
+"""Tiny trained runs and image files for the inference, serve and export tests.
+
+Runs are built once per test session under pytest's base temp folder and reused by every test
+module that asks (``tiny_run``, ``lung_run``, ``gated_run``):
+
+- ``tiny_run``: a real Stage I run (``stages.train``: MobileNet V2, random body, 64 px, 1 epoch).
+- ``lung_run``: a small BasicUNet trained for a few epochs on lung phantoms (``lungs train``).
+- ``gated_run``: the tiny run's weights in a run folder that declares the lung gate and names
+  ``lung_run`` as its lung model, the layout Stage III writes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+from cxr_testutils import make_prepared
+from lung_phantoms import phantom, write_phantoms
+
+
+def _shared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.getbasetemp() / "inference-shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def tiny_prepared(tmp_path_factory) -> Path:
+    root = _shared(tmp_path_factory) / "prep"
+    if not (root / "manifest.csv").exists():
+        make_prepared(root)
+    return root
+
+
+def tiny_run(tmp_path_factory) -> Path:
+    from cxrguide.config import TrainConfig
+    from cxrguide.training.stages import train
+
+    runs = _shared(tmp_path_factory) / "runs"
+    run = runs / "stage1-mobilenet_v2"
+    if not (run / "model.pt").exists():
+        shutil.rmtree(runs, ignore_errors=True)
+        train(TrainConfig(stage=1, data=tiny_prepared(tmp_path_factory), backbone="mobilenet_v2",
+                          weights="none", image_size=64, max_epochs=1, batch_size=8, out=runs))  # fmt: skip
+    return run
+
+
+def lung_run(tmp_path_factory) -> Path:
+    from cxrguide.config import LungsPrepareConfig, LungsTrainConfig
+    from cxrguide.data.lungs.prepare import prepare_lungs
+    from cxrguide.training.lungs import train_lungs
+
+    root = _shared(tmp_path_factory) / "lungs"
+    run = root / "run"
+    if not (run / "best.pt").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        write_phantoms(root / "ph", n=20, size=64)
+        prep = prepare_lungs(LungsPrepareConfig(source=[f"masks={root / 'ph'}"], out=root / "lp",
+                                                size=64, workers=1)).out  # fmt: skip
+        cfg = LungsTrainConfig(data=prep, out=run, features=[4, 8, 16, 32, 64, 4], max_epochs=3,
+                               batch_size=4, lr=3e-3, progress=False)  # fmt: skip
+        train_lungs(cfg)
+    return run
+
+
+def gated_run(tmp_path_factory) -> Path:
+    """The tiny run's weights, declared lung-gated with ``lung_run`` as its lung model."""
+    src = tiny_run(tmp_path_factory)
+    lungs = lung_run(tmp_path_factory)
+    run = _shared(tmp_path_factory) / "runs" / "stage3-mobilenet_v2"
+    if not (run / "model.pt").exists():
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / "model.pt", run / "model.pt")
+        info = yaml.safe_load((src / "model.yaml").read_text())
+        info.update(stage=3, parent=str(src), lung_gate=True, lung_model=str(lungs))
+        (run / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    return run
+
+
+def film(path: Path, width: int = 80, height: int = 96, seed: int = 0) -> Path:
+    """A phantom chest film (dark lungs in a bright body) saved in the format of the suffix."""
+    img, _, _ = phantom(np.random.default_rng(seed), width, height)
+    if path.suffix.lower() in (".dcm", ""):
+        from pydicom.dataset import Dataset
+
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+        ds.Modality = "DX"
+        ds.set_pixel_data(img.astype(np.uint16) * 16, "MONOCHROME2", 12)
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        Image.fromarray(img).save(path, format="JPEG" if path.suffix == ".jpg" else "PNG")
+    return path
