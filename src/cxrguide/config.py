@@ -633,6 +633,10 @@ class ShortcutBenchConfig:
     )
     lungs: str = _f("truth", "lung masks: 'truth' (the generator's masks) or a lung RUN folder")
     max_epochs: int = _f(10, "epochs per run (the same budget for every variant)")
+    start: Literal["scratch", "stage2"] = _f(
+        "scratch", "variants start from the seeded random network, or continue its Stage II run"
+    )
+    finetune_epochs: int = _f(5, "start stage2: epochs every variant adds to the Stage II run")
     batch_size: int = _f(16, "batch size")
     optimizer: Literal["adam", "sgd"] = _f(
         "adam", "optimizer of every run (from random weights SGD barely moves in this budget)"
@@ -662,8 +666,8 @@ class ShortcutBenchConfig:
                 parse_attention(mechanisms.split("+"))
             if bn not in ("", "clean", "eval"):
                 raise ConfigError(f"variants: {v!r}: '@{bn}' is not @clean or @eval")
-        if self.max_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("max_epochs/batch_size/lr: must be positive")
+        if min(self.max_epochs, self.finetune_epochs, self.batch_size) < 1 or self.lr <= 0:
+            raise ConfigError("max_epochs/finetune_epochs/batch_size/lr: must be positive")
 
 
 # ---- the whole chain (`cxrguide pipeline`) ----------------------------------------------------

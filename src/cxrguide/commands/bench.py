@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Synthesise phantoms (--shortcut-rate 0.95), prepare them, take the lung "
         "masks from the generator (or a lung RUN), train every variant for every seed from "
         "the same start with the same budget, and write DIR/shortcut.md (table, mean +- sd "
-        "over seeds) and DIR/shortcut_runs.csv. Rerunning resumes.",
+        "over seeds) and DIR/shortcut_runs.csv. --start stage2: every variant instead continues "
+        "the seed's Stage II run (the study's order; DIR/shortcut_from_stage2.md). Rerunning "
+        "resumes.",
     )
     add_config_flags(shortcut, ShortcutBenchConfig)
     shortcut.set_defaults(func=run_shortcut)
@@ -41,5 +43,6 @@ def run_shortcut(args: argparse.Namespace) -> int:
     cfg = config_from_args(ShortcutBenchConfig, args)
     md, _ = run_benchmark(cfg)
     print(md)
-    print(f"wrote {cfg.out}/shortcut.md and {cfg.out}/shortcut_runs.csv")
+    stem = "shortcut" if cfg.start == "scratch" else "shortcut_from_stage2"
+    print(f"wrote {cfg.out}/{stem}.md and {cfg.out}/{stem}_runs.csv")
     return 0

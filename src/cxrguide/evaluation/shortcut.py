@@ -9,7 +9,10 @@ For each training seed every variant starts from the same initial network (``--w
 seeded) and gets the same budget (epochs, batch, optimizer, learning rate, augmentation; the
 best validation epoch is kept, as in every stage) through one code path
 (:func:`cxrguide.training.stage3.fine_tune`): ``stage2`` fine-tunes it plainly, the others run
-Stage III with the named mechanisms. The optimizer defaults to Adam: from random weights (no
+Stage III with the named mechanisms. ``--start stage2`` is the study's order instead: every
+variant (``stage2`` included, as the same-budget control) continues the seed's Stage II run for
+``--finetune-epochs`` more epochs (``DIR/shortcut_from_stage2.md``). The optimizer defaults to
+Adam: from random weights (no
 ImageNet files offline) the study's SGD left MobileNet V2 at chance after 6 epochs at lr 0.05
 and 0.3, where Adam (lr 1e-3) learnt the marker. Lung masks come from the generator's exact masks by default
 (``--lungs truth``: the benchmark then measures the attention mechanisms, not the segmenter), or
@@ -145,16 +148,22 @@ def run_variant(
     from cxrguide.evaluation.evaluate import evaluate_run
     from cxrguide.training.stage3 import fine_tune, settings_from
 
-    folder = out / "runs" / f"seed{seed}" / variant
+    if cfg.start == "stage2":  # continue this seed's Stage II run (scratch protocol) instead
+        first = run_variant(dataclasses.replace(cfg, start="scratch"), prepared, synth, seed,
+                            "stage2", out)  # fmt: skip
+        parent, epochs = Path(first["run"]), cfg.finetune_epochs
+        folder = out / "runs" / f"seed{seed}" / "from-stage2" / variant
+    else:
+        parent = _initial_run(cfg, out / "runs" / f"seed{seed}" / "init", seed)
+        folder, epochs = out / "runs" / f"seed{seed}" / variant, cfg.max_epochs
     done = folder / RESULT
     if done.exists():
         return json.loads(done.read_text())
-    parent = _initial_run(cfg, out / "runs" / f"seed{seed}" / "init", seed)
     attention, gain_bn = _attention(variant)
     tcfg = TrainConfig(
         stage=2 if attention is None else 3, data=prepared.root, backbone=cfg.backbone,
         from_run=parent, out=folder, weights=cfg.weights, image_size=cfg.size,
-        max_epochs=cfg.max_epochs, patience=cfg.max_epochs, batch_size=cfg.batch_size,
+        max_epochs=epochs, patience=epochs, batch_size=cfg.batch_size,
         finetune_lr=cfg.lr, momentum=cfg.momentum, l2=cfg.l2, augment=cfg.augment, seed=seed,
         device=cfg.device, resume=True, attention=attention or ["gate", "gain"], gain_bn=gain_bn,
     )  # fmt: skip
@@ -235,7 +244,8 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
                   f"{r['shortcut_accuracy']:.3f}  lung energy {r['lung_energy']:.3f}", flush=True)  # fmt: skip
             rows.append(r)
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "shortcut_runs.csv", index=False)
+    stem = "shortcut" if cfg.start == "scratch" else "shortcut_from_stage2"
+    frame.to_csv(out / f"{stem}_runs.csv", index=False)
     counts = prepared.manifest["split"].value_counts().to_dict()
     total = (time.perf_counter() - t0) / 60
     spent = frame["minutes"].sum()
@@ -243,7 +253,11 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
         f"## Shortcut benchmark ({cfg.backbone}, weights {cfg.weights}, {cfg.size} px)", "",
         f"Synthetic phantoms, shortcut rate {cfg.shortcut_rate}; images per split: "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f". Seeds {cfg.seeds}; "
-        f"every run: {cfg.max_epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}"
+        + (f"every run: {cfg.max_epochs} epochs from the same seeded random start"
+           if cfg.start == "scratch" else
+           f"every run continues the seed's {cfg.max_epochs}-epoch Stage II run for "
+           f"{cfg.finetune_epochs} more epochs")
+        + f", batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}"
         + (f" momentum {cfg.momentum}" if cfg.optimizer == "sgd" else "")
         + f", L2 {cfg.l2}, augmentation {'on' if cfg.augment else 'off'}, best "
         f"validation epoch kept. Lung masks: "
@@ -254,5 +268,5 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
         f"Training and scoring took {spent:.1f} min ({total:.1f} min with data) on "
         f"{resolve_device(cfg.device)} ({torch.get_num_threads()} threads).",
     ])  # fmt: skip
-    (out / "shortcut.md").write_text(md + "\n")
+    (out / f"{stem}.md").write_text(md + "\n")
     return md, frame
