@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage II": (model, ClassifierTask(1e-3)),
         "stage III gate+gain (exact)": GainSettings(gate=True, gain=True),
         "stage III gate+gain (1st ord)": GainSettings(gate=True, gain=True, second_order=False),
+        "stage III gate+gain (bn eval)": GainSettings(gate=True, gain=True, erased_bn="eval"),
         "stage III gate+gain+external": GainSettings(gate=True, gain=True, external=True),
     }
     steppers = {}

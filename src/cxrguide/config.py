@@ -483,7 +483,10 @@ class TuneConfig(TrainConfig):
     """
 
     out: Path | None = _f(None, "tune folder: trial runs, plots, study.db (default runs/tune-STUDY)", metavar="DIR")  # fmt: skip
-    trials: int = _f(20, "finished trials the study should reach, counted over all its workers")
+    trials: int = _f(20, "trials this command runs (a killed trial's retry counts as one)")
+    total_trials: int = _f(
+        0, "stop once the study holds this many finished trials over all workers (0: no cap)"
+    )
     storage: str | None = _f(None, "SQLAlchemy URL of the study, e.g. postgresql://u:p@host/db (default sqlite:///OUT/study.db)", metavar="URL")  # fmt: skip
     study: str | None = _f(None, "study name (default stage<k>-<backbone>)", metavar="NAME")
     sampler: Literal["tpe", "gp", "random"] = _f("tpe", "multivariate TPE, Gaussian process, or random search")  # fmt: skip
@@ -505,7 +508,8 @@ class TuneConfig(TrainConfig):
         super().validate()
         if self.stage not in (1, 2):
             raise ConfigError(f"stage: tune searches Stage 1 or 2, not {self.stage}")
-        for name in ("trials", "startup_trials", "prune_warmup", "heartbeat", "retries"):
+        for name in ("trials", "startup_trials", "prune_warmup", "heartbeat", "retries",
+                     "total_trials"):  # fmt: skip
             if getattr(self, name) < (1 if name == "trials" else 0):
                 raise ConfigError(f"{name}: must be >= {1 if name == 'trials' else 0}")
         for name in ("lr_range", "l2_range", "momentum_range", "width_range", "dropout_range"):

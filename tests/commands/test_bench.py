@@ -87,3 +87,18 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
                  "--size", "64", "--seeds", "0", "--variants", "stage2",
                  "--max-epochs", "1", "--batch-size", "8", "--workers", "1"]) == 0  # fmt: skip
     assert pd.read_csv(out / "shortcut_runs.csv").minutes.iloc[0] == rows.minutes.iloc[0]
+    # the study's order: variants continue the seed's Stage II run
+    assert main(["bench", "shortcut", "--out", str(out), "--n", "45", "--shortcut-test", "9",
+                 "--size", "64", "--seeds", "0", "--variants", "gate+gain@eval",
+                 "--start", "stage2", "--finetune-epochs", "1", "--max-epochs", "1",
+                 "--batch-size", "8",
+                 "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        "continues the seed's 1-epoch Stage II run" in (out / "shortcut_from_stage2.md").read_text()
+    )
+    cont = pd.read_csv(out / "shortcut_from_stage2_runs.csv")
+    from cxrguide.training.runs import read_info
+
+    info = read_info(cont.run.iloc[0])
+    assert info.parent == str(out / "runs/seed0/stage2/stage2-mobilenet_v2")
+    assert info.attention == ["gate", "gain"] and info.stage == 3

@@ -171,7 +171,16 @@ def postgres_url():
 
 @pytest.mark.slow
 def test_two_workers_share_one_postgres_study(tiny_prepared, tmp_path, postgres_url, capsys):
-    shared = ["--storage", postgres_url, "--study", "shared", "--trials", "4"]
+    shared = [
+        "--storage",
+        postgres_url,
+        "--study",
+        "shared",
+        "--trials",
+        "4",
+        "--total-trials",
+        "4",
+    ]
     workers = [_spawn(_tune(tiny_prepared, tmp_path / f"worker{i}", *shared),
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for i in range(2)]  # fmt: skip

@@ -138,12 +138,14 @@ def test_tune_trains_one_run_per_trial_and_is_reproducible(tiny_prepared, tmp_pa
     assert [(t.params, t.value) for t in _trials(again)] == [
         (t.params, t.value) for t in trials[:2]
     ]
-    # running again joins the finished study: nothing left to do
-    assert len(T.tune(cfg)[0].trials) == 3
+    # a worker capped at the study's total joins the finished study: nothing left to do
+    assert len(T.tune(dataclasses.replace(cfg, total_trials=3))[0].trials) == 3
+    # without a cap, running again adds its own trials to the same study
+    assert len(T.tune(dataclasses.replace(cfg, trials=1))[0].trials) == 4
 
 
 def test_pruner_stops_a_trailing_trial_after_its_epoch(tiny_prepared, tmp_path):
-    cfg = _cfg(tiny_prepared, tmp_path / "t", max_epochs=3, trials=2)
+    cfg = _cfg(tiny_prepared, tmp_path / "t", max_epochs=3, trials=1)
     study, _ = T.open_study(T.plan(cfg))
     # an earlier trial that was perfect at every epoch: anything below it is pruned
     dist = optuna.distributions

@@ -11,12 +11,14 @@ best validation epoch is kept, as in every stage) through one code path
 (:func:`cxrguide.training.stage3.fine_tune`): ``stage2`` fine-tunes it plainly, the others run
 Stage III with the named mechanisms. ``--start stage2`` is the study's order instead: every
 variant (``stage2`` included, as the same-budget control) continues the seed's Stage II run for
-``--finetune-epochs`` more epochs (``DIR/shortcut_from_stage2.md``). The optimizer defaults to
-Adam: from random weights (no
-ImageNet files offline) the study's SGD left MobileNet V2 at chance after 6 epochs at lr 0.05
-and 0.3, where Adam (lr 1e-3) learnt the marker. Lung masks come from the generator's exact masks by default
-(``--lungs truth``: the benchmark then measures the attention mechanisms, not the segmenter), or
-from a trained lung U-Net (``--lungs RUN``, through ``cxrguide lungs predict``).
+``--finetune-epochs`` more epochs (``DIR/shortcut_from_stage2.md``).
+
+The optimizer defaults to Adam: from random weights (no ImageNet files offline) the study's SGD
+left MobileNet V2 at chance after 6 epochs at lr 0.05 and 0.3, where Adam (lr 1e-3) learnt the
+marker; augmentation is off by default for the same reason. Lung masks come from the
+generator's exact masks by default (``--lungs truth``: the benchmark then measures the
+attention mechanisms, not the segmenter), or from a trained lung U-Net (``--lungs RUN``,
+through ``cxrguide lungs predict``).
 
 Per run: accuracy on test and shortcut_test, how often shortcut_test predictions follow the
 marker, Grad-CAM energy in the lungs (test) and in the marker box (shortcut_test), lesion energy.

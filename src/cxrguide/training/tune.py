@@ -8,8 +8,9 @@ default), so several ``cxrguide tune`` processes pointed at one database share o
 
 Robustness choices: a trial that raises is recorded as failed with its error (user attr
 ``error``) and the study goes on; a trial whose worker died (killed process on this host, or no
-heartbeat from another host) is failed and queued again, resuming its own run folder; ``trials``
-counts finished trials over all workers, so a resumed or added worker runs only what is missing.
+heartbeat from another host) is failed and queued again, resuming its own run folder. ``trials``
+is what one command runs (as Optuna's ``n_trials``); ``total_trials`` caps the study over all
+its workers, so cooperating workers stop together.
 
 Seeds: every trial trains with the configured ``seed`` (common random numbers: trials differ only
 in their hyper-parameters, and a randomly initialised body stays the one the Stage I feature cache
@@ -426,14 +427,15 @@ def _warm_feature_cache(p: Plan) -> None:
 
 
 def tune(cfg: TuneConfig) -> tuple[optuna.Study, Path]:
-    """Run trials until the study holds ``cfg.trials`` finished ones (over all its workers)."""
+    """Run ``cfg.trials`` trials (Optuna's ``n_trials``), fewer if the study reaches
+    ``cfg.total_trials`` finished ones over all its workers first."""
     p = plan(cfg)
     study, storage = open_study(p)
     _warm_feature_cache(p)
     objective = Objective(p, storage)
-    while True:
+    for _ in range(cfg.trials):
         recover_dead_trials(study, storage, cfg.retries)
-        if finished_count(study) >= cfg.trials:
+        if cfg.total_trials and finished_count(study) >= cfg.total_trials:
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
     return study, p.out
