@@ -181,7 +181,8 @@ def add_config_flags(
         metavar = field.metadata.get("metavar")
         if metavar and kwargs.get("action") is not argparse.BooleanOptionalAction:
             kwargs["metavar"] = metavar
-        parser.add_argument(flag, dest=field.name, default=None, help=help_text, **kwargs)
+        aliases = field.metadata.get("aliases", ())
+        parser.add_argument(flag, *aliases, dest=field.name, default=None, help=help_text, **kwargs)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
@@ -386,7 +387,7 @@ class LungsTrainConfig:
     features: list[int] = _f([16, 32, 64, 128, 256, 16], "BasicUNet widths (6 values)")
     encoder: str = _f("resnet34", "smp encoder name (arch smp)")
     encoder_weights: str | None = _f(None, "smp encoder weights: a local file, or 'imagenet' (downloads)")  # fmt: skip
-    size: int = _f(0, "training side in px (0: the prepared cache size)")
+    size: int = _f(0, "training side in px (0: the prepared cache size)", aliases=("--image-size",))
     batch_size: int = _f(8, "batch size")
     max_epochs: int = _f(40, "maximum epochs (early stopping usually ends sooner)")
     patience: int = _f(8, "early stopping patience on val loss (epochs)")

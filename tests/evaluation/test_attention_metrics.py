@@ -110,3 +110,27 @@ def test_synthetic_lesion_masks_are_letterboxed_like_the_cache(tiny_prepared, tm
     assert "lungs predict" in rep["lungs"]["skipped"]
     assert rep["lesions"]["energy"]["n"] + rep["lesions"]["empty_cams"] == 1
     json.dumps(rep)  # JSON-able
+
+
+def test_evaluate_puts_lung_energy_next_to_accuracy(tiny_prepared, tmp_path):
+    """The headline attention figures sit at the top level of metrics_<split>.json."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from cxrguide.config import TrainConfig
+    from cxrguide.evaluation.evaluate import evaluate_run
+    from cxrguide.training.stages import train
+
+    n, size = len(pd.read_csv(tiny_prepared / "manifest.csv")), 64
+    yy, xx = np.mgrid[:size, :size]
+    lung = (((yy - 32) / 24) ** 2 + ((xx - 32) / 20) ** 2 <= 1).astype(np.uint8) * 255
+    np.save(tiny_prepared / f"cache/lungs_{size}.npy", np.repeat(lung[None], n, axis=0))
+    row = train(TrainConfig(stage=1, data=tiny_prepared, backbone="mobilenet_v2", weights="none",
+                            image_size=64, max_epochs=1, batch_size=8, out=tmp_path))[0]  # fmt: skip
+    report = evaluate_run(row["run"], "test", n_boot=10, progress=False)
+    saved = json.loads((tmp_path / "stage1-mobilenet_v2/metrics_test.json").read_text())
+    assert 0.0 <= saved["lung_energy"] <= 1.0
+    assert saved["lung_energy"] == report["attention"]["lungs"]["energy"]["mean"]
+    assert 0.0 <= saved["lung_pointing_game"] <= 1.0

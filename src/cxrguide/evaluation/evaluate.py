@@ -79,6 +79,10 @@ def evaluate_run(
             model, prepared, split, info.image_size, dev, lung_gate=info.lung_gate,
             batch_size=batch_size, max_images=attention_images, seed=seed, progress=progress,
         )  # fmt: skip
+        lungs = extra["attention"].get("lungs", {})
+        if "energy" in lungs:  # headline figures next to accuracy (None: no masks, see "skipped")
+            extra["lung_energy"] = lungs["energy"].get("mean")
+            extra["lung_pointing_game"] = lungs.get("pointing_game")
     return write_results(
         run_dir, split, prepared, rows, dataset.labels[rows], probs, n_boot=n_boot, seed=seed,
         extra=extra,
