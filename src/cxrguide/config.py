@@ -312,7 +312,9 @@ class TrainConfig:
     workers: int = _f(0, "data-loader worker processes")
     resume: bool = _f(False, "continue a killed run from its last checkpoint")
     attention: list[str] = _f(
-        ["gate", "gain"], "Stage III mechanisms, comma list: gate, gain, external", metavar="LIST"
+        ["gate", "gain"],
+        "Stage III: gate, gain, external; comma list (default gate,gain)",
+        metavar="LIST",
     )
     gain_alpha: float = _f(1.0, "Stage III: weight alpha of GAIN's attention-mining loss")
     gain_sigma: float = _f(0.5, "Stage III: soft-mask threshold sigma of GAIN")

@@ -146,7 +146,7 @@ def test_report_holds_the_studys_tables_and_only_embedded_figures(report, runs):
         assert row[1] == run.name and row[3] == "random"
         lo, hi = metrics["ci95"]["accuracy"]
         assert row[5] == f"{pct(metrics['accuracy'])} [{pct(lo)}, {pct(hi)}]"
-        assert row[8] == pct(metrics["attention"]["lungs"]["energy"]["mean"])
+        assert row[8] == pct(metrics["attention"]["lungs"]["energy"].get("mean"))
         assert [r[1] for r in t[f"per-class-stage{stage}"]] == ["Normal", "Pneumonia", "COVID-19"]
         assert [r[1] for r in t[f"per-source-stage{stage}"]] == ["site0", "site1"]
     assert [r[0] for r in t["shortcut"]] == ["stage2", "gate"]

@@ -63,7 +63,9 @@ def test_stage3_from_backbone_with_gate_and_gain(tiny_prepared, tmp_path):
     assert ((hist.train_am > 0) & (hist.train_am < 1)).all()
     metrics = json.loads((run / "metrics_test.json").read_text())
     lungs = metrics["attention"]["lungs"]
-    assert 0 <= lungs["energy"]["mean"] <= 1 and lungs["energy"]["n"] + lungs["empty_cams"] == 6
+    # every test image is scored; a random-init model may leave some CAMs empty (counted apart)
+    assert lungs["energy"]["n"] + lungs["empty_cams"] == 6
+    assert lungs["energy"]["n"] == 0 or 0 <= lungs["energy"]["mean"] <= 1
     board = pd.read_csv(tmp_path / "runs/leaderboard_stage3.csv")
     assert list(board.run) == [str(run)]
     # evaluate gated the saved model with the lung masks of each image
