@@ -323,8 +323,8 @@ class TrainConfig:
     gain_second_order: bool = _f(
         True, "Stage III: exact Grad-CAM gradient (create_graph); off: CAM weights as constants"
     )
-    gain_bn: Literal["clean", "eval"] = _f(
-        "clean", "Stage III: BatchNorm stats of GAIN's erased pass: the clean batch's, or running"
+    gain_bn: Literal["frozen", "clean", "eval"] = _f(
+        "frozen", "Stage III with GAIN: BatchNorm frozen, or erased pass on clean/running stats"
     )
     lung_model: Path | None = _f(
         None, "Stage III: the lung run behind the mask cache (default: its record)", metavar="RUN"
@@ -635,13 +635,16 @@ class ShortcutBenchConfig:
     seeds: list[int] = _f([0, 1, 2], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
         ["stage2", "gate", "gain", "external", "gate+gain", "gate+gain+external"],
-        "stage2, or Stage III mechanisms joined by '+' (gate, gain, external), optionally "
-        "@eval (GAIN's erased pass on running BatchNorm stats); comma list",
+        "stage2, input-mask (stage2 on films times their lung masks), or Stage III mechanisms "
+        "joined by '+' (gate, gain, external), optionally @clean or @eval (GAIN's BatchNorm "
+        "handling, see --gain-bn of train); comma list",
     )
     lungs: str = _f("truth", "lung masks: 'truth' (the generator's masks) or a lung RUN folder")
     max_epochs: int = _f(10, "epochs per run (the same budget for every variant)")
     start: Literal["scratch", "stage2"] = _f(
-        "scratch", "variants start from the seeded random network, or continue its Stage II run"
+        "stage2",
+        "variants continue the seed's Stage II run (the study's order), or start "
+        "from the seeded random network (scratch)",
     )
     finetune_epochs: int = _f(5, "start stage2: epochs every variant adds to the Stage II run")
     batch_size: int = _f(16, "batch size")
@@ -669,10 +672,10 @@ class ShortcutBenchConfig:
             raise ConfigError("seeds/variants: give at least one of each")
         for v in self.variants:
             mechanisms, _, bn = v.partition("@")
-            if v != "stage2":
+            if mechanisms not in ("stage2", "input-mask"):
                 parse_attention(mechanisms.split("+"))
-            if bn not in ("", "clean", "eval"):
-                raise ConfigError(f"variants: {v!r}: '@{bn}' is not @clean or @eval")
+            if bn not in ("", "frozen", "clean", "eval"):
+                raise ConfigError(f"variants: {v!r}: '@{bn}' is not @frozen, @clean or @eval")
         if min(self.max_epochs, self.finetune_epochs, self.batch_size) < 1 or self.lr <= 0:
             raise ConfigError("max_epochs/finetune_epochs/batch_size/lr: must be positive")
 

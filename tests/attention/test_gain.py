@@ -148,3 +148,21 @@ def test_gate_only_is_the_gated_classifier_and_eval_needs_no_graph():
     assert not out["logits"].requires_grad and not out["am"].requires_grad
     assert 0 < out["am"] < 1
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_frozen_batchnorm_trains_the_network_that_is_evaluated():
+    base = create_model("mobilenet_v2", "none", seed=0)
+    net = GuidedAttention(base, GainSettings(gate=True, gain=True)).train()  # default: frozen
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    drops = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    assert bns and not any(m.training for m in bns) and all(m.training for m in drops)
+    before = copy.deepcopy(base.state_dict())
+    x, y, lung = _batch()
+    out = net(x, y, lung)
+    assert 0 < out["am"] < 1 and out["am"].requires_grad
+    for k, v in base.state_dict().items():
+        assert torch.equal(v, before[k]), k  # no running statistic moved
+    gate_only = GuidedAttention(base, GainSettings(gate=True, gain=False)).train()
+    assert all(m.training for m in gate_only.modules())  # frozen only matters with GAIN
+    with pytest.raises(ConfigError, match="gain_bn"):
+        GuidedAttention(base, GainSettings(erased_bn="train"))

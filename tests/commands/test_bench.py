@@ -29,8 +29,12 @@ def test_parser_is_a_group_with_shortcut(capsys):
     with pytest.raises(ConfigError, match="@train"):
         config_from_args(ShortcutBenchConfig, bad)
     assert shortcut._attention("gate+gain@eval") == (["gate", "gain"], "eval")
-    assert shortcut._attention("gain") == (["gain"], "clean")
-    assert shortcut._attention("stage2") == (None, "clean")
+    assert shortcut._attention("gain") == (["gain"], "frozen")
+    assert shortcut._attention("stage2") == (None, "frozen")
+    assert shortcut._attention("gate+gain", "clean") == (["gate", "gain"], "clean")
+    assert shortcut._attention("input-mask") == (None, "frozen")  # plain fine-tuning
+    ok = parser.parse_args(["bench", "shortcut", "--variants", "input-mask,stage2"])
+    assert config_from_args(ShortcutBenchConfig, ok).start == "stage2"  # the study's order
     with pytest.raises(SystemExit):
         parser.parse_args(["bench"])  # an action is required
     assert "shortcut" in capsys.readouterr().err
@@ -59,7 +63,8 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     out = tmp_path / "b"
     code = main(["bench", "shortcut", "--out", str(out), "--n", "45", "--shortcut-test", "9",
                  "--size", "64", "--seeds", "0", "--variants", "stage2,gate+gain+external",
-                 "--max-epochs", "1", "--batch-size", "8", "--workers", "1"])  # fmt: skip
+                 "--max-epochs", "1", "--batch-size", "8", "--workers", "1",
+                 "--start", "scratch"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
     assert "| stage2 | 1 |" in printed and "| gate+gain+external | 1 |" in printed
@@ -67,7 +72,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     rows = pd.read_csv(out / "shortcut_runs.csv")
     assert list(rows.variant) == ["stage2", "gate+gain+external"]
     for col in ("test_accuracy", "shortcut_accuracy", "follows_marker", "lung_energy",
-                "marker_energy"):  # fmt: skip
+                "marker_energy", "erased_accuracy", "marker_saliency"):  # fmt: skip
         assert rows[col].between(0, 1).all(), col
     # the ground-truth lung cache matches the generator's masks, letterboxed, row by row
     from PIL import Image
@@ -85,13 +90,13 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     # a rerun reuses every finished run
     assert main(["bench", "shortcut", "--out", str(out), "--n", "45", "--shortcut-test", "9",
                  "--size", "64", "--seeds", "0", "--variants", "stage2",
-                 "--max-epochs", "1", "--batch-size", "8", "--workers", "1"]) == 0  # fmt: skip
+                 "--max-epochs", "1", "--batch-size", "8", "--workers", "1",
+                 "--start", "scratch"]) == 0  # fmt: skip
     assert pd.read_csv(out / "shortcut_runs.csv").minutes.iloc[0] == rows.minutes.iloc[0]
     # the study's order: variants continue the seed's Stage II run
     assert main(["bench", "shortcut", "--out", str(out), "--n", "45", "--shortcut-test", "9",
-                 "--size", "64", "--seeds", "0", "--variants", "gate+gain@eval",
-                 "--start", "stage2", "--finetune-epochs", "1", "--max-epochs", "1",
-                 "--batch-size", "8",
+                 "--size", "64", "--seeds", "0", "--variants", "gate+gain@eval,input-mask",
+                 "--finetune-epochs", "1", "--max-epochs", "1", "--batch-size", "8",
                  "--workers", "1"]) == 0  # fmt: skip
     assert (
         "continues the seed's 1-epoch Stage II run" in (out / "shortcut_from_stage2.md").read_text()
@@ -102,3 +107,34 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     info = read_info(cont.run.iloc[0])
     assert info.parent == str(out / "runs/seed0/stage2/stage2-mobilenet_v2")
     assert info.attention == ["gate", "gain"] and info.stage == 3
+    # input-mask: plain fine-tuning on the lung-masked copy, where no marker is left to read
+    masked = read_info(cont.run.iloc[1])
+    assert masked.stage == 2 and masked.data == str(out / "prep_lungmasked")
+    assert 0 <= cont.erased_accuracy.iloc[1] <= 1
+
+
+def test_masked_copy_zeroes_everything_outside_the_lungs(tmp_path):
+    from cxr_testutils import make_prepared
+    from cxrguide.data.datasets import Prepared
+    from explain_helpers import write_lung_cache
+
+    write_lung_cache(make_prepared(tmp_path / "prep", n_per_class=4, size=32), size=32)
+    prep = Prepared.open(tmp_path / "prep")
+    masked = shortcut.masked_copy(prep)
+    assert masked.root == tmp_path / "prep_lungmasked"
+    inside = prep.lungs() > 0
+    assert np.array_equal(masked.images[inside], prep.images[inside])
+    assert not masked.images[~inside].any() and prep.images[~inside].any()
+    assert masked.manifest.equals(prep.manifest)
+    assert np.array_equal(masked.lungs(), prep.lungs())
+    assert shortcut.masked_copy(prep).root == masked.root  # reused
+
+
+def test_paint_out_fills_the_box_with_its_surroundings():
+    images = torch.full((2, 1, 16, 16), 0.25)
+    images[0, 0, 4:8, 4:8] = 1.0  # a bright marker
+    boxes = np.zeros((2, 16, 16), bool)
+    boxes[0, 4:8, 4:8] = True
+    out = shortcut._paint_out(images, boxes)
+    assert torch.allclose(out[0], torch.full((1, 16, 16), 0.25))
+    assert torch.equal(out[1], images[1]) and images[0, 0, 5, 5] == 1.0  # input untouched
