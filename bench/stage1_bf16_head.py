@@ -16,8 +16,8 @@ then the ``--weights`` of two Stage I runs that differ only in precision (fp32 c
 bf16 autocast + channels-last feature extraction), same seed, same head init. Both runs are
 evaluated the normal way (fp32 full model) on val and test; the script prints accuracy, macro
 F1, the share of test images on which the two heads agree, the largest probability gap and the
-worst bf16/fp32 feature cosine. ``--weights imagenet`` (with the files on disk) or a PATH
-skips the body training and uses those weights directly.
+bf16/fp32 feature cosine (mean, worst image, share of images >= 0.99). ``--weights imagenet``
+(with the files on disk) or a PATH skips the body training and uses those weights directly.
 """
 
 from __future__ import annotations
@@ -32,30 +32,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrguide.config import PrepareConfig, SynthConfig, TrainConfig
+from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
-from cxrguide.data.prepare import prepare
-from cxrguide.data.synthetic import generate_dataset
 from cxrguide.models.zoo import create_model, get_spec
 from cxrguide.training import stages
 from cxrguide.training.features import pooled_features
-from cxrguide.training.runs import MODEL_WEIGHTS, RunInfo, save_run
-from cxrguide.training.stage3 import fine_tune
-
-
-def trained_body(name: str, prepared: Prepared, args, out: Path) -> str:
-    """A body that separates the classes: fine-tuned from random init on the phantoms."""
-    init = out / f"init-{name}"
-    model = create_model(name, "none", seed=args.seed)
-    info = RunInfo(model.name, 0, args.size, [128, 64], [0.10, 0.05], "elu", model.weights_source)
-    save_run(init, model, info)
-    cfg = TrainConfig(stage=2, data=prepared.root, backbone=name, out=out / f"body-{name}",
-                      image_size=args.size, max_epochs=args.body_epochs,
-                      patience=args.body_epochs, finetune_lr=1e-3, augment=False,
-                      seed=args.seed)  # fmt: skip
-    row = fine_tune(cfg, model, info, prepared, None, optimizer="adam")
-    print(f"  body {name}: val accuracy {row['val_accuracy']:.3f} after {args.body_epochs} epochs")
-    return str(Path(row["run"]) / MODEL_WEIGHTS)
+from phantom_body import phantom_prepared, train_body
 
 
 def stage1_run(name: str, weights: str, prepared: Prepared, args, out: Path, bf16: bool) -> dict:
@@ -93,16 +75,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
-        synth = (out / "synth").resolve()
-        generate_dataset(SynthConfig(out=synth, n=args.n, size=args.size, seed=args.seed,
-                                     shortcut_rate=args.shortcut_rate), progress=False)  # fmt: skip
-        prepare(PrepareConfig(source=[f"synthetic={synth}"], out=out / "prep",
-                              size=args.size, seed=args.seed))  # fmt: skip
-        prepared = Prepared.open(out / "prep")
+        prepared = phantom_prepared(out, args.n, args.size, args.seed, args.shortcut_rate)
         for raw in args.backbones.split(","):
             name = get_spec(raw.strip()).name
-            weights = (trained_body(name, prepared, args, out / "bodies")
-                       if args.weights == "none" else args.weights)  # fmt: skip
+            if args.weights == "none":
+                body, row = train_body(name, prepared, out / "bodies", size=args.size,
+                                       epochs=args.body_epochs, lr=1e-3, seed=args.seed)  # fmt: skip
+                print(f"  body {name}: val accuracy {row['val_accuracy']:.3f}")
+                weights = str(body)
+            else:
+                weights = args.weights
             fp32 = stage1_run(name, weights, prepared, args, out / name, bf16=False)
             bf16 = stage1_run(name, weights, prepared, args, out / name, bf16=True)
             model = create_model(name, weights).freeze_body()
@@ -120,7 +102,9 @@ def main() -> None:
                 "agree": float((fp32["pred"]["predicted"] == bf16["pred"]["predicted"]).mean()),
                 "max |dp|": float(np.abs(fp32["pred"][probs].to_numpy()
                                          - bf16["pred"][probs].to_numpy()).max()),
+                "cos mean": float(cos.mean()),
                 "cos min": float(cos.min()),
+                "cos>=0.99": float((cos >= 0.99).mean()),
                 "s fp32": fp32["seconds"], "s bf16": bf16["seconds"],
             })  # fmt: skip
     table = pd.DataFrame(rows)

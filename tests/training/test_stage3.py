@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from cxrguide.cli import build_parser
 from cxrguide.config import TrainConfig, config_from_args
@@ -68,6 +69,8 @@ def test_stage3_from_backbone_with_gate_and_gain(tiny_prepared, tmp_path):
     assert lungs["energy"]["n"] == 0 or 0 <= lungs["energy"]["mean"] <= 1
     board = pd.read_csv(tmp_path / "runs/leaderboard_stage3.csv")
     assert list(board.run) == [str(run)]
+    # a random body has no BatchNorm statistics worth freezing: GAIN fell back to "clean"
+    assert yaml.safe_load((run / "config.yaml").read_text())["gain_bn"] == "clean"
     # evaluate gated the saved model with the lung masks of each image
     from cxrguide.data.datasets import CxrDataset, Prepared
 
@@ -83,6 +86,10 @@ def test_stage3_from_backbone_with_gate_and_gain(tiny_prepared, tmp_path):
     assert not np.allclose(probs, ungated, atol=1e-4)
 
 
+def _bns(model: torch.nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, tmp_path):
     from cxrguide.models.zoo import create_model
 
@@ -94,6 +101,11 @@ def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, t
                              gain_second_order=False, finetune_lr=1e-3))  # fmt: skip
     trained, info = load_run(rows[0]["run"])
     assert info.parent == str(parent) and info.attention == ["gain"]
+    saved = yaml.safe_load((Path(rows[0]["run"]) / "config.yaml").read_text())
+    assert saved["gain_bn"] == "frozen"  # a parent run's statistics are kept
+    for key in ("running_mean", "running_var"):  # ... and never moved
+        assert all(torch.equal(getattr(a, key), getattr(b, key))
+                   for a, b in zip(_bns(model), _bns(trained), strict=True))  # fmt: skip
     assert not info.lung_gate and info.lung_model == ""
     moved = [not torch.equal(a, b) for a, b in
              zip(model.body.parameters(), trained.body.parameters(), strict=True)]  # fmt: skip

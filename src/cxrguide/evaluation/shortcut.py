@@ -5,13 +5,15 @@ corner in 95% of train/val/test films; the ``shortcut_test`` split puts every ma
 class's corner. A model that reads the marker scores high on test and falls below chance on
 ``shortcut_test``; a model that reads the lungs keeps its accuracy.
 
-For each training seed every variant starts from the same initial network (``--weights``,
-seeded) and gets the same budget (epochs, batch, optimizer, learning rate, augmentation; the
-best validation epoch is kept, as in every stage) through one code path
-(:func:`cxrguide.training.stage3.fine_tune`): ``stage2`` fine-tunes it plainly, the others run
-Stage III with the named mechanisms. ``--start stage2`` is the study's order instead: every
-variant (``stage2`` included, as the same-budget control) continues the seed's Stage II run for
-``--finetune-epochs`` more epochs (``DIR/shortcut_from_stage2.md``).
+Protocol (the study's order, ``--start stage2``, the default): per training seed a Stage II run
+fine-tunes the seeded random network for ``--max-epochs``; then every variant continues that run
+for ``--finetune-epochs`` more, same budget, batch, optimizer and learning rate, through one
+code path (:func:`cxrguide.training.stage3.fine_tune`), the best validation epoch kept:
+``stage2`` (plain, the control), ``input-mask`` (plain, on films multiplied by their lung masks:
+a marker outside the lungs cannot be read at all) and Stage III with the named mechanisms
+(GAIN's BatchNorm frozen at the Stage II statistics, ``@clean``/``@eval`` for the others).
+``--start scratch`` trains every variant from the seeded random network instead (GAIN then
+defaults to ``@clean``: frozen statistics of a random network normalise nothing).
 
 The optimizer defaults to Adam: from random weights (no ImageNet files offline) the study's SGD
 left MobileNet V2 at chance after 6 epochs at lr 0.05 and 0.3, where Adam (lr 1e-3) learnt the
@@ -21,9 +23,10 @@ attention mechanisms, not the segmenter), or from a trained lung U-Net (``--lung
 through ``cxrguide lungs predict``).
 
 Per run: accuracy on test and shortcut_test, how often shortcut_test predictions follow the
-marker, Grad-CAM energy in the lungs (test) and in the marker box (shortcut_test), lesion energy.
-The table (mean +- sd over seeds) goes to ``DIR/shortcut.md``; one row per run to
-``DIR/shortcut_runs.csv``. A rerun reuses the data and every finished run.
+marker, accuracy with the marker painted out, Grad-CAM energy in the lungs (test), in the marker
+box and the share of the input gradient in that box (shortcut_test), lesion energy. The table
+(mean +- sd over seeds) goes to ``DIR/shortcut_from_stage2.md`` (``DIR/shortcut.md`` from
+scratch); one row per run to ``..._runs.csv``. A rerun reuses the data and every finished run.
 """
 
 from __future__ import annotations
@@ -304,6 +307,16 @@ def table(rows: pd.DataFrame, variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _marker_area(prepared: Prepared, synth: Path) -> float:
+    """Mean share of a shortcut_test film covered by the (padded) marker box."""
+    meta = pd.read_csv(synth / "metadata.csv", keep_default_na=False).set_index("image_id")
+    stems = [Path(p).stem for p in prepared.manifest.path.iloc[prepared.rows(SPLIT)]]
+    m = meta.loc[stems]
+    w = (m.marker_x1.astype(float) - m.marker_x0.astype(float) + 2 * MARKER_PAD).clip(lower=0)
+    h = (m.marker_y1.astype(float) - m.marker_y0.astype(float) + 2 * MARKER_PAD).clip(lower=0)
+    return float((w * h).mean() / prepared.size**2)
+
+
 def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
     """Data, every (seed, variant) run, the markdown report; returns (markdown, rows)."""
     if cfg.out is None:
@@ -325,6 +338,7 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
     frame.to_csv(out / f"{stem}_runs.csv", index=False)
     counts = prepared.manifest["split"].value_counts().to_dict()
     area = float(np.mean(prepared.lungs()[prepared.rows("test")] > 0))
+    box = _marker_area(prepared, synth)
     total = (time.perf_counter() - t0) / 60
     spent = frame["minutes"].sum()
     md = "\n".join([
@@ -342,7 +356,10 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
         + ("the generator's exact masks" if cfg.lungs == "truth" else f"U-Net run {cfg.lungs}")
         + ". Mean ± sd over seeds, in %. Chance is 33.3%; a model that only reads the marker "
         "scores ~0% on shortcut_test and follows the marker ~100%. A map that ignores anatomy "
-        f"puts about {100 * area:.0f}% of its energy in the lungs (their area share).", "",
+        f"puts about {100 * area:.0f}% of its energy in the lungs (their area share); the "
+        f"marker box covers {100 * box:.1f}% of a film, so a larger share of the input gradient "
+        "there means the prediction depends on the marker, whatever the Grad-CAM shows. "
+        "'marker painted out': the box filled with its surroundings.", "",
         table(frame, cfg.variants), "",
         f"The runs took {spent:.1f} min in all (sum of min/run; this invocation {total:.1f} min, "
         f"finished runs are reused) on {resolve_device(cfg.device)} "

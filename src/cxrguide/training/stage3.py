@@ -188,6 +188,12 @@ def stage3(
     if settings.needs_lungs:
         check_lungs(prepared)  # before loading anything
     model, info = _start(cfg, parent, backbone)
+    if (parent is None and model.weights_source == "random" and settings.gain
+            and settings.erased_bn == "frozen"):  # fmt: skip
+        print("Stage III from a random body: BatchNorm has no trained statistics to freeze; "
+              "GAIN uses --gain-bn clean")  # fmt: skip
+        cfg = dataclasses.replace(cfg, gain_bn="clean")  # recorded in the run's config.yaml
+        settings = dataclasses.replace(settings, erased_bn="clean")
     return fine_tune(cfg, model, info, prepared, settings)
 
 
