@@ -634,7 +634,7 @@ class ShortcutBenchConfig:
     weights: str = _f("none", "starting weights of every run: none | imagenet | PATH")
     seeds: list[int] = _f([0, 1, 2], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
-        ["stage2", "gate", "gain", "external", "gate+gain", "gate+gain+external"],
+        ["stage2", "input-mask", "gate", "gain", "external", "gate+gain", "gate+gain+external"],
         "stage2, input-mask (stage2 on films times their lung masks), or Stage III mechanisms "
         "joined by '+' (gate, gain, external), optionally @clean or @eval (GAIN's BatchNorm "
         "handling, see --gain-bn of train); comma list",
