@@ -176,8 +176,8 @@ def add_config_flags(
         default = field.default if field.default is not dataclasses.MISSING else None
         if default is not None and not is_list and kwargs.get("action") is None:
             help_text = f"{help_text} (default: {default})".strip()
-        if is_list:
-            kwargs = {**kwargs, "action": "append"}
+        if is_list:  # `--seeds 0 1 2` or `--seeds 0 --seeds 1 ...` (default None: no leftovers)
+            kwargs = {**kwargs, "action": "extend", "nargs": "+"}
         metavar = field.metadata.get("metavar")
         if metavar and kwargs.get("action") is not argparse.BooleanOptionalAction:
             kwargs["metavar"] = metavar
@@ -497,12 +497,16 @@ class TuneConfig(TrainConfig):
     pruner: Literal["median", "hyperband", "none"] = _f("median", "stop trials whose per-epoch val accuracy trails the others")  # fmt: skip
     prune_warmup: int = _f(2, "epochs a trial always runs before it may be pruned")
     paper_first: bool = _f(True, "enqueue the configured values (the paper's by default) as the first trial")  # fmt: skip
-    lr_range: list[float] = _f([1e-6, 1e-1], "learning-rate LOW and HIGH, log scale (Stage 2 tunes finetune_lr); flag given twice")  # fmt: skip
-    l2_range: list[float] = _f([1e-6, 1e-1], "L2 lambda LOW and HIGH, log scale; flag given twice")
-    momentum_range: list[float] = _f([0.0, 0.99], "SGD momentum LOW and HIGH; flag given twice")
+    lr_range: list[float] = _f([1e-6, 1e-1], "learning-rate LOW and HIGH, log scale (Stage 2 tunes finetune_lr); LOW HIGH or the flag twice")  # fmt: skip
+    l2_range: list[float] = _f(
+        [1e-6, 1e-1], "L2 lambda LOW and HIGH, log scale; LOW HIGH or the flag twice"
+    )
+    momentum_range: list[float] = _f(
+        [0.0, 0.99], "SGD momentum LOW and HIGH; LOW HIGH or the flag twice"
+    )
     batch_sizes: list[int] = _f([8, 16, 32, 64], "batch sizes to try; flag repeated")
-    width_range: list[int] = _f([16, 512], "Stage 1: LOW and HIGH width of each hidden head layer, log scale; flag given twice")  # fmt: skip
-    dropout_range: list[float] = _f([0.0, 0.5], "Stage 1: LOW and HIGH dropout after each hidden layer; flag given twice")  # fmt: skip
+    width_range: list[int] = _f([16, 512], "Stage 1: LOW and HIGH width of each hidden head layer, log scale; LOW HIGH or the flag twice")  # fmt: skip
+    dropout_range: list[float] = _f([0.0, 0.5], "Stage 1: LOW and HIGH dropout after each hidden layer; LOW HIGH or the flag twice")  # fmt: skip
     activations: list[str] = _f(["elu", "relu", "gelu", "silu", "leaky_relu"], "Stage 1: head activations to try; flag repeated")  # fmt: skip
     heartbeat: int = _f(60, "seconds between a running trial's liveness marks; one silent for twice that is retried (0: off)")  # fmt: skip
     retries: int = _f(1, "how often a trial whose worker died is run again")

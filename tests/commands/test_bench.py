@@ -35,6 +35,9 @@ def test_parser_is_a_group_with_shortcut(capsys):
     assert shortcut._attention("input-mask") == (None, "frozen")  # plain fine-tuning
     ok = parser.parse_args(["bench", "shortcut", "--variants", "input-mask,stage2"])
     assert config_from_args(ShortcutBenchConfig, ok).start == "stage2"  # the study's order
+    assert config_from_args(ShortcutBenchConfig, ok).seeds == [0, 1, 2]  # the default
+    several = parser.parse_args(["bench", "shortcut", "--seeds", "5", "6", "--seeds", "7"])
+    assert config_from_args(ShortcutBenchConfig, several).seeds == [5, 6, 7]
     with pytest.raises(SystemExit):
         parser.parse_args(["bench"])  # an action is required
     assert "shortcut" in capsys.readouterr().err
