@@ -16,6 +16,9 @@ Seeds: every trial trains with the configured ``seed`` (common random numbers: t
 in their hyper-parameters, and a randomly initialised body stays the one the Stage I feature cache
 was computed from); the sampler is re-seeded per trial from (seed, trial number), so one worker
 repeats its suggestions exactly and concurrent workers never draw the same random points.
+
+The search space lives in :mod:`.tune_space`, storage and dead-worker recovery in
+:mod:`.tune_storage`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import socket
-import time
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -39,218 +40,25 @@ from optuna.trial import FrozenTrial, TrialState
 from cxrguide.config import TrainConfig, TuneConfig, from_dict, save_yaml, to_dict
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.training.tune_space import (  # noqa: F401  (re-exported: the module's API)
+    SPACE_FIELDS,
+    PerTrialSeededSampler,
+    apply_params,
+    first_params,
+    make_pruner,
+    suggest,
+    train_config,
+)
+from cxrguide.training.tune_storage import (  # noqa: F401  (re-exported: the module's API)
+    HOST,
+    finished_count,
+    make_storage,
+    recover_dead_trials,
+    retry_trial,
+    safe_url,
+)
 
 STUDY_DB = "study.db"
-HOST = socket.gethostname()
-# The search space's knobs, recorded with a study so that every worker searches the same space.
-SPACE_FIELDS = ("stage", "lr_range", "l2_range", "momentum_range", "batch_sizes", "width_range",
-                "dropout_range", "activations")  # fmt: skip
-
-
-# ---- search space ------------------------------------------------------------------------------
-
-
-def suggest(trial: optuna.Trial, cfg: TuneConfig) -> dict[str, Any]:
-    """Draw one point. Stage II inherits its head from the parent run, so it tunes the optimiser."""
-    params: dict[str, Any] = {
-        "lr": trial.suggest_float("lr", *cfg.lr_range, log=True),
-        "l2": trial.suggest_float("l2", *cfg.l2_range, log=True),
-        "momentum": trial.suggest_float("momentum", *cfg.momentum_range),
-        "batch_size": trial.suggest_categorical("batch_size", list(cfg.batch_sizes)),
-    }
-    if cfg.stage == 1:
-        for i in range(1, len(cfg.head_widths) + 1):
-            params[f"width_{i}"] = trial.suggest_int(f"width_{i}", *cfg.width_range, log=True)
-            params[f"dropout_{i}"] = trial.suggest_float(f"dropout_{i}", *cfg.dropout_range)
-        params["activation"] = trial.suggest_categorical("activation", list(cfg.activations))
-    return params
-
-
-def first_params(cfg: TrainConfig) -> dict[str, Any]:
-    """The configured values (the paper's by default) as search-space parameters."""
-    params: dict[str, Any] = {"lr": cfg.lr if cfg.stage == 1 else cfg.finetune_lr, "l2": cfg.l2,
-                              "momentum": cfg.momentum, "batch_size": cfg.batch_size}  # fmt: skip
-    if cfg.stage == 1:
-        for i, (w, d) in enumerate(zip(cfg.head_widths, cfg.head_dropouts, strict=True), 1):
-            params[f"width_{i}"], params[f"dropout_{i}"] = w, d
-        params["activation"] = cfg.activation
-    return params
-
-
-def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
-    """The training config of one trial: ``base`` with the trial's parameters filled in."""
-    lr_field = "lr" if base.stage == 1 else "finetune_lr"
-    changes: dict[str, Any] = {lr_field: params["lr"], "l2": params["l2"],
-                               "momentum": params["momentum"], "batch_size": params["batch_size"]}  # fmt: skip
-    if "activation" in params:
-        layers = range(1, len(base.head_widths) + 1)
-        changes["head_widths"] = [int(params[f"width_{i}"]) for i in layers]
-        changes["head_dropouts"] = [float(params[f"dropout_{i}"]) for i in layers]
-        changes["activation"] = params["activation"]
-    cfg = dataclasses.replace(base, **changes)
-    cfg.validate()
-    return cfg
-
-
-def train_config(cfg: TuneConfig, **changes: Any) -> TrainConfig:
-    """The ``train`` part of a tune config (the base of every trial)."""
-    names = [f.name for f in dataclasses.fields(TrainConfig)]
-    train = TrainConfig(**{n: getattr(cfg, n) for n in names if n != "out"})
-    return dataclasses.replace(train, **changes)
-
-
-# ---- sampler, pruner, storage --------------------------------------------------------------------
-
-
-def _trial_seed(seed: int, number: int) -> int:
-    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
-
-
-class PerTrialSeededSampler(optuna.samplers.BaseSampler):
-    """A sampler re-created for every trial with a seed derived from (seed, trial number).
-
-    With one worker the same seed gives the same suggestions; concurrent workers that share a
-    seed still draw different points (one seeded sampler per process would make their random
-    start-up trials identical). TPE and GP read all history from the storage, so nothing is lost.
-    """
-
-    def __init__(self, kind: str, seed: int, startup_trials: int) -> None:
-        self.kind, self.seed, self.startup_trials = kind, seed, startup_trials
-        self._inner = self._make(seed)
-
-    def _make(self, seed: int) -> optuna.samplers.BaseSampler:
-        if self.kind == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if self.kind == "gp":
-            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.startup_trials)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.startup_trials,
-                                          multivariate=True, constant_liar=True)  # fmt: skip
-
-    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self._inner = self._make(_trial_seed(self.seed, trial.number))
-        self._inner.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
-        return self._inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
-        return self._inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:  # type: ignore[no-untyped-def]
-        self._inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-
-def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
-    """Pruners see the per-epoch val accuracy at step = epoch (1-based)."""
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
-                                           n_warmup_steps=cfg.prune_warmup)  # fmt: skip
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.prune_warmup),
-                                              max_resource=cfg.max_epochs)  # fmt: skip
-    return optuna.pruners.NopPruner()
-
-
-def safe_url(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<storage URL>"
-
-
-def make_storage(url: str, heartbeat: int = 0, retries: int = 0) -> optuna.storages.RDBStorage:
-    """An RDB storage; with ``heartbeat`` a trial silent for twice that long is failed and retried."""
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        engine_kwargs = {"connect_args": {"timeout": 120}}  # wait for other local writers
-    kwargs: dict[str, Any] = {}
-    if heartbeat:
-        kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                      heartbeat_stale_trial_callback=partial(retry_trial, retries=retries))  # fmt: skip
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(4):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        except (IntegrityError, ProgrammingError):
-            if attempt == 3:
-                raise
-            time.sleep(0.5 + attempt)  # workers starting together race to create the tables
-        except Exception as err:  # bad URL, missing driver, server down: one clear line
-            reason = " ".join(str(err).split())[:300]
-            raise CxrGuideError(f"storage {safe_url(url)}: cannot open ({reason})") from None
-    raise AssertionError("unreachable")
-
-
-# ---- dead workers and retries ----------------------------------------------------------------------
-
-
-def retry_trial(study: optuna.Study, trial: FrozenTrial, retries: int) -> None:
-    """Queue a failed trial's parameters again; the retry resumes the same run folder."""
-    attempt = int(trial.user_attrs.get("attempt", 1))
-    if attempt > retries:
-        return
-    attrs = {"retry_of": trial.number, "attempt": attempt + 1}
-    if "trial_dir" in trial.user_attrs:
-        attrs.update(resume_dir=trial.user_attrs["trial_dir"], resume_host=trial.user_attrs["host"])
-    study.enqueue_trial(trial.params, user_attrs=attrs)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():  # between trials this process runs none, so a record of ours is stale
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child that nobody reaped yet is a zombie: dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def recover_dead_trials(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, retries: int
-) -> list[int]:
-    """Fail (and queue again) RUNNING trials of this host whose process is gone.
-
-    The heartbeat covers other hosts but only after its grace period; a run killed here is known
-    dead at once. The state change is atomic, so two workers never both retry one trial.
-    """
-    lost = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != HOST or pid is None or _pid_alive(int(pid)):
-            continue
-        try:
-            storage.set_trial_user_attr(t._trial_id, "error", f"worker {HOST}:{pid} ended during the trial")  # fmt: skip
-            if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                retry_trial(study, storage.get_trial(t._trial_id), retries)
-                lost.append(t.number)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-    return lost
-
-
-def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards ``trials``: done, pruned, running, or failed and not retried."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return sum(t.state in counted or (t.state == TrialState.FAIL and t.number not in retried)
-               for t in trials)  # fmt: skip
 
 
 # ---- study -------------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""`cxrguide predict | export | serve`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from cxrguide.config.core import _f
+from cxrguide.errors import ConfigError
+
+# ---- inference (`cxrguide predict | export | serve`) -----------------------------------------
+
+_BACKEND_HELP = "auto | fp32 | channels_last | bf16 | onnx (auto: the fastest agreeing CPU path)"
+_CAM_METHODS = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """`cxrguide predict RUN INPUT...`: labels for new PNG/JPEG/DICOM files or folders."""
+
+    run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
+    inputs: list[str] = _f([], "image files or folders (folders are searched recursively)")
+    format: Literal["table", "json", "csv"] = _f("table", "output format (--json, --csv)")
+    output: Path | None = _f(None, "write the results here instead of stdout", metavar="FILE")
+    cam: Path | None = _f(None, "write Grad-CAM overlay PNGs into this folder", metavar="DIR")
+    cam_method: _CAM_METHODS = _f("gradcam", "CAM method for --cam")
+    batch_size: int = _f(16, "images per forward pass")
+    backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
+    max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
+    threads: int = _f(0, "CPU threads for inference (0: the library default)")
+    progress: bool = _f(True, "show a progress bar on stderr")
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("batch_size: must be >= 1")
+        if self.max_pixels <= 0 or self.threads < 0:
+            raise ConfigError("max_pixels/threads: max_pixels must be > 0, threads >= 0")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    """`cxrguide export RUN --format onnx|torchscript --out FILE`: a portable classifier file."""
+
+    run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
+    format: Literal["onnx", "torchscript"] = _f("onnx", "file format")
+    out: Path | None = _f(None, "output file (.onnx or .pt)", metavar="FILE")
+    opset: int = _f(17, "ONNX opset version")
+    check: bool = _f(True, "check the file against PyTorch (probabilities within 1e-4)")
+
+    def validate(self) -> None:
+        if not 13 <= self.opset <= 21:
+            raise ConfigError("opset: must be between 13 and 21")
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """`cxrguide serve RUN`: REST API + web page on one run."""
+
+    run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
+    host: str = _f("127.0.0.1", "interface to listen on (0.0.0.0 exposes it to the network)")
+    port: int = _f(8000, "TCP port")
+    backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
+    max_upload_mb: float = _f(32.0, "refuse uploads larger than this many MiB")
+    max_pixels: int = _f(40_000_000, "refuse images with more pixels (checked before decoding)")
+    max_concurrent: int = _f(4, "uploads held in memory at once (others wait)")
+    threads: int = _f(0, "CPU threads for inference (0: the library default)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = _f("info", "uvicorn log level")  # fmt: skip
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("port: must be between 0 and 65535")
+        if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.max_concurrent < 1:
+            raise ConfigError("max_upload_mb/max_pixels/max_concurrent: must be positive")
+        if self.threads < 0:
+            raise ConfigError("threads: must be >= 0")

@@ -1,0 +1,41 @@
+"""`cxrguide pipeline`: the whole chain from one YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from cxrguide.config.core import _f
+
+# ---- the whole chain (`cxrguide pipeline`) ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """`cxrguide pipeline`: every step from one YAML; each section holds that step's own fields.
+
+    Sections are checked against the step's config class (``synth`` -> SynthConfig, ``prepare``
+    -> PrepareConfig, ``lungs_prepare``/``lungs`` -> LungsPrepareConfig/LungsTrainConfig,
+    ``stage1``..``stage3`` -> TrainConfig, ``tune`` -> TuneConfig), so a typo names its field.
+    Paths between steps (out, data, from) are filled in by the pipeline.
+    """
+
+    out: Path = _f(Path("runs/pipeline"), "output folder of the whole chain", metavar="DIR")
+    seed: int = _f(0, "seed for every step (same seed, same CPU, same result)")
+    sources: list[str] = _f(
+        [], "real data KIND=PATH (empty: synthetic phantoms)", metavar="KIND=PATH"
+    )
+    lung_sources: list[str] = _f(
+        [], "lung data v7=PATH / masks=PATH (empty: the phantoms' exact masks)", metavar="KIND=PATH"
+    )
+    synth: dict[str, Any] = _f({}, "SynthConfig fields for the synthetic data")
+    prepare: dict[str, Any] = _f({}, "PrepareConfig fields")
+    lungs_prepare: dict[str, Any] = _f({}, "LungsPrepareConfig fields")
+    lungs: dict[str, Any] = _f({}, "LungsTrainConfig fields for the U-Net")
+    stage1: dict[str, Any] = _f({}, "TrainConfig fields for Stage I")
+    tune: dict[str, Any] = _f({}, "TuneConfig fields; trials: 0 skips tuning")
+    stage2: dict[str, Any] = _f({}, "TrainConfig fields for Stage II")
+    stage3: dict[str, Any] = _f({}, "TrainConfig fields for Stage III")
+    explain: dict[str, Any] = _f({}, "options of the Grad-CAM figures")
+    report: dict[str, Any] = _f({}, "options of the HTML report")
