@@ -1,9 +1,10 @@
 """A backbone trained on clean synthetic phantoms: a stand-in for ImageNet weights offline.
 
-How to run: ``.venv/bin/python bench/phantom_body.py --out DIR [--backbone mobilenet_v2]
-[--n 900] [--size 128] [--epochs 20] [--lr 1e-3] [--shortcut-rate 0.0] [--seed 1]
-[--threads N]``. Prints the weights file (``DIR/body/stage2-NAME/model.pt``), which any
-``--weights PATH`` accepts, e.g. ``cxrguide bench shortcut --weights DIR/body/.../model.pt``.
+How to run: ``.venv/bin/python bench/phantom_body.py [--out bench_out/phantom_body]
+[--backbone mobilenet_v2] [--n 900] [--size 128] [--epochs 20] [--lr 1e-3] [--shortcut-rate 0.0]
+[--seed 1] [--threads N]``. Prints the weights file
+(``OUT/body/body-NAME/stage2-NAME/model.pt``), which any ``--weights PATH`` accepts, e.g.
+``cxrguide bench shortcut --weights OUT/body/body-NAME/stage2-NAME/model.pt``.
 
 Why: the shortcut benchmark from random weights cannot learn the phantoms' lesions in a
 CPU-sized budget (its ``input-mask`` variant, which removes the markers, stays at chance), so
@@ -61,7 +62,7 @@ def train_body(name: str, prepared: Prepared, out: Path, *, size: int, epochs: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=Path("bench_out/phantom_body"))
     ap.add_argument("--backbone", default="mobilenet_v2")
     ap.add_argument("--n", type=int, default=900)
     ap.add_argument("--size", type=int, default=128)

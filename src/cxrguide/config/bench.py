@@ -16,7 +16,9 @@ from cxrguide.errors import ConfigError
 class ShortcutBenchConfig:
     """`cxrguide bench shortcut`: Stage II vs Stage III variants on shortcut-laden phantoms."""
 
-    out: Path | None = _f(None, "benchmark folder (data, runs, table; resumes)", metavar="DIR")
+    out: Path | None = _f(
+        Path("bench_out/shortcut"), "benchmark folder (data, runs, table; resumes)", metavar="DIR"
+    )
     n: int = _f(360, "synthetic images in the main set (train/val/test)")
     size: int = _f(128, "image side in px (synthetic, cache and model input)")
     shortcut_rate: float = _f(0.95, "share of films whose marker sits at its class's position")
