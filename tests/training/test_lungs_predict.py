@@ -100,8 +100,8 @@ def test_single_images_get_masks_at_their_own_size_and_overlays(run, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     files = [str(p) for p in sorted((phantoms / "images").glob("*.png"))] + [str(bad)]
-    cfg = LungsPredictConfig(run=run, images=files, out=tmp_path / "m", overlay=tmp_path / "o",
-                             batch_size=2)  # fmt: skip
+    cfg = LungsPredictConfig(run=run, images=files, out=tmp_path / "m", overlay=tmp_path / "o")
+    assert cfg.batch_size == 0  # automatic: 4 on this CPU, so the 6 files take two batches
     results = predict_images(cfg)
     assert [r.path for r in results] == files
     assert results[-1].quality is None and "not an image" in results[-1].error
@@ -119,3 +119,17 @@ def test_unletterbox_inverts_fit_square():
     img = rng.random((30, 50)).astype(np.float32)
     back = unletterbox(fit_square(img, 50), 30, 50)
     assert back.shape == (30, 50) and np.allclose(back, img, atol=1e-5)
+
+
+def test_batch_size_zero_is_automatic_per_device():
+    import torch
+
+    from cxrguide.errors import ConfigError
+    from cxrguide.training.lungs import inference_batch
+
+    assert inference_batch(0, torch.device("cpu")) == 4
+    assert inference_batch(0, torch.device("cuda")) == 16
+    assert inference_batch(7, torch.device("cpu")) == 7  # an explicit size is kept
+    assert LungsPredictConfig().batch_size == 0
+    with pytest.raises(ConfigError, match="batch_size"):
+        LungsPredictConfig(batch_size=-1).validate()

@@ -91,18 +91,21 @@ class LungsTrainConfig:
             raise ConfigError("threshold: must be in (0, 1)")
 
 
+_AUTO_BATCH = "images per forward pass (0: 4 on CPU, 16 on CUDA; see bench/lungs.py)"
+
+
 @dataclasses.dataclass
 class LungsEvaluateConfig:
     """`cxrguide lungs evaluate RUN`: Dice, IoU and HD95 per image and mean on val/test."""
 
     run: Path | None = _f(None, "run folder written by 'cxrguide lungs train'", metavar="RUN")
     splits: list[str] = _f(["val", "test"], "splits to evaluate")
-    batch_size: int = _f(16, "images per forward pass")
+    batch_size: int = _f(0, _AUTO_BATCH)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("batch_size: must be >= 1")
+        if self.batch_size < 0:
+            raise ConfigError("batch_size: must be >= 0 (0: automatic)")
 
 
 @dataclasses.dataclass
@@ -114,15 +117,15 @@ class LungsPredictConfig:
     images: list[str] = _f([], "image files to segment (instead of --data)")
     out: Path | None = _f(None, "--data: folder for the mask cache (default PREP/cache); images: mask PNGs", metavar="DIR")  # fmt: skip
     overlay: Path | None = _f(None, "images: also write overlay PNGs here", metavar="DIR")
-    batch_size: int = _f(16, "images per forward pass")
+    batch_size: int = _f(0, _AUTO_BATCH)
     threshold: float | None = _f(None, "probability threshold (default: the run's)")
     min_area: float = _f(0.05, "lung area below this fraction of the image is implausible")
     max_area: float = _f(0.75, "lung area above this fraction of the image is implausible")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
 
     def validate(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError("batch_size: must be >= 1")
+        if self.batch_size < 0:
+            raise ConfigError("batch_size: must be >= 0 (0: automatic)")
         if not 0 <= self.min_area < self.max_area <= 1:
             raise ConfigError("min_area/max_area: need 0 <= min_area < max_area <= 1")
         if self.threshold is not None and not 0 < self.threshold < 1:

@@ -39,7 +39,7 @@ from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 from cxrguide.evaluation.segmentation import MaskQuality, content_fraction, postprocess, quality
 from cxrguide.models.unet import LungSegmenter
 from cxrguide.training import engine
-from cxrguide.training.lungs import load_run, predict_batch
+from cxrguide.training.lungs import inference_batch, load_run, predict_batch
 
 QUALITY_FILE = "lung_quality.csv"
 QUALITY_COLUMNS = ["image_id", "area_fraction", "components", "lungs", "flag"]
@@ -127,8 +127,9 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     found: list[list] = []
     contents = [content_fraction(r.get("width") or 0, r.get("height") or 0) for r in rows]
     bar = tqdm(total=len(rows), desc="lungs", unit="img")
+    batch = inference_batch(cfg.batch_size, device)
     for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
-                                     cfg.batch_size, contents, cfg.min_area, cfg.max_area):  # fmt: skip
+                                     batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip
         masks[i] = final.astype(np.uint8) * 255
         found.append([rows[i]["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
         bar.update()
@@ -190,9 +191,10 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
             Path(folder).mkdir(parents=True, exist_ok=True)
     results: list[ImagePrediction] = []
     used: Counter = Counter()
-    for start in range(0, len(cfg.images), cfg.batch_size):
+    batch = inference_batch(cfg.batch_size, device)
+    for start in range(0, len(cfg.images), batch):
         loaded: list[tuple[str, np.ndarray]] = []
-        for path in cfg.images[start : start + cfg.batch_size]:
+        for path in cfg.images[start : start + batch]:
             try:
                 img, _ = read_image(path)
             except ImageReadError as err:
