@@ -27,11 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "shortcut",
         help="Stage II vs Stage III variants on shortcut-laden synthetic phantoms",
         description="Synthesise phantoms (--shortcut-rate 0.95), prepare them, take the lung "
-        "masks from the generator (or a lung RUN), train every variant for every seed from "
-        "the same start with the same budget, and write DIR/shortcut.md (table, mean +- sd "
-        "over seeds) and DIR/shortcut_runs.csv. --start stage2: every variant instead continues "
-        "the seed's Stage II run (the study's order; DIR/shortcut_from_stage2.md). Rerunning "
-        "resumes.",
+        "masks from the generator (or a lung RUN), train a Stage II run per seed, continue it "
+        "with every variant on the same budget (the study's order), and write "
+        "DIR/shortcut_from_stage2.md (table, mean +- sd over seeds) and "
+        "DIR/shortcut_from_stage2_runs.csv. --start scratch: every variant starts from the "
+        "seeded random network instead (DIR/shortcut.md). Rerunning resumes.",
     )
     add_config_flags(shortcut, ShortcutBenchConfig)
     shortcut.set_defaults(func=run_shortcut)
