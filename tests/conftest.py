@@ -1,11 +1,20 @@
-"""Shared fixtures: the real-data samples in ../shared/data (read-only, optional)."""
+"""Shared fixtures: the real-data samples in ../shared/data (read-only, optional), and torch on
+one thread.
+
+On a small machine shared with other test runs, torch's default of one OpenMP thread per core
+makes threads spin against each other (a 64-pixel MobileNet forward measured 1-2 s instead of
+10 ms), so model-heavy tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``
+(restored after each test) or ``"one_thread_per_module"`` (set for a module's shared fixtures too).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from cxr_testutils import make_prepared
 
@@ -24,3 +33,20 @@ def shared_data() -> Path:
 @pytest.fixture
 def tiny_prepared(tmp_path: Path) -> Path:
     return make_prepared(tmp_path / "prep")
+
+
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    yield from _torch_threads(1)
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module() -> Iterator[None]:
+    yield from _torch_threads(1)

@@ -40,3 +40,23 @@ def make_prepared(root: Path, n_per_class: int = 12, size: int = 64, seed: int =
     by_id = dict(zip(ids, images, strict=True))
     np.save(root / f"cache/images_{size}.npy", np.stack([by_id[i] for i in manifest.image_id]))
     return root
+
+
+def write_lung_cache(prep: Path, size: int = 64, run: str = ""):
+    """Two elliptic lungs per image (0/255, row-aligned), as `lungs predict` writes them; with
+    ``run``, also the provenance record naming the lung run."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    n = len(pd.read_csv(prep / "manifest.csv"))
+    yy, xx = np.mgrid[:size, :size] / size
+    lung = np.zeros((size, size), bool)
+    for cx in (0.3, 0.7):
+        lung |= ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 <= 1
+    masks = np.repeat((lung * 255).astype(np.uint8)[None], n, axis=0)
+    np.save(prep / f"cache/lungs_{size}.npy", masks)
+    if run:
+        (prep / f"cache/lungs_{size}.json").write_text(json.dumps({"run": run, "size": size}))
+    return masks

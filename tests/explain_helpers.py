@@ -9,23 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 
-from cxr_testutils import make_prepared
-
-
-def write_lung_cache(prep: Path, size: int = 64) -> np.ndarray:
-    """Two elliptic lungs per image (0/255, row-aligned), as `lungs predict` writes them."""
-    n = len(pd.read_csv(prep / "manifest.csv"))
-    yy, xx = np.mgrid[:size, :size] / size
-    lung = np.zeros((size, size), bool)
-    for cx in (0.3, 0.7):
-        lung |= ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 <= 1
-    masks = np.repeat((lung * 255).astype(np.uint8)[None], n, axis=0)
-    np.save(prep / f"cache/lungs_{size}.npy", masks)
-    return masks
+from cxr_testutils import make_prepared, write_lung_cache
 
 
 def tiny_runs(base: Path) -> dict[str, Path]:

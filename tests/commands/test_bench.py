@@ -117,9 +117,8 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
 
 
 def test_masked_copy_zeroes_everything_outside_the_lungs(tmp_path):
-    from cxr_testutils import make_prepared
+    from cxr_testutils import make_prepared, write_lung_cache
     from cxrguide.data.datasets import Prepared
-    from explain_helpers import write_lung_cache
 
     write_lung_cache(make_prepared(tmp_path / "prep", n_per_class=4, size=32), size=32)
     prep = Prepared.open(tmp_path / "prep")

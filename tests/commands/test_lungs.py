@@ -1,23 +1,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from cxrguide.cli import main
 from lung_phantoms import write_phantoms
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_prepare_train_evaluate_predict_from_the_command_line(tmp_path, tiny_prepared, capsys):

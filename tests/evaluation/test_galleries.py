@@ -28,18 +28,12 @@ from cxrguide.labels import CLASSES
 from cxrguide.models.zoo import create_model
 from explain_helpers import tiny_runs
 
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return tiny_runs(tmp_path_factory.getbasetemp() / "explain-runs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _predictions(rows: list[tuple[str, str, list[float]]]) -> pd.DataFrame:

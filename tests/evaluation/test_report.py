@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.galleries import explain_run
 from cxrguide.evaluation.report import build_report, find_runs, markdown_blocks, pct
 from explain_helpers import tiny_runs
+
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -64,14 +65,6 @@ class Page(HTMLParser):
         self.text.append(data)
         if self._cell is not None:
             self._cell.append(data)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CPU is shared
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,9 @@ from cxrguide.training.lungs import (
 )
 from lung_phantoms import write_phantoms
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = [4, 8, 16, 32, 64, 4]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Two shared cores: torch's threads spin against each other (10x slower), so use one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

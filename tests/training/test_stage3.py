@@ -11,25 +11,14 @@ import pytest
 import torch
 import yaml
 
+from cxr_testutils import write_lung_cache
 from cxrguide.cli import build_parser
 from cxrguide.config import TrainConfig, config_from_args
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.training import stages
 from cxrguide.training.runs import RunInfo, load_run, read_info, save_run
 
-
-def write_lung_cache(prep: Path, size: int = 64, run: str = "") -> np.ndarray:
-    """Two elliptic lungs per image, as `lungs predict` would write (0/255, row-aligned)."""
-    n = len(pd.read_csv(prep / "manifest.csv"))
-    yy, xx = np.mgrid[:size, :size] / size
-    lung = np.zeros((size, size), bool)
-    for cx in (0.3, 0.7):
-        lung |= ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 <= 1
-    masks = np.repeat((lung * 255).astype(np.uint8)[None], n, axis=0)
-    np.save(prep / f"cache/lungs_{size}.npy", masks)
-    if run:
-        (prep / f"cache/lungs_{size}.json").write_text(json.dumps({"run": run, "size": size}))
-    return masks
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(prep: Path | None, out: Path, **kw) -> TrainConfig:
@@ -37,14 +26,6 @@ def _cfg(prep: Path | None, out: Path, **kw) -> TrainConfig:
                 image_size=64, max_epochs=1, batch_size=4, seed=0, finetune_lr=1e-2,
                 augment=False)  # fmt: skip
     return TrainConfig(**{**base, **kw})
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_stage3_from_backbone_with_gate_and_gain(tiny_prepared, tmp_path):
