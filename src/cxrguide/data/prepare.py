@@ -17,6 +17,7 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -94,8 +95,11 @@ def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     return h.hexdigest()
 
 
-def _check_out_dir(out: Path, cfg: PrepareConfig) -> bool:
-    """True when ``out`` already holds this exact preparation; refuse to clobber anything else."""
+def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
+                  outputs: tuple[str, ...] = ("manifest.csv",)) -> bool:  # fmt: skip
+    """True when ``out`` already holds this exact preparation (``cfg`` saved as CONFIG_FILE and
+    every file of ``outputs`` written); refuse to clobber anything else. ``kind`` names the
+    command in errors (``prepare``, ``lungs prepare``)."""
     if not out.exists():
         return False
     if not out.is_dir():
@@ -104,7 +108,7 @@ def _check_out_dir(out: Path, cfg: PrepareConfig) -> bool:
     if not config_file.exists():
         if any(p.name != ".work" for p in out.iterdir()):
             raise CxrGuideError(
-                f"{out}: folder is not empty and holds no prepare run; choose an empty --out"
+                f"{out}: folder is not empty and holds no {kind} run; choose an empty --out"
             )
         return False
     from cxrguide.config import load_yaml
@@ -116,7 +120,7 @@ def _check_out_dir(out: Path, cfg: PrepareConfig) -> bool:
             f"{config_file}: this folder was prepared with a different config; "
             "use another --out or delete the folder"
         )
-    return (out / "manifest.csv").exists()
+    return all((out / name).exists() for name in outputs)
 
 
 def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> list[dict]:
@@ -169,7 +173,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         raise ConfigError("out: give --out DIR")
     out = Path(cfg.out)
     sources = _parse_sources(cfg.source, cfg)
-    if _check_out_dir(out, cfg):
+    if check_out_dir(out, cfg):
         summary = json.loads((out / "summary.json").read_text())
         return PrepareResult(out, summary["images"], summary["splits"], summary["rejected"],
                              summary["duplicates"], reused=True)  # fmt: skip

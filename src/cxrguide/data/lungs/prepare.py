@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cxrguide.config import LungsPrepareConfig, load_yaml, save_yaml, to_dict
+from cxrguide.config import LungsPrepareConfig, save_yaml
 from cxrguide.data import cache, manifest
 from cxrguide.data.imaging import fit_square, read_image, to_uint8
 from cxrguide.data.lungs.records import LungRecord, load_mask, lung_cache_path, open_lung_source
 from cxrguide.data.lungs.v7 import NotDarwinError
+from cxrguide.data.prepare import CONFIG_FILE, check_out_dir
 from cxrguide.data.sources.base import Rejection
 from cxrguide.errors import ConfigError, CxrGuideError
 
-CONFIG_FILE = "prepare_config.yaml"
 MANIFEST_COLUMNS = [
     "image_id", "source", "path", "patient_id", "width", "height", "lung_fraction", "sided",
     "ignore_fraction", "sha256", "split", "cache_index",
@@ -87,27 +87,6 @@ def _decode(task: tuple) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
     )
     square = fit_square(lung.astype(np.uint8) * 255, size, nearest=True)
     return row, to_uint8(fit_square(img, size)), square
-
-
-def _check_out_dir(out: Path, cfg: LungsPrepareConfig) -> bool:
-    """True when ``out`` already holds this exact preparation; refuse to clobber anything else."""
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise CxrGuideError(f"{out}: exists and is not a folder")
-    config_file = out / CONFIG_FILE
-    if not config_file.exists():
-        if any(p.name != ".work" for p in out.iterdir()):
-            raise CxrGuideError(f"{out}: folder is not empty and holds no lungs prepare run")
-        return False
-    saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
-    wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
-    if saved != wanted:
-        raise CxrGuideError(
-            f"{config_file}: this folder was prepared with a different config; "
-            "use another --out or delete the folder"
-        )
-    return (out / "manifest.csv").exists() and (out / "summary.json").exists()
 
 
 def _scan(cfg: LungsPrepareConfig) -> tuple[list[LungRecord], list[tuple]]:
@@ -175,7 +154,7 @@ def prepare_lungs(cfg: LungsPrepareConfig) -> LungsPrepareResult:
         raise ConfigError("out: give --out DIR")
     out = Path(cfg.out)
     records, rejected = _scan(cfg)
-    if _check_out_dir(out, cfg):
+    if check_out_dir(out, cfg, "lungs prepare", ("manifest.csv", "summary.json")):
         summary = json.loads((out / "summary.json").read_text())
         return LungsPrepareResult(
             out, summary["images"], summary["splits"], summary["rejected"], reused=True
