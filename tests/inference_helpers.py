@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from cxr_testutils import make_prepared
-from lung_phantoms import phantom, write_phantoms
+from lung_phantoms import phantom, prepared_lung_phantoms
 
 
 def _shared(tmp_path_factory) -> Path:
@@ -49,17 +49,14 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def lung_run(tmp_path_factory) -> Path:
-    from cxrguide.config import LungsPrepareConfig, LungsTrainConfig
-    from cxrguide.data.lungs.prepare import prepare_lungs
+    from cxrguide.config import LungsTrainConfig
     from cxrguide.training.lungs import train_lungs
 
     root = _shared(tmp_path_factory) / "lungs"
     run = root / "run"
     if not (run / "best.pt").exists():
         shutil.rmtree(root, ignore_errors=True)
-        write_phantoms(root / "ph", n=20, size=64)
-        prep = prepare_lungs(LungsPrepareConfig(source=[f"masks={root / 'ph'}"], out=root / "lp",
-                                                size=64, workers=1)).out  # fmt: skip
+        prep = prepared_lung_phantoms(root, n=20, size=64)
         cfg = LungsTrainConfig(data=prep, out=run, features=[4, 8, 16, 32, 64, 4], max_epochs=3,
                                batch_size=4, lr=3e-3, progress=False)  # fmt: skip
         train_lungs(cfg)

@@ -70,3 +70,14 @@ def write_phantoms(root: Path, n: int = 24, size: int = 64, seed: int = 0) -> Pa
         writer.writerow(["image_id", "image", "mask", "label", "patient_id"])
         writer.writerows(rows)
     return root
+
+
+def prepared_lung_phantoms(root: Path, n: int, size: int, out: str = "lp") -> Path:
+    """``n`` 64-px phantoms under ``root/ph`` run through ``lungs prepare`` at ``size`` px into
+    ``root/out``; returns that folder."""
+    from cxrguide.config import LungsPrepareConfig
+    from cxrguide.data.lungs.prepare import prepare_lungs
+
+    write_phantoms(root / "ph", n=n, size=64)
+    cfg = LungsPrepareConfig(source=[f"masks={root / 'ph'}"], out=root / out, size=size, workers=1)
+    return prepare_lungs(cfg).out

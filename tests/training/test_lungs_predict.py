@@ -10,13 +10,12 @@ import torch
 import yaml
 from PIL import Image
 
-from cxrguide.config import LungsPredictConfig, LungsPrepareConfig, LungsTrainConfig
+from cxrguide.config import LungsPredictConfig, LungsTrainConfig
 from cxrguide.data.imaging import fit_square
-from cxrguide.data.lungs.prepare import prepare_lungs
 from cxrguide.errors import CxrGuideError
 from cxrguide.training.lungs import train_lungs
 from cxrguide.training.lungs_predict import predict_images, predict_prepared, unletterbox
-from lung_phantoms import write_phantoms
+from lung_phantoms import prepared_lung_phantoms, write_phantoms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,10 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lungs")
-    write_phantoms(root / "ph", n=30, size=64)
-    prep = prepare_lungs(
-        LungsPrepareConfig(source=[f"masks={root / 'ph'}"], out=root / "lp", size=48, workers=1)
-    ).out
+    prep = prepared_lung_phantoms(root, n=30, size=48)
     cfg = LungsTrainConfig(data=prep, out=root / "run", features=[4, 8, 16, 32, 64, 4],
                            max_epochs=5, batch_size=4, lr=3e-3, progress=False)  # fmt: skip
     return train_lungs(cfg).run

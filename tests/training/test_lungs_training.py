@@ -18,7 +18,7 @@ from cxrguide.training.lungs import (
     predict_batch,
     train_lungs,
 )
-from lung_phantoms import write_phantoms
+from lung_phantoms import prepared_lung_phantoms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,10 +27,7 @@ TINY = [4, 8, 16, 32, 64, 4]
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("lungs")
-    write_phantoms(root / "ph", n=30, size=64)
-    cfg = LungsPrepareConfig(source=[f"masks={root / 'ph'}"], out=root / "prep", size=48, workers=1)
-    return prepare_lungs(cfg).out
+    return prepared_lung_phantoms(tmp_path_factory.mktemp("lungs"), n=30, size=48, out="prep")
 
 
 def _cfg(prepared, out, **kw) -> LungsTrainConfig:
