@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     jobs = []
     if args.run:
-        from cxrguide.training.runs import load_run
+        from cxrguide.models.saved import load_run
 
         for run in args.run:
             model, info = load_run(run)

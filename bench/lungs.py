@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from cxrguide.models.unet import DiceBCELoss, build_unet
-from cxrguide.training.engine import resolve_device
-from cxrguide.training.lungs import load_run, predict_batch
-from cxrguide.training.lungs_predict import segment_cache
+from cxrguide.core.device import resolve_device
+from cxrguide.lungs.predict import segment_cache
+from cxrguide.lungs.train import load_lung_run, predict_batch
+from cxrguide.lungs.unet import DiceBCELoss, build_unet
 
 
 def phantoms(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +89,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     if args.run:
-        model, cfg = load_run(args.run)
+        model, cfg = load_lung_run(args.run)
         model, model_size = model.to(device), cfg.size
         what = f"run {args.run} ({cfg.arch}, trained at {cfg.size} px)"
     else:

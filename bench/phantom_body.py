@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 
 from cxrguide.config import PrepareConfig, SynthConfig, TrainConfig
+from cxrguide.core.runs import MODEL_WEIGHTS, RunInfo, save_run
 from cxrguide.data.datasets import Prepared
 from cxrguide.data.prepare import prepare
 from cxrguide.data.synthetic import generate_dataset
+from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.zoo import create_model, get_spec
-from cxrguide.training.runs import MODEL_WEIGHTS, RunInfo, save_run
-from cxrguide.training.stage3 import fine_tune
+from cxrguide.training.finetune import fine_tune
 
 
 def phantom_prepared(out: Path, n: int, size: int, seed: int, shortcut_rate: float) -> Prepared:
@@ -56,7 +57,7 @@ def train_body(name: str, prepared: Prepared, out: Path, *, size: int, epochs: i
     cfg = TrainConfig(stage=2, data=prepared.root, backbone=name, out=out / f"body-{name}",
                       image_size=size, max_epochs=epochs, patience=epochs, finetune_lr=lr,
                       augment=False, seed=seed, resume=True)  # fmt: skip
-    row = fine_tune(cfg, model, info, prepared, None, optimizer="adam")
+    row = fine_tune(cfg, model, info, prepared, None, score_split, optimizer="adam")
     return Path(row["run"]) / MODEL_WEIGHTS, row
 
 

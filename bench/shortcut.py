@@ -1,5 +1,5 @@
 """The shortcut benchmark as a script: ``python bench/shortcut.py ARGS`` = ``cxrguide bench
-shortcut ARGS`` (see :mod:`cxrguide.evaluation.shortcut`; ``--help`` lists the flags).
+shortcut ARGS`` (see :mod:`cxrguide.experiments.shortcut`; ``--help`` lists the flags).
 
     python bench/shortcut.py --out bench_out/shortcut [--n 360] [--size 128] [--seeds 0 ...]
 """

@@ -34,6 +34,7 @@ import torch
 
 from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
+from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.zoo import create_model, get_spec
 from cxrguide.training import stages
 from cxrguide.training.features import pooled_features
@@ -47,7 +48,7 @@ def stage1_run(name: str, weights: str, prepared: Prepared, args, out: Path, bf1
                       precision="bf16" if bf16 else "fp32", channels_last=bf16,
                       seed=args.seed)  # fmt: skip
     t0 = time.perf_counter()
-    row = stages.stage1(cfg, name, prepared)
+    row = stages.stage1(cfg, name, prepared, score_split)
     run = Path(row["run"])
     pred = pd.read_csv(run / "predictions_test.csv")
     return {**row, "seconds": time.perf_counter() - t0, "pred": pred}

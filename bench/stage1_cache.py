@@ -39,24 +39,24 @@ from cxrguide.training import stages
 def quiet_stage1() -> Iterator[dict]:
     """Capture the trained model instead of saving + evaluating it; no progress bars."""
     captured: dict = {}
-    finish, engine_config = stages._finish, stages.engine_config
+    finish, engine_config = stages.finish_run, stages.engine_config
 
-    def capture(run, cfg, model, info):
+    def capture(run, cfg, model, info, score):
         captured["model"], captured["run"] = model, run
         return {}
 
-    stages._finish = capture
+    stages.finish_run = capture
     stages.engine_config = lambda cfg: dataclasses.replace(engine_config(cfg), progress=False)
     try:
         yield captured
     finally:
-        stages._finish, stages.engine_config = finish, engine_config
+        stages.finish_run, stages.engine_config = finish, engine_config
 
 
 def run_once(cfg: TrainConfig, prepared: Prepared) -> tuple[float, torch.nn.Module, Path]:
     with quiet_stage1() as captured:
         t0 = time.perf_counter()
-        stages.stage1(cfg, cfg.backbone, prepared)
+        stages.stage1(cfg, cfg.backbone, prepared, score=None)
         seconds = time.perf_counter() - t0
     return seconds, captured["model"], captured["run"]
 

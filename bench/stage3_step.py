@@ -21,10 +21,9 @@ import time
 import torch
 
 from cxrguide.attention.gain import GainSettings, GuidedAttention
+from cxrguide.core.device import resolve_device
 from cxrguide.models.zoo import create_model
-from cxrguide.training.engine import resolve_device
-from cxrguide.training.stage3 import Stage3Task
-from cxrguide.training.tasks import ClassifierTask
+from cxrguide.training.tasks import ClassifierTask, Stage3Task
 
 
 def _sync(device: torch.device) -> None:

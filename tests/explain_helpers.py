@@ -18,6 +18,7 @@ def tiny_runs(base: Path) -> dict[str, Path]:
     """``prep`` (with lung cache) and runs ``stage1``, ``stage2`` (from it), ``stage3`` (lung
     gate, from Stage II); built once, then read back from ``base/runs.json``."""
     from cxrguide.config import TrainConfig
+    from cxrguide.evaluation.evaluate import score_split
     from cxrguide.training.stages import train
 
     index = base / "runs.json"
@@ -30,10 +31,12 @@ def tiny_runs(base: Path) -> dict[str, Path]:
         write_lung_cache(prep)
         common = dict(data=prep, backbone="mobilenet_v2", weights="none", image_size=64,
                       max_epochs=1, batch_size=8, out=base / "runs", seed=0)  # fmt: skip
-        s1 = Path(train(TrainConfig(stage=1, **common))[0]["run"])
-        s2 = Path(train(TrainConfig(stage=2, from_run=s1, augment=False, **common))[0]["run"])
+        s1 = Path(train(TrainConfig(stage=1, **common), score_split)[0]["run"])
+        s2 = Path(
+            train(TrainConfig(stage=2, from_run=s1, augment=False, **common), score_split)[0]["run"]
+        )
         s3 = Path(train(TrainConfig(stage=3, from_run=s2, augment=False, attention=["gate"],
-                                    **common))[0]["run"])  # fmt: skip
+                                    **common), score_split)[0]["run"])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     runs = {"prep": prep, "stage1": s1, "stage2": s2, "stage3": s3}

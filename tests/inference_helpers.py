@@ -37,6 +37,7 @@ def tiny_prepared(tmp_path_factory) -> Path:
 
 def tiny_run(tmp_path_factory) -> Path:
     from cxrguide.config import TrainConfig
+    from cxrguide.evaluation.evaluate import score_split
     from cxrguide.training.stages import train
 
     runs = _shared(tmp_path_factory) / "runs"
@@ -44,13 +45,13 @@ def tiny_run(tmp_path_factory) -> Path:
     if not (run / "model.pt").exists():
         shutil.rmtree(runs, ignore_errors=True)
         train(TrainConfig(stage=1, data=tiny_prepared(tmp_path_factory), backbone="mobilenet_v2",
-                          weights="none", image_size=64, max_epochs=1, batch_size=8, out=runs))  # fmt: skip
+                          weights="none", image_size=64, max_epochs=1, batch_size=8, out=runs), score_split)  # fmt: skip
     return run
 
 
 def lung_run(tmp_path_factory) -> Path:
     from cxrguide.config import LungsTrainConfig
-    from cxrguide.training.lungs import train_lungs
+    from cxrguide.lungs.train import train_lungs
 
     root = _shared(tmp_path_factory) / "lungs"
     run = root / "run"

@@ -76,7 +76,7 @@ def prepared_lung_phantoms(root: Path, n: int, size: int, out: str = "lp") -> Pa
     """``n`` 64-px phantoms under ``root/ph`` run through ``lungs prepare`` at ``size`` px into
     ``root/out``; returns that folder."""
     from cxrguide.config import LungsPrepareConfig
-    from cxrguide.data.lungs.prepare import prepare_lungs
+    from cxrguide.lungs.prepare import prepare_lungs
 
     write_phantoms(root / "ph", n=n, size=64)
     cfg = LungsPrepareConfig(source=[f"masks={root / 'ph'}"], out=root / out, size=size, workers=1)

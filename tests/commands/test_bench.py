@@ -12,7 +12,7 @@ import torch
 from cxrguide.cli import build_parser, main
 from cxrguide.config import ShortcutBenchConfig, config_from_args
 from cxrguide.errors import ConfigError
-from cxrguide.evaluation import shortcut
+from cxrguide.experiments import shortcut
 
 
 def test_parser_is_a_group_with_shortcut(capsys):
@@ -105,7 +105,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
         "continues the seed's 1-epoch Stage II run" in (out / "shortcut_from_stage2.md").read_text()
     )
     cont = pd.read_csv(out / "shortcut_from_stage2_runs.csv")
-    from cxrguide.training.runs import read_info
+    from cxrguide.core.runs import read_info
 
     info = read_info(cont.run.iloc[0])
     assert info.parent == str(out / "runs/seed0/stage2/stage2-mobilenet_v2")

@@ -8,7 +8,7 @@ import torch
 
 from cxrguide.cli import main
 from cxrguide.inference.onnx_runtime import OnnxRunner
-from cxrguide.training.runs import load_run
+from cxrguide.models.saved import load_run
 from inference_helpers import tiny_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 
 from cxrguide.cli import build_parser, main
 from cxrguide.config import TrainConfig, config_from_args
-from cxrguide.training import stages
 from cxrguide.training import tune as T
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -38,9 +37,9 @@ def _tune(prep: Path, out: Path, *extra: str) -> list[str]:
 # (most of a tiny trial's CPU time; the tuner reads only the val accuracy)
 FAST_CLI = """
 import sys
-from cxrguide.evaluation.evaluate import evaluate_run
-from cxrguide.training import stages
-stages.evaluate_run = lambda *a, **k: evaluate_run(*a, **{**k, "n_boot": 0, "attention_images": -1})
+from cxrguide.evaluation import evaluate as E
+_run = E.evaluate_run
+E.evaluate_run = lambda *a, **k: _run(*a, **{**k, "n_boot": 0, "attention_images": -1})
 from cxrguide.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -63,7 +62,13 @@ def fast_eval(monkeypatch):
     def fast(*args, **kwargs):
         return evaluate_run(*args, **{**kwargs, "n_boot": 0, "attention_images": -1})
 
-    monkeypatch.setattr(stages, "evaluate_run", fast)
+    def fast_score(run, split, cfg):
+        return fast(run, split, cfg.data, device=cfg.device, progress=False)
+
+    from cxrguide.evaluation import evaluate as E
+
+    monkeypatch.setattr(E, "score_split", fast_score)
+    return fast_score
 
 
 def test_user_errors_are_one_line(tiny_prepared, tmp_path, capsys):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from cxrguide.data.datasets import Prepared
 from cxrguide.evaluation import attention_metrics as am
+from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.zoo import create_model
 
 
@@ -128,7 +129,7 @@ def test_evaluate_puts_lung_energy_next_to_accuracy(tiny_prepared, tmp_path):
     lung = (((yy - 32) / 24) ** 2 + ((xx - 32) / 20) ** 2 <= 1).astype(np.uint8) * 255
     np.save(tiny_prepared / f"cache/lungs_{size}.npy", np.repeat(lung[None], n, axis=0))
     row = train(TrainConfig(stage=1, data=tiny_prepared, backbone="mobilenet_v2", weights="none",
-                            image_size=64, max_epochs=1, batch_size=8, out=tmp_path))[0]  # fmt: skip
+                            image_size=64, max_epochs=1, batch_size=8, out=tmp_path), score_split)[0]  # fmt: skip
     report = evaluate_run(row["run"], "test", n_boot=10, progress=False)
     saved = json.loads((tmp_path / "stage1-mobilenet_v2/metrics_test.json").read_text())
     energy = report["attention"]["lungs"]["energy"]

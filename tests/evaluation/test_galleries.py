@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cxrguide.attention.cam import LUNG_COLOR, cam_map, draw_contour
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import CxrGuideError
-from cxrguide.evaluation.explain import LUNG_COLOR, cam_map, draw_contour
 from cxrguide.evaluation.galleries import (
     RunExplainer,
     Sample,

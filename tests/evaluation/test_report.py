@@ -16,7 +16,7 @@ from PIL import Image
 
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.galleries import explain_run
-from cxrguide.evaluation.report import build_report, find_runs, markdown_blocks, pct
+from cxrguide.evaluation.report import build_report, find_runs, pct
 from explain_helpers import tiny_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -77,7 +77,6 @@ def extras(tmp_path_factory) -> dict[str, Path]:
     """A shortcut table as `bench shortcut` writes it and a tuning folder with Optuna plots."""
     import optuna
 
-    from cxrguide.evaluation.shortcut import table
     from cxrguide.training.tune import plot_history
 
     root = tmp_path_factory.mktemp("extras")
@@ -86,15 +85,14 @@ def extras(tmp_path_factory) -> dict[str, Path]:
                          "lung_energy": [0.3, 0.4, 0.8], "lung_pointing": [0.2, 0.3, 0.9],
                          "marker_energy": [0.5, 0.4, 0.1], "lesion_energy": [0.1, 0.1, 0.2],
                          "minutes": [1.0, 1.2, 2.0]})  # fmt: skip
-    md = "## Shortcut benchmark (mobilenet_v2)\n\nSome words.\n\n" + table(rows, ["stage2", "gate"])
-    (root / "shortcut.md").write_text(md + "\n")
+    rows.to_csv(root / "shortcut_runs.csv", index=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", study_name="tiny",
                                 sampler=optuna.samplers.RandomSampler(seed=0))  # fmt: skip
     study.optimize(lambda t: -((t.suggest_float("lr", 0, 1) - 0.3) ** 2), n_trials=4)
     (root / "tune").mkdir()
     plot_history(study, root / "tune/optimization_history.png")
-    return {"shortcut": root / "shortcut.md", "tune": root / "tune"}
+    return {"shortcut": root / "shortcut_runs.csv", "tune": root / "tune"}
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +110,6 @@ def test_find_runs_takes_run_folders_and_folders_of_runs(runs, tmp_path):
         find_runs([tmp_path / "missing"])
     with pytest.raises(CxrGuideError, match="no run folder"):
         find_runs([tmp_path])
-
-
-def test_markdown_blocks_read_the_benchmark_table():
-    blocks = markdown_blocks("## Title\n\ntext here\n| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | 4 |\n",
-                             "t")  # fmt: skip
-    assert blocks[0] == {"heading": "Title"} and blocks[1] == {"text": "text here"}
-    t = blocks[2]["table"]
-    assert t.header == ["a", "b"] and t.rows == [["1", "2"], ["3", "4"]]
 
 
 def test_report_holds_the_studys_tables_and_only_embedded_figures(report, runs):
@@ -168,7 +158,7 @@ def test_report_embeds_an_explain_folder_instead_of_drawing(runs, tmp_path):
         build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "nope")
     with pytest.raises(CxrGuideError, match="shortcut benchmark file not found"):
         build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs",
-                     shortcut=tmp_path / "none.md")  # fmt: skip
+                     shortcut=tmp_path / "none_runs.csv")  # fmt: skip
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cxrguide.core.runs import run_identifier
 from cxrguide.errors import CxrGuideError
 from cxrguide.inference.export import (
     META_FILE,
@@ -18,8 +19,7 @@ from cxrguide.inference.export import (
     export_run,
 )
 from cxrguide.inference.onnx_runtime import OnnxRunner
-from cxrguide.inference.predictor import run_identifier
-from cxrguide.training.runs import load_run
+from cxrguide.models.saved import load_run
 from inference_helpers import gated_run, tiny_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

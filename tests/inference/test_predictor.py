@@ -121,7 +121,7 @@ def test_dicom_and_jpeg_inputs(predictor, tmp_path):
 def test_gated_run_needs_and_uses_its_lung_model(tmp_path_factory, tmp_path):
     gated = gated_run(tmp_path_factory)
     predictor = Predictor(gated, backend="fp32")
-    assert predictor.lung_run == lung_run(tmp_path_factory)
+    assert predictor.segmenter.run == lung_run(tmp_path_factory)
     pred = predictor.predict_file(film(tmp_path / "f.png"))
     assert pred.lung is not None and pred.lung.flag == "ok" and 0.15 < pred.lung.area_fraction < 0.6
     assert pred.mask is not None and pred.mask.shape == (64, 64) and pred.mask.dtype == np.bool_

@@ -14,9 +14,11 @@ import yaml
 from cxr_testutils import write_lung_cache
 from cxrguide.cli import build_parser
 from cxrguide.config import TrainConfig, config_from_args
+from cxrguide.core.runs import RunInfo, read_info, save_run
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.evaluation.evaluate import score_split
+from cxrguide.models.saved import load_run
 from cxrguide.training import stages
-from cxrguide.training.runs import RunInfo, load_run, read_info, save_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +32,7 @@ def _cfg(prep: Path | None, out: Path, **kw) -> TrainConfig:
 
 def test_stage3_from_backbone_with_gate_and_gain(tiny_prepared, tmp_path):
     write_lung_cache(tiny_prepared, run="/somewhere/lung-run")
-    rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=2))
+    rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=2), score_split)
     run = Path(rows[0]["run"])
     assert run == tmp_path / "runs/stage3-mobilenet_v2"
     info = read_info(run)
@@ -79,7 +81,7 @@ def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, t
     save_run(parent, model, RunInfo("mobilenet_v2", 2, 64, [128, 64], [0.1, 0.05], "elu",
                                     "random", data=str(tiny_prepared)))  # fmt: skip
     rows = stages.train(_cfg(None, tmp_path / "runs", from_run=parent, attention=["gain"],
-                             gain_second_order=False, finetune_lr=1e-3))  # fmt: skip
+                             gain_second_order=False, finetune_lr=1e-3), score_split)  # fmt: skip
     trained, info = load_run(rows[0]["run"])
     assert info.parent == str(parent) and info.attention == ["gain"]
     saved = yaml.safe_load((Path(rows[0]["run"]) / "config.yaml").read_text())
@@ -97,11 +99,13 @@ def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, t
 
 def test_stage3_needs_the_lung_cache_for_the_gate(tiny_prepared, tmp_path):
     with pytest.raises(CxrGuideError, match="cxrguide lungs predict"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "runs", attention=["gate"]))
+        stages.train(_cfg(tiny_prepared, tmp_path / "runs", attention=["gate"]), score_split)
     with pytest.raises(CxrGuideError, match="cxrguide lungs predict"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "runs", attention=["gain", "external"]))
+        stages.train(
+            _cfg(tiny_prepared, tmp_path / "runs", attention=["gain", "external"]), score_split
+        )
     with pytest.raises(ConfigError, match="--data"):
-        stages.train(_cfg(None, tmp_path / "runs", attention=["gain"]))
+        stages.train(_cfg(None, tmp_path / "runs", attention=["gain"]), score_split)
 
 
 def test_cli_flags_for_stage3(tmp_path):
@@ -143,16 +147,16 @@ def test_stage3_gain_under_torchrun_gloo(tiny_prepared, tmp_path):
 def test_fine_tune_without_settings_is_stage2_on_the_same_code_path(tiny_prepared, tmp_path):
     from cxrguide.data.datasets import Prepared
     from cxrguide.models.zoo import create_model
-    from cxrguide.training.stage3 import fine_tune
+    from cxrguide.training.finetune import fine_tune
 
     prepared = Prepared.open(tiny_prepared)
     start = create_model("mobilenet_v2", "none", seed=2)
     info = RunInfo("mobilenet_v2", 0, 64, [128, 64], [0.1, 0.05], "elu", "random")
     cfg = _cfg(tiny_prepared, tmp_path / "runs", stage=2, finetune_lr=1e-3)
     with pytest.raises(ConfigError, match="optimizer"):
-        fine_tune(cfg, start, info, prepared, None, optimizer="lbfgs")
+        fine_tune(cfg, start, info, prepared, None, score_split, optimizer="lbfgs")
     row = fine_tune(cfg, create_model("mobilenet_v2", "none", seed=2), info, prepared, None,
-                    optimizer="adam")  # fmt: skip
+                    score_split, optimizer="adam")  # fmt: skip
     run = Path(row["run"])
     assert run.name == "stage2-mobilenet_v2"
     saved = read_info(run)

@@ -8,8 +8,9 @@ import torch
 
 from cxrguide.config import TrainConfig
 from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.evaluate import score_split
+from cxrguide.models.saved import load_run
 from cxrguide.training import stages
-from cxrguide.training.runs import load_run
 
 
 def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
@@ -19,8 +20,8 @@ def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
 
 
 def test_stage1_feature_cache_equals_training_the_frozen_whole_model(tiny_prepared, tmp_path):
-    cached = stages.train(_cfg(tiny_prepared, tmp_path / "a"))[0]
-    whole = stages.train(_cfg(tiny_prepared, tmp_path / "b", feature_cache=False))[0]
+    cached = stages.train(_cfg(tiny_prepared, tmp_path / "a"), score_split)[0]
+    whole = stages.train(_cfg(tiny_prepared, tmp_path / "b", feature_cache=False), score_split)[0]
     a, _ = load_run(cached["run"])
     b, _ = load_run(whole["run"])
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -38,7 +39,7 @@ def test_stage1_feature_cache_equals_training_the_frozen_whole_model(tiny_prepar
 
 def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, monkeypatch):
     rows = stages.train(
-        _cfg(tiny_prepared, tmp_path / "runs", backbone="mobilenet_v2,efficientnet_b0")
+        _cfg(tiny_prepared, tmp_path / "runs", backbone="mobilenet_v2,efficientnet_b0"), score_split
     )
     board = pd.read_csv(tmp_path / "runs/leaderboard_stage1.csv")
     assert list(board.backbone) == sorted(
@@ -58,24 +59,26 @@ def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, 
 
     monkeypatch.setattr(CxrClassifier, "forward_features", boom)
     monkeypatch.setattr(
-        stages, "_finish", lambda run, cfg, model, info: {"val_accuracy": 0, "test_accuracy": 0}
+        stages,
+        "finish_run",
+        lambda run, cfg, model, info, score: {"val_accuracy": 0, "test_accuracy": 0},
     )
-    stages.train(_cfg(tiny_prepared, tmp_path / "again"))
+    stages.train(_cfg(tiny_prepared, tmp_path / "again"), score_split)
 
 
 def test_existing_run_needs_resume(tiny_prepared, tmp_path):
-    stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1))
+    stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1), score_split)
     with pytest.raises(CxrGuideError, match="--resume"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1))
-    rows = stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1, resume=True))
+        stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1), score_split)
+    rows = stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1, resume=True), score_split)
     assert rows[0]["backbone"] == "mobilenet_v2"
 
 
 def test_stage2_fine_tunes_body_of_the_best_run(tiny_prepared, tmp_path):
-    stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=1))
+    stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=1), score_split)
     board = tmp_path / "runs/leaderboard_stage1.csv"
     rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", stage=2, from_run=board, top=1,
-                             max_epochs=1, finetune_lr=1e-2, data=None))  # fmt: skip
+                             max_epochs=1, finetune_lr=1e-2, data=None), score_split)  # fmt: skip
     s1, _ = load_run(tmp_path / "runs/stage1-mobilenet_v2")
     s2, info = load_run(rows[0]["run"])
     assert info.stage == 2 and info.parent.endswith("stage1-mobilenet_v2")
@@ -88,6 +91,9 @@ def test_stage2_fine_tunes_body_of_the_best_run(tiny_prepared, tmp_path):
 
 def test_stage2_needs_a_source(tiny_prepared, tmp_path):
     with pytest.raises(CxrGuideError, match="--from"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "x", stage=2))
+        stages.train(_cfg(tiny_prepared, tmp_path / "x", stage=2), score_split)
     with pytest.raises(CxrGuideError, match="no such leaderboard"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "x", stage=2, from_run=tmp_path / "nope.csv"))
+        stages.train(
+            _cfg(tiny_prepared, tmp_path / "x", stage=2, from_run=tmp_path / "nope.csv"),
+            score_split,
+        )

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 
 from cxrguide.config import TrainConfig, TuneConfig, load_config
 from cxrguide.errors import ConfigError
+from cxrguide.evaluation.evaluate import score_split
 from cxrguide.training import stages
 from cxrguide.training import tune as T
 
@@ -27,7 +28,13 @@ def fast_eval(monkeypatch):
     def fast(*args, **kwargs):
         return evaluate_run(*args, **{**kwargs, "n_boot": 0, "attention_images": -1})
 
-    monkeypatch.setattr(stages, "evaluate_run", fast)
+    def fast_score(run, split, cfg):
+        return fast(run, split, cfg.data, device=cfg.device, progress=False)
+
+    from cxrguide.evaluation import evaluate as E
+
+    monkeypatch.setattr(E, "score_split", fast_score)
+    return fast_score
 
 
 def _cfg(prep: Path, out: Path, **kw) -> TuneConfig:
@@ -108,7 +115,7 @@ def test_workers_sharing_a_seed_draw_different_points(tmp_path):
 @pytest.mark.slow
 def test_tune_trains_one_run_per_trial_and_is_reproducible(tiny_prepared, tmp_path, fast_eval):
     cfg = _cfg(tiny_prepared, tmp_path / "a", trials=3)
-    study, out = T.tune(cfg)
+    study, out = T.tune(cfg, fast_eval)
     trials = _trials(study)
     assert [t.number for t in trials] == [0, 1, 2]
     assert all(t.state == TrialState.COMPLETE for t in trials)
@@ -134,14 +141,14 @@ def test_tune_trains_one_run_per_trial_and_is_reproducible(tiny_prepared, tmp_pa
     assert files["history_plot"].read_bytes()[:4] == b"\x89PNG"
     assert len(T.trials_frame(study)) == 3
     # same seed, same CPU: same suggested values and results (trial 1 is TPE's, not random)
-    again, _ = T.tune(dataclasses.replace(cfg, out=tmp_path / "b", trials=2))
+    again, _ = T.tune(dataclasses.replace(cfg, out=tmp_path / "b", trials=2), fast_eval)
     assert [(t.params, t.value) for t in _trials(again)] == [
         (t.params, t.value) for t in trials[:2]
     ]
     # a worker capped at the study's total joins the finished study: nothing left to do
-    assert len(T.tune(dataclasses.replace(cfg, total_trials=3))[0].trials) == 3
+    assert len(T.tune(dataclasses.replace(cfg, total_trials=3), fast_eval)[0].trials) == 3
     # without a cap, running again adds its own trials to the same study
-    assert len(T.tune(dataclasses.replace(cfg, trials=1))[0].trials) == 4
+    assert len(T.tune(dataclasses.replace(cfg, trials=1), fast_eval)[0].trials) == 4
 
 
 def test_pruner_stops_a_trailing_trial_after_its_epoch(tiny_prepared, tmp_path):
@@ -160,7 +167,7 @@ def test_pruner_stops_a_trailing_trial_after_its_epoch(tiny_prepared, tmp_path):
                        "dropout_1": dist.FloatDistribution(0.0, 0.5),
                        "dropout_2": dist.FloatDistribution(0.0, 0.5),
                        "activation": dist.CategoricalDistribution(["elu", "relu", "gelu", "silu", "leaky_relu"])}))  # fmt: skip
-    study, out = T.tune(cfg)
+    study, out = T.tune(cfg, score_split)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert len(pruned) == 1 and list(pruned[0].intermediate_values) == [1]
     assert pruned[0].intermediate_values[1] < 1.0
@@ -174,7 +181,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tiny_prepared, tmp_path,
     cfg = _cfg(tiny_prepared, tmp_path / "f", lr=1e8, lr_range=[1e-3, 1e9])
     study, _ = T.open_study(T.plan(cfg))
     study.enqueue_trial({**T.first_params(cfg), "lr": 1e-2})  # then a sane one
-    study, _ = T.tune(cfg)
+    study, _ = T.tune(cfg, fast_eval)
     first, second = _trials(study)
     assert first.state == TrialState.FAIL and first.params["lr"] == 1e8
     assert first.user_attrs["error"].startswith("TrainingDivergedError:")
@@ -225,11 +232,11 @@ def test_joining_a_study_with_another_search_space_is_refused(tiny_prepared, tmp
 
 def test_stage2_tunes_the_fine_tuning_optimiser_of_a_stage1_run(tiny_prepared, tmp_path, fast_eval):
     stages.train(TrainConfig(data=tiny_prepared, out=tmp_path / "runs", weights="none",
-                             image_size=64, max_epochs=1, batch_size=8, lr=1e-2))  # fmt: skip
+                             image_size=64, max_epochs=1, batch_size=8, lr=1e-2), score_split)  # fmt: skip
     parent = tmp_path / "runs/stage1-mobilenet_v2"
     cfg = _cfg(None, tmp_path / "s2", stage=2, from_run=parent, trials=1, max_epochs=1,
                finetune_lr=1e-2, backbone="ignored")  # fmt: skip
-    study, out = T.tune(cfg)
+    study, out = T.tune(cfg, fast_eval)
     (trial,) = study.trials
     assert study.study_name == "stage2-mobilenet_v2" and trial.state == TrialState.COMPLETE
     run = out / "trial-0000/stage2-mobilenet_v2"

@@ -43,23 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrguide.attention.gradcam import grad_cam, tapped_features
+from cxrguide.config.training import MECHANISMS, parse_attention  # noqa: F401  (re-exported)
 from cxrguide.errors import ConfigError
-
-MECHANISMS = ("gate", "gain", "external")
-
-
-def parse_attention(items: Iterable[str]) -> list[str]:
-    """``["gate,gain", "external"]`` -> ``["gate", "gain", "external"]`` (validated, ordered)."""
-    names = [a.strip().lower() for item in items for a in str(item).split(",") if a.strip()]
-    unknown = sorted(set(names) - set(MECHANISMS))
-    if unknown:
-        raise ConfigError(
-            f"attention: unknown mechanism(s) {', '.join(unknown)}; choose from "
-            f"{', '.join(MECHANISMS)}"
-        )
-    if not names:
-        raise ConfigError(f"attention: give at least one of {', '.join(MECHANISMS)}")
-    return [m for m in MECHANISMS if m in names]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`cxrguide bench ACTION`: benchmarks that check the study's claims on controlled data.
 
 ``shortcut``: Stage II vs Stage III attention variants on synthetic phantoms whose markers
-give the class away (see :mod:`cxrguide.evaluation.shortcut`). Each action is a subcommand, so
+give the class away (see :mod:`cxrguide.experiments.shortcut`). Each action is a subcommand, so
 further benchmarks join as siblings.
 """
 
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_shortcut(args: argparse.Namespace) -> int:
-    from cxrguide.evaluation.shortcut import run_benchmark
+    from cxrguide.experiments.shortcut import run_benchmark
 
     cfg = config_from_args(ShortcutBenchConfig, args)
     md, _ = run_benchmark(cfg)

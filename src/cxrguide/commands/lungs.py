@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from cxrguide.data.lungs.prepare import prepare_lungs
+    from cxrguide.lungs.prepare import prepare_lungs
 
     result = prepare_lungs(config_from_args(LungsPrepareConfig, args))
     state = "already prepared (reused)" if result.reused else "prepared"
@@ -73,7 +73,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from cxrguide.training.lungs import describe, train_lungs
+    from cxrguide.lungs.train import describe, train_lungs
 
     result = train_lungs(config_from_args(LungsTrainConfig, args))
     fit = result.fit
@@ -86,7 +86,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from cxrguide.training.lungs import METRICS, describe, evaluate_lungs
+    from cxrguide.lungs.train import METRICS, describe, evaluate_lungs
 
     cfg = config_from_args(LungsEvaluateConfig, args)
     print(describe(evaluate_lungs(cfg)))
@@ -95,7 +95,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from cxrguide.training.lungs_predict import predict_images, predict_prepared
+    from cxrguide.lungs.predict import predict_images, predict_prepared
 
     cfg = config_from_args(LungsPredictConfig, args)
     if cfg.data is not None and cfg.images:

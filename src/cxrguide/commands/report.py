@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="embed the figures of a 'cxrguide explain' folder instead of "
                              "drawing new ones")  # fmt: skip
     parser.add_argument("--shortcut", type=Path, default=None, metavar="FILE",
-                        help="shortcut.md or shortcut_runs.csv from 'cxrguide bench shortcut'")  # fmt: skip
+                        help="shortcut_runs.csv (or its folder) from 'cxrguide bench shortcut'")  # fmt: skip
     parser.add_argument("--tune", type=Path, default=None, metavar="DIR",
                         help="a 'cxrguide tune' output folder (its plots are embedded)")  # fmt: skip
     parser.add_argument("--split", default="test", help="split of the tables (default test)")

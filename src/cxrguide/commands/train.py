@@ -20,11 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrguide.training.engine import is_main_process
-    from cxrguide.training.stages import LEADERBOARD, train
+    from cxrguide.core.engine import is_main_process
+    from cxrguide.evaluation.evaluate import score_split
+    from cxrguide.training.common import LEADERBOARD
+    from cxrguide.training.stages import train
 
     cfg = config_from_args(TrainConfig, args)
-    rows = train(cfg)
+    rows = train(cfg, score_split)
     if is_main_process():
         print(f"stage {cfg.stage}: {len(rows)} run(s); leaderboard "
               f"{cfg.out / LEADERBOARD.format(stage=cfg.stage)}")  # fmt: skip

@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         study, out = tuning.load(args.show, cfg.storage, cfg.out)
     else:
-        study, out = tuning.tune(cfg)
+        from cxrguide.evaluation.evaluate import score_split
+
+        study, out = tuning.tune(cfg, score_split)
     files = tuning.summarize(study, out)
     frame = tuning.trials_frame(study)
     states = frame.state.value_counts().items() if len(frame) else []

@@ -53,7 +53,7 @@ class ShortcutBenchConfig:
     workers: int = _f(2, "processes for synth and prepare")
 
     def validate(self) -> None:
-        from cxrguide.attention.gain import parse_attention
+        from cxrguide.config.training import parse_attention
 
         if self.n < 30 or self.shortcut_test < 3:
             raise ConfigError("n/shortcut_test: need n >= 30 and shortcut_test >= 3")

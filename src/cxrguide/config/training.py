@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from cxrguide.config.core import _f
 from cxrguide.errors import ConfigError
+
+# Stage III attention mechanisms, in the order they are applied (attention/gain.py implements them).
+MECHANISMS = ("gate", "gain", "external")
+
+
+def parse_attention(items: Iterable[str]) -> list[str]:
+    """``["gate,gain", "external"]`` -> ``["gate", "gain", "external"]`` (validated, ordered)."""
+    names = [a.strip().lower() for item in items for a in str(item).split(",") if a.strip()]
+    unknown = sorted(set(names) - set(MECHANISMS))
+    if unknown:
+        raise ConfigError(
+            f"attention: unknown mechanism(s) {', '.join(unknown)}; choose from "
+            f"{', '.join(MECHANISMS)}"
+        )
+    if not names:
+        raise ConfigError(f"attention: give at least one of {', '.join(MECHANISMS)}")
+    return [m for m in MECHANISMS if m in names]
 
 
 @dataclasses.dataclass
@@ -65,8 +83,6 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
-        from cxrguide.attention.gain import parse_attention
-
         self.attention = parse_attention(self.attention)
         if self.gain_alpha < 0 or self.external_weight < 0 or self.gain_omega <= 0:
             raise ConfigError("gain_alpha/external_weight: must be >= 0; gain_omega: > 0")

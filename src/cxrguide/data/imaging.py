@@ -414,3 +414,9 @@ def fit_square(img: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarr
     if img.dtype == np.bool_:
         return out >= 0.5
     return out.astype(img.dtype)
+
+
+def letterbox(gray: np.ndarray, size: int) -> np.ndarray:
+    """A decoded film -> the model's ``(size, size)`` float32 input in [0, 1], 8-bit levels
+    (the same square and levels as the prepared image cache)."""
+    return to_uint8(fit_square(gray, size)).astype(np.float32) / 255.0

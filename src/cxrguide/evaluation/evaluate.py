@@ -12,12 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cxrguide.config import TrainConfig
+from cxrguide.core.device import resolve_device
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.metrics import classification_report
 from cxrguide.labels import CLASSES
-from cxrguide.training.engine import resolve_device
-from cxrguide.training.runs import load_run
+from cxrguide.models.saved import load_run
 
 
 @torch.no_grad()
@@ -119,3 +120,9 @@ def write_results(
         table[f"p_{name}"] = probs[:, k]
     table.to_csv(out_dir / f"predictions_{split}.csv", index=False)
     return report
+
+
+def score_split(run_dir: Path, split: str, cfg: TrainConfig) -> dict[str, Any]:
+    """The :data:`~cxrguide.training.common.Scorer` every training caller hands in: a finished
+    run's metrics on ``split`` of its data (200 bootstrap resamples, quiet)."""
+    return evaluate_run(run_dir, split, cfg.data, device=cfg.device, n_boot=200, progress=False)

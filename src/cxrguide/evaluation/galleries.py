@@ -4,7 +4,7 @@ The pictures a reader checks the study's claim with: does the classifier look at
 Cases are chosen from the run's ``predictions_<split>.csv`` so that nobody cherry-picks: per
 true class the most confident correct cases, the most confident mistakes and the borderline
 cases (smallest gap between the two most probable classes). The heatmap is always the one of
-the *predicted* class (what the model used), drawn by :mod:`cxrguide.evaluation.explain`; the
+the *predicted* class (what the model used), drawn by :mod:`cxrguide.attention.cam`; the
 lung contour (magenta) comes from the prepared set's lung cache when it has one, and each
 caption says when it does not. Every figure is listed in ``DIR/explain.json`` with the images,
 labels and probabilities it shows, so a report can embed it without guessing.
@@ -24,12 +24,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrguide.attention.cam import CAM_METHODS, _Gated, cam_map, draw_contour, heat_overlay
+from cxrguide.core.device import resolve_device
+from cxrguide.core.runs import RunInfo, read_info
 from cxrguide.data.datasets import Prepared, resize
+from cxrguide.data.imaging import letterbox, read_image
 from cxrguide.errors import CxrGuideError
-from cxrguide.evaluation.explain import CAM_METHODS, _Gated, cam_map, draw_contour, heat_overlay
 from cxrguide.evaluation.report_figures import render_grid
 from cxrguide.labels import CLASSES
-from cxrguide.training.runs import RunInfo, load_run, read_info
+from cxrguide.lungs.predict import FilmSegmenter, find_lung_run
+from cxrguide.models.saved import load_run
 
 METHODS = (*CAM_METHODS, "scorecam")
 METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
@@ -183,14 +187,16 @@ def prepared_samples(prepared: Prepared, keys: Sequence[str]) -> list[Sample]:
 def file_samples(paths: Sequence[Path], run: Path, device: str = "cpu") -> list[Sample]:
     """Samples for image files, read and letterboxed as ``predict`` does (lungs segmented by
     the run's lung model when it names one); their true class is unknown."""
-    from cxrguide.inference.predictor import Predictor
-
-    predictor = Predictor(run, device=device, backend="fp32")
+    info = read_info(run)
+    segmenter = None
+    if info.lung_model:
+        segmenter = FilmSegmenter(find_lung_run(info.lung_model, run), resolve_device(device))
     samples = []
     for path in paths:
-        square, info = predictor.read(path)
-        masks, _ = predictor.segment(square[None], [info])
-        samples.append(Sample(str(path), square, None if masks is None else masks[0], None))
+        gray, image_info = read_image(path)
+        square = letterbox(gray, int(info.image_size))
+        mask = None if segmenter is None else segmenter.segment(square[None], [image_info])[0][0]
+        samples.append(Sample(str(path), square, mask, None))
     return samples
 
 
@@ -217,8 +223,6 @@ class RunExplainer:
     def __init__(self, run: str | Path, method: str = "gradcam", device: str = "cpu") -> None:
         if method not in METHODS:
             raise CxrGuideError(f"method: {method!r} unknown; choose one of {', '.join(METHODS)}")
-        from cxrguide.training.engine import resolve_device
-
         self.run = Path(run)
         self.model, self.info = load_run(self.run, resolve_device(device))
         self.method = method

@@ -22,12 +22,13 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from cxrguide.core.runs import MODEL_YAML, RunInfo, read_info
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.galleries import INDEX, STAGE_NAMES, compare_runs, explain_run
 from cxrguide.evaluation.report_figures import png_b64, run_figure
 from cxrguide.evaluation.report_template import TEMPLATE
+from cxrguide.evaluation.shortcut_summary import read_runs, summary_rows
 from cxrguide.labels import CLASSES
-from cxrguide.training.runs import MODEL_YAML, RunInfo, read_info
 
 
 @dataclass
@@ -207,39 +208,10 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
 
 
 # --- optional inputs ----------------------------------------------------------------------------
-def markdown_blocks(text: str, table_id: str) -> list[dict[str, Any]]:
-    """The small markdown ``bench`` writes: headings, paragraphs, pipe tables."""
-    blocks: list[dict[str, Any]] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        if line.startswith("|"):
-            rows = []
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
-                if not all(set(c) <= set("-: ") for c in cells):
-                    rows.append(cells)
-                i += 1
-            blocks.append({"table": Table(table_id, "", rows[0], rows[1:])})
-            continue
-        if line.startswith("#"):
-            blocks.append({"heading": line.lstrip("#").strip()})
-        elif line:
-            blocks.append({"text": line})
-        i += 1
-    return blocks
-
-
 def shortcut_blocks(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise CxrGuideError(f"{path}: shortcut benchmark file not found (--shortcut)")
-    if path.suffix.lower() == ".csv":
-        frame = pd.read_csv(path)
-        rows = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row]
-                for row in frame.itertuples(index=False)]  # fmt: skip
-        return [{"table": Table("shortcut", path.name, list(map(str, frame.columns)), rows)}]
-    return markdown_blocks(path.read_text(), "shortcut")
+    """The benchmark's summary table, computed from its per-run CSV."""
+    head, rows = summary_rows(read_runs(path))
+    return [{"table": Table("shortcut", path.name, head, rows)}]
 
 
 def tune_figures(folder: Path) -> list[dict[str, str]]:

@@ -175,8 +175,8 @@ def export_run(
     run: str | Path, fmt: str, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True
 ) -> ExportResult:
     """Export a run folder's classifier; with ``check`` fail unless parity is within 1e-4."""
-    from cxrguide.inference.predictor import run_identifier
-    from cxrguide.training.runs import load_run
+    from cxrguide.core.runs import run_identifier
+    from cxrguide.models.saved import load_run
 
     if fmt not in FORMATS:
         raise CxrGuideError(f"format: {fmt!r} is not one of {', '.join(FORMATS)}")

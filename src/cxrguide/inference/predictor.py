@@ -23,7 +23,6 @@ Calls are serialised by a lock, so one Predictor can be shared by a threaded ser
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import threading
 import warnings
@@ -35,36 +34,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrguide.core.device import resolve_device
+from cxrguide.core.runs import RunInfo, run_identifier
 from cxrguide.data.imaging import (
     DEFAULT_MAX_PIXELS,
     MIN_SIDE,
     ImageInfo,
-    fit_square,
+    letterbox,
     read_image,
-    to_uint8,
 )
 from cxrguide.errors import CxrGuideError, ImageReadError
-from cxrguide.evaluation.segmentation import MaskQuality, content_fraction, postprocess, quality
 from cxrguide.labels import CLASSES
-from cxrguide.training.engine import resolve_device
-from cxrguide.training.runs import RunInfo, load_run
+from cxrguide.lungs.metrics import MaskQuality
+from cxrguide.lungs.predict import FilmSegmenter, find_lung_run
+from cxrguide.models.saved import load_run
 
 BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx")
 CPU_DEFAULT = "onnx"  # chosen with bench/inference.py (see the module docstring)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp",
                   ".webp", ".jp2"}  # fmt: skip
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
-
-
-def run_identifier(run: str | Path) -> str:
-    """``<folder name>@<first 12 hex of model.pt's SHA-256>``: names the exact weights."""
-    run = Path(run)
-    weights = run / "model.pt"
-    if not weights.is_file():
-        raise CxrGuideError(f"{run}: no model.pt (not a finished run)")
-    with weights.open("rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    return f"{run.resolve().name}@{digest[:12]}"
 
 
 def bf16_supported() -> bool:
@@ -85,11 +74,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if CPU_DEFAULT == "bf16" and not bf16_supported():
         return "channels_last"
     return CPU_DEFAULT
-
-
-def letterbox(gray: np.ndarray, size: int) -> np.ndarray:
-    """A decoded film -> the model's ``(size, size)`` float32 input in [0, 1], 8-bit levels."""
-    return to_uint8(fit_square(gray, size)).astype(np.float32) / 255.0
 
 
 def looks_like_image(path: Path) -> bool:
@@ -161,18 +145,6 @@ class Prediction:
         return row
 
 
-def _resolve_lung_run(value: str, run_dir: Path) -> Path:
-    """``RunInfo.lung_model`` as written (absolute or relative to the cwd, the run or its parent)."""
-    candidate = Path(value).expanduser()
-    for path in (candidate, run_dir / candidate, run_dir.parent / candidate):
-        if (path / "config.yaml").is_file():
-            return path
-    raise CxrGuideError(
-        f"{run_dir}: its lung model {value!r} was not found; pass --lung-model RUN "
-        "(a 'cxrguide lungs train' run)"
-    )
-
-
 class Predictor:
     """A loaded run (+ lung segmenter) that labels gray images or files; thread-safe."""
 
@@ -192,15 +164,10 @@ class Predictor:
         self.run_id = run_identifier(self.run_dir)
         self.size = int(self.info.image_size)
         self.max_pixels, self.min_side = max_pixels, min_side
-        self.lung_run: Path | None = None
-        self.lung_model = self.lung_cfg = None
+        self.segmenter: FilmSegmenter | None = None
         lung_value = str(lung_model) if lung_model else self.info.lung_model
         if lung_value:
-            from cxrguide.training.lungs import load_run as load_lungs
-
-            self.lung_run = _resolve_lung_run(lung_value, self.run_dir)
-            net, self.lung_cfg = load_lungs(self.lung_run)
-            self.lung_model = net.to(self.device).eval()
+            self.segmenter = FilmSegmenter(find_lung_run(lung_value, self.run_dir), self.device)
         elif self.info.lung_gate:
             raise CxrGuideError(
                 f"{self.run_dir}: the classifier gates on lung masks but names no lung model; "
@@ -250,18 +217,9 @@ class Predictor:
         self, squares: np.ndarray, infos: list[ImageInfo]
     ) -> tuple[np.ndarray, list[MaskQuality]] | tuple[None, None]:
         """Post-processed lung masks ``(B, S, S)`` bool and their quality, or (None, None)."""
-        if self.lung_model is None or self.lung_cfg is None:
+        if self.segmenter is None:
             return None, None
-        from cxrguide.training.lungs import predict_batch
-
-        probs = predict_batch(self.lung_model, squares, self.lung_cfg.size, self.device)
-        masks, flags = [], []
-        for prob, info in zip(probs, infos, strict=True):
-            raw = prob >= self.lung_cfg.threshold
-            final = postprocess(raw)
-            masks.append(final)
-            flags.append(quality(raw, final, content_fraction(info.width, info.height)))
-        return np.stack(masks), flags
+        return self.segmenter.segment(squares, infos)
 
     def probabilities(self, squares: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
         """Softmax ``(B, 3)`` for ``(B, S, S)`` inputs in [0, 1] through the chosen backend."""
@@ -330,7 +288,7 @@ class Predictor:
 
     def cam(self, prediction: Prediction, method: str = "gradcam", target: int | None = None):
         """RGB uint8 Grad-CAM overlay (heatmap + lung contour) for a prediction."""
-        from cxrguide.evaluation.explain import cam_overlay
+        from cxrguide.attention.cam import cam_overlay
 
         with self._lock:
             return cam_overlay(self.model, prediction.image,
@@ -344,7 +302,7 @@ class Predictor:
         return {
             "run_id": self.run_id, "backbone": info.backbone, "stage": info.stage,
             "classes": list(CLASSES), "image_size": self.size, "lung_gate": info.lung_gate,
-            "lung_model": None if self.lung_run is None else self.lung_run.resolve().name,
+            "lung_model": None if self.segmenter is None else self.segmenter.run.resolve().name,
             "attention": list(info.attention), "weights_source": _public(info.weights_source),
             "backend": self.backend, "device": str(self.device),
             "training_data": training_summary(self.run_dir, info),

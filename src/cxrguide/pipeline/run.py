@@ -123,30 +123,31 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
 
 def _lungs_prepare(cfg: LungsPrepareConfig) -> dict[str, Any]:
-    from cxrguide.data.lungs.prepare import prepare_lungs
+    from cxrguide.lungs.prepare import prepare_lungs
 
     prepare_lungs(cfg)
     return {"folder": str(cfg.out)}
 
 
 def _lungs_train(cfg: LungsTrainConfig) -> dict[str, Any]:
-    from cxrguide.training.lungs import train_lungs
+    from cxrguide.lungs.train import train_lungs
 
     train_lungs(cfg)
     return {"run": str(cfg.out)}
 
 
 def _lungs_predict(cfg: LungsPredictConfig) -> dict[str, Any]:
-    from cxrguide.training.lungs_predict import predict_prepared
+    from cxrguide.lungs.predict import predict_prepared
 
     predict_prepared(cfg)
     return {"masks": str(cfg.data)}
 
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:
+    from cxrguide.evaluation.evaluate import score_split
     from cxrguide.training.stages import train
 
-    rows = train(cfg)
+    rows = train(cfg, score_split)
     best = max(rows, key=lambda r: r["val_accuracy"])
     return {"runs": [r["run"] for r in rows], "best": best["run"],
             "best_val_accuracy": best["val_accuracy"]}  # fmt: skip
@@ -182,8 +183,8 @@ def _tune(cfg: TuneConfig, board: Path) -> dict[str, Any]:
 
 def _explain(bests: list[str], out: Path, options: dict[str, Any]) -> dict[str, Any]:
     """Galleries of each stage's best run, and the study's figure: one backbone across stages."""
+    from cxrguide.core.runs import read_info
     from cxrguide.evaluation.galleries import compare_runs, explain_run
-    from cxrguide.training.runs import read_info
 
     per_group = int(options.get("per_group", 2))
     method = options.get("method", "gradcam")

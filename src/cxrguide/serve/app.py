@@ -36,8 +36,8 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from cxrguide.attention.cam import CAM_METHODS
 from cxrguide.errors import ImageReadError
-from cxrguide.evaluation.explain import CAM_METHODS
 from cxrguide.inference.predictor import Prediction, Predictor
 
 DISCLAIMER = (

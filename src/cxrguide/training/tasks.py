@@ -1,10 +1,11 @@
-"""Per-stage training tasks plugged into :func:`cxrguide.training.engine.fit`."""
+"""Per-stage training tasks plugged into :func:`cxrguide.core.engine.fit`."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from cxrguide.attention.gain import GainSettings
 from cxrguide.training.losses import l2_penalty, paper_cross_entropy
 
 
@@ -38,3 +39,34 @@ class FeatureTask(ClassifierTask):
 
     def logits(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return model(batch["features"])
+
+
+class Stage3Task:
+    """Batches -> L = L_clas + alpha L_am + w_e L_e (+ the study's L2 penalty)."""
+
+    def __init__(self, settings: GainSettings, l2: float) -> None:
+        self.settings = settings
+        self.l2 = l2
+
+    def _terms(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(batch["image"], batch["label"], batch.get("lung"))
+        ce = paper_cross_entropy(out["logits"], batch["label"])
+        s = self.settings
+        total = ce
+        if s.gain:
+            total = total + s.alpha * out["am"]
+        if s.external:
+            total = total + s.external_weight * out["ext"]
+        n = len(batch["label"])
+        correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
+        sums = {"loss": total.detach().item() * n, "ce": ce.detach().item() * n,
+                "am": out["am"].detach().item() * n, "ext": out["ext"].detach().item() * n,
+                "acc": correct, "n": n}  # fmt: skip
+        return total, sums
+
+    def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        total, sums = self._terms(model, batch)
+        return total + l2_penalty(model, self.l2), sums
+
+    def eval_step(self, model: nn.Module, batch: dict) -> dict[str, float]:
+        return self._terms(model, batch)[1]

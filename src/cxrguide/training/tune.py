@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cxrguide.config import TrainConfig, TuneConfig, from_dict, save_yaml, to_dict
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.training.common import Scorer
 from cxrguide.training.tune_space import (  # noqa: F401  (re-exported: the module's API)
     SPACE_FIELDS,
     PerTrialSeededSampler,
@@ -83,10 +84,10 @@ def default_out(study_name: str) -> Path:
 
 
 def plan(cfg: TuneConfig) -> Plan:
+    from cxrguide.core.runs import read_info
     from cxrguide.models.head import ACTIVATIONS
     from cxrguide.models.zoo import get_spec
-    from cxrguide.training.runs import read_info
-    from cxrguide.training.stages import parents
+    from cxrguide.training.common import parents
 
     unknown = sorted(set(cfg.activations) - set(ACTIVATIONS))
     if unknown:
@@ -149,11 +150,11 @@ def open_study(p: Plan) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
 class Objective:
     """One trial: train a run folder with the suggested values; its val accuracy is the value."""
 
-    def __init__(self, p: Plan, storage: optuna.storages.BaseStorage) -> None:
-        self.p, self.storage = p, storage
+    def __init__(self, p: Plan, storage: optuna.storages.BaseStorage, score: Scorer) -> None:
+        self.p, self.storage, self.score = p, storage, score
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from cxrguide.training import stages
+        from cxrguide.training import finetune, stages
 
         p, attrs = self.p, trial.user_attrs
         trial.set_user_attr("host", HOST)
@@ -169,10 +170,10 @@ class Objective:
             _replay_history(trial, run)
             report = partial(_report, trial, cfg.max_epochs)
             if p.base.stage == 1:
-                row = stages.stage1(cfg, p.backbone, p.prepared, on_epoch_end=report)
+                row = stages.stage1(cfg, p.backbone, p.prepared, self.score, report)
             else:
                 assert p.parent is not None
-                row = stages.stage2(cfg, p.parent, p.prepared, on_epoch_end=report)
+                row = finetune.stage2(cfg, p.parent, p.prepared, self.score, report)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -217,8 +218,8 @@ def _warm_feature_cache(p: Plan) -> None:
         return
     import fcntl
 
+    from cxrguide.core.device import resolve_device
     from cxrguide.models.zoo import create_model
-    from cxrguide.training.engine import resolve_device
     from cxrguide.training.features import pooled_features
 
     b = p.base
@@ -234,13 +235,14 @@ def _warm_feature_cache(p: Plan) -> None:
                         precision=b.precision, channels_last=b.channels_last)  # fmt: skip
 
 
-def tune(cfg: TuneConfig) -> tuple[optuna.Study, Path]:
+def tune(cfg: TuneConfig, score: Scorer) -> tuple[optuna.Study, Path]:
     """Run ``cfg.trials`` trials (Optuna's ``n_trials``), fewer if the study reaches
-    ``cfg.total_trials`` finished ones over all its workers first."""
+    ``cfg.total_trials`` finished ones over all its workers first; ``score`` evaluates each
+    trial's run (see :data:`~cxrguide.training.common.Scorer`)."""
     p = plan(cfg)
     study, storage = open_study(p)
     _warm_feature_cache(p)
-    objective = Objective(p, storage)
+    objective = Objective(p, storage, score)
     for _ in range(cfg.trials):
         recover_dead_trials(study, storage, cfg.retries)
         if cfg.total_trials and finished_count(study) >= cfg.total_trials:

@@ -32,14 +32,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from cxrguide.config import LungsPredictConfig, load_yaml
+from cxrguide.core import engine
+from cxrguide.core.device import resolve_device
 from cxrguide.data import cache
-from cxrguide.data.imaging import fit_square, read_image, to_uint8
-from cxrguide.data.lungs.records import lung_cache_path
+from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
-from cxrguide.evaluation.segmentation import MaskQuality, content_fraction, postprocess, quality
-from cxrguide.models.unet import LungSegmenter
-from cxrguide.training import engine
-from cxrguide.training.lungs import inference_batch, load_run, predict_batch
+from cxrguide.lungs.metrics import MaskQuality, content_fraction, postprocess, quality
+from cxrguide.lungs.records import lung_cache_path
+from cxrguide.lungs.train import inference_batch, load_lung_run, predict_batch
+from cxrguide.lungs.unet import LungSegmenter
 
 QUALITY_FILE = "lung_quality.csv"
 QUALITY_COLUMNS = ["image_id", "area_fraction", "components", "lungs", "flag"]
@@ -117,9 +118,9 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     quality_path = (out or prep) / QUALITY_FILE
     masks_path = out / f"lungs_{size}.npy" if out else lung_cache_path(prep, size)
     masks_path.parent.mkdir(parents=True, exist_ok=True)
-    model, train_cfg = load_run(cfg.run)
+    model, train_cfg = load_lung_run(cfg.run)
     threshold = cfg.threshold if cfg.threshold is not None else train_cfg.threshold
-    device = engine.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     model.to(device)
 
     tmp = masks_path.with_name(masks_path.name + ".tmp.npy")
@@ -182,9 +183,9 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
     assert cfg.run is not None
     if not cfg.images:
         raise ConfigError("images: give image files or --data PREP")
-    model, train_cfg = load_run(cfg.run)
+    model, train_cfg = load_lung_run(cfg.run)
     threshold = cfg.threshold if cfg.threshold is not None else train_cfg.threshold
-    device = engine.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     model.to(device)
     for folder in (cfg.out, cfg.overlay):
         if folder is not None:
@@ -219,3 +220,40 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
             results.append(result)
     order = {p: i for i, p in enumerate(map(str, cfg.images))}
     return sorted(results, key=lambda r: order.get(r.path, 0))
+
+
+def find_lung_run(value: str, run_dir: Path) -> Path:
+    """``RunInfo.lung_model`` as written (absolute or relative to the cwd, the run or its parent)."""
+    candidate = Path(value).expanduser()
+    for path in (candidate, run_dir / candidate, run_dir.parent / candidate):
+        if (path / "config.yaml").is_file():
+            return path
+    raise CxrGuideError(
+        f"{run_dir}: its lung model {value!r} was not found; pass --lung-model RUN "
+        "(a 'cxrguide lungs train' run)"
+    )
+
+
+class FilmSegmenter:
+    """A lung run loaded once, segmenting letterboxed films: post-processed masks + quality.
+
+    What ``predict``, ``serve`` and the galleries of new files share (one post-processing rule).
+    """
+
+    def __init__(self, run: Path, device: torch.device) -> None:
+        self.run, self.device = run, device
+        net, self.cfg = load_lung_run(run)
+        self.model = net.to(device).eval()
+
+    def segment(
+        self, squares: np.ndarray, infos: list[ImageInfo]
+    ) -> tuple[np.ndarray, list[MaskQuality]]:
+        """``(B, S, S)`` films in [0, 1] -> bool masks ``(B, S, S)`` and their quality flags."""
+        probs = predict_batch(self.model, squares, self.cfg.size, self.device)
+        masks, flags = [], []
+        for prob, info in zip(probs, infos, strict=True):
+            raw = prob >= self.cfg.threshold
+            final = postprocess(raw)
+            masks.append(final)
+            flags.append(quality(raw, final, content_fraction(info.width, info.height)))
+        return np.stack(masks), flags

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cxrguide.errors import ConfigError
-from cxrguide.models.unet import DiceBCELoss, LungSegmenter, build_unet, normalize
+from cxrguide.lungs.unet import DiceBCELoss, LungSegmenter, build_unet, normalize
 
 SMALL = (4, 8, 8, 16, 16, 4)
 

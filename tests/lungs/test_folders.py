@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrguide.data.lungs import LEFT, LUNG, RIGHT, LungRecord, load_mask, open_lung_source
-from cxrguide.data.lungs.folders import MaskFolderSource, read_mask_file
 from cxrguide.data.sources.base import Rejection
 from cxrguide.errors import ImageReadError, SourceLayoutError
+from cxrguide.lungs import LEFT, LUNG, RIGHT, LungRecord, load_mask, open_lung_source
+from cxrguide.lungs.folders import MaskFolderSource, read_mask_file
 from lung_phantoms import write_phantoms
 
 

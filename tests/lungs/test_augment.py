@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from cxrguide.data.lungs.augment import PairAugment
+from cxrguide.lungs.augment import PairAugment
 
 
 def _pair(b=4, size=48):

@@ -9,6 +9,7 @@ once evaluated.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,6 @@ import yaml
 
 from cxrguide.config import from_dict, to_dict
 from cxrguide.errors import CxrGuideError
-from cxrguide.models.classifier import CxrClassifier
 
 MODEL_YAML, MODEL_WEIGHTS = "model.yaml", "model.pt"
 
@@ -38,7 +38,7 @@ class RunInfo:
     attention: list[str] = field(default_factory=list)
 
 
-def save_run(run_dir: Path, model: CxrClassifier, info: RunInfo) -> None:
+def save_run(run_dir: Path, model: torch.nn.Module, info: RunInfo) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), run_dir / MODEL_WEIGHTS)
     (run_dir / MODEL_YAML).write_text(yaml.safe_dump(to_dict(info), sort_keys=False))
@@ -51,25 +51,16 @@ def read_info(run_dir: str | Path) -> RunInfo:
     return from_dict(RunInfo, yaml.safe_load(path.read_text()), str(path))
 
 
-def load_run(
-    run_dir: str | Path, device: torch.device | str = "cpu"
-) -> tuple[CxrClassifier, RunInfo]:
-    """Rebuild the network of a run and load its best weights (no download needed)."""
-    from cxrguide.models.zoo import create_model
-
-    info = read_info(run_dir)
-    model = create_model(
-        info.backbone,
-        "none",
-        head_widths=info.head_widths,
-        head_dropouts=info.head_dropouts,
-        head_activation=info.activation,
-    )
-    state = torch.load(Path(run_dir) / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model.weights_source = f"run:{run_dir} (started from {info.weights_source})"
-    return model.to(device).eval(), info
-
-
 def with_changes(info: RunInfo, **changes) -> RunInfo:
     return dataclasses.replace(info, **changes)
+
+
+def run_identifier(run: str | Path) -> str:
+    """``<folder name>@<first 12 hex of model.pt's SHA-256>``: names the exact weights."""
+    run = Path(run)
+    weights = run / MODEL_WEIGHTS
+    if not weights.is_file():
+        raise CxrGuideError(f"{run}: no {MODEL_WEIGHTS} (not a finished run)")
+    with weights.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return f"{run.resolve().name}@{digest[:12]}"

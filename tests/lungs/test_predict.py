@@ -13,8 +13,8 @@ from PIL import Image
 from cxrguide.config import LungsPredictConfig, LungsTrainConfig
 from cxrguide.data.imaging import fit_square
 from cxrguide.errors import CxrGuideError
-from cxrguide.training.lungs import train_lungs
-from cxrguide.training.lungs_predict import predict_images, predict_prepared, unletterbox
+from cxrguide.lungs.predict import predict_images, predict_prepared, unletterbox
+from cxrguide.lungs.train import train_lungs
 from lung_phantoms import prepared_lung_phantoms, write_phantoms
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -114,7 +114,7 @@ def test_batch_size_zero_is_automatic_per_device():
     import torch
 
     from cxrguide.errors import ConfigError
-    from cxrguide.training.lungs import inference_batch
+    from cxrguide.lungs.train import inference_batch
 
     assert inference_batch(0, torch.device("cpu")) == 4
     assert inference_batch(0, torch.device("cuda")) == 16

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from cxrguide.data.lungs.records import LEFT, LUNG, RIGHT, LungMask, LungRecord
 from cxrguide.data.sources.base import Rejection
 from cxrguide.errors import SourceLayoutError
+from cxrguide.lungs.records import LEFT, LUNG, RIGHT, LungMask, LungRecord
 
 KIND = "v7"
 ZIP_SEP = "::"

@@ -1,4 +1,6 @@
-"""Stage III: guided attention (lung gate, GAIN attention mining, lung-mask supervision).
+"""Stage II and III: the one fine-tuning path (Stage II is Stage III with no attention).
+
+Stage III adds guided attention (lung gate, GAIN attention mining, lung-mask supervision).
 
 ``cxrguide train --stage 3 --from RUN|LEADERBOARD --attention gate,gain[,external]`` fine-tunes
 Stage II runs (the study's order) with the mechanisms switched on; without ``--from`` it starts
@@ -25,48 +27,25 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from cxrguide.attention.gain import GainSettings, GuidedAttention, parse_attention
 from cxrguide.config import TrainConfig
+from cxrguide.core import engine
+from cxrguide.core.runs import RunInfo, read_info
 from cxrguide.data.datasets import CxrAugment, CxrDataset, Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.classifier import CxrClassifier
-from cxrguide.training import engine
-from cxrguide.training.losses import l2_penalty, paper_cross_entropy
-from cxrguide.training.runs import RunInfo, load_run, read_info
-from cxrguide.training.tasks import ClassifierTask
-
-
-class Stage3Task:
-    """Batches -> L = L_clas + alpha L_am + w_e L_e (+ the study's L2 penalty)."""
-
-    def __init__(self, settings: GainSettings, l2: float) -> None:
-        self.settings = settings
-        self.l2 = l2
-
-    def _terms(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        out = model(batch["image"], batch["label"], batch.get("lung"))
-        ce = paper_cross_entropy(out["logits"], batch["label"])
-        s = self.settings
-        total = ce
-        if s.gain:
-            total = total + s.alpha * out["am"]
-        if s.external:
-            total = total + s.external_weight * out["ext"]
-        n = len(batch["label"])
-        correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
-        sums = {"loss": total.detach().item() * n, "ce": ce.detach().item() * n,
-                "am": out["am"].detach().item() * n, "ext": out["ext"].detach().item() * n,
-                "acc": correct, "n": n}  # fmt: skip
-        return total, sums
-
-    def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        total, sums = self._terms(model, batch)
-        return total + l2_penalty(model, self.l2), sums
-
-    def eval_step(self, model: nn.Module, batch: dict) -> dict[str, float]:
-        return self._terms(model, batch)[1]
+from cxrguide.models.saved import load_run
+from cxrguide.training.common import (
+    Scorer,
+    backbones,
+    engine_config,
+    finish_run,
+    parents,
+    run_dir,
+    sgd,
+)
+from cxrguide.training.tasks import ClassifierTask, Stage3Task
 
 
 def settings_from(cfg: TrainConfig) -> GainSettings:
@@ -133,23 +112,24 @@ def fine_tune(
     info: RunInfo,
     prepared: Prepared,
     settings: GainSettings | None,
+    score: Scorer,
     *,
     optimizer: str = "sgd",
+    on_epoch_end=None,
 ) -> dict:
     """Fine-tune body and head; ``settings`` None is plain Stage II, else Stage III.
 
     One code path for both, so a benchmark's Stage II and Stage III runs differ only in the
     attention terms. ``optimizer``: ``"sgd"`` (the study's, ``cfg.momentum``) or ``"adam"``
     (the shortcut benchmark's: from random weights SGD does not learn in a CPU-sized budget).
+    ``on_epoch_end(epoch, row)`` goes to :func:`engine.fit` (the tuner reports to its pruner).
     """
-    from cxrguide.training.stages import _finish, _optimizer, _run_dir, engine_config
-
     names = parse_attention(cfg.attention) if settings is not None else []
     lungs = settings is not None and settings.needs_lungs
     if lungs:
         check_lungs(prepared)
     model.unfreeze_body().train()
-    run = _run_dir(cfg, info.backbone)
+    run = run_dir(cfg, info.backbone)
     size = cfg.image_size or info.image_size or model.input_size[0]
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
     train = CxrDataset(prepared, "train", image_size=size, augment=augment, with_lungs=lungs)
@@ -159,7 +139,7 @@ def fine_tune(
     else:
         net, task = GuidedAttention(model, settings), Stage3Task(settings, cfg.l2)
     if optimizer == "sgd":
-        opt = _optimizer(net.parameters(), cfg.finetune_lr, cfg.momentum)
+        opt = sgd(net.parameters(), cfg.finetune_lr, cfg.momentum)
     elif optimizer == "adam":
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], cfg.finetune_lr)
     else:
@@ -168,20 +148,32 @@ def fine_tune(
         net, task,
         engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
-        opt, engine_config(cfg), run,
+        opt, engine_config(cfg), run, on_epoch_end=on_epoch_end,
     )  # fmt: skip
     new = dataclasses.replace(
         info, stage=2 if settings is None else 3, image_size=size, data=str(prepared.root),
         lung_gate=settings is not None and settings.gate,
         lung_model=lung_model_of(cfg, prepared) if lungs else "", attention=names,
     )  # fmt: skip
-    return _finish(
-        run, dataclasses.replace(cfg, attention=names or cfg.attention), model.cpu(), new
+    return finish_run(
+        run, dataclasses.replace(cfg, attention=names or cfg.attention), model.cpu(), new, score
     )
 
 
+def stage2(
+    cfg: TrainConfig, parent: Path, prepared: Prepared, score: Scorer, on_epoch_end=None
+) -> dict:
+    """Fine-tune body and head of a Stage I run, with CXR-safe augmentation (no attention)."""
+    model, info = _start(cfg, parent, None)
+    return fine_tune(cfg, model, info, prepared, None, score, on_epoch_end=on_epoch_end)
+
+
 def stage3(
-    cfg: TrainConfig, parent: Path | None, prepared: Prepared, backbone: str | None = None
+    cfg: TrainConfig,
+    parent: Path | None,
+    prepared: Prepared,
+    score: Scorer,
+    backbone: str | None = None,
 ) -> dict:
     """Fine-tune ``parent`` (or a fresh ``backbone`` when ``parent`` is None) with attention."""
     settings = settings_from(dataclasses.replace(cfg, attention=parse_attention(cfg.attention)))
@@ -194,16 +186,16 @@ def stage3(
               "GAIN uses --gain-bn clean")  # fmt: skip
         cfg = dataclasses.replace(cfg, gain_bn="clean")  # recorded in the run's config.yaml
         settings = dataclasses.replace(settings, erased_bn="clean")
-    return fine_tune(cfg, model, info, prepared, settings)
+    return fine_tune(cfg, model, info, prepared, settings, score)
 
 
-def train_stage3(cfg: TrainConfig) -> tuple[TrainConfig, list[dict]]:
-    """Every Stage III job of ``cfg``: the runs of ``--from``, else each ``--backbone``.
+def train_finetune(cfg: TrainConfig, score: Scorer) -> tuple[TrainConfig, list[dict]]:
+    """Every Stage II/III job of ``cfg``: the runs of ``--from``, else (Stage III) each
+    ``--backbone``.
 
     Returns the config with ``data`` resolved (for the leaderboard) and one row per run.
     """
-    from cxrguide.training.stages import backbones, parents
-
+    job = stage2 if cfg.stage == 2 else stage3
     if cfg.from_run is not None:
         sources = parents(cfg)
         data = cfg.data or read_info(sources[0]).data
@@ -211,8 +203,10 @@ def train_stage3(cfg: TrainConfig) -> tuple[TrainConfig, list[dict]]:
             raise ConfigError("data: the parent run does not record its data; give --data PREP")
         prepared = Prepared.open(data)
         cfg = dataclasses.replace(cfg, data=Path(data))
-        return cfg, [stage3(cfg, parent, prepared) for parent in sources]
+        return cfg, [job(cfg, parent, prepared, score) for parent in sources]
+    if cfg.stage == 2:
+        parents(cfg)  # raises the one-line "need --from" error
     if cfg.data is None:
         raise ConfigError("data: Stage III without --from needs --data PREP")
     prepared = Prepared.open(cfg.data)
-    return cfg, [stage3(cfg, None, prepared, name) for name in backbones(cfg)]
+    return cfg, [stage3(cfg, None, prepared, score, name) for name in backbones(cfg)]

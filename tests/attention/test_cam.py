@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from cxrguide.errors import CxrGuideError
-from cxrguide.evaluation.explain import (
+from cxrguide.attention.cam import (
     CAM_METHODS,
     LUNG_COLOR,
     cam_map,
     cam_overlay,
     draw_contour,
 )
+from cxrguide.errors import CxrGuideError
 from cxrguide.models.zoo import create_model
 
 

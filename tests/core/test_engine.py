@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from cxrguide.training import engine
+from cxrguide.core import engine
 from cxrguide.training.losses import l2_penalty, paper_cross_entropy
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from cxrguide.config import LungsEvaluateConfig, LungsPrepareConfig, LungsTrainConfig
-from cxrguide.data.lungs.prepare import prepare_lungs
 from cxrguide.errors import CxrGuideError
-from cxrguide.training.lungs import (
+from cxrguide.lungs.prepare import prepare_lungs
+from cxrguide.lungs.train import (
     LungsDataset,
     evaluate_lungs,
-    load_run,
+    load_lung_run,
     predict_batch,
     train_lungs,
 )
@@ -77,7 +77,7 @@ def test_finished_run_is_not_retrained_and_config_changes_refused(trained, prepa
 
 
 def test_killed_run_resumes_with_the_same_augmentations(prepared, tmp_path, monkeypatch):
-    from cxrguide.training import engine
+    from cxrguide.core import engine
 
     full = train_lungs(_cfg(prepared, tmp_path / "full", max_epochs=3))
 
@@ -108,7 +108,7 @@ def test_evaluate_rewrites_only_the_asked_split(trained):
 
 
 def test_predict_batch_works_at_any_cache_size(trained, prepared):
-    model, cfg = load_run(trained.run)
+    model, cfg = load_lung_run(trained.run)
     ds = LungsDataset(prepared, "test")
     image, mask = ds[0]
     img = image[0].numpy()
@@ -126,7 +126,7 @@ def test_errors(prepared, tmp_path):
     with pytest.raises(CxrGuideError, match="not a folder written by 'cxrguide lungs prepare'"):
         train_lungs(_cfg(tmp_path, tmp_path / "r"))
     with pytest.raises(CxrGuideError, match="not a run folder"):
-        load_run(tmp_path)
+        load_lung_run(tmp_path)
     with pytest.raises(CxrGuideError, match="size: must be 0 or a multiple of 16"):
         LungsTrainConfig(size=40).validate()
 

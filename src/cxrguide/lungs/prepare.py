@@ -34,11 +34,12 @@ from tqdm import tqdm
 from cxrguide.config import LungsPrepareConfig, save_yaml
 from cxrguide.data import cache, manifest
 from cxrguide.data.imaging import fit_square, read_image, to_uint8
-from cxrguide.data.lungs.records import LungRecord, load_mask, lung_cache_path, open_lung_source
-from cxrguide.data.lungs.v7 import NotDarwinError
 from cxrguide.data.prepare import CONFIG_FILE, check_out_dir
 from cxrguide.data.sources.base import Rejection
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.lungs.readers import load_mask, open_lung_source
+from cxrguide.lungs.records import LungRecord, lung_cache_path
+from cxrguide.lungs.v7 import NotDarwinError
 
 MANIFEST_COLUMNS = [
     "image_id", "source", "path", "patient_id", "width", "height", "lung_fraction", "sided",

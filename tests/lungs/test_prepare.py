@@ -7,9 +7,9 @@ from PIL import Image
 
 from cxrguide.config import LungsPrepareConfig
 from cxrguide.data.imaging import fit_square
-from cxrguide.data.lungs import lung_cache_path
-from cxrguide.data.lungs.prepare import prepare_lungs
 from cxrguide.errors import CxrGuideError
+from cxrguide.lungs import lung_cache_path
+from cxrguide.lungs.prepare import prepare_lungs
 from lung_phantoms import write_phantoms
 
 

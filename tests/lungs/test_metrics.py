@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrguide.evaluation.segmentation import (
+from cxrguide.lungs.metrics import (
     content_fraction,
     postprocess,
     quality,

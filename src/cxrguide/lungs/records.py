@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrguide.errors import SourceLayoutError
-
 # Label values of LungMask.labels. Radiographs are viewed as if facing the patient: the patient's
 # right lung is on the image's left.
 RIGHT, LEFT, LUNG = 1, 2, 3  # LUNG: a lung whose side the annotation does not name
@@ -60,30 +58,3 @@ class LungMask:
     def sided(self) -> bool:
         """Whether left and right lung are told apart (every lung pixel has a side)."""
         return bool(self.lung.any()) and not bool((self.labels == LUNG).any())
-
-
-def load_mask(record: LungRecord, height: int, width: int) -> LungMask:
-    """Rasterise / read ``record``'s lung annotation at ``height`` x ``width`` pixels."""
-    if record.source == "v7":
-        from cxrguide.data.lungs.v7 import load_v7_mask
-
-        return load_v7_mask(record, height, width)
-    if record.source == "masks":
-        from cxrguide.data.lungs.folders import load_folder_mask
-
-        return load_folder_mask(record, height, width)
-    raise SourceLayoutError(f"unknown lung source kind {record.source!r} (known: v7, masks)")
-
-
-def open_lung_source(kind: str, root: str | Path):  # -> V7Source | MaskFolderSource
-    """The reader for ``--source KIND=PATH`` of ``lungs prepare`` (validates the layout)."""
-    kind = kind.strip().lower()
-    if kind == "v7":
-        from cxrguide.data.lungs.v7 import V7Source
-
-        return V7Source(root)
-    if kind == "masks":
-        from cxrguide.data.lungs.folders import MaskFolderSource
-
-        return MaskFolderSource(root)
-    raise SourceLayoutError(f"unknown lung source kind {kind!r} (known: v7, masks)")

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrguide.data.lungs import LEFT, LUNG, RIGHT, LungRecord, load_mask, open_lung_source
-from cxrguide.data.lungs.v7 import (
+from cxrguide.data.sources.base import Rejection
+from cxrguide.errors import SourceLayoutError
+from cxrguide.lungs import LEFT, LUNG, RIGHT, LungRecord, load_mask, open_lung_source
+from cxrguide.lungs.v7 import (
     NotDarwinError,
     V7Source,
     darwin_mask,
@@ -17,8 +19,6 @@ from cxrguide.data.lungs.v7 import (
     rasterize,
     read_annotation,
 )
-from cxrguide.data.sources.base import Rejection
-from cxrguide.errors import SourceLayoutError
 from lung_phantoms import write_phantoms
 
 

@@ -25,9 +25,9 @@ import numpy as np
 from PIL import Image
 
 from cxrguide.data.imaging import fit_square
-from cxrguide.data.lungs.records import LEFT, LUNG, RIGHT, LungMask, LungRecord
 from cxrguide.data.sources.base import Rejection
 from cxrguide.errors import ImageReadError, SourceLayoutError
+from cxrguide.lungs.records import LEFT, LUNG, RIGHT, LungMask, LungRecord
 
 KIND = "masks"
 IMAGE_DIRS = ("images", "CXR_png", "img", "imgs")

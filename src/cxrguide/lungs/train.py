@@ -29,19 +29,20 @@ from cxrguide.config import (
     save_yaml,
     to_dict,
 )
+from cxrguide.core import engine
+from cxrguide.core.device import resolve_device
 from cxrguide.data import cache
-from cxrguide.data.lungs.augment import PairAugment
-from cxrguide.data.lungs.records import lung_cache_path
 from cxrguide.errors import ConfigError, CxrGuideError
-from cxrguide.evaluation.segmentation import (
+from cxrguide.lungs.augment import PairAugment
+from cxrguide.lungs.metrics import (
     content_fraction,
     postprocess,
     quality,
     segmentation_metrics,
     summarize,
 )
-from cxrguide.models.unet import DiceBCELoss, LungSegmenter, build_unet
-from cxrguide.training import engine
+from cxrguide.lungs.records import lung_cache_path
+from cxrguide.lungs.unet import DiceBCELoss, LungSegmenter, build_unet
 
 RUN_CONFIG, METRICS, PER_IMAGE = "config.yaml", "metrics.json", "per_image.csv"
 _RUNTIME_FIELDS = ("device", "progress", "workers")  # may change when a run is resumed
@@ -185,7 +186,7 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
     return LungsTrainResult(run, result, metrics)
 
 
-def load_run(run: str | Path) -> tuple[LungSegmenter, LungsTrainConfig]:
+def load_lung_run(run: str | Path) -> tuple[LungSegmenter, LungsTrainConfig]:
     """The model of a run folder with its best weights (last.pt if no best.pt yet)."""
     run = Path(run)
     if not (run / RUN_CONFIG).is_file():
@@ -229,7 +230,7 @@ def evaluate_model(
     device: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Per-image and mean Dice / IoU / HD95 on post-processed masks; writes metrics.json."""
-    dev = engine.resolve_device(device or cfg.device)
+    dev = resolve_device(device or cfg.device)
     batch_size = inference_batch(batch_size, dev)
     model.to(dev).eval()
     old = json.loads((run / METRICS).read_text()) if (run / METRICS).is_file() else {}
@@ -283,7 +284,7 @@ def evaluate_lungs(cfg: LungsEvaluateConfig) -> dict[str, Any]:
     """`lungs evaluate RUN`: reload the best weights and (re)write metrics.json."""
     if cfg.run is None:
         raise ConfigError("run: give the run folder")
-    model, train_cfg = load_run(cfg.run)
+    model, train_cfg = load_lung_run(cfg.run)
     for split in cfg.splits:
         if split not in ("train", "val", "test"):
             raise ConfigError(f"splits: {split!r} is not one of train, val, test")
@@ -309,5 +310,5 @@ def describe(metrics: dict[str, Any]) -> str:
 
 __all__ = [
     "LungTask", "LungsDataset", "LungsTrainResult", "describe", "evaluate_lungs",
-    "evaluate_model", "load_run", "predict_batch", "read_lung_set", "train_lungs",
+    "evaluate_model", "load_lung_run", "predict_batch", "read_lung_set", "train_lungs",
 ]  # fmt: skip

@@ -8,7 +8,7 @@ class's corner. A model that reads the marker scores high on test and falls belo
 Protocol (the study's order, ``--start stage2``, the default): per training seed a Stage II run
 fine-tunes the seeded random network for ``--max-epochs``; then every variant continues that run
 for ``--finetune-epochs`` more, same budget, batch, optimizer and learning rate, through one
-code path (:func:`cxrguide.training.stage3.fine_tune`), the best validation epoch kept:
+code path (:func:`cxrguide.training.finetune.fine_tune`), the best validation epoch kept:
 ``stage2`` (plain, the control), ``input-mask`` (plain, on films multiplied by their lung masks:
 a marker outside the lungs cannot be read at all) and Stage III with the named mechanisms
 (GAIN's BatchNorm frozen at the Stage II statistics, ``@clean``/``@eval`` for the others).
@@ -52,14 +52,16 @@ from cxrguide.config import (
     SynthConfig,
     TrainConfig,
 )
+from cxrguide.core.device import resolve_device
+from cxrguide.core.runs import RunInfo, save_run
 from cxrguide.data import cache
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.data.imaging import fit_square
 from cxrguide.errors import ConfigError
 from cxrguide.evaluation.attention_metrics import energy_share
+from cxrguide.evaluation.shortcut_summary import summary_rows
 from cxrguide.labels import CLASSES
-from cxrguide.training.engine import resolve_device
-from cxrguide.training.runs import RunInfo, load_run, save_run
+from cxrguide.models.saved import load_run
 
 SPLIT = "shortcut_test"
 INPUT_MASK = "input-mask"  # plain fine-tuning on films multiplied by their lung masks
@@ -85,7 +87,7 @@ def make_data(cfg: ShortcutBenchConfig, out: Path) -> Prepared:
         if cfg.lungs == "truth":
             truth_lung_cache(prepared, synth)
         else:
-            from cxrguide.training.lungs_predict import predict_prepared
+            from cxrguide.lungs.predict import predict_prepared
 
             predict_prepared(LungsPredictConfig(run=Path(cfg.lungs), data=prep, device=cfg.device))
     return prepared
@@ -216,8 +218,8 @@ def run_variant(
     cfg: ShortcutBenchConfig, prepared: Prepared, synth: Path, seed: int, variant: str, out: Path
 ) -> dict[str, Any]:
     """Train (or reuse) one variant for one seed and score it; returns the table row."""
-    from cxrguide.evaluation.evaluate import evaluate_run
-    from cxrguide.training.stage3 import fine_tune, settings_from
+    from cxrguide.evaluation.evaluate import evaluate_run, score_split
+    from cxrguide.training.finetune import fine_tune, settings_from
 
     if cfg.start == "stage2":  # continue this seed's Stage II run (scratch protocol) instead
         first = run_variant(dataclasses.replace(cfg, start="scratch"), prepared, synth, seed,
@@ -249,7 +251,7 @@ def run_variant(
     model, info = load_run(parent)
     info = dataclasses.replace(info, parent=str(parent))
     settings = None if attention is None else settings_from(tcfg)
-    row = fine_tune(tcfg, model, info, data, settings, optimizer=cfg.optimizer)
+    row = fine_tune(tcfg, model, info, data, settings, score_split, optimizer=cfg.optimizer)
     minutes = (time.perf_counter() - t0) / 60
     run = Path(row["run"])
     test = json.loads((run / "metrics_test.json").read_text())
@@ -270,40 +272,11 @@ def run_variant(
     return result
 
 
-COLUMNS = {
-    "test_accuracy": "test acc",
-    "shortcut_accuracy": "shortcut_test acc",
-    "follows_marker": "follows marker",
-    "erased_accuracy": "shortcut_test acc, marker painted out",
-    "lung_energy": "lung energy (test)",
-    "lung_pointing": "pointing game (test)",
-    "marker_energy": "marker energy (shortcut_test)",
-    "marker_saliency": "input gradient in marker (shortcut_test)",
-    "lesion_energy": "lesion energy (test)",
-    "minutes": "min/run",
-}
-
-
-def _cell(values: pd.Series, key: str) -> str:
-    v = values.dropna()
-    if v.empty:
-        return "n/a"
-    if key == "minutes":
-        return f"{v.mean():.1f}"
-    sd = f" ± {100 * v.std(ddof=0):.1f}" if len(v) > 1 else ""
-    return f"{100 * v.mean():.1f}{sd}"
-
-
 def table(rows: pd.DataFrame, variants: list[str]) -> str:
     """Markdown: one line per variant, mean ± sd over seeds (percentages)."""
-    head = "| variant | seeds | " + " | ".join(COLUMNS.values()) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
-    for v in variants:
-        part = rows[rows.variant == v]
-        if part.empty:
-            continue
-        cells = [_cell(part.get(k, pd.Series(dtype=float)), k) for k in COLUMNS]  # old rows: n/a
-        lines.append(f"| {v} | {len(part)} | " + " | ".join(cells) + " |")
+    head, body = summary_rows(rows, variants)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(lines)
 
 

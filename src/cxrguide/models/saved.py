@@ -1,0 +1,29 @@
+"""Rebuild the classifier saved in a run folder (the folder's format lives in :mod:`cxrguide.core.runs`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cxrguide.core.runs import MODEL_WEIGHTS, RunInfo, read_info
+from cxrguide.models.classifier import CxrClassifier
+from cxrguide.models.zoo import create_model
+
+
+def load_run(
+    run_dir: str | Path, device: torch.device | str = "cpu"
+) -> tuple[CxrClassifier, RunInfo]:
+    """Rebuild the network of a run and load its best weights (no download needed)."""
+    info = read_info(run_dir)
+    model = create_model(
+        info.backbone,
+        "none",
+        head_widths=info.head_widths,
+        head_dropouts=info.head_dropouts,
+        head_activation=info.activation,
+    )
+    state = torch.load(Path(run_dir) / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.weights_source = f"run:{run_dir} (started from {info.weights_source})"
+    return model.to(device).eval(), info

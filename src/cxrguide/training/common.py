@@ -1,0 +1,98 @@
+"""What every classification stage shares: engine settings, run folders, the optimiser, saving
+and scoring a finished run, and which models a stage trains.
+
+Scoring is injected (a :data:`Scorer`): training sits below evaluation, so the caller (the
+``train`` command, the pipeline, the tuner's command, an experiment) hands in the function
+that evaluates a saved run, normally :func:`cxrguide.evaluation.evaluate.score_split`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from cxrguide.config import TrainConfig, save_yaml
+from cxrguide.core import engine
+from cxrguide.core.runs import RunInfo, read_info, save_run
+from cxrguide.errors import ConfigError, CxrGuideError
+
+LEADERBOARD = "leaderboard_stage{stage}.csv"
+SCORED_SPLITS = ("val", "test")
+
+Scorer = Callable[[Path, str, TrainConfig], dict[str, Any]]
+"""``(run folder, split, config) -> metrics`` with ``accuracy``, ``macro_f1``, ``macro_auc``."""
+
+
+def engine_config(cfg: TrainConfig) -> engine.EngineConfig:
+    return engine.EngineConfig(
+        max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed, device=cfg.device,
+        precision=cfg.precision, channels_last=cfg.channels_last,
+    )  # fmt: skip
+
+
+def backbones(cfg: TrainConfig) -> list[str]:
+    """The models ``--backbone`` names (``all``: the ten backbones, COVID-Net aside)."""
+    from cxrguide.models.zoo import get_spec, list_models
+
+    if cfg.backbone == "all":
+        return [n for n in list_models() if not n.startswith("covidnet")]
+    return [get_spec(name.strip()).name for name in cfg.backbone.split(",") if name.strip()]
+
+
+def parents(cfg: TrainConfig) -> list[Path]:
+    """Stage II/III inputs: the top-k runs of a leaderboard CSV, or one run folder."""
+    if cfg.from_run is None:
+        raise ConfigError("from_run: Stage II/III need --from LEADERBOARD.csv or a run folder")
+    src = Path(cfg.from_run)
+    if src.is_dir():
+        read_info(src)
+        return [src]
+    if not src.exists():
+        raise CxrGuideError(f"{src}: no such leaderboard CSV or run folder")
+    board = pd.read_csv(src)
+    if "run" not in board.columns or "val_accuracy" not in board.columns:
+        raise CxrGuideError(f"{src}: not a leaderboard (needs columns run, val_accuracy)")
+    board = board.sort_values("val_accuracy", ascending=False, kind="stable")
+    return [Path(r) for r in board["run"].head(cfg.top)]
+
+
+def run_dir(cfg: TrainConfig, name: str) -> Path:
+    """``OUT/stage<k>-<name>``; an existing run is continued only with ``--resume``."""
+    run = Path(cfg.out) / f"stage{cfg.stage}-{name}"
+    if (run / engine.LAST).exists() and not cfg.resume:
+        raise CxrGuideError(
+            f"{run}: a run already exists; pass --resume to continue it or choose another --out"
+        )
+    return run
+
+
+def sgd(params, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """The study's optimiser over the trainable parameters."""
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def finish_run(
+    run: Path, cfg: TrainConfig, model: torch.nn.Module, info: RunInfo, score: Scorer
+) -> dict:
+    """Save the run and score it on val and test (rank 0 only; other ranks just wait)."""
+    if not engine.is_main_process():
+        engine.barrier()
+        return {"backbone": info.backbone, "run": str(run), "val_accuracy": float("nan")}
+    save_run(run, model, info)
+    save_yaml(cfg, run / "config.yaml")
+    row = {"backbone": info.backbone, "run": str(run), "weights": info.weights_source}
+    for split in SCORED_SPLITS:
+        m = score(run, split, cfg)
+        row[f"{split}_accuracy"] = m["accuracy"]
+        row[f"{split}_macro_f1"] = m["macro_f1"]
+        row[f"{split}_macro_auc"] = m["macro_auc"]
+    print(
+        f"{run}: val accuracy {row['val_accuracy']:.3f}, test accuracy {row['test_accuracy']:.3f}"
+    )
+    engine.barrier()
+    return row
