@@ -3,7 +3,8 @@
 Steps: scan every source's metadata (no pixels), decode all images in parallel into a resumable
 work cache, drop exact and near duplicates across sources, apply quotas, group by patient (and
 by duplicate links), split, and write ``manifest.csv`` plus an image cache whose row i is
-manifest row i. A killed run resumes from ``.work/`` with the same config.
+manifest row i. A killed run resumes from ``.work/`` with the same config; ``summary.json``,
+written atomically and last, marks the folder finished (:mod:`cxrguide.data.completion`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrguide.config import PrepareConfig, save_yaml, to_dict
-from cxrguide.data import cache, manifest
+from cxrguide.data import cache, completion, manifest
 from cxrguide.data.sources import Rejection, SourceRecord, open_source
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
@@ -97,9 +98,11 @@ def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
 
 def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
                   outputs: tuple[str, ...] = ("manifest.csv",)) -> bool:  # fmt: skip
-    """True when ``out`` already holds this exact preparation (``cfg`` saved as CONFIG_FILE and
-    every file of ``outputs`` written); refuse to clobber anything else. ``kind`` names the
-    command in errors (``prepare``, ``lungs prepare``)."""
+    """True when ``out`` holds this exact, finished preparation (``cfg`` saved as CONFIG_FILE,
+    every file of ``outputs`` and the completion marker written); refuse to clobber anything
+    else. An unfinished run's leftovers with another config are discarded (its ``.work`` decode
+    cache is kept: it checks its own fingerprint), so a failed run never blocks a corrected
+    one. ``kind`` names the command in errors (``prepare``, ``lungs prepare``)."""
     if not out.exists():
         return False
     if not out.is_dir():
@@ -113,14 +116,28 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
         return False
     from cxrguide.config import load_yaml
 
-    saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
+    finished = completion.is_complete(out) and all((out / n).exists() for n in outputs)
+    try:
+        saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
+    except ConfigError:
+        if finished:
+            raise
+        saved = None  # a config cut short by a kill: the run never got further
     wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
     if saved != wanted:
-        raise CxrGuideError(
-            f"{config_file}: this folder was prepared with a different config; "
-            "use another --out or delete the folder"
+        if finished:
+            raise CxrGuideError(
+                f"{config_file}: this folder was prepared with a different config; "
+                "use another --out or delete the folder"
+            )
+        removed = completion.discard_unfinished(out)
+        print(
+            f"{out}: discarded an unfinished {kind} run with another config ({', '.join(removed)})"
         )
-    return all((out / name).exists() for name in outputs)
+        return False
+    if finished:
+        shutil.rmtree(out / ".work", ignore_errors=True)  # a kill during the final clean-up
+    return finished
 
 
 def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> list[dict]:
@@ -174,7 +191,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     out = Path(cfg.out)
     sources = _parse_sources(cfg.source, cfg)
     if check_out_dir(out, cfg):
-        summary = json.loads((out / "summary.json").read_text())
+        summary = completion.read_summary(out)
         return PrepareResult(out, summary["images"], summary["splits"], summary["rejected"],
                              summary["duplicates"], reused=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +238,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     split_counts = dict(Counter(split_of[i] for i in rows))
     summary = {"images": len(rows), "splits": split_counts, "rejected": len(rejected),
                "duplicates": len(duplicates), "size": cfg.size}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    completion.mark_complete(out, summary)  # last: the folder is finished only now
     shutil.rmtree(out / ".work", ignore_errors=True)
     return PrepareResult(out, len(rows), split_counts, len(rejected), len(duplicates))
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from cxrguide.config import LungsPredictConfig, load_yaml
 from cxrguide.data import cache
+from cxrguide.data.completion import require_complete
 from cxrguide.data.imaging import fit_square, read_image, to_uint8
 from cxrguide.data.lungs.records import lung_cache_path
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
@@ -97,6 +98,7 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     assert cfg.run is not None and cfg.data is not None
     prep = Path(cfg.data)
     manifest, config = prep / "manifest.csv", prep / "prepare_config.yaml"
+    require_complete(prep, "prepare")
     if not manifest.is_file() or not config.is_file():
         raise CxrGuideError(f"{prep}: not a folder written by 'cxrguide prepare'")
     size = int(load_yaml(config).get("size", 0))
