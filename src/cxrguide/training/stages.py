@@ -20,7 +20,8 @@ from cxrguide.evaluation.evaluate import evaluate_run
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.training import engine
 from cxrguide.training.features import FeatureDataset, pooled_features
-from cxrguide.training.runs import RunInfo, load_run, read_info, save_run
+from cxrguide.training.run_config import claim_run_config
+from cxrguide.training.runs import MODEL_WEIGHTS, RunInfo, load_run, read_info, save_run
 from cxrguide.training.tasks import ClassifierTask, FeatureTask
 
 LEADERBOARD = "leaderboard_stage{stage}.csv"
@@ -29,7 +30,7 @@ LEADERBOARD = "leaderboard_stage{stage}.csv"
 def engine_config(cfg: TrainConfig) -> engine.EngineConfig:
     return engine.EngineConfig(
         max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed, device=cfg.device,
-        precision=cfg.precision, channels_last=cfg.channels_last,
+        precision=cfg.precision, channels_last=cfg.channels_last, progress=cfg.progress,
     )  # fmt: skip
 
 
@@ -47,6 +48,8 @@ def _run_dir(cfg: TrainConfig, name: str) -> Path:
         raise CxrGuideError(
             f"{run}: a run already exists; pass --resume to continue it or choose another --out"
         )
+    if engine.is_main_process():  # the record is written first; a resume must match it
+        claim_run_config(run, cfg, resume=cfg.resume, override=cfg.resume_override)
     return run
 
 
@@ -60,8 +63,8 @@ def _finish(run: Path, cfg: TrainConfig, model: CxrClassifier, info: RunInfo) ->
     if not engine.is_main_process():
         engine.barrier()
         return {"backbone": info.backbone, "run": str(run), "val_accuracy": float("nan")}
-    save_run(run, model, info)
     save_yaml(cfg, run / "config.yaml")
+    save_run(run, model, info)  # model.yaml last: it marks the run finished
     row = {"backbone": info.backbone, "run": str(run), "weights": info.weights_source}
     for split in ("val", "test"):
         m = evaluate_run(run, split, cfg.data, device=cfg.device, n_boot=200, progress=False)
@@ -93,7 +96,8 @@ def stage1(cfg: TrainConfig, name: str, prepared: Prepared, on_epoch_end=None) -
     if cfg.feature_cache:
         if engine.is_main_process():  # rank 0 fills the cache, the other ranks then read it
             feats = pooled_features(model, prepared, size, device, batch_size=cfg.batch_size,
-                                    precision=cfg.precision, channels_last=cfg.channels_last)  # fmt: skip
+                                    precision=cfg.precision, channels_last=cfg.channels_last,
+                                    progress=cfg.progress)  # fmt: skip
         engine.barrier()
         if not engine.is_main_process():
             feats = pooled_features(model, prepared, size, device, precision=cfg.precision,
@@ -142,6 +146,7 @@ def stage2(cfg: TrainConfig, parent: Path, prepared: Prepared, on_epoch_end=None
     as in :func:`stage1`)."""
     model, info = load_run(parent)
     model.unfreeze_body()
+    cfg = dataclasses.replace(cfg, weights=str(parent / MODEL_WEIGHTS))  # what it starts from
     run = _run_dir(cfg, info.backbone)
     size = cfg.image_size or info.image_size
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
