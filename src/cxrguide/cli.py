@@ -22,7 +22,10 @@ from cxrguide.files import os_error_message
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrguide",
-        description="Train and explain chest X-ray classifiers (Normal / Pneumonia / COVID-19).",
+        description="Train and explain chest X-ray classifiers (Normal / Pneumonia / COVID-19): "
+        "prepare -> lungs -> train --stage 1 (frozen body) -> --stage 2 (fine-tune) -> --stage 3 "
+        "(guided attention: lung gate + GAIN) -> evaluate / explain / report; 'pipeline' runs "
+        "it all.",
     )
     parser.add_argument("--version", action="version", version=f"cxrguide {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
