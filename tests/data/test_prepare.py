@@ -271,3 +271,18 @@ def test_sigkill_after_manifest_then_rerun_completes(tmp_path, capsys):
     assert "unfinished 'cxrguide prepare'" in err and len(err.strip().splitlines()) == 1
     assert main(argv) == 0
     assert (out / "summary.json").exists() and not (out / ".work").exists()
+
+
+def test_file_under_two_patients_and_sources_named(folder, tmp_path):
+    with (folder / "labels.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow(("img/0001.png", "Normal", "second-patient", "siteA"))
+    out = prepare_mod.prepare(_cfg(folder, tmp_path / "out")).out
+    dups = pd.read_csv(out / "duplicates.csv", dtype=str)
+    same = dups[dups.path == "img/0001.png"].iloc[0]
+    assert same.image_id == same.duplicate_of  # one file, listed twice: the patients tell apart
+    assert {same.patient_id, same.kept_patient_id} == {"t:second-patient", "t:siteA-Normal-1"}
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert set(manifest.root) == {str(folder)}  # which folder each row came from
+    with pytest.raises(CxrGuideError, match="given twice"):
+        prepare_mod.prepare(_cfg(folder, tmp_path / "b", source=[f"testfolder={folder}",
+                                                                 f"testfolder={folder}/"]))  # fmt: skip

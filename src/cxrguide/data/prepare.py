@@ -31,8 +31,10 @@ from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 CONFIG_FILE = "prepare_config.yaml"
 MANIFEST_COLUMNS = [
     "image_id", "source", "site", "path", "label", "patient_id", "view", "view_recorded",
-    "finding", "sha256", "width", "height", "split", "cache_index",
+    "finding", "sha256", "width", "height", "split", "cache_index", "root",
 ]  # fmt: skip
+DUPLICATE_COLUMNS = ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match",
+                     "distance", "patient_id", "kept_patient_id"]  # fmt: skip
 DECODED_COLUMNS = [
     "idx", "ok", "reason", "sha256", "dhash", "width", "height", "format", "view",
 ]  # fmt: skip
@@ -54,9 +56,14 @@ def _parse_sources(specs: list[str], cfg: PrepareConfig) -> list:
     if not specs:
         raise ConfigError("source: give at least one --source KIND=PATH")
     sources = []
+    seen: dict[Path, str] = {}
     for spec in specs:
         kind, _, path = spec.partition("=")
         kind = kind.strip().lower()
+        folder = Path(path).expanduser().resolve()
+        if folder in seen:
+            raise ConfigError(f"source: {path} is given twice ({seen[folder]} and {spec})")
+        seen[folder] = spec
         if kind == "radiography":
             from cxrguide.data.sources.radiography import RadiographySource
 
@@ -230,11 +237,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     cache.gather(cache.open_readonly(out / ".work/decoded.npy"), rows,
                  cache.image_cache_path(out, cfg.size))  # fmt: skip
     _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
-    _write_csv(
-        out / "duplicates.csv",
-        ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match", "distance"],
-        duplicates,
-    )
+    _write_csv(out / "duplicates.csv", DUPLICATE_COLUMNS, duplicates)
     split_counts = dict(Counter(split_of[i] for i in rows))
     summary = {"images": len(rows), "splits": split_counts, "rejected": len(rejected),
                "duplicates": len(duplicates), "size": cfg.size}  # fmt: skip
@@ -271,7 +274,8 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
             dist = 0 if exact else manifest.hamming(hashes[pos[i]], hashes[pos[keep]])
             r = records[i]
             dropped.append((_image_id(r), r.source, r.path, r.label, _image_id(records[keep]),
-                            records[keep].label, "exact" if exact else "near", dist))  # fmt: skip
+                            records[keep].label, "exact" if exact else "near", dist,
+                            r.patient_id, records[keep].patient_id))  # fmt: skip
             links.append((i, keep))
     return sorted(kept), dropped, links
 
@@ -347,7 +351,8 @@ def _write_manifest(out, records, decoded, views, rows, split_of) -> None:
             r, d = records[i], decoded[i]
             writer.writerow([_image_id(r), r.source, r.stratum_site, r.path, r.label,
                              r.patient_id, views[i], int(bool(r.view or d["view"])), r.finding,
-                             d["sha256"], d["width"], d["height"], split_of[i], k])  # fmt: skip
+                             d["sha256"], d["width"], d["height"], split_of[i], k,
+                             str(r.root)])  # fmt: skip
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:
