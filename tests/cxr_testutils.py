@@ -39,6 +39,7 @@ def make_prepared(root: Path, n_per_class: int = 12, size: int = 64, seed: int =
     ids = [r["image_id"] for r in rows]
     by_id = dict(zip(ids, images, strict=True))
     np.save(root / f"cache/images_{size}.npy", np.stack([by_id[i] for i in manifest.image_id]))
+    (root / "summary.json").write_text(f'{{"images": {len(manifest)}}}')  # marks it finished
     return root
 
 

@@ -2,7 +2,8 @@
 
 Each verb lives in its own module under :mod:`cxrguide.commands` and exposes
 ``register(subparsers)``; the parser's ``func`` receives the parsed namespace. This file only
-wires them together and turns :class:`CxrGuideError` into a one-line message and exit code 2.
+wires them together and turns :class:`CxrGuideError` and OS errors (permissions, a file where a
+folder belongs, symlink loops, a full disk) into a one-line message naming the path, exit code 2.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from collections.abc import Sequence
 
 from cxrguide import __version__, commands
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import os_error_message
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrguide",
-        description="Train and explain chest X-ray classifiers (Normal / Pneumonia / COVID-19).",
+        description="Train and explain chest X-ray classifiers (Normal / Pneumonia / COVID-19): "
+        "prepare -> lungs -> train --stage 1 (frozen body) -> --stage 2 (fine-tune) -> --stage 3 "
+        "(guided attention: lung gate + GAIN) -> evaluate / explain / report; 'pipeline' runs "
+        "it all.",
     )
     parser.add_argument("--version", action="version", version=f"cxrguide {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -40,6 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = args.func(args)
     except CxrGuideError as err:
         print(f"cxrguide {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder not writable, a file where a folder belongs, a full disk
+        fallback = next((getattr(args, k) for k in ("out", "output", "cam") if getattr(args, k, None)),
+                        None)  # fmt: skip
+        print(f"cxrguide {args.command}: error: {os_error_message(err, fallback)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cxrguide {args.command}: interrupted", file=sys.stderr)

@@ -167,3 +167,122 @@ def test_summary_table_counts(folder, tmp_path):
     text = summary_text(out)
     assert "duplicates dropped: 2 (exact 1, near 1" in text
     assert "rejected: 3" in text
+
+
+# ---- crash safety: a kill after any step, then the same command again --------------------------
+KILL_POINTS = [  # (object holding the step, its name, which call): prepare's steps in order
+    (prepare_mod, "save_yaml", 1), (prepare_mod, "_decode_all", 1),
+    (prepare_mod, "_deduplicate", 1), (prepare_mod, "_apply_quota", 1), (prepare_mod, "_split", 1),
+    (prepare_mod, "_write_manifest", 1), (prepare_mod.cache, "gather", 1),
+    (prepare_mod, "_write_csv", 1), (prepare_mod, "_write_csv", 2),
+    (prepare_mod.completion, "mark_complete", 1), (prepare_mod.shutil, "rmtree", 1),
+]  # fmt: skip
+
+
+def _kill_after(monkeypatch, owner, name: str, nth: int) -> None:
+    real, calls = getattr(owner, name), []
+
+    def step(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(name)
+        if len(calls) == nth:
+            raise KeyboardInterrupt(f"killed after {name}")
+        return result
+
+    monkeypatch.setattr(owner, name, step)
+
+
+@pytest.mark.parametrize(("owner", "name", "nth"), KILL_POINTS,
+                         ids=[f"{n}{'#2' if k > 1 else ''}" for _, n, k in KILL_POINTS])  # fmt: skip
+def test_kill_after_any_step_is_refused_then_rerun_completes(folder, tmp_path, monkeypatch,
+                                                             owner, name, nth):  # fmt: skip
+    from cxrguide.data.datasets import Prepared
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        _kill_after(m, owner, name, nth)
+        with pytest.raises(KeyboardInterrupt):
+            prepare_mod.prepare(_cfg(folder, out))
+    finished = name in ("mark_complete", "rmtree")
+    if not finished:  # readers refuse it in one line instead of reading zeros
+        with pytest.raises(CxrGuideError, match="unfinished 'cxrguide prepare'"):
+            Prepared.open(out)
+    result = prepare_mod.prepare(_cfg(folder, out))
+    assert result.reused == finished and not (out / ".work").exists()
+    fresh = prepare_mod.prepare(_cfg(folder, tmp_path / "fresh")).out
+    assert (out / "manifest.csv").read_text() == (fresh / "manifest.csv").read_text()
+    assert (out / "duplicates.csv").read_text() == (fresh / "duplicates.csv").read_text()
+    cache, ref = (np.load(p / "cache/images_64.npy") for p in (out, fresh))
+    assert np.array_equal(cache, ref) and Prepared.open(out).manifest.shape[0] == 127
+
+
+def test_failed_run_leftovers_do_not_block_a_corrected_run(folder, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:  # a run with another size that fails while scanning
+        m.setattr(CsvFolderSource, "scan", lambda self: (_ for _ in ()).throw(
+            CxrGuideError("labels.csv: broken")))  # fmt: skip
+        with pytest.raises(CxrGuideError, match="broken"):
+            prepare_mod.prepare(_cfg(folder, out, size=96))
+    assert (out / "prepare_config.yaml").exists()
+    (out / "notes.txt").write_text("mine")  # never removed: prepare did not write it
+    result = prepare_mod.prepare(_cfg(folder, out))
+    assert result.n_images == 127 and not result.reused
+    assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(CxrGuideError, match="different config"):  # a finished one is kept
+        prepare_mod.prepare(_cfg(folder, out, size=96))
+
+
+@pytest.mark.slow  # a subprocess importing the CLI: ~5 s quiet, 20+ s on a loaded machine
+def test_sigkill_after_manifest_then_rerun_completes(tmp_path, capsys):
+    """A real SIGKILL (no clean-up runs) right after manifest.csv, on a synth folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cxrguide.config import SynthConfig
+    from cxrguide.data.synthetic.generate import generate_dataset
+
+    synth = tmp_path / "synth"
+    generate_dataset(SynthConfig(out=synth, n=30, size=64, workers=1), progress=False)
+    out = tmp_path / "prep"
+    script = (
+        "import os, signal, sys\n"
+        "from cxrguide.cli import main\n"
+        "from cxrguide.data import prepare as p\n"
+        "real = p._write_manifest\n"
+        "def dying(*a):\n"
+        "    real(*a)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "p._write_manifest = dying\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    argv = ["prepare", "--source", f"synthetic={synth}", "--out", str(out), "--size", "64",
+            "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    killed = subprocess.run([sys.executable, "-c", script, *argv], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL and (out / "manifest.csv").exists()
+    from cxrguide.cli import main
+
+    assert (
+        main(["train", "--data", str(out), "--weights", "none", "--out", str(tmp_path / "r")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "unfinished 'cxrguide prepare'" in err and len(err.strip().splitlines()) == 1
+    assert main(argv) == 0
+    assert (out / "summary.json").exists() and not (out / ".work").exists()
+
+
+def test_file_under_two_patients_and_sources_named(folder, tmp_path):
+    with (folder / "labels.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow(("img/0001.png", "Normal", "second-patient", "siteA"))
+    out = prepare_mod.prepare(_cfg(folder, tmp_path / "out")).out
+    dups = pd.read_csv(out / "duplicates.csv", dtype=str)
+    same = dups[dups.path == "img/0001.png"].iloc[0]
+    assert same.image_id == same.duplicate_of  # one file, listed twice: the patients tell apart
+    assert {same.patient_id, same.kept_patient_id} == {"t:second-patient", "t:siteA-Normal-1"}
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert set(manifest.root) == {str(folder)}  # which folder each row came from
+    with pytest.raises(CxrGuideError, match="given twice"):
+        prepare_mod.prepare(_cfg(folder, tmp_path / "b", source=[f"testfolder={folder}",
+                                                                 f"testfolder={folder}/"]))  # fmt: skip

@@ -45,6 +45,7 @@ def _classifier_prep(root: Path, phantoms: Path, size: int = 64) -> Path:
     (root / "prepare_config.yaml").write_text(yaml.safe_dump({"size": size}))
     (root / "cache").mkdir()
     np.save(root / f"cache/images_{size}.npy", np.stack(images))
+    (root / "summary.json").write_text("{}")  # the completion marker
     return root
 
 

@@ -37,3 +37,66 @@ def test_tiny_pipeline_end_to_end_then_reused(tmp_path):
                            log=logs.append)  # fmt: skip
     ran = {name for name, r in changed.items() if r.status == "ran"}
     assert ran == {"stage3", "explain", "report"}
+
+
+def test_every_section_is_checked_before_the_first_step(tmp_path):
+    from cxrguide.errors import ConfigError
+
+    bad = [("stage2", {"lr": "fast"}, r"pipeline\.stage2\.lr: expected a number"),
+           ("stage3", {"attention": ["gate", "nope"]}, "nope"),
+           ("report", {"titel": "x"}, r"pipeline\.report: unknown field\(s\) titel"),
+           ("explain", {"method": "magic"}, r"pipeline\.explain\.method: 'magic'"),
+           ("tune", {"trials": 2, "sampler": "grid"}, r"pipeline\.tune\.sampler")]  # fmt: skip
+    for section, value, message in bad:
+        cfg = PipelineConfig(out=tmp_path / section, **{section: value})
+        with pytest.raises(ConfigError, match=message):
+            run_pipeline(cfg, log=lambda s: None)
+        assert not (tmp_path / section).exists()  # nothing ran, nothing was written
+
+
+STEP_FUNCS = ["_synth", "_prepare", "_lungs_prepare", "_lungs_train", "_lungs_predict", "_train",
+              "_train", "_train", "_explain", "_report"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
+    """Kill right after each step's work, before its marker; each re-run reuses what finished,
+    re-enters the killed step (which resumes inside) and goes one step further."""
+    import cxrguide.pipeline.run as run_mod
+
+    torch.set_num_threads(1)
+    quick = {"image_size": 64, "max_epochs": 1, "batch_size": 8}
+    cfg = PipelineConfig(
+        out=tmp_path / "qs", synth={"n": 45, "size": 64, "workers": 1},
+        prepare={"size": 64, "workers": 1}, lungs_prepare={"size": 64, "workers": 1},
+        lungs={"features": [4, 8, 16, 32, 64, 4], "max_epochs": 1, "batch_size": 8},
+        stage1={**quick, "backbone": "mobilenet_v2", "weights": "none"},
+        stage2={"top": 1, **quick}, stage3={"top": 1, **quick}, explain={"per_group": 1},
+    )  # fmt: skip
+    names = ["synth", "prepare", "lungs_prepare", "lungs_train", "lungs_predict", "stage1",
+             "stage2", "stage3", "explain", "report"]  # fmt: skip
+    for k, func in enumerate(STEP_FUNCS):
+        # calls in this run: the step killed last time (run again) and this one
+        nth = 2 if k and STEP_FUNCS[k - 1] == func else 1
+        real, calls = getattr(run_mod, func), []
+
+        def dying(*args, real=real, calls=calls, nth=nth, **kwargs):
+            result = real(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == nth:
+                raise KeyboardInterrupt
+            return result
+
+        logs: list[str] = []
+        with monkeypatch.context() as m:
+            m.setattr(run_mod, func, dying)
+            with pytest.raises(KeyboardInterrupt):
+                run_pipeline(cfg, log=logs.append)
+        assert f"[pipeline] {names[k]}: running" in "\n".join(logs)
+        assert not (tmp_path / f"qs/.steps/{names[k]}.json").exists()
+        if k:  # the step killed last time runs again and resumes; those before it are reused
+            assert f"[pipeline] {names[k - 1]}: running (resuming)" in logs
+            assert all(f"[pipeline] {n}: reused (unchanged)" in logs for n in names[: k - 1])
+    results = run_pipeline(cfg, log=lambda s: None)
+    assert [r.status for r in results.values()] == ["reused"] * 9 + ["ran"]
+    assert (tmp_path / "qs/report/report.html").stat().st_size > 10_000

@@ -20,6 +20,7 @@ from typing import Any
 
 from cxrguide.config import PredictConfig, add_config_flags, config_from_args
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.files import atomic_write_text, check_writable_dir
 from cxrguide.labels import CLASSES
 
 
@@ -33,11 +34,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder from 'cxrguide train'")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     add_config_flags(parser, PredictConfig, exclude=("run", "inputs"))
-    parser.add_argument("--json", dest="format", action="store_const", const="json",
-                        help="same as --format json")  # fmt: skip
-    parser.add_argument("--csv", dest="format", action="store_const", const="csv",
-                        help="same as --format csv")  # fmt: skip
+    parser.add_argument("--json", action=_FormatFile, nargs="?", metavar="FILE.json",
+                        help="same as --format json [--output FILE.json]")  # fmt: skip
+    parser.add_argument("--csv", action=_FormatFile, nargs="?", metavar="FILE.csv",
+                        help="same as --format csv [--output FILE.csv]")  # fmt: skip
     parser.set_defaults(func=run)
+
+
+class _FormatFile(argparse.Action):
+    """``--csv [FILE.csv]`` / ``--json [FILE.json]``: the format, and optionally the output file.
+
+    The file must carry the format's suffix, so ``--csv scan.png`` can never overwrite an image.
+    """
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        fmt = self.dest
+        namespace.format = fmt
+        if value is not None:
+            if not value.lower().endswith(f".{fmt}"):
+                parser.error(
+                    f"{option_string} {value}: expected a .{fmt} file name (or put "
+                    f"{option_string} after the inputs)"
+                )
+            namespace.output = Path(value)
 
 
 def _unique_stem(path: Path, used: Counter) -> str:
@@ -90,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("predict: give RUN and at least one INPUT")
     if cfg.output is not None and cfg.output.is_dir():
         raise CxrGuideError(f"{cfg.output}: is a folder; --output takes a file name")
+    if cfg.output is not None:  # before the work: an unwritable place fails now, in one line
+        check_writable_dir(cfg.output.parent or Path("."), "output")
+    if cfg.cam is not None:
+        check_writable_dir(cfg.cam, "cam")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     files, failures = collect_inputs(cfg.inputs)
@@ -118,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         predictor.close()
     text = format_rows(rows, cfg.format)
     if cfg.output is not None:
-        cfg.output.write_text(text, encoding="utf-8")
+        atomic_write_text(cfg.output, text)
     else:
         sys.stdout.write(text)
     for failure in failures:

@@ -1,4 +1,4 @@
-"""`cxrguide train --stage 1|2 ...`: one run folder per model plus a stage leaderboard."""
+"""`cxrguide train --stage 1|2|3 ...`: one run folder per model plus a stage leaderboard."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from cxrguide.config import TrainConfig, add_config_flags, config_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
-        help="train classifiers: Stage I (frozen body) or Stage II (fine-tune the best)",
+        help="train classifiers: Stage I (frozen body), II (fine-tune the best), III (guided "
+        "attention)",
         description="Stage I trains the paper's head on a frozen backbone (features cached once); "
-        "Stage II fine-tunes body and head of the best Stage I runs (--from LEADERBOARD --top k). "
-        "Runs under torchrun use DDP.",
+        "Stage II fine-tunes body and head of the best Stage I runs (--from LEADERBOARD --top k); "
+        "Stage III fine-tunes the best Stage II runs with guided attention (lung gate, GAIN, "
+        "lung-mask supervision: --attention; needs 'cxrguide lungs predict' masks). "
+        "--resume continues a killed run with the same settings. Runs under torchrun use DDP.",
     )
     add_config_flags(parser, TrainConfig)
     parser.set_defaults(func=run)

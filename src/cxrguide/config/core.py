@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 from cxrguide.errors import ConfigError
+from cxrguide.files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -130,7 +131,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    """Atomically: a kill or a full disk never leaves a half-written config behind."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:

@@ -4,11 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cxrguide.config.core import _f
 
 # ---- the whole chain (`cxrguide pipeline`) ----------------------------------------------------
+
+
+@dataclasses.dataclass
+class ExplainOptions:
+    """The pipeline's ``explain:`` section (Grad-CAM galleries and the stage comparison)."""
+
+    per_group: int = _f(2, "images per gallery group")
+    per_class: int = _f(1, "images per class in the stage comparison")
+    method: Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"] = _f(
+        "gradcam", "CAM method"
+    )
+
+
+@dataclasses.dataclass
+class ReportOptions:
+    """The pipeline's ``report:`` section (keyword options of the HTML report)."""
+
+    shortcut: str | None = _f(None, "shortcut benchmark folder or table to include")
+    split: str = _f("test", "split the report's metrics come from")
+    method: str = _f("gradcam", "CAM method of the galleries")
+    gallery_per_group: int = _f(1, "images per gallery group")
+    device: str = _f("cpu", "device for the report's figures")
+    title: str = _f("cxrguide report", "page title")
 
 
 @dataclasses.dataclass

@@ -62,7 +62,11 @@ class TrainConfig:
     channels_last: bool = _f(False, "channels-last memory format (faster convs on CUDA/AVX-512)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     workers: int = _f(0, "data-loader worker processes")
-    resume: bool = _f(False, "continue a killed run from its last checkpoint")
+    resume: bool = _f(False, "continue a killed run from its last checkpoint (same config)")
+    resume_override: bool = _f(
+        False, "with --resume: continue with changed settings, recorded in config_changes.yaml"
+    )
+    progress: bool = _f(True, "progress bars (shown only on a terminal; --no-progress: never)")
     attention: list[str] = _f(
         ["gate", "gain"],
         "Stage III: gate, gain, external; comma list (default gate,gain)",

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from cxrguide.core.device import resolve_device
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.files import atomic_open, atomic_save
 
 LAST, BEST, HISTORY = "last.pt", "best.pt", "history.csv"
 
@@ -138,9 +139,9 @@ def _reduce(sums: dict[str, float], device: torch.device) -> dict[str, float]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    # through a file object: on a full disk torch.save(path) says "unexpected pos"; this way the
+    # OSError names the file and the temp file is removed (a resumed run finds no stray .tmp)
+    atomic_save(lambda fh: torch.save(obj, fh), path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -184,7 +185,8 @@ def _run_epoch(
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     use_amp = amp_dtype is not None and (device.type == "cuda" or amp_dtype == torch.bfloat16)
     sums: dict[str, float] = {}
-    bar = tqdm(loader, desc=desc, leave=False, disable=not (cfg.progress and is_main_process()))
+    shown = cfg.progress and is_main_process()  # None: tqdm shows it only on a terminal
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if shown else True)
     model.train(train)
     for step, batch in enumerate(bar):
         batch = _to(batch, device, cfg.channels_last)
@@ -304,7 +306,7 @@ def fit(
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     keys = list(dict.fromkeys(k for row in history for k in row))
-    with path.open("w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(history)

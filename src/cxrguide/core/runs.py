@@ -18,6 +18,7 @@ import yaml
 
 from cxrguide.config import from_dict, to_dict
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import atomic_save, atomic_write_text
 
 MODEL_YAML, MODEL_WEIGHTS = "model.yaml", "model.pt"
 
@@ -39,9 +40,11 @@ class RunInfo:
 
 
 def save_run(run_dir: Path, model: torch.nn.Module, info: RunInfo) -> None:
+    """Atomically, weights first: ``model.yaml`` (what readers check) appears only when both
+    files are whole."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), run_dir / MODEL_WEIGHTS)
-    (run_dir / MODEL_YAML).write_text(yaml.safe_dump(to_dict(info), sort_keys=False))
+    atomic_save(lambda fh: torch.save(model.state_dict(), fh), run_dir / MODEL_WEIGHTS)
+    atomic_write_text(run_dir / MODEL_YAML, yaml.safe_dump(to_dict(info), sort_keys=False))
 
 
 def read_info(run_dir: str | Path) -> RunInfo:

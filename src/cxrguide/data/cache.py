@@ -6,6 +6,7 @@ per batch and never decodes an original again; memory use does not grow with N.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,18 @@ def image_cache_path(prepared: str | Path, size: int) -> Path:
 
 
 def create(path: Path, n: int, size: int) -> np.memmap:
+    """A new cache file with its disk space reserved up front: a memory map over a sparse file
+    dies with SIGBUS when the disk fills; reserving turns that into an OSError naming the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        if hasattr(os, "posix_fallocate"):
+            with open(path, "r+b") as fh:
+                os.posix_fallocate(fh.fileno(), 0, os.path.getsize(path))
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from None
+    return arr
 
 
 def open_readonly(path: str | Path) -> np.ndarray:

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from cxrguide.config import load_yaml
 from cxrguide.data import cache
+from cxrguide.data.completion import require_complete
 from cxrguide.errors import CxrGuideError
 from cxrguide.labels import CLASS_INDEX
 
@@ -34,14 +35,17 @@ class Prepared:
 
     @classmethod
     def open(cls, root: str | Path) -> Prepared:
-        root = Path(root)
+        root = require_complete(root, "prepare")  # an interrupted prepare is never read as data
         path = root / "manifest.csv"
         if not path.exists():
             raise CxrGuideError(f"{path}: not found (run 'cxrguide prepare' first)")
         manifest = pd.read_csv(path, dtype={"patient_id": str, "view": str}, keep_default_na=False)
         size = int(load_yaml(root / "prepare_config.yaml")["size"])
-        if not cache.image_cache_path(root, size).exists():
-            raise CxrGuideError(f"{cache.image_cache_path(root, size)}: image cache missing")
+        images = cache.image_cache_path(root, size)
+        if not images.exists():
+            raise CxrGuideError(f"{images}: image cache missing (rerun 'cxrguide prepare')")
+        if len(cache.open_readonly(images)) != len(manifest):
+            raise CxrGuideError(f"{images}: row count differs from manifest.csv; rerun prepare")
         return cls(root, manifest, size)
 
     @property

@@ -3,7 +3,8 @@
 Steps: scan every source's metadata (no pixels), decode all images in parallel into a resumable
 work cache, drop exact and near duplicates across sources, apply quotas, group by patient (and
 by duplicate links), split, and write ``manifest.csv`` plus an image cache whose row i is
-manifest row i. A killed run resumes from ``.work/`` with the same config.
+manifest row i. A killed run resumes from ``.work/`` with the same config; ``summary.json``,
+written atomically and last, marks the folder finished (:mod:`cxrguide.data.completion`).
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrguide.config import PrepareConfig, save_yaml, to_dict
-from cxrguide.data import cache, manifest
+from cxrguide.data import cache, completion, manifest
 from cxrguide.data.sources import Rejection, SourceRecord, open_source
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
 CONFIG_FILE = "prepare_config.yaml"
 MANIFEST_COLUMNS = [
     "image_id", "source", "site", "path", "label", "patient_id", "view", "view_recorded",
-    "finding", "sha256", "width", "height", "split", "cache_index",
+    "finding", "sha256", "width", "height", "split", "cache_index", "root",
 ]  # fmt: skip
+DUPLICATE_COLUMNS = ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match",
+                     "distance", "patient_id", "kept_patient_id"]  # fmt: skip
 DECODED_COLUMNS = [
     "idx", "ok", "reason", "sha256", "dhash", "width", "height", "format", "view",
 ]  # fmt: skip
@@ -53,9 +56,14 @@ def _parse_sources(specs: list[str], cfg: PrepareConfig) -> list:
     if not specs:
         raise ConfigError("source: give at least one --source KIND=PATH")
     sources = []
+    seen: dict[Path, str] = {}
     for spec in specs:
         kind, _, path = spec.partition("=")
         kind = kind.strip().lower()
+        folder = Path(path).expanduser().resolve()
+        if folder in seen:
+            raise ConfigError(f"source: {path} is given twice ({seen[folder]} and {spec})")
+        seen[folder] = spec
         if kind == "radiography":
             from cxrguide.data.sources.radiography import RadiographySource
 
@@ -97,9 +105,11 @@ def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
 
 def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
                   outputs: tuple[str, ...] = ("manifest.csv",)) -> bool:  # fmt: skip
-    """True when ``out`` already holds this exact preparation (``cfg`` saved as CONFIG_FILE and
-    every file of ``outputs`` written); refuse to clobber anything else. ``kind`` names the
-    command in errors (``prepare``, ``lungs prepare``)."""
+    """True when ``out`` holds this exact, finished preparation (``cfg`` saved as CONFIG_FILE,
+    every file of ``outputs`` and the completion marker written); refuse to clobber anything
+    else. An unfinished run's leftovers with another config are discarded (its ``.work`` decode
+    cache is kept: it checks its own fingerprint), so a failed run never blocks a corrected
+    one. ``kind`` names the command in errors (``prepare``, ``lungs prepare``)."""
     if not out.exists():
         return False
     if not out.is_dir():
@@ -113,14 +123,28 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
         return False
     from cxrguide.config import load_yaml
 
-    saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
+    finished = completion.is_complete(out) and all((out / n).exists() for n in outputs)
+    try:
+        saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
+    except ConfigError:
+        if finished:
+            raise
+        saved = None  # a config cut short by a kill: the run never got further
     wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
     if saved != wanted:
-        raise CxrGuideError(
-            f"{config_file}: this folder was prepared with a different config; "
-            "use another --out or delete the folder"
+        if finished:
+            raise CxrGuideError(
+                f"{config_file}: this folder was prepared with a different config; "
+                "use another --out or delete the folder"
+            )
+        removed = completion.discard_unfinished(out)
+        print(
+            f"{out}: discarded an unfinished {kind} run with another config ({', '.join(removed)})"
         )
-    return all((out / name).exists() for name in outputs)
+        return False
+    if finished:
+        shutil.rmtree(out / ".work", ignore_errors=True)  # a kill during the final clean-up
+    return finished
 
 
 def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> list[dict]:
@@ -174,7 +198,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     out = Path(cfg.out)
     sources = _parse_sources(cfg.source, cfg)
     if check_out_dir(out, cfg):
-        summary = json.loads((out / "summary.json").read_text())
+        summary = completion.read_summary(out)
         return PrepareResult(out, summary["images"], summary["splits"], summary["rejected"],
                              summary["duplicates"], reused=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -213,15 +237,11 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     cache.gather(cache.open_readonly(out / ".work/decoded.npy"), rows,
                  cache.image_cache_path(out, cfg.size))  # fmt: skip
     _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
-    _write_csv(
-        out / "duplicates.csv",
-        ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match", "distance"],
-        duplicates,
-    )
+    _write_csv(out / "duplicates.csv", DUPLICATE_COLUMNS, duplicates)
     split_counts = dict(Counter(split_of[i] for i in rows))
     summary = {"images": len(rows), "splits": split_counts, "rejected": len(rejected),
                "duplicates": len(duplicates), "size": cfg.size}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    completion.mark_complete(out, summary)  # last: the folder is finished only now
     shutil.rmtree(out / ".work", ignore_errors=True)
     return PrepareResult(out, len(rows), split_counts, len(rejected), len(duplicates))
 
@@ -254,7 +274,8 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
             dist = 0 if exact else manifest.hamming(hashes[pos[i]], hashes[pos[keep]])
             r = records[i]
             dropped.append((_image_id(r), r.source, r.path, r.label, _image_id(records[keep]),
-                            records[keep].label, "exact" if exact else "near", dist))  # fmt: skip
+                            records[keep].label, "exact" if exact else "near", dist,
+                            r.patient_id, records[keep].patient_id))  # fmt: skip
             links.append((i, keep))
     return sorted(kept), dropped, links
 
@@ -330,7 +351,8 @@ def _write_manifest(out, records, decoded, views, rows, split_of) -> None:
             r, d = records[i], decoded[i]
             writer.writerow([_image_id(r), r.source, r.stratum_site, r.path, r.label,
                              r.patient_id, views[i], int(bool(r.view or d["view"])), r.finding,
-                             d["sha256"], d["width"], d["height"], split_of[i], k])  # fmt: skip
+                             d["sha256"], d["width"], d["height"], split_of[i], k,
+                             str(r.root)])  # fmt: skip
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:

@@ -6,6 +6,7 @@ import csv
 from collections import Counter
 from pathlib import Path
 
+from cxrguide.data.completion import require_complete
 from cxrguide.errors import CxrGuideError
 from cxrguide.labels import CLASSES, SPLITS
 
@@ -22,6 +23,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 def count_table(prepared: str | Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one per (site, class) present, one column per split, then total."""
+    require_complete(prepared, "prepare")
     rows = read_rows(Path(prepared) / "manifest.csv")
     counts = Counter((r["site"], r["label"], r["split"]) for r in rows)
     extra = sorted({r["split"] for r in rows} - set(SPLITS))

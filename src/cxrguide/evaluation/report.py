@@ -124,15 +124,16 @@ def attention_cells(metrics: dict[str, Any]) -> tuple[str, str]:
 # --- tables -----------------------------------------------------------------------------------
 def data_tables(records: list[RunRecord]) -> list[Table]:
     """Table 3 (source x class x split) for each prepared set the runs used."""
+    from cxrguide.data.completion import is_complete
     from cxrguide.data.summary import count_table, read_rows
 
     tables = []
     roots = dict.fromkeys(r.info.data for r in records if r.info.data)
     for i, root in enumerate(roots):
         prep = Path(root)
-        if not (prep / "manifest.csv").is_file():
+        if not is_complete(prep) or not (prep / "manifest.csv").is_file():
             tables.append(Table(f"data-{i}", f"Prepared set {prep}", [], [],
-                                f"{prep}/manifest.csv not found: counts unavailable"))  # fmt: skip
+                                f"{prep}: no finished preparation: counts unavailable"))  # fmt: skip
             continue
         header, rows = count_table(prep)
         rejected = read_rows(prep / "rejected.csv") if (prep / "rejected.csv").exists() else []

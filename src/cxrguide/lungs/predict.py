@@ -35,6 +35,7 @@ from cxrguide.config import LungsPredictConfig, load_yaml
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
 from cxrguide.data import cache
+from cxrguide.data.completion import require_complete
 from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 from cxrguide.lungs.metrics import MaskQuality, content_fraction, postprocess, quality
@@ -98,6 +99,7 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     assert cfg.run is not None and cfg.data is not None
     prep = Path(cfg.data)
     manifest, config = prep / "manifest.csv", prep / "prepare_config.yaml"
+    require_complete(prep, "prepare")
     if not manifest.is_file() or not config.is_file():
         raise CxrGuideError(f"{prep}: not a folder written by 'cxrguide prepare'")
     size = int(load_yaml(config).get("size", 0))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import shutil
@@ -32,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrguide.config import LungsPrepareConfig, save_yaml
-from cxrguide.data import cache, manifest
+from cxrguide.data import cache, completion, manifest
 from cxrguide.data.imaging import fit_square, read_image, to_uint8
 from cxrguide.data.prepare import CONFIG_FILE, check_out_dir
 from cxrguide.data.sources.base import Rejection
@@ -156,7 +155,7 @@ def prepare_lungs(cfg: LungsPrepareConfig) -> LungsPrepareResult:
     out = Path(cfg.out)
     records, rejected = _scan(cfg)
     if check_out_dir(out, cfg, "lungs prepare", ("manifest.csv", "summary.json")):
-        summary = json.loads((out / "summary.json").read_text())
+        summary = completion.read_summary(out, "lungs prepare")
         return LungsPrepareResult(
             out, summary["images"], summary["splits"], summary["rejected"], reused=True
         )
@@ -203,6 +202,6 @@ def prepare_lungs(cfg: LungsPrepareConfig) -> LungsPrepareResult:
     splits = dict(Counter(split_of[i] for i in order))
     summary = {"images": len(order), "splits": splits, "rejected": len(rejected),
                "size": cfg.size, "sided": sum(int(rows[i]["sided"]) for i in order)}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    completion.mark_complete(out, summary)  # last: the folder is finished only now
     shutil.rmtree(out / ".work", ignore_errors=True)
     return LungsPrepareResult(out, len(order), splits, len(rejected))

@@ -32,6 +32,7 @@ from cxrguide.config import (
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
 from cxrguide.data import cache
+from cxrguide.data.completion import require_complete
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.lungs.augment import PairAugment
 from cxrguide.lungs.metrics import (
@@ -52,6 +53,7 @@ def read_lung_set(prepared: str | Path) -> tuple[list[dict[str, str]], int]:
     """Manifest rows and cache size of a folder written by ``lungs prepare``."""
     prepared = Path(prepared)
     manifest, config = prepared / "manifest.csv", prepared / "prepare_config.yaml"
+    require_complete(prepared, "lungs prepare")
     if not manifest.is_file() or not config.is_file():
         raise CxrGuideError(f"{prepared}: not a folder written by 'cxrguide lungs prepare'")
     size = int(load_yaml(config).get("size", 0))

@@ -66,10 +66,10 @@ _SPECS = (
     ModelSpec("inception_v3", "Inception V3", "inception_v3.tf_in1k", (299, 299), (8, 8, 2048), 22.1),
     ModelSpec("inception_resnet_v2", "Inception-ResNet V2", "inception_resnet_v2.tf_in1k", (299, 299), (5, 5, 1536), 54.5,
               note="5x5 printed is the 224x224 map; 299x299 gives 8x8"),
-    ModelSpec("covidnet_cxr_small", "COVID-Net CXR Small", None, (224, 224), (7, 7, 2048), None,
-              covidnet_variant="small", note="PEPX re-implementation, random init; published 117.4 M with its FC head"),
-    ModelSpec("covidnet_cxr_large", "COVID-Net CXR Large", None, (224, 224), (7, 7, 2048), None,
-              covidnet_variant="large", note="PEPX re-implementation, random init; published 127.4 M with its FC head"),
+    ModelSpec("covidnet_cxr_small", "PEPX network after COVID-Net CXR Small", None, (224, 224), (7, 7, 2048), None,
+              covidnet_variant="small", note="rebuilt from the paper's figure, PEPX widths guessed, random weights (not the official model; score that with evaluate --onnx); published 117.4 M with its FC head"),
+    ModelSpec("covidnet_cxr_large", "PEPX network after COVID-Net CXR Large", None, (224, 224), (7, 7, 2048), None,
+              covidnet_variant="large", note="rebuilt from the paper's figure, PEPX widths guessed, random weights (not the official model; score that with evaluate --onnx); published 127.4 M with its FC head"),
 )  # fmt: skip
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

@@ -23,6 +23,7 @@ from cxrguide.config import (
     from_dict,
     save_yaml,
 )
+from cxrguide.config.pipeline import ExplainOptions, ReportOptions
 from cxrguide.pipeline.steps import StepResult, StepRunner
 
 
@@ -35,61 +36,93 @@ def _section(cls: type, section: dict[str, Any], name: str, wiring: dict[str, An
                      f"pipeline.{name}")  # fmt: skip
 
 
+@dataclasses.dataclass
+class _Plan:
+    """Every step's typed config, built (and so validated) before the first step runs."""
+
+    synth: SynthConfig | None
+    prepare: PrepareConfig
+    lungs_prepare: LungsPrepareConfig
+    lungs_train: LungsTrainConfig
+    lungs_predict: LungsPredictConfig
+    stage1: TrainConfig
+    tune: TuneConfig | None
+    stage2: TrainConfig
+    stage3: TrainConfig
+
+
+def plan(cfg: PipelineConfig) -> _Plan:
+    """Check every section against its step's config class; errors name section and field
+    (``pipeline.stage2.lr: expected a number``) before anything is written."""
+    out, seed = Path(cfg.out), cfg.seed
+    synthetic = out / "data/synthetic"
+    synth = None
+    sources = list(cfg.sources)
+    if not sources:
+        synth = _section(SynthConfig, cfg.synth, "synth", {"out": synthetic}, seed=seed)
+        sources = [f"synthetic={synthetic}"]
+    prep = _section(PrepareConfig, cfg.prepare, "prepare",
+                    {"source": sources, "out": out / "prepared"}, seed=seed)  # fmt: skip
+    lung_sources = list(cfg.lung_sources) or [f"masks={synthetic}"]
+    lp = _section(LungsPrepareConfig, cfg.lungs_prepare, "lungs_prepare",
+                  {"source": lung_sources, "out": out / "lungs/data"}, seed=seed)  # fmt: skip
+    lt = _section(LungsTrainConfig, cfg.lungs, "lungs", {"data": lp.out, "out": out / "lungs/run"},
+                  seed=seed)  # fmt: skip
+    s1 = _section(TrainConfig, cfg.stage1, "stage1",
+                  {"stage": 1, "data": prep.out, "out": out / "stage1", "resume": True},
+                  seed=seed)  # fmt: skip
+    tune = None
+    if int(cfg.tune.get("trials", 0) or 0) > 0:
+        tune = _section(TuneConfig, cfg.tune, "tune",
+                        {"stage": 1, "data": prep.out, "out": out / "tune"},
+                        seed=seed, **{k: v for k, v in cfg.stage1.items() if k in
+                                      ("weights", "image_size", "max_epochs", "batch_size")})  # fmt: skip
+    s2 = _section(TrainConfig, cfg.stage2, "stage2",
+                  {"stage": 2, "from_run": out / "stage1/leaderboard_stage1.csv",
+                   "out": out / "stage2", "resume": True, "data": prep.out}, seed=seed)  # fmt: skip
+    s3 = _section(TrainConfig, cfg.stage3, "stage3",
+                  {"stage": 3, "from_run": out / "stage2/leaderboard_stage2.csv",
+                   "out": out / "stage3", "resume": True, "data": prep.out,
+                   "lung_model": lt.out}, seed=seed)  # fmt: skip
+    from_dict(ExplainOptions, cfg.explain, "pipeline.explain")
+    from_dict(ReportOptions, cfg.report, "pipeline.report")
+    return _Plan(synth, prep, lp, lt, LungsPredictConfig(run=lt.out, data=prep.out), s1, tune, s2,
+                 s3)  # fmt: skip
+
+
 def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
+    p = plan(cfg)  # every section checked before the first step
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "pipeline_config.yaml")
     steps = StepRunner(out, log=log)
-    seed = cfg.seed
 
     # -- data -----------------------------------------------------------------------------------
-    synthetic = out / "data/synthetic"
-    sources = list(cfg.sources)
-    if not sources:
-        synth = _section(SynthConfig, cfg.synth, "synth", {"out": synthetic}, seed=seed)
+    if p.synth is not None:
+        synth = p.synth
         steps.run("synth", synth, lambda d: _synth(synth), folder="data/synthetic")
-        sources = [f"synthetic={synthetic}"]
-    prep_cfg = _section(PrepareConfig, cfg.prepare, "prepare",
-                        {"source": sources, "out": out / "prepared"}, seed=seed)  # fmt: skip
+    prep_cfg = p.prepare
     steps.run("prepare", prep_cfg, lambda d: _prepare(prep_cfg),
               after=("synth",) if "synth" in steps.results else (), folder="prepared")  # fmt: skip
 
     # -- lungs ----------------------------------------------------------------------------------
-    lung_sources = list(cfg.lung_sources) or [f"masks={synthetic}"]
-    lp = _section(LungsPrepareConfig, cfg.lungs_prepare, "lungs_prepare",
-                  {"source": lung_sources, "out": out / "lungs/data"}, seed=seed)  # fmt: skip
+    lp, lt, lpred = p.lungs_prepare, p.lungs_train, p.lungs_predict
     steps.run("lungs_prepare", lp, lambda d: _lungs_prepare(lp),
               after=tuple(s for s in ("synth",) if s in steps.results), folder="lungs/data")  # fmt: skip
-    lt = _section(LungsTrainConfig, cfg.lungs, "lungs", {"data": lp.out, "out": out / "lungs/run"},
-                  seed=seed)  # fmt: skip
     steps.run("lungs_train", lt, lambda d: _lungs_train(lt), after=("lungs_prepare",),
               folder="lungs/run")  # fmt: skip
-    lpred = LungsPredictConfig(run=lt.out, data=prep_cfg.out)
     steps.run("lungs_predict", lpred, lambda d: _lungs_predict(lpred),
               after=("prepare", "lungs_train"), folder="lungs/predict")  # fmt: skip
 
     # -- classifiers ----------------------------------------------------------------------------
-    s1 = _section(TrainConfig, cfg.stage1, "stage1",
-                  {"stage": 1, "data": prep_cfg.out, "out": out / "stage1", "resume": True},
-                  seed=seed)  # fmt: skip
+    s1, s2, s3, tune = p.stage1, p.stage2, p.stage3, p.tune
     steps.run("stage1", s1, lambda d: _train(s1), after=("prepare",), folder="stage1")
     board1 = out / "stage1/leaderboard_stage1.csv"
     stage2_after = ["stage1"]
-    if int(cfg.tune.get("trials", 0)) > 0:
-        tune = _section(TuneConfig, cfg.tune, "tune",
-                        {"stage": 1, "data": prep_cfg.out, "out": out / "tune"},
-                        seed=seed, **{k: v for k, v in cfg.stage1.items() if k in
-                                      ("weights", "image_size", "max_epochs", "batch_size")})  # fmt: skip
+    if tune is not None:
         steps.run("tune", tune, lambda d: _tune(tune, board1), after=("stage1",), folder="tune")
         stage2_after.append("tune")
-    s2 = _section(TrainConfig, cfg.stage2, "stage2",
-                  {"stage": 2, "from_run": board1, "out": out / "stage2", "resume": True,
-                   "data": prep_cfg.out}, seed=seed)  # fmt: skip
     steps.run("stage2", s2, lambda d: _train(s2), after=tuple(stage2_after), folder="stage2")
-    s3 = _section(TrainConfig, cfg.stage3, "stage3",
-                  {"stage": 3, "from_run": out / "stage2/leaderboard_stage2.csv",
-                   "out": out / "stage3", "resume": True, "data": prep_cfg.out,
-                   "lung_model": lt.out}, seed=seed)  # fmt: skip
     steps.run("stage3", s3, lambda d: _train(s3), after=("stage2", "lungs_predict"),
               folder="stage3")  # fmt: skip
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrguide.config import to_dict
+from cxrguide.files import atomic_write_json
 
 
 def fingerprint(config: Any, inputs: list[str]) -> str:
@@ -46,7 +47,10 @@ class StepRunner:
 
     def _state(self, name: str) -> dict[str, Any] | None:
         path = self.state_dir / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        try:
+            return json.loads(path.read_text()) if path.exists() else None
+        except ValueError:  # cut short by an older version's non-atomic write: run it again
+            return None
 
     def run(
         self,
@@ -74,19 +78,16 @@ class StepRunner:
             if step_dir.exists() and (state or (started and started["fingerprint"] != fp)):
                 shutil.rmtree(step_dir)  # outputs of a different config
             (self.state_dir / f"{name}.json").unlink(missing_ok=True)
-            (self.state_dir / f"{name}.started.json").write_text(json.dumps({"fingerprint": fp}))
+            atomic_write_json(self.state_dir / f"{name}.started.json", {"fingerprint": fp})
             resumed = " (resuming)" if started and started["fingerprint"] == fp else ""
             self.log(f"[pipeline] {name}: running{resumed}")
             t0 = time.perf_counter()
             outputs = func(step_dir)
             seconds = time.perf_counter() - t0
             result = StepResult(name, "ran", seconds, fp, outputs)
-            (self.state_dir / f"{name}.json").write_text(
-                json.dumps(
-                    {"fingerprint": fp, "finished": True, "seconds": seconds, "outputs": outputs},
-                    default=str,
-                    indent=2,
-                )  # fmt: skip
+            atomic_write_json(  # atomically: a step is finished only once this is whole
+                self.state_dir / f"{name}.json",
+                {"fingerprint": fp, "finished": True, "seconds": seconds, "outputs": outputs},
             )
             self.log(f"[pipeline] {name}: done in {seconds:.1f} s")
         self.results[name] = result

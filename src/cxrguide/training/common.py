@@ -17,6 +17,7 @@ import torch
 
 from cxrguide.config import TrainConfig, save_yaml
 from cxrguide.core import engine
+from cxrguide.core.run_config import claim_run_config
 from cxrguide.core.runs import RunInfo, read_info, save_run
 from cxrguide.errors import ConfigError, CxrGuideError
 
@@ -30,7 +31,7 @@ Scorer = Callable[[Path, str, TrainConfig], dict[str, Any]]
 def engine_config(cfg: TrainConfig) -> engine.EngineConfig:
     return engine.EngineConfig(
         max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed, device=cfg.device,
-        precision=cfg.precision, channels_last=cfg.channels_last,
+        precision=cfg.precision, channels_last=cfg.channels_last, progress=cfg.progress,
     )  # fmt: skip
 
 
@@ -67,6 +68,8 @@ def run_dir(cfg: TrainConfig, name: str) -> Path:
         raise CxrGuideError(
             f"{run}: a run already exists; pass --resume to continue it or choose another --out"
         )
+    if engine.is_main_process():  # the record is written first; a resume must match it
+        claim_run_config(run, cfg, resume=cfg.resume, override=cfg.resume_override)
     return run
 
 
@@ -83,8 +86,8 @@ def finish_run(
     if not engine.is_main_process():
         engine.barrier()
         return {"backbone": info.backbone, "run": str(run), "val_accuracy": float("nan")}
-    save_run(run, model, info)
     save_yaml(cfg, run / "config.yaml")
+    save_run(run, model, info)  # model.yaml last: it marks the run finished
     row = {"backbone": info.backbone, "run": str(run), "weights": info.weights_source}
     for split in SCORED_SPLITS:
         m = score(run, split, cfg)

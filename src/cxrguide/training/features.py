@@ -85,7 +85,9 @@ def _fill(model, prepared, image_size, device, key, batch_size, precision, chann
     if channels_last:
         model.to(memory_format=torch.channels_last)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    bar = tqdm(loader, desc=f"features {model.name}", unit="batch", disable=not progress)
+    bar = tqdm(
+        loader, desc=f"features {model.name}", unit="batch", disable=None if progress else True
+    )
     for batch in bar:
         x = batch["image"].to(device)
         if channels_last:

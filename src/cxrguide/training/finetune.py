@@ -129,6 +129,8 @@ def fine_tune(
     if lungs:
         check_lungs(prepared)
     model.unfreeze_body().train()
+    if info.parent:  # the body starts from the parent's weights, whatever --weights says
+        cfg = dataclasses.replace(cfg, weights=str(Path(info.parent) / "model.pt"))
     run = run_dir(cfg, info.backbone)
     size = cfg.image_size or info.image_size or model.input_size[0]
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None

@@ -53,7 +53,8 @@ def stage1(
     if cfg.feature_cache:
         if engine.is_main_process():  # rank 0 fills the cache, the other ranks then read it
             feats = pooled_features(model, prepared, size, device, batch_size=cfg.batch_size,
-                                    precision=cfg.precision, channels_last=cfg.channels_last)  # fmt: skip
+                                    precision=cfg.precision, channels_last=cfg.channels_last,
+                                    progress=cfg.progress)  # fmt: skip
         engine.barrier()
         if not engine.is_main_process():
             feats = pooled_features(model, prepared, size, device, precision=cfg.precision,

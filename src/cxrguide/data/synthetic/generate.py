@@ -28,6 +28,7 @@ from cxrguide.config import SynthConfig
 from cxrguide.data.synthetic.markers import CLASS_POSITIONS, KINDS, POSITIONS
 from cxrguide.data.synthetic.render import Case, CaseSpec, render_case
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import atomic_write_text
 from cxrguide.labels import CLASSES
 
 GENERATOR_VERSION = 1  # bump whenever the drawing changes, so old folders are not mixed in
@@ -251,7 +252,7 @@ def _claim_folder(out: Path, cfg: SynthConfig) -> None:
     settings = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
     text = yaml.safe_dump({"content": want, "settings": settings}, sort_keys=False)
-    marker.write_text(text, encoding="utf-8")
+    atomic_write_text(marker, text)  # a kill mid-write must not leave an unreadable marker
 
 
 @dataclass(frozen=True)

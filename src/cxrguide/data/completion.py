@@ -1,0 +1,72 @@
+"""When is a prepared folder finished? When its ``summary.json`` exists.
+
+``prepare`` and ``lungs prepare`` write ``summary.json`` atomically and last, after the manifest
+and every cache, so its presence is the one completion marker: every reader (``Prepared.open``,
+the lung readers, the report, ``data summary``) checks it, and a folder that a kill, a full disk
+or an error left half-written is refused in one line instead of being read as data.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cxrguide.errors import CxrGuideError
+from cxrguide.files import atomic_write_json
+
+SUMMARY = "summary.json"
+# what prepare / lungs prepare write besides .work (their resumable decode cache): an unfinished
+# run's leftovers are these and only these are discarded before a re-run with another config
+OUTPUTS = ("manifest.csv", "rejected.csv", "duplicates.csv", SUMMARY, "cache", "features",
+           "lung_quality.csv", "prepare_config.yaml")  # fmt: skip
+
+
+def is_complete(folder: str | Path) -> bool:
+    return (Path(folder) / SUMMARY).is_file()
+
+
+def mark_complete(folder: str | Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (atomically): call it after every other output is on disk."""
+    atomic_write_json(Path(folder) / SUMMARY, summary)
+
+
+def read_summary(folder: str | Path, command: str = "prepare") -> dict[str, Any]:
+    """The summary of a finished folder; one-line error for a missing or unfinished one."""
+    require_complete(folder, command)
+    path = Path(folder) / SUMMARY
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CxrGuideError(f"{path}: unreadable; rerun 'cxrguide {command}'") from None
+
+
+def require_complete(folder: str | Path, command: str = "prepare") -> Path:
+    """``folder`` if ``cxrguide <command>`` finished writing it, else a one-line error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CxrGuideError(f"{folder}: no such folder (run 'cxrguide {command}' first)")
+    if not is_complete(folder):
+        if (folder / "prepare_config.yaml").is_file():
+            raise CxrGuideError(
+                f"{folder}: unfinished 'cxrguide {command}' (no {SUMMARY}: it was interrupted or "
+                "failed); run the same command again to complete it"
+            )
+        raise CxrGuideError(f"{folder}: not a folder written by 'cxrguide {command}'")
+    return folder
+
+
+def discard_unfinished(folder: Path) -> list[str]:
+    """Remove an unfinished run's outputs (never ``.work``, never files it did not write)."""
+    removed = []
+    for name in OUTPUTS:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
