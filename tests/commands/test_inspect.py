@@ -69,6 +69,6 @@ def test_real_samples(shared_data, capsys):
     rgba = shared_data / "CCXRD/covid-chestxray-dataset/images/000001-12.jpg"
     assert main(["inspect", str(rsna), str(rgba)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"{rsna}: DICOM 1024x1024 8-bit MONOCHROME2 view AP OK",
+        f"{rsna}: DICOM 1024x1024 8-bit MONOCHROME2 CR view AP OK",
         f"{rgba}: PNG 373x361 8-bit RGBA OK",
     ]
