@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cxrguide.inference.predictor import Predictor
     from cxrguide.serve.app import create_app
+    from cxrguide.serve.protocol import header_timeout_protocol
 
     cfg = config_from_args(ServeConfig, args)
     if cfg.run is None:
@@ -73,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
                      max_concurrent=cfg.max_concurrent, max_decodes=cfg.max_decodes,
                      body_timeout_s=cfg.body_timeout_s)  # fmt: skip
     config = uvicorn.Config(app, log_level=cfg.log_level, timeout_keep_alive=cfg.keep_alive_s,
-                            limit_concurrency=cfg.max_connections)  # fmt: skip
+                            limit_concurrency=cfg.max_connections,
+                            http=header_timeout_protocol(cfg.header_timeout_s))  # fmt: skip
     host, port = sock.getsockname()[:2]
     print(f"serving {predictor.run_id} ({predictor.info.backbone}, backend {predictor.backend}) "
           f"on http://{host}:{port}/ (API docs at /docs); research tool, not a diagnosis",

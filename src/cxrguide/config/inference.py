@@ -80,6 +80,7 @@ class ServeConfig:
     max_concurrent: int = _f(16, "uploads received or held at once (more get 503 at once)")
     max_decodes: int = _f(2, "images decoded and labelled at once (bounds memory; others wait)")
     body_timeout_s: float = _f(30.0, "an upload must arrive within this many seconds (else 408)")
+    header_timeout_s: float = _f(10.0, "a request's headers must arrive within this many seconds")
     keep_alive_s: float = _f(5.0, "close idle keep-alive connections after this many seconds")
     max_connections: int = _f(64, "open connections at once (more get 503)")
     threads: int = _f(0, "CPU threads for inference (0: the library default)")
@@ -92,7 +93,7 @@ class ServeConfig:
             raise ConfigError("max_upload_mb/max_pixels/max_concurrent: must be positive")
         if self.max_decodes < 1 or self.max_connections < 1:
             raise ConfigError("max_decodes/max_connections: must be >= 1")
-        if self.body_timeout_s <= 0 or self.keep_alive_s <= 0:
-            raise ConfigError("body_timeout_s/keep_alive_s: must be positive")
+        if min(self.body_timeout_s, self.header_timeout_s, self.keep_alive_s) <= 0:
+            raise ConfigError("body_timeout_s/header_timeout_s/keep_alive_s: must be positive")
         if self.threads < 0:
             raise ConfigError("threads: must be >= 0")
