@@ -90,3 +90,13 @@ def test_corpus_radiograph_gate_names_the_modality():
     )
     assert counts["decoded"] == 11  # the 3 CR films and 8 files that state no modality
     assert "6154" not in reasons  # a CR film (a lateral one) is read
+
+
+def test_inspect_over_the_corpus_prints_one_line_per_file_and_nothing_else(capfd):
+    from cxrguide.cli import main
+
+    files = sorted(str(p) for p in CORPUS.glob("*.dcm"))
+    assert main(["inspect", *files, "--allow-modality", "all"]) == 2
+    out, err = capfd.readouterr()
+    assert err == ""  # no library warnings, no C-level decoder chatter
+    assert len(out.splitlines()) == len(files)

@@ -287,7 +287,9 @@ def _open(
         ds = _open_dicom(path, head, deferred)
         try:
             modalities = guard.normalise_modalities(allow_modality)
-            return _dicom_info(path, ds, max_pixels, min_side, modalities), ds
+            with warnings.catch_warnings():  # pydicom warns on bad values as it converts them
+                warnings.simplefilter("ignore")
+                return _dicom_info(path, ds, max_pixels, min_side, modalities), ds
         except ImageReadError:
             raise
         except Exception as err:  # a malformed header value (Rows "abc", bad VR, ...)
