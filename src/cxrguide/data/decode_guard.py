@@ -188,16 +188,20 @@ def reduce_factor(width: int, height: int, target: int | None) -> int:
 def block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
     """Mean over ``factor x factor`` blocks (edge blocks partial, as ``Image.reduce``), float32.
 
-    Sums row groups first into a (H/f, W) float32 array, so no full-size float copy is made.
+    Sums one band of ``factor`` rows at a time (integers exactly, in 64 bits), so the extra
+    memory is one output-sized array, never a full-size float copy.
     """
     if factor <= 1:
         return arr.astype(np.float32, copy=False)
     h, w = arr.shape
-    rows = np.add.reduceat(arr, np.arange(0, h, factor), axis=0, dtype=np.float32)
-    cells = np.add.reduceat(rows, np.arange(0, w, factor), axis=1, dtype=np.float32)
-    rh = np.minimum(factor, h - np.arange(0, h, factor)).astype(np.float32)
-    rw = np.minimum(factor, w - np.arange(0, w, factor)).astype(np.float32)
-    return cells / np.outer(rh, rw)
+    acc = np.int64 if arr.dtype.kind in "biu" else np.float64
+    rows = np.empty((-(-h // factor), w), dtype=np.float64)
+    for i, top in enumerate(range(0, h, factor)):
+        rows[i] = arr[top : top + factor].sum(axis=0, dtype=acc)
+    cells = np.add.reduceat(rows, np.arange(0, w, factor), axis=1)
+    rh = np.minimum(factor, h - np.arange(0, h, factor))
+    rw = np.minimum(factor, w - np.arange(0, w, factor))
+    return (cells / np.outer(rh, rw)).astype(np.float32)
 
 
 def pil_gray(
@@ -219,7 +223,7 @@ def pil_gray(
         im.draft("L", (-(-width // factor), -(-height // factor)))
         factor = reduce_factor(*im.size, target)
     im.load()
-    mode = im.mode
+    source, mode = im, im.mode
     if mode in ("P", "PA"):
         mode = "LA" if mode == "PA" or "transparency" in im.info else "L"
         im = im.convert(mode)
@@ -227,11 +231,14 @@ def pil_gray(
         im, mode = im.convert("LA"), "LA"
     elif mode == "1" or mode not in ("L", "LA", "I", "F") and not mode.startswith("I;16"):
         im, mode = im.convert("L"), "L"  # RGB, CMYK, YCbCr, LAB...
+    if im is not source:
+        source.close()  # frees the decoded original now (the caller's close is then a no-op)
     if mode == "LA":
         plane, alpha = (np.asarray(band) for band in im.split())
         composite = plane.astype(np.uint16) * alpha  # <= 255 * 255, fits
         return block_mean(composite, factor) / np.float32(255 * 255), min(bit_depth, 8)
     arr = np.asarray(im)
+    im.close()
     if is_jpeg and mode == "L" and path is not None:
         filler = jpeg_filler_fraction(arr)
         if filler >= FILLER_LIMIT and filler_confirmed(path, arr, filler):
