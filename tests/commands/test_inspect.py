@@ -69,6 +69,31 @@ def test_real_samples(shared_data, capsys):
     rgba = shared_data / "CCXRD/covid-chestxray-dataset/images/000001-12.jpg"
     assert main(["inspect", str(rsna), str(rgba)]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        f"{rsna}: DICOM 1024x1024 8-bit MONOCHROME2 view AP OK",
+        f"{rsna}: DICOM 1024x1024 8-bit MONOCHROME2 CR view AP OK",
         f"{rgba}: PNG 373x361 8-bit RGBA OK",
     ]
+
+
+def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    ct = get_testdata_file("CT_small.dcm")
+    assert main(["inspect", ct]) == 2
+    assert capsys.readouterr().out == (
+        f"{ct}: DICOM modality CT is not a radiograph (CR/DX/DR); "
+        "pass --allow-modality CT to read it anyway\n"
+    )
+    assert main(["inspect", ct, "--allow-modality", "CT"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{ct}: DICOM 128x128 16-bit MONOCHROME2 CT OK; warning: modality CT")
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.Modality, ds.ViewPosition = "CR", "LL"
+    ds.set_pixel_data(
+        np.arange(100 * 120, dtype=np.uint16).reshape(100, 120) % 4096, "MONOCHROME2", 12
+    )
+    ds.save_as(tmp_path / "lat.dcm", enforce_file_format=True)
+    assert main(["inspect", str(tmp_path / "lat.dcm")]) == 0
+    assert capsys.readouterr().out.endswith(
+        "CR view LL OK; warning: lateral view (LL): the model was trained on frontal films\n"
+    )

@@ -70,3 +70,15 @@ def test_serve_errors_exit_2(tmp_path, capsys):
     assert "not a trained run" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
     assert "port" in capsys.readouterr().err
+
+
+def test_busy_port_is_a_one_line_error_before_serving(tmp_path_factory, capsys):
+    run = tiny_run(tmp_path_factory)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve", str(run), "--port", str(port)]) == 2
+    out = capsys.readouterr()
+    assert "serving" not in out.out
+    assert f"cannot listen on 127.0.0.1:{port}: already in use" in out.err

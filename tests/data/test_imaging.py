@@ -109,8 +109,9 @@ def test_rgb_to_luminance(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "rgb.png")
     img, info = read_image(tmp_path / "rgb.png")
     assert info.photometric == "RGB"
-    np.testing.assert_allclose(img[:, :32], 0.299, atol=1e-6)
-    np.testing.assert_allclose(img[:, 32:], 0.114, atol=1e-6)
+    # Pillow's 8-bit "L" (ITU-R 601, rounded): decoded straight to one byte per pixel
+    np.testing.assert_allclose(img[:, :32], round(0.299 * 255) / 255, atol=1e-6)
+    np.testing.assert_allclose(img[:, 32:], round(0.114 * 255) / 255, atol=1e-6)
 
 
 def test_rgba_alpha_composited_on_black(tmp_path):
@@ -141,8 +142,8 @@ def test_dicom_monochrome2_12bit_minmax_and_view(tmp_path):
     arr = (np.arange(96 * 80).reshape(96, 80) % 4096).astype(np.uint16)
     path = _dicom(tmp_path / "m2.dcm", arr, "MONOCHROME2", 12, ViewPosition="PA")
     img, info = read_image(path)
-    assert info == ImageInfo(str(path), "DICOM", 80, 96, 12, "MONOCHROME2", "PA")
-    assert info.describe() == "DICOM 80x96 12-bit MONOCHROME2 view PA"
+    assert info == ImageInfo(str(path), "DICOM", 80, 96, 12, "MONOCHROME2", "PA", "DX")
+    assert info.describe() == "DICOM 80x96 12-bit MONOCHROME2 DX view PA"
     np.testing.assert_allclose(img, (arr - arr.min()) / (arr.max() - arr.min()), atol=1e-6)
 
 
@@ -248,7 +249,7 @@ def test_truncated_png_and_jpeg(tmp_path, fmt):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert probe(path).width == 200  # the header is intact, the pixels are not
-    assert _reason(path) == "truncated image data"
+    assert _reason(path).startswith("truncated image data")
     path.write_bytes(data[:20])  # cut inside the header
     assert _reason(path) == "truncated image data"
 

@@ -286,3 +286,18 @@ def test_file_under_two_patients_and_sources_named(folder, tmp_path):
     with pytest.raises(CxrGuideError, match="given twice"):
         prepare_mod.prepare(_cfg(folder, tmp_path / "b", source=[f"testfolder={folder}",
                                                                  f"testfolder={folder}/"]))  # fmt: skip
+
+
+def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "img/ct.dcm")
+    with (folder / "labels.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow(("img/ct.dcm", "Normal", "ct-patient", "siteA"))
+    prepare_mod.prepare(_cfg(folder, tmp_path / "out"))
+    rejected = pd.read_csv(tmp_path / "out/rejected.csv")
+    reasons = dict(zip(rejected.path, rejected.reason, strict=True))
+    assert reasons["img/ct.dcm"].startswith("DICOM modality CT is not a radiograph (CR/DX/DR)")
+    prepare_mod.prepare(_cfg(folder, tmp_path / "allowed", allow_modality=["CT"]))
+    m = pd.read_csv(tmp_path / "allowed/manifest.csv")
+    assert "img/ct.dcm" in set(m.path)

@@ -207,3 +207,23 @@ def test_auto_falls_back_to_eager_when_onnx_export_fails(run, monkeypatch):
             assert Predictor(run, device="cpu").backend == "fp32"
     with pytest.raises(CxrGuideError, match="ONNX export failed"):
         Predictor(run, backend="onnx")
+
+
+def test_unreliable_when_lung_mask_implausible_or_film_lateral():
+    from cxrguide.evaluation.segmentation import MaskQuality
+
+    from cxrguide.data.imaging import ImageInfo
+    from cxrguide.inference.predictor import Prediction
+
+    frontal = ImageInfo("a.dcm", "DICOM", 100, 100, 12, "MONOCHROME2", "PA", "DX")
+    probs = {"Normal": 0.8, "Pneumonia": 0.1, "COVID-19": 0.1}
+    ok = Prediction("a", "Normal", probs, MaskQuality(0.3, 2, 2, "ok"), frontal, None, None)
+    assert ok.reliable and ok.record("r")["warnings"] == ""
+    odd = Prediction("a", "Normal", probs, MaskQuality(0.9, 5, 1, "implausible"), frontal,
+                     None, None)  # fmt: skip
+    assert not odd.reliable and odd.record("r")["reliable"] is False
+    assert odd.warnings == ["lung mask implausible (coverage 0.90, 1 lung(s)): not a usable "
+                            "frontal chest film?"]  # fmt: skip
+    lateral = ImageInfo("b.dcm", "DICOM", 100, 100, 12, "MONOCHROME2", "LL", "CR")
+    side = Prediction("b", "COVID-19", probs, None, lateral, None, None)
+    assert not side.reliable and "lateral view (LL)" in side.warnings[0]

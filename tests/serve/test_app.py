@@ -100,12 +100,12 @@ def test_truncated_png(client, tmp_path):
 
 def test_pixel_limit_is_checked_before_decoding(client, monkeypatch):
     """A 50000 x 50000 PNG header: refused from the header (the IDAT is a few bytes)."""
-    from cxrguide.data import imaging
+    from cxrguide.data import decode_guard
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("pixels were decoded")
 
-    monkeypatch.setattr(imaging, "_pil_pixels", no_decoding)
+    monkeypatch.setattr(decode_guard, "pil_gray", no_decoding)
     ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 0, 0, 0, 0)
     bomb = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 99))
     r = client.post("/v1/predict", files={"file": ("bomb.png", bomb, "image/png")})

@@ -2,7 +2,9 @@
 
 Inputs are files or folders (searched recursively; PNG, JPEG, DICOM, ...). Results go to stdout
 (or ``--output FILE``) as a table, ``--json`` or ``--csv``: file, label, probabilities, lung
-coverage and mask quality (when a lung model is in play) and the run id. Unreadable files are
+coverage and mask quality (when a lung model is in play), ``reliable`` and its ``warnings``
+(lateral view, an allowed non-radiograph, a lung mask that is not ``ok``) and the run id.
+DICOMs that are not radiographs are skipped with the reason unless ``--allow-modality``. Unreadable files are
 listed on stderr with the reason and skipped; the exit code is then 2. ``--cam DIR`` writes one
 Grad-CAM overlay PNG per image (heatmap + lung contour).
 """
@@ -72,12 +74,14 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         for r in rows:
             item = {k: v for k, v in r.items() if not k.startswith("p_")}
             item["probabilities"] = {c: r[f"p_{c}"] for c in CLASSES}
+            item["warnings"] = r["warnings"].split("; ") if r["warnings"] else []
             out.append(item)
         return json.dumps(out, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         columns = ["file", "label", *[f"p_{c}" for c in CLASSES], "lung_coverage",
-                   "lung_quality", "run_id"] + (["cam"] if any("cam" in r for r in rows) else [])  # fmt: skip
+                   "lung_quality", "reliable", "warnings", "run_id"] + (
+                   ["cam"] if any("cam" in r for r in rows) else [])  # fmt: skip
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
@@ -86,13 +90,16 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         return "no images labelled\n"
     width = min(60, max(len("file"), *(len(r["file"]) for r in rows)))
     head = f"{'file':<{width}}  {'label':<10} " + " ".join(f"{c:>9}" for c in CLASSES)
-    lines = [head + f"  {'lungs':>6} {'quality':<11}"]
+    lines = [head + f"  {'lungs':>6} {'quality':<11} reliable"]
     for r in rows:
         name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3) :]
         probs = " ".join(f"{r[f'p_{c}']:>9.3f}" for c in CLASSES)
         lung = "-" if r["lung_coverage"] is None else f"{r['lung_coverage']:.2f}"
         lines.append(f"{name:<{width}}  {r['label']:<10} {probs}  {lung:>6} "
-                     f"{r['lung_quality'] or '-':<11}")  # fmt: skip
+                     f"{r['lung_quality'] or '-':<11} {'yes' if r['reliable'] else 'NO'}")  # fmt: skip
+    for r in rows:
+        if r["warnings"]:
+            lines.append(f"unreliable {r['file']}: {r['warnings']}")
     lines.append(f"run {rows[0]['run_id']}; research tool, not a diagnosis")
     return "\n".join(lines) + "\n"
 
@@ -117,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(cfg.threads)
     files, failures = collect_inputs(cfg.inputs)
     predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
-                          lung_model=cfg.lung_model, max_pixels=cfg.max_pixels)  # fmt: skip
+                          lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
+                          allow_modality=cfg.allow_modality)  # fmt: skip
     if cfg.cam is not None:
         cfg.cam.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -2,15 +2,19 @@
 
 ``POST /v1/predict``, ``GET /v1/health``, ``GET /v1/model``, the page at ``/`` and OpenAPI docs
 at ``/docs``; see :mod:`cxrguide.serve.app`. Listens on loopback unless ``--host`` says otherwise.
+The port is bound before the model is loaded, so a busy port is a one-line error (exit 2) and
+"serving on ..." is printed only once the socket is ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import socket
 from pathlib import Path
 
 from cxrguide.config import ServeConfig, add_config_flags, config_from_args
-from cxrguide.errors import ConfigError
+from cxrguide.errors import ConfigError, CxrGuideError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,27 +29,62 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a one-line error (busy port, unknown host...)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise CxrGuideError(f"--host {host}: cannot resolve ({err.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        why = "already in use" if err.errno == errno.EADDRINUSE else err.strerror or str(err)
+        raise CxrGuideError(f"cannot listen on {host}:{port}: {why}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
     from cxrguide.inference.predictor import Predictor
     from cxrguide.serve.app import create_app
+    from cxrguide.serve.protocol import header_timeout_protocol
 
     cfg = config_from_args(ServeConfig, args)
     if cfg.run is None:
         raise ConfigError("serve: give RUN")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
-                          lung_model=cfg.lung_model, max_pixels=cfg.max_pixels)  # fmt: skip
+    sock = bind(cfg.host, cfg.port)
+    try:
+        predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
+                              lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
+                              allow_modality=cfg.allow_modality)  # fmt: skip
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(predictor, max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
-                     max_concurrent=cfg.max_concurrent)  # fmt: skip
+                     max_concurrent=cfg.max_concurrent, max_decodes=cfg.max_decodes,
+                     body_timeout_s=cfg.body_timeout_s)  # fmt: skip
+    config = uvicorn.Config(app, log_level=cfg.log_level, timeout_keep_alive=cfg.keep_alive_s,
+                            limit_concurrency=cfg.max_connections,
+                            http=header_timeout_protocol(cfg.header_timeout_s))  # fmt: skip
+    host, port = sock.getsockname()[:2]
     print(f"serving {predictor.run_id} ({predictor.info.backbone}, backend {predictor.backend}) "
-          f"on http://{cfg.host}:{cfg.port}/ (API docs at /docs); research tool, not a diagnosis",
+          f"on http://{host}:{port}/ (API docs at /docs); research tool, not a diagnosis",
           flush=True)  # fmt: skip
     try:
-        uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: uvicorn has shut down cleanly and re-raised the signal (as uvicorn.run)
     finally:
+        sock.close()
         predictor.close()
     return 0

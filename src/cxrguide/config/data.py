@@ -16,6 +16,11 @@ class ReaderConfig:
 
     max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
     min_side: int = _f(64, "refuse images whose shorter side is below this (not a CXR)")
+    allow_modality: list[str] = _f(
+        [],
+        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        metavar="MODALITY",
+    )
 
     def validate(self) -> None:
         if self.max_pixels <= 0:
@@ -64,6 +69,11 @@ class PrepareConfig:
     workers: int = _f(0, "decoding processes (0: all cores)")
     max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
     min_side: int = _f(64, "refuse images whose shorter side is below this")
+    allow_modality: list[str] = _f(
+        [],
+        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        metavar="MODALITY",
+    )
     radiography_classes: list[str] = _f(
         ["COVID"], "COVID-19 Radiography Database folders to take (the study: COVID only)"
     )
@@ -77,4 +87,5 @@ class PrepareConfig:
 
     @property
     def reader(self) -> ReaderConfig:
-        return ReaderConfig(max_pixels=self.max_pixels, min_side=self.min_side)
+        return ReaderConfig(max_pixels=self.max_pixels, min_side=self.min_side,
+                            allow_modality=list(self.allow_modality))  # fmt: skip

@@ -30,6 +30,11 @@ class PredictConfig:
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
     max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
+    allow_modality: list[str] = _f(
+        [],
+        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        metavar="MODALITY",
+    )
     threads: int = _f(0, "CPU threads for inference (0: the library default)")
     progress: bool = _f(True, "show a progress bar on stderr")
 
@@ -67,7 +72,17 @@ class ServeConfig:
     lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
     max_upload_mb: float = _f(32.0, "refuse uploads larger than this many MiB")
     max_pixels: int = _f(40_000_000, "refuse images with more pixels (checked before decoding)")
-    max_concurrent: int = _f(4, "uploads held in memory at once (others wait)")
+    allow_modality: list[str] = _f(
+        [],
+        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        metavar="MODALITY",
+    )
+    max_concurrent: int = _f(16, "uploads received or held at once (more get 503 at once)")
+    max_decodes: int = _f(2, "images decoded and labelled at once (bounds memory; others wait)")
+    body_timeout_s: float = _f(30.0, "an upload must arrive within this many seconds (else 408)")
+    header_timeout_s: float = _f(10.0, "a request's headers must arrive within this many seconds")
+    keep_alive_s: float = _f(5.0, "close idle keep-alive connections after this many seconds")
+    max_connections: int = _f(64, "open connections at once (more get 503)")
     threads: int = _f(0, "CPU threads for inference (0: the library default)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = _f("info", "uvicorn log level")  # fmt: skip
 
@@ -76,5 +91,9 @@ class ServeConfig:
             raise ConfigError("port: must be between 0 and 65535")
         if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.max_concurrent < 1:
             raise ConfigError("max_upload_mb/max_pixels/max_concurrent: must be positive")
+        if self.max_decodes < 1 or self.max_connections < 1:
+            raise ConfigError("max_decodes/max_connections: must be >= 1")
+        if min(self.body_timeout_s, self.header_timeout_s, self.keep_alive_s) <= 0:
+            raise ConfigError("body_timeout_s/header_timeout_s/keep_alive_s: must be positive")
         if self.threads < 0:
             raise ConfigError("threads: must be >= 0")

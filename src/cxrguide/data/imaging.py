@@ -15,13 +15,20 @@ Normalisation (output is float32 HxW in [0, 1], bright = dense, i.e. bone white,
   used: by the PNG spec its samples are already scaled to the full 16 bits).
   ``ImageInfo.bit_depth`` from :func:`read_image` reports the bits used for that scaling.
   32-bit integer and float images (TIFF): min-max.
-* RGB: luminance with ITU-R 601 weights (as Pillow's ``L``), kept in float. RGBA/LA: alpha is
-  composited on black (gray * alpha), so transparent regions read as air, not as bone.
+* RGB, palette: Pillow's 8-bit ``L`` (ITU-R 601 luminance, rounded), one byte per pixel before
+  any float copy. RGBA/LA: alpha is composited on black (gray * alpha), so transparent regions
+  read as air, not as bone.
 * DICOM: stored values -> modality LUT (RescaleSlope/Intercept or Modality LUT Sequence) -> VOI
   LUT or the first window (WindowCenter/Width) when present, i.e. the contrast the acquiring site
   meant for display -> min-max to [0, 1] -> inverted for MONOCHROME1. Values are masked to
   BitsStored first so overlay bits in the high bits of a 16-bit word do not leak in. RGB DICOM:
   luminance, then min-max. A constant image min-maxes to all 0.
+
+Real-world guards (:mod:`cxrguide.data.decode_guard`): DICOMs whose ``Modality`` is not a
+radiograph are refused unless allowed (``allow_modality``); a JPEG or PNG whose data ends before
+the header's last pixel is refused even behind a valid end marker; with ``target`` the image is
+decoded to 8-bit luminance and block-averaged to the smallest size whose longer side is still
+>= target, so memory follows the output, not the header.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cxrguide.data import decode_guard as guard
 from cxrguide.errors import ImageReadError
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -49,7 +57,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _OTHER_PIL_FORMATS = ("TIFF", "BMP", "WEBP", "JPEG2000")
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _MODE_BITS = {"1": 1, "I": 32, "F": 32, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
-_LUMA = np.array([0.299, 0.587, 0.114])
+_LUMA = (0.299, 0.587, 0.114)
 _DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -65,10 +73,17 @@ class ImageInfo:
     bit_depth: int
     photometric: str  # DICOM PhotometricInterpretation, else the Pillow mode
     view: str  # DICOM ViewPosition ("PA", "AP", ...) or "" when unknown
+    modality: str = ""  # DICOM Modality ("CR", "DX", ...) or "" when unknown / not DICOM
 
     def describe(self) -> str:
         text = f"{self.format} {self.width}x{self.height} {self.bit_depth}-bit {self.photometric}"
+        text = f"{text} {self.modality}" if self.modality else text
         return f"{text} view {self.view}" if self.view else text
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why this readable film is unlike the training films (lateral, not a radiograph)."""
+        return guard.film_warnings(self.modality, self.view)
 
 
 def _fail(path: str | Path, reason: str) -> ImageReadError:
@@ -124,8 +139,8 @@ def _png_header(path: Path, head: bytes) -> tuple[int, int, int]:
     return width, height, depth
 
 
-def _jpeg_header(path: Path) -> tuple[int, int, int]:
-    """(width, height, sample precision) from the first SOF segment, skipping other segments."""
+def _jpeg_header(path: Path) -> tuple[int, int, int, int]:
+    """(width, height, sample precision, SOF marker) from the first SOF segment."""
     with path.open("rb") as f:
         f.seek(2)
         while True:
@@ -153,7 +168,7 @@ def _jpeg_header(path: Path) -> tuple[int, int, int]:
                 if len(sof) < 5:
                     raise _fail(path, "truncated image data")
                 precision, height, width = struct.unpack(">BHH", sof)
-                return width, height, precision
+                return width, height, precision, marker
             f.seek(length - 2, 1)
 
 
@@ -194,9 +209,15 @@ def _open_dicom(path: Path, head: bytes, deferred: bool) -> Any:
     return ds
 
 
-def _dicom_info(path: Path, ds: Any, max_pixels: int, min_side: int) -> ImageInfo:
+def _dicom_info(
+    path: Path, ds: Any, max_pixels: int, min_side: int, modalities: frozenset[str]
+) -> ImageInfo:
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise _fail(path, "DICOM has no pixel data")
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    refusal = guard.modality_refusal(modality, modalities)
+    if refusal:
+        raise _fail(path, refusal)
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if not rows or not cols:
         raise _fail(path, "DICOM has no Rows/Columns")
@@ -209,7 +230,7 @@ def _dicom_info(path: Path, ds: Any, max_pixels: int, min_side: int) -> ImageInf
         raise _fail(path, f"unsupported DICOM photometric interpretation {photometric}")
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
     view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    return ImageInfo(str(path), "DICOM", int(cols), int(rows), bits, photometric, view)
+    return ImageInfo(str(path), "DICOM", int(cols), int(rows), bits, photometric, view, modality)
 
 
 def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[ImageInfo, Any]:
@@ -219,8 +240,11 @@ def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[
         _check_size(path, width, height, max_pixels, min_side)
         formats: tuple[str, ...] = ("PNG",)
     elif head.startswith(_JPEG_MAGIC):
-        width, height, depth = _jpeg_header(path)
+        width, height, depth, sof = _jpeg_header(path)
         _check_size(path, width, height, max_pixels, min_side)
+        short = guard.jpeg_too_short(path, sof, width, height)
+        if short:
+            raise _fail(path, short)
         formats = ("JPEG",)
     else:
         formats, depth = _OTHER_PIL_FORMATS, 0
@@ -252,8 +276,9 @@ def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[
 
 
 def _open(
-    path: str | Path, max_pixels: int, min_side: int, deferred: bool
-) -> tuple[ImageInfo, Any]:
+    path: str | Path, max_pixels: int, min_side: int, deferred: bool,
+    allow_modality: list[str] | tuple[str, ...] | None = None,
+) -> tuple[ImageInfo, Any]:  # fmt: skip
     path = Path(path)
     head = _read_head(path)
     if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
@@ -261,7 +286,10 @@ def _open(
     if head[128:132] == b"DICM" or _looks_like_raw_dicom(head):
         ds = _open_dicom(path, head, deferred)
         try:
-            return _dicom_info(path, ds, max_pixels, min_side), ds
+            modalities = guard.normalise_modalities(allow_modality)
+            with warnings.catch_warnings():  # pydicom warns on bad values as it converts them
+                warnings.simplefilter("ignore")
+                return _dicom_info(path, ds, max_pixels, min_side, modalities), ds
         except ImageReadError:
             raise
         except Exception as err:  # a malformed header value (Rows "abc", bad VR, ...)
@@ -270,41 +298,14 @@ def _open(
 
 
 def probe(
-    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
-) -> ImageInfo:
+    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
+    allow_modality: list[str] | tuple[str, ...] | None = None,
+) -> ImageInfo:  # fmt: skip
     """Header-only look at a file: format, size, depth, view; refuses what cannot be used."""
-    info, handle = _open(path, max_pixels, min_side, deferred=True)
+    info, handle = _open(path, max_pixels, min_side, deferred=True, allow_modality=allow_modality)
     if isinstance(handle, Image.Image):
         handle.close()
     return info
-
-
-def _luminance(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., :3].astype(np.float64) @ _LUMA
-
-
-def _pil_pixels(im: Image.Image, info: ImageInfo) -> tuple[np.ndarray, int]:
-    """Decoded Pillow image -> float [0, 1] gray, and the bit depth used for scaling."""
-    mode = im.mode
-    if mode in ("P", "PA"):
-        im = im.convert("RGBA" if mode == "PA" or "transparency" in im.info else "RGB")
-    elif mode == "1":
-        im = im.convert("L")
-    elif mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not mode.startswith("I;16"):
-        im = im.convert("RGB")  # CMYK, YCbCr, LAB...
-    arr = np.asarray(im)
-    if im.mode in ("L", "RGB", "RGBA", "LA"):
-        gray = arr[..., 0].astype(np.float64) if im.mode == "LA" else arr.astype(np.float64)
-        if gray.ndim == 3:
-            gray = _luminance(arr)
-        if im.mode in ("RGBA", "LA"):
-            gray = gray * (arr[..., -1] / 255.0)  # composite on black
-        return gray / 255.0, min(info.bit_depth, 8)
-    if im.mode.startswith("I;16") or (im.mode == "I" and info.bit_depth == 16):
-        vmax = int(arr.max()) if arr.size else 0
-        bits = next(b for b in (12, 14, 16) if vmax < 2**b)
-        return arr.astype(np.float64) / (2**bits - 1), bits
-    return _minmax(arr.astype(np.float64)), info.bit_depth
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
@@ -312,51 +313,95 @@ def _minmax(arr: np.ndarray) -> np.ndarray:
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 
 
-def _dicom_pixels(ds: Any, info: ImageInfo) -> np.ndarray:
+def _dicom_pixels(ds: Any, info: ImageInfo, target: int | None = None) -> np.ndarray:
+    """Stored values -> display values -> [0, 1]; block-averaged to ``target`` (see the module)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    factor = guard.reduce_factor(info.width, info.height, target)
     arr = ds.pixel_array
     if arr.ndim == 3:  # RGB / YBR (pydicom converts YBR to RGB)
-        return _minmax(_luminance(arr))
+        lum = arr[..., 0] * np.float32(_LUMA[0])
+        lum += arr[..., 1] * np.float32(_LUMA[1])
+        lum += arr[..., 2] * np.float32(_LUMA[2])
+        del arr
+        return _minmax(guard.block_mean(lum, factor))
     bits = int(ds.get("BitsStored") or 0)
     if arr.dtype.kind == "u" and 0 < bits < arr.dtype.itemsize * 8:
         arr = arr & np.asarray((1 << bits) - 1, dtype=arr.dtype)
+    if factor > 1 and "ModalityLUTSequence" not in ds and "VOILUTSequence" not in ds:
+        arr = guard.block_mean(arr, factor)  # linear LUTs + window: shrink first, in float32
+        factor = 1
     arr = apply_modality_lut(arr, ds)
     with contextlib.suppress(ValueError, TypeError, IndexError, KeyError):
         arr = apply_voi_lut(arr, ds)  # a malformed window is ignored: the full range is used
-    gray = _minmax(np.asarray(arr, dtype=np.float64))
+    gray = _minmax(guard.block_mean(np.asarray(arr), factor).astype(np.float32, copy=False))
     if info.photometric == "MONOCHROME1" and np.ptp(gray) > 0:
         gray = 1.0 - gray
     return gray
 
 
+def _dicom_decode_reason(ds: Any, err: BaseException) -> str:
+    """A DICOM codec failure named by transfer syntax and the first decoder's own words."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    detail = lines[1] if len(lines) > 1 and lines[0].startswith("Unable to decode") else _short(err)
+    syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "") or "unknown syntax"
+    text = f"cannot decode DICOM {syntax} pixel data ({detail})"
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _shape_fits(shape: tuple[int, ...], info: ImageInfo, target: int | None) -> bool:
+    """The header's size, or (reduced) its aspect with the longer side >= target."""
+    if guard.reduce_factor(info.width, info.height, target) == 1:
+        return shape == (info.height, info.width)
+    h, w = shape
+    aspect_error = abs(h * info.width - w * info.height) / (info.width * info.height)
+    return max(h, w) >= min(target or 0, max(info.width, info.height)) and aspect_error < 0.05
+
+
 def read_image(
-    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    *,
+    allow_modality: list[str] | tuple[str, ...] | None = None,
+    target: int | None = None,
 ) -> tuple[np.ndarray, ImageInfo]:
-    """Decode any supported CXR file to float32 HxW in [0, 1] (bright = dense) and its info."""
-    info, handle = _open(path, max_pixels, min_side, deferred=False)
+    """Decode any supported CXR file to float32 HxW in [0, 1] (bright = dense) and its info.
+
+    ``allow_modality``: DICOM modalities to read besides the radiographs (``["all"]``: any).
+    ``target``: the caller only needs a longer side of this many pixels; the image comes back
+    block-averaged by the largest integer factor that keeps it (``info`` keeps the file's size).
+    """
+    info, handle = _open(path, max_pixels, min_side, deferred=False, allow_modality=allow_modality)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if isinstance(handle, Image.Image):
-                handle.load()
-                gray, bits = _pil_pixels(handle, info)
+                if info.format == "PNG":
+                    missing = guard.png_missing_rows(Path(info.path))
+                    if missing:
+                        raise _fail(info.path, missing)
+                gray, bits = guard.pil_gray(handle, info.bit_depth, target, Path(info.path))
                 if bits != info.bit_depth:
                     info = dataclasses.replace(info, bit_depth=bits)
             else:
-                gray = _dicom_pixels(handle, info)
+                gray = _dicom_pixels(handle, info, target)
     except ImageReadError:
         raise
+    except guard.DecodeRefusal as err:
+        raise _fail(info.path, str(err)) from None
     except MemoryError:
         raise _fail(info.path, "not enough memory to decode") from None
     except Exception as err:  # decoder errors come in many types (OSError, ValueError, ...)
         if _is_truncation(err):
             raise _fail(info.path, "truncated image data") from None
+        if info.format == "DICOM":
+            raise _fail(info.path, _dicom_decode_reason(handle, err)) from None
         raise _fail(info.path, f"cannot decode {info.format} data ({_short(err)})") from None
     finally:
         if isinstance(handle, Image.Image):
             handle.close()
-    if gray.shape != (info.height, info.width):
+    if not _shape_fits(gray.shape, info, target):
         raise _fail(info.path, f"decoded shape {gray.shape} does not match the header")
     return np.ascontiguousarray(gray, dtype=np.float32), info
 

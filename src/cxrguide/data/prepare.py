@@ -73,15 +73,18 @@ def _parse_sources(specs: list[str], cfg: PrepareConfig) -> list:
     return sources
 
 
-def _decode(task: tuple[int, str, int, int, int]) -> tuple[dict, np.ndarray | None]:
+def _decode(
+    task: tuple[int, str, int, int, int, tuple[str, ...]],
+) -> tuple[dict, np.ndarray | None]:
     """Worker: read one file, hash its bytes and pixels, return the cache-sized uint8 image."""
     from cxrguide.data.imaging import fit_square, read_image, to_uint8
 
-    idx, path, size, max_pixels, min_side = task
+    idx, path, size, max_pixels, min_side, allow_modality = task
     row = {"idx": idx, "ok": 0, "reason": "", "sha256": "", "dhash": "", "width": 0,
            "height": 0, "format": "", "view": ""}  # fmt: skip
     try:
-        img, info = read_image(path, max_pixels=max_pixels, min_side=min_side)
+        img, info = read_image(path, max_pixels=max_pixels, min_side=min_side,
+                               allow_modality=allow_modality, target=size)  # fmt: skip
         with open(path, "rb") as fh:
             row["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
     except ImageReadError as err:
@@ -97,7 +100,7 @@ def _decode(task: tuple[int, str, int, int, int]) -> tuple[dict, np.ndarray | No
 
 def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.size, cfg.max_pixels, cfg.min_side]).encode())
+    h.update(json.dumps([cfg.size, cfg.max_pixels, cfg.min_side, cfg.allow_modality]).encode())
     for r in records:
         h.update(f"{r.source}|{r.root}|{r.path}\n".encode())
     return h.hexdigest()
@@ -166,7 +169,7 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
             csv.writer(fh).writerow(DECODED_COLUMNS)
         fp_file.write_text(fingerprint)
     todo = [
-        (i, str(r.file), cfg.size, cfg.max_pixels, cfg.min_side)
+        (i, str(r.file), cfg.size, cfg.max_pixels, cfg.min_side, tuple(cfg.allow_modality))
         for i, r in enumerate(records)
         if i not in done
     ]

@@ -18,6 +18,11 @@ had the best one-thread throughput, 3.1x, but drifts by up to 2e-3 and gains les
 If the export fails under ``auto``, eager fp32 is used with a warning. Grad-CAM always runs on
 the fp32 PyTorch model.
 
+Files are decoded at the size needed (``target``: memory follows the input side, not the
+header); DICOMs that are not radiographs are refused unless ``allow_modality`` names them. A
+prediction carries ``warnings`` (lateral view, allowed non-radiograph, lung mask not ``ok``) and
+is ``reliable`` only without any.
+
 Calls are serialised by a lock, so one Predictor can be shared by a threaded server.
 """
 
@@ -135,12 +140,27 @@ class Prediction:
     def target(self) -> int:
         return CLASSES.index(self.label)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Why this label should not be trusted: the film or its lung mask is off."""
+        notes = list(self.info.warnings)
+        if self.lung is not None and self.lung.flag != "ok":
+            notes.append(f"lung mask {self.lung.flag} (coverage {self.lung.area_fraction:.2f}, "
+                         f"{self.lung.lungs} lung(s)): not a usable frontal chest film?")  # fmt: skip
+        return notes
+
+    @property
+    def reliable(self) -> bool:
+        return not self.warnings
+
     def record(self, run_id: str) -> dict[str, Any]:
         """Flat row for tables, CSV and JSON."""
         row: dict[str, Any] = {"file": self.source, "label": self.label}
         row.update({f"p_{name}": round(p, 6) for name, p in self.probabilities.items()})
         row["lung_coverage"] = None if self.lung is None else self.lung.area_fraction
         row["lung_quality"] = None if self.lung is None else self.lung.flag
+        row["reliable"] = self.reliable
+        row["warnings"] = "; ".join(self.warnings)
         row["run_id"] = run_id
         return row
 
@@ -157,6 +177,7 @@ class Predictor:
         lung_model: str | Path | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = MIN_SIDE,
+        allow_modality: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.run_dir = Path(run)
         self.device = resolve_device(device)
@@ -164,6 +185,7 @@ class Predictor:
         self.run_id = run_identifier(self.run_dir)
         self.size = int(self.info.image_size)
         self.max_pixels, self.min_side = max_pixels, min_side
+        self.allow_modality = tuple(allow_modality)
         self.segmenter: FilmSegmenter | None = None
         lung_value = str(lung_model) if lung_model else self.info.lung_model
         if lung_value:
@@ -210,7 +232,8 @@ class Predictor:
     # --- the steps ------------------------------------------------------------------------
     def read(self, path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         """Decode a file (limits checked before decoding) and letterbox it to the input side."""
-        gray, info = read_image(path, max_pixels=self.max_pixels, min_side=self.min_side)
+        gray, info = read_image(path, max_pixels=self.max_pixels, min_side=self.min_side,
+                                allow_modality=self.allow_modality, target=self.size)  # fmt: skip
         return letterbox(gray, self.size), info
 
     def segment(

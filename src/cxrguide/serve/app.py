@@ -4,7 +4,8 @@
   adds a Grad-CAM overlay PNG, base64) -> label, probabilities, lung coverage and quality.
 - ``GET /v1/health``, ``GET /v1/model`` (run id, backbone, stage, classes, training data).
 - ``GET /`` the page for a person (drop an X-ray, see probabilities, heatmap, lung contour);
-  OpenAPI docs at ``/docs``.
+  OpenAPI docs at ``/docs``, served with their Swagger UI assets from the ``fastapi-offline``
+  package (``/docs-assets``), so the page works offline and loads nothing from a CDN.
 
 Hostile input: the body is read in chunks and refused (413) past ``max_upload_bytes`` before it
 is parsed, the multipart parser keeps the part in memory (never a spool file in the system temp
@@ -13,14 +14,25 @@ folder), and the bytes go to a file with a random name in a private 0700 temp fo
 pixel count from the header before decoding (413 for too many pixels, 422 for anything
 unreadable), then deleted. The client's file name is only echoed back, never used as a path.
 The model is shared and the :class:`~cxrguide.inference.predictor.Predictor` serialises
-inference with a lock; at most ``max_concurrent`` uploads are held in memory at once.
+inference with a lock.
+
+Slow and greedy clients: at most ``max_concurrent`` uploads are received or held at once (more
+get 503 at once, never a queue a slow client can fill); each body must arrive within
+``body_timeout_s`` (408 otherwise), so four clients sending 1 byte/s hold four upload slots for
+at most that long and never the decoders; at most ``max_decodes`` images are decoded and labelled
+at once, each decoded at the model's input side (memory follows the model, not the header), and
+the C heap is trimmed after each (``malloc_trim``) so the memory goes back to the system. A
+client that disconnects mid-upload is logged in one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
+import ctypes.util
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -32,9 +44,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from cxrguide.attention.cam import CAM_METHODS
 from cxrguide.errors import ImageReadError
@@ -54,6 +69,7 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+log = logging.getLogger("uvicorn.error")  # uvicorn's own format and level
 
 
 class LungInfo(BaseModel):
@@ -74,6 +90,8 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float]
     lung: LungInfo | None
     image: ImageMeta
+    reliable: bool  # False when any warning applies: do not read the label
+    warnings: list[str]  # lateral view, allowed non-radiograph, implausible lung mask
     filename: str | None
     run_id: str
     overlay_png_base64: str | None = None
@@ -113,16 +131,47 @@ def _safe_name(name: str | None) -> str | None:
     return clean[:120] or None
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body within ``timeout_s`` (408) and ``limit`` (413); a disconnect: one line."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit + MULTIPART_OVERHEAD:
-            raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit + MULTIPART_OVERHEAD:
+                    raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
+    except TimeoutError:
+        client = request.client.host if request.client else "?"
+        log.warning("upload from %s timed out after %.0f s (%d bytes received)", client,
+                    timeout_s, len(body))  # fmt: skip
+        raise HTTPException(408, f"upload not received within {timeout_s:g} s") from None
+    except ClientDisconnect:
+        client = request.client.host if request.client else "?"
+        log.warning("client %s disconnected during the upload (%d bytes received)", client,
+                    len(body))  # fmt: skip
+        raise HTTPException(400, "client disconnected") from None
     return bytes(body)
+
+
+def _trim_heap() -> None:
+    """Give freed decode buffers back to the OS (glibc keeps them in its arenas otherwise)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 async def _file_part(request: Request, body: bytes, limit: int) -> tuple[bytes, str | None]:
@@ -174,6 +223,7 @@ def _response(pred: Prediction, predictor: Predictor, name: str | None, started:
     return PredictResponse(
         label=pred.label, probabilities=pred.probabilities, lung=lung,
         image=ImageMeta(format=pred.info.format, width=pred.info.width, height=pred.info.height),
+        reliable=pred.reliable, warnings=pred.warnings,
         filename=_safe_name(name), run_id=predictor.run_id, overlay_png_base64=overlay,
         cam_method=method, elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
     )  # fmt: skip
@@ -183,9 +233,11 @@ def create_app(
     predictor: Predictor,
     *,
     max_upload_bytes: int = 32 * 1024 * 1024,
-    max_concurrent: int = 4,
+    max_concurrent: int = 16,
+    max_decodes: int = 2,
+    body_timeout_s: float = 30.0,
 ) -> FastAPI:
-    """The app over one loaded run. Pixel limits are the predictor's (``max_pixels``)."""
+    """The app over one loaded run. Pixel and modality limits are the predictor's."""
     workdir = Path(tempfile.mkdtemp(prefix="cxrguide-serve-"))  # mode 0700
 
     @asynccontextmanager
@@ -198,11 +250,15 @@ def create_app(
         version="1",
         summary="Chest X-ray classification (Normal / Pneumonia / COVID-19). " + DISCLAIMER,
         lifespan=lifespan,
+        docs_url=None,  # served below with local assets
+        redoc_url=None,
     )
+    _local_docs(app)
     app.state.predictor = predictor
     app.state.workdir = workdir
     weakref.finalize(app, shutil.rmtree, workdir, True)
-    gate = asyncio.Semaphore(max_concurrent)
+    uploads = {"active": 0}  # requests between accept and answer (event loop only: no lock)
+    decoders = asyncio.Semaphore(max_decodes)
     started_at = time.time()
 
     def infer(data: bytes, name: str | None, cam: bool, method: str) -> PredictResponse:
@@ -212,29 +268,37 @@ def create_app(
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            del data
             pred = predictor.predict_file(path, source=_safe_name(name) or "upload")
+            overlay = _png_base64(predictor.cam(pred, method)) if cam else None
+            return _response(pred, predictor, name, started, overlay, method if cam else None)
         finally:
             path.unlink(missing_ok=True)
-        overlay = _png_base64(predictor.cam(pred, method)) if cam else None
-        return _response(pred, predictor, name, started, overlay, method if cam else None)
+            _trim_heap()
 
     @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_UPLOAD_BODY,
-              responses={400: {}, 413: {}, 415: {}, 422: {}})  # fmt: skip
+              responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})  # fmt: skip
     async def predict(
         request: Request,
         cam: Annotated[bool, Query(description="add a Grad-CAM overlay PNG (base64)")] = False,
         method: Annotated[CamMethod, Query(description="CAM method for the overlay")] = "gradcam",
     ) -> PredictResponse:
         """Label one chest X-ray (multipart part ``file``: PNG, JPEG or DICOM)."""
-        async with gate:
-            body = await _read_body(request, max_upload_bytes)
+        if uploads["active"] >= max_concurrent:
+            raise HTTPException(503, f"busy: {max_concurrent} uploads in progress; retry shortly",
+                                headers={"Retry-After": "5"})  # fmt: skip
+        uploads["active"] += 1
+        try:
+            body = await _read_body(request, max_upload_bytes, body_timeout_s)
             data, name = await _file_part(request, body, max_upload_bytes)
             del body
-            try:
+            async with decoders:
                 return await run_in_threadpool(infer, data, name, cam, method)
-            except ImageReadError as err:
-                status = 413 if err.reason.startswith("too many pixels") else 422
-                raise HTTPException(status, f"cannot use this image: {err.reason}") from None
+        except ImageReadError as err:
+            status = 413 if err.reason.startswith("too many pixels") else 422
+            raise HTTPException(status, f"cannot use this image: {err.reason}") from None
+        finally:
+            uploads["active"] -= 1
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
@@ -244,13 +308,34 @@ def create_app(
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
         return {**predictor.describe(), "limits": {"max_upload_bytes": max_upload_bytes,
-                "max_pixels": predictor.max_pixels, "min_side": predictor.min_side},
+                "max_pixels": predictor.max_pixels, "min_side": predictor.min_side,
+                "allow_modality": list(predictor.allow_modality),
+                "max_concurrent_uploads": max_concurrent, "max_decodes": max_decodes,
+                "body_timeout_s": body_timeout_s},
                 "cam_methods": list(CAM_METHODS), "disclaimer": DISCLAIMER}  # fmt: skip
 
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse,
+                   include_in_schema=False)  # fmt: skip
     def index() -> HTMLResponse:
         return HTMLResponse(page, headers=_PAGE_HEADERS)
 
     return app
+
+
+def _local_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI with its JS/CSS from the ``fastapi-offline`` wheel, not a CDN."""
+    import fastapi_offline
+
+    assets = Path(fastapi_offline.__file__).with_name("static")
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="openapi.json", title="cxrguide API",
+            swagger_js_url="docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="docs-assets/swagger-ui.css",
+            swagger_favicon_url="docs-assets/favicon.png",
+        )  # fmt: skip

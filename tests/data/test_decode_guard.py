@@ -1,0 +1,137 @@
+"""Forged end markers, bounded decoding and the radiograph gate (cxrguide.data.decode_guard)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrguide.data import decode_guard as guard
+from cxrguide.data.imaging import probe, read_image
+from cxrguide.errors import ImageReadError
+
+
+def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w)) * 255).astype(np.uint8)
+
+
+def _forged_jpeg(path, data: np.ndarray, width: int, height: int) -> None:
+    """A real JPEG of ``data`` whose frame header claims ``width x height`` (EOI kept)."""
+    buf = io.BytesIO()
+    Image.fromarray(data).save(buf, "JPEG", quality=90)
+    raw = bytearray(buf.getvalue())
+    sof = raw.find(b"\xff\xc0")
+    struct.pack_into(">HH", raw, sof + 5, height, width)
+    path.write_bytes(bytes(raw))
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png(width: int, height: int, rows: np.ndarray) -> bytes:
+    """An 8-bit gray PNG whose (complete, valid) zlib stream holds only ``rows``."""
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw))
+            + _chunk(b"IEND", b""))  # fmt: skip
+
+
+def _reason(path, **kw) -> str:
+    with pytest.raises(ImageReadError) as err:
+        read_image(path, **kw)
+    return err.value.reason
+
+
+def test_jpeg_header_bigger_than_its_data_refused_before_decoding(tmp_path):
+    path = tmp_path / "forged.jpg"
+    _forged_jpeg(path, _noise(128, 128), 6000, 6000)
+    reason = _reason(path)
+    assert reason.startswith("truncated image data (header says 6000x6000, which needs at least")
+    with pytest.raises(ImageReadError):  # header-only look refuses it too
+        probe(path)
+
+
+@pytest.mark.parametrize("target", [None, 256])
+def test_jpeg_filler_behind_a_forged_end_marker_refused(tmp_path, target):
+    path = tmp_path / "forged.jpg"
+    _forged_jpeg(path, _noise(128, 128), 600, 600)  # big enough to pass the byte floor
+    assert "decoder's filler" in _reason(path, target=target)
+
+
+def test_real_jpeg_with_mid_gray_content_is_kept(tmp_path):
+    arr = _noise(200, 200)
+    arr[150:] = 128  # a flat band at the bottom, but real data up to the last pixel
+    arr[-1, -1] = 127
+    Image.fromarray(arr).save(tmp_path / "ok.jpg", quality=100)
+    img, _ = read_image(tmp_path / "ok.jpg")
+    assert img.shape == (200, 200)
+
+
+def test_png_whose_zlib_stream_ends_early_refused(tmp_path):
+    rows = _noise(128, 64)
+    (tmp_path / "short.png").write_bytes(_png(64, 6000, rows))
+    reason = _reason(tmp_path / "short.png")
+    assert reason.startswith("truncated image data (header says 64x6000; the data ends after 2.1")
+    (tmp_path / "full.png").write_bytes(_png(64, 128, rows))
+    img, _ = read_image(tmp_path / "full.png")
+    np.testing.assert_allclose(img, rows / 255, atol=1e-6)
+
+
+def test_interlaced_png_size_rule(tmp_path):
+    arr = _noise(77, 91)
+    Image.fromarray(arr).save(tmp_path / "i.png", interlace=1)
+    assert guard.png_missing_rows(tmp_path / "i.png") is None
+    img, _ = read_image(tmp_path / "i.png")
+    np.testing.assert_allclose(img, arr / 255, atol=1e-6)
+
+
+def test_block_mean_matches_pillow_reduce():
+    arr = np.random.default_rng(1).random((101, 67)).astype(np.float32)
+    ours = guard.block_mean(arr, 4)
+    theirs = np.asarray(Image.fromarray(arr).reduce(4))
+    assert ours.shape == theirs.shape == (26, 17)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_palette_png_decoded_small_when_a_target_is_given(tmp_path):
+    """The bomb-like case: a tiny palette PNG of a large film decodes to the needed size."""
+    im = Image.new("P", (2100, 1400))
+    im.putpalette([v for i in range(256) for v in (i, i, i)])
+    im.paste(200, (0, 0, 1050, 1400))
+    im.save(tmp_path / "pal.png", optimize=True)
+    full, info = read_image(tmp_path / "pal.png")
+    small, info_small = read_image(tmp_path / "pal.png", target=256)
+    assert info == info_small and (info.width, info.height) == (2100, 1400)
+    assert small.shape == (175, 263) and small.dtype == np.float32  # factor 8, longer side >= 256
+    np.testing.assert_allclose(small[:, :131], 200 / 255, atol=1e-6)
+    np.testing.assert_allclose(small[:, 132:], 0, atol=1e-6)
+    assert full.shape == (1400, 2100)
+
+
+def test_jpeg_decoded_at_draft_scale(tmp_path):
+    arr = np.tile(np.linspace(0, 255, 1600, dtype=np.float32), (1200, 1)).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
+    img, info = read_image(tmp_path / "big.jpg", target=200)
+    assert (info.width, info.height) == (1600, 1200)
+    assert max(img.shape) >= 200 and max(img.shape) < 400
+    ref = arr[:: 1200 // img.shape[0], :: 1600 // img.shape[1]] / 255
+    assert np.abs(img.mean() - ref.mean()) < 0.01
+
+
+def test_modality_gate_and_film_warnings():
+    accepted = guard.normalise_modalities(None)
+    assert guard.modality_refusal("CR", accepted) is None
+    assert guard.modality_refusal("", accepted) is None  # states nothing: read
+    assert "DICOM modality MR is not a radiograph" in guard.modality_refusal("mr", accepted)
+    assert guard.modality_refusal("MR", guard.normalise_modalities(["mr"])) is None
+    assert guard.modality_refusal("PT", guard.normalise_modalities(["all"])) is None
+    assert guard.film_warnings("DX", "PA") == []
+    assert guard.film_warnings("DX", "LL") == [
+        "lateral view (LL): the model was trained on frontal films"
+    ]
+    assert guard.film_warnings("CT", "")[0].startswith("modality CT is not a radiograph")
