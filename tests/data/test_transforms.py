@@ -12,12 +12,26 @@ from cxrguide.data.transforms import resize_array, resize_image, resize_mask, re
 def test_shrinking_is_the_area_mean_on_known_arrays():
     img = np.arange(16, dtype=np.float32).reshape(4, 4)
     np.testing.assert_allclose(resize_array(img, 2), [[2.5, 4.5], [10.5, 12.5]])
-    # 3 -> 2: windows [0, 2) and [1, 3) (torch's area / adaptive average pooling)
+    # 3 -> 2: footprints [0, 1.5) and [1.5, 3), the middle pixel split half and half
     row = np.array([[0.0, 3.0, 6.0]] * 3)
-    np.testing.assert_allclose(resize_array(row, 2), [[1.5, 4.5]] * 2)
+    np.testing.assert_allclose(resize_array(row, 2), [[1.0, 5.0]] * 2)
     stripes = np.zeros((8, 8), np.uint8)
     stripes[:, ::2] = 255  # 1-px stripes average to gray instead of aliasing
     assert (resize_array(stripes, 4) == 128).all()
+
+
+def test_area_is_opencvs_inter_area_and_bilinear_is_pillows():
+    """The two halves of the rule equal the libraries' reference filters."""
+    import cv2
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    img = rng.random((300, 200)).astype(np.float32)
+    for h, w in ((224, 150), (97, 31), (77, 200)):
+        cv = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        np.testing.assert_allclose(resize_array(img, (h, w)), cv, atol=1e-5)
+    pil = np.asarray(Image.fromarray(img).resize((410, 333), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(resize_array(img, (333, 410)), pil, atol=1e-5)
 
 
 def test_enlarging_is_bilinear_with_half_pixel_centres():

@@ -1,36 +1,44 @@
-"""The one resize rule for images and masks, in numpy and torch (same numbers, both ways).
+"""The one resize rule for images and masks, in numpy and torch (same weights, both ways).
 
 Images (and anything with continuous values: probability maps, CAMs), per axis:
 
-* shrinking -> **area**: each output pixel is the mean of the input pixels its footprint
-  touches (torch's ``mode="area"``, i.e. adaptive average pooling: window
-  ``[floor(i*n/m), ceil((i+1)*n/m))``). Antialiased, no ringing, no overshoot.
+* shrinking -> **area**: each output pixel is the mean of the input area under its footprint,
+  edge pixels weighted by the fraction covered (OpenCV's ``INTER_AREA``; the tests check it).
+  Antialiased, no ringing, no overshoot. Neither torch's ``mode="area"`` (adaptive average
+  pooling: whole-pixel windows up to ``ceil(n/m) + 1`` wide, ~40% blurrier at 512 -> 224) nor
+  Pillow's ``BOX``, which ``prepare`` used before (it counts a pixel whole or not at all,
+  by whether its centre lies in the footprint, so at 300 -> 224 an output averages 1 or 2
+  pixels: aliasing).
 * enlarging -> **bilinear** (half-pixel centres, ``align_corners=False``, edges clamped):
   area would repeat pixels (blocks); bilinear has no overshoot either.
 * same size -> unchanged.
 
-The rule is separable, so a target that shrinks one axis and enlarges the other gets area on
-one and bilinear on the other. A probability map upsampled back to a film (``lungs predict``
-on files) is an image in this sense: bilinear there, so the thresholded mask has a smooth edge
-at the film's own resolution, not the model's pixel staircase.
+Both are one weight matrix per axis (:func:`sparse_weights`, rows summing to 1): the numpy
+variant applies it sparse (films of any size in ``prepare``), the torch one dense (batches on
+the model's device), so the two give the same numbers up to float rounding. The rule is
+separable, so a target that shrinks one axis and enlarges the other gets area on one and
+bilinear on the other. A probability map upsampled back to a film (``lungs predict`` on files)
+is an image in this sense: bilinear there, thresholded afterwards at the film's resolution, so
+the mask edge follows the interpolated probability instead of the model's pixel staircase.
 
 Masks (binary: 0 background, anything else foreground) -> **the image rule, then >= 0.5**,
 i.e. each output pixel takes the majority of the input area under it (a tie counts as
 foreground). Chosen over nearest because (a) nearest keeps one sample per window, so when
-shrinking a thin structure survives or vanishes by the phase of the grid, and the area of a
-mask is biased by up to a pixel per boundary row; the vote keeps areas (lung fraction, the
-quality flags) as they are; (b) the mask boundary sits exactly where the equally resized
-image's edge crosses half intensity, so image and mask stay aligned to the sub-pixel. Labels
-other than foreground/background are not supported (the project has none).
+shrinking a thin structure survives or vanishes by the phase of the grid, and a mask's area
+drifts by up to a pixel per boundary row; the vote keeps areas (lung fraction, the quality
+flags); (b) the mask boundary sits where the equally resized image's edge crosses half
+intensity, so image and mask stay aligned to the sub-pixel. Labels other than foreground /
+background are not supported (the project has none).
 
-The numpy variants (:func:`resize_array`, :func:`resize_mask_array`) serve ``prepare`` and
-``lungs prepare`` without torch; the torch variants (:func:`resize_image`,
-:func:`resize_mask`) serve datasets, prediction and ONNX scoring. ``tests/data/test_transforms``
-checks that both agree.
+Users: ``prepare`` / ``lungs prepare`` / ``fit_square`` (numpy), the datasets, lung training
+and prediction, galleries, attention metrics and ONNX scoring (torch). The augmenter's warp
+(:mod:`cxrguide.data.augment`) is not a resize: it follows torchvision (bilinear image,
+nearest mask on the same grid).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,7 +48,7 @@ if TYPE_CHECKING:
 
 Size = int | tuple[int, int]
 # A mask pixel is foreground when at least half the area under it is: a tie counts, whatever
-# the float rounding of the two variants (separable float64 in numpy, 2-D float32 in torch).
+# the float rounding of the two variants (float64 sparse in numpy, float32 dense in torch).
 MASK_VOTE = 0.5 - 1e-6
 
 
@@ -51,31 +59,40 @@ def _pair(size: Size) -> tuple[int, int]:
     return int(h), int(w)
 
 
-# ---------------------------------------------------------------------------------- numpy
-
-
-def _resize_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """The rule along one axis of a float64 array."""
-    n = x.shape[axis]
-    if n_out == n:
-        return x
-    i = np.arange(n_out)
-    if n_out < n:  # area: mean over [floor(i n / m), ceil((i + 1) n / m)), as torch's area
-        start = (i * n) // n_out
-        end = -((-(i + 1) * n) // n_out)
-        cs = np.cumsum(x, axis=axis)
-        cs = np.concatenate([np.zeros_like(np.take(cs, [0], axis=axis)), cs], axis=axis)
-        total = np.take(cs, end, axis=axis) - np.take(cs, start, axis=axis)
-        shape = [1] * x.ndim
-        shape[axis] = n_out
-        return total / (end - start).reshape(shape)
-    src = np.maximum((i + 0.5) * (n / n_out) - 0.5, 0.0)  # bilinear, half-pixel centres
-    lo = np.minimum(np.floor(src).astype(np.intp), n - 1)
+def _weight_entries(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, weight) of the rule's ``(m, n)`` matrix taking ``n`` samples to ``m``."""
+    i = np.arange(m)
+    if m < n:  # exact area: overlap of input pixel [j, j+1) with output footprint [b, e)
+        b, e = i[:, None] * n / m, (i[:, None] + 1) * n / m
+        j = np.floor(b).astype(np.intp) + np.arange(-(-n // m) + 1)[None, :]
+        w = np.clip(np.minimum(j + 1, e) - np.maximum(j, b), 0, None) * (m / n)
+        keep = (j < n) & (w > 0)
+        return np.broadcast_to(i[:, None], j.shape)[keep], j[keep], w[keep]
+    src = np.clip((i + 0.5) * n / m - 0.5, 0, n - 1)  # bilinear, half-pixel centres, clamped
+    lo = np.floor(src).astype(np.intp)
     hi = np.minimum(lo + 1, n - 1)
-    shape = [1] * x.ndim
-    shape[axis] = n_out
-    frac = (src - lo).reshape(shape)
-    return np.take(x, lo, axis=axis) * (1 - frac) + np.take(x, hi, axis=axis) * frac
+    return (
+        np.concatenate([i, i]),
+        np.concatenate([lo, hi]),
+        np.concatenate([1 - (src - lo), src - lo]),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def sparse_weights(n: int, m: int):  # noqa: ANN201 - scipy.sparse.csr_array, rows sum to 1
+    """The rule along one axis as a sparse ``(m, n)`` matrix (duplicates summed)."""
+    from scipy import sparse
+
+    rows, cols, weights = _weight_entries(n, m)
+    return sparse.csr_array((weights, (rows, cols)), shape=(m, n))
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_weights(n: int, m: int) -> np.ndarray:
+    return sparse_weights(n, m).toarray()
+
+
+# ---------------------------------------------------------------------------------- numpy
 
 
 def resize_array(img: np.ndarray, size: Size) -> np.ndarray:
@@ -85,7 +102,13 @@ def resize_array(img: np.ndarray, size: Size) -> np.ndarray:
     h, w = _pair(size)
     if (h, w) == img.shape[:2]:
         return img.copy()
-    out = _resize_axis(_resize_axis(img.astype(np.float64), h, 0), w, 1)
+    x = img.astype(np.float64)
+    n_h, n_w = img.shape[:2]
+    rest = img.shape[2:]
+    x = sparse_weights(n_h, h) @ x.reshape(n_h, -1)  # (h, W*C)
+    x = x.reshape(h, n_w, -1).transpose(1, 0, 2).reshape(n_w, -1)  # (W, h*C)
+    x = sparse_weights(n_w, w) @ x  # (w, h*C)
+    out = x.reshape(w, h, -1).transpose(1, 0, 2).reshape(h, w, *rest)
     if img.dtype.kind in "ui":
         limits = np.iinfo(img.dtype)
         return np.clip(np.round(out), limits.min, limits.max).astype(img.dtype)
@@ -106,25 +129,19 @@ def resize_mask_array(mask: np.ndarray, size: Size) -> np.ndarray:
 
 def resize_image(x: torch.Tensor, size: Size) -> torch.Tensor:
     """``(..., H, W)`` float -> the image rule at ``size`` (area shrinking, bilinear enlarging)."""
-    import torch.nn.functional as F
+    import torch
 
     h, w = _pair(size)
     n_h, n_w = x.shape[-2:]
     if (h, w) == (n_h, n_w):
         return x
-    lead = x.shape[:-2]
-    y = x.reshape(-1, 1, n_h, n_w)
-
-    def interp(t: torch.Tensor, out: tuple[int, int]) -> torch.Tensor:
-        if out[0] <= t.shape[-2] and out[1] <= t.shape[-1]:
-            return F.interpolate(t, size=out, mode="area")
-        return F.interpolate(t, size=out, mode="bilinear", align_corners=False)
-
-    if (h <= n_h) == (w <= n_w) or h == n_h or w == n_w:
-        y = interp(y, (h, w))
-    else:  # one axis shrinks, the other grows: the rule per axis (it is separable)
-        y = interp(interp(y, (h, n_w)), (h, w))
-    return y.reshape(*lead, h, w)
+    if not x.is_floating_point():
+        x = x.float()
+    if n_h != h:
+        x = torch.from_numpy(_dense_weights(n_h, h)).to(x.device, x.dtype) @ x
+    if n_w != w:
+        x = x @ torch.from_numpy(_dense_weights(n_w, w)).to(x.device, x.dtype).T
+    return x
 
 
 def resize_mask(mask: torch.Tensor, size: Size) -> torch.Tensor:
