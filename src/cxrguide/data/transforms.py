@@ -24,10 +24,12 @@ the mask edge follows the interpolated probability instead of the model's pixel 
 Masks (binary: 0 background, anything else foreground) -> **the image rule, then >= 0.5**,
 i.e. each output pixel takes the majority of the input area under it (a tie counts as
 foreground). Chosen over nearest because (a) nearest keeps one sample per window, so when
-shrinking a thin structure survives or vanishes by the phase of the grid, and a mask's area
-drifts by up to a pixel per boundary row; the vote keeps areas (lung fraction, the quality
-flags); (b) the mask boundary sits where the equally resized image's edge crosses half
-intensity, so image and mask stay aligned to the sub-pixel. Labels other than foreground /
+shrinking, whether a thin structure survives depends on the phase of the grid; the vote
+depends on how much of it is there; (b) the mask boundary sits where the equally resized
+image's edge crosses half intensity, so image and mask follow one rule and stay aligned to
+the sub-pixel. On real masks the two differ little: 40 V7 lung masks letterboxed to 256 px
+agree with Dice 0.9987 (min 0.9965); the lung-area fraction is off the full-resolution one by
+0.0003 (vote) vs 0.0002 (nearest) on average. Labels other than foreground /
 background are not supported (the project has none).
 
 Users: ``prepare`` / ``lungs prepare`` / ``fit_square`` (numpy), the datasets, lung training
