@@ -35,7 +35,11 @@ background are not supported (the project has none).
 Users: ``prepare`` / ``lungs prepare`` / ``fit_square`` (numpy), the datasets, lung training
 and prediction, galleries, attention metrics and ONNX scoring (torch). The augmenter's warp
 (:mod:`cxrguide.data.augment`) is not a resize: it follows torchvision (bilinear image,
-nearest mask on the same grid).
+nearest mask on the same grid). Not resizes of images or masks, so left as they are: the lung
+gate and GAIN's guide pooled to the feature map (soft weights, torch's ``area``; exact at the
+backbones' integer strides, and mirrored by the ONNX export's matrices), Grad-CAM's upsampling
+inside training (bilinear, which is this rule when enlarging) and the dHash thumbnail of
+``data/manifest.py`` (changing it would change duplicate detection).
 """
 
 from __future__ import annotations
