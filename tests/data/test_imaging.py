@@ -402,15 +402,16 @@ def test_fit_square_downscale_is_area_average_and_keeps_dtype():
     assert (up[:, :30] == 0).all() and np.allclose(up[:, 34:94], 0.5) and (up[:, 98:] == 0).all()
 
 
-def test_fit_square_nearest_for_masks_keeps_labels():
+def test_fit_square_masks_stay_binary_by_majority_vote():
     mask = np.zeros((60, 90), np.uint8)
     mask[10:50, 10:40] = 255
-    mask[10:50, 50:80] = 127
-    out = fit_square(mask, 45, nearest=True)
+    mask[10:50, 50:80] = 255
+    out = fit_square(mask, 45, mask=True)
     assert out.shape == (45, 45) and out.dtype == np.uint8
-    assert set(np.unique(out)) == {0, 127, 255}
+    assert set(np.unique(out)) == {0, 255}
+    assert out.mean() / 255 == (fit_square(mask, 45) >= 128).mean()  # the image rule, then >= 0.5
     assert (out[:7] == 0).all() and (out[38:] == 0).all()  # 15-px bands scaled by 1/2
-    boolean = fit_square(mask > 0, 30, nearest=True)
+    boolean = fit_square(mask > 0, 30, mask=True)
     assert boolean.dtype == np.bool_ and boolean.shape == (30, 30)
     with pytest.raises(ValueError):
         fit_square(np.zeros((0, 5)), 10)

@@ -119,3 +119,49 @@ def test_paper_quota_reproduces_table3_totals():
     assert manifest.quota_caps("synthetic", "Normal") is None
     total = sum(sum(v) for v in manifest.PAPER_TABLE3.values())
     assert total == 2631  # the study's 2122 + 242 + 267
+
+
+def _fixed_hashes() -> tuple[list[str], list]:
+    """20 items: 6 base dHashes with 0-11 bits flipped, some exact copies, some unhashed."""
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 256, size=(6, 32), dtype=np.uint8)
+    hashes, sha = [], []
+    for i in range(20):
+        bits = np.unpackbits(base[i % 6].copy())
+        bits[rng.choice(256, size=int(rng.integers(0, 12)), replace=False)] ^= 1
+        hashes.append(np.packbits(bits) if i % 7 else None)
+        sha.append(f"s{i % 9}" if i % 4 else "")
+    return sha, hashes
+
+
+def test_duplicate_groups_are_those_of_the_former_union_find():
+    """scipy's DisjointSet replaced a hand-written union-find: same groups, same order (the
+    expected lists were produced by the union-find on this input)."""
+    sha, hashes = _fixed_hashes()
+    singles = [[0], [1, 10, 19], [2, 11], [3], [4], [5, 14], [6, 15], [7], [8], [9, 18], [12],
+               [13], [16], [17]]  # fmt: skip
+    expected = {
+        -1: singles,
+        0: singles,
+        3: [
+            [0],
+            [1, 10, 19],
+            [2, 11],
+            [3, 9, 18],
+            [4],
+            [5, 14],
+            [6, 15],
+            [7],
+            [8],
+            [12],
+            [13],
+            [16],
+            [17],
+        ],  # fmt: skip
+        8: [[0], [1, 10, 16, 19], [2, 5, 11, 14, 17], [3, 6, 9, 12, 15, 18], [4], [7], [8], [13]],
+    }
+    for distance, groups in expected.items():
+        found = manifest.duplicate_groups(sha, hashes, distance)
+        assert list(manifest.components(found, range(20)).values()) == groups, distance
+    subset = manifest.components(manifest.duplicate_groups(sha, hashes, 8), [19, 3, 11, 0, 7, 15])
+    assert list(subset.values()) == [[19], [3, 15], [11], [0], [7]]

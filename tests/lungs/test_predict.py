@@ -68,7 +68,7 @@ def test_masks_for_a_prepared_set_align_with_its_image_cache(run, tmp_path):
     assert set(quality.flag) <= {"ok", "empty", "implausible"} and (quality.flag == "ok").sum() >= 8
     for row in manifest.itertuples():
         truth = np.asarray(Image.open(phantoms / "masks" / row.path[7:])) > 0
-        expected = fit_square(truth, 64, nearest=True)
+        expected = fit_square(truth, 64, mask=True)
         assert _dice(masks[row.cache_index] > 0, expected) > 0.85
     side = json.loads((prep / "cache/lungs_64.json").read_text())
     assert (

@@ -40,7 +40,7 @@ def test_prepare_caches_aligned_masks_and_splits_by_patient(tmp_path, phantoms):
     assert images.shape == masks.shape == (29, 32, 32) and set(np.unique(masks)) == {0, 255}
     for row in man.itertuples():
         published = np.asarray(Image.open(phantoms / "masks" / f"{row.path[7:]}"))
-        expected = fit_square((published > 0).astype(np.uint8) * 255, 32, nearest=True)
+        expected = fit_square((published > 0).astype(np.uint8) * 255, 32, mask=True)
         assert np.array_equal(masks[row.cache_index], expected)  # tall films letterboxed alike
         lung = masks[row.cache_index] > 0
         img = images[row.cache_index].astype(float)

@@ -53,6 +53,27 @@ def test_dataset_reads_split_and_resizes(prepared):
     assert sum(n.values()) == 30 and min(n.values()) >= 2
 
 
+def test_training_set_augments_each_item_image_and_mask_together(prepared):
+    from cxrguide.data.augment import CxrAugment
+
+    plain = LungsDataset(prepared, "train")
+    augment = CxrAugment(rotate=15, shift=0.1, zoom=0.1, brightness=0, contrast=0)
+    augmented = LungsDataset(prepared, "train", augment=augment)
+    torch.manual_seed(0)
+    first = [augmented[i] for i in range(3)]
+    torch.manual_seed(0)
+    again = [augmented[i] for i in range(3)]
+    for (img, mask), (img2, mask2), k in zip(first, again, range(3), strict=True):
+        assert torch.equal(img, img2) and torch.equal(mask, mask2)  # torch's seeded generator
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert not torch.equal(mask, plain[k][1])  # each item moved...
+        # ...and its mask moved with it: warping the plain pair's mask alone by the same draw
+        torch.manual_seed(0)
+        for j in range(k + 1):
+            _, expected = augment(plain[j][0], plain[j][1])
+        assert torch.equal(mask, expected)
+
+
 def test_short_cpu_training_segments_phantoms(trained):
     """Lower bound at 48 px, 24 training films, 5 epochs (measured: val 0.955, test 0.944)."""
     run = trained.run

@@ -66,3 +66,25 @@ def test_smp_unet_offline_and_with_a_local_encoder_file(tmp_path):
         build_unet("smp", encoder="resnet18", encoder_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ConfigError, match="not an smp encoder"):
         build_unet("smp", encoder="no_such_encoder")
+
+
+def _old_dice_bce(logits, target, dice_weight=1.0, bce_weight=1.0):
+    """The hand-written loss DiceBCELoss replaced (per-image soft Dice + mean BCE), verbatim."""
+    import torch.nn.functional as F
+
+    p = torch.sigmoid(logits)
+    inter = (p * target).sum(dim=(2, 3))
+    denom = p.sum(dim=(2, 3)) + target.sum(dim=(2, 3))
+    dice = (1 - (2 * inter + 1e-5) / (denom + 1e-5)).mean()
+    return dice_weight * dice + bce_weight * F.binary_cross_entropy_with_logits(logits, target)
+
+
+def test_dice_bce_loss_is_monai_dice_ce_with_the_old_values():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 12, 12, generator=gen) * 3
+    target = (torch.rand(3, 1, 12, 12, generator=gen) > 0.6).float()
+    target[2] = 0  # an empty mask: the smoothing constants decide its Dice
+    for dw, bw in ((1.0, 1.0), (0.3, 2.0), (0.0, 1.0), (1.0, 0.0)):
+        new = DiceBCELoss(dw, bw)(logits, target)
+        assert torch.allclose(new, _old_dice_bce(logits, target, dw, bw), atol=1e-6), (dw, bw)
+    assert type(DiceBCELoss().loss).__name__ == "DiceCELoss"

@@ -14,16 +14,9 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from cxrguide.config.inference import CAM_METHODS
 from cxrguide.errors import CxrGuideError
 
-CAM_METHODS = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "xgradcam": "XGradCAM",
-    "hirescam": "HiResCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-}
 LUNG_COLOR = (255, 0, 255)
 
 
@@ -50,6 +43,17 @@ def _as_batch(array: np.ndarray | torch.Tensor, device: torch.device) -> torch.T
     return t.to(device)
 
 
+def library_class(method: str) -> type:
+    """The pytorch-grad-cam class of a method name: its class name lower-cased, "PlusPlus" as
+    "++" (GradCAMPlusPlus -> gradcam++), so the names need declaring only once (in config)."""
+    import pytorch_grad_cam
+
+    for name in dir(pytorch_grad_cam):
+        if name.lower().replace("plusplus", "++") == method:
+            return getattr(pytorch_grad_cam, name)
+    raise CxrGuideError(f"cam method {method!r}: pytorch-grad-cam has no such class")
+
+
 def cam_map(
     model: nn.Module,
     image: np.ndarray | torch.Tensor,
@@ -64,7 +68,6 @@ def cam_map(
     ``target`` is a class index (default: the predicted class). ``lung`` is the image's lung
     mask; it enters the forward pass only when ``gate`` (the run was trained with the gate).
     """
-    import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if method not in CAM_METHODS:
@@ -82,7 +85,7 @@ def cam_map(
             raise ValueError("gate=True needs the lung mask")
         net = _Gated(model, _as_batch(lung, device))
     was_training = model.training
-    cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
+    cam_class = library_class(method)
     try:
         with torch.inference_mode(False), torch.enable_grad(), cam_class(net, [tap]) as cam:
             targets = None if target is None else [ClassifierOutputTarget(int(target))]

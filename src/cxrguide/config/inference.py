@@ -12,7 +12,15 @@ from cxrguide.errors import ConfigError
 # ---- inference (`cxrguide predict | export | serve`) -----------------------------------------
 
 _BACKEND_HELP = "auto | fp32 | channels_last | bf16 | onnx (auto: the fastest agreeing CPU path)"
-_CAM_METHODS = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
+# CAM method names, declared once (attention/cam.py, serve, explain and the galleries derive
+# theirs): name -> label in figures. The library class is the name in pytorch-grad-cam's
+# spelling (gradcam++ -> GradCAMPlusPlus). Gradient-based ones are fast enough for every image;
+# Score-CAM needs one forward pass per feature channel, so only explain/report offer it.
+CAM_METHODS: dict[str, str] = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
+                               "xgradcam": "XGrad-CAM", "hirescam": "HiRes-CAM",
+                               "layercam": "Layer-CAM", "eigencam": "Eigen-CAM"}  # fmt: skip
+SLOW_CAM_METHODS: dict[str, str] = {"scorecam": "Score-CAM"}
+CamMethod = Literal[tuple(CAM_METHODS)]  # type: ignore[valid-type]  # the names as a type
 
 
 @dataclasses.dataclass
@@ -24,7 +32,7 @@ class PredictConfig:
     format: Literal["table", "json", "csv"] = _f("table", "output format (--json, --csv)")
     output: Path | None = _f(None, "write the results here instead of stdout", metavar="FILE")
     cam: Path | None = _f(None, "write Grad-CAM overlay PNGs into this folder", metavar="DIR")
-    cam_method: _CAM_METHODS = _f("gradcam", "CAM method for --cam")
+    cam_method: CamMethod = _f("gradcam", "CAM method for --cam")
     batch_size: int = _f(16, "images per forward pass")
     backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")

@@ -59,11 +59,12 @@ class LungsTrainConfig:
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     dice_weight: float = _f(1.0, "weight of the soft Dice loss")
     bce_weight: float = _f(1.0, "weight of the binary cross-entropy loss")
-    augment: bool = _f(True, "random affine + contrast augmentation, applied to image and mask alike")  # fmt: skip
+    augment: bool = _f(True, "random affine + brightness/contrast (the one augmenter, data/augment.py); image and mask move together")  # fmt: skip
     rotate: float = _f(10.0, "max rotation in degrees")
     zoom: float = _f(0.1, "max relative zoom in or out")
     shift: float = _f(0.06, "max shift as a fraction of the side")
-    contrast: float = _f(0.25, "max gamma / contrast change (image only)")
+    brightness: float = _f(0.15, "max relative brightness change (image only)")
+    contrast: float = _f(0.25, "max relative contrast change (image only)")
     hflip: bool = _f(False, "allow horizontal flips (off: anatomy is not symmetric)")
     threshold: float = _f(0.5, "probability threshold for a lung pixel (evaluate / predict)")
     seed: int = _f(0, "random seed (same seed, same CPU, same result)")

@@ -1,8 +1,10 @@
 """Torch datasets over a prepared folder: manifest rows + the uint8 image cache (+ lung masks).
 
 Images stay single-channel in [0, 1]; models repeat them to 3 channels with their own
-normalisation. Resizing from the cache side to the backbone's input happens here (antialiased),
-so one prepared folder serves every backbone size.
+normalisation. Resizing from the cache side to the backbone's input happens here (the one rule
+of :mod:`cxrguide.data.transforms`), so one prepared folder serves every backbone size.
+Augmentation (:class:`~cxrguide.data.augment.CxrAugment`) is applied per item, image and lung
+mask together.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cxrguide.config import load_yaml
 from cxrguide.data import cache
+from cxrguide.data.augment import CxrAugment
 from cxrguide.data.completion import require_complete
+from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import CxrGuideError
 from cxrguide.labels import CLASS_INDEX
 
@@ -72,45 +75,6 @@ class Prepared:
         return rows
 
 
-def resize(img: torch.Tensor, size: int, *, nearest: bool = False) -> torch.Tensor:
-    """(C, H, W) -> (C, size, size); area-like antialiased for images, nearest for masks."""
-    if img.shape[-1] == size and img.shape[-2] == size:
-        return img
-    mode = "nearest" if nearest else "bilinear"
-    kwargs = {} if nearest else {"antialias": True, "align_corners": False}
-    return F.interpolate(img[None], size=(size, size), mode=mode, **kwargs)[0]
-
-
-class CxrAugment:
-    """CXR-safe augmentation (torchvision v2): small rotation, shift, zoom, brightness/contrast.
-
-    Horizontal flips are off by default because anatomy is not symmetric (the heart is on the
-    left); masks get the same geometric transform as the image.
-    """
-
-    def __init__(self, degrees=7.0, translate=0.06, zoom=0.08, brightness=0.15, contrast=0.15,
-                 hflip=False) -> None:  # fmt: skip
-        from torchvision.transforms import v2
-
-        geo = [v2.RandomAffine(degrees=degrees, translate=(translate, translate),
-                               scale=(1 - zoom, 1 + zoom))]  # fmt: skip
-        if hflip:
-            geo.append(v2.RandomHorizontalFlip())
-        self.geometric = v2.Compose(geo)
-        self.photometric = v2.ColorJitter(brightness=brightness, contrast=contrast)
-
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None):
-        from torchvision import tv_tensors
-
-        if mask is None:
-            image = self.geometric(tv_tensors.Image(image))
-        else:
-            image, mask = self.geometric(tv_tensors.Image(image), tv_tensors.Mask(mask))
-            mask = mask.as_subclass(torch.Tensor)
-        image = self.photometric(image).as_subclass(torch.Tensor).clamp(0, 1)
-        return image, mask
-
-
 class CxrDataset(Dataset):
     """Items: dict(image (1,S,S) float [0,1], label, index (manifest row)[, lung (1,S,S)])."""
 
@@ -138,11 +102,11 @@ class CxrDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.rows[i])
         image = torch.from_numpy(np.array(self._images[row], dtype=np.float32) / 255.0)[None]
-        image = resize(image, self.image_size)
+        image = resize_image(image, self.image_size)
         lung = None
         if self._lungs is not None:
             lung = torch.from_numpy(np.array(self._lungs[row], dtype=np.float32) / 255.0)[None]
-            lung = resize(lung, self.image_size, nearest=True)
+            lung = resize_mask(lung, self.image_size)
         if self.augment is not None:
             image, lung = self.augment(image, lung)
         item = {"image": image, "label": torch.tensor(self.labels[row]), "index": torch.tensor(row)}

@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrguide.data import decode_guard as guard
+from cxrguide.data.transforms import resize_array, resize_mask_array
 from cxrguide.errors import ImageReadError
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -417,14 +418,14 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def fit_square(img: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarray:
+def fit_square(img: np.ndarray, size: int, *, mask: bool = False) -> np.ndarray:
     """Letterbox to a square (shorter side padded symmetrically with 0), then resize to size.
 
     Padding instead of stretching keeps the anatomy's proportions (a stretched chest changes
     heart/lung ratios the classifier may learn), and padding with 0 (black, air) adds no
-    structure. Images are resampled with an area filter when shrinking (antialiased, no
-    ringing) and bilinear when enlarging; masks (``nearest=True``) use nearest neighbour so
-    labels stay labels. The dtype is kept; integer images are rounded and clipped to its range.
+    structure. The resize is the project's one rule (:mod:`cxrguide.data.transforms`): images
+    area when shrinking, bilinear when enlarging; binary masks (``mask=True``) the same, then
+    a majority vote (>= 0.5). The dtype is kept; integer images are rounded and clipped.
     """
     if img.ndim not in (2, 3) or min(img.shape[:2]) < 1:
         raise ValueError(f"fit_square expects a non-empty HxW or HxWxC array, got {img.shape}")
@@ -437,28 +438,7 @@ def fit_square(img: np.ndarray, size: int, *, nearest: bool = False) -> np.ndarr
     square = np.pad(img, pad, mode="constant", constant_values=0)
     if side == size:
         return square
-    if nearest:
-        idx = np.minimum(((np.arange(size) + 0.5) * side / size).astype(np.intp), side - 1)
-        return square[idx][:, idx]
-    resample = Image.Resampling.BOX if size < side else Image.Resampling.BILINEAR
-    planes = square[..., None] if square.ndim == 2 else square
-    out = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(planes[..., c].astype(np.float32)).resize((size, size), resample)
-            )
-            for c in range(planes.shape[-1])
-        ],
-        axis=-1,
-    )
-    if img.ndim == 2:
-        out = out[..., 0]
-    if img.dtype.kind in "ui":
-        limits = np.iinfo(img.dtype)
-        return np.clip(np.round(out), limits.min, limits.max).astype(img.dtype)
-    if img.dtype == np.bool_:
-        return out >= 0.5
-    return out.astype(img.dtype)
+    return resize_mask_array(square, size) if mask else resize_array(square, size)
 
 
 def letterbox(gray: np.ndarray, size: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.cluster.hierarchy import DisjointSet
 
 from cxrguide.labels import SPLITS
 
@@ -57,34 +58,23 @@ def hamming(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.unpackbits(np.bitwise_xor(a, b)).sum())
 
 
-class UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+def disjoint_set(n: int) -> DisjointSet:
+    """scipy's union-find over the items ``0..n-1`` (``merge(a, b)``; ``ds[i]`` is i's group)."""
+    return DisjointSet(range(n))
 
 
 def duplicate_groups(
     sha256: Sequence[str], hashes: Sequence[np.ndarray | None], distance: int
-) -> UnionFind:
+) -> DisjointSet:
     """Union items that are byte-identical or whose dHashes differ by at most ``distance`` bits."""
     n = len(sha256)
-    uf = UnionFind(n)
+    uf = disjoint_set(n)
     first_by_sha: dict[str, int] = {}
     for i, digest in enumerate(sha256):
         if digest:
             j = first_by_sha.setdefault(digest, i)
             if j != i:
-                uf.union(i, j)
+                uf.merge(i, j)
     if distance < 0:
         return uf
     n_bands = distance + 1
@@ -101,15 +91,16 @@ def duplicate_groups(
                 if j not in seen:
                     seen.add(j)
                     if hamming(h, hashes[j]) <= distance:  # type: ignore[arg-type]
-                        uf.union(i, j)
+                        uf.merge(i, j)
             buckets[key].append(i)
     return uf
 
 
-def components(uf: UnionFind, members: Iterable[int]) -> dict[int, list[int]]:
+def components(uf: DisjointSet, members: Iterable[int]) -> dict[int, list[int]]:
+    """``members`` grouped by their set, groups in order of first appearance, members in order."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i in members:
-        groups[uf.find(i)].append(i)
+        groups[uf[i]].append(i)
     return groups
 
 

@@ -311,19 +311,19 @@ def _apply_quota(cfg, records, kept) -> tuple[list[int], list[tuple[int, str]]]:
 def _split(cfg, records, kept, links) -> dict[int, str]:
     """Patient- and duplicate-grouped split, stratified by site x class."""
     position = {i: k for k, i in enumerate(kept)}
-    uf = manifest.UnionFind(len(kept))
+    uf = manifest.disjoint_set(len(kept))
     first_of_patient: dict[str, int] = {}
     for k, i in enumerate(kept):
-        uf.union(first_of_patient.setdefault(records[i].patient_id, k), k)
+        uf.merge(first_of_patient.setdefault(records[i].patient_id, k), k)
     # a dropped duplicate's patient is the same person (or shares the image) as the survivor's
     for dropped, survivor in links:
         pid = records[dropped].patient_id
         if survivor in position and pid in first_of_patient:
-            uf.union(first_of_patient[pid], position[survivor])
+            uf.merge(first_of_patient[pid], position[survivor])
     groups: dict[int, manifest.SplitGroup] = {}
     for k, i in enumerate(kept):
         r = records[i]
-        g = groups.setdefault(uf.find(k), manifest.SplitGroup(key=_image_id(r), strata={}))
+        g = groups.setdefault(uf[k], manifest.SplitGroup(key=_image_id(r), strata={}))
         g.key = min(g.key, _image_id(r))
         stratum = (r.stratum_site, r.label)
         g.strata[stratum] = g.strata.get(stratum, 0) + 1
@@ -343,7 +343,7 @@ def _split(cfg, records, kept, links) -> dict[int, str]:
             targets.setdefault(stratum, np.zeros(3, dtype=int))
     by_key = manifest.assign_splits(list(groups.values()), targets, cfg.seed)
     key_of_root = {root: g.key for root, g in groups.items()}
-    return {i: by_key[key_of_root[uf.find(k)]] for k, i in enumerate(kept)}
+    return {i: by_key[key_of_root[uf[k]]] for k, i in enumerate(kept)}
 
 
 def _write_manifest(out, records, decoded, views, rows, split_of) -> None:

@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from cxrguide.attention.gradcam import model_cam
 from cxrguide.config import load_yaml
-from cxrguide.data.datasets import CxrDataset, Prepared, resize
+from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.data.imaging import fit_square
+from cxrguide.data.transforms import resize_mask
 from cxrguide.labels import CLASSES
 
 
@@ -104,9 +105,8 @@ def lesion_mask(
     if not path.is_file():
         return None
     mask = np.asarray(Image.open(path).convert("L")) > 127
-    square = fit_square(mask.astype(np.uint8), prepared.size, nearest=True)
-    t = resize(torch.from_numpy(square.astype(np.float32))[None], size, nearest=True)
-    return t[0].numpy() > 0.5
+    square = fit_square(mask.astype(np.uint8), prepared.size, mask=True)
+    return resize_mask(torch.from_numpy(square), size).numpy()
 
 
 def attention_report(

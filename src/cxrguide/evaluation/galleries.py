@@ -24,21 +24,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrguide.attention.cam import CAM_METHODS, _Gated, cam_map, draw_contour, heat_overlay
+from cxrguide.attention.cam import _Gated, cam_map, draw_contour, heat_overlay, library_class
+from cxrguide.config.inference import CAM_METHODS, SLOW_CAM_METHODS
 from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo, read_info
-from cxrguide.data.datasets import Prepared, resize
+from cxrguide.data.datasets import Prepared
 from cxrguide.data.imaging import letterbox, read_image
+from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.report_figures import render_grid
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.predict import FilmSegmenter, find_lung_run
 from cxrguide.models.saved import load_run
 
-METHODS = (*CAM_METHODS, "scorecam")
-METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
-                "hirescam": "HiRes-CAM", "layercam": "Layer-CAM", "eigencam": "Eigen-CAM",
-                "scorecam": "Score-CAM"}  # fmt: skip
+METHOD_NAMES = {**CAM_METHODS, **SLOW_CAM_METHODS}
+METHODS = tuple(METHOD_NAMES)
 GROUPS = {"correct": "most confident correct", "mistake": "most confident mistakes",
           "borderline": "borderline (smallest top-2 margin)"}  # fmt: skip
 INDEX = "explain.json"
@@ -61,7 +61,7 @@ def method_map(
     """
     if method != "scorecam":
         return cam_map(model, image, target, lung, method, gate=gate)
-    from pytorch_grad_cam import ScoreCAM
+    score_cam = library_class(method)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     device = next(model.parameters()).device
@@ -72,7 +72,7 @@ def method_map(
             raise ValueError("gate=True needs the lung mask")
         net = _Gated(model, torch.as_tensor(np.asarray(lung, np.float32))[None, None].to(device))
     # the library prints a tqdm bar per image on stderr: keep the command's output readable
-    with contextlib.redirect_stderr(io.StringIO()), ScoreCAM(net, [model.feature_tap]) as cam:
+    with contextlib.redirect_stderr(io.StringIO()), score_cam(net, [model.feature_tap]) as cam:
         cam.batch_size = 64
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target))])[0]
     return np.nan_to_num(np.asarray(heat, np.float32)).clip(0.0, 1.0)
@@ -234,11 +234,10 @@ class RunExplainer:
 
     def panel(self, sample: Sample) -> Panel:
         size = self.info.image_size
-        image = resize(torch.from_numpy(sample.image)[None], size)[0].numpy()
+        image = resize_image(torch.from_numpy(sample.image), size).numpy()
         lung = None
         if sample.lung is not None:
-            m = torch.from_numpy(sample.lung.astype(np.float32))[None]
-            lung = resize(m, size, nearest=True)[0].numpy() > 0.5
+            lung = resize_mask(torch.from_numpy(sample.lung.astype(bool)), size).numpy()
         if self.info.lung_gate and lung is None:
             raise CxrGuideError(
                 f"{self.run}: the run gates on lung masks but {sample.key} has none "

@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cxrguide.core.onnx_session import open_session
 from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.data.transforms import resize_image
 from cxrguide.errors import CxrGuideError
 from cxrguide.labels import CLASS_INDEX, CLASSES
 
@@ -167,7 +168,7 @@ class OnnxClassifier:
     ) -> None:
         self.path = Path(path)
         self.classes = parse_classes(classes)
-        self.session = _open_session(self.path)
+        self.session = open_session(self.path)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)
@@ -196,9 +197,7 @@ class OnnxClassifier:
     def prepare(self, images: torch.Tensor) -> np.ndarray:
         """``(B, 1, H, W)`` gray [0, 1] -> the model's input array (size, channels, layout)."""
         spec = self.input
-        if images.shape[-2:] != (spec.height, spec.width):
-            images = F.interpolate(images, size=(spec.height, spec.width), mode="bilinear",
-                                   antialias=True, align_corners=False)  # fmt: skip
+        images = resize_image(images, (spec.height, spec.width))  # the one image rule
         x = images.expand(-1, spec.channels, -1, -1)
         if spec.normalize == "imagenet":
             mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -238,22 +237,6 @@ class OnnxClassifier:
 
     def describe(self) -> dict[str, Any]:
         return {**asdict(self.input), "output": self.output, "classes": list(self.classes)}
-
-
-def _open_session(path: Path) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise CxrGuideError("evaluate --onnx needs onnxruntime: pip install onnxruntime") from err
-    if not path.is_file():
-        raise CxrGuideError(f"{path}: no such ONNX model file")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: no optimiser chatter on stderr
-    try:
-        return ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
-    except Exception as err:  # InvalidProtobuf, InvalidGraph, Fail, ... (pybind types)
-        msg = " ".join(str(err).split())[:200]
-        raise CxrGuideError(f"{path}: not a valid ONNX model ({msg})") from err
 
 
 def to_probabilities(raw: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, str]:

@@ -100,7 +100,7 @@ def truth_lung_cache(prepared: Prepared, synth: Path) -> Path:
     masks = cache.create(tmp, len(prepared.manifest), prepared.size)
     for i, rel in enumerate(prepared.manifest["path"]):
         mask = np.asarray(Image.open(synth / "masks" / f"{Path(rel).stem}.png").convert("L"))
-        masks[i] = fit_square((mask > 0).astype(np.uint8) * 255, prepared.size, nearest=True)
+        masks[i] = fit_square((mask > 0).astype(np.uint8) * 255, prepared.size, mask=True)
     masks.flush()
     del masks
     tmp.replace(path)

@@ -9,35 +9,11 @@ It speaks the exported contract only (inputs ``image`` and optionally ``lung_mas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from cxrguide.core.onnx_session import open_session
 from cxrguide.errors import CxrGuideError
-
-
-def open_session(path: str | Path, threads: int = 0) -> Any:
-    """An optimised CPU (or CUDA, when onnxruntime-gpu is installed) session, errors made clear."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise CxrGuideError("ONNX inference needs onnxruntime: pip install onnxruntime") from err
-    path = Path(path)
-    if not path.is_file():
-        raise CxrGuideError(f"{path}: no such ONNX model file")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads > 0:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                 if p in ort.get_available_providers()]  # fmt: skip
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as err:  # InvalidProtobuf, InvalidGraph, ... (pybind types)
-        msg = " ".join(str(err).split())[:200]
-        raise CxrGuideError(f"{path}: not a valid ONNX model ({msg})") from err
 
 
 class OnnxRunner:

@@ -163,4 +163,4 @@ class MaskFolderSource:
 
 def mask_to_square(lung: np.ndarray, size: int) -> np.ndarray:
     """Bool mask at image size -> uint8 0/255 at the cache size, aligned with the image cache."""
-    return fit_square(lung.astype(np.uint8) * 255, size, nearest=True)
+    return fit_square(lung.astype(np.uint8) * 255, size, mask=True)

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
@@ -37,6 +36,7 @@ from cxrguide.core.device import resolve_device
 from cxrguide.data import cache
 from cxrguide.data.completion import require_complete
 from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
+from cxrguide.data.transforms import resize_array
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 from cxrguide.lungs.metrics import MaskQuality, content_fraction, postprocess, quality
 from cxrguide.lungs.records import lung_cache_path
@@ -155,13 +155,16 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
 
 
 def unletterbox(prob: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Undo :func:`fit_square` on a (S, S) probability map: back to ``height`` x ``width``."""
+    """Undo :func:`fit_square` on a (S, S) probability map: back to ``height`` x ``width``.
+
+    A probability map is an image for the resize rule (:mod:`cxrguide.data.transforms`):
+    bilinear when enlarged to the film (the usual case), area when shrunk, and thresholded only
+    afterwards, at the film's resolution, so the mask edge follows the interpolated probability.
+    """
     side = max(height, width)
-    t = torch.from_numpy(np.ascontiguousarray(prob, dtype=np.float32))[None, None]
-    if t.shape[-1] != side:
-        t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)
+    square = resize_array(np.asarray(prob, dtype=np.float32), side)
     top, left = (side - height) // 2, (side - width) // 2
-    return t[0, 0, top : top + height, left : left + width].numpy()
+    return square[top : top + height, left : left + width]
 
 
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -6,8 +6,8 @@ read it:
 * ``manifest.csv``: image_id, source, path, patient_id, width, height, lung_fraction, sided,
   ignore_fraction, sha256, split, cache_index (row i = cache row i).
 * ``cache/images_<size>.npy`` (uint8 gray) and ``cache/lungs_<size>.npy`` (uint8 0/255), both
-  letterboxed to a square by :func:`~cxrguide.data.imaging.fit_square`, the mask with nearest
-  neighbour, so mask row i lies exactly on image row i.
+  letterboxed to a square by :func:`~cxrguide.data.imaging.fit_square` (the one resize rule of
+  :mod:`cxrguide.data.transforms`; the mask by majority vote), so mask row i lies on image row i.
 * ``rejected.csv`` (source, path, stage, reason): unreadable images, annotations without a lung,
   size mismatches, exact duplicates (the first copy is kept, the patients are merged).
 * ``prepare_config.yaml``, ``summary.json``.
@@ -85,7 +85,7 @@ def _decode(task: tuple) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
         sided=int(mask.sided),
         ignore_fraction=round(float((mask.ignore & mask.lung).mean()), 4),
     )
-    square = fit_square(lung.astype(np.uint8) * 255, size, nearest=True)
+    square = fit_square(lung.astype(np.uint8) * 255, size, mask=True)
     return row, to_uint8(fit_square(img, size)), square
 
 
@@ -129,23 +129,23 @@ def _decode_all(cfg, records, work: Path) -> tuple[list[dict], np.ndarray, np.nd
 
 def _split(cfg, records, kept: list[int], links: list[tuple[int, int]]) -> dict[int, str]:
     """Patient-grouped (duplicates link patients) split, stratified by source."""
-    uf = manifest.UnionFind(len(records))
+    uf = manifest.disjoint_set(len(records))
     first: dict[str, int] = {}
     for i, r in enumerate(records):
-        uf.union(first.setdefault(r.patient_id, i), i)
+        uf.merge(first.setdefault(r.patient_id, i), i)
     for a, b in links:
-        uf.union(a, b)
+        uf.merge(a, b)
     groups: dict[int, manifest.SplitGroup] = {}
     for i in kept:
         r = records[i]
-        g = groups.setdefault(uf.find(i), manifest.SplitGroup(key=r.image_id, strata={}))
+        g = groups.setdefault(uf[i], manifest.SplitGroup(key=r.image_id, strata={}))
         g.key = min(g.key, r.image_id)
         g.strata[(r.source, "lung")] = g.strata.get((r.source, "lung"), 0) + 1
     ratios = (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
     totals = Counter(records[i].source for i in kept)
     targets = {(s, "lung"): manifest.split_targets(n, ratios) for s, n in totals.items()}
     by_key = manifest.assign_splits(list(groups.values()), targets, cfg.seed)
-    return {i: by_key[groups[uf.find(i)].key] for i in kept}
+    return {i: by_key[groups[uf[i]].key] for i in kept}
 
 
 def prepare_lungs(cfg: LungsPrepareConfig) -> LungsPrepareResult:

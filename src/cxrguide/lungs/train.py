@@ -1,8 +1,9 @@
 """`cxrguide lungs train` and `lungs evaluate`: the U-Net on a `lungs prepare` folder.
 
 Training goes through the shared engine (checkpoint / resume / early stopping on val loss /
-history.csv), with a task whose train step augments the batch (image and mask together) and
-whose eval step reports the loss and the thresholded Dice. A run folder describes itself:
+history.csv); the training set augments each item (image and mask together, the one augmenter
+of :mod:`cxrguide.data.augment`) and the task's eval step reports the loss and the thresholded
+Dice. Resizing follows the one rule of :mod:`cxrguide.data.transforms`. A run folder describes itself:
 ``config.yaml`` (the resolved training config, absolute data path), ``best.pt`` / ``last.pt``,
 ``history.csv``, and after training ``metrics.json`` + ``per_image.csv`` on val and test.
 Metrics are computed on post-processed masks, the ones ``lungs predict`` hands to Stage III.
@@ -18,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from cxrguide.config import (
@@ -32,9 +32,10 @@ from cxrguide.config import (
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
 from cxrguide.data import cache
+from cxrguide.data.augment import CxrAugment
 from cxrguide.data.completion import require_complete
+from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import ConfigError, CxrGuideError
-from cxrguide.lungs.augment import PairAugment
 from cxrguide.lungs.metrics import (
     content_fraction,
     postprocess,
@@ -67,45 +68,42 @@ def read_lung_set(prepared: str | Path) -> tuple[list[dict[str, str]], int]:
     return rows, size
 
 
-def _resize(x: torch.Tensor, size: int, mask: bool = False) -> torch.Tensor:
-    """(B, 1, S, S) -> (B, 1, size, size): area-like for images, thresholded for masks."""
-    if x.shape[-1] == size:
-        return x
-    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return (y >= 0.5).to(x.dtype) if mask else y
-
-
 class LungsDataset(Dataset):
-    """(image float (1, S, S) in [0, 1], mask float (1, S, S) in {0, 1}) of one split."""
+    """(image float (1, S, S) in [0, 1], mask float (1, S, S) in {0, 1}) of one split,
+    augmented per item when given an augmenter (the training split)."""
 
-    def __init__(self, prepared: str | Path, split: str, size: int = 0) -> None:
+    def __init__(
+        self, prepared: str | Path, split: str, size: int = 0, augment: CxrAugment | None = None
+    ) -> None:
         rows, cache_size = read_lung_set(prepared)
         self.rows = [r for r in rows if r["split"] == split]
         self.index = [int(r["cache_index"]) for r in self.rows]
         self.images = cache.open_readonly(cache.image_cache_path(prepared, cache_size))
         self.masks = cache.open_readonly(lung_cache_path(prepared, cache_size))
         self.size = size or cache_size
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.index[i]
-        img = torch.from_numpy(np.asarray(self.images[k], dtype=np.float32) / 255.0)[None, None]
-        mask = torch.from_numpy(np.asarray(self.masks[k] > 127, dtype=np.float32))[None, None]
-        return _resize(img, self.size)[0], _resize(mask, self.size, mask=True)[0]
+        img = torch.from_numpy(np.asarray(self.images[k], dtype=np.float32) / 255.0)[None]
+        mask = torch.from_numpy(np.asarray(self.masks[k] > 127, dtype=np.float32))[None]
+        img, mask = resize_image(img, self.size), resize_mask(mask, self.size)
+        if self.augment is not None:
+            img, mask = self.augment(img, mask)
+        return img, mask  # type: ignore[return-value]
 
 
 class LungTask:
-    """Dice + BCE; the train step augments the batch, the eval step adds the hard Dice."""
+    """Dice + BCE; the eval step adds the hard Dice."""
 
-    def __init__(self, loss: DiceBCELoss, augment: PairAugment | None, threshold: float) -> None:
-        self.loss, self.augment, self.threshold = loss, augment, threshold
+    def __init__(self, loss: DiceBCELoss, threshold: float) -> None:
+        self.loss, self.threshold = loss, threshold
 
     def train_step(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = batch
-        if self.augment is not None:
-            x, y = self.augment(x, y)
         loss = self.loss(model(x), y)
         return loss, {"loss": loss.item() * len(x), "n": len(x)}
 
@@ -159,7 +157,12 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
     run.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run / RUN_CONFIG)
 
-    train_set = LungsDataset(cfg.data, "train", cfg.size)
+    augment = (
+        CxrAugment(cfg.rotate, cfg.shift, cfg.zoom, cfg.brightness, cfg.contrast, cfg.hflip)
+        if cfg.augment
+        else None
+    )
+    train_set = LungsDataset(cfg.data, "train", cfg.size, augment)
     val_set = LungsDataset(cfg.data, "val", cfg.size)
     if not len(train_set) or not len(val_set):
         raise CxrGuideError(
@@ -168,12 +171,7 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
     engine.seed_everything(cfg.seed)
     model = _model_from(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    augment = (
-        PairAugment(cfg.rotate, cfg.zoom, cfg.shift, cfg.contrast, cfg.hflip)
-        if cfg.augment
-        else None
-    )
-    task = LungTask(DiceBCELoss(cfg.dice_weight, cfg.bce_weight), augment, cfg.threshold)
+    task = LungTask(DiceBCELoss(cfg.dice_weight, cfg.bce_weight), cfg.threshold)
     ecfg = engine.EngineConfig(max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed,
                                device=cfg.device, precision=cfg.precision,
                                progress=cfg.progress)  # fmt: skip
@@ -208,17 +206,16 @@ def predict_batch(
 ) -> np.ndarray:
     """Lung probabilities (B, S, S) float32 for uint8 or [0, 1] float images (B, S, S).
 
-    Images are resized to the model's ``size`` and the probabilities back to S (bilinear), so
-    any square cache size works with any model size.
+    Images are resized to the model's ``size`` and the probabilities back to S, both by the one
+    image rule (:mod:`cxrguide.data.transforms`: area shrinking, bilinear enlarging), so any
+    square cache size works with any model size.
     """
     arr = np.asarray(images)
     x = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
     x = x.to(device)[:, None]
     side = x.shape[-1]
-    p = torch.sigmoid(model(_resize(x, size)).float())
-    if side != size:
-        p = F.interpolate(p, size=(side, side), mode="bilinear", align_corners=False)
-    return p[:, 0].cpu().numpy()
+    p = torch.sigmoid(model(resize_image(x, size)).float())
+    return resize_image(p, side)[:, 0].cpu().numpy()
 
 
 def inference_batch(batch_size: int, device: torch.device) -> int:

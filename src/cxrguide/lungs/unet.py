@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cxrguide.errors import ConfigError, CxrGuideError
@@ -104,22 +103,24 @@ def build_unet(
 
 
 class DiceBCELoss(nn.Module):
-    """``dice_weight`` x soft Dice (per image, MONAI) + ``bce_weight`` x BCE on logits.
+    """``dice_weight`` x soft Dice (per image) + ``bce_weight`` x BCE on logits: MONAI's
+    ``DiceCELoss(sigmoid=True)``, which for one output channel uses ``BCEWithLogitsLoss``.
 
     Dice makes the small-lung films count as much as the large ones and is insensitive to the
-    background share; BCE gives well-scaled pixel gradients early on, when Dice is flat.
+    background share; BCE gives well-scaled pixel gradients early on, when Dice is flat. The
+    same loss as the former hand-written sum (``DiceLoss(sigmoid=True, smooth_nr=smooth_dr=
+    1e-5)``, per image, mean + mean BCE): ``tests/lungs/test_unet.py`` checks the values. The
+    one addition: logits and target are cast to float32 first, so bf16 autocast does not round
+    the Dice sums. (MONAI is imported here, not at module level: it takes seconds to import.)
     """
 
     def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0) -> None:
         super().__init__()
-        from monai.losses import DiceLoss
+        from monai.losses import DiceCELoss
 
-        self.dice = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
-        self.dice_weight, self.bce_weight = dice_weight, bce_weight
+        self.loss = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
+                               reduction="mean", lambda_dice=dice_weight,
+                               lambda_ce=bce_weight)  # fmt: skip
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
-        loss = self.bce_weight * F.binary_cross_entropy_with_logits(logits, target)
-        if self.dice_weight:
-            loss = loss + self.dice_weight * self.dice(logits, target)
-        return loss
+        return self.loss(logits.float(), target.float())

@@ -41,7 +41,7 @@ import uuid
 import weakref
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -51,7 +51,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from cxrguide.attention.cam import CAM_METHODS
+from cxrguide.config.inference import CAM_METHODS, CamMethod
 from cxrguide.errors import ImageReadError
 from cxrguide.inference.predictor import Prediction, Predictor
 
@@ -61,8 +61,6 @@ DISCLAIMER = (
 )
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 STATIC = Path(__file__).with_name("static")
-CamMethod = Literal["gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "eigencam"]
-assert set(CamMethod.__args__) == set(CAM_METHODS)  # type: ignore[attr-defined]
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
     "style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'",

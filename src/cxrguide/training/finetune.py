@@ -32,7 +32,8 @@ from cxrguide.attention.gain import GainSettings, GuidedAttention, parse_attenti
 from cxrguide.config import TrainConfig
 from cxrguide.core import engine
 from cxrguide.core.runs import RunInfo, read_info
-from cxrguide.data.datasets import CxrAugment, CxrDataset, Prepared
+from cxrguide.data.augment import CxrAugment
+from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.saved import load_run
