@@ -1,56 +1,107 @@
-"""Benchmark: `prepare` throughput, one process vs all cores, measured side by side.
+"""Benchmark: `prepare` throughput, one worker vs all cores, interleaved in one run.
 
-Run: ``.venv/bin/python bench/prepare.py [--n 2000] [--size 256] [--cache-size 256]``. It draws
-N synthetic phantoms once (``cxrguide synth``), then prepares them twice into fresh folders, with
-``--workers 1`` and with all cores, prints images per second for each and the ratio, and checks
-that both runs wrote the identical manifest and image cache.
+Run: ``.venv/bin/python bench/prepare.py [--quick] [--n 4000] [--size 256] [--cache-size 256]
+[--repeats 5] [--workers 0]``. It draws N synthetic phantoms once (``cxrguide synth``) into a
+temporary folder, then prepares them ``--repeats`` times with ``--workers 1`` and with all cores
+(``--workers``, 0 = every core), alternating (1, N, N, 1, ...) so a neighbour's burst hits both,
+each into a fresh folder, after one untimed round (imports, page cache). Printed: images per
+second per setting (median and spread), the speed-up (median one-worker time / median all-core
+time, and the spread of the per-round ratios), whether every run wrote byte-identical outputs
+(manifest, image cache, rejected, duplicates), and the load average before and after.
+
+The parallel part is the decode (read, SHA-256, decode, dHash, letterbox + resize) in a chunked
+process pool whose workers write straight into the memory-mapped work cache; the scan,
+de-duplication, split and the final gather stay serial and bound the speed-up (Amdahl).
 """
 
 from __future__ import annotations
 
 import argparse
-import filecmp
 import os
+import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from cxrguide.config import PrepareConfig, SynthConfig
-from cxrguide.data.prepare import prepare
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in benchmark output
+
+from _common import add_quick, emit, load, spread  # noqa: E402
+from cxrguide.config import PrepareConfig, SynthConfig  # noqa: E402
+from cxrguide.data.prepare import prepare  # noqa: E402
+
+OUTPUTS = ("manifest.csv", "rejected.csv", "duplicates.csv", "summary.json")
+
+
+def same_outputs(a: Path, b: Path, cache_size: int) -> bool:
+    names = [*OUTPUTS, f"cache/images_{cache_size}.npy"]
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000, help="images (>= 2000 for the issue)")
+    parser.add_argument("--n", type=int, default=4000, help="phantoms (--quick: 2000)")
     parser.add_argument("--size", type=int, default=256, help="synthetic image side")
     parser.add_argument("--cache-size", type=int, default=256, help="prepare --size")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (--quick: 3)")
+    parser.add_argument("--workers", type=int, default=0, help="the many-worker setting (0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    add_quick(parser)
     args = parser.parse_args()
-    from cxrguide.data.synthetic.generate import generate_dataset as generate
+    if args.quick:
+        args.n, args.repeats = min(args.n, 2000), min(args.repeats, 3)
+    many = args.workers or max(2, os.cpu_count() or 1)
+    before = load()
+    print(f"# load {before}; {args.n} phantoms at {args.size} px -> cache {args.cache_size} px; "
+          f"1 vs {many} workers, {args.repeats} interleaved rounds after 1 warm-up")  # fmt: skip
+    from cxrguide.data.synthetic.generate import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        generate(SynthConfig(out=tmp / "syn", n=args.n, size=args.size, seed=args.seed))
-        print(f"synth: {args.n} images in {time.perf_counter() - t0:.1f} s")
-        rates = {}
-        for workers in (1, os.cpu_count() or 1):
-            cfg = PrepareConfig(source=[f"synthetic={tmp / 'syn'}"], out=tmp / f"prep{workers}",
-                                size=args.cache_size, seed=args.seed, workers=workers)  # fmt: skip
-            t0 = time.perf_counter()
-            result = prepare(cfg)
-            seconds = time.perf_counter() - t0
-            n_files = result.n_images + result.n_duplicates
-            rates[workers] = n_files / seconds
-            print(f"prepare --workers {workers}: {n_files} images in {seconds:.1f} s "
-                  f"= {rates[workers]:.0f} img/s")  # fmt: skip
-        one, many = rates[1], rates[max(rates)]
-        same = filecmp.cmp(tmp / "prep1/manifest.csv", tmp / f"prep{max(rates)}/manifest.csv",
-                           shallow=False) and filecmp.cmp(
-            tmp / f"prep1/cache/images_{args.cache_size}.npy",
-            tmp / f"prep{max(rates)}/cache/images_{args.cache_size}.npy", shallow=False)  # fmt: skip
-        print(f"\n| workers | img/s |\n|---|---|\n| 1 | {one:.0f} |\n| {max(rates)} | {many:.0f} |")
-        print(f"ratio all cores / one: {many / one:.2f}x; identical outputs: {same}")
+        generate_dataset(SynthConfig(out=tmp / "syn", n=args.n, size=args.size, seed=args.seed),
+                         progress=False)  # fmt: skip
+        print(f"synth: {time.perf_counter() - t0:.1f} s")
+        reference: Path | None = None
+        identical = True
+        times: dict[int, list[float]] = {1: [], many: []}
+        n_files = 0
+        for r in range(args.repeats + 1):
+            for workers in (1, many) if r % 2 == 0 else (many, 1):
+                out = tmp / f"prep-{r}-{workers}"
+                cfg = PrepareConfig(source=[f"synthetic={tmp / 'syn'}"], out=out,
+                                    size=args.cache_size, seed=args.seed, workers=workers)  # fmt: skip
+                t0 = time.perf_counter()
+                result = prepare(cfg)
+                seconds = time.perf_counter() - t0
+                n_files = result.n_images + result.n_duplicates + result.n_rejected
+                if reference is None:
+                    reference = out
+                else:
+                    identical &= same_outputs(reference, out, args.cache_size)
+                    shutil.rmtree(out)
+                if r > 0:  # round 0 is the warm-up
+                    times[workers].append(seconds)
+                    print(f"round {r} --workers {workers}: {seconds:.2f} s "
+                          f"({n_files / seconds:.0f} img/s), load {os.getloadavg()[0]:.1f}",
+                          flush=True)  # fmt: skip
+    one, all_ = spread(times[1]), spread(times[many])
+    ratios = [a / b for a, b in zip(times[1], times[many], strict=True)]
+    speedup = one["median"] / all_["median"]
+    print(f"\n| workers | s (median) | img/s |\n|---|---|---|\n| 1 | {one['median']:.2f} | "
+          f"{n_files / one['median']:.0f} |\n| {many} | {all_['median']:.2f} | "
+          f"{n_files / all_['median']:.0f} |")  # fmt: skip
+    print(f"speed-up {many} workers / 1: {speedup:.2f}x (per-round ratios "
+          f"{min(ratios):.2f}-{max(ratios):.2f}); identical outputs: {identical}")  # fmt: skip
+    emit("prepare", {
+        "images": n_files, "workers": many, "rounds": args.repeats,
+        "seconds_1": one, f"seconds_{many}": all_,
+        "img_s_1": n_files / one["median"], f"img_s_{many}": n_files / all_["median"],
+        "speedup": speedup, "speedup_round_min": min(ratios), "speedup_round_max": max(ratios),
+        "speedup_round_median": statistics.median(ratios), "identical_outputs": identical,
+    }, before)  # fmt: skip
+    if not identical:
+        raise SystemExit("prepare wrote different outputs with 1 and many workers")
 
 
 if __name__ == "__main__":

@@ -44,24 +44,44 @@ def test_duplicate_groups_exact_links_items():
     assert groups == [[0, 2], [1, 4], [3]]
 
 
-def test_near_duplicate_search_is_not_quadratic():
+def test_near_duplicate_search_is_not_quadratic(monkeypatch):
     """Random hashes share no band: each item compares with ~no bucket mates."""
     rng = np.random.default_rng(0)
     hashes = [rng.integers(0, 256, 32, dtype=np.uint8) for _ in range(3000)]
-    calls = 0
-    real = manifest.hamming
+    compared = 0
+    real = manifest.hamming_many
 
-    def counting(a, b):
-        nonlocal calls
-        calls += 1
-        return real(a, b)
+    def counting(a, others):
+        nonlocal compared
+        compared += len(others)
+        return real(a, others)
 
-    manifest.hamming = counting  # type: ignore[assignment]
-    try:
-        manifest.duplicate_groups([""] * 3000, hashes, distance=12)
-    finally:
-        manifest.hamming = real  # type: ignore[assignment]
-    assert calls < 3000  # a quadratic search would make ~4.5 million comparisons
+    monkeypatch.setattr(manifest, "hamming_many", counting)
+    manifest.duplicate_groups([""] * 3000, hashes, distance=12)
+    assert compared < 3000  # a quadratic search would make ~4.5 million comparisons
+
+
+def test_hamming_many_matches_pairwise_hamming():
+    rng = np.random.default_rng(1)
+    a, others = (
+        rng.integers(0, 256, 32, dtype=np.uint8),
+        rng.integers(0, 256, (9, 32), dtype=np.uint8),
+    )
+    assert manifest.hamming_many(a, others).tolist() == [manifest.hamming(a, o) for o in others]
+
+
+def test_duplicate_groups_chain_of_near_copies():
+    """A drifts from B and B from C within the distance: all three are one group."""
+    rng = np.random.default_rng(2)
+    base = np.unpackbits(rng.integers(0, 256, 32, dtype=np.uint8))
+    b, c = base.copy(), base.copy()
+    b[:8] ^= 1
+    c[:16] ^= 1  # 8 bits from b, 16 from base
+    far = np.unpackbits(rng.integers(0, 256, 32, dtype=np.uint8))
+    hashes = [np.packbits(x) for x in (base, b, c, far)]
+    uf = manifest.duplicate_groups([""] * 4, hashes, distance=12)
+    groups = sorted(sorted(g) for g in manifest.components(uf, range(4)).values())
+    assert groups == [[0, 1, 2], [3]]
 
 
 @pytest.mark.parametrize("n", [10, 11, 18, 57, 165, 504])

@@ -167,3 +167,20 @@ def test_summary_table_counts(folder, tmp_path):
     text = summary_text(out)
     assert "duplicates dropped: 2 (exact 1, near 1" in text
     assert "rejected: 3" in text
+
+
+def test_one_worker_and_pool_write_identical_outputs(folder, tmp_path):
+    """Pool workers write straight into the memory-mapped work cache: same bytes as in-process."""
+    one = prepare_mod.prepare(_cfg(folder, tmp_path / "one", workers=1)).out
+    two = prepare_mod.prepare(_cfg(folder, tmp_path / "two", workers=2)).out
+    for name in ("manifest.csv", "cache/images_64.npy", "rejected.csv", "duplicates.csv"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert np.load(two / "cache/images_64.npy").any(axis=(1, 2)).all()  # no row left blank
+
+
+def test_decode_chunks_cover_every_task_once():
+    todo = list(range(131))
+    for workers in (1, 2, 16):
+        chunks = prepare_mod._chunks(todo, workers)
+        assert [t for c in chunks for t in c] == todo
+        assert len(chunks) >= min(len(todo), 8 * workers) or max(map(len, chunks)) == 1

@@ -57,6 +57,14 @@ def hamming(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.unpackbits(np.bitwise_xor(a, b)).sum())
 
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint16)
+
+
+def hamming_many(a: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Bit distances from packed hash ``a`` to each row of ``others`` (k, bytes), in one pass."""
+    return _POPCOUNT[np.bitwise_xor(others, a)].sum(axis=1)
+
+
 class UnionFind:
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
@@ -89,20 +97,25 @@ def duplicate_groups(
         return uf
     n_bands = distance + 1
     bounds = np.linspace(0, HASH_BITS, n_bands + 1).astype(int)
+    present = [i for i, h in enumerate(hashes) if h is not None]
+    if not present:
+        return uf
+    packed = np.stack([np.asarray(hashes[i], dtype=np.uint8) for i in present])
+    bits = np.unpackbits(packed, axis=1)
     buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
-    for i, h in enumerate(hashes):
-        if h is None:
-            continue
-        bits = np.unpackbits(h)
-        seen: set[int] = set()
+    for row, i in enumerate(present):
+        # every earlier item sharing a band with i, compared in one vectorised pass (phantoms and
+        # re-published sets put many images in the same buckets: one call per pair was the
+        # slowest serial step of prepare)
+        mates: set[int] = set()
         for b in range(n_bands):
-            key = (b, np.packbits(bits[bounds[b] : bounds[b + 1]]).tobytes())
-            for j in buckets[key]:
-                if j not in seen:
-                    seen.add(j)
-                    if hamming(h, hashes[j]) <= distance:  # type: ignore[arg-type]
-                        uf.union(i, j)
-            buckets[key].append(i)
+            bucket = buckets[(b, bits[row, bounds[b] : bounds[b + 1]].tobytes())]
+            mates.update(bucket)
+            bucket.append(row)
+        if mates:
+            rows = np.fromiter(mates, dtype=np.intp, count=len(mates))
+            for j in rows[hamming_many(packed[row], packed[rows]) <= distance]:
+                uf.union(i, present[j])
     return uf
 
 

@@ -19,7 +19,7 @@ from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.evaluation.evaluate import evaluate_run
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.training import engine
-from cxrguide.training.features import FeatureDataset, pooled_features
+from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
 from cxrguide.training.runs import RunInfo, load_run, read_info, save_run
 from cxrguide.training.tasks import ClassifierTask, FeatureTask
 
@@ -91,13 +91,15 @@ def stage1(cfg: TrainConfig, name: str, prepared: Prepared, on_epoch_end=None) -
     device = engine.resolve_device(cfg.device)
     ecfg = engine_config(cfg)
     if cfg.feature_cache:
+        used = stage1_rows(prepared)  # test is scored by the full model, never from features
         if engine.is_main_process():  # rank 0 fills the cache, the other ranks then read it
-            feats = pooled_features(model, prepared, size, device, batch_size=cfg.batch_size,
-                                    precision=cfg.precision, channels_last=cfg.channels_last)  # fmt: skip
+            feats = pooled_features(model, prepared, size, device, rows=used,
+                                    batch_size=cfg.batch_size, precision=cfg.precision,
+                                    channels_last=cfg.channels_last, workers=cfg.workers)  # fmt: skip
         engine.barrier()
         if not engine.is_main_process():
-            feats = pooled_features(model, prepared, size, device, precision=cfg.precision,
-                                    progress=False)  # fmt: skip
+            feats = pooled_features(model, prepared, size, device, rows=used,
+                                    precision=cfg.precision, progress=False)  # fmt: skip
         train = FeatureDataset(feats, labels, prepared.rows("train"))
         val = FeatureDataset(feats, labels, prepared.rows("val"))
         net, task, ecfg = (
