@@ -79,3 +79,16 @@ def emit(bench: str, figures: dict[str, Any], load_before: dict[str, float]) -> 
     """The one JSON line a benchmark ends with: its figures plus the load before and after."""
     line = {"bench": bench, **rounded(figures), "load_before": load_before, "load_after": load()}
     print(json.dumps(line, separators=(",", ":")), flush=True)
+
+
+def torch_threads(requested: int) -> int:
+    """Set torch's CPU threads: ``requested`` when > 0, else 1 when the machine is busier than
+    its cores (torch's default of one thread per core then spends most of its time waiting at
+    OpenMP barriers, see bench/README.md), else torch's default. Returns the count in use."""
+    import torch
+
+    if requested > 0:
+        torch.set_num_threads(requested)
+    elif os.getloadavg()[0] > (os.cpu_count() or 1):
+        torch.set_num_threads(1)
+    return torch.get_num_threads()

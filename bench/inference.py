@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import add_quick, emit, interleave, load, spread
+from _common import add_quick, emit, interleave, load, spread, torch_threads
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.inference.onnx_runtime import OnnxRunner
 from cxrguide.inference.predictor import collect_inputs, letterbox
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if "fp32" not in args.paths or args.paths[0] != "fp32":
         args.paths = ["fp32"] + [p for p in args.paths if p != "fp32"]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     jobs = []
     if args.run:
         from cxrguide.training.runs import load_run

@@ -22,7 +22,7 @@ import argparse
 import numpy as np
 import torch
 
-from _common import add_quick, emit, interleave, load, spread
+from _common import add_quick, emit, interleave, load, spread, torch_threads
 from cxrguide.models.unet import DiceBCELoss, build_unet
 from cxrguide.training.engine import resolve_device
 from cxrguide.training.lungs import load_run, predict_batch
@@ -75,8 +75,8 @@ def main() -> None:
     if args.quick:
         args.n, args.size, args.batch_size, args.warm_steps = 16, 128, 8, 3
     before = load()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
 
     device = resolve_device(args.device)
     if args.run:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from _common import add_quick, emit, load
+from _common import add_quick, emit, load, torch_threads
 from cxrguide.config import PrepareConfig, SynthConfig, TrainConfig
 from cxrguide.data.datasets import Prepared
 from cxrguide.data.prepare import prepare
@@ -81,8 +81,8 @@ def main() -> None:
     if args.quick:
         args.n, args.size, args.epochs = 90, 64, 2
     before = load()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)

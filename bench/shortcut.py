@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
-from _common import emit, load
+from _common import emit, load, torch_threads
 from cxrguide.cli import build_parser
 
 QUICK = ["--n", "60", "--size", "64", "--shortcut-test", "12", "--seeds", "0",
@@ -26,6 +26,8 @@ def main(argv: list[str]) -> int:
     before = load()
     quick = "--quick" in argv
     argv = [a for a in argv if a != "--quick"]
+    if quick:
+        torch_threads(0)  # 1 thread on a busy machine
     with tempfile.TemporaryDirectory() as tmp:
         if not any(a == "--out" or a.startswith("--out=") for a in argv):
             argv = ["--out", tmp, *argv]

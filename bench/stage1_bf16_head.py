@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from _common import add_quick, emit, load
+from _common import add_quick, emit, load, torch_threads
 from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
 from cxrguide.models.zoo import create_model, get_spec
@@ -74,8 +74,8 @@ def main() -> None:
         args.n, args.size, args.backbones, args.body_epochs, args.epochs = (
             90, 64, "mobilenet_v2", 1, 3)  # fmt: skip
     before = load()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.2f}, torch threads "
           f"{torch.get_num_threads()}, {args.n} phantoms at {args.size} px, seed {args.seed}")  # fmt: skip
     rows = []

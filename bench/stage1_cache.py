@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from _common import add_quick, emit, load
+from _common import add_quick, emit, load, torch_threads
 from _prepared import write_prepared
 from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
@@ -79,8 +79,8 @@ def main() -> None:
     if args.quick:
         args.n, args.size, args.epochs = 60, 96, 10
     before = load()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), torch threads "
           f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")  # fmt: skip
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import add_quick, emit, load
+from _common import add_quick, emit, load, torch_threads
 from _prepared import write_prepared
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.models.flops import measure_model
@@ -83,8 +83,8 @@ def main() -> None:
     if args.quick:
         args.n, args.models, args.cache_size, args.batch_size = 16, "mobilenet_v2", 224, 8
     before = load()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     names = ([n for n in list_models() if not n.startswith("covidnet")] if args.models == "all"
              else [get_spec(n.strip()).name for n in args.models.split(",")])  # fmt: skip
     print(f"weights {args.weights}; load average before: {os.getloadavg()[0]:.2f} (1 min), "

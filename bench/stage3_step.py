@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from _common import add_quick, emit, load, spread
+from _common import add_quick, emit, load, spread, torch_threads
 from cxrguide.attention.gain import GainSettings, GuidedAttention
 from cxrguide.models.zoo import create_model
 from cxrguide.training.engine import resolve_device
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.batch_size, args.warmup = 96, 4, 1
     before = load()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if args.threads > 0 or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     n, s = args.batch_size, args.size
