@@ -184,3 +184,14 @@ def test_decode_chunks_cover_every_task_once():
         chunks = prepare_mod._chunks(todo, workers)
         assert [t for c in chunks for t in c] == todo
         assert len(chunks) >= min(len(todo), 8 * workers) or max(map(len, chunks)) == 1
+
+
+def test_parallel_gather_matches_a_serial_one(tmp_path):
+    from cxrguide.data import cache
+
+    src = np.random.default_rng(0).integers(0, 256, (50, 8, 8), dtype=np.uint8)
+    rows = [7, 3, 3, 49, 0] + list(range(10, 40))
+    cache.gather(src, rows, tmp_path / "one.npy", chunk=4)
+    cache.gather(src, rows, tmp_path / "two.npy", chunk=4, workers=3)
+    one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
+    assert np.array_equal(one, src[rows]) and np.array_equal(two, src[rows])

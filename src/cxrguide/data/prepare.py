@@ -114,9 +114,14 @@ def _decode_chunk(tasks: list[tuple[int, str, int, int, int]]) -> list[dict]:
     return rows
 
 
+def _workers(cfg: PrepareConfig) -> int:
+    return cfg.workers or os.cpu_count() or 1
+
+
 def _chunks(todo: list, workers: int) -> list[list]:
-    """Chunks small enough to balance the pool (>= 8 per worker), large enough to amortise IPC."""
-    size = max(1, min(64, len(todo) // (8 * workers) or 1))
+    """Chunks small enough to balance the pool (>= 8 per worker; <= 16 items, so the last one
+    finishes soon after the others), large enough to amortise the IPC."""
+    size = max(1, min(16, len(todo) // (8 * workers) or 1))
     return [todo[i : i + size] for i in range(0, len(todo), size)]
 
 
@@ -179,7 +184,7 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
         for i, r in enumerate(records)
         if i not in done
     ]
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = _workers(cfg)
     pool = None
     if workers > 1 and len(todo) > 1:
         pool = mp.get_context("fork").Pool(workers, _open_worker_cache, (str(arr_file),))
@@ -197,7 +202,9 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
     finally:
         if pool:
             pool.terminate()
-    pixels.flush()
+    # No msync here: every process wrote through a shared mapping, so the pixels are in the page
+    # cache for the gather and survive a killed process; syncing 100+ MB to disk was serial time.
+    del pixels
     return [done[i] for i in range(len(records))]
 
 
@@ -257,7 +264,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     rows = sorted(kept, key=lambda i: _image_id(records[i]))
     _write_manifest(out, records, decoded, views, rows, split_of)
     cache.gather(cache.open_readonly(out / ".work/decoded.npy"), rows,
-                 cache.image_cache_path(out, cfg.size))  # fmt: skip
+                 cache.image_cache_path(out, cfg.size), workers=_workers(cfg))  # fmt: skip
     _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
     _write_csv(
         out / "duplicates.csv",
