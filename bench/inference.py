@@ -3,13 +3,16 @@
 For each backbone at its own input size (or ``--size``), the classifier (``CxrClassifier``, the
 module ``predict``/``serve`` run) is timed on ``--batches`` batches of ``--batch`` real chest
 X-rays from ``../shared/data`` (letterboxed like the Predictor; drawn phantoms when the samples
-are absent), after two untimed warm-up batches, ``--repeats`` times; images/s comes from the
-median batch time (the machine is shared: the median shrugs off a neighbour's burst). Printed
-per path: images/s, batch-1 latency (median of ``--latency-runs``), top-1 agreement with eager
-fp32 and the largest probability difference; then eager fp32's median top-1 margin and how many
-classes it predicted. Agreement means little when one class wins everything (random weights);
-the probability difference is the numerical measure. The summary gives the mean speed-ups and
-the fastest path by throughput and by batch-1 latency among those with >= 99 % agreement.
+are absent). Every path is built and warmed up first (two untimed batches); then the paths run
+**interleaved**: ``--repeats`` rounds (default 10), each timing one pass of every path over the
+batches in a rotating order, so a neighbour's burst on the shared machine hits all paths alike;
+images/s is the median over the rounds (with the quartiles in the JSON line). Batch-1 latency is
+timed the same way (``--latency-runs`` interleaved rounds). Printed per path: images/s, batch-1
+latency, top-1 agreement with eager fp32 and the largest probability difference; then eager
+fp32's median top-1 margin and how many classes it predicted. Agreement means little when one
+class wins everything (random weights); the probability difference is the numerical measure.
+The summary gives the mean speed-ups and the fastest path by throughput and by batch-1 latency
+among those with >= 99 % agreement. ``--quick``: MobileNet V2 only, one batch of 8.
 
 Paths: ``fp32`` eager; ``channels_last`` (NHWC weights and input); ``bf16`` (channels-last +
 ``torch.autocast(bfloat16)``); ``onnx`` (``cxrguide export``'s graph in onnxruntime, all graph
@@ -17,10 +20,10 @@ optimisations). Without ``--run`` each backbone has random weights (seeded; ``--
 imagenet`` for pretrained bodies) and the paper head; weights do not change speed. With
 ``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks).
 
-    python bench/inference.py [--backbones all|a,b] [--batch 32] [--batches 2] [--repeats 2]
-        [--size 0] [--latency-runs 5] [--threads 0] [--paths fp32,...] [--run RUN]
+    python bench/inference.py [--quick] [--backbones all|a,b] [--batch 32] [--batches 2]
+        [--repeats 10] [--size 0] [--latency-runs 10] [--threads 0] [--paths fp32,...] [--run RUN]
 
-Measured here (shared 2-core Xeon with AMX/AVX512-BF16, load average 6-10 from other jobs; batch
+Measured before the paths were interleaved (one after another, 2 repeats; shared 2-core Xeon with AMX/AVX512-BF16, load average 6-10 from other jobs; batch
 8, all ten backbones, ``--threads 1``): mean speed-up over eager fp32, throughput / batch-1
 latency: channels-last 1.41x / 1.31x, bf16 3.08x / 1.83x, ONNX Runtime 2.21x / 2.76x; max |dp|
 vs fp32: ONNX 2e-7, bf16 2.3e-3. With torch's default 2 threads on the loaded machine, eager
