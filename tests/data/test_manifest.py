@@ -49,25 +49,30 @@ def test_near_duplicate_search_is_not_quadratic(monkeypatch):
     rng = np.random.default_rng(0)
     hashes = [rng.integers(0, 256, 32, dtype=np.uint8) for _ in range(3000)]
     compared = 0
-    real = manifest.hamming_many
+    real = manifest._close_pairs
 
-    def counting(a, others):
+    def counting(words, distance):
         nonlocal compared
-        compared += len(others)
-        return real(a, others)
+        compared += len(words) * (len(words) - 1) // 2
+        return real(words, distance)
 
-    monkeypatch.setattr(manifest, "hamming_many", counting)
+    monkeypatch.setattr(manifest, "_close_pairs", counting)
     manifest.duplicate_groups([""] * 3000, hashes, distance=12)
     assert compared < 3000  # a quadratic search would make ~4.5 million comparisons
 
 
-def test_hamming_many_matches_pairwise_hamming():
-    rng = np.random.default_rng(1)
-    a, others = (
-        rng.integers(0, 256, 32, dtype=np.uint8),
-        rng.integers(0, 256, (9, 32), dtype=np.uint8),
-    )
-    assert manifest.hamming_many(a, others).tolist() == [manifest.hamming(a, o) for o in others]
+def test_close_pairs_match_pairwise_hamming():
+    rng = np.random.default_rng(3)
+    packed = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    packed[5] = packed[2]
+    packed[9, :2] ^= 0xFF  # 16 bits from ...
+    packed[17] = packed[9]
+    packed[17, 0] ^= 0x0F  # ... and 4 bits from 9
+    words = packed.view(np.uint64)
+    for distance in (0, 4, 12, 130):
+        want = [(a, c) for a in range(40) for c in range(a + 1, 40)
+                if manifest.hamming(packed[a], packed[c]) <= distance]  # fmt: skip
+        assert sorted(manifest._close_pairs(words, distance, block=7)) == want
 
 
 def test_duplicate_groups_chain_of_near_copies():
