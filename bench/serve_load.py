@@ -104,7 +104,9 @@ def slice_load(url: str, name: str, data: bytes, clients: int, seconds: float, c
 
     def client() -> None:
         with httpx.Client(base_url=url, timeout=300) as http:
-            while time.monotonic() < stop:
+            first = True  # every client posts at least once, even if it starts late
+            while first or time.monotonic() < stop:
+                first = False
                 t = time.perf_counter()
                 try:
                     r = http.post("/v1/predict", files={"file": (name, data)}, params=params)
@@ -204,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     if "onnx" in slices and "fp32" in slices:
         ratio = figures["onnx"]["rps"]["median"] / figures["fp32"]["rps"]["median"]
         per_round = [a["rps"] / b["rps"] for a, b in zip(slices["onnx"], slices["fp32"],
-                                                         strict=True)]  # fmt: skip
+                                                         strict=True) if b["rps"] > 0]  # fmt: skip
+        per_round = per_round or [float("nan")]
         figures.update(speedup_onnx_over_fp32=ratio, speedup_round_min=min(per_round),
                        speedup_round_max=max(per_round))  # fmt: skip
         print(f"throughput ratio onnx / fp32 (eager): {ratio:.2f}x "
