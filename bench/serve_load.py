@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         per_round = [a["rps"] / b["rps"] for a, b in zip(slices["onnx"], slices["fp32"],
                                                          strict=True) if b["rps"] > 0]  # fmt: skip
         per_round = per_round or [float("nan")]
-        figures.update(speedup_onnx_over_fp32=ratio, speedup_round_min=min(per_round),
-                       speedup_round_max=max(per_round))  # fmt: skip
+        figures.update(speedup_onnx_over_fp32=ratio, round_ratio_min=min(per_round),
+                       round_ratio_max=max(per_round))  # fmt: skip
         print(f"throughput ratio onnx / fp32 (eager): {ratio:.2f}x "
               f"(per round {min(per_round):.2f}-{max(per_round):.2f})")  # fmt: skip
     emit("serve_load", figures, before)
