@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/quickstart
 SEED ?= 0
 
-.PHONY: run test lint format venv clean bench system-deps
+.PHONY: run test lint format venv clean bench bench-quick system-deps
 
 venv: $(STAMP)
 
@@ -46,8 +46,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
+# Every benchmark (bench/_*.py are helpers); each ends with one JSON line of figures.
+# bench-quick: the same with --quick (a few minutes each at most on 2 cores).
 bench: $(STAMP)
-	for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+bench-quick: $(STAMP)
+	for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs

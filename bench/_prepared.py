@@ -43,4 +43,5 @@ def write_prepared(root: Path, n: int, size: int, seed: int = 0) -> Path:
     del images
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     (root / "prepare_config.yaml").write_text(yaml.safe_dump({"size": size}))
+    (root / "summary.json").write_text(f'{{"images": {n}}}')  # last: marks it finished
     return root

@@ -3,13 +3,16 @@
 For each backbone at its own input size (or ``--size``), the classifier (``CxrClassifier``, the
 module ``predict``/``serve`` run) is timed on ``--batches`` batches of ``--batch`` real chest
 X-rays from ``../shared/data`` (letterboxed like the Predictor; drawn phantoms when the samples
-are absent), after two untimed warm-up batches, ``--repeats`` times; images/s comes from the
-median batch time (the machine is shared: the median shrugs off a neighbour's burst). Printed
-per path: images/s, batch-1 latency (median of ``--latency-runs``), top-1 agreement with eager
-fp32 and the largest probability difference; then eager fp32's median top-1 margin and how many
-classes it predicted. Agreement means little when one class wins everything (random weights);
-the probability difference is the numerical measure. The summary gives the mean speed-ups and
-the fastest path by throughput and by batch-1 latency among those with >= 99 % agreement.
+are absent). Every path is built and warmed up first (two untimed batches); then the paths run
+**interleaved**: ``--repeats`` rounds (default 10), each timing one pass of every path over the
+batches in a rotating order, so a neighbour's burst on the shared machine hits all paths alike;
+images/s is the median over the rounds (with the quartiles in the JSON line). Batch-1 latency is
+timed the same way (``--latency-runs`` interleaved rounds). Printed per path: images/s, batch-1
+latency, top-1 agreement with eager fp32 and the largest probability difference; then eager
+fp32's median top-1 margin and how many classes it predicted. Agreement means little when one
+class wins everything (random weights); the probability difference is the numerical measure.
+The summary gives the mean speed-ups and the fastest path by throughput and by batch-1 latency
+among those with >= 99 % agreement. ``--quick``: MobileNet V2 only, one batch of 8.
 
 Paths: ``fp32`` eager; ``channels_last`` (NHWC weights and input); ``bf16`` (channels-last +
 ``torch.autocast(bfloat16)``); ``onnx`` (``cxrguide export``'s graph in onnxruntime, all graph
@@ -17,10 +20,10 @@ optimisations). Without ``--run`` each backbone has random weights (seeded; ``--
 imagenet`` for pretrained bodies) and the paper head; weights do not change speed. With
 ``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks).
 
-    python bench/inference.py [--backbones all|a,b] [--batch 32] [--batches 2] [--repeats 2]
-        [--size 0] [--latency-runs 5] [--threads 0] [--paths fp32,...] [--run RUN]
+    python bench/inference.py [--quick] [--backbones all|a,b] [--batch 32] [--batches 2]
+        [--repeats 10] [--size 0] [--latency-runs 10] [--threads 0] [--paths fp32,...] [--run RUN]
 
-Measured here (shared 2-core Xeon with AMX/AVX512-BF16, load average 6-10 from other jobs; batch
+Measured before the paths were interleaved (one after another, 2 repeats; shared 2-core Xeon with AMX/AVX512-BF16, load average 6-10 from other jobs; batch
 8, all ten backbones, ``--threads 1``): mean speed-up over eager fp32, throughput / batch-1
 latency: channels-last 1.41x / 1.31x, bf16 3.08x / 1.83x, ONNX Runtime 2.21x / 2.76x; max |dp|
 vs fp32: ONNX 2e-7, bf16 2.3e-3. With torch's default 2 threads on the loaded machine, eager
@@ -37,12 +40,12 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _common import add_quick, emit, interleave, load, spread, torch_threads
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.inference.onnx_runtime import OnnxRunner
 from cxrguide.inference.predictor import collect_inputs, letterbox
@@ -99,47 +102,40 @@ def make_runner(path: str, model: torch.nn.Module, size: int, gate: bool, tmp: P
 
 
 def bench_one(model, size: int, gate: bool, images: np.ndarray, args) -> dict[str, dict]:
+    """All paths built first, then timed round-robin: every repeat runs each path once, in a
+    rotating order, so a load change on the shared machine hits all paths alike."""
     x_all = torch.from_numpy(images)[:, None]
     mask_all = example_inputs(size, True, batch=len(images))[1] if gate else None
-    results: dict[str, dict] = {}
-    reference = None
-    for path in args.paths:
-        with tempfile.TemporaryDirectory() as tmp:
-            fresh = _copy(model)
-            run = make_runner(path, fresh, size, gate, Path(tmp))
-            b = args.batch
-            batches = [(x_all[i : i + b], None if mask_all is None else mask_all[i : i + b])
-                       for i in range(0, len(x_all), b)]  # fmt: skip
+    b = args.batch
+    batches = [(x_all[i : i + b], None if mask_all is None else mask_all[i : i + b])
+               for i in range(0, len(x_all), b)]  # fmt: skip
+    one = (x_all[:1], None if mask_all is None else mask_all[:1])
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for path in args.paths:
+            (Path(tmp) / path).mkdir()
+            runs[path] = make_runner(path, _copy(model), size, gate, Path(tmp) / path)
             for _ in range(2):  # warm-up: kernel selection, allocations, ORT arenas
-                run(*batches[0])
-            times, outs = [], []
-            for _ in range(args.repeats):
-                outs.clear()
-                for x, m in batches:
-                    t0 = time.perf_counter()
-                    outs.append(run(x, m))
-                    times.append((time.perf_counter() - t0) / len(x))
-            probs = np.concatenate(outs)
-            one = (x_all[:1], None if mask_all is None else mask_all[:1])
-            run(*one)
-            lat = []
-            for _ in range(args.latency_runs):
-                t = time.perf_counter()
-                run(*one)
-                lat.append(time.perf_counter() - t)
-        if reference is None:
-            reference = probs
-            top2 = np.sort(probs, 1)[:, -2:]
-            margin = float(np.median(top2[:, 1] - top2[:, 0]))
-            n_classes = len(set(probs.argmax(1).tolist()))
+                runs[path](*batches[0])
+            runs[path](*one)
+        probs = {p: np.concatenate([runs[p](x, m) for x, m in batches]) for p in args.paths}
+        per_image = interleave({p: (lambda r=r: [r(x, m) for x, m in batches])
+                                for p, r in runs.items()}, args.repeats, warmup=0)  # fmt: skip
+        latency = interleave({p: (lambda r=r: r(*one)) for p, r in runs.items()},
+                             args.latency_runs, warmup=0)  # fmt: skip
+    reference = probs["fp32"]
+    top2 = np.sort(reference, 1)[:, -2:]
+    results: dict[str, dict] = {}
+    for path in args.paths:
+        rate = spread([len(x_all) / t for t in per_image[path]])
         results[path] = {
-            "img_s": 1.0 / statistics.median(times),
-            "latency_ms": 1000 * statistics.median(lat),
-            "agreement": float((probs.argmax(1) == reference.argmax(1)).mean()),
-            "max_dp": float(np.abs(probs - reference).max()),
-            "fp32_margin": margin,
-            "fp32_classes": n_classes,
-        }
+            "img_s": rate["median"], "img_s_q1": rate["q1"], "img_s_q3": rate["q3"],
+            "latency_ms": 1000 * spread(latency[path])["median"],
+            "agreement": float((probs[path].argmax(1) == reference.argmax(1)).mean()),
+            "max_dp": float(np.abs(probs[path] - reference).max()),
+            "fp32_margin": float(np.median(top2[:, 1] - top2[:, 0])),
+            "fp32_classes": len(set(reference.argmax(1).tolist())),
+        }  # fmt: skip
     return results
 
 
@@ -154,20 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbones", default="all", help="'all' or a comma list of zoo names")
     parser.add_argument("--run", action="append", default=[], help="time a trained run instead")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=2, help="timed batches per path")
+    parser.add_argument("--batches", type=int, default=2, help="batches per timed pass")
     parser.add_argument("--size", type=int, default=0, help="input side (0: each backbone's own)")
-    parser.add_argument("--repeats", type=int, default=2, help="passes over the timed batches")
-    parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10,
+                        help="timed passes per path, interleaved round-robin (>= 10)")  # fmt: skip
+    parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch/ORT threads (0: default)")
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--weights", default="none",
                         help="none | imagenet (offline from $CXRGUIDE_WEIGHTS_DIR) for the bodies")  # fmt: skip
+    add_quick(parser)
     args = parser.parse_args(argv)
+    if args.quick:  # one small backbone, 2 batches of 8 per pass
+        args.backbones = "mobilenet_v2" if args.backbones == "all" else args.backbones
+        args.batch, args.batches = min(args.batch, 8), 1
+    before = load()
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if "fp32" not in args.paths or args.paths[0] != "fp32":
         args.paths = ["fp32"] + [p for p in args.paths if p != "fp32"]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     jobs = []
     if args.run:
         from cxrguide.models.saved import load_run
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append((name, None, size, False))
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x {args.batches} x {args.repeats} "
-          f"(median per-batch time), latency median of {args.latency_runs}")  # fmt: skip
+          f"(median over interleaved passes), latency median of {args.latency_runs}")  # fmt: skip
     header = f"{'backbone':<20} {'px':>4} " + " ".join(f"{p:>28}" for p in args.paths)
     units = " ".join(f"{'img/s  b1 ms  agree  max|dp|':>28}" for _ in args.paths)
     print(f"{header}  fp32 top-1\n{'':<26}{units}  margin, classes")
@@ -213,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"with >= 99% top-1 agreement on every backbone: fastest throughput {by_rate} "
           f"({speedups[by_rate]:.2f}x, max |dp| {drift[by_rate]:.1e}), fastest batch-1 "
           f"{by_latency} ({lat[by_latency]:.2f}x, max |dp| {drift[by_latency]:.1e})")  # fmt: skip
+    emit("inference", {
+        "backbones": list(table), "batch": args.batch, "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        **{f"speedup_{p}": speedups[p] for p in args.paths if p != "fp32"},
+        **{f"latency_speedup_{p}": lat[p] for p in args.paths if p != "fp32"},
+        "fastest_throughput": by_rate, "fastest_latency": by_latency,
+        "per_backbone": {name: {p: {k: r[k] for k in ("img_s", "img_s_q1", "img_s_q3",
+                                                      "latency_ms", "agreement", "max_dp")}
+                                for p, r in res.items()} for name, res in table.items()},
+    }, before)  # fmt: skip
     return 0
 
 

@@ -3,25 +3,26 @@
 Times the exact code path ``lungs predict --data`` runs (:func:`segment_cache`: forward pass,
 sigmoid, resize, threshold, two-largest-components + hole filling, quality flag) over a cache of
 phantom-like films, once with ``--batch-size`` images per forward pass and once with 1, and
-prints both side by side with their ratio. The network part alone is also shown, because
+prints both side by side with their ratio: the modes run interleaved, round-robin, and the
+median of ``--repeat`` rounds is kept (with its spread in the JSON line). The network part alone is also shown, because
 post-processing runs on the CPU per image and bounds the speed-up on a GPU.
 
 Weights do not change the speed: without ``--run`` an untrained U-Net of the default width is
 used, after a few gradient steps on the phantoms so its masks look like lungs (post-processing
 time depends on how fragmented the masks are).
 
-    python bench/lungs.py [--run RUN] [--n 48] [--size 256] [--batch-size 16] [--device auto]
-                          [--threads N]
+    python bench/lungs.py [--quick] [--run RUN] [--n 48] [--size 256] [--batch-size 16]
+                          [--repeat 10] [--device auto] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
+from _common import add_quick, emit, interleave, load, spread, torch_threads
 from cxrguide.core.device import resolve_device
 from cxrguide.lungs.predict import segment_cache
 from cxrguide.lungs.train import load_lung_run, predict_batch
@@ -59,33 +60,23 @@ def warm_model(size: int, device: torch.device, steps: int) -> torch.nn.Module:
     return model.eval()
 
 
-def rate(fn, n: int, repeat: int) -> float:
-    """Best-of-``repeat`` images per second of ``fn()`` over ``n`` images."""
-    best = float("inf")
-    for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return n / best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a run folder from 'cxrguide lungs train' (default: fresh U-Net)")
     ap.add_argument("--n", type=int, default=48, help="images per timing")
     ap.add_argument("--size", type=int, default=256, help="cache and model side in px")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--repeat", type=int, default=3, help="timings per mode (best is kept)")
+    ap.add_argument("--repeat", type=int, default=10, help="interleaved rounds (median kept)")
     ap.add_argument("--warm-steps", type=int, default=15, help="training steps of the fresh U-Net")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    add_quick(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n, args.size, args.batch_size, args.warm_steps = 16, 128, 8, 3
+    before = load()
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
 
     device = resolve_device(args.device)
     if args.run:
@@ -104,11 +95,13 @@ def main() -> None:
         return lambda: [predict_batch(model, images[i : i + batch], model_size, device)
                         for i in range(0, args.n, batch)]  # fmt: skip
 
-    full(args.batch_size)()  # warm-up (cuDNN autotune, allocator, page faults)
-    rows = []
-    for label, batch in ((f"batched ({args.batch_size})", args.batch_size), ("one at a time", 1)):
-        rows.append((label, rate(full(batch), args.n, args.repeat), rate(net(batch), args.n,
-                                                                         args.repeat)))  # fmt: skip
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    modes = {f"batched ({args.batch_size})": args.batch_size, "one at a time": 1}
+    fns = {**{("predict", m): full(b) for m, b in modes.items()},
+           **{("net", m): net(b) for m, b in modes.items()}}  # fmt: skip
+    times = interleave(fns, args.repeat, warmup=1, sync=sync)  # type: ignore[arg-type]
+    rates = {k: spread([args.n / t for t in v]) for k, v in times.items()}
+    rows = [(m, rates[("predict", m)]["median"], rates[("net", m)]["median"]) for m in modes]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"lungs predict, {args.size} px cache, {args.n} images, {what}")
     print(f"device: {device} ({name}), torch threads {torch.get_num_threads()}")
@@ -117,6 +110,12 @@ def main() -> None:
         print(f"{label:<16}{full_rate:>20.1f}{net_rate:>21.1f}")
     (_, b_full, b_net), (_, o_full, o_net) = rows
     print(f"{'ratio':<16}{b_full / o_full:>19.2f}x{b_net / o_net:>20.2f}x")
+    emit("lungs", {"device": str(device), "n": args.n, "size": args.size,
+                   "batch": args.batch_size, "rounds": args.repeat,
+                   "masks_s_batched": rates[("predict", rows[0][0])],
+                   "masks_s_one": rates[("predict", rows[1][0])],
+                   "speedup_batched_predict": b_full / o_full,
+                   "speedup_batched_net": b_net / o_net}, before)  # fmt: skip
 
 
 if __name__ == "__main__":

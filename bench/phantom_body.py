@@ -1,10 +1,11 @@
 """A backbone trained on clean synthetic phantoms: a stand-in for ImageNet weights offline.
 
-How to run: ``.venv/bin/python bench/phantom_body.py [--out bench_out/phantom_body]
+How to run: ``.venv/bin/python bench/phantom_body.py [--quick] [--out bench_out/phantom_body]
 [--backbone mobilenet_v2] [--n 900] [--size 128] [--epochs 20] [--lr 1e-3] [--shortcut-rate 0.0]
 [--seed 1] [--threads N]``. Prints the weights file
 (``OUT/body/body-NAME/stage2-NAME/model.pt``), which any ``--weights PATH`` accepts, e.g.
-``cxrguide bench shortcut --weights OUT/body/body-NAME/stage2-NAME/model.pt``.
+``cxrguide bench shortcut --weights OUT/body/body-NAME/stage2-NAME/model.pt``. Without
+``--out`` it trains in a temporary folder (a timing/accuracy check that keeps nothing).
 
 Why: the shortcut benchmark from random weights cannot learn the phantoms' lesions in a
 CPU-sized budget (its ``input-mask`` variant, which removes the markers, stays at chance), so
@@ -23,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from _common import add_quick, emit, load, torch_threads
 from cxrguide.config import PrepareConfig, SynthConfig, TrainConfig
 from cxrguide.core.runs import MODEL_WEIGHTS, RunInfo, save_run
 from cxrguide.data.datasets import Prepared
@@ -63,7 +66,7 @@ def train_body(name: str, prepared: Prepared, out: Path, *, size: int, epochs: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("bench_out/phantom_body"))
+    ap.add_argument("--out", type=Path, help="keep the body here (default: a temporary folder)")
     ap.add_argument("--backbone", default="mobilenet_v2")
     ap.add_argument("--n", type=int, default=900)
     ap.add_argument("--size", type=int, default=128)
@@ -74,16 +77,27 @@ def main() -> None:
         "--seed", type=int, default=1, help="data and training seed (not the bench's 0)"
     )
     ap.add_argument("--threads", type=int, default=0)
+    add_quick(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n, args.size, args.epochs = 90, 64, 2
+    before = load()
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}")
-    t0 = time.perf_counter()
-    prepared = phantom_prepared(args.out, args.n, args.size, args.seed, args.shortcut_rate)
-    weights, row = train_body(get_spec(args.backbone).name, prepared, args.out / "body",
-                              size=args.size, epochs=args.epochs, lr=args.lr, seed=args.seed)  # fmt: skip
-    print(f"{weights}: val accuracy {row['val_accuracy']:.3f}, test accuracy "
-          f"{row['test_accuracy']:.3f} ({(time.perf_counter() - t0) / 60:.1f} min)")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        t0 = time.perf_counter()
+        prepared = phantom_prepared(out, args.n, args.size, args.seed, args.shortcut_rate)
+        weights, row = train_body(get_spec(args.backbone).name, prepared, out / "body",
+                                  size=args.size, epochs=args.epochs, lr=args.lr, seed=args.seed)  # fmt: skip
+        minutes = (time.perf_counter() - t0) / 60
+        print(f"{weights}: val accuracy {row['val_accuracy']:.3f}, test accuracy "
+              f"{row['test_accuracy']:.3f} ({minutes:.1f} min)")  # fmt: skip
+    emit("phantom_body", {"backbone": args.backbone, "n": args.n, "size": args.size,
+                          "epochs": args.epochs, "weights": str(weights) if args.out else "",
+                          "val_accuracy": row["val_accuracy"],
+                          "test_accuracy": row["test_accuracy"], "minutes": minutes}, before)  # fmt: skip
 
 
 if __name__ == "__main__":

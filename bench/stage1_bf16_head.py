@@ -1,6 +1,6 @@
 """Does Stage I under ``--precision bf16 --channels-last`` train the same head as fp32?
 
-How to run: ``.venv/bin/python bench/stage1_bf16_head.py [--n 600] [--size 128]
+How to run: ``.venv/bin/python bench/stage1_bf16_head.py [--quick] [--n 600] [--size 128]
 [--backbones mobilenet_v2,efficientnet_b0] [--body-epochs 8] [--shortcut-rate 0.95] [--weights none|imagenet|PATH]
 [--epochs 30] [--seed 0] [--threads N] [--out DIR]``.
 
@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from _common import add_quick, emit, load, torch_threads
 from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
 from cxrguide.evaluation.evaluate import score_split
@@ -68,9 +69,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default="", help="keep the runs here (default: a temporary folder)")
+    add_quick(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n, args.size, args.backbones, args.body_epochs, args.epochs = (
+            90, 64, "mobilenet_v2", 1, 3)  # fmt: skip
+    before = load()
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.2f}, torch threads "
           f"{torch.get_num_threads()}, {args.n} phantoms at {args.size} px, seed {args.seed}")  # fmt: skip
     rows = []
@@ -117,6 +123,13 @@ def main() -> None:
         f"{100 * table['agree'].min():.1f}%; worst feature cosine {table['cos min'].min():.5f}"
     )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
+    emit("stage1_bf16_head", {
+        "n": args.n, "size": args.size, "epochs": args.epochs,
+        "max_test_accuracy_gap": float(worst), "min_agreement": float(table["agree"].min()),
+        "min_feature_cosine": float(table["cos min"].min()),
+        "per_backbone": {r["backbone"]: {k: v for k, v in r.items() if k != "backbone"}
+                         for r in rows},
+    }, before)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Stage I wall time: head trained on the feature cache vs recomputing the frozen body every epoch.
 
-How to run: ``.venv/bin/python bench/stage1_cache.py [--n 200] [--size 224] [--epochs 30]
+How to run: ``.venv/bin/python bench/stage1_cache.py [--quick] [--n 200] [--size 224] [--epochs 30]
 [--backbone mobilenet_v2] [--weights none|imagenet|PATH] [--batch-size 32] [--seed 0]
 [--threads N]``. It writes a synthetic prepared set of N images (8:1:1 split) into a temporary
 folder, then runs :func:`cxrguide.training.stages.stage1` twice on it with the same config and
@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from _common import add_quick, emit, load, torch_threads
 from _prepared import write_prepared
 from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
@@ -73,9 +74,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default, one per core); use 1 "
                              "when other jobs load the CPU (see bench/README.md)")  # fmt: skip
+    add_quick(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n, args.size, args.epochs = 60, 96, 10
+    before = load()
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), torch threads "
           f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")  # fmt: skip
 
@@ -110,6 +115,10 @@ def main() -> None:
     print(f"speed-up (recompute / cache): {t_body / t_cache:.1f}x   (target >= 20x)")
     print(f"max |head weight difference|: {diff:.2e}, max |val loss difference|: {loss_diff:.2e}")
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
+    emit("stage1_cache", {"backbone": args.backbone, "size": args.size, "n": args.n,
+                          "epochs": args.epochs, "seconds_cache": t_cache,
+                          "seconds_recompute": t_body, "speedup_cache": t_body / t_cache,
+                          "max_head_diff": diff, "max_val_loss_diff": loss_diff}, before)  # fmt: skip
     assert diff < 1e-4 and loss_diff < 1e-4, "the two Stage I runs trained different heads"
 
 

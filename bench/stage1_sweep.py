@@ -1,6 +1,6 @@
 """Stage I feature extraction for every backbone at its Table-2 size: fp32 vs bf16 + channels-last.
 
-How to run: ``.venv/bin/python bench/stage1_sweep.py [--n 256] [--models all|a,b,...]
+How to run: ``.venv/bin/python bench/stage1_sweep.py [--quick] [--n 256] [--models all|a,b,...]
 [--batch-size 16] [--full 2631] [--cache-size 456] [--weights none] [--seed 0] [--threads N]``.
 It writes a synthetic prepared set of N images into a temporary folder and, for each backbone
 (random init by default: weights do not change the speed, but see the cosine note), times
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _common import add_quick, emit, load, torch_threads
 from _prepared import write_prepared
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.models.flops import measure_model
@@ -77,9 +78,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default, one per core); use 1 "
                              "when other jobs load the CPU (see bench/README.md)")  # fmt: skip
+    add_quick(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.n, args.models, args.cache_size, args.batch_size = 16, "mobilenet_v2", 224, 8
+    before = load()
+    if args.threads or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     names = ([n for n in list_models() if not n.startswith("covidnet")] if args.models == "all"
              else [get_spec(n.strip()).name for n in args.models.split(",")])  # fmt: skip
     print(f"weights {args.weights}; load average before: {os.getloadavg()[0]:.2f} (1 min), "
@@ -135,6 +140,16 @@ def main() -> None:
           f"(target >= 0.99: {'met' if worst >= 0.99 else 'NOT met'}); worst centred cosine "
           f"{centred:.4f}")  # fmt: skip
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
+    emit("stage1_sweep", {
+        "backbones": [r["name"] for r in rows], "n": args.n,
+        "speedup_bf16_cl_mean": float(np.mean([r["fp32"] / r["bf16+CL"] for r in rows])),
+        "cosine_min": worst, "cosine_centred_min": centred,
+        "full_set_minutes": {label: sum(r[label] for r in rows) * args.full / 60
+                             for label, _, _ in MODES},
+        "per_backbone": {r["name"]: {"px": r["size"], "gflop": r["gflop"],
+                                     "s_img_fp32": r["fp32"], "s_img_bf16_cl": r["bf16+CL"],
+                                     "speedup": r["fp32"] / r["bf16+CL"]} for r in rows},
+    }, before)  # fmt: skip
 
 
 if __name__ == "__main__":

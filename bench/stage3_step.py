@@ -7,7 +7,7 @@ the head. The target is <= 2.5x. Each variant runs ``--warmup`` untimed steps, t
 of ``--steps`` timed steps is reported; variants run interleaved, round by round, so a load
 change on a shared machine hits all of them alike (``--threads 1`` steadies CPU timings).
 
-    python bench/stage3_step.py [--backbone mobilenet_v2] [--size 224] [--batch-size 16]
+    python bench/stage3_step.py [--quick] [--backbone mobilenet_v2] [--size 224] [--batch-size 16]
                                 [--steps 10] [--warmup 2] [--device auto] [--precision fp32]
                                 [--threads 0]
 """
@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from _common import add_quick, emit, load, spread, torch_threads
 from cxrguide.attention.gain import GainSettings, GuidedAttention
 from cxrguide.core.device import resolve_device
 from cxrguide.models.zoo import create_model
@@ -71,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads (0: torch's default; 1 is steadier on a shared machine)")  # fmt: skip
+    add_quick(ap)
     args = ap.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.size, args.batch_size, args.warmup = 96, 4, 1
+    before = load()
+    if args.threads > 0 or args.quick:  # --quick on a busy machine: 1 thread
+        torch_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     n, s = args.batch_size, args.size
@@ -110,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ratio stage III (gate + GAIN) / stage II: {main_ratio:.2f}x ({verdict} the 2.5x target)"
     )
+    emit("stage3_step", {
+        "backbone": args.backbone, "size": args.size, "batch": n, "device": str(device),
+        "steps": args.steps, "ms_per_step": {k: spread([1000 * t for t in st.times])
+                                             for k, st in steppers.items()},
+        "ratio_stage3_over_stage2": main_ratio,
+        **{f"ratio_{k.replace('stage III ', 's3_').replace(' ', '_')}": v
+           for k, v in ratios.items() if k != "stage II"},
+    }, before)  # fmt: skip
     return 0
 
 

@@ -1,6 +1,6 @@
 """Benchmark: `cxrguide synth` images per second at 256 px on one core (target >= 100).
 
-Run: ``.venv/bin/python bench/synth.py [--n 300] [--size 256] [--seed 0]``. Three measurements,
+Run: ``.venv/bin/python bench/synth.py [--quick] [--n 300] [--size 256] [--seed 0]``. Three measurements,
 side by side: drawing only (in memory, one process), drawing + writing every file (images,
 masks, lesions, Darwin JSON, metadata; ``--workers 1``), and the same with all cores. Each is
 given as wall-clock rate and, for the one-process runs, as rate per CPU-second of this process
@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import add_quick, emit, load
 from cxrguide.config import SynthConfig
 from cxrguide.data.synthetic import generate_dataset, plan_dataset, render_case
 from cxrguide.data.synthetic.generate import resolve_workers
@@ -33,16 +34,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    add_quick(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.n = min(args.n, 80)
+    before = load()
     cfg = SynthConfig(n=args.n, size=args.size, seed=args.seed, shortcut_test=0, workers=1)
     specs = plan_dataset(cfg)
     render_case(specs[0], args.size)  # warm-up (imports, font cache)
     print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     n = len(specs)
 
+    rates: dict[str, float] = {}
+
     def report(what: str, wall: float, cpu: float | None = None) -> None:
         per_cpu = f", {n / cpu:7.1f} img/s per CPU-s" if cpu else ""
         print(f"{what:<24}: {n / wall:7.1f} img/s wall{per_cpu}")
+        rates[what] = n / wall
+        if cpu:
+            rates[f"{what} per CPU-s"] = n / cpu
 
     report("draw only, 1 process", *_timed(lambda: [render_case(s, args.size) for s in specs]))
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,6 +69,10 @@ def main() -> None:
             names = [p.name for p in (one / sub).iterdir()]
             same &= filecmp.cmpfiles(one / sub, many / sub, names, shallow=False)[0] == names
         print(f"identical output for 1 and {workers} workers: {same}")
+    one, many = rates["draw + write, 1 worker"], rates[f"draw + write, {workers} workers"]
+    emit("synth", {"n": n, "size": args.size, "workers": workers,
+                   "img_s": {k.replace(", ", "_").replace(" ", "_"): v for k, v in rates.items()},
+                   "speedup_workers": many / one, "identical_outputs": bool(same)}, before)  # fmt: skip
 
 
 if __name__ == "__main__":

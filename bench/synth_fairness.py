@@ -1,6 +1,6 @@
 """Is the synthetic task fair? The three numbers for the README, at full size.
 
-Run: ``.venv/bin/python bench/synth_fairness.py [--n 900] [--size 128] [--epochs 15] [--seed 0]``.
+Run: ``.venv/bin/python bench/synth_fairness.py [--quick] [--n 900] [--size 128] [--epochs 15] [--seed 0]``.
 
 1. Logistic regression on each film's global 32-bin intensity histogram, clean data (shortcut
    rate 0): should stay near chance (<= 50 % on 3 classes): the class is not in global statistics.
@@ -23,6 +23,8 @@ import json
 import os
 import time
 
+from _common import add_quick, emit, load
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -34,7 +36,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--workers", type=int, default=0, help="drawing processes (0: all)")
     parser.add_argument("--json", help="also write the numbers to this file")
+    add_quick(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.n, args.size, args.epochs = 150, 64, 2
+    before = load()
     from cxrguide.data.synthetic.fairness import fairness_report
 
     print(f"load average before: {os.getloadavg()[0]:.1f}")
@@ -53,6 +59,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(numbers, fh, indent=2)
+    emit("synth_fairness", {k: v for k, v in numbers.items() if k not in ("json", "quick")},
+         before)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -44,24 +44,49 @@ def test_duplicate_groups_exact_links_items():
     assert groups == [[0, 2], [1, 4], [3]]
 
 
-def test_near_duplicate_search_is_not_quadratic():
+def test_near_duplicate_search_is_not_quadratic(monkeypatch):
     """Random hashes share no band: each item compares with ~no bucket mates."""
     rng = np.random.default_rng(0)
     hashes = [rng.integers(0, 256, 32, dtype=np.uint8) for _ in range(3000)]
-    calls = 0
-    real = manifest.hamming
+    compared = 0
+    real = manifest._close_pairs
 
-    def counting(a, b):
-        nonlocal calls
-        calls += 1
-        return real(a, b)
+    def counting(words, distance):
+        nonlocal compared
+        compared += len(words) * (len(words) - 1) // 2
+        return real(words, distance)
 
-    manifest.hamming = counting  # type: ignore[assignment]
-    try:
-        manifest.duplicate_groups([""] * 3000, hashes, distance=12)
-    finally:
-        manifest.hamming = real  # type: ignore[assignment]
-    assert calls < 3000  # a quadratic search would make ~4.5 million comparisons
+    monkeypatch.setattr(manifest, "_close_pairs", counting)
+    manifest.duplicate_groups([""] * 3000, hashes, distance=12)
+    assert compared < 3000  # a quadratic search would make ~4.5 million comparisons
+
+
+def test_close_pairs_match_pairwise_hamming():
+    rng = np.random.default_rng(3)
+    packed = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+    packed[5] = packed[2]
+    packed[9, :2] ^= 0xFF  # 16 bits from ...
+    packed[17] = packed[9]
+    packed[17, 0] ^= 0x0F  # ... and 4 bits from 9
+    words = packed.view(np.uint64)
+    for distance in (0, 4, 12, 130):
+        want = [(a, c) for a in range(40) for c in range(a + 1, 40)
+                if manifest.hamming(packed[a], packed[c]) <= distance]  # fmt: skip
+        assert sorted(manifest._close_pairs(words, distance, block=7)) == want
+
+
+def test_duplicate_groups_chain_of_near_copies():
+    """A drifts from B and B from C within the distance: all three are one group."""
+    rng = np.random.default_rng(2)
+    base = np.unpackbits(rng.integers(0, 256, 32, dtype=np.uint8))
+    b, c = base.copy(), base.copy()
+    b[:8] ^= 1
+    c[:16] ^= 1  # 8 bits from b, 16 from base
+    far = np.unpackbits(rng.integers(0, 256, 32, dtype=np.uint8))
+    hashes = [np.packbits(x) for x in (base, b, c, far)]
+    uf = manifest.duplicate_groups([""] * 4, hashes, distance=12)
+    groups = sorted(sorted(g) for g in manifest.components(uf, range(4)).values())
+    assert groups == [[0, 1, 2], [3]]
 
 
 @pytest.mark.parametrize("n", [10, 11, 18, 57, 165, 504])

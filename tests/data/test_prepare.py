@@ -301,3 +301,31 @@ def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
     prepare_mod.prepare(_cfg(folder, tmp_path / "allowed", allow_modality=["CT"]))
     m = pd.read_csv(tmp_path / "allowed/manifest.csv")
     assert "img/ct.dcm" in set(m.path)
+
+
+def test_one_worker_and_pool_write_identical_outputs(folder, tmp_path):
+    """Pool workers write straight into the memory-mapped work cache: same bytes as in-process."""
+    one = prepare_mod.prepare(_cfg(folder, tmp_path / "one", workers=1)).out
+    two = prepare_mod.prepare(_cfg(folder, tmp_path / "two", workers=2)).out
+    for name in ("manifest.csv", "cache/images_64.npy", "rejected.csv", "duplicates.csv"):
+        assert (one / name).read_bytes() == (two / name).read_bytes(), name
+    assert np.load(two / "cache/images_64.npy").any(axis=(1, 2)).all()  # no row left blank
+
+
+def test_decode_chunks_cover_every_task_once():
+    todo = list(range(131))
+    for workers in (1, 2, 16):
+        chunks = prepare_mod._chunks(todo, workers)
+        assert [t for c in chunks for t in c] == todo
+        assert len(chunks) >= min(len(todo), 8 * workers) or max(map(len, chunks)) == 1
+
+
+def test_parallel_gather_matches_a_serial_one(tmp_path):
+    from cxrguide.data import cache
+
+    src = np.random.default_rng(0).integers(0, 256, (50, 8, 8), dtype=np.uint8)
+    rows = [7, 3, 3, 49, 0] + list(range(10, 40))
+    cache.gather(src, rows, tmp_path / "one.npy", chunk=4)
+    cache.gather(src, rows, tmp_path / "two.npy", chunk=4, workers=3)
+    one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
+    assert np.array_equal(one, src[rows]) and np.array_equal(two, src[rows])

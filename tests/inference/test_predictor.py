@@ -210,10 +210,9 @@ def test_auto_falls_back_to_eager_when_onnx_export_fails(run, monkeypatch):
 
 
 def test_unreliable_when_lung_mask_implausible_or_film_lateral():
-    from cxrguide.evaluation.segmentation import MaskQuality
-
     from cxrguide.data.imaging import ImageInfo
     from cxrguide.inference.predictor import Prediction
+    from cxrguide.lungs.metrics import MaskQuality
 
     frontal = ImageInfo("a.dcm", "DICOM", 100, 100, 12, "MONOCHROME2", "PA", "DX")
     probs = {"Normal": 0.8, "Pneumonia": 0.1, "COVID-19": 0.1}

@@ -63,6 +63,19 @@ def disjoint_set(n: int) -> DisjointSet:
     return DisjointSet(range(n))
 
 
+def _close_pairs(words: np.ndarray, distance: int, block: int = 256) -> list[tuple[int, int]]:
+    """Index pairs (a < c) of the rows of ``words`` (k, 4) uint64 within ``distance`` bits."""
+    out: list[tuple[int, int]] = []
+    for lo in range(0, len(words), block):
+        part = words[lo : lo + block]
+        d = np.bitwise_count(part[:, None, :] ^ words[None, :, :]).sum(axis=-1, dtype=np.int64)
+        a, c = np.nonzero(d <= distance)
+        a += lo
+        keep = a < c
+        out.extend(zip(a[keep].tolist(), c[keep].tolist(), strict=True))
+    return out
+
+
 def duplicate_groups(
     sha256: Sequence[str], hashes: Sequence[np.ndarray | None], distance: int
 ) -> DisjointSet:
@@ -79,20 +92,25 @@ def duplicate_groups(
         return uf
     n_bands = distance + 1
     bounds = np.linspace(0, HASH_BITS, n_bands + 1).astype(int)
-    buckets: dict[tuple[int, bytes], list[int]] = defaultdict(list)
-    for i, h in enumerate(hashes):
-        if h is None:
-            continue
-        bits = np.unpackbits(h)
-        seen: set[int] = set()
-        for b in range(n_bands):
-            key = (b, np.packbits(bits[bounds[b] : bounds[b + 1]]).tobytes())
-            for j in buckets[key]:
-                if j not in seen:
-                    seen.add(j)
-                    if hamming(h, hashes[j]) <= distance:  # type: ignore[arg-type]
-                        uf.merge(i, j)
-            buckets[key].append(i)
+    present = np.array([i for i, h in enumerate(hashes) if h is not None], dtype=np.intp)
+    if len(present) < 2:
+        return uf
+    packed = np.stack([np.asarray(hashes[i], dtype=np.uint8) for i in present])
+    words = np.ascontiguousarray(packed).view(np.uint64)  # 4 words: popcount per word
+    bits = np.unpackbits(packed, axis=1)
+    for b in range(n_bands):
+        # items whose band b is identical form a bucket; only bucket mates are compared, all of
+        # a bucket's pairs at once (phantoms and re-published sets fill some buckets densely:
+        # one Python call per pair was the slowest serial step of prepare)
+        band = np.packbits(bits[:, bounds[b] : bounds[b + 1]], axis=1).astype(np.int64)
+        key = band @ (256 ** np.arange(band.shape[1], dtype=np.int64))
+        order = np.argsort(key, kind="stable")  # equal keys keep ascending item order
+        cuts = np.flatnonzero(np.diff(key[order])) + 1
+        starts, stops = np.r_[0, cuts], np.r_[cuts, len(order)]
+        for lo, hi in zip(starts[stops - starts > 1], stops[stops - starts > 1], strict=True):
+            members = order[lo:hi]
+            for a, c in _close_pairs(words[members], distance):
+                uf.merge(int(present[members[a]]), int(present[members[c]]))
     return uf
 
 

@@ -98,6 +98,44 @@ def _decode(
     return row, to_uint8(fit_square(img, size))
 
 
+# The work cache a pool worker writes into, opened once per process (see _decode_chunk).
+_worker_pixels: np.ndarray | None = None
+
+
+def _open_worker_cache(path: str) -> None:
+    global _worker_pixels
+    _worker_pixels = cache.open_writable(Path(path))
+
+
+def _decode_chunk(tasks: list[tuple[int, str, int, int, int]]) -> list[dict]:
+    """Pool worker: decode a chunk straight into the memory-mapped work cache.
+
+    Only the small log rows travel back to the parent: pickling every 64-256 kB image through
+    a pipe and copying it in the parent kept one core busy with bookkeeping (1.45x on 2 cores).
+    Pixels are written before the row is returned, so a logged row is always cached; a chunk
+    lost to a kill is simply decoded again on resume.
+    """
+    assert _worker_pixels is not None, "pool initialiser did not open the work cache"
+    rows = []
+    for task in tasks:
+        row, arr = _decode(task)
+        if arr is not None:
+            _worker_pixels[row["idx"]] = arr
+        rows.append(row)
+    return rows
+
+
+def _workers(cfg: PrepareConfig) -> int:
+    return cfg.workers or os.cpu_count() or 1
+
+
+def _chunks(todo: list, workers: int) -> list[list]:
+    """Chunks small enough to balance the pool (>= 8 per worker; <= 16 items, so the last one
+    finishes soon after the others), large enough to amortise the IPC."""
+    size = max(1, min(16, len(todo) // (8 * workers) or 1))
+    return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+
 def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([cfg.size, cfg.max_pixels, cfg.min_side, cfg.allow_modality]).encode())
@@ -173,26 +211,41 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
         for i, r in enumerate(records)
         if i not in done
     ]
-    workers = cfg.workers or os.cpu_count() or 1
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 and len(todo) > 1 else None
+    workers = _workers(cfg)
+    pool = None
+    if workers > 1 and len(todo) > 1:
+        pool = mp.get_context("fork").Pool(workers, _open_worker_cache, (str(arr_file),))
     try:
-        results = pool.imap_unordered(_decode, todo, chunksize=8) if pool else map(_decode, todo)
         with log_file.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
             bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img")
-            for row, arr in results:
-                if arr is not None:
-                    pixels[row["idx"]] = arr  # pixels first: a logged row is always cached
-                writer.writerow(row)
+            for rows in _decoded_rows(todo, workers, pool, pixels):
+                writer.writerows(rows)
                 fh.flush()
-                done[row["idx"]] = {k: str(v) for k, v in row.items()}
-                bar.update()
+                for row in rows:
+                    done[row["idx"]] = {k: str(v) for k, v in row.items()}
+                bar.update(len(rows))
             bar.close()
     finally:
         if pool:
             pool.terminate()
-    pixels.flush()
+    # No msync here: every process wrote through a shared mapping, so the pixels are in the page
+    # cache for the gather and survive a killed process; syncing 100+ MB to disk was serial time.
+    del pixels
     return [done[i] for i in range(len(records))]
+
+
+def _decoded_rows(todo: list, workers: int, pool, pixels: np.ndarray):
+    """Log rows of decoded items (a chunk per pool result, one by one in process), each one's
+    pixels already in the work cache."""
+    if pool is not None:
+        yield from pool.imap_unordered(_decode_chunk, _chunks(todo, workers))
+        return
+    for task in todo:
+        row, arr = _decode(task)
+        if arr is not None:
+            pixels[row["idx"]] = arr  # pixels first: a logged row is always cached
+        yield [row]
 
 
 def prepare(cfg: PrepareConfig) -> PrepareResult:
@@ -238,7 +291,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     rows = sorted(kept, key=lambda i: _image_id(records[i]))
     _write_manifest(out, records, decoded, views, rows, split_of)
     cache.gather(cache.open_readonly(out / ".work/decoded.npy"), rows,
-                 cache.image_cache_path(out, cfg.size))  # fmt: skip
+                 cache.image_cache_path(out, cfg.size), workers=_workers(cfg))  # fmt: skip
     _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
     _write_csv(out / "duplicates.csv", DUPLICATE_COLUMNS, duplicates)
     split_counts = dict(Counter(split_of[i] for i in rows))

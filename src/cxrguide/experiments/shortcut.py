@@ -54,7 +54,7 @@ from cxrguide.config import (
 )
 from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo, save_run
-from cxrguide.data import cache
+from cxrguide.data import cache, completion
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.data.imaging import fit_square
 from cxrguide.errors import ConfigError
@@ -116,7 +116,7 @@ def masked_copy(prepared: Prepared) -> Prepared:
     feature-map gate tells whether a gate placed after the body can do the same.
     """
     dst = prepared.root.parent / f"{prepared.root.name}_lungmasked"
-    if (dst / "manifest.csv").exists():
+    if completion.is_complete(dst):
         return Prepared.open(dst)
     path = cache.image_cache_path(dst, prepared.size)
     images = cache.create(path, len(prepared.manifest), prepared.size)
@@ -128,7 +128,8 @@ def masked_copy(prepared: Prepared) -> Prepared:
     if prepared.lung_cache_path.with_suffix(".json").exists():  # where the masks came from
         shutil.copyfile(prepared.lung_cache_path.with_suffix(".json"), lung.with_suffix(".json"))
     shutil.copyfile(prepared.root / "prepare_config.yaml", dst / "prepare_config.yaml")
-    shutil.copyfile(prepared.root / "manifest.csv", dst / "manifest.csv")  # last: marks done
+    shutil.copyfile(prepared.root / "manifest.csv", dst / "manifest.csv")
+    completion.mark_complete(dst, completion.read_summary(prepared.root))  # last: marks done
     return Prepared.open(dst)
 
 

@@ -5,6 +5,13 @@ the head on cached ``(N, C)`` global-average-pooled features instead of running 
 epoch (``bench/stage1_cache.py`` measures the gain). The cache is keyed by backbone, the weights
 the body came from, the input size and the image cache it was computed from, and is filled in
 resumable chunks.
+
+Only the rows asked for are computed: Stage I trains on train and validates on val
+(:func:`stage1_rows`); the test split is scored later by the full model (``evaluate``), so its
+features would never be read. The cache file always has one row per manifest row; a per-row
+mask (``KEY.rows``) records which are filled, so a later call asking for more rows (or all)
+computes only the missing ones, and a killed fill resumes where it stopped. Once every row is
+filled the file becomes ``KEY.npy``.
 """
 
 from __future__ import annotations
@@ -40,47 +47,88 @@ def cache_key(model: CxrClassifier, prepared: Prepared, image_size: int, precisi
     return f"{model.name}-{image_size}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
+def stage1_rows(prepared: Prepared) -> np.ndarray:
+    """The manifest rows Stage I reads features of: train and val (sorted)."""
+    return np.sort(np.concatenate([prepared.rows("train"), prepared.rows("val")]))
+
+
+def _files(folder: Path, key: str) -> tuple[Path, Path, Path, Path]:
+    """Final, partial, row mask and the older count-of-rows-done marker."""
+    return (folder / f"{key}.npy", folder / f"{key}.partial.npy", folder / f"{key}.rows",
+            folder / f"{key}.done")  # fmt: skip
+
+
+def _filled(folder: Path, key: str, n: int) -> np.ndarray:
+    """Which rows of the partial file hold features (all False when there is none)."""
+    _, partial, mask_file, done_file = _files(folder, key)
+    have = np.zeros(n, dtype=bool)
+    if not partial.exists():
+        return have
+    if mask_file.exists():
+        saved = np.frombuffer(mask_file.read_bytes(), dtype=np.uint8)
+        if len(saved) == n:
+            have[:] = saved.astype(bool)
+    elif done_file.exists():  # written by a version that filled rows in order
+        have[: int(done_file.read_text())] = True
+    return have
+
+
+def _save_mask(path: Path, have: np.ndarray) -> None:
+    tmp = path.with_suffix(".rows.tmp")
+    tmp.write_bytes(have.astype(np.uint8).tobytes())
+    tmp.replace(path)
+
+
 def pooled_features(
     model: CxrClassifier,
     prepared: Prepared,
     image_size: int,
     device: torch.device,
     *,
+    rows: np.ndarray | None = None,
     batch_size: int = 32,
     precision: str = "fp32",
     channels_last: bool = False,
     progress: bool = True,
+    workers: int = 0,
 ) -> np.ndarray:
-    """``(N, C)`` float32 features for every manifest row (memory-mapped from the cache)."""
+    """``(N, C)`` float32 features, memory-mapped from the cache, filled at least for ``rows``
+    (default: every manifest row); rows not asked for may hold zeros. ``workers``: loader
+    processes (on a GPU the decode-and-resize side must keep up; pinned memory there)."""
     folder = prepared.root / "features"
     folder.mkdir(exist_ok=True)
     key = cache_key(model, prepared, image_size, precision)
-    final = folder / f"{key}.npy"
+    final, partial, _, _ = _files(folder, key)
+    n = len(prepared.manifest)
+    wanted = np.arange(n) if rows is None else np.unique(np.asarray(rows, dtype=np.int64))
     if final.exists():
         return np.load(final, mmap_mode="r")
+    if _filled(folder, key, n)[wanted].all():
+        return np.load(partial, mmap_mode="r")
     with open(folder / f"{key}.lock", "w") as lock:  # one process fills, the others wait
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.exists():
-            _fill(model, prepared, image_size, device, key, batch_size, precision,
-                  channels_last, progress)  # fmt: skip
-    return np.load(final, mmap_mode="r")
+            _fill(model, prepared, image_size, device, key, wanted, batch_size, precision,
+                  channels_last, progress, workers)  # fmt: skip
+    return np.load(final if final.exists() else partial, mmap_mode="r")
 
 
 @torch.no_grad()
-def _fill(model, prepared, image_size, device, key, batch_size, precision, channels_last,
-          progress) -> None:  # fmt: skip
+def _fill(model, prepared, image_size, device, key, wanted, batch_size, precision, channels_last,
+          progress, workers) -> None:  # fmt: skip
     folder = prepared.root / "features"
-    final, partial, done_file = (folder / f"{key}.npy", folder / f"{key}.partial.npy",
-                                 folder / f"{key}.done")  # fmt: skip
+    final, partial, mask_file, done_file = _files(folder, key)
     n = len(prepared.manifest)
-    done = int(done_file.read_text()) if done_file.exists() and partial.exists() else 0
-    if done == 0:
+    have = _filled(folder, key, n)
+    if have.any():
+        out = np.load(partial, mmap_mode="r+")
+    else:
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
                                         shape=(n, model.num_features))  # fmt: skip
-    else:
-        out = np.load(partial, mmap_mode="r+")
-    dataset = CxrDataset(prepared, rows=np.arange(done, n), image_size=image_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    todo = wanted[~have[wanted]]
+    dataset = CxrDataset(prepared, rows=todo, image_size=image_size)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")  # fmt: skip
     model.eval().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -89,18 +137,20 @@ def _fill(model, prepared, image_size, device, key, batch_size, precision, chann
         loader, desc=f"features {model.name}", unit="batch", disable=None if progress else True
     )
     for batch in bar:
-        x = batch["image"].to(device)
+        x = batch["image"].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             fmap = model.forward_features(x)
         rows = batch["index"].numpy()
         out[rows] = fmap.float().mean(dim=(2, 3)).cpu().numpy()
-        done = int(rows[-1]) + 1
-        out.flush()
-        done_file.write_text(str(done))
+        out.flush()  # features on disk before the mask says so
+        have[rows] = True
+        _save_mask(mask_file, have)
     del out
-    partial.replace(final)
+    if have.all():
+        partial.replace(final)
+        mask_file.unlink(missing_ok=True)
     done_file.unlink(missing_ok=True)
 
 

@@ -28,7 +28,7 @@ from cxrguide.training.common import (
     run_dir,
     sgd,
 )
-from cxrguide.training.features import FeatureDataset, pooled_features
+from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
 from cxrguide.training.finetune import train_finetune
 from cxrguide.training.tasks import ClassifierTask, FeatureTask
 
@@ -51,14 +51,16 @@ def stage1(
     device = resolve_device(cfg.device)
     ecfg = engine_config(cfg)
     if cfg.feature_cache:
+        used = stage1_rows(prepared)  # test is scored by the full model, never from features
         if engine.is_main_process():  # rank 0 fills the cache, the other ranks then read it
-            feats = pooled_features(model, prepared, size, device, batch_size=cfg.batch_size,
-                                    precision=cfg.precision, channels_last=cfg.channels_last,
+            feats = pooled_features(model, prepared, size, device, rows=used,
+                                    batch_size=cfg.batch_size, precision=cfg.precision,
+                                    channels_last=cfg.channels_last, workers=cfg.workers,
                                     progress=cfg.progress)  # fmt: skip
         engine.barrier()
         if not engine.is_main_process():
-            feats = pooled_features(model, prepared, size, device, precision=cfg.precision,
-                                    progress=False)  # fmt: skip
+            feats = pooled_features(model, prepared, size, device, rows=used,
+                                    precision=cfg.precision, progress=False)  # fmt: skip
         train = FeatureDataset(feats, labels, prepared.rows("train"))
         val = FeatureDataset(feats, labels, prepared.rows("val"))
         net, task, ecfg = (

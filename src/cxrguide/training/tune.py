@@ -220,7 +220,7 @@ def _warm_feature_cache(p: Plan) -> None:
 
     from cxrguide.core.device import resolve_device
     from cxrguide.models.zoo import create_model
-    from cxrguide.training.features import pooled_features
+    from cxrguide.training.features import pooled_features, stage1_rows
 
     b = p.base
     model = create_model(p.backbone, b.weights, head_widths=b.head_widths,
@@ -231,7 +231,8 @@ def _warm_feature_cache(p: Plan) -> None:
     with open(folder / f".{p.backbone}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         pooled_features(model, p.prepared, b.image_size or model.input_size[0],
-                        resolve_device(b.device), batch_size=b.batch_size,
+                        resolve_device(b.device), rows=stage1_rows(p.prepared),
+                        batch_size=b.batch_size,
                         precision=b.precision, channels_last=b.channels_last)  # fmt: skip
 
 
