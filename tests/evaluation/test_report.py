@@ -204,3 +204,27 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     cam = np.asarray(Image.open(io.BytesIO(first_figure)).convert("RGB"), dtype=float)
     assert cam.std() > 20 and (np.abs(cam[..., 0] - cam[..., 2]) > 60).mean() > 0.05  # in colour
     (tmp_path / "report.png").write_bytes(shot)  # for a person to look at
+
+
+def test_report_sets_accuracy_beside_baselines_and_shows_every_warning(report, runs):
+    html = report.read_text()
+    page = Page(html)
+    text = " ".join(" ".join(page.text).split())
+    for stage in (1, 2, 3):
+        metrics = json.loads((runs[f"stage{stage}"] / "metrics_test.json").read_text())
+        (row,) = page.tables[f"baselines-stage{stage}"]
+        majority = metrics["baselines"]["majority"]
+        assert row[2].startswith(pct(majority["accuracy"])) and majority["class"] in row[2]
+        assert row[3].startswith(f"{100 * majority['margin']:+.1f}")
+        (lead,) = page.tables[f"leaderboard-stage{stage}"]
+        assert lead[10] == pct(metrics["attention"]["lungs"]["area_share"])
+        sources = page.tables[f"per-source-stage{stage}"]
+        counts = metrics["per_source"]["site0"]["class_counts"]
+        assert sources[0][3] == "/".join(map(str, counts.values()))
+        assert sources[0][5].startswith("[")
+        for w in metrics["warnings"]:
+            assert f"{runs[f'stage{stage}'].name} [{w['code']}]" in text
+    assert ('id="warnings"' in html) == any(
+        json.loads((runs[f"stage{k}"] / "metrics_test.json").read_text())["warnings"]
+        for k in (1, 2, 3)
+    )

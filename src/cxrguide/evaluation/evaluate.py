@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.baselines import add_baselines
 from cxrguide.evaluation.metrics import classification_report
 from cxrguide.labels import CLASSES
 from cxrguide.training.engine import resolve_device
@@ -104,11 +105,14 @@ def write_results(
     """Write ``metrics_<split>.json`` (report + ``extra``) and ``predictions_<split>.csv``.
 
     Shared by run and ONNX evaluation so both give files of one schema. ``probs`` are
-    ``(N, 3)`` in :data:`CLASSES` order for manifest ``rows``.
+    ``(N, 3)`` in :data:`CLASSES` order for manifest ``rows``. Baselines and warnings come from
+    :mod:`cxrguide.evaluation.baselines`.
     """
     manifest = prepared.manifest.iloc[rows]
-    report = classification_report(y, probs, manifest["site"].to_numpy(), n_boot=n_boot, seed=seed)
+    sites = manifest["site"].astype(str).to_numpy()
+    report = classification_report(y, probs, sites, n_boot=n_boot, seed=seed)
     report.update(extra)
+    add_baselines(report, y, probs, sites, prepared.manifest, n_boot=n_boot, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"metrics_{split}.json").write_text(json.dumps(report, indent=2))
     table = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(),

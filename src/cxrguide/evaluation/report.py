@@ -171,7 +171,9 @@ def model_table(records: list[RunRecord]) -> Table:
 
 
 def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table]:
-    """Leaderboard (sorted by validation accuracy), per-class and per-source tables."""
+    """Leaderboard (sorted by validation accuracy), baselines, per-class and per-source tables."""
+    from cxrguide.evaluation import report_sections as rs
+
     records = sorted(records, key=lambda r: -(r.value("val", "accuracy") or -1.0))
     name = STAGE_NAMES.get(stage, f"Stage {stage}")
     board, per_class, per_source = [], [], []
@@ -182,7 +184,8 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
         board.append([str(rank), r.path.name, r.info.backbone, r.info.weights_source,
                       pct(r.value("val", "accuracy")), with_ci(m.get("accuracy"), ci.get("accuracy")),
                       with_ci(m.get("macro_f1"), ci.get("macro_f1")),
-                      with_ci(m.get("macro_auc"), ci.get("macro_auc")), energy, pointing])  # fmt: skip
+                      with_ci(m.get("macro_auc"), ci.get("macro_auc")), energy, pointing,
+                      rs.lung_area(m)])  # fmt: skip
         for cls in CLASSES:
             c = m.get("per_class", {}).get(cls)
             if c:
@@ -190,19 +193,25 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
                                   pct(c["specificity"]), pct(c["f1"]), pct(c["auc"]),
                                   str(c["support"])])  # fmt: skip
         for source, s in m.get("per_source", {}).items():
-            per_source.append([r.path.name, source, str(s["n"]), pct(s["accuracy"]),
-                               pct(s["macro_f1"]), pct(s["macro_auc"])])  # fmt: skip
+            per_source.append([r.path.name, source, str(s["n"]), rs.class_mix(s),
+                               pct(s["accuracy"]), rs.wilson(s), pct(s["macro_f1"]),
+                               pct(s["macro_auc"])])  # fmt: skip
     return [
         Table(f"leaderboard-stage{stage}", f"{name} leaderboard ({split}; sorted by validation "
               "accuracy; %, 95% bootstrap CI in brackets)",
               ["#", "run", "backbone", "weights", "val acc", f"{split} acc", "macro F1",
-               "macro AUC", "lung energy", "pointing game"], board,
-              "Lung energy: share of the predicted class's Grad-CAM inside the lung masks "
-              "(chance is about the lungs' area share); pointing game: peak inside the lungs."),
+               "macro AUC", "lung energy", "pointing game", "lung area (chance)"], board,
+              "Lung energy: share of the predicted class's Grad-CAM inside the lung masks; its "
+              "chance level is the lungs' area share (last column); pointing game: peak inside "
+              "the lungs."),
+        rs.baseline_table(f"stage{stage}", name, records, split),
         Table(f"per-class-stage{stage}", f"{name}: per class ({split}, %)",
               ["run", "class", "precision", "recall", "specificity", "F1", "AUC", "n"], per_class),
         Table(f"per-source-stage{stage}", f"{name}: per source ({split}, %)",
-              ["run", "source", "n", "accuracy", "macro F1", "macro AUC"], per_source),
+              ["run", "source", "n", "true N/P/C", "accuracy", "95% CI (Wilson)", "macro F1",
+               "macro AUC"], per_source,
+              "True N/P/C: the source's Normal / Pneumonia / COVID-19 images in the split. The "
+              "Wilson interval stays wide for small n: a handful of films proves little."),
     ]  # fmt: skip
 
 
@@ -352,7 +361,11 @@ def build_report(
     else:
         cams, cam_note = auto_explain(records, split, method, gallery_per_group, device)
     random = [r.path.name for r in records if r.info.weights_source == "random"]
+    from cxrguide.evaluation import report_sections as rs
+
+    warnings = rs.run_warnings(records, split)
     html = TEMPLATE.render(
+        warnings=warnings,
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         records=records, random=random, data=data_tables(records), models=model_table(records),
         results=results, cams=cams, cam_note=cam_note,

@@ -70,6 +70,11 @@ _PAGE = r"""<!DOCTYPE html>
 <h1>{{ title }}</h1>
 <p class="meta">{{ records|length }} run(s), stage(s) {{ results|map(attribute="name")|join(", ") }};
 metrics on the {{ split }} split; generated {{ generated }}.</p>
+{% if warnings %}
+<div class="warning" id="warnings"><strong>Read these numbers with care.</strong>
+<ul>{% for w in warnings %}<li><strong>{{ w.where }}</strong> [{{ w.code }}]: {{ w.message }}</li>{% endfor %}</ul>
+</div>
+{% endif %}
 {% if random %}
 <div class="warning" id="random-weights"><strong>Randomly initialised backbones.</strong>
 {{ random|length }} of {{ records|length }} run(s) started from random weights, not ImageNet

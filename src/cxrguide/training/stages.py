@@ -16,6 +16,7 @@ import torch
 from cxrguide.config import TrainConfig, save_yaml
 from cxrguide.data.datasets import CxrAugment, CxrDataset, Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.evaluation.baselines import format_baselines
 from cxrguide.evaluation.evaluate import evaluate_run
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.training import engine
@@ -71,6 +72,7 @@ def _finish(run: Path, cfg: TrainConfig, model: CxrClassifier, info: RunInfo) ->
     print(
         f"{run}: val accuracy {row['val_accuracy']:.3f}, test accuracy {row['test_accuracy']:.3f}"
     )
+    print("\n".join(f"  test {line}" for line in format_baselines(m)))
     engine.barrier()
     return row
 
