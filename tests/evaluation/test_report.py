@@ -228,3 +228,34 @@ def test_report_sets_accuracy_beside_baselines_and_shows_every_warning(report, r
         json.loads((runs[f"stage{k}"] / "metrics_test.json").read_text())["warnings"]
         for k in (1, 2, 3)
     )
+
+
+def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
+    from cxrguide.data.audit import audit_prepared
+
+    prep = runs["prep"]
+    (prep / "summary.json").write_text("{}")
+    audit = audit_prepared(prep, seed=0).audit
+    (prep / "rejected.csv").write_text(
+        "source,path,stage,reason\nradiography,Normal/a.png,metadata,"
+        "class folder not selected (--radiography-classes)\nradiography,Normal/b.png,metadata,"
+        "class folder not selected (--radiography-classes)\nieee8023,x.jpg,image,not a frontal "
+        "view (L)\n"
+    )
+    manifest = pd.read_csv(prep / "manifest.csv")
+    flags = ["ok"] * len(manifest)
+    flags[3] = "implausible"
+    pd.DataFrame({"image_id": manifest.image_id, "area_fraction": 0.3, "components": 2,
+                  "lungs": 2, "flag": flags}).to_csv(prep / "lung_quality.csv", index=False)  # fmt: skip
+    out = build_report([runs["stage1"]], tmp_path / "r.html", explain_dir=tmp_path)
+    page = Page(out.read_text())
+    t = page.tables
+    assert t["rejected-0"][0] == ["radiography", "metadata",
+                                  "class folder not selected (--radiography-classes)", "2"]  # fmt: skip
+    assert t["audit-0-0"][0][0] == "site0" and t["audit-0-0"][0][-1] == "18"
+    assert t["lungs-quality"] == [["ok", "35", "97.2"], ["implausible", "1", "2.8"]]
+    text = " ".join(" ".join(page.text).split())
+    assert "Data audit: class x source" in text and "Lung segmentation" in text
+    for w in audit["warnings"]:
+        assert f"[{w['code']}]" in text
+    assert page.images == 2  # the run's panel + the implausible-mask example

@@ -30,35 +30,15 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from cxrguide.labels import CLASS_INDEX, CLASSES
+from cxrguide.data.audit import apply_source_rules, fit_source_rules
+from cxrguide.labels import CLASSES
 
 SINGLE_CLASS_SHARE = 0.95
 
 
-def majority_class(labels: np.ndarray) -> int:
-    """Most common class index (ties: the first in class order, for determinism)."""
-    counts = np.bincount(labels, minlength=len(CLASSES))
-    return int(np.argmax(counts))
-
-
 def fit_baselines(manifest: pd.DataFrame) -> dict[str, Any] | None:
     """The two rules fitted on the manifest's train split (None without train rows)."""
-    train = manifest[manifest["split"] == "train"]
-    if train.empty:
-        return None
-    y = train["label"].map(CLASS_INDEX).to_numpy()
-    majority = majority_class(y)
-    sites = train["site"].astype(str).to_numpy()
-    prior = {s: CLASSES[majority_class(y[sites == s])] for s in sorted(set(sites.tolist()))}
-    return {"majority": CLASSES[majority], "source_prior": prior}
-
-
-def apply_rules(rules: dict[str, Any], sites: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions of the majority and source-prior rules for images of ``sites``."""
-    major = CLASS_INDEX[rules["majority"]]
-    prior = rules["source_prior"]
-    by_source = np.array([CLASS_INDEX[prior.get(str(s), rules["majority"])] for s in sites])
-    return np.full(len(sites), major), by_source.astype(int)
+    return fit_source_rules(manifest)
 
 
 def _ci(values: list[float]) -> list[float] | None:
@@ -80,7 +60,7 @@ def baseline_report(
     rules = fit_baselines(manifest)
     if rules is None:
         return {"skipped": "the prepared set has no train split to fit the baselines on"}
-    major, prior = apply_rules(rules, sites)
+    major, prior = apply_source_rules(rules, sites)
     correct = {"model": pred == y, "majority": major == y, "source_prior": prior == y}
     rng = np.random.default_rng(seed)
     boot: dict[str, list[float]] = {k: [] for k in ("majority", "source_prior")}

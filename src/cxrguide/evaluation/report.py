@@ -363,9 +363,16 @@ def build_report(
     random = [r.path.name for r in records if r.info.weights_source == "random"]
     from cxrguide.evaluation import report_sections as rs
 
-    warnings = rs.run_warnings(records, split)
+    warnings, data_extra, lungs = [], [], None
+    for i, root in enumerate(dict.fromkeys(r.info.data for r in records if r.info.data)):
+        blocks, audit_warnings = rs.audit_blocks(Path(root), i)
+        warnings += audit_warnings
+        data_extra.append({"rejected": rs.rejected_table(Path(root), f"rejected-{i}"),
+                           "audit": blocks})  # fmt: skip
+        lungs = lungs or rs.lung_section(records, Path(root))
+    warnings += rs.run_warnings(records, split)
     html = TEMPLATE.render(
-        warnings=warnings,
+        warnings=warnings, data_extra=data_extra, lungs=lungs,
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         records=records, random=random, data=data_tables(records), models=model_table(records),
         results=results, cams=cams, cam_note=cam_note,

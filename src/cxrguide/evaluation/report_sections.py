@@ -7,6 +7,7 @@ warnings gathered here go into a banner at the top of the page.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cxrguide.evaluation.report import Table, pct, with_ci
@@ -68,3 +69,123 @@ def class_mix(source: dict[str, Any]) -> str:
 def wilson(source: dict[str, Any]) -> str:
     ci = source.get("accuracy_ci95")
     return f"[{pct(ci[0])}, {pct(ci[1])}]" if ci else "n/a"
+
+
+# --- data: rejected by reason, the audit ---------------------------------------------------------
+def rejected_table(prep: Path, table_id: str) -> Table | None:
+    """rejected.csv counted by source, stage and reason (most common first)."""
+    from collections import Counter
+
+    from cxrguide.data.summary import read_rows
+
+    if not (prep / "rejected.csv").is_file():
+        return None
+    counts = Counter(
+        (r["source"], r["stage"], r["reason"]) for r in read_rows(prep / "rejected.csv")
+    )
+    rows = [[s, st, why, str(n)] for (s, st, why), n in
+            sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]  # fmt: skip
+    return Table(table_id, "Rejected images by reason", ["source", "stage", "reason", "n"], rows,
+                 "" if rows else "Nothing was rejected.")  # fmt: skip
+
+
+def audit_blocks(prep: Path, index: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The audit's Markdown fragment as report blocks, and its warnings for the banner."""
+    import json
+
+    from cxrguide.data.audit import AUDIT_JSON, AUDIT_MD
+    from cxrguide.evaluation.report import markdown_blocks
+
+    folder = prep / "audit"
+    if not (folder / AUDIT_JSON).is_file() or not (folder / AUDIT_MD).is_file():
+        return [{"text": f"No data audit in {folder} (run 'cxrguide audit {prep}')."}], []
+    blocks = markdown_blocks((folder / AUDIT_MD).read_text(), f"audit-{index}")
+    for k, b in enumerate(x for x in blocks if "table" in x):
+        b["table"].id = f"audit-{index}-{k}"
+    audit = json.loads((folder / AUDIT_JSON).read_text())
+    warnings = [{"where": f"data audit ({prep.name})", "code": w["code"],
+                 "message": w["message"]} for w in audit.get("warnings", [])]  # fmt: skip
+    return blocks, warnings
+
+
+# --- lung segmentation -----------------------------------------------------------------------
+def _lung_run(records: list, prep: Path) -> Path | None:
+    import json
+
+    for r in records:
+        if r.info.lung_model and Path(r.info.lung_model).is_dir():
+            return Path(r.info.lung_model)
+    for prov in sorted((prep / "cache").glob("lungs_*.json")):
+        run = json.loads(prov.read_text()).get("run")
+        if run and Path(run).is_dir():
+            return Path(run)
+    return None
+
+
+def lung_section(records: list, prep: Path, examples: int = 4) -> dict[str, Any] | None:
+    """Dice of the lung model on its test split, mask flags on the prepared set, bad examples."""
+    import json
+
+    import pandas as pd
+
+    run = _lung_run(records, prep)
+    quality = prep / "lung_quality.csv"
+    if run is None and not quality.is_file():
+        return None
+    tables, figures, notes = [], [], []
+    if run is not None and (run / "metrics.json").is_file():
+        m = json.loads((run / "metrics.json").read_text())
+        rows = []
+        for split in ("val", "test"):
+            s = m.get(split, {})
+            if s.get("n"):
+                rows.append([split, str(s["n"]), f"{s['dice_mean']:.3f}", f"{s['dice_min']:.3f}",
+                             f"{s['iou_mean']:.3f}", f"{s['hd95_px_mean']:.1f}"])  # fmt: skip
+        tables.append(Table("lungs-metrics", f"Lung model {run.name}: Dice on its own splits",
+                            ["split", "n", "Dice", "Dice min", "IoU", "HD95 (px)"], rows,
+                            "Measured on the lung data set's held-out films; the classifier's "
+                            "films have no lung ground truth."))  # fmt: skip
+    elif run is not None:
+        notes.append(f"{run}: no metrics.json (run 'cxrguide lungs evaluate {run}').")
+    if quality.is_file():
+        q = pd.read_csv(quality, keep_default_na=False)
+        counts = q["flag"].value_counts()
+        tables.append(Table("lungs-quality", "Predicted masks on the prepared set",
+                            ["flag", "n", "share"],
+                            [[f, str(n), pct(n / len(q))] for f, n in counts.items()],
+                            "implausible: lung area outside the plausible range or not two "
+                            "lungs; empty: no lung found. Such masks mislead lung energy."))  # fmt: skip
+        bad = [i for i, f in enumerate(q["flag"]) if f != "ok"][:examples]
+        if bad:
+            figures.append({"title": f"Implausible or empty lung masks ({len(bad)} of "
+                                     f"{int((q['flag'] != 'ok').sum())})",
+                            "caption": ", ".join(q["image_id"].iloc[bad]),
+                            "src": _mask_examples(prep, bad, list(q["image_id"].iloc[bad]))})  # fmt: skip
+    return {"tables": tables, "figures": [f for f in figures if f["src"]], "notes": notes}
+
+
+def _mask_examples(prep: Path, rows: list[int], names: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cxrguide.data.datasets import Prepared
+    from cxrguide.evaluation.report_figures import fig_b64
+
+    try:
+        prepared = Prepared.open(prep)
+        images, masks = prepared.images, prepared.lungs()
+    except Exception:  # noqa: BLE001 - a figure is optional; the table still says it
+        return ""
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.9), squeeze=False)
+    for ax, row, name in zip(axes[0], rows, names, strict=True):
+        ax.imshow(images[row], cmap="gray", vmin=0, vmax=255)
+        if masks[row].any():
+            ax.contour(masks[row] > 127, levels=[0.5], colors="#ff3b30", linewidths=1)
+        ax.set_title(name.split(":", 1)[0] + "\n" + name.rsplit("/", 1)[-1][:24], fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    out = fig_b64(fig)
+    plt.close(fig)
+    return out

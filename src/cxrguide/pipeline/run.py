@@ -1,4 +1,4 @@
-"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> Stage I -> tune -> Stage II ->
+"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> audit -> Stage I -> tune -> Stage II ->
 Stage III -> evaluate -> explain -> report, as cached steps (see :mod:`.steps`).
 
 Every training step runs with ``resume`` on: a pipeline killed mid-epoch restarts at that step
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrguide.config import (
+    AuditConfig,
     LungsPredictConfig,
     LungsPrepareConfig,
     LungsTrainConfig,
@@ -68,6 +69,12 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
     steps.run("lungs_predict", lpred, lambda d: _lungs_predict(lpred),
               after=("prepare", "lungs_train"), folder="lungs/predict")  # fmt: skip
 
+    # -- the confounding audit (after prepare; uses the predicted lung masks) ------------------
+    audit = _section(AuditConfig, cfg.audit, "audit", {"data": prep_cfg.out,
+                     "out": prep_cfg.out / "audit"}, seed=seed)  # fmt: skip
+    steps.run("audit", audit, lambda d: _audit(audit), after=("prepare", "lungs_predict"),
+              folder="prepared/audit")  # fmt: skip
+
     # -- classifiers ----------------------------------------------------------------------------
     s1 = _section(TrainConfig, cfg.stage1, "stage1",
                   {"stage": 1, "data": prep_cfg.out, "out": out / "stage1", "resume": True},
@@ -120,6 +127,15 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     result = prepare(cfg)
     print(summary_text(result.out))
     return {"folder": str(result.out), "images": result.n_images, "splits": result.split_counts}
+
+
+def _audit(cfg: AuditConfig) -> dict[str, Any]:
+    from cxrguide.data.audit import audit_prepared
+
+    result = audit_prepared(cfg.data, cfg.out, seed=cfg.seed, probe_side=cfg.probe_side,
+                            probe_margin=cfg.probe_margin, probe_max_images=cfg.probe_max_images)  # fmt: skip
+    print("\n".join(result.notes))
+    return {"folder": str(result.out), "warnings": [w["code"] for w in result.audit["warnings"]]}
 
 
 def _lungs_prepare(cfg: LungsPrepareConfig) -> dict[str, Any]:
