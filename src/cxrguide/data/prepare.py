@@ -3,7 +3,9 @@
 Steps: scan every source's metadata (no pixels), decode all images in parallel into a resumable
 work cache, drop exact and near duplicates across sources, apply quotas, group by patient (and
 by duplicate links), split, and write ``manifest.csv`` plus an image cache whose row i is
-manifest row i. A killed run resumes from ``.work/`` with the same config.
+manifest row i. A near-duplicate (dHash) candidate is dropped only when its thumbnail confirms it
+(:func:`cxrguide.data.manifest.near_similarity`); candidates found distinct and confirmed pairs
+whose labels differ are listed in ``near_duplicates_review.csv`` for a person to check. A killed run resumes from ``.work/`` with the same config.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from cxrguide.data.sources import Rejection, SourceRecord, open_source
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
 CONFIG_FILE = "prepare_config.yaml"
+THUMBS = "thumbs.npy"  # in .work/: near-duplicate thumbnails, row = record index
+REVIEW_COLUMNS = ["image_id", "label", "other_id", "other_label", "distance", "similarity",
+                  "decision"]  # fmt: skip
 MANIFEST_COLUMNS = [
     "image_id", "source", "site", "path", "label", "patient_id", "view", "view_recorded",
     "finding", "sha256", "width", "height", "split", "cache_index",
@@ -65,8 +70,11 @@ def _parse_sources(specs: list[str], cfg: PrepareConfig) -> list:
     return sources
 
 
-def _decode(task: tuple[int, str, int, int, int]) -> tuple[dict, np.ndarray | None]:
-    """Worker: read one file, hash its bytes and pixels, return the cache-sized uint8 image."""
+def _decode(
+    task: tuple[int, str, int, int, int],
+) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    """Worker: read one file, hash its bytes and pixels; return the cache-sized uint8 image and
+    the thumbnail that confirms near duplicates."""
     from cxrguide.data.imaging import fit_square, read_image, to_uint8
 
     idx, path, size, max_pixels, min_side = task
@@ -78,18 +86,18 @@ def _decode(task: tuple[int, str, int, int, int]) -> tuple[dict, np.ndarray | No
             row["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
     except ImageReadError as err:
         row["reason"] = err.reason
-        return row, None
+        return row, None, None
     except OSError as err:
         row["reason"] = f"cannot read file ({err.strerror or err})"
-        return row, None
+        return row, None, None
     row.update(ok=1, width=info.width, height=info.height, format=info.format, view=info.view)
     row["dhash"] = manifest.dhash(img).tobytes().hex()
-    return row, to_uint8(fit_square(img, size))
+    return row, to_uint8(fit_square(img, size)), manifest.thumbnail(img)
 
 
 def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.size, cfg.max_pixels, cfg.min_side]).encode())
+    h.update(json.dumps([cfg.size, cfg.max_pixels, cfg.min_side, "thumbs-v1"]).encode())
     for r in records:
         h.update(f"{r.source}|{r.root}|{r.path}\n".encode())
     return h.hexdigest()
@@ -136,8 +144,10 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
             for row in csv.DictReader(fh):
                 done[int(row["idx"])] = row
         pixels = cache.open_writable(arr_file)
+        thumbs = cache.open_writable(work / THUMBS)
     else:
         pixels = cache.create(arr_file, max(len(records), 1), cfg.size)
+        thumbs = cache.create(work / THUMBS, max(len(records), 1), manifest.THUMB_SIDE)
         with log_file.open("w", newline="") as fh:
             csv.writer(fh).writerow(DECODED_COLUMNS)
         fp_file.write_text(fingerprint)
@@ -153,9 +163,10 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
         with log_file.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
             bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img")
-            for row, arr in results:
+            for row, arr, thumb in results:
                 if arr is not None:
                     pixels[row["idx"]] = arr  # pixels first: a logged row is always cached
+                    thumbs[row["idx"]] = thumb
                 writer.writerow(row)
                 fh.flush()
                 done[row["idx"]] = {k: str(v) for k, v in row.items()}
@@ -165,6 +176,7 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
         if pool:
             pool.terminate()
     pixels.flush()
+    thumbs.flush()
     return [done[i] for i in range(len(records))]
 
 
@@ -238,7 +250,22 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
     """
     sha = [decoded[i]["sha256"] for i in ok]
     hashes = [np.frombuffer(bytes.fromhex(decoded[i]["dhash"]), dtype=np.uint8) for i in ok]
-    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance)
+    thumbs = cache.open_readonly(Path(cfg.out) / ".work" / THUMBS)
+    review: list[tuple] = []
+
+    def confirm(a: int, b: int) -> bool:
+        """A dHash candidate is a duplicate only if the thumbnails agree (manifest docs)."""
+        ra, rb = records[ok[a]], records[ok[b]]
+        sim = manifest.near_similarity(thumbs[ok[a]], thumbs[ok[b]])
+        same = sim >= manifest.NEAR_SIMILARITY
+        if not same or ra.label != rb.label:  # distinct films, or a label conflict: for review
+            review.append((_image_id(ra), ra.label, _image_id(rb), rb.label,
+                           manifest.hamming(hashes[a], hashes[b]), round(sim, 4),
+                           "duplicate" if same else "distinct (kept both)"))  # fmt: skip
+        return same
+
+    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm)
+    _write_csv(Path(cfg.out) / "near_duplicates_review.csv", REVIEW_COLUMNS, review)
     kept: list[int] = []
     dropped: list[tuple] = []
     links: list[tuple[int, int]] = []
