@@ -115,7 +115,8 @@ def _lung_run(records: list, prep: Path) -> Path | None:
     for r in records:
         if r.info.lung_model and Path(r.info.lung_model).is_dir():
             return Path(r.info.lung_model)
-    for prov in sorted((prep / "cache").glob("lungs_*.json")):
+    for prov in [*sorted((prep / "cache").glob("lungs_*.json")),
+                 *sorted((prep / "audit/lungs").glob("lungs_*.json"))]:  # fmt: skip
         run = json.loads(prov.read_text()).get("run")
         if run and Path(run).is_dir():
             return Path(run)
@@ -129,7 +130,9 @@ def lung_section(records: list, prep: Path, examples: int = 4) -> dict[str, Any]
     import pandas as pd
 
     run = _lung_run(records, prep)
-    quality = prep / "lung_quality.csv"
+    # the prepared set's own masks (lungs predict), else those the audit predicted (--lungs)
+    folder = prep if (prep / "lung_quality.csv").is_file() else prep / "audit/lungs"
+    quality = folder / "lung_quality.csv"
     if run is None and not quality.is_file():
         return None
     tables, figures, notes = [], [], []
@@ -160,12 +163,14 @@ def lung_section(records: list, prep: Path, examples: int = 4) -> dict[str, Any]
             figures.append({"title": f"Implausible or empty lung masks ({len(bad)} of "
                                      f"{int((q['flag'] != 'ok').sum())})",
                             "caption": ", ".join(q["image_id"].iloc[bad]),
-                            "src": _mask_examples(prep, bad, list(q["image_id"].iloc[bad]))})  # fmt: skip
+                            "src": _mask_examples(prep, folder, bad,
+                                                  list(q["image_id"].iloc[bad]))})  # fmt: skip
     return {"tables": tables, "figures": [f for f in figures if f["src"]], "notes": notes}
 
 
-def _mask_examples(prep: Path, rows: list[int], names: list[str]) -> str:
+def _mask_examples(prep: Path, folder: Path, rows: list[int], names: list[str]) -> str:
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -175,7 +180,9 @@ def _mask_examples(prep: Path, rows: list[int], names: list[str]) -> str:
 
     try:
         prepared = Prepared.open(prep)
-        images, masks = prepared.images, prepared.lungs()
+        own = folder / f"lungs_{prepared.size}.npy"
+        images = prepared.images
+        masks = np.load(own, mmap_mode="r") if own.is_file() else prepared.lungs()
     except Exception:  # noqa: BLE001 - a figure is optional; the table still says it
         return ""
     fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 2.9), squeeze=False)
