@@ -143,7 +143,7 @@ def near_copies(img: np.ndarray) -> dict[str, np.ndarray]:
         out[name] = np.asarray(im.crop(box).resize((w, h), Image.Resampling.BICUBIC)) / 255.0
     out["gamma"] = img**0.7
     out["contrast"] = np.clip((img - 0.1) * 1.25, 0, 1)
-    out["16bit"] = (img * 65535).round().astype(np.uint16)
+    out["16bit"] = (img * 65535).round().astype(np.uint16) / 65535.0  # as the reader gives it
     return out
 
 
