@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from cxrguide.data import manifest
+from cxrguide.data.imaging import read_image
 
 
 def _noise_image(seed: int, size: int = 64) -> np.ndarray:
@@ -190,3 +195,77 @@ def test_duplicate_groups_are_those_of_the_former_union_find():
         assert list(manifest.components(found, range(20)).values()) == groups, distance
     subset = manifest.components(manifest.duplicate_groups(sha, hashes, 8), [19, 3, 11, 0, 7, 15])
     assert list(subset.values()) == [[19], [3, 15], [11], [0], [7]]
+
+
+# --- near-duplicate confirmation (full measurement: bench/near_duplicates.py) ------------------
+
+
+def near_copies(img: np.ndarray) -> dict[str, np.ndarray]:
+    """The copies re-publishers make: resized + JPEG, cropped a few percent, contrast, 16-bit."""
+    u8 = (img * 255).round().astype(np.uint8)
+    h, w = u8.shape
+    im = Image.fromarray(u8)
+    buf = io.BytesIO()
+    im.resize((w // 2, h // 2), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=70)
+    out = {"half_jpeg": np.asarray(Image.open(buf)) / 255.0}
+    for name, box in (("crop3", (w * 0.015, h * 0.015, w * 0.985, h * 0.985)),
+                      ("crop3_corner", (w * 0.03, h * 0.03, w, h))):  # fmt: skip
+        box = tuple(int(round(v)) for v in box)
+        out[name] = np.asarray(im.crop(box).resize((w, h), Image.Resampling.BICUBIC)) / 255.0
+    out["gamma"] = img**0.7
+    out["contrast"] = np.clip((img - 0.1) * 1.25, 0, 1)
+    out["16bit"] = (img * 65535).round().astype(np.uint16) / 65535.0  # as the reader gives it
+    return out
+
+
+def sample_films(shared: Path, every: int) -> list[Path]:
+    files = sorted(p for p in shared.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+                   and "masks" not in p.parts and "V7" not in p.parts)  # fmt: skip
+    return files[::every]
+
+
+def test_copies_of_real_films_are_confirmed(shared_data: Path):
+    missed = []
+    films = sample_films(shared_data, every=20)
+    for path in films:
+        img, _ = read_image(path)
+        ref = manifest.thumbnail(img)
+        for name, copy in near_copies(img).items():
+            sim = manifest.near_similarity(ref, manifest.thumbnail(copy))
+            if sim < manifest.NEAR_SIMILARITY:
+                missed.append((path.name, name, round(sim, 3)))
+    assert len(films) >= 10 and missed == []
+
+
+def test_the_most_alike_distinct_phantoms_are_not_confirmed():
+    from cxrguide.config import SynthConfig
+    from cxrguide.data.synthetic.fairness import render_images
+
+    images, _ = render_images(SynthConfig(n=150, size=128, seed=11, shortcut_test=0), workers=1)
+    thumbs = [manifest.thumbnail(im) for im in images]
+    flat = np.stack([t.astype(np.float32).ravel() for t in thumbs])
+    flat -= flat.mean(1, keepdims=True)
+    flat /= np.linalg.norm(flat, axis=1, keepdims=True)
+    sim = flat @ flat.T
+    np.fill_diagonal(sim, -1)
+    hardest = np.argsort(-np.triu(sim, 1).ravel())[:25]  # most alike pairs, not random ones
+    scores = [manifest.near_similarity(thumbs[i], thumbs[j])
+              for i, j in zip(*np.unravel_index(hardest, sim.shape), strict=True)]  # fmt: skip
+    assert max(scores) < manifest.NEAR_SIMILARITY
+
+
+def test_confirmation_keeps_alike_films_apart_in_duplicate_groups():
+    rng = np.random.default_rng(0)
+    base = rng.random((64, 64)).astype(np.float32)
+    other = np.clip(base + 0.35 * rng.standard_normal((64, 64)), 0, 1).astype(np.float32)
+    hashes = [manifest.dhash(base), manifest.dhash(base), manifest.dhash(other)]
+    thumbs = [manifest.thumbnail(x) for x in (base, base * 0.8, other)]
+    calls = []
+
+    def confirm(i: int, j: int) -> bool:
+        calls.append((i, j))
+        return manifest.near_similarity(thumbs[i], thumbs[j]) >= manifest.NEAR_SIMILARITY
+
+    uf = manifest.duplicate_groups(["a", "b", "c"], hashes, 256, confirm)
+    assert uf.find(0) == uf.find(1) and uf.find(2) != uf.find(0)
+    assert (0, 2) in calls or (1, 2) in calls  # the hash alone would have linked them

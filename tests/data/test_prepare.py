@@ -99,6 +99,8 @@ def test_prepare_writes_a_leakage_free_manifest(folder, tmp_path):
     dups = pd.read_csv(out / "duplicates.csv")
     assert set(dups.path) == {"img/copy.png", "img/near.png"}
     assert set(dups.match) == {"exact", "near"}
+    review = pd.read_csv(out / "near_duplicates_review.csv")  # same labels, confirmed: nothing
+    assert list(review.columns)[:4] == ["image_id", "label", "other_id", "other_label"]
     # the copy's patient is the same person (or shares an image): same split as the survivor
     split_of = dict(zip(m.path, m.split, strict=True))
     assert split_of["img/other.png"] == split_of["img/0000.png"]

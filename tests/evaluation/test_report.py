@@ -194,3 +194,58 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     cam = np.asarray(Image.open(io.BytesIO(first_figure)).convert("RGB"), dtype=float)
     assert cam.std() > 20 and (np.abs(cam[..., 0] - cam[..., 2]) > 60).mean() > 0.05  # in colour
     (tmp_path / "report.png").write_bytes(shot)  # for a person to look at
+
+
+def test_report_sets_accuracy_beside_baselines_and_shows_every_warning(report, runs):
+    html = report.read_text()
+    page = Page(html)
+    text = " ".join(" ".join(page.text).split())
+    for stage in (1, 2, 3):
+        metrics = json.loads((runs[f"stage{stage}"] / "metrics_test.json").read_text())
+        (row,) = page.tables[f"baselines-stage{stage}"]
+        majority = metrics["baselines"]["majority"]
+        assert row[2].startswith(pct(majority["accuracy"])) and majority["class"] in row[2]
+        assert row[3].startswith(f"{100 * majority['margin']:+.1f}")
+        (lead,) = page.tables[f"leaderboard-stage{stage}"]
+        assert lead[10] == pct(metrics["attention"]["lungs"]["area_share"])
+        sources = page.tables[f"per-source-stage{stage}"]
+        counts = metrics["per_source"]["site0"]["class_counts"]
+        assert sources[0][3] == "/".join(map(str, counts.values()))
+        assert sources[0][5].startswith("[")
+        for w in metrics["warnings"]:
+            assert f"{runs[f'stage{stage}'].name} [{w['code']}]" in text
+    assert ('id="warnings"' in html) == any(
+        json.loads((runs[f"stage{k}"] / "metrics_test.json").read_text())["warnings"]
+        for k in (1, 2, 3)
+    )
+
+
+def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
+    from cxrguide.data.audit import audit_prepared
+
+    prep = runs["prep"]
+    (prep / "summary.json").write_text("{}")
+    audit = audit_prepared(prep, seed=0).audit
+    (prep / "rejected.csv").write_text(
+        "source,path,stage,reason\nradiography,Normal/a.png,metadata,"
+        "class folder not selected (--radiography-classes)\nradiography,Normal/b.png,metadata,"
+        "class folder not selected (--radiography-classes)\nieee8023,x.jpg,image,not a frontal "
+        "view (L)\n"
+    )
+    manifest = pd.read_csv(prep / "manifest.csv")
+    flags = ["ok"] * len(manifest)
+    flags[3] = "implausible"
+    pd.DataFrame({"image_id": manifest.image_id, "area_fraction": 0.3, "components": 2,
+                  "lungs": 2, "flag": flags}).to_csv(prep / "lung_quality.csv", index=False)  # fmt: skip
+    out = build_report([runs["stage1"]], tmp_path / "r.html", explain_dir=tmp_path)
+    page = Page(out.read_text())
+    t = page.tables
+    assert t["rejected-0"][0] == ["radiography", "metadata",
+                                  "class folder not selected (--radiography-classes)", "2"]  # fmt: skip
+    assert t["audit-0-0"][0][0] == "site0" and t["audit-0-0"][0][-1] == "18"
+    assert t["lungs-quality"] == [["ok", "35", "97.2"], ["implausible", "1", "2.8"]]
+    text = " ".join(" ".join(page.text).split())
+    assert "Data audit: class x source" in text and "Lung segmentation" in text
+    for w in audit["warnings"]:
+        assert f"[{w['code']}]" in text
+    assert page.images == 2  # the run's panel + the implausible-mask example

@@ -9,6 +9,7 @@ beside the step's output so a run folder describes itself.
 configs. Everything is importable from ``cxrguide.config``.
 """
 
+from cxrguide.config.audit import AuditConfig
 from cxrguide.config.bench import ShortcutBenchConfig
 from cxrguide.config.core import (
     add_config_flags,
@@ -31,6 +32,7 @@ from cxrguide.config.pipeline import PipelineConfig
 from cxrguide.config.training import TrainConfig, TuneConfig
 
 __all__ = [
+    "AuditConfig",
     "ExportConfig",
     "LungsEvaluateConfig",
     "LungsPredictConfig",

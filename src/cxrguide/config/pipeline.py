@@ -56,6 +56,7 @@ class PipelineConfig:
     prepare: dict[str, Any] = _f({}, "PrepareConfig fields")
     lungs_prepare: dict[str, Any] = _f({}, "LungsPrepareConfig fields")
     lungs: dict[str, Any] = _f({}, "LungsTrainConfig fields for the U-Net")
+    audit: dict[str, Any] = _f({}, "AuditConfig fields (seed, probe_*) of the data audit")
     stage1: dict[str, Any] = _f({}, "TrainConfig fields for Stage I")
     tune: dict[str, Any] = _f({}, "TuneConfig fields; trials: 0 skips tuning")
     stage2: dict[str, Any] = _f({}, "TrainConfig fields for Stage II")

@@ -3,7 +3,10 @@
 Steps: scan every source's metadata (no pixels), decode all images in parallel into a resumable
 work cache, drop exact and near duplicates across sources, apply quotas, group by patient (and
 by duplicate links), split, and write ``manifest.csv`` plus an image cache whose row i is
-manifest row i. A killed run resumes from ``.work/`` with the same config; ``summary.json``,
+manifest row i. A near-duplicate (dHash) candidate is dropped only when its thumbnail confirms it
+(:func:`cxrguide.data.manifest.near_similarity`); candidates found distinct and confirmed pairs
+whose labels differ are listed in ``near_duplicates_review.csv`` for a person to check. A killed
+run resumes from ``.work/`` with the same config; ``summary.json``,
 written atomically and last, marks the folder finished (:mod:`cxrguide.data.completion`).
 """
 
@@ -36,8 +39,19 @@ MANIFEST_COLUMNS = [
 DUPLICATE_COLUMNS = ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match",
                      "distance", "patient_id", "kept_patient_id"]  # fmt: skip
 DECODED_COLUMNS = [
-    "idx", "ok", "reason", "sha256", "dhash", "width", "height", "format", "view",
-]  # fmt: skip
+    "idx",
+    "ok",
+    "reason",
+    "sha256",
+    "dhash",
+    "width",
+    "height",
+    "format",
+    "view",
+]
+THUMBS = "thumbs.npy"  # in .work/: near-duplicate thumbnails, row = record index
+REVIEW_COLUMNS = ["image_id", "label", "other_id", "other_label", "distance", "similarity",
+                  "decision"]  # fmt: skip  # fmt: skip
 NON_FRONTAL = {"LL", "RL", "LATERAL", "L", "LAT"}
 
 
@@ -75,8 +89,9 @@ def _parse_sources(specs: list[str], cfg: PrepareConfig) -> list:
 
 def _decode(
     task: tuple[int, str, int, int, int, tuple[str, ...]],
-) -> tuple[dict, np.ndarray | None]:
-    """Worker: read one file, hash its bytes and pixels, return the cache-sized uint8 image."""
+) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    """Worker: read one file, hash its bytes and pixels; return the cache-sized uint8 image and
+    the thumbnail that confirms near duplicates."""
     from cxrguide.data.imaging import fit_square, read_image, to_uint8
 
     idx, path, size, max_pixels, min_side, allow_modality = task
@@ -89,22 +104,22 @@ def _decode(
             row["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
     except ImageReadError as err:
         row["reason"] = err.reason
-        return row, None
+        return row, None, None
     except OSError as err:
         row["reason"] = f"cannot read file ({err.strerror or err})"
-        return row, None
+        return row, None, None
     row.update(ok=1, width=info.width, height=info.height, format=info.format, view=info.view)
     row["dhash"] = manifest.dhash(img).tobytes().hex()
-    return row, to_uint8(fit_square(img, size))
+    return row, to_uint8(fit_square(img, size)), manifest.thumbnail(img)
 
 
-# The work cache a pool worker writes into, opened once per process (see _decode_chunk).
-_worker_pixels: np.ndarray | None = None
+# The work caches a pool worker writes into (pixels, thumbnails), opened once per process.
+_worker_caches: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _open_worker_cache(path: str) -> None:
-    global _worker_pixels
-    _worker_pixels = cache.open_writable(Path(path))
+def _open_worker_cache(pixels: str, thumbs: str) -> None:
+    global _worker_caches
+    _worker_caches = (cache.open_writable(Path(pixels)), cache.open_writable(Path(thumbs)))
 
 
 def _decode_chunk(tasks: list[tuple[int, str, int, int, int]]) -> list[dict]:
@@ -115,14 +130,17 @@ def _decode_chunk(tasks: list[tuple[int, str, int, int, int]]) -> list[dict]:
     Pixels are written before the row is returned, so a logged row is always cached; a chunk
     lost to a kill is simply decoded again on resume.
     """
-    assert _worker_pixels is not None, "pool initialiser did not open the work cache"
-    rows = []
-    for task in tasks:
-        row, arr = _decode(task)
-        if arr is not None:
-            _worker_pixels[row["idx"]] = arr
-        rows.append(row)
-    return rows
+    assert _worker_caches is not None, "pool initialiser did not open the work cache"
+    return [_store(_decode(task), *_worker_caches) for task in tasks]
+
+
+def _store(decoded: tuple, pixels: np.ndarray, thumbs: np.ndarray) -> dict:
+    """Pixels and thumbnail into the work caches, first: a logged row is always cached."""
+    row, arr, thumb = decoded
+    if arr is not None:
+        pixels[row["idx"]] = arr
+        thumbs[row["idx"]] = thumb
+    return row
 
 
 def _workers(cfg: PrepareConfig) -> int:
@@ -138,7 +156,11 @@ def _chunks(todo: list, workers: int) -> list[list]:
 
 def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.size, cfg.max_pixels, cfg.min_side, cfg.allow_modality]).encode())
+    h.update(
+        json.dumps(
+            [cfg.size, cfg.max_pixels, cfg.min_side, cfg.allow_modality, "thumbs-v1"]
+        ).encode()
+    )
     for r in records:
         h.update(f"{r.source}|{r.root}|{r.path}\n".encode())
     return h.hexdigest()
@@ -201,8 +223,10 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
             for row in csv.DictReader(fh):
                 done[int(row["idx"])] = row
         pixels = cache.open_writable(arr_file)
+        thumbs = cache.open_writable(work / THUMBS)
     else:
         pixels = cache.create(arr_file, max(len(records), 1), cfg.size)
+        thumbs = cache.create(work / THUMBS, max(len(records), 1), manifest.THUMB_SIDE)
         with log_file.open("w", newline="") as fh:
             csv.writer(fh).writerow(DECODED_COLUMNS)
         fp_file.write_text(fingerprint)
@@ -214,12 +238,14 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
     workers = _workers(cfg)
     pool = None
     if workers > 1 and len(todo) > 1:
-        pool = mp.get_context("fork").Pool(workers, _open_worker_cache, (str(arr_file),))
+        pool = mp.get_context("fork").Pool(
+            workers, _open_worker_cache, (str(arr_file), str(work / THUMBS))
+        )
     try:
         with log_file.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
             bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img")
-            for rows in _decoded_rows(todo, workers, pool, pixels):
+            for rows in _decoded_rows(todo, workers, pool, pixels, thumbs):
                 writer.writerows(rows)
                 fh.flush()
                 for row in rows:
@@ -231,21 +257,18 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
             pool.terminate()
     # No msync here: every process wrote through a shared mapping, so the pixels are in the page
     # cache for the gather and survive a killed process; syncing 100+ MB to disk was serial time.
-    del pixels
+    del pixels, thumbs
     return [done[i] for i in range(len(records))]
 
 
-def _decoded_rows(todo: list, workers: int, pool, pixels: np.ndarray):
+def _decoded_rows(todo: list, workers: int, pool, pixels: np.ndarray, thumbs: np.ndarray):
     """Log rows of decoded items (a chunk per pool result, one by one in process), each one's
     pixels already in the work cache."""
     if pool is not None:
         yield from pool.imap_unordered(_decode_chunk, _chunks(todo, workers))
         return
     for task in todo:
-        row, arr = _decode(task)
-        if arr is not None:
-            pixels[row["idx"]] = arr  # pixels first: a logged row is always cached
-        yield [row]
+        yield [_store(_decode(task), pixels, thumbs)]
 
 
 def prepare(cfg: PrepareConfig) -> PrepareResult:
@@ -314,7 +337,22 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
     """
     sha = [decoded[i]["sha256"] for i in ok]
     hashes = [np.frombuffer(bytes.fromhex(decoded[i]["dhash"]), dtype=np.uint8) for i in ok]
-    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance)
+    thumbs = cache.open_readonly(Path(cfg.out) / ".work" / THUMBS)
+    review: list[tuple] = []
+
+    def confirm(a: int, b: int) -> bool:
+        """A dHash candidate is a duplicate only if the thumbnails agree (manifest docs)."""
+        ra, rb = records[ok[a]], records[ok[b]]
+        sim = manifest.near_similarity(thumbs[ok[a]], thumbs[ok[b]])
+        same = sim >= manifest.NEAR_SIMILARITY
+        if not same or ra.label != rb.label:  # distinct films, or a label conflict: for review
+            review.append((_image_id(ra), ra.label, _image_id(rb), rb.label,
+                           manifest.hamming(hashes[a], hashes[b]), round(sim, 4),
+                           "duplicate" if same else "distinct (kept both)"))  # fmt: skip
+        return same
+
+    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm)
+    _write_csv(Path(cfg.out) / "near_duplicates_review.csv", REVIEW_COLUMNS, review)
     kept: list[int] = []
     dropped: list[tuple] = []
     links: list[tuple[int, int]] = []

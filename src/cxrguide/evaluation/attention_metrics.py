@@ -8,6 +8,8 @@ a region mask R at the same size:
   fraction of R for a map that ignores anatomy;
 - pointing game: whether the CAM's maximum lies inside R.
 
+``lungs.area_share`` (the lungs' mean share of the image) is the energy share's chance level.
+
 R is the lung mask of the prepared set's lung cache (``cxrguide lungs predict``) and, for
 synthetic phantoms, the exact lesion mask the generator wrote (``SOURCE/lesions/<id>.png``,
 letterboxed like the image cache). A map that is zero everywhere (ReLU removed every positive
@@ -143,6 +145,7 @@ def attention_report(
     ds = CxrDataset(prepared, rows=rows, image_size=image_size, with_lungs=has_lungs)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
     lung_e, lung_p, les_e, les_p, les_rows, labels = [], [], [], [], [], []
+    lung_area: list[np.ndarray] = []  # chance level of the energy share: the lungs' area share
     model.eval()
     for batch in tqdm(loader, desc="grad-cam", unit="batch", disable=not progress, leave=False):
         x = batch["image"].to(device)
@@ -154,6 +157,7 @@ def attention_report(
             lung = batch["lung"][:, 0].numpy() > 0.5
             lung_e.append(energy_share(cam, lung))
             lung_p.append(pointing_game(cam, lung))
+            lung_area.append(lung.reshape(len(lung), -1).mean(1))
         for j, row in enumerate(batch["index"].tolist()):
             mask = lesion_mask(prepared, row, image_size, roots) if roots else None
             if mask is not None and mask.any():
@@ -165,6 +169,7 @@ def attention_report(
     if has_lungs:
         report["lungs"] = _region_report(np.concatenate(lung_e), np.concatenate(lung_p), y,
                                          str(prepared.lung_cache_path))  # fmt: skip
+        report["lungs"]["area_share"] = float(np.concatenate(lung_area).mean())
     if roots:
         if les_e:
             report["lesions"] = _region_report(np.array(les_e), np.array(les_p), y[les_rows],

@@ -16,6 +16,7 @@ from cxrguide.config import TrainConfig
 from cxrguide.core.device import resolve_device
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.baselines import add_baselines, format_baselines
 from cxrguide.evaluation.metrics import classification_report
 from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
@@ -105,11 +106,14 @@ def write_results(
     """Write ``metrics_<split>.json`` (report + ``extra``) and ``predictions_<split>.csv``.
 
     Shared by run and ONNX evaluation so both give files of one schema. ``probs`` are
-    ``(N, 3)`` in :data:`CLASSES` order for manifest ``rows``.
+    ``(N, 3)`` in :data:`CLASSES` order for manifest ``rows``. Baselines and warnings come from
+    :mod:`cxrguide.evaluation.baselines`.
     """
     manifest = prepared.manifest.iloc[rows]
-    report = classification_report(y, probs, manifest["site"].to_numpy(), n_boot=n_boot, seed=seed)
+    sites = manifest["site"].astype(str).to_numpy()
+    report = classification_report(y, probs, sites, n_boot=n_boot, seed=seed)
     report.update(extra)
+    add_baselines(report, y, probs, sites, prepared.manifest, n_boot=n_boot, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"metrics_{split}.json").write_text(json.dumps(report, indent=2))
     table = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(),
@@ -125,4 +129,7 @@ def write_results(
 def score_split(run_dir: Path, split: str, cfg: TrainConfig) -> dict[str, Any]:
     """The :data:`~cxrguide.training.common.Scorer` every training caller hands in: a finished
     run's metrics on ``split`` of its data (200 bootstrap resamples, quiet)."""
-    return evaluate_run(run_dir, split, cfg.data, device=cfg.device, n_boot=200, progress=False)
+    metrics = evaluate_run(run_dir, split, cfg.data, device=cfg.device, n_boot=200, progress=False)
+    if split == "test":  # what the model must beat, and any collapse, next to its accuracy
+        print("\n".join(f"  {run_dir.name} test {line}" for line in format_baselines(metrics)))
+    return metrics

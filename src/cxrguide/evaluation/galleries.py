@@ -277,9 +277,15 @@ def _cells(panels: Sequence[Panel | np.ndarray | None], keys: bool = False) -> l
             continue
         truth = p.sample.true
         color = "black" if truth is None else ("#1a7f37" if truth == p.predicted else "#c62828")
-        text = f"pred {p.predicted} {p.probability:.2f}"
+        text = f"{source_of(p.sample.key)}pred {p.predicted} {p.probability:.2f}"
         out.append((p.overlay, f"{short_name(p.sample.key, 22)}\n{text}" if keys else text, color))
     return out
+
+
+def source_of(key: str) -> str:
+    """``"source | "`` of a manifest image id (``source:path``), so every film shows where it
+    came from (a shortcut shows up as a source/class pattern); "" for a plain file."""
+    return f"{key.split(':', 1)[0]} | " if ":" in key and not Path(key).exists() else ""
 
 
 def short_name(key: str, width: int = 26) -> str:
@@ -396,7 +402,7 @@ def compare_runs(
         items.append({"image": sample.key, "true": sample.true,
                       "runs": [{"run": str(e.run), **p.record()}
                                for e, p in zip(explainers, panels, strict=True)]})  # fmt: skip
-    labels = [f"true {s.true or '?'}\n{short_name(s.key)}" for s in samples]
+    labels = [f"true {s.true or '?'}\n{source_of(s.key)}{short_name(s.key, 18)}" for s in samples]
     cols = ["image", *(e.label for e in explainers)]
     title = "The same films across runs: " + " vs ".join(e.label for e in explainers)
     caption = f"{METHOD_NAMES[method]} of each run's predicted class; {lung_note(prepared)}"

@@ -133,5 +133,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("confusion (rows true, cols predicted: " + ", ".join(CLASSES) + ")")
     lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in report["confusion_matrix"]]
     for source, m in report.get("per_source", {}).items():
-        lines.append(f"  {source:<24} n={m['n']:<5} accuracy {pct(m['accuracy'])}%")
+        ci = m.get("accuracy_ci95")
+        mix = "/".join(str(v) for v in m.get("class_counts", {}).values())
+        lines.append(f"  {source:<24} n={m['n']:<5} accuracy {pct(m['accuracy'])}%"
+                     + (f" (95% CI {pct(ci[0])}-{pct(ci[1])})" if ci else "")
+                     + (f"  true N/P/C {mix}" if mix else ""))  # fmt: skip
+    from cxrguide.evaluation.baselines import format_baselines
+
+    lines += format_baselines(report)
     return "\n".join(lines)

@@ -26,28 +26,10 @@ from cxrguide.core.runs import MODEL_YAML, RunInfo, read_info
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.galleries import INDEX, STAGE_NAMES, compare_runs, explain_run
 from cxrguide.evaluation.report_figures import png_b64, run_figure
+from cxrguide.evaluation.report_table import Table, pct, with_ci
 from cxrguide.evaluation.report_template import TEMPLATE
 from cxrguide.evaluation.shortcut_summary import read_runs, summary_rows
 from cxrguide.labels import CLASSES
-
-
-@dataclass
-class Table:
-    id: str
-    caption: str
-    header: list[str]
-    rows: list[list[str]]
-    note: str = ""
-
-    @property
-    def text_cols(self) -> list[bool]:
-        """Per column: words (left-aligned) rather than numbers (right-aligned)."""
-
-        def number(c: str) -> bool:
-            return c in ("", "n/a") or c[0].isdigit() or (c[0] in "-+." and c[1:2].isdigit())
-
-        return [not all(number(r[i]) for r in self.rows if i < len(r))
-                for i in range(len(self.header))]  # fmt: skip
 
 
 @dataclass
@@ -103,14 +85,6 @@ def load_record(path: Path) -> RunRecord:
 
 
 # --- formatting -------------------------------------------------------------------------------
-def pct(v: float | None) -> str:
-    return "n/a" if v is None or v != v else f"{100 * v:.1f}"
-
-
-def with_ci(v: float | None, ci: list[float] | None) -> str:
-    return pct(v) + (f" [{pct(ci[0])}, {pct(ci[1])}]" if ci and v is not None else "")
-
-
 def attention_cells(metrics: dict[str, Any]) -> tuple[str, str]:
     """Lung energy share and pointing game (%), or why they are missing."""
     lungs = metrics.get("attention", {}).get("lungs")
@@ -173,7 +147,9 @@ def model_table(records: list[RunRecord]) -> Table:
 
 
 def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table]:
-    """Leaderboard (sorted by validation accuracy), per-class and per-source tables."""
+    """Leaderboard (sorted by validation accuracy), baselines, per-class and per-source tables."""
+    from cxrguide.evaluation import report_sections as rs
+
     records = sorted(records, key=lambda r: -(r.value("val", "accuracy") or -1.0))
     name = STAGE_NAMES.get(stage, f"Stage {stage}")
     board, per_class, per_source = [], [], []
@@ -184,7 +160,8 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
         board.append([str(rank), r.path.name, r.info.backbone, r.info.weights_source,
                       pct(r.value("val", "accuracy")), with_ci(m.get("accuracy"), ci.get("accuracy")),
                       with_ci(m.get("macro_f1"), ci.get("macro_f1")),
-                      with_ci(m.get("macro_auc"), ci.get("macro_auc")), energy, pointing])  # fmt: skip
+                      with_ci(m.get("macro_auc"), ci.get("macro_auc")), energy, pointing,
+                      rs.lung_area(m)])  # fmt: skip
         for cls in CLASSES:
             c = m.get("per_class", {}).get(cls)
             if c:
@@ -192,19 +169,25 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
                                   pct(c["specificity"]), pct(c["f1"]), pct(c["auc"]),
                                   str(c["support"])])  # fmt: skip
         for source, s in m.get("per_source", {}).items():
-            per_source.append([r.path.name, source, str(s["n"]), pct(s["accuracy"]),
-                               pct(s["macro_f1"]), pct(s["macro_auc"])])  # fmt: skip
+            per_source.append([r.path.name, source, str(s["n"]), rs.class_mix(s),
+                               pct(s["accuracy"]), rs.wilson(s), pct(s["macro_f1"]),
+                               pct(s["macro_auc"])])  # fmt: skip
     return [
         Table(f"leaderboard-stage{stage}", f"{name} leaderboard ({split}; sorted by validation "
               "accuracy; %, 95% bootstrap CI in brackets)",
               ["#", "run", "backbone", "weights", "val acc", f"{split} acc", "macro F1",
-               "macro AUC", "lung energy", "pointing game"], board,
-              "Lung energy: share of the predicted class's Grad-CAM inside the lung masks "
-              "(chance is about the lungs' area share); pointing game: peak inside the lungs."),
+               "macro AUC", "lung energy", "pointing game", "lung area (chance)"], board,
+              "Lung energy: share of the predicted class's Grad-CAM inside the lung masks; its "
+              "chance level is the lungs' area share (last column); pointing game: peak inside "
+              "the lungs."),
+        rs.baseline_table(f"stage{stage}", name, records, split),
         Table(f"per-class-stage{stage}", f"{name}: per class ({split}, %)",
               ["run", "class", "precision", "recall", "specificity", "F1", "AUC", "n"], per_class),
         Table(f"per-source-stage{stage}", f"{name}: per source ({split}, %)",
-              ["run", "source", "n", "accuracy", "macro F1", "macro AUC"], per_source),
+              ["run", "source", "n", "true N/P/C", "accuracy", "95% CI (Wilson)", "macro F1",
+               "macro AUC"], per_source,
+              "True N/P/C: the source's Normal / Pneumonia / COVID-19 images in the split. The "
+              "Wilson interval stays wide for small n: a handful of films proves little."),
     ]  # fmt: skip
 
 
@@ -325,7 +308,18 @@ def build_report(
     else:
         cams, cam_note = auto_explain(records, split, method, gallery_per_group, device)
     random = [r.path.name for r in records if r.info.weights_source == "random"]
+    from cxrguide.evaluation import report_sections as rs
+
+    warnings, data_extra, lungs = [], [], None
+    for i, root in enumerate(dict.fromkeys(r.info.data for r in records if r.info.data)):
+        blocks, audit_warnings = rs.audit_blocks(Path(root), i)
+        warnings += audit_warnings
+        data_extra.append({"rejected": rs.rejected_table(Path(root), f"rejected-{i}"),
+                           "audit": blocks})  # fmt: skip
+        lungs = lungs or rs.lung_section(records, Path(root))
+    warnings += rs.run_warnings(records, split)
     html = TEMPLATE.render(
+        warnings=warnings, data_extra=data_extra, lungs=lungs,
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         records=records, random=random, data=data_tables(records), models=model_table(records),
         results=results, cams=cams, cam_note=cam_note,

@@ -70,6 +70,11 @@ _PAGE = r"""<!DOCTYPE html>
 <h1>{{ title }}</h1>
 <p class="meta">{{ records|length }} run(s), stage(s) {{ results|map(attribute="name")|join(", ") }};
 metrics on the {{ split }} split; generated {{ generated }}.</p>
+{% if warnings %}
+<div class="warning" id="warnings"><strong>Read these numbers with care.</strong>
+<ul>{% for w in warnings %}<li><strong>{{ w.where }}</strong> [{{ w.code }}]: {{ w.message }}</li>{% endfor %}</ul>
+</div>
+{% endif %}
 {% if random %}
 <div class="warning" id="random-weights"><strong>Randomly initialised backbones.</strong>
 {{ random|length }} of {{ records|length }} run(s) started from random weights, not ImageNet
@@ -77,7 +82,7 @@ metrics on the {{ split }} split; generated {{ generated }}.</p>
 transfer-learning results.</div>
 {% endif %}
 <nav>
-  <a href="#data">Data</a><a href="#models">Models</a>
+  <a href="#data">Data</a>{% if lungs %}<a href="#lungs">Lungs</a>{% endif %}<a href="#models">Models</a>
   {% for s in results %}<a href="#{{ s.id }}">{{ s.name }}</a>{% endfor %}
   <a href="#visual">Grad-CAM</a>{% if shortcut %}<a href="#shortcut-section">Shortcut benchmark</a>{% endif %}
   {% if tune is not none %}<a href="#tuning">Tuning</a>{% endif %}<a href="#how">How this was made</a>
@@ -86,7 +91,23 @@ transfer-learning results.</div>
 <section id="data">
 <h2>Data</h2>
 {% for t in data %}{{ table(t) }}{% else %}<p class="note">The runs record no prepared set.</p>{% endfor %}
+{% for d in data_extra %}
+{% if d.rejected %}{{ table(d.rejected) }}{% endif %}
+<div id="audit-{{ loop.index0 }}">
+{% for b in d.audit %}
+  {% if b.heading %}<h3>{{ b.heading }}</h3>{% elif b.table %}{{ table(b.table) }}{% else %}<p>{{ b.text }}</p>{% endif %}
+{% endfor %}
+</div>
+{% endfor %}
 </section>
+{% if lungs %}
+<section id="lungs">
+<h2>Lung segmentation</h2>
+{% for t in lungs.tables %}{{ table(t) }}{% endfor %}
+{% for n in lungs.notes %}<p class="note">{{ n }}</p>{% endfor %}
+{% for f in lungs.figures %}{{ figure(f) }}{% endfor %}
+</section>
+{% endif %}
 
 <section id="models-section">
 <h2 id="models-heading">Models</h2>

@@ -1,4 +1,4 @@
-"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> Stage I -> tune -> Stage II ->
+"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> audit -> Stage I -> tune -> Stage II ->
 Stage III -> evaluate -> explain -> report, as cached steps (see :mod:`.steps`).
 
 Every training step runs with ``resume`` on: a pipeline killed mid-epoch restarts at that step
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrguide.config import (
+    AuditConfig,
     LungsPredictConfig,
     LungsPrepareConfig,
     LungsTrainConfig,
@@ -49,6 +50,7 @@ class _Plan:
     tune: TuneConfig | None
     stage2: TrainConfig
     stage3: TrainConfig
+    audit: AuditConfig
 
 
 def plan(cfg: PipelineConfig) -> _Plan:
@@ -84,10 +86,12 @@ def plan(cfg: PipelineConfig) -> _Plan:
                   {"stage": 3, "from_run": out / "stage2/leaderboard_stage2.csv",
                    "out": out / "stage3", "resume": True, "data": prep.out,
                    "lung_model": lt.out}, seed=seed)  # fmt: skip
+    audit = _section(AuditConfig, cfg.audit, "audit",
+                     {"data": prep.out, "out": prep.out / "audit"}, seed=seed)  # fmt: skip
     from_dict(ExplainOptions, cfg.explain, "pipeline.explain")
     from_dict(ReportOptions, cfg.report, "pipeline.report")
     return _Plan(synth, prep, lp, lt, LungsPredictConfig(run=lt.out, data=prep.out), s1, tune, s2,
-                 s3)  # fmt: skip
+                 s3, audit)  # fmt: skip
 
 
 def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
@@ -113,6 +117,11 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
               folder="lungs/run")  # fmt: skip
     steps.run("lungs_predict", lpred, lambda d: _lungs_predict(lpred),
               after=("prepare", "lungs_train"), folder="lungs/predict")  # fmt: skip
+
+    # -- the confounding audit (after prepare; uses the predicted lung masks) ------------------
+    audit = p.audit
+    steps.run("audit", audit, lambda d: _audit(audit), after=("prepare", "lungs_predict"),
+              folder="prepared/audit")  # fmt: skip
 
     # -- classifiers ----------------------------------------------------------------------------
     s1, s2, s3, tune = p.stage1, p.stage2, p.stage3, p.tune
@@ -153,6 +162,15 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     result = prepare(cfg)
     print(summary_text(result.out))
     return {"folder": str(result.out), "images": result.n_images, "splits": result.split_counts}
+
+
+def _audit(cfg: AuditConfig) -> dict[str, Any]:
+    from cxrguide.data.audit import audit_prepared
+
+    result = audit_prepared(cfg.data, cfg.out, seed=cfg.seed, probe_side=cfg.probe_side,
+                            probe_margin=cfg.probe_margin, probe_max_images=cfg.probe_max_images)  # fmt: skip
+    print("\n".join(result.notes))
+    return {"folder": str(result.out), "warnings": [w["code"] for w in result.audit["warnings"]]}
 
 
 def _lungs_prepare(cfg: LungsPrepareConfig) -> dict[str, Any]:

@@ -33,7 +33,11 @@ def test_real_sample_default_takes_covid_only(shared_data: Path) -> None:
     records, rejections = _split(list(src.scan()))
     # By hand: `ls COVID | wc -l` = 40, `ls Normal | wc -l` = 40; no metadata workbook here.
     assert Counter(r.label for r in records) == {"COVID-19": 40}
-    assert rejections == []
+    # the Normal folder is not selected: listed, not silently skipped
+    assert {(r.reason, r.path.split("/")[0]) for r in rejections} == {
+        ("class folder not selected (--radiography-classes)", "Normal")
+    }
+    assert len(rejections) == 40
     assert all(r.path.startswith("COVID/COVID-") and r.file.is_file() for r in records)
     assert all(r.view == "" and r.finding == "COVID" for r in records)
     assert {r.patient_id for r in records} == {f"radiography:{Path(r.path).stem}" for r in records}
@@ -116,3 +120,17 @@ def test_older_release_layout(tmp_path: Path) -> None:
 def test_wrong_folder_names_expected_layout(shared_data: Path) -> None:
     with pytest.raises(SourceLayoutError, match="does not look like radiography.*COVID/"):
         open_source("radiography", str(shared_data / "CCXRD/covid-chestxray-dataset"))
+
+
+def test_unselected_class_folders_are_listed_as_rejections(tmp_path: Path) -> None:
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    _touch(root / "COVID/images", ["COVID-1.png"])
+    _touch(root / "COVID/masks", ["COVID-1.png"])
+    _touch(root / "Lung_Opacity/images", ["Lung_Opacity-1.png", "Lung_Opacity-2.png"])
+    _touch(root / "Viral Pneumonia/images", ["Viral Pneumonia-1.png"])
+    records, rejections = _split(list(RadiographySource(root, classes=["COVID"]).scan()))
+    assert [r.path for r in records] == ["COVID/images/COVID-1.png"]
+    assert [(r.path, r.reason) for r in rejections] == [
+        (f"{d}/images/{d}-{i}.png", "class folder not selected (--radiography-classes)")
+        for d, i in (("Viral Pneumonia", 1), ("Lung_Opacity", 1), ("Lung_Opacity", 2))
+    ]

@@ -7,7 +7,8 @@ beside ``<Class>/masks/``), at the older ``COVID-19 Radiography Database/`` (``C
 
 The study takes only the COVID folder (Normal and Lung_Opacity re-publish RSNA and Kermany
 images, i.e. duplicates of other sources); other folders only when asked for through
-``classes``. Viral Pneumonia and Lung_Opacity map to Pneumonia.
+``classes``. Viral Pneumonia and Lung_Opacity map to Pneumonia. Images of the folders not
+selected are listed as rejections ("class folder not selected (--radiography-classes)").
 
 The COVID folder also re-publishes ieee8023 images. When ``<Class>.metadata.xlsx`` (columns
 ``FILE NAME, FORMAT, SIZE, URL``) is present, images whose URL points at the ieee8023 repository
@@ -38,6 +39,7 @@ CLASS_FOLDERS: dict[str, tuple[tuple[str, ...], str]] = {
     "Lung_Opacity": (("Lung_Opacity", "Lung Opacity"), "Pneumonia"),
 }
 IEEE8023_URL_MARKERS = ("ieee8023", "covid-chestxray-dataset")
+NOT_SELECTED = "class folder not selected (--radiography-classes)"
 
 
 def canonical_class(name: str) -> str:
@@ -162,3 +164,15 @@ class RadiographySource(Source):
                     view="",
                     finding=class_dir.name,
                 )
+        yield from self._not_selected()
+
+    def _not_selected(self) -> Iterator[Rejection]:
+        """Every image of the class folders not asked for, so none disappears silently."""
+        for canon in CLASS_FOLDERS:
+            class_dir = _class_dir(self.root, canon)
+            if canon in self.classes or class_dir is None:
+                continue
+            image_dir = class_dir / "images" if (class_dir / "images").is_dir() else class_dir
+            for name in FileIndex(image_dir, IMAGE_EXTENSIONS).names:
+                rel = (image_dir / name).relative_to(self.root).as_posix()
+                yield Rejection(self.kind, rel, NOT_SELECTED)
