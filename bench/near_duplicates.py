@@ -1,7 +1,7 @@
 """Benchmark: near-duplicate detection, dHash alone vs dHash + thumbnail confirmation.
 
 Run: ``.venv/bin/python bench/near_duplicates.py [--n 10000] [--size 128] [--seed 11]
-[--shared ../shared/data]``. Two measurements side by side:
+[--shared ../shared/data] [--quick]``; ends with one JSON line of the figures. Two measurements side by side:
 
 - false pairs: ``--n`` distinct synthetic phantoms (every film a different draw) through
   :func:`cxrguide.data.manifest.duplicate_groups` with the dHash alone and with the confirmation
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import add_quick, emit, load
 from cxrguide.config import SynthConfig
 from cxrguide.data import manifest
 from cxrguide.data.imaging import read_image
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
 from test_manifest import near_copies, sample_films  # noqa: E402
 
 
-def false_pairs(n: int, size: int, seed: int) -> None:
+def false_pairs(n: int, size: int, seed: int) -> dict[str, float]:
     t0 = time.perf_counter()
     images, _ = render_images(SynthConfig(n=n, size=size, seed=seed, shortcut_test=0))
     hashes = [manifest.dhash(im) for im in images]
@@ -45,7 +46,7 @@ def false_pairs(n: int, size: int, seed: int) -> None:
 
     plain = manifest.duplicate_groups(sha, hashes, 12)
     confirmed = manifest.duplicate_groups(sha, hashes, 12, confirm)
-    linked = lambda uf: len(images) - len({uf.find(i) for i in range(len(images))})  # noqa: E731
+    linked = lambda uf: len(images) - len({uf[i] for i in range(len(images))})  # noqa: E731
     print(f"  dHash <= 12 alone: {linked(plain)} films dropped as duplicates "
           f"({len(proposed)} candidate pairs)")  # fmt: skip
     print(f"  dHash + confirmation: {linked(confirmed)} dropped")
@@ -64,11 +65,13 @@ def false_pairs(n: int, size: int, seed: int) -> None:
     print(f"  50 most alike pairs (raw corr {best[-1][0]:.3f}-{best[0][0]:.3f}): confirmation "
           f"max {max(scores):.3f}, {sum(s >= manifest.NEAR_SIMILARITY for s in scores)} "
           f"accepted (threshold {manifest.NEAR_SIMILARITY})")  # fmt: skip
+    return {"phantoms": len(images), "false_dropped_dhash_alone": linked(plain),
+            "false_dropped_confirmed": linked(confirmed), "hardest_negative_score": max(scores)}  # fmt: skip
 
 
-def recall(shared: Path) -> None:
+def recall(shared: Path, every: int = 1) -> dict[str, float]:
     found: dict[str, list[tuple[bool, bool]]] = {}
-    films = sample_films(shared, every=1)
+    films = sample_films(shared, every=every)
     for path in films:
         img, _ = read_image(path)
         h, t = manifest.dhash(img), manifest.thumbnail(img)
@@ -83,6 +86,8 @@ def recall(shared: Path) -> None:
         print(f"  {name:<13} {r[:, 0].mean():6.1%} {r[:, 1].mean():6.1%} {r.all(1).mean():6.1%}")
     r = np.array([x for rows in found.values() for x in rows])
     print(f"  {'all':<13} {r[:, 0].mean():6.1%} {r[:, 1].mean():6.1%} {r.all(1).mean():6.1%}")
+    return {"films": len(films), "recall_dhash": float(r[:, 0].mean()),
+            "recall_confirmation": float(r[:, 1].mean()), "recall_end_to_end": float(r.all(1).mean())}  # fmt: skip
 
 
 def main() -> None:
@@ -93,10 +98,18 @@ def main() -> None:
     p.add_argument(
         "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data"
     )
+    add_quick(p)
     args = p.parse_args()
+    before = load()
+    if args.quick:  # a smoke run: a few hundred phantoms, every 10th sample film
+        args.n = min(args.n, 400)
+    figures: dict[str, float] = {}
     if args.shared.is_dir():
-        recall(args.shared)
-    false_pairs(args.n, args.size, args.seed)
+        figures.update(recall(args.shared, every=10 if args.quick else 1))
+    else:
+        print(f"{args.shared}: no real sample films; recall not measured")
+    figures.update(false_pairs(args.n, args.size, args.seed))
+    emit("near_duplicates", figures, before)
 
 
 if __name__ == "__main__":
