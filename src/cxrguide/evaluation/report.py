@@ -304,14 +304,23 @@ def provenance_table(records: list[RunRecord]) -> Table:
     for r in records:
         c = r.config
         lr = c.get("lr") if r.info.stage == 1 else c.get("finetune_lr")
+        # runs from before l2_scope existed penalised every trainable kernel
+        l2 = f"{c.get('l2', 'n/a')} on {c.get('l2_scope', 'all')}"
+        balance = f"{c.get('class_weights', 'none')} / {c.get('sampler', 'none')}"
         rows.append([r.path.name, str(r.info.stage), r.info.backbone, r.info.weights_source,
                      str(c.get("seed", "n/a")), str(r.info.image_size),
                      str(c.get("max_epochs", "n/a")), str(lr), str(c.get("batch_size", "n/a")),
-                     ", ".join(r.info.attention) or "none", r.info.lung_model or "none",
+                     l2, balance, ", ".join(r.info.attention) or "none",
+                     r.info.lung_model or "none",
                      Path(r.info.parent).name if r.info.parent else "none"])  # fmt: skip
     return Table("provenance", "Runs: how each was trained",
                  ["run", "stage", "backbone", "weights", "seed", "input", "max epochs", "lr",
-                  "batch", "attention", "lung model", "parent"], rows)  # fmt: skip
+                  "batch", "L2 (lambda on scope)", "class weights / sampler", "attention",
+                  "lung model", "parent"], rows,
+                 "L2 scope 'head': the head's Dense kernels (the study's Keras semantics); 'all': "
+                 "every trainable kernel of body and head. Class weights 'balanced': each "
+                 "image's loss times N / (K n_class); sampler 'balanced': classes drawn equally "
+                 "often.")  # fmt: skip
 
 
 def build_report(

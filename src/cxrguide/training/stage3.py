@@ -34,20 +34,23 @@ from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.training import engine
 from cxrguide.training.losses import l2_penalty, paper_cross_entropy
+from cxrguide.training.objective import class_weights, classifier_task, dataset_labels, train_loader
 from cxrguide.training.runs import RunInfo, load_run, read_info
-from cxrguide.training.tasks import ClassifierTask
 
 
 class Stage3Task:
     """Batches -> L = L_clas + alpha L_am + w_e L_e (+ the study's L2 penalty)."""
 
-    def __init__(self, settings: GainSettings, l2: float) -> None:
+    def __init__(self, settings: GainSettings, l2: float, l2_scope: str = "head",
+                 class_weights: torch.Tensor | None = None) -> None:  # fmt: skip
         self.settings = settings
-        self.l2 = l2
+        self.l2, self.l2_scope, self.class_weights = l2, l2_scope, class_weights
 
-    def _terms(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def _terms(
+        self, model: nn.Module, batch: dict, weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         out = model(batch["image"], batch["label"], batch.get("lung"))
-        ce = paper_cross_entropy(out["logits"], batch["label"])
+        ce = paper_cross_entropy(out["logits"], batch["label"], class_weights=weights)
         s = self.settings
         total = ce
         if s.gain:
@@ -62,8 +65,10 @@ class Stage3Task:
         return total, sums
 
     def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        total, sums = self._terms(model, batch)
-        return total + l2_penalty(model, self.l2), sums
+        total, sums = self._terms(model, batch, self.class_weights)  # validation: unweighted
+        l2 = l2_penalty(model, self.l2, self.l2_scope)  # type: ignore[arg-type]
+        sums["l2"] = l2.item() * len(batch["label"])
+        return total + l2, sums
 
     def eval_step(self, model: nn.Module, batch: dict) -> dict[str, float]:
         return self._terms(model, batch)[1]
@@ -154,10 +159,12 @@ def fine_tune(
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
     train = CxrDataset(prepared, "train", image_size=size, augment=augment, with_lungs=lungs)
     val = CxrDataset(prepared, "val", image_size=size, with_lungs=lungs)
+    labels = dataset_labels(train)
     if settings is None:
-        net, task = model, ClassifierTask(cfg.l2)
+        net, task = model, classifier_task(cfg, labels)
     else:
-        net, task = GuidedAttention(model, settings), Stage3Task(settings, cfg.l2)
+        net = GuidedAttention(model, settings)
+        task = Stage3Task(settings, cfg.l2, cfg.l2_scope, class_weights(cfg, labels))
     if optimizer == "sgd":
         opt = _optimizer(net.parameters(), cfg.finetune_lr, cfg.momentum)
     elif optimizer == "adam":
@@ -166,7 +173,7 @@ def fine_tune(
         raise ConfigError(f"optimizer: {optimizer!r} is not one of sgd, adam")
     engine.fit(
         net, task,
-        engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
+        train_loader(cfg, train, labels),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         opt, engine_config(cfg), run,
     )  # fmt: skip

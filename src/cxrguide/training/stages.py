@@ -20,8 +20,8 @@ from cxrguide.evaluation.evaluate import evaluate_run
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.training import engine
 from cxrguide.training.features import FeatureDataset, pooled_features
+from cxrguide.training.objective import classifier_task, dataset_labels, train_loader
 from cxrguide.training.runs import RunInfo, load_run, read_info, save_run
-from cxrguide.training.tasks import ClassifierTask, FeatureTask
 
 LEADERBOARD = "leaderboard_stage{stage}.csv"
 
@@ -100,18 +100,14 @@ def stage1(cfg: TrainConfig, name: str, prepared: Prepared, on_epoch_end=None) -
                                     progress=False)  # fmt: skip
         train = FeatureDataset(feats, labels, prepared.rows("train"))
         val = FeatureDataset(feats, labels, prepared.rows("val"))
-        net, task, ecfg = (
-            model.head,
-            FeatureTask(cfg.l2),
-            dataclasses.replace(ecfg, channels_last=False),
-        )
+        net, ecfg = model.head, dataclasses.replace(ecfg, channels_last=False)
     else:
         train = CxrDataset(prepared, "train", image_size=size)
         val = CxrDataset(prepared, "val", image_size=size)
-        net, task = model, ClassifierTask(cfg.l2)
+        net = model
+    task = classifier_task(cfg, dataset_labels(train), features=cfg.feature_cache)
     engine.fit(
-        net, task,
-        engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
+        net, task, train_loader(cfg, train, dataset_labels(train)),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         _optimizer(net.parameters(), cfg.lr, cfg.momentum), ecfg, run, on_epoch_end=on_epoch_end,
     )  # fmt: skip
@@ -147,9 +143,9 @@ def stage2(cfg: TrainConfig, parent: Path, prepared: Prepared, on_epoch_end=None
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
     train = CxrDataset(prepared, "train", image_size=size, augment=augment)
     val = CxrDataset(prepared, "val", image_size=size)
+    labels = dataset_labels(train)
     engine.fit(
-        model, ClassifierTask(cfg.l2),
-        engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
+        model, classifier_task(cfg, labels), train_loader(cfg, train, labels),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         _optimizer(model.parameters(), cfg.finetune_lr, cfg.momentum), engine_config(cfg), run,
         on_epoch_end=on_epoch_end,
