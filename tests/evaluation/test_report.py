@@ -204,3 +204,29 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     cam = np.asarray(Image.open(io.BytesIO(first_figure)).convert("RGB"), dtype=float)
     assert cam.std() > 20 and (np.abs(cam[..., 0] - cam[..., 2]) > 60).mean() > 0.05  # in colour
     (tmp_path / "report.png").write_bytes(shot)  # for a person to look at
+
+
+def test_shortcut_split_table_and_provenance_show_scope_and_phantom(tmp_path):
+    from cxrguide.evaluation.report import (
+        RunRecord,
+        provenance_table,
+        shortcut_split_table,
+    )
+    from cxrguide.training.runs import RunInfo
+
+    def record(stage: int, test: float, shortcut: float | None, **config) -> RunRecord:
+        info = RunInfo("mobilenet_v2", stage, 64, [128, 64], [0.1, 0.05], "elu", "phantom:ab12")
+        metrics = {"val": {"accuracy": 0.9}, "test": {"accuracy": test}}
+        if shortcut is not None:
+            metrics["shortcut_test"] = {"accuracy": shortcut}
+        return RunRecord(tmp_path / f"stage{stage}-mobilenet_v2", info, config, metrics)
+
+    assert shortcut_split_table([record(1, 0.8, None)]) is None
+    table = shortcut_split_table([record(2, 0.97, 0.20), record(1, 0.85, 0.84)])
+    assert [r[0] for r in table.rows] == ["Stage I", "Stage II"]
+    assert table.rows[1][3:] == ["97.0", "20.0", "+77.0"]
+    prov = provenance_table([record(2, 0.9, None, l2=0.001, l2_scope="head", sampler="balanced"),
+                             record(1, 0.9, None, l2=0.001)])  # fmt: skip
+    col = prov.header.index("L2 (lambda on scope)")
+    assert [r[col] for r in prov.rows] == ["0.001 on head", "0.001 on all"]  # old runs: all
+    assert prov.rows[0][col + 1] == "none / balanced"

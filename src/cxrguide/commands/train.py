@@ -24,6 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from cxrguide.training.stages import LEADERBOARD, train
 
     cfg = config_from_args(TrainConfig, args)
+    if cfg.stage == 1 or (cfg.stage == 3 and cfg.from_run is None):  # the stages that build bodies
+        from dataclasses import replace
+
+        from cxrguide.experiments.pretrain import resolve_weights
+        from cxrguide.training.stages import backbones
+
+        cfg = replace(cfg, weights=resolve_weights(cfg.weights, backbones(cfg)))
     rows = train(cfg)
     if is_main_process():
         print(f"stage {cfg.stage}: {len(rows)} run(s); leaderboard "

@@ -38,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         study, out = tuning.load(args.show, cfg.storage, cfg.out)
     else:
+        if cfg.stage == 1:
+            from dataclasses import replace
+
+            from cxrguide.experiments.pretrain import resolve_weights
+
+            cfg = replace(cfg, weights=resolve_weights(cfg.weights, [cfg.backbone]))
         study, out = tuning.tune(cfg)
     files = tuning.summarize(study, out)
     frame = tuning.trials_frame(study)

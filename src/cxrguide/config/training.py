@@ -24,7 +24,10 @@ class TrainConfig:
     )
     top: int = _f(4, "Stage II/III from a leaderboard: how many of the best runs")
     out: Path = _f(Path("runs"), "folder that receives one run folder per model", metavar="RUNS")
-    weights: str = _f("imagenet", "imagenet | none | PATH (ImageNet needs the hub or a local file)")
+    weights: str = _f(
+        "imagenet",
+        "imagenet | phantom | none | PATH (ImageNet needs the hub or a local file; phantom: a body trained on clean phantoms, built on first use; {backbone} in PATH: the model name)",
+    )
     image_size: int = _f(0, "input side in px (0: the backbone's own Table 2 size)")
     max_epochs: int = _f(100, "maximum epochs (early stopping usually ends sooner)")
     batch_size: int = _f(32, "batch size")

@@ -29,6 +29,8 @@ from cxrguide.evaluation.report_template import TEMPLATE
 from cxrguide.labels import CLASSES
 from cxrguide.training.runs import MODEL_YAML, RunInfo, read_info
 
+SHORTCUT_SPLIT = "shortcut_test"
+
 
 @dataclass
 class Table:
@@ -90,7 +92,7 @@ def load_record(path: Path) -> RunRecord:
     config = yaml.safe_load((path / "config.yaml").read_text()) if (
         path / "config.yaml").is_file() else {}  # fmt: skip
     rec = RunRecord(path, info, config or {})
-    for split in ("val", "test"):
+    for split in ("val", "test", SHORTCUT_SPLIT):
         if (path / f"metrics_{split}.json").is_file():
             rec.metrics[split] = json.loads((path / f"metrics_{split}.json").read_text())
         if (path / f"predictions_{split}.csv").is_file():
@@ -204,6 +206,31 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
         Table(f"per-source-stage{stage}", f"{name}: per source ({split}, %)",
               ["run", "source", "n", "accuracy", "macro F1", "macro AUC"], per_source),
     ]  # fmt: skip
+
+
+def shortcut_split_table(records: list[RunRecord]) -> Table | None:
+    """Test vs ``shortcut_test`` accuracy per run, stage by stage (phantoms with markers only).
+
+    ``shortcut_test`` puts each film's marker at another class's place: a model that reads the
+    lungs scores there as on test; one that learnt the marker falls below chance."""
+    rows = []
+    for r in sorted(records, key=lambda r: (r.info.stage, -(r.value("val", "accuracy") or -1))):
+        shortcut = r.value(SHORTCUT_SPLIT, "accuracy")
+        if shortcut is None:
+            continue
+        test = r.value("test", "accuracy")
+        gap = "n/a" if test is None else f"{100 * (test - shortcut):+.1f}"
+        rows.append([STAGE_NAMES.get(r.info.stage, f"Stage {r.info.stage}"), r.path.name,
+                     r.info.weights_source, pct(test), pct(shortcut), gap])  # fmt: skip
+    if not rows:
+        return None
+    return Table("shortcut-split", "Test vs shortcut_test accuracy per stage (%)",
+                 ["stage", "run", "weights", "test acc", "shortcut_test acc",
+                  "test - shortcut_test"], rows,
+                 "Test films carry their class's marker at the rate the data was drawn with; "
+                 "shortcut_test moves every marker to another class's place. A frozen body that "
+                 "learnt clean films ignores the marker (small gap); fine-tuning can learn it "
+                 "(large gap); guidance aims to shrink the gap again. Chance is 33.3%.")  # fmt: skip
 
 
 # --- optional inputs ----------------------------------------------------------------------------
@@ -361,11 +388,13 @@ def build_report(
     else:
         cams, cam_note = auto_explain(records, split, method, gallery_per_group, device)
     random = [r.path.name for r in records if r.info.weights_source == "random"]
+    phantom = [r.path.name for r in records if r.info.weights_source.startswith("phantom:")]
     html = TEMPLATE.render(
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        records=records, random=random, data=data_tables(records), models=model_table(records),
+        records=records, random=random, phantom=phantom, data=data_tables(records), models=model_table(records),
         results=results, cams=cams, cam_note=cam_note,
         shortcut=extra, tune=tuning, provenance=provenance_table(records),
+        shortcut_split=shortcut_split_table(records),
         versions=versions(), split=split,
         configs=[(r.path.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],
     )  # fmt: skip

@@ -69,16 +69,18 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
               after=("prepare", "lungs_train"), folder="lungs/predict")  # fmt: skip
 
     # -- classifiers ----------------------------------------------------------------------------
-    s1 = _section(TrainConfig, cfg.stage1, "stage1",
+    stage1, bodies = _resolve_bodies(cfg.stage1, log)
+    s1 = _section(TrainConfig, stage1, "stage1",
                   {"stage": 1, "data": prep_cfg.out, "out": out / "stage1", "resume": True},
                   seed=seed)  # fmt: skip
-    steps.run("stage1", s1, lambda d: _train(s1), after=("prepare",), folder="stage1")
+    steps.run("stage1", {"train": s1, "bodies": bodies} if bodies else s1, lambda d: _train(s1),
+              after=("prepare",), folder="stage1")  # fmt: skip
     board1 = out / "stage1/leaderboard_stage1.csv"
     stage2_after = ["stage1"]
     if int(cfg.tune.get("trials", 0)) > 0:
         tune = _section(TuneConfig, cfg.tune, "tune",
                         {"stage": 1, "data": prep_cfg.out, "out": out / "tune"},
-                        seed=seed, **{k: v for k, v in cfg.stage1.items() if k in
+                        seed=seed, **{k: v for k, v in stage1.items() if k in
                                       ("weights", "image_size", "max_epochs", "batch_size")})  # fmt: skip
         steps.run("tune", tune, lambda d: _tune(tune, board1), after=("stage1",), folder="tune")
         stage2_after.append("tune")
@@ -104,6 +106,21 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
                                 out / "figures", tune_dir, cfg.report),
               after=("explain", *stage2_after), folder="report")  # fmt: skip
     return steps.results
+
+
+def _resolve_bodies(section: dict[str, Any], log) -> tuple[dict[str, Any], dict[str, str]]:
+    """``weights: phantom`` -> the verified body files (built on first use, outside the run
+    folder, in the weight cache); their ``phantom:<sha256>`` labels join Stage I's fingerprint,
+    so a rebuilt body re-runs Stage I."""
+    if section.get("weights") != "phantom":
+        return section, {}
+    from cxrguide.experiments.pretrain import resolve_phantom
+    from cxrguide.training.stages import backbones
+
+    names = backbones(TrainConfig(backbone=section.get("backbone", TrainConfig.backbone)))
+    log(f"[pipeline] phantom bodies: {', '.join(names)}")
+    template, labels = resolve_phantom(names, log)
+    return {**section, "weights": template}, labels
 
 
 def _synth(cfg: SynthConfig) -> dict[str, Any]:
