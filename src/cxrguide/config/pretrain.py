@@ -21,11 +21,18 @@ class PretrainConfig:
         None, "folder for the body and its card (default: the weight cache that --weights "
         "phantom reads: $CXRGUIDE_WEIGHTS_DIR, else ~/.cache/cxrguide/weights)", metavar="DIR"
     )  # fmt: skip
-    n: int = _f(1500, "clean phantoms drawn (80% train, 20% held-out test, split by patient)")
+    n: int = _f(3600, "clean phantoms drawn (80% train, 20% held-out test, split by patient)")
     size: int = _f(64, "phantom side and training input in px")
-    epochs: int = _f(12, "training epochs (AdamW, one-cycle learning rate)")
-    lr: float = _f(3e-3, "peak learning rate of the one-cycle schedule")
+    epochs: int = _f(
+        4, "training epochs (AdamW, one-cycle learning rate); many fresh films beat many epochs"
+    )
+    lr: float = _f(2e-3, "peak learning rate of the one-cycle schedule")
     batch_size: int = _f(32, "batch size")
+    lesion_weight: float = _f(
+        1.0,
+        "weight of the auxiliary loss: which cells of the last feature map hold a finding "
+        "(the phantoms' exact lesion masks); 0 trains on class labels alone",
+    )
     seed: int = _f(1001, "seed of the phantoms and the training (not a data seed of the study)")
     threads: int = _f(0, "torch CPU threads (0: torch's default)")
     workers: int = _f(0, "processes drawing the phantoms (0: all cores)")
@@ -36,5 +43,5 @@ class PretrainConfig:
             raise ConfigError("n: need at least 30 phantoms")
         if not 32 <= self.size <= 512:
             raise ConfigError("size: must be between 32 and 512")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.lesion_weight < 0:
             raise ConfigError("epochs/batch_size/lr: must be positive")
