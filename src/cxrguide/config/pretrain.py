@@ -21,7 +21,9 @@ class PretrainConfig:
         None, "folder for the body and its card (default: the weight cache that --weights "
         "phantom reads: $CXRGUIDE_WEIGHTS_DIR, else ~/.cache/cxrguide/weights)", metavar="DIR"
     )  # fmt: skip
-    n: int = _f(3600, "clean phantoms drawn (80% train, 20% held-out test, split by patient)")
+    n: int = _f(
+        3600, "clean phantoms drawn (4 in 5 for training, 1 in 5 held out, split by patient)"
+    )
     size: int = _f(64, "phantom side and training input in px")
     epochs: int = _f(
         4, "training epochs (AdamW, one-cycle learning rate); many fresh films beat many epochs"
