@@ -249,3 +249,29 @@ def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
     for w in audit["warnings"]:
         assert f"[{w['code']}]" in text
     assert page.images == 2  # the run's panel + the implausible-mask example
+
+
+def test_shortcut_split_table_and_provenance_show_scope_and_phantom(tmp_path):
+    from cxrguide.core.runs import RunInfo
+    from cxrguide.evaluation.report import (
+        RunRecord,
+        provenance_table,
+        shortcut_split_table,
+    )
+
+    def record(stage: int, test: float, shortcut: float | None, **config) -> RunRecord:
+        info = RunInfo("mobilenet_v2", stage, 64, [128, 64], [0.1, 0.05], "elu", "phantom:ab12")
+        metrics = {"val": {"accuracy": 0.9}, "test": {"accuracy": test}}
+        if shortcut is not None:
+            metrics["shortcut_test"] = {"accuracy": shortcut}
+        return RunRecord(tmp_path / f"stage{stage}-mobilenet_v2", info, config, metrics)
+
+    assert shortcut_split_table([record(1, 0.8, None)]) is None
+    table = shortcut_split_table([record(2, 0.97, 0.20), record(1, 0.85, 0.84)])
+    assert [r[0] for r in table.rows] == ["Stage I", "Stage II"]
+    assert table.rows[1][3:] == ["97.0", "20.0", "+77.0"]
+    prov = provenance_table([record(2, 0.9, None, l2=0.001, l2_scope="head", sampler="balanced"),
+                             record(1, 0.9, None, l2=0.001)])  # fmt: skip
+    col = prov.header.index("L2 (lambda on scope)")
+    assert [r[col] for r in prov.rows] == ["0.001 on head", "0.001 on all"]  # old runs: all
+    assert prov.rows[0][col + 1] == "none / balanced"

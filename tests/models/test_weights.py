@@ -165,3 +165,34 @@ def test_none_is_random_and_seeded(offline) -> None:
     assert torch.equal(a.head.fc.weight, b.head.fc.weight)
     assert torch.equal(a.body.conv_stem.weight, b.body.conv_stem.weight)
     assert not torch.equal(a.body.conv_stem.weight, c.body.conv_stem.weight)
+
+
+def test_truncated_imagenet_file_is_one_line_naming_it(offline, reference) -> None:
+    path = offline / f"{TIMM_NAME}.safetensors"
+    save_file(reference, str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CxrGuideError) as info:
+        create_model("mobilenet_v2", "imagenet", weights_dir=offline)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_phantom_marked_file_is_labelled_by_its_sha(offline, reference) -> None:
+    import hashlib
+
+    from cxrguide.models.weights import PHANTOM_META_KEY
+
+    body = {k: v for k, v in reference.items() if not k.startswith("classifier.")}
+    path = offline / "any-name.safetensors"
+    save_file(body, str(path), metadata={PHANTOM_META_KEY: "phantom"})
+    model = create_model("mobilenet_v2", str(path))
+    assert model.weights_source == f"phantom:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    _assert_body_equals(model, reference)
+    template = str(offline / "{backbone}.safetensors")  # one PATH for several backbones
+    save_file(body, str(offline / "mobilenet_v2.safetensors"))
+    assert create_model("mobilenet_v2", template).weights_source.startswith("file:")
+
+
+def test_phantom_without_a_cached_body_names_the_command(offline, monkeypatch) -> None:
+    monkeypatch.setenv(WEIGHTS_ENV, str(offline / "cache"))
+    with pytest.raises(CxrGuideError, match="cxrguide pretrain --backbone mobilenet_v2"):
+        create_model("mobilenet_v2", "phantom")

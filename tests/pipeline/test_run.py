@@ -100,3 +100,52 @@ def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
     results = run_pipeline(cfg, log=lambda s: None)
     assert [r.status for r in results.values()] == ["reused"] * 9 + ["ran"]
     assert (tmp_path / "qs/report/report.html").stat().st_size > 10_000
+
+
+def test_phantom_weights_resolve_to_verified_files_before_stage1(monkeypatch):
+    from cxrguide.experiments import pretrain
+    from cxrguide.pipeline import run
+
+    asked: list[list[str]] = []
+
+    def fake(names, log):
+        asked.append(names)
+        return "/cache/phantom-{backbone}.safetensors", {n: f"phantom:{n}" for n in names}
+
+    monkeypatch.setattr(pretrain, "resolve_phantom", fake)
+    section = {"backbone": "mobilenet_v2,efficientnet_b0", "weights": "phantom", "lr": 0.01}
+    resolved, labels = run._resolve_bodies(section, log=lambda m: None)
+    assert asked == [["mobilenet_v2", "efficientnet_b0"]]
+    assert resolved == {**section, "weights": "/cache/phantom-{backbone}.safetensors"}
+    assert labels == {
+        "mobilenet_v2": "phantom:mobilenet_v2",
+        "efficientnet_b0": "phantom:efficientnet_b0",
+    }
+    assert run._resolve_bodies({"weights": "none"}, log=print) == ({"weights": "none"}, {})
+
+
+def test_the_shipped_pipeline_configs_are_valid():
+    from pathlib import Path
+
+    from cxrguide.config import (
+        LungsPrepareConfig,
+        LungsTrainConfig,
+        PrepareConfig,
+        SynthConfig,
+        TrainConfig,
+        TuneConfig,
+        from_dict,
+        load_config,
+    )
+
+    for name in ("quickstart.yaml", "real-data.yaml"):
+        cfg = load_config(PipelineConfig, Path(__file__).parents[2] / "configs" / name)
+        for cls, section in ((SynthConfig, cfg.synth), (PrepareConfig, cfg.prepare),
+                             (LungsPrepareConfig, cfg.lungs_prepare), (LungsTrainConfig, cfg.lungs),
+                             (TrainConfig, cfg.stage1), (TrainConfig, cfg.stage2),
+                             (TrainConfig, cfg.stage3), (TuneConfig, cfg.tune)):  # fmt: skip
+            if section is not cfg.tune or cfg.tune.get("trials", 0) > 0:  # trials 0: no tuning
+                from_dict(cls, section, f"{name}")
+    real = load_config(PipelineConfig, Path(__file__).parents[2] / "configs/real-data.yaml")
+    assert len(real.sources) == 5 and real.lung_sources[0].startswith("v7=")
+    assert real.stage1["weights"] == "imagenet" and real.stage1["sampler"] == "balanced"

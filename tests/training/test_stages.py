@@ -97,3 +97,31 @@ def test_stage2_needs_a_source(tiny_prepared, tmp_path):
             _cfg(tiny_prepared, tmp_path / "x", stage=2, from_run=tmp_path / "nope.csv"),
             score_split,
         )
+
+
+def test_stage1_run_records_imagenet_weights_from_the_weights_folder(
+    tiny_prepared, tmp_path, monkeypatch
+):
+    """--weights imagenet offline: a timm-format file in $CXRGUIDE_WEIGHTS_DIR is what the body
+    holds, and the run and its leaderboard say 'imagenet:<file>'."""
+    import timm
+    from safetensors.torch import save_file
+
+    from cxrguide.models.weights import WEIGHTS_ENV
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(5)
+    reference = timm.create_model("mobilenetv2_100.ra_in1k").state_dict()
+    path = tmp_path / "weights" / "mobilenetv2_100.ra_in1k.safetensors"
+    path.parent.mkdir()
+    save_file(reference, str(path))
+    monkeypatch.setenv(WEIGHTS_ENV, str(path.parent))
+    row = stages.train(
+        _cfg(tiny_prepared, tmp_path / "runs", weights="imagenet", max_epochs=1), score_split
+    )[0]
+    model, info = load_run(row["run"])
+    assert info.weights_source == f"imagenet:{path}" == row["weights"]
+    for key, value in model.body.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    board = pd.read_csv(tmp_path / "runs/leaderboard_stage1.csv")
+    assert board.weights.iloc[0] == f"imagenet:{path}"

@@ -40,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         from cxrguide.evaluation.evaluate import score_split
 
+        if cfg.stage == 1:
+            from dataclasses import replace
+
+            from cxrguide.experiments.pretrain import resolve_weights
+
+            cfg = replace(cfg, weights=resolve_weights(cfg.weights, [cfg.backbone]))
         study, out = tuning.tune(cfg, score_split)
     files = tuning.summarize(study, out)
     frame = tuning.trials_frame(study)

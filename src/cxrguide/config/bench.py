@@ -25,7 +25,7 @@ class ShortcutBenchConfig:
     shortcut_test: int = _f(120, "images in the shortcut_test split (markers of another class)")
     synth_seed: int = _f(0, "seed of the synthetic data (the same data for every run)")
     backbone: str = _f("mobilenet_v2", "model for every run")
-    weights: str = _f("none", "starting weights of every run: none | imagenet | PATH")
+    weights: str = _f("none", "starting weights of every run: none | imagenet | phantom | PATH")
     seeds: list[int] = _f([0, 1, 2], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
         ["stage2", "input-mask", "gate", "gain", "external", "gate+gain", "gate+gain+external"],

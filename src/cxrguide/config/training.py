@@ -42,7 +42,10 @@ class TrainConfig:
     )
     top: int = _f(4, "Stage II/III from a leaderboard: how many of the best runs")
     out: Path = _f(Path("runs"), "folder that receives one run folder per model", metavar="RUNS")
-    weights: str = _f("imagenet", "imagenet | none | PATH (ImageNet needs the hub or a local file)")
+    weights: str = _f(
+        "imagenet",
+        "imagenet | phantom | none | PATH (ImageNet needs the hub or a local file; phantom: a body trained on clean phantoms, built on first use; {backbone} in PATH: the model name)",
+    )
     image_size: int = _f(0, "input side in px (0: the backbone's own Table 2 size)")
     max_epochs: int = _f(100, "maximum epochs (early stopping usually ends sooner)")
     batch_size: int = _f(32, "batch size")
@@ -50,6 +53,21 @@ class TrainConfig:
     finetune_lr: float = _f(1e-5, "SGD learning rate for Stage II/III (body and head)")
     momentum: float = _f(0.9, "SGD momentum (the study does not state it)")
     l2: float = _f(1e-3, "L2 penalty lambda on trainable kernels (the study's 1e-3)")
+    l2_scope: Literal["head", "all"] = _f(
+        "head",
+        "kernels the L2 term covers: the head's Dense layers (the study's Keras "
+        "semantics) or every trainable kernel of body and head",
+    )
+    class_weights: Literal["none", "balanced"] = _f(
+        "none",
+        "weight each image's loss by N / (K n_class) of the training split (balanced) "
+        "or not (none, the study's)",
+    )
+    sampler: Literal["none", "balanced"] = _f(
+        "none",
+        "draw training batches shuffled (none, the study's) or class-balanced with "
+        "replacement (balanced)",
+    )
     patience: int = _f(10, "early stopping patience on val loss (epochs)")
     head_widths: list[int] = _f([128, 64], "hidden widths of the head")
     head_dropouts: list[float] = _f([0.10, 0.05], "dropout after each hidden layer")
@@ -127,6 +145,9 @@ class TuneConfig(TrainConfig):
     storage: str | None = _f(None, "SQLAlchemy URL of the study, e.g. postgresql://u:p@host/db (default sqlite:///OUT/study.db)", metavar="URL")  # fmt: skip
     study: str | None = _f(None, "study name (default stage<k>-<backbone>)", metavar="NAME")
     sampler: Literal["tpe", "gp", "random"] = _f("tpe", "multivariate TPE, Gaussian process, or random search")  # fmt: skip
+    batch_sampler: Literal["none", "balanced"] = _f(
+        "none", "training batches of every trial: shuffled or class-balanced (train's --sampler)"
+    )
     startup_trials: int = _f(5, "random trials before the sampler models the results")
     pruner: Literal["median", "hyperband", "none"] = _f("median", "stop trials whose per-epoch val accuracy trails the others")  # fmt: skip
     prune_warmup: int = _f(2, "epochs a trial always runs before it may be pruned")

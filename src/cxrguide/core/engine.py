@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from cxrguide.core.device import resolve_device
@@ -96,9 +96,29 @@ def init_distributed(device: torch.device) -> None:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, num_workers: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    sample_weights: torch.Tensor | None = None,
 ) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch): reproducible and resumable."""
+    """A loader whose order depends only on (seed, epoch): reproducible and resumable.
+
+    ``sample_weights`` (one per item): draw ``len(dataset)`` items per epoch with replacement,
+    item i with probability proportional to its weight (balanced sampling).
+    """
+    if sample_weights is not None:
+        if distributed():
+            raise ConfigError("sampler: balanced sampling is not supported under torchrun (DDP)")
+        generator = torch.Generator().manual_seed(seed)
+        sampler = WeightedRandomSampler(
+            sample_weights, len(sample_weights), replacement=True, generator=generator
+        )
+        return DataLoader(
+            dataset, batch_size, sampler=sampler, generator=generator, num_workers=num_workers
+        )
     if distributed():
         sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed)
         return DataLoader(dataset, batch_size, sampler=sampler, num_workers=num_workers)
@@ -210,9 +230,11 @@ def _run_epoch(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
+        if train:  # the epoch's running means, named as in history.csv (``train_<name>``)
+            seen = max(sums.get("n", 0.0), 1.0)
+            bar.set_postfix({k: f"{v / seen:.4f}" for k, v in sums.items() if k != "n"})
     return _reduce(sums, device)
 
 

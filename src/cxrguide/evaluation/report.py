@@ -31,6 +31,8 @@ from cxrguide.evaluation.report_template import TEMPLATE
 from cxrguide.evaluation.shortcut_summary import read_runs, summary_rows
 from cxrguide.labels import CLASSES
 
+SHORTCUT_SPLIT = "shortcut_test"
+
 
 @dataclass
 class RunRecord:
@@ -73,7 +75,7 @@ def load_record(path: Path) -> RunRecord:
     config = yaml.safe_load((path / "config.yaml").read_text()) if (
         path / "config.yaml").is_file() else {}  # fmt: skip
     rec = RunRecord(path, info, config or {})
-    for split in ("val", "test"):
+    for split in ("val", "test", SHORTCUT_SPLIT):
         if (path / f"metrics_{split}.json").is_file():
             rec.metrics[split] = json.loads((path / f"metrics_{split}.json").read_text())
         if (path / f"predictions_{split}.csv").is_file():
@@ -191,6 +193,31 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
     ]  # fmt: skip
 
 
+def shortcut_split_table(records: list[RunRecord]) -> Table | None:
+    """Test vs ``shortcut_test`` accuracy per run, stage by stage (phantoms with markers only).
+
+    ``shortcut_test`` puts each film's marker at another class's place: a model that reads the
+    lungs scores there as on test; one that learnt the marker falls below chance."""
+    rows = []
+    for r in sorted(records, key=lambda r: (r.info.stage, -(r.value("val", "accuracy") or -1))):
+        shortcut = r.value(SHORTCUT_SPLIT, "accuracy")
+        if shortcut is None:
+            continue
+        test = r.value("test", "accuracy")
+        gap = "n/a" if test is None else f"{100 * (test - shortcut):+.1f}"
+        rows.append([STAGE_NAMES.get(r.info.stage, f"Stage {r.info.stage}"), r.path.name,
+                     r.info.weights_source, pct(test), pct(shortcut), gap])  # fmt: skip
+    if not rows:
+        return None
+    return Table("shortcut-split", "Test vs shortcut_test accuracy per stage (%)",
+                 ["stage", "run", "weights", "test acc", "shortcut_test acc",
+                  "test - shortcut_test"], rows,
+                 "Test films carry their class's marker at the rate the data was drawn with; "
+                 "shortcut_test moves every marker to another class's place. A frozen body that "
+                 "learnt clean films ignores the marker (small gap); fine-tuning can learn it "
+                 "(large gap); guidance aims to shrink the gap again. Chance is 33.3%.")  # fmt: skip
+
+
 # --- optional inputs ----------------------------------------------------------------------------
 def shortcut_blocks(path: Path) -> list[dict[str, Any]]:
     """The benchmark's summary table, computed from its per-run CSV."""
@@ -260,14 +287,23 @@ def provenance_table(records: list[RunRecord]) -> Table:
     for r in records:
         c = r.config
         lr = c.get("lr") if r.info.stage == 1 else c.get("finetune_lr")
+        # runs from before l2_scope existed penalised every trainable kernel
+        l2 = f"{c.get('l2', 'n/a')} on {c.get('l2_scope', 'all')}"
+        balance = f"{c.get('class_weights', 'none')} / {c.get('sampler', 'none')}"
         rows.append([r.path.name, str(r.info.stage), r.info.backbone, r.info.weights_source,
                      str(c.get("seed", "n/a")), str(r.info.image_size),
                      str(c.get("max_epochs", "n/a")), str(lr), str(c.get("batch_size", "n/a")),
-                     ", ".join(r.info.attention) or "none", r.info.lung_model or "none",
+                     l2, balance, ", ".join(r.info.attention) or "none",
+                     r.info.lung_model or "none",
                      Path(r.info.parent).name if r.info.parent else "none"])  # fmt: skip
     return Table("provenance", "Runs: how each was trained",
                  ["run", "stage", "backbone", "weights", "seed", "input", "max epochs", "lr",
-                  "batch", "attention", "lung model", "parent"], rows)  # fmt: skip
+                  "batch", "L2 (lambda on scope)", "class weights / sampler", "attention",
+                  "lung model", "parent"], rows,
+                 "L2 scope 'head': the head's Dense kernels (the study's Keras semantics); 'all': "
+                 "every trainable kernel of body and head. Class weights 'balanced': each "
+                 "image's loss times N / (K n_class); sampler 'balanced': classes drawn equally "
+                 "often.")  # fmt: skip
 
 
 def build_report(
@@ -318,12 +354,14 @@ def build_report(
                            "audit": blocks})  # fmt: skip
         lungs = lungs or rs.lung_section(records, Path(root))
     warnings += rs.run_warnings(records, split)
+    phantom = [r.path.name for r in records if r.info.weights_source.startswith("phantom:")]
     html = TEMPLATE.render(
         warnings=warnings, data_extra=data_extra, lungs=lungs,
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        records=records, random=random, data=data_tables(records), models=model_table(records),
+        records=records, random=random, phantom=phantom, data=data_tables(records), models=model_table(records),
         results=results, cams=cams, cam_note=cam_note,
         shortcut=extra, tune=tuning, provenance=provenance_table(records),
+        shortcut_split=shortcut_split_table(records),
         versions=versions(), split=split,
         configs=[(r.path.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],
     )  # fmt: skip

@@ -122,6 +122,13 @@ transfer-learning results.</div>
 </section>
 {% endfor %}
 
+{% if shortcut_split %}
+<section id="shortcut-split-section">
+<h2>Shortcut markers: test vs shortcut_test</h2>
+{{ table(shortcut_split) }}
+</section>
+{% endif %}
+
 <section id="visual">
 <h2>Grad-CAM: where the models look</h2>
 <p>The expected focus is the lungs. Heatmaps show the predicted class; cases are chosen from the
@@ -153,6 +160,10 @@ predictions (most confident correct, most confident mistakes, borderline), not b
 {% if random %}<p><strong>Weights:</strong> the backbones of {{ random|join(", ") }} were randomly
 initialised (no ImageNet weights were used for them).</p>{% else %}<p><strong>Weights:</strong>
 every run started from the weights listed below.</p>{% endif %}
+{% if phantom %}<p id="phantom-weights"><strong>Phantom bodies:</strong> {{ phantom|join(", ") }}
+started from a body trained by <code>cxrguide pretrain</code> on clean synthetic phantoms (no
+class-specific markers, its own seed), recorded as <code>phantom:&lt;sha256&gt;</code>: the offline
+stand-in for ImageNet, not ImageNet, and no evidence about real chest X-rays.</p>{% endif %}
 {{ table(provenance) }}
 <h3>Versions</h3>
 <dl class="versions">{% for k, v in versions.items() %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>

@@ -1,2 +1,3 @@
-"""Experiments that generate their own data, train and evaluate: the shortcut benchmark
-(:mod:`.shortcut`). They sit above training and evaluation and below the commands."""
+"""Experiments that generate their own data and train: the phantom-pretrained body
+(:mod:`.pretrain`, the offline stand-in for ImageNet) and the shortcut benchmark (:mod:`.shortcut`).
+They sit above training and evaluation and below the commands."""

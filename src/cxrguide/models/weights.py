@@ -19,7 +19,14 @@
   If all fail, :class:`CxrGuideError` names the files looked for and where to put them.
   ``weights_source`` is ``"imagenet:<file>"`` or ``"imagenet:hf-hub:<repo>"`` after a download.
 - ``PATH``: a backbone weight file (same formats) or one of our own classifier checkpoints (see
-  :func:`is_classifier_checkpoint`); ``weights_source`` is ``"file:<path>"``.
+  :func:`is_classifier_checkpoint`); ``weights_source`` is ``"file:<path>"``. ``{backbone}`` in
+  PATH stands for the model's short name (one template serves several backbones).
+- ``phantom``: the body ``cxrguide pretrain`` trained on clean synthetic phantoms, read from the
+  weight cache (:func:`weight_cache_dir`) after checking its SHA-256 against its card. Building a
+  missing one is the job of the commands (``cxrguide.experiments.pretrain``), which hand training
+  the file itself. A body file (``phantom-<backbone>.safetensors``, marked in its metadata)
+  loads as ``weights_source`` ``"phantom:<sha256 of the file>"`` however it is named, never as
+  ImageNet and never as an anonymous file.
 
 Backbone files are loaded strictly: with timm's 1000-class head first (timm's own loader drops
 strictness whenever the class count differs, which would let a wrong file load silently), then,
@@ -29,6 +36,8 @@ model is never labelled pretrained while its weights are random.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,10 +50,14 @@ from torch import nn
 from cxrguide.errors import CxrGuideError
 
 WEIGHTS_ENV = "CXRGUIDE_WEIGHTS_DIR"
+OFFLINE_ENV = "CXRGUIDE_OFFLINE"
 WEIGHTS_HELP = (
     "backbone weights: 'none' (random init), 'imagenet' (timm's pretrained weights; offline from "
-    f"${WEIGHTS_ENV} or the hub cache) or a PATH to a weight file or a cxrguide checkpoint"
+    f"${WEIGHTS_ENV} or the hub cache), 'phantom' (a body trained on clean phantoms, built on "
+    "first use and cached) or a PATH to a weight file or a cxrguide checkpoint"
 )
+PHANTOM = "phantom"
+PHANTOM_META_KEY = "cxrguide_body"  # safetensors metadata marking a phantom-trained body
 _SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -55,6 +68,69 @@ def configured_weights_dir(weights_dir: str | Path | None = None) -> Path | None
         return Path(weights_dir).expanduser()
     env = os.environ.get(WEIGHTS_ENV, "").strip()
     return Path(env).expanduser() if env else None
+
+
+def weight_cache_dir() -> Path:
+    """Where phantom bodies live: ``$CXRGUIDE_WEIGHTS_DIR``, else the user cache folder
+    (``$XDG_CACHE_HOME/cxrguide/weights``, by default ``~/.cache/cxrguide/weights``)."""
+    folder = configured_weights_dir()
+    if folder is not None:
+        return folder
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "cxrguide" / "weights"
+
+
+def offline() -> bool:
+    """``$CXRGUIDE_OFFLINE`` set to 1/true/yes: use only files on disk (no download, no build)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def phantom_body_file(backbone: str, folder: Path | None = None) -> Path:
+    """The phantom body of ``backbone`` (short zoo name) in ``folder`` (default: the cache)."""
+    return (folder or weight_cache_dir()) / f"phantom-{backbone}.safetensors"
+
+
+def phantom_card_file(body: Path) -> Path:
+    """The JSON model card beside a body file (holds its SHA-256)."""
+    return body.with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_phantom_body(body: Path) -> str:
+    """The body's SHA-256 if it matches its card; CxrGuideError naming what is wrong otherwise."""
+    card = phantom_card_file(body)
+    if not body.is_file() or not card.is_file():
+        raise CxrGuideError(f"{body}: no phantom body here (with its card {card.name})")
+    try:
+        want = json.loads(card.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CxrGuideError(f"{card}: unreadable model card ({type(err).__name__})") from err
+    got = file_sha256(body)
+    if got != want:
+        raise CxrGuideError(f"{body}: SHA-256 {got[:12]}... differs from its card's {want[:12]}...")
+    return got
+
+
+def weights_label(path: Path) -> str:
+    """``phantom:<sha256>`` for a file marked as a phantom body, else ``file:<path>``."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+        except Exception:  # unreadable files fail later with read_state_dict's one-line error
+            meta = {}
+        if meta.get(PHANTOM_META_KEY) == PHANTOM:
+            return f"{PHANTOM}:{file_sha256(path)}"
+    return f"file:{path}"
 
 
 def _pretrained_cfg(timm_name: str) -> Any:
@@ -182,7 +258,7 @@ def create_timm_body(
     if weights != "imagenet":
         path = Path(weights).expanduser()
         body = load_timm_body(timm_name, read_state_dict(path), str(path), **timm_kwargs)
-        return body, f"file:{path}"
+        return body, weights_label(path)
 
     folder = configured_weights_dir(weights_dir)
     found = find_local_weights(timm_name, folder) if folder is not None else None

@@ -27,10 +27,14 @@ from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.covidnet import CovidNet
 from cxrguide.models.head import PaperHead
 from cxrguide.models.weights import (
+    PHANTOM,
+    check_phantom_body,
     create_timm_body,
     is_classifier_checkpoint,
     load_timm_body,
+    phantom_body_file,
     read_state_dict,
+    weights_label,
 )
 
 
@@ -126,7 +130,7 @@ def _build_body(
     kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate > 0 else {}
     if file_state is not None:
         body = load_timm_body(spec.timm_name, file_state, weights, **kwargs)
-        return body, f"file:{weights}"
+        return body, weights_label(Path(weights))
     return create_timm_body(spec.timm_name, weights, weights_dir, **kwargs)
 
 
@@ -151,6 +155,16 @@ def create_model(
     """
     spec = get_spec(name)
     file_state = checkpoint = None
+    if weights == PHANTOM:  # the cached body, checked against its card (commands build it)
+        body_file = phantom_body_file(spec.name)
+        try:
+            check_phantom_body(body_file)
+        except CxrGuideError as err:
+            raise CxrGuideError(
+                f"{err}; build it with 'cxrguide pretrain --backbone {spec.name}'"
+            ) from err
+        weights = str(body_file)
+    weights = weights.replace("{backbone}", spec.name)
     if weights not in ("none", "imagenet"):
         weights = str(Path(weights).expanduser())
         file_state = read_state_dict(weights)

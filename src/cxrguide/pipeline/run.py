@@ -124,8 +124,12 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
               folder="prepared/audit")  # fmt: skip
 
     # -- classifiers ----------------------------------------------------------------------------
-    s1, s2, s3, tune = p.stage1, p.stage2, p.stage3, p.tune
-    steps.run("stage1", s1, lambda d: _train(s1), after=("prepare",), folder="stage1")
+    s1, bodies = _resolve_bodies(p.stage1, log)
+    s2, s3, tune = p.stage2, p.stage3, p.tune
+    if tune is not None and bodies:
+        tune = dataclasses.replace(tune, weights=s1.weights)
+    steps.run("stage1", {"train": s1, "bodies": bodies} if bodies else s1, lambda d: _train(s1),
+              after=("prepare",), folder="stage1")  # fmt: skip
     board1 = out / "stage1/leaderboard_stage1.csv"
     stage2_after = ["stage1"]
     if tune is not None:
@@ -146,6 +150,21 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
                                 out / "figures", tune_dir, cfg.report),
               after=("explain", *stage2_after), folder="report")  # fmt: skip
     return steps.results
+
+
+def _resolve_bodies(s1: TrainConfig, log) -> tuple[TrainConfig, dict[str, str]]:
+    """``weights: phantom`` -> the verified body files (built on first use, outside the run
+    folder, in the weight cache); their ``phantom:<sha256>`` labels join Stage I's fingerprint,
+    so a rebuilt body re-runs Stage I."""
+    if s1.weights != "phantom":
+        return s1, {}
+    from cxrguide.experiments.pretrain import resolve_phantom
+    from cxrguide.training.common import backbones
+
+    names = backbones(s1)
+    log(f"[pipeline] phantom bodies: {', '.join(names)}")
+    template, labels = resolve_phantom(names, log)
+    return dataclasses.replace(s1, weights=template), labels
 
 
 def _synth(cfg: SynthConfig) -> dict[str, Any]:

@@ -46,7 +46,8 @@ from cxrguide.training.common import (
     run_dir,
     sgd,
 )
-from cxrguide.training.tasks import ClassifierTask, Stage3Task
+from cxrguide.training.objective import class_weights, classifier_task, dataset_labels, train_loader
+from cxrguide.training.tasks import Stage3Task
 
 
 def settings_from(cfg: TrainConfig) -> GainSettings:
@@ -137,10 +138,12 @@ def fine_tune(
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
     train = CxrDataset(prepared, "train", image_size=size, augment=augment, with_lungs=lungs)
     val = CxrDataset(prepared, "val", image_size=size, with_lungs=lungs)
+    labels = dataset_labels(train)
     if settings is None:
-        net, task = model, ClassifierTask(cfg.l2)
+        net, task = model, classifier_task(cfg, labels)
     else:
-        net, task = GuidedAttention(model, settings), Stage3Task(settings, cfg.l2)
+        net = GuidedAttention(model, settings)
+        task = Stage3Task(settings, cfg.l2, cfg.l2_scope, class_weights(cfg, labels))
     if optimizer == "sgd":
         opt = sgd(net.parameters(), cfg.finetune_lr, cfg.momentum)
     elif optimizer == "adam":
@@ -149,7 +152,7 @@ def fine_tune(
         raise ConfigError(f"optimizer: {optimizer!r} is not one of sgd, adam")
     engine.fit(
         net, task,
-        engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
+        train_loader(cfg, train, labels),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         opt, engine_config(cfg), run, on_epoch_end=on_epoch_end,
     )  # fmt: skip

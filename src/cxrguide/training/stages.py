@@ -30,7 +30,7 @@ from cxrguide.training.common import (
 )
 from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
 from cxrguide.training.finetune import train_finetune
-from cxrguide.training.tasks import ClassifierTask, FeatureTask
+from cxrguide.training.objective import classifier_task, dataset_labels, train_loader
 
 
 def stage1(
@@ -63,18 +63,15 @@ def stage1(
                                     precision=cfg.precision, progress=False)  # fmt: skip
         train = FeatureDataset(feats, labels, prepared.rows("train"))
         val = FeatureDataset(feats, labels, prepared.rows("val"))
-        net, task, ecfg = (
-            model.head,
-            FeatureTask(cfg.l2),
-            dataclasses.replace(ecfg, channels_last=False),
-        )
+        net, ecfg = model.head, dataclasses.replace(ecfg, channels_last=False)
     else:
         train = CxrDataset(prepared, "train", image_size=size)
         val = CxrDataset(prepared, "val", image_size=size)
-        net, task = model, ClassifierTask(cfg.l2)
+        net = model
+    labels_used = dataset_labels(train)
+    task = classifier_task(cfg, labels_used, features=cfg.feature_cache)
     engine.fit(
-        net, task,
-        engine.make_loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed, num_workers=cfg.workers),
+        net, task, train_loader(cfg, train, labels_used),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         sgd(net.parameters(), cfg.lr, cfg.momentum), ecfg, run, on_epoch_end=on_epoch_end,
     )  # fmt: skip

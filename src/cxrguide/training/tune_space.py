@@ -64,7 +64,8 @@ def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
 def train_config(cfg: TuneConfig, **changes: Any) -> TrainConfig:
     """The ``train`` part of a tune config (the base of every trial)."""
     names = [f.name for f in dataclasses.fields(TrainConfig)]
-    train = TrainConfig(**{n: getattr(cfg, n) for n in names if n != "out"})
+    train = TrainConfig(**{n: getattr(cfg, n) for n in names if n not in ("out", "sampler")})
+    train.sampler = cfg.batch_sampler  # tune's own ``sampler`` is Optuna's
     return dataclasses.replace(train, **changes)
 
 

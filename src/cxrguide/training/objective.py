@@ -1,0 +1,41 @@
+"""What a classifier run optimises, from its config: the task (cross-entropy with optional class
+weights, L2 on the head or on every kernel) and the training loader (optional balanced sampling).
+
+Stage I, II and III all build their task and loader here, so ``--class-weights``, ``--sampler``
+and ``--l2-scope`` mean the same thing in every stage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from cxrguide.config import TrainConfig
+from cxrguide.core import engine
+from cxrguide.training.losses import balanced_class_weights, balanced_sample_weights
+from cxrguide.training.tasks import ClassifierTask, FeatureTask
+
+
+def class_weights(cfg: TrainConfig, train_labels: np.ndarray):
+    """``balanced``: w_c = N / (K n_c) from the training labels; ``none``: None."""
+    return balanced_class_weights(train_labels) if cfg.class_weights == "balanced" else None
+
+
+def classifier_task(
+    cfg: TrainConfig, train_labels: np.ndarray, *, features: bool = False
+) -> ClassifierTask:
+    """The Stage I/II task: on cached features (``features``) or on images."""
+    cls = FeatureTask if features else ClassifierTask
+    return cls(cfg.l2, cfg.l2_scope, class_weights(cfg, train_labels))
+
+
+def train_loader(cfg: TrainConfig, dataset: Dataset, train_labels: np.ndarray) -> DataLoader:
+    """Shuffled (``sampler: none``) or class-balanced with replacement (``balanced``)."""
+    weights = balanced_sample_weights(train_labels) if cfg.sampler == "balanced" else None
+    return engine.make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                              num_workers=cfg.workers, sample_weights=weights)  # fmt: skip
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """Class index of every item of a :class:`CxrDataset` or :class:`FeatureDataset`."""
+    return np.asarray(dataset.labels)[np.asarray(dataset.rows)]

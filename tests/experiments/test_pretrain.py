@@ -1,0 +1,111 @@
+"""cxrguide pretrain and --weights phantom: body + card, provenance label, cache, corruption."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cxrguide.config.pretrain import PretrainConfig
+from cxrguide.errors import CxrGuideError
+from cxrguide.experiments import pretrain as P
+from cxrguide.models.weights import OFFLINE_ENV, WEIGHTS_ENV, file_sha256
+from cxrguide.models.zoo import create_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = dict(n=30, size=32, epochs=1, batch_size=8, workers=1)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
+    monkeypatch.delenv(OFFLINE_ENV, raising=False)
+    monkeypatch.setattr(P, "DEFAULT_RECIPE", TINY)  # what --weights phantom builds, made tiny
+    return tmp_path / "weights"
+
+
+def test_pretrain_writes_body_and_card_and_runs_record_phantom_sha(tmp_path):
+    out = tmp_path / "bodies"
+    result = P.pretrain(PretrainConfig(backbone="mobilenetv2", out=out, **TINY), progress=False)
+    assert result.body == out / "phantom-mobilenet_v2.safetensors"
+    card = json.loads(result.card.read_text())
+    assert card["sha256"] == file_sha256(result.body) == result.sha256
+    assert card["test_accuracy"] == result.test_accuracy and 0 <= result.test_accuracy <= 1
+    assert card["recipe"]["seed"] == 1001 and card["train_images"] + card["test_images"] == 30
+    assert {"torch", "timm", "cxrguide"} <= set(card["versions"])
+    assert "not ImageNet" in result.body.with_suffix(".md").read_text()
+    assert not list(out.glob(".phantom-*")) and not list(out.glob("*.tmp"))
+    model = create_model("mobilenet_v2", str(result.body))
+    assert model.weights_source == f"phantom:{result.sha256}"
+    # reproducible: the same recipe gives the same body
+    again = P.pretrain(PretrainConfig(backbone="mobilenet_v2", out=tmp_path / "b2", **TINY),
+                       progress=False)  # fmt: skip
+    _assert_same_body(again.body, result.body)
+
+
+def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(cache):
+    logs: list[str] = []
+    template, labels = P.resolve_phantom(["mobilenet_v2"], log=logs.append)
+    body = cache / "phantom-mobilenet_v2.safetensors"
+    assert template == str(cache / "phantom-{backbone}.safetensors")
+    assert labels == {"mobilenet_v2": f"phantom:{file_sha256(body)}"}
+    assert any("not cached" in line for line in logs)
+    model = create_model("mobilenet_v2", template)
+    assert model.weights_source == labels["mobilenet_v2"]
+    assert create_model("mobilenet_v2", "phantom").weights_source == labels["mobilenet_v2"]
+    logs.clear()
+    P.resolve_phantom(["mobilenet_v2"], log=logs.append)  # cached: nothing built
+    assert not any("building" in line for line in logs)
+    data = bytearray(body.read_bytes())
+    data[-5] ^= 0xFF  # one flipped byte in the tensors
+    body.write_bytes(bytes(data))
+    with pytest.raises(CxrGuideError, match="SHA-256"):
+        create_model("mobilenet_v2", "phantom")  # never silently used
+    logs.clear()
+    _, again = P.resolve_phantom(["mobilenet_v2"], log=logs.append)
+    assert any("rebuilding" in line for line in logs)
+    assert again == labels  # rebuilt, same recipe, same bytes
+
+
+def test_offline_flag_fails_in_one_line_instead_of_building(cache, monkeypatch):
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    with pytest.raises(CxrGuideError) as info:
+        P.resolve_weights("phantom", ["efficientnet_b0"])
+    message = str(info.value)
+    assert "\n" not in message and OFFLINE_ENV in message
+    assert "cxrguide pretrain --backbone efficientnet_b0" in message
+    assert not (cache / "phantom-efficientnet_b0.safetensors").exists()
+    assert P.resolve_weights("none", ["efficientnet_b0"]) == "none"
+
+
+def test_killed_build_resumes_from_its_last_epoch(tmp_path, monkeypatch):
+    cfg = PretrainConfig(backbone="mobilenet_v2", out=tmp_path, **{**TINY, "epochs": 2})
+    real = P.os.replace
+
+    def dies_after_first_epoch(src, dst):
+        real(src, dst)
+        if Path(dst).name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(P.os, "replace", dies_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        P.pretrain(cfg, progress=False)
+    monkeypatch.setattr(P.os, "replace", real)
+    assert not (tmp_path / "phantom-mobilenet_v2.safetensors").exists()
+    assert (tmp_path / ".phantom-mobilenet_v2.work" / "last.pt").is_file()
+    resumed = P.pretrain(cfg, progress=False)
+    straight = P.pretrain(PretrainConfig(**{**cfg.__dict__, "out": tmp_path / "b"}), progress=False)
+    _assert_same_body(resumed.body, straight.body)
+
+
+def _assert_same_body(a: Path, b: Path) -> None:
+    """Equal up to float rounding (oneDNN's kernels are not always bit-identical between runs)."""
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    assert x.keys() == y.keys()
+    for key in x:
+        torch.testing.assert_close(x[key], y[key], rtol=1e-3, atol=1e-4, msg=key)
