@@ -51,7 +51,8 @@ def test_not_a_finished_prepare_folder_is_one_line_and_exit_2(make, tmp_path, ca
     if make == "empty":
         target.mkdir()
     elif make == "unfinished":
-        target = make_prepared(target)  # no summary.json: prepare did not finish
+        target = make_prepared(target)
+        (target / "summary.json").unlink()  # prepare did not finish
     assert main(["audit", str(target)]) == 2
     err = capsys.readouterr().err
     assert str(target) in err and len(err.strip().splitlines()) == 1

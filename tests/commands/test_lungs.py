@@ -43,7 +43,7 @@ def test_prepare_train_evaluate_predict_from_the_command_line(tmp_path, tiny_pre
     "argv, message",
     [
         (["lungs", "prepare", "--source", "coco=x", "--out", "o"], "unknown lung source"),
-        (["lungs", "train", "--data", "nowhere", "--out", "r"], "not a folder written by"),
+        (["lungs", "train", "--data", "nowhere", "--out", "r"], "nowhere: no such folder"),
         (["lungs", "evaluate", "nowhere"], "not a run folder"),
         (["lungs", "predict", "nowhere"], "give --data PREP or at least one image"),
         (["lungs", "predict", "nowhere", "a.png", "--data", "p"], "not both"),

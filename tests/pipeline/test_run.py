@@ -54,8 +54,8 @@ def test_every_section_is_checked_before_the_first_step(tmp_path):
         assert not (tmp_path / section).exists()  # nothing ran, nothing was written
 
 
-STEP_FUNCS = ["_synth", "_prepare", "_lungs_prepare", "_lungs_train", "_lungs_predict", "_train",
-              "_train", "_train", "_explain", "_report"]  # fmt: skip
+STEP_FUNCS = ["_synth", "_prepare", "_lungs_prepare", "_lungs_train", "_lungs_predict", "_audit",
+              "_train", "_train", "_train", "_explain", "_report"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -73,8 +73,8 @@ def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
         stage1={**quick, "backbone": "mobilenet_v2", "weights": "none"},
         stage2={"top": 1, **quick}, stage3={"top": 1, **quick}, explain={"per_group": 1},
     )  # fmt: skip
-    names = ["synth", "prepare", "lungs_prepare", "lungs_train", "lungs_predict", "stage1",
-             "stage2", "stage3", "explain", "report"]  # fmt: skip
+    names = ["synth", "prepare", "lungs_prepare", "lungs_train", "lungs_predict", "audit",
+             "stage1", "stage2", "stage3", "explain", "report"]  # fmt: skip
     for k, func in enumerate(STEP_FUNCS):
         # calls in this run: the step killed last time (run again) and this one
         nth = 2 if k and STEP_FUNCS[k - 1] == func else 1
@@ -98,7 +98,7 @@ def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
             assert f"[pipeline] {names[k - 1]}: running (resuming)" in logs
             assert all(f"[pipeline] {n}: reused (unchanged)" in logs for n in names[: k - 1])
     results = run_pipeline(cfg, log=lambda s: None)
-    assert [r.status for r in results.values()] == ["reused"] * 9 + ["ran"]
+    assert [r.status for r in results.values()] == ["reused"] * 10 + ["ran"]
     assert (tmp_path / "qs/report/report.html").stat().st_size > 10_000
 
 
