@@ -134,4 +134,16 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["  " + " ".join(f"{v:5d}" for v in row) for row in report["confusion_matrix"]]
     for source, m in report.get("per_source", {}).items():
         lines.append(f"  {source:<24} n={m['n']:<5} accuracy {pct(m['accuracy'])}%")
+    for reason, count in report.get("skipped", {}).items():
+        lines.append(f"skipped {count} image(s): {reason}")
+    if report.get("lung_energy") is not None:
+        lines.append(f"Grad-CAM energy in the lungs {pct(report['lung_energy'])}%")
+    s = report.get("shortcut")
+    if s:
+        lines.append(
+            f"{s['split']} (n={s['n']}, markers at another class's place): accuracy "
+            f"{pct(s['accuracy'])}%, follows the marker {pct(s['follows_marker'])}%, "
+            f"marker painted out {pct(s['erased_accuracy'])}%"
+        )
+        lines.append(s["note"])
     return "\n".join(lines)
