@@ -73,7 +73,7 @@ class GainSettings:
     early_gate: bool = False
     lung_input: bool = False
     rrr: bool = False
-    rrr_weight: float = 10.0  # lambda of the input-gradient penalty
+    rrr_weight: float = 0.01  # lambda (10 destroyed a marker-reading model in one epoch)
     dilation: float = 0.03  # share of the side the lung mask grows by (early-gate, lung-input, rrr)
 
     @classmethod

@@ -44,6 +44,7 @@ class ShortcutBenchConfig:
         "joined by '+' (gate, gain, external, early-gate, lung-input, rrr), optionally @clean "
         "or @eval (GAIN's BatchNorm handling, see --gain-bn of train); comma list",
     )
+    rrr_weight: float = _f(0.01, "weight lambda of the rrr variants' input-gradient penalty")
     lungs: str = _f("truth", "lung masks: 'truth' (the generator's masks) or a lung RUN folder")
     max_epochs: int = _f(10, "epochs per run (the same budget for every variant)")
     start: Literal["scratch", "stage2"] = _f(

@@ -87,7 +87,7 @@ class TrainConfig:
         None, "Stage III: the lung run behind the mask cache (default: its record)", metavar="RUN"
     )
     rrr_weight: float = _f(
-        10.0, "Stage III rrr: weight lambda of the input-gradient penalty outside the lungs"
+        0.01, "Stage III rrr: weight lambda of the input-gradient penalty outside the lungs"
     )
     lung_dilation: float = _f(
         0.03, "Stage III early-gate/lung-input/rrr: lung mask grown by this share of the side"

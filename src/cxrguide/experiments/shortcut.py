@@ -183,6 +183,7 @@ def run_variant(
         max_epochs=epochs, patience=epochs, batch_size=cfg.batch_size,
         finetune_lr=cfg.lr, momentum=cfg.momentum, l2=cfg.l2, augment=cfg.augment, seed=seed,
         device=cfg.device, resume=True, attention=attention or ["gate", "gain"], gain_bn=gain_bn,
+        rrr_weight=cfg.rrr_weight,
     )  # fmt: skip
     t0 = time.perf_counter()
     model, info = load_run(parent)
