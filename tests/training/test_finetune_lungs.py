@@ -85,3 +85,20 @@ def test_empty_lung_masks_are_skipped_and_counted_all_empty_refuses(
     np.save(prepared.lung_cache_path, masks)
     with pytest.raises(CxrGuideError, match="every train image has an empty lung mask"):
         stages.train(_cfg(tiny_prepared, tmp_path / "runs2", ["rrr"]), score_split)
+
+
+def test_cli_accepts_the_new_mechanisms_and_their_constants(tmp_path):
+    from cxrguide.cli import build_parser
+    from cxrguide.config import config_from_args
+    from cxrguide.errors import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--stage", "3", "--from", str(tmp_path), "--attention",
+                              "rrr,lung-input", "--attention", "early-gate", "--rrr-weight",
+                              "0.5", "--lung-dilation", "0.05"])  # fmt: skip
+    cfg = config_from_args(TrainConfig, args)
+    assert cfg.attention == ["early-gate", "lung-input", "rrr"]
+    assert (cfg.rrr_weight, cfg.lung_dilation) == (0.5, 0.05)
+    bad = parser.parse_args(["train", "--stage", "3", "--lung-dilation", "0.5"])
+    with pytest.raises(ConfigError, match="lung_dilation"):
+        config_from_args(TrainConfig, bad)
