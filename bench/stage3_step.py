@@ -1,4 +1,5 @@
-"""Time per training step: Stage III (lung gate + GAIN) over Stage II, same model and batch.
+"""Time per training step: Stage III (lung gate + GAIN, and the issue-16 modes early-gate,
+lung-input, rrr) over Stage II, same model and batch.
 
 A Stage II step is one forward, the study's loss, one backward and an SGD step. A Stage III
 step adds the true-class Grad-CAM (``autograd.grad`` to the last conv map: a head-only
@@ -15,6 +16,7 @@ change on a shared machine hits all of them alike (``--threads 1`` steadies CPU 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -96,10 +98,17 @@ def main(argv: list[str] | None = None) -> int:
         "stage III gate+gain (1st ord)": GainSettings(gate=True, gain=True, second_order=False),
         "stage III gate+gain (bn eval)": GainSettings(gate=True, gain=True, erased_bn="eval"),
         "stage III gate+gain+external": GainSettings(gate=True, gain=True, external=True),
+        # beyond the study (issue 16): the modes that act before the last feature map
+        "stage III early-gate": GainSettings(gate=False, gain=False, early_gate=True),
+        "stage III lung-input": GainSettings(gate=False, gain=False, lung_input=True),
+        "stage III rrr": GainSettings(gate=False, gain=False, rrr=True),
     }
     steppers = {}
     for name, v in variants.items():
-        net, task = v if isinstance(v, tuple) else (GuidedAttention(model, v), Stage3Task(v, 1e-3))
+        if isinstance(v, tuple):
+            net, task = v
+        else:  # each mode on its own copy: the early gate's hooks stay on that copy
+            net, task = GuidedAttention(copy.deepcopy(model), v), Stage3Task(v, 1e-3)
         steppers[name] = Stepper(net, task, batch, device, args.precision)
     # interleaved rounds: a load change on a shared machine hits every variant alike
     for i in range(args.warmup + args.steps):
@@ -115,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ratio stage III (gate + GAIN) / stage II: {main_ratio:.2f}x ({verdict} the 2.5x target)"
     )
+    for mode in ("early-gate", "lung-input", "rrr"):
+        r = ratios[f"stage III {mode}"]
+        print(f"ratio stage III {mode} / stage II: {r:.2f}x "
+              f"({'within' if r <= 2.5 else 'ABOVE'} the 2.5x target)")  # fmt: skip
     emit("stage3_step", {
         "backbone": args.backbone, "size": args.size, "batch": n, "device": str(device),
         "steps": args.steps, "ms_per_step": {k: spread([1000 * t for t in st.times])

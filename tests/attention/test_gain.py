@@ -166,3 +166,42 @@ def test_frozen_batchnorm_trains_the_network_that_is_evaluated():
     assert all(m.training for m in gate_only.modules())  # frozen only matters with GAIN
     with pytest.raises(ConfigError, match="gain_bn"):
         GuidedAttention(base, GainSettings(erased_bn="train"))
+
+
+# --- Right for the Right Reasons (issue 16) ------------------------------------------------
+
+
+def test_input_gradient_penalty_is_zero_without_gradient_outside_and_positive_with_it():
+    from cxrguide.attention.gain import input_gradient_penalty
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1, 16, 16, generator=g).requires_grad_()
+    labels = torch.tensor([0, 1, 2])
+    inside = torch.zeros(1, 1, 16, 16)
+    inside[..., 4:12, 4:12] = 1
+    w = torch.randn(3, 256, generator=g)
+    reads_lungs = (x * inside).flatten(1) @ w.T  # d logits / d x is 0 outside
+    reads_all = x.flatten(1) @ w.T
+    zero = input_gradient_penalty(x, reads_lungs, labels, 1 - inside, create_graph=True)
+    assert zero.item() == 0.0
+    pos = input_gradient_penalty(x, reads_all, labels, 1 - inside, create_graph=True)
+    assert pos.item() > 0
+    # it trains: the penalty's gradient reaches the weights (double backward)
+    w.requires_grad_()
+    loss = input_gradient_penalty(x, x.flatten(1) @ w.T, labels, 1 - inside, create_graph=True)
+    (gw,) = torch.autograd.grad(loss, w)
+    assert gw.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("names", "zero"), [(["rrr"], False), (["lung-input", "rrr"], True)])
+def test_rrr_term_in_the_wrapper(names, zero):
+    """A network that blanks the film outside the grown mask has no gradient there: R is 0."""
+    x, y, lung = _batch()
+    net = GuidedAttention(create_model("mobilenet_v2", "none", seed=0),
+                          GainSettings.from_names(names, rrr_weight=1.0))  # fmt: skip
+    out = net.train()(x, y, lung)
+    assert (out["rrr"].item() == 0.0) is zero
+    assert out["rrr"].item() >= 0 and out["rrr"].requires_grad
+    net.eval()
+    with torch.no_grad():  # validation: the term without a graph
+        assert not net(x, y, lung)["rrr"].requires_grad

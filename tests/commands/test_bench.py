@@ -130,13 +130,3 @@ def test_masked_copy_zeroes_everything_outside_the_lungs(tmp_path):
     assert masked.manifest.equals(prep.manifest)
     assert np.array_equal(masked.lungs(), prep.lungs())
     assert shortcut.masked_copy(prep).root == masked.root  # reused
-
-
-def test_paint_out_fills_the_box_with_its_surroundings():
-    images = torch.full((2, 1, 16, 16), 0.25)
-    images[0, 0, 4:8, 4:8] = 1.0  # a bright marker
-    boxes = np.zeros((2, 16, 16), bool)
-    boxes[0, 4:8, 4:8] = True
-    out = shortcut._paint_out(images, boxes)
-    assert torch.allclose(out[0], torch.full((1, 16, 16), 0.25))
-    assert torch.equal(out[1], images[1]) and images[0, 0, 5, 5] == 1.0  # input untouched

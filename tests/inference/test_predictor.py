@@ -226,3 +226,35 @@ def test_unreliable_when_lung_mask_implausible_or_film_lateral():
     lateral = ImageInfo("b.dcm", "DICOM", 100, 100, 12, "MONOCHROME2", "LL", "CR")
     side = Prediction("b", "COVID-19", probs, None, lateral, None, None)
     assert not side.reliable and "lateral view (LL)" in side.warnings[0]
+
+
+def test_lungs_only_run_lists_an_empty_lung_mask_as_a_failure(tmp_path_factory, tmp_path):
+    """A run that blanks the film outside the lungs (issue 16) never classifies a film whose
+    mask came out empty: predict lists it with the reason, a single file raises one line."""
+    import shutil
+
+    import yaml
+
+    from cxrguide.errors import ImageReadError
+    from cxrguide.inference.predictor import Failure, Prediction
+
+    run = tmp_path / "stage3-lung-input"
+    shutil.copytree(gated_run(tmp_path_factory), run)
+    info = yaml.safe_load((run / "model.yaml").read_text())
+    info.update(lung_inputs=["input"], lung_dilation=0.05, attention=["lung-input"])
+    (run / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    pred = Predictor(run, backend="fp32")
+    assert pred.model.lung_inputs == ("input",) and pred.info.strict_lungs
+    squares = np.stack([pred.read(film(tmp_path / f"f{k}.png", seed=k))[0] for k in range(2)])
+    infos = [pred.read(tmp_path / "f0.png")[1]] * 2
+    masks, flags = pred.segment(squares, infos)
+    masks[1] = False  # the segmenter found no lungs on the second film
+    pred.segment = lambda s, i: (masks[: len(s)], flags[: len(s)])
+    first, second = pred.predict_arrays(squares, infos, ["a", "b"])
+    assert isinstance(first, Prediction) and isinstance(second, Failure)
+    assert second.source == "b" and "empty lung mask" in second.reason
+    expected = pred.probabilities(squares[:1], masks[:1])[0]
+    assert [first.probabilities[c] for c in CLASSES] == pytest.approx(expected.tolist())
+    pred.segment = lambda s, i: (np.zeros_like(masks[: len(s)]), flags[: len(s)])
+    with pytest.raises(ImageReadError, match="empty lung mask"):
+        pred.predict_file(tmp_path / "f0.png")

@@ -104,3 +104,52 @@ def test_pytorch_grad_cam_can_target_the_tap_of_a_frozen_model(mobilenet) -> Non
     assert maps.shape == (2, 64, 64)
     assert maps.max() > 0
     assert all(p.grad is None for p in model.body_parameters())
+
+
+# --- where lung masks enter (lung_inputs): issue 16 -------------------------------------------
+
+
+def _lungs(side: int = 64) -> torch.Tensor:
+    """Two rectangular 'lungs' in the middle of the film, (1, 1, S, S)."""
+    m = torch.zeros(1, 1, side, side)
+    m[..., 16:48, 12:28] = 1
+    m[..., 16:48, 36:52] = 1
+    return m
+
+
+@pytest.mark.parametrize("inputs", [("input",), ("early",)])
+def test_outside_the_dilated_lungs_does_not_change_the_prediction(inputs) -> None:
+    model = create_model("mobilenet_v2", seed=0).eval()
+    model.set_lung_inputs(inputs, dilation=0.05)  # 3 px at 64 px
+    lung = _lungs()
+    x = torch.rand(1, 1, 64, 64)
+    corner = x.clone()
+    corner[..., :6, :6] = 1.0  # a bright "marker" far outside the grown mask
+    corner[..., 58:, 58:] = 0.0
+    inside = x.clone()
+    inside[..., 24:40, 16:24] = 1.0
+    with torch.no_grad():
+        base, moved, changed = (model(v, lung) for v in (x, corner, inside))
+        plain = model(x)  # no mask: the ordinary network
+    torch.testing.assert_close(moved, base, rtol=0, atol=1e-6)
+    assert not torch.allclose(changed, base, atol=1e-5)  # inside the lungs it does matter
+    assert not torch.allclose(plain, base, atol=1e-5)
+
+
+def test_early_gate_hooks_the_stages_up_to_stride_16_and_can_be_removed() -> None:
+    model = create_model("mobilenet_v2", seed=0).eval()
+    model.set_lung_inputs(("early", "last"))
+    assert len(model.early_modules()) == 4  # strides 2, 4, 8, 16 (not the stride-32 map)
+    assert sum(len(m._forward_hooks) for m in model.early_modules()) == 4
+    model.set_lung_inputs(("last",))
+    assert sum(len(m._forward_hooks) for m in model.early_modules()) == 0
+    with pytest.raises(ValueError):
+        model.set_lung_inputs(("nowhere",))
+
+
+def test_the_study_gate_stays_the_default() -> None:
+    model = create_model("mobilenet_v2", seed=0).eval()
+    x, lung = torch.rand(2, 1, 64, 64), _lungs().expand(2, -1, -1, -1)
+    with torch.no_grad():
+        expected = model.forward_head(gate_features(model.forward_features(x), lung))
+        torch.testing.assert_close(model(x, lung), expected)

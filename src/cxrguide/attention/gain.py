@@ -25,7 +25,17 @@ GAIN (Li et al., CVPR 2018) in the form the study uses:
   running-vs-batch statistics gap flips its predictions. Frozen BatchNorm has no such gap.
 - Optional external supervision L_e = mean (A - H)^2 with H the lung mask.
 
-Total loss (built by the Stage III task): L = L_clas + alpha L_am + omega_e L_e.
+Total loss (built by the Stage III task): L = L_clas + alpha L_am + omega_e L_e (+ lambda R).
+
+Beyond the study (they change the decision, not only the map; see README's shortcut benchmark):
+
+- ``early-gate``: the lung mask, grown by ``dilation`` of the side, multiplies every feature map
+  of stride <= 16 (:meth:`CxrClassifier.set_lung_inputs`), so cells that see a marker outside
+  the lungs are zeroed before they mix with lung cells.
+- ``lung-input``: the film is blanked outside the grown mask before the body.
+- ``rrr`` ("Right for the Right Reasons", Ross, Hughes, Doshi-Velez 2017):
+  R = mean_b sum_pixels ((1 - M) d log p_y / d x)^2 with M the grown mask; a training-only term
+  (the network takes no mask at inference), which costs a double backward through the body.
 
 :class:`GuidedAttention` wraps a :class:`CxrClassifier` so that both passes and the
 ``autograd.grad`` call happen inside one ``forward``: DDP then sees one ordinary backward.
@@ -60,15 +70,34 @@ class GainSettings:
     external_weight: float = 1.0  # weight of L_e (GAIN's omega_e)
     second_order: bool = True  # exact create_graph; False treats the CAM weights as constants
     erased_bn: str = "frozen"  # BatchNorm with GAIN: "frozen" | "clean" | "eval" (see module doc)
+    early_gate: bool = False
+    lung_input: bool = False
+    rrr: bool = False
+    rrr_weight: float = 0.01  # lambda (10 destroyed a marker-reading model in one epoch)
+    dilation: float = 0.03  # share of the side the lung mask grows by (early-gate, lung-input, rrr)
 
     @classmethod
     def from_names(cls, names: Iterable[str], **kw) -> GainSettings:
         names = parse_attention(names)
-        return cls(gate="gate" in names, gain="gain" in names, external="external" in names, **kw)
+        return cls(gate="gate" in names, gain="gain" in names, external="external" in names,
+                   early_gate="early-gate" in names, lung_input="lung-input" in names,
+                   rrr="rrr" in names, **kw)  # fmt: skip
+
+    @property
+    def lung_inputs(self) -> tuple[str, ...]:
+        """Where the network itself applies the lung mask (``CxrClassifier.LUNG_INPUTS``)."""
+        return tuple(name for name, on in (("input", self.lung_input),
+                                           ("early", self.early_gate), ("last", self.gate)) if on)  # fmt: skip
 
     @property
     def needs_lungs(self) -> bool:
-        return self.gate or self.external
+        return self.gate or self.external or self.strict_lungs
+
+    @property
+    def strict_lungs(self) -> bool:
+        """Mechanisms for which an empty lung mask means "nothing to learn from": such images
+        are skipped with a counted reason (the study's gate keeps its own behaviour)."""
+        return self.early_gate or self.lung_input or self.rrr
 
     @property
     def needs_cam(self) -> bool:
@@ -96,6 +125,20 @@ def external_loss(cam: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
     if guide.shape[-2:] != cam.shape[-2:]:
         guide = F.interpolate(guide.float(), size=cam.shape[-2:], mode="area")
     return (cam - guide.to(cam.dtype)).pow(2).mean()
+
+
+def input_gradient_penalty(
+    images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, outside: torch.Tensor,
+    *, create_graph: bool,
+) -> torch.Tensor:  # fmt: skip
+    """R = mean over images of sum over pixels of (outside * d log p_y / d x)^2.
+
+    ``images`` must require grad and ``logits`` be computed from them; ``outside`` is 1 where
+    the network should not look (outside the grown lung mask), 0 inside.
+    """
+    logp = F.log_softmax(logits.float(), dim=1).gather(1, labels.view(-1, 1)).sum()
+    (grad,) = torch.autograd.grad(logp, images, create_graph=create_graph, retain_graph=True)
+    return (outside.to(grad.dtype) * grad).pow(2).sum(dim=(1, 2, 3)).mean()
 
 
 def _training_bn(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -169,6 +212,7 @@ class GuidedAttention(nn.Module):
             raise ConfigError(f"gain_bn: {settings.erased_bn!r} is not frozen, clean or eval")
         self.model = model
         self.settings = settings
+        model.set_lung_inputs(settings.lung_inputs, settings.dilation)
 
     def train(self, mode: bool = True) -> GuidedAttention:
         """With GAIN and ``erased_bn="frozen"`` BatchNorm stays in eval mode while training."""
@@ -184,11 +228,35 @@ class GuidedAttention(nn.Module):
         s = self.settings
         if s.needs_lungs and lung is None:
             raise ValueError("the lung gate / external supervision need lung masks")
-        gate = lung if s.gate else None
+        gate = lung if s.lung_inputs else None
         zero = images.new_zeros(())
+        train = self.training and torch.is_grad_enabled()
+        if s.rrr:
+            return self._with_rrr(images, labels, lung, gate, train)
         if not s.needs_cam:
             return {"logits": self.model(images, gate), "am": zero, "ext": zero}
-        train = self.training and torch.is_grad_enabled()
+        return self._gain_terms(images, labels, lung, gate, train)
+
+    def _with_rrr(self, images, labels, lung, gate, train) -> dict[str, torch.Tensor]:
+        """The other terms plus R, the input-gradient penalty outside the grown lung mask."""
+        s = self.settings
+        with torch.enable_grad():
+            x = images.detach().requires_grad_()
+            if s.needs_cam:
+                out = self._gain_terms(x, labels, lung, gate, train)
+                logits = out["logits"] if train else self.model(x, gate)
+            else:
+                logits = self.model(x, gate)
+                out = {"logits": logits, "am": x.new_zeros(()), "ext": x.new_zeros(())}
+            wide = self.model.wide_mask(lung.to(x.dtype), x.shape[-1])
+            out["rrr"] = input_gradient_penalty(x, logits, labels, 1 - wide, create_graph=train)
+        if not train:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
+
+    def _gain_terms(self, images, labels, lung, gate, train) -> dict[str, torch.Tensor]:
+        s = self.settings
+        zero = images.new_zeros(())
         stats: dict = {}  # BatchNorm layer -> the clean batch's (mean, var)
         record = s.gain and s.erased_bn == "clean"
         with torch.enable_grad():  # validation runs under no_grad; Grad-CAM needs gradients

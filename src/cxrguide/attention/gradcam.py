@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrguide.models.classifier import gate_features
-
 EPS = 1e-7  # pytorch-grad-cam's scale_cam_image epsilon
 
 
@@ -75,14 +73,13 @@ def grad_cam(
 def tapped_features(
     model: nn.Module, images: torch.Tensor, lung_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The map Grad-CAM reads: last conv map, gated by the lung mask if given, requiring grad.
+    """The map Grad-CAM reads: last conv map, with the lung mask applied where the model's
+    ``lung_inputs`` say (the study's gate: the last map) if given, requiring grad.
 
     When the body is frozen or autograd was off for the body, the map becomes a leaf that
     requires grad (so d s / d F exists; nothing flows further back, as nothing should).
     """
-    feats = model.forward_features(images)
-    if lung_mask is not None:
-        feats = gate_features(feats, lung_mask)
+    feats = model.lung_features(images, lung_mask)
     if not feats.requires_grad:
         feats = feats.detach().requires_grad_()
     return feats
@@ -108,9 +105,7 @@ def model_cam(
             feats = tapped_features(model, images, lung_mask)
         else:
             with torch.no_grad():
-                feats = model.forward_features(images)
-                if lung_mask is not None:
-                    feats = gate_features(feats, lung_mask)
+                feats = model.lung_features(images, lung_mask)
             feats = feats.detach().requires_grad_()
         logits = model.forward_head(feats)
         if target is None:

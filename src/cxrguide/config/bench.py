@@ -28,11 +28,23 @@ class ShortcutBenchConfig:
     weights: str = _f("none", "starting weights of every run: none | imagenet | phantom | PATH")
     seeds: list[int] = _f([0, 1, 2], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
-        ["stage2", "input-mask", "gate", "gain", "external", "gate+gain", "gate+gain+external"],
+        [
+            "stage2",
+            "input-mask",
+            "gate",
+            "gain",
+            "external",
+            "gate+gain",
+            "gate+gain+external",
+            "early-gate",
+            "lung-input",
+            "rrr",
+        ],
         "stage2, input-mask (stage2 on films times their lung masks), or Stage III mechanisms "
-        "joined by '+' (gate, gain, external), optionally @clean or @eval (GAIN's BatchNorm "
-        "handling, see --gain-bn of train); comma list",
+        "joined by '+' (gate, gain, external, early-gate, lung-input, rrr), optionally @clean "
+        "or @eval (GAIN's BatchNorm handling, see --gain-bn of train); comma list",
     )
+    rrr_weight: float = _f(0.01, "weight lambda of the rrr variants' input-gradient penalty")
     lungs: str = _f("truth", "lung masks: 'truth' (the generator's masks) or a lung RUN folder")
     max_epochs: int = _f(10, "epochs per run (the same budget for every variant)")
     start: Literal["scratch", "stage2"] = _f(

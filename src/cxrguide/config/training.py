@@ -10,8 +10,12 @@ from typing import Literal
 from cxrguide.config.core import _f
 from cxrguide.errors import ConfigError
 
-# Stage III attention mechanisms, in the order they are applied (attention/gain.py implements them).
-MECHANISMS = ("gate", "gain", "external")
+# Stage III attention mechanisms (attention/gain.py implements them): the study's three, then
+# the ones that keep a marker outside the lungs out of the *decision* (README, shortcut benchmark):
+# early-gate (lung gate on every feature map of stride <= 16), lung-input (the film blanked
+# outside the dilated lungs), rrr (input-gradient penalty outside them, "Right for the Right
+# Reasons", Ross et al. 2017).
+MECHANISMS = ("gate", "gain", "external", "early-gate", "lung-input", "rrr")
 
 
 def parse_attention(items: Iterable[str]) -> list[str]:
@@ -87,7 +91,8 @@ class TrainConfig:
     progress: bool = _f(True, "progress bars (shown only on a terminal; --no-progress: never)")
     attention: list[str] = _f(
         ["gate", "gain"],
-        "Stage III: gate, gain, external; comma list (default gate,gain)",
+        "Stage III: gate, gain, external, early-gate, lung-input, rrr; comma list "
+        "(default gate,gain)",
         metavar="LIST",
     )
     gain_alpha: float = _f(1.0, "Stage III: weight alpha of GAIN's attention-mining loss")
@@ -103,9 +108,17 @@ class TrainConfig:
     lung_model: Path | None = _f(
         None, "Stage III: the lung run behind the mask cache (default: its record)", metavar="RUN"
     )
+    rrr_weight: float = _f(
+        0.01, "Stage III rrr: weight lambda of the input-gradient penalty outside the lungs"
+    )
+    lung_dilation: float = _f(
+        0.03, "Stage III early-gate/lung-input/rrr: lung mask grown by this share of the side"
+    )
 
     def validate(self) -> None:
         self.attention = parse_attention(self.attention)
+        if self.rrr_weight < 0 or not 0 <= self.lung_dilation <= 0.25:
+            raise ConfigError("rrr_weight: must be >= 0; lung_dilation: between 0 and 0.25")
         if self.gain_alpha < 0 or self.external_weight < 0 or self.gain_omega <= 0:
             raise ConfigError("gain_alpha/external_weight: must be >= 0; gain_omega: > 0")
         for name in ("max_epochs", "batch_size", "patience", "top"):

@@ -34,9 +34,24 @@ class RunInfo:
     weights_source: str  # what the body started from: "random", "imagenet:...", "file:..."
     data: str = ""  # the prepared folder it was trained on
     parent: str = ""  # the run it was fine-tuned from
-    lung_gate: bool = False
+    lung_gate: bool = False  # the network takes lung masks at inference (predict/serve/export)
     lung_model: str = ""  # Stage III: the lung segmenter run used for the gate
     attention: list[str] = field(default_factory=list)
+    # where the mask enters when lung_gate (models.classifier.LUNG_INPUTS): "input", "early",
+    # "last"; empty = ["last"], the study's gate (runs made before these modes existed)
+    lung_inputs: list[str] = field(default_factory=list)
+    lung_dilation: float = 0.0  # share of the side the mask grows by for "input" / "early"
+
+    @property
+    def mask_inputs(self) -> list[str]:
+        """Where this run's network applies lung masks ([] when it takes none)."""
+        return (self.lung_inputs or ["last"]) if self.lung_gate else []
+
+    @property
+    def strict_lungs(self) -> bool:
+        """True when an empty lung mask would blank the whole film or its early features:
+        such images are skipped with a reason rather than classified from nothing."""
+        return bool({"input", "early"} & set(self.mask_inputs))
 
 
 def save_run(run_dir: Path, model: torch.nn.Module, info: RunInfo) -> None:

@@ -17,6 +17,7 @@ from cxrguide.core.device import resolve_device
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.baselines import add_baselines, format_baselines
+from cxrguide.evaluation.marker import SPLIT
 from cxrguide.evaluation.metrics import classification_report
 from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
@@ -60,7 +61,11 @@ def evaluate_run(
 
     The metrics include ``attention`` (Grad-CAM energy in the lungs / true lesions, see
     :mod:`cxrguide.evaluation.attention_metrics`) over all images, or over a seeded subset of
-    ``attention_images`` (> 0); -1 skips it.
+    ``attention_images`` (> 0); -1 skips it. On ``test`` (or ``shortcut_test``) of a set with a
+    marked ``shortcut_test`` split they also include ``shortcut``: follows_marker and the
+    painted-out accuracy (:mod:`cxrguide.evaluation.marker`), because lung energy alone is not
+    evidence that a model ignores a shortcut. Under a run that blanks or early-gates on the
+    lungs, images with an empty lung mask are skipped and counted (``skipped``).
     """
     run_dir = Path(run_dir)
     dev = resolve_device(device)
@@ -69,11 +74,21 @@ def evaluate_run(
         raise CxrGuideError(f"{run_dir}: the run does not record its data; pass --data PREP")
     data = Path(data or info.data)
     prepared = Prepared.open(data)
-    dataset = CxrDataset(prepared, split, image_size=info.image_size, with_lungs=info.lung_gate)
+    rows, skipped = prepared.rows(split), 0
+    if info.strict_lungs:  # an empty mask would blank the film: skip and count, never guess
+        present = np.array([bool(np.asarray(prepared.lungs()[r]).any()) for r in rows])
+        if not present.any():
+            raise CxrGuideError(f"{prepared.lung_cache_path}: every {split} image has an empty "
+                                f"lung mask and {run_dir} needs lungs ({info.mask_inputs})")  # fmt: skip
+        rows, skipped = rows[present], int((~present).sum())
+    dataset = CxrDataset(prepared, rows=rows, image_size=info.image_size,
+                         with_lungs=info.lung_gate)  # fmt: skip
     probs, rows = predict_split(model, dataset, dev, batch_size=batch_size,
                                 use_lungs=info.lung_gate, progress=progress)  # fmt: skip
     extra = dict(run=str(run_dir), split=split, data=str(data), backbone=info.backbone,
                  stage=info.stage, weights_source=info.weights_source)  # fmt: skip
+    if skipped:
+        extra["skipped"] = {"empty lung mask": skipped}
     if attention_images >= 0:
         from cxrguide.evaluation.attention_metrics import attention_report
 
@@ -85,6 +100,12 @@ def evaluate_run(
         if "energy" in lungs:  # headline figures next to accuracy (None: no masks, see "skipped")
             extra["lung_energy"] = lungs["energy"].get("mean")
             extra["lung_pointing_game"] = lungs.get("pointing_game")
+        if split in ("test", SPLIT):  # marked phantoms: what decides, beside where the map is
+            from cxrguide.evaluation.marker import shortcut_section
+
+            section = shortcut_section(model, info, prepared, dev)
+            if section is not None:
+                extra["shortcut"] = section
     return write_results(
         run_dir, split, prepared, rows, dataset.labels[rows], probs, n_boot=n_boot, seed=seed,
         extra=extra,

@@ -138,6 +138,19 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {source:<24} n={m['n']:<5} accuracy {pct(m['accuracy'])}%"
                      + (f" (95% CI {pct(ci[0])}-{pct(ci[1])})" if ci else "")
                      + (f"  true N/P/C {mix}" if mix else ""))  # fmt: skip
+    for reason, count in report.get("skipped", {}).items():
+        lines.append(f"skipped {count} image(s): {reason}")
+    if report.get("lung_energy") is not None:
+        lines.append(f"Grad-CAM energy in the lungs {pct(report['lung_energy'])}%")
+    s = report.get("shortcut")
+    if s:
+        lines.append(
+            f"{s['split']} (n={s['n']}, markers at another class's place): accuracy "
+            f"{pct(s['accuracy'])}%, follows the marker {pct(s['follows_marker'])}%, "
+            f"marker painted out {pct(s['erased_accuracy'])}%"
+        )
+        lines.append(s["note"])
+
     from cxrguide.evaluation.baselines import format_baselines
 
     lines += format_baselines(report)

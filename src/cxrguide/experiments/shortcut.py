@@ -11,7 +11,10 @@ for ``--finetune-epochs`` more, same budget, batch, optimizer and learning rate,
 code path (:func:`cxrguide.training.finetune.fine_tune`), the best validation epoch kept:
 ``stage2`` (plain, the control), ``input-mask`` (plain, on films multiplied by their lung masks:
 a marker outside the lungs cannot be read at all) and Stage III with the named mechanisms
-(GAIN's BatchNorm frozen at the Stage II statistics, ``@clean``/``@eval`` for the others).
+(GAIN's BatchNorm frozen at the Stage II statistics, ``@clean``/``@eval`` for the others),
+the study's (gate, gain, external) and the ones that act before the last map: ``early-gate``,
+``lung-input`` (the network blanks the film outside the dilated lungs, at inference too) and
+``rrr`` (input-gradient penalty outside them).
 ``--start scratch`` trains every variant from the seeded random network instead (GAIN then
 defaults to ``@clean``: frozen statistics of a random network normalise nothing).
 
@@ -42,9 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from cxrguide.attention.gradcam import model_cam
 from cxrguide.config import (
     LungsPredictConfig,
     PrepareConfig,
@@ -55,20 +56,17 @@ from cxrguide.config import (
 from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo, save_run
 from cxrguide.data import cache, completion
-from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.data.datasets import Prepared
 from cxrguide.data.imaging import fit_square
 from cxrguide.errors import ConfigError
-from cxrguide.evaluation.attention_metrics import energy_share
+from cxrguide.evaluation.marker import MARKER_PAD, SPLIT, marker_report
 from cxrguide.evaluation.shortcut_summary import summary_rows
-from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
 
-SPLIT = "shortcut_test"
 INPUT_MASK = "input-mask"  # plain fine-tuning on films multiplied by their lung masks
 PLAIN_VARIANTS = ("stage2", INPUT_MASK)
 MARKER_KEYS = {"follows_marker", "erased_accuracy", "marker_energy", "marker_saliency"}
 RESULT = "bench_result.json"
-MARKER_PAD = 2  # px around the marker box counted as "marker"
 
 
 def make_data(cfg: ShortcutBenchConfig, out: Path) -> Prepared:
@@ -133,67 +131,6 @@ def masked_copy(prepared: Prepared) -> Prepared:
     return Prepared.open(dst)
 
 
-def _paint_out(images: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
-    """Fill each marker box with the median of a 3-px ring around it (the local background)."""
-    out = images.clone()
-    for j in range(len(out)):
-        box = torch.from_numpy(boxes[j]).to(out.device)
-        ys, xs = np.nonzero(boxes[j])
-        if len(ys) == 0:
-            continue
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        ring = torch.zeros_like(box)
-        ring[max(0, y0 - 3) : y1 + 3, max(0, x0 - 3) : x1 + 3] = True
-        ring &= ~box
-        out[j, 0][box] = out[j, 0][ring].median() if ring.any() else 0.0
-    return out
-
-
-def marker_report(run: Path, prepared: Prepared, synth: Path, device: torch.device) -> dict:
-    """On shortcut_test: does the model read the marker, and would its maps tell?
-
-    - ``follows_marker``: share of predictions naming the marker's class;
-    - ``erased_accuracy``: accuracy with each marker painted out (local background): what the
-      model reads when the marker is gone;
-    - ``marker_energy``: Grad-CAM energy in the marker box (what the map shows);
-    - ``marker_saliency``: share of the input gradient |d s / d I| of the predicted class in
-      the box (what the network actually depends on, receptive fields included).
-    """
-    model, info = load_run(run, device)
-    meta = pd.read_csv(synth / "metadata.csv", keep_default_na=False).set_index("image_id")
-    ds = CxrDataset(prepared, SPLIT, image_size=info.image_size, with_lungs=info.lung_gate)
-    follows, erased_right, energy, saliency = [], [], [], []
-    for batch in DataLoader(ds, batch_size=32, shuffle=False):
-        gate = batch["lung"].to(device) if info.lung_gate else None
-        images = batch["image"].to(device)
-        logits, cam = model_cam(model, images, None, gate)
-        cam = cam[:, 0].cpu().numpy()
-        pred = logits.argmax(1)
-        boxes = np.zeros(cam.shape, bool)
-        for j, row in enumerate(batch["index"].tolist()):
-            m = meta.loc[Path(prepared.manifest.path[row]).stem]
-            follows.append(CLASSES[int(pred[j])] == m["marker_target_class"])
-            scale = info.image_size / prepared.size  # synth size == cache size (square films)
-            x0, y0, x1, y1 = (int(round(float(m[k]) * scale)) for k in
-                              ("marker_x0", "marker_y0", "marker_x1", "marker_y1"))  # fmt: skip
-            boxes[j, max(0, y0 - MARKER_PAD) : y1 + MARKER_PAD,
-                  max(0, x0 - MARKER_PAD) : x1 + MARKER_PAD] = True  # fmt: skip
-        energy.append(energy_share(cam, boxes))
-        with torch.enable_grad():
-            x = images.detach().requires_grad_()
-            score = model(x, gate).gather(1, pred.view(-1, 1)).sum()
-            (grad,) = torch.autograd.grad(score, x)
-        saliency.append(energy_share(grad.abs()[:, 0].cpu().numpy(), boxes))
-        with torch.no_grad():
-            painted = model(_paint_out(images, boxes), gate).argmax(1)
-        erased_right.append((painted.cpu() == batch["label"]).numpy())
-    e, g = np.concatenate(energy), np.concatenate(saliency)
-    return {"follows_marker": float(np.mean(follows)),
-            "erased_accuracy": float(np.mean(np.concatenate(erased_right))),
-            "marker_energy": float(np.nanmean(e)) if np.isfinite(e).any() else float("nan"),
-            "marker_saliency": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan")}  # fmt: skip
-
-
 def _initial_run(cfg: ShortcutBenchConfig, folder: Path, seed: int) -> Path:
     """The seeded starting network every variant of this seed fine-tunes."""
     from cxrguide.models.zoo import create_model
@@ -247,6 +184,7 @@ def run_variant(
         max_epochs=epochs, patience=epochs, batch_size=cfg.batch_size,
         finetune_lr=cfg.lr, momentum=cfg.momentum, l2=cfg.l2, augment=cfg.augment, seed=seed,
         device=cfg.device, resume=True, attention=attention or ["gate", "gain"], gain_bn=gain_bn,
+        rrr_weight=cfg.rrr_weight,
     )  # fmt: skip
     t0 = time.perf_counter()
     model, info = load_run(parent)
@@ -258,12 +196,13 @@ def run_variant(
     test = json.loads((run / "metrics_test.json").read_text())
     shortcut = evaluate_run(run, SPLIT, data.root, device=cfg.device, n_boot=0,
                             progress=False)  # fmt: skip
+    markers = test.get("shortcut") or marker_report(run, data, synth, device)  # evaluate's own
     lungs = test["attention"]["lungs"]
     lesions = test["attention"].get("lesions", {})
     result = {"variant": variant, "seed": seed, "run": str(run),
               "val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"],
               "shortcut_accuracy": shortcut["accuracy"],
-              **marker_report(run, data, synth, device),
+              **{k: markers[k] for k in sorted(MARKER_KEYS)},
               "lung_energy": lungs["energy"].get("mean", float("nan")),
               "lung_pointing": lungs["pointing_game"],
               "shortcut_lung_energy": shortcut["attention"]["lungs"]["energy"].get("mean"),

@@ -3,7 +3,8 @@
 The exported graph takes what :class:`~cxrguide.inference.predictor.Predictor` feeds the model:
 ``image`` ``(B, 1, S, S)`` float32 gray in [0, 1] at the run's input size (letterboxed with
 :func:`~cxrguide.data.imaging.fit_square`), plus ``lung_mask`` ``(B, 1, S, S)`` in {0, 1} when
-the run gates its features on the lungs. It returns ``probabilities`` (softmax, class order
+the run takes lung masks (``RunInfo.lung_gate``: the study's gate on the last map, or the film
+blanked / the early feature maps gated outside the dilated lungs, ``RunInfo.lung_inputs``). It returns ``probabilities`` (softmax, class order
 :data:`~cxrguide.labels.CLASSES`) and ``logits``. The batch axis is dynamic; the side is fixed.
 
 Why the gate is rebuilt here: the model resizes the mask to the feature grid with area
@@ -68,12 +69,17 @@ class ExportModule(nn.Module):
     def forward(
         self, image: torch.Tensor, lung_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_features(image)
-        if self.lung_gate:
+        if not self.lung_gate:
+            features = self.model.forward_features(image)
+        else:
             if lung_mask is None:
                 raise ValueError("this model gates on the lungs: pass lung_mask (B, 1, S, S)")
-            grid = torch.matmul(torch.matmul(self.rows, lung_mask.to(features.dtype)), self.cols)
-            features = features * grid
+            # input blanking / early gates as the model does them; the last gate exportable
+            features = self.model.lung_features(image, lung_mask, last=False)
+            if "last" in self.model.lung_inputs:
+                grid = torch.matmul(torch.matmul(self.rows, lung_mask.to(features.dtype)),
+                                    self.cols)  # fmt: skip
+                features = features * grid
         logits = self.model.head(self.model.feature_tap(features))
         return torch.softmax(logits, dim=1), logits
 

@@ -265,25 +265,41 @@ class Predictor:
 
     def predict_arrays(
         self, squares: np.ndarray, infos: list[ImageInfo], sources: list[str]
-    ) -> list[Prediction]:
-        """Label letterboxed squares (from :meth:`read`)."""
+    ) -> list[Prediction | Failure]:
+        """Label letterboxed squares (from :meth:`read`).
+
+        Under a run that blanks the film or gates early features on the lungs
+        (``RunInfo.strict_lungs``), an image whose lung mask comes out empty is a
+        :class:`Failure` (never classified from an all-zero mask).
+        """
         with self._lock:
             masks, flags = self.segment(squares, infos)
-            probs = self.probabilities(squares, masks)
-        out = []
-        for k, p in enumerate(probs):
-            out.append(Prediction(
+            keep = np.arange(len(squares))
+            if self.info.strict_lungs and masks is not None:
+                keep = np.flatnonzero(np.asarray(masks).reshape(len(masks), -1).any(axis=1))
+            probs = (self.probabilities(squares[keep], None if masks is None else masks[keep])
+                     if len(keep) else np.zeros((0, len(CLASSES))))  # fmt: skip
+        out: list[Prediction | Failure] = [
+            Failure(sources[k], "empty lung mask: this run classifies from the lungs only")
+            for k in range(len(squares))
+        ]  # fmt: skip
+        for k, p in zip(keep.tolist(), probs, strict=True):
+            out[k] = Prediction(
                 sources[k], CLASSES[int(np.argmax(p))],
                 {name: float(p[j]) for j, name in enumerate(CLASSES)},
                 None if flags is None else flags[k], infos[k], squares[k],
                 None if masks is None else masks[k],
-            ))  # fmt: skip
+            )  # fmt: skip
         return out
 
     def predict_file(self, path: str | Path, source: str | None = None) -> Prediction:
-        """One file; raises :class:`ImageReadError` when it cannot be read."""
+        """One file; raises :class:`ImageReadError` when it cannot be read (or, under a
+        lungs-only run, its lung mask is empty)."""
         square, info = self.read(path)
-        return self.predict_arrays(square[None], [info], [source or str(path)])[0]
+        result = self.predict_arrays(square[None], [info], [source or str(path)])[0]
+        if isinstance(result, Failure):
+            raise ImageReadError(path, result.reason)
+        return result
 
     def predict_files(
         self, paths: Iterable[str | Path], batch_size: int = 16

@@ -8,6 +8,12 @@ Every stage calls this one class:
 - Stage III multiplies the last conv map by the lung mask (resized to the feature grid) and
   computes Grad-CAM on ``feature_tap``, an ``nn.Identity`` after the gate that both our
   differentiable Grad-CAM and pytorch-grad-cam can hook.
+- Where a given lung mask enters is :attr:`CxrClassifier.lung_inputs` (:data:`LUNG_INPUTS`):
+  ``last`` (the study's gate, the default), ``early`` (every feature map of stride <= 16 gated
+  by the dilated mask, through forward hooks: a cell that sees a marker is zeroed before it
+  mixes with lung cells) and ``input`` (the film blanked outside the dilated mask). The last
+  map's receptive field covers the whole film, so only the two earlier places keep a marker
+  out of the decision (README, shortcut benchmark).
 
 Inputs are single-channel images in [0, 1], shape ``(B, 1, H, W)``. The model repeats them to
 3 channels and applies the backbone's own normalisation (ImageNet mean/std for most; 0.5/0.5 for
@@ -16,7 +22,7 @@ Inception and ResNet V2; none for COVID-Net), so callers never deal with either.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +46,28 @@ def gate_features(features: torch.Tensor, lung_mask: torch.Tensor) -> torch.Tens
         )
     grid = F.interpolate(lung_mask.to(features.dtype), size=features.shape[-2:], mode="area")
     return features * grid
+
+
+LUNG_INPUTS = ("input", "early", "last")  # where a lung mask enters the network
+EARLY_MAX_STRIDE = 16  # the early gate covers every feature map up to this stride
+
+
+def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grow a ``(B, 1, H, W)`` mask by ``pixels`` (square max filter; ONNX-exportable)."""
+    if pixels <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels)
+
+
+def area_resize(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Area-resize a mask to ``size``: average pooling when the side divides (exportable)."""
+    h, w = int(size[0]), int(size[1])  # ints: static sizes in a traced / exported graph
+    H, W = int(mask.shape[-2]), int(mask.shape[-1])  # noqa: N806
+    if (h, w) == (H, W):
+        return mask
+    if H % h == 0 and W % w == 0:
+        return F.avg_pool2d(mask, (H // h, W // w))
+    return F.interpolate(mask, size=(h, w), mode="area")
 
 
 class CxrClassifier(nn.Module):
@@ -73,6 +101,71 @@ class CxrClassifier(nn.Module):
         self.num_features = head.in_channels
         self.weights_source = weights_source
         self._body_frozen = False
+        self.lung_inputs: tuple[str, ...] = ("last",)
+        self.lung_dilation = 0.0  # fraction of the input side the mask grows by (input, early)
+        self._early_mask: torch.Tensor | None = None
+        self._early_hooks: list = []
+
+    # --- where lung masks enter ----------------------------------------------------------
+    def set_lung_inputs(self, inputs: Iterable[str], dilation: float = 0.0) -> CxrClassifier:
+        """Choose where a mask given to :meth:`forward` enters (see :data:`LUNG_INPUTS`)."""
+        wanted = set(inputs)
+        unknown = wanted - set(LUNG_INPUTS)
+        inputs = tuple(m for m in LUNG_INPUTS if m in wanted)
+        if unknown or dilation < 0:
+            raise ValueError(f"lung inputs {sorted(unknown)} / dilation {dilation} invalid")
+        for handle in self._early_hooks:
+            handle.remove()
+        self._early_hooks = []
+        if "early" in inputs:
+            self._early_hooks = [m.register_forward_hook(self._early_gate)
+                                 for m in self.early_modules()]  # fmt: skip
+        self.lung_inputs, self.lung_dilation = inputs, float(dilation)
+        return self
+
+    def early_modules(self) -> list[nn.Module]:
+        """The body's stages of stride <= 16 (timm's ``feature_info``)."""
+        info = getattr(self.body, "feature_info", None)
+        if not info:
+            raise ValueError(f"{self.name}: no feature_info, so no early lung gate")
+        entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
+        modules = dict(self.body.named_modules())
+        return [modules[e["module"]] for e in entries
+                if e.get("reduction", 99) <= EARLY_MAX_STRIDE and e.get("module") in modules]  # fmt: skip
+
+    def _early_gate(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self._early_mask is None or not isinstance(output, torch.Tensor):
+            return output
+        return output * area_resize(self._early_mask.to(output.dtype), output.shape[-2:])
+
+    def wide_mask(self, lung_mask: torch.Tensor, side: int) -> torch.Tensor:
+        """The mask grown by ``lung_dilation`` of the side (what ``input``/``early`` use)."""
+        return dilate_mask(lung_mask, int(round(self.lung_dilation * int(side))))
+
+    def lung_features(self, x: torch.Tensor, lung_mask: torch.Tensor | None = None,
+                      *, last: bool = True) -> torch.Tensor:  # fmt: skip
+        """The last feature map with the mask applied where :attr:`lung_inputs` say.
+
+        ``last=False`` leaves out the last-map gate (the exporter applies its own).
+        """
+        if lung_mask is None:
+            return self.forward_features(x)
+        if lung_mask.dim() == 3:
+            lung_mask = lung_mask.unsqueeze(1)
+        lung_mask = lung_mask.to(x.dtype)
+        wide = None
+        if "input" in self.lung_inputs or "early" in self.lung_inputs:
+            wide = self.wide_mask(lung_mask, x.shape[-1])
+        if "input" in self.lung_inputs:
+            x = x * wide
+        self._early_mask = wide if "early" in self.lung_inputs else None
+        try:
+            features = self.forward_features(x)
+        finally:
+            self._early_mask = None
+        if last and "last" in self.lung_inputs:
+            features = gate_features(features, lung_mask)
+        return features
 
     # --- forward pieces -------------------------------------------------------------------
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,10 +192,7 @@ class CxrClassifier(nn.Module):
         return self.head(self.feature_tap(features))
 
     def forward(self, x: torch.Tensor, lung_mask: torch.Tensor | None = None) -> torch.Tensor:
-        features = self.forward_features(x)
-        if lung_mask is not None:
-            features = gate_features(features, lung_mask)
-        return self.forward_head(features)
+        return self.forward_head(self.lung_features(x, lung_mask))
 
     # --- parameter groups and freezing ------------------------------------------------------
     def body_parameters(self) -> Iterator[nn.Parameter]:

@@ -25,5 +25,7 @@ def load_run(
     )
     state = torch.load(Path(run_dir) / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
+    if info.lung_gate:
+        model.set_lung_inputs(info.mask_inputs, info.lung_dilation)
     model.weights_source = f"run:{run_dir} (started from {info.weights_source})"
     return model.to(device).eval(), info

@@ -26,6 +26,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cxrguide.attention.gain import GainSettings, GuidedAttention, parse_attention
@@ -54,7 +55,7 @@ def settings_from(cfg: TrainConfig) -> GainSettings:
     return GainSettings.from_names(
         cfg.attention, alpha=cfg.gain_alpha, sigma=cfg.gain_sigma, omega=cfg.gain_omega,
         external_weight=cfg.external_weight, second_order=cfg.gain_second_order,
-        erased_bn=cfg.gain_bn,
+        erased_bn=cfg.gain_bn, rrr_weight=cfg.rrr_weight, dilation=cfg.lung_dilation,
     )  # fmt: skip
 
 
@@ -87,6 +88,26 @@ def check_lungs(prepared: Prepared) -> None:
             f"{prepared.lung_cache_path}: {len(lungs)} masks but the manifest has "
             f"{len(prepared.manifest)} rows; rerun 'cxrguide lungs predict'"
         )
+
+
+def rows_with_lungs(prepared: Prepared, split: str, why: str) -> np.ndarray:
+    """The rows of ``split`` whose lung mask is not empty; the others are skipped, counted.
+
+    Under a mode that blanks or gates on the mask (``why``), an empty mask would leave nothing
+    to classify, so such an image is never trained or scored on an all-zero mask.
+    """
+    rows = prepared.rows(split)
+    lungs = prepared.lungs()
+    present = np.array([bool(np.asarray(lungs[r]).any()) for r in rows], dtype=bool)
+    if not present.any():
+        raise CxrGuideError(
+            f"{prepared.lung_cache_path}: every {split} image has an empty lung mask, and "
+            f"{why} needs lungs; check 'cxrguide lungs predict' (its quality flags)"
+        )
+    if not present.all():
+        print(f"{why}: skipped {int((~present).sum())} of {len(rows)} {split} images "
+              "(empty lung mask)")  # fmt: skip
+    return rows[present]
 
 
 def _start(
@@ -136,8 +157,17 @@ def fine_tune(
     run = run_dir(cfg, info.backbone)
     size = cfg.image_size or info.image_size or model.input_size[0]
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
-    train = CxrDataset(prepared, "train", image_size=size, augment=augment, with_lungs=lungs)
-    val = CxrDataset(prepared, "val", image_size=size, with_lungs=lungs)
+    strict = settings is not None and settings.strict_lungs
+    why = f"--attention {','.join(names)}"
+    train = CxrDataset(
+        prepared,
+        rows=rows_with_lungs(prepared, "train", why) if strict else prepared.rows("train"),
+        image_size=size,
+        augment=augment,
+        with_lungs=lungs,
+    )
+    val = CxrDataset(prepared, rows=rows_with_lungs(prepared, "val", why) if strict else
+                     prepared.rows("val"), image_size=size, with_lungs=lungs)  # fmt: skip
     labels = dataset_labels(train)
     if settings is None:
         net, task = model, classifier_task(cfg, labels)
@@ -158,8 +188,10 @@ def fine_tune(
     )  # fmt: skip
     new = dataclasses.replace(
         info, stage=2 if settings is None else 3, image_size=size, data=str(prepared.root),
-        lung_gate=settings is not None and settings.gate,
+        lung_gate=settings is not None and bool(settings.lung_inputs),
         lung_model=lung_model_of(cfg, prepared) if lungs else "", attention=names,
+        lung_inputs=list(settings.lung_inputs) if settings is not None else [],
+        lung_dilation=settings.dilation if strict else 0.0,
     )  # fmt: skip
     return finish_run(
         run, dataclasses.replace(cfg, attention=names or cfg.attention), model.cpu(), new, score

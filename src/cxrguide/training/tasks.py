@@ -58,7 +58,7 @@ class FeatureTask(ClassifierTask):
 
 
 class Stage3Task:
-    """Batches -> L = L_clas + alpha L_am + w_e L_e (+ the study's L2 penalty)."""
+    """Batches -> L = L_clas + alpha L_am + w_e L_e + lambda R (+ the study's L2 penalty)."""
 
     def __init__(self, settings: GainSettings, l2: float, l2_scope: str = "head",
                  class_weights: torch.Tensor | None = None) -> None:  # fmt: skip
@@ -76,11 +76,15 @@ class Stage3Task:
             total = total + s.alpha * out["am"]
         if s.external:
             total = total + s.external_weight * out["ext"]
+        if s.rrr:
+            total = total + s.rrr_weight * out["rrr"]
         n = len(batch["label"])
         correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
         sums = {"loss": total.detach().item() * n, "ce": ce.detach().item() * n,
                 "am": out["am"].detach().item() * n, "ext": out["ext"].detach().item() * n,
                 "acc": correct, "n": n}  # fmt: skip
+        if s.rrr:
+            sums["rrr"] = out["rrr"].detach().item() * n
         return total, sums
 
     def train_step(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
