@@ -59,6 +59,8 @@ def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(c
     logs.clear()
     P.resolve_phantom(["mobilenet_v2"], log=logs.append)  # cached: nothing built
     assert not any("building" in line for line in logs)
+    original = body.with_name("original.safetensors")
+    original.write_bytes(body.read_bytes())
     data = bytearray(body.read_bytes())
     data[-5] ^= 0xFF  # one flipped byte in the tensors
     body.write_bytes(bytes(data))
@@ -67,7 +69,8 @@ def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(c
     logs.clear()
     _, again = P.resolve_phantom(["mobilenet_v2"], log=logs.append)
     assert any("rebuilding" in line for line in logs)
-    assert again == labels  # rebuilt, same recipe, same bytes
+    assert again == {"mobilenet_v2": f"phantom:{file_sha256(body)}"}  # the rebuilt file's own
+    _assert_same_body(body, original)  # same recipe: the same body up to float rounding
 
 
 def test_offline_flag_fails_in_one_line_instead_of_building(cache, monkeypatch):
