@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from cxrguide.config import PipelineConfig
+from cxrguide.config import PipelineConfig, TrainConfig
 from cxrguide.pipeline.run import run_pipeline
 
 
@@ -113,15 +115,16 @@ def test_phantom_weights_resolve_to_verified_files_before_stage1(monkeypatch):
         return "/cache/phantom-{backbone}.safetensors", {n: f"phantom:{n}" for n in names}
 
     monkeypatch.setattr(pretrain, "resolve_phantom", fake)
-    section = {"backbone": "mobilenet_v2,efficientnet_b0", "weights": "phantom", "lr": 0.01}
-    resolved, labels = run._resolve_bodies(section, log=lambda m: None)
+    s1 = TrainConfig(backbone="mobilenet_v2,efficientnet_b0", weights="phantom", lr=0.01)
+    resolved, labels = run._resolve_bodies(s1, log=lambda m: None)
     assert asked == [["mobilenet_v2", "efficientnet_b0"]]
-    assert resolved == {**section, "weights": "/cache/phantom-{backbone}.safetensors"}
+    assert resolved == dataclasses.replace(s1, weights="/cache/phantom-{backbone}.safetensors")
     assert labels == {
         "mobilenet_v2": "phantom:mobilenet_v2",
         "efficientnet_b0": "phantom:efficientnet_b0",
     }
-    assert run._resolve_bodies({"weights": "none"}, log=print) == ({"weights": "none"}, {})
+    plain = TrainConfig(weights="none")
+    assert run._resolve_bodies(plain, log=print) == (plain, {})
 
 
 def test_the_shipped_pipeline_configs_are_valid():
