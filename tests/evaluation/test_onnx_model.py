@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxr_testutils import make_prepared
+from cxr_testutils import make_prepared, write_lung_cache
 from cxrguide.cli import main
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
@@ -21,6 +21,8 @@ from cxrguide.evaluation.onnx_model import (
     parse_classes,
     resolve_input,
 )
+from cxrguide.data.transforms import resize_mask
+from cxrguide.inference.export import ExportModule, export_onnx
 from cxrguide.labels import CLASSES
 from cxrguide.models.zoo import create_model
 
@@ -197,3 +199,51 @@ def test_exactly_one_of_run_or_onnx(setup, tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), "--onnx-size", "64"]) == 2
     assert "--onnx-size" in capsys.readouterr().err
+
+
+GATED = 48  # the export's side: the 64 px cache and its lung masks are resized to it
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A gated (image + lung_mask) export as `cxrguide export` writes it for Stage III runs."""
+    root = tmp_path_factory.mktemp("gated")
+    prep = make_prepared(root / "prep", size=SIZE)
+    masks = write_lung_cache(prep, size=SIZE)
+    model = create_model("mobilenet_v2", "none", seed=0).eval()
+    path = export_onnx(ExportModule(model, GATED, lung_gate=True).eval(), root / "stage3.onnx",
+                       GATED)  # fmt: skip
+    prepared = Prepared.open(prep)
+    dataset = CxrDataset(prepared, "test", image_size=GATED)
+    image = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    lung = resize_mask(torch.from_numpy(masks[dataset.rows] / 255.0).float()[:, None], GATED)
+    with torch.no_grad():
+        expected = torch.softmax(model(image, lung), 1).numpy()
+        ungated = torch.softmax(model(image), 1).numpy()
+    return {"root": root, "prep": prep, "onnx": path, "expected": expected, "ungated": ungated,
+            "ids": list(prepared.manifest.image_id.iloc[dataset.rows])}  # fmt: skip
+
+
+def test_gated_export_is_fed_the_lung_cache(gated, capsys):
+    out = gated["root"] / "eval"
+    code = main(["evaluate", "--onnx", str(gated["onnx"]), "--data", str(gated["prep"]),
+                 "--out", str(out), "--bootstrap", "10"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    table = _probs(out)
+    assert list(table.image_id) == gated["ids"]
+    np.testing.assert_allclose(table[PROBS].to_numpy(), gated["expected"], atol=1e-4)
+    assert np.abs(gated["expected"] - gated["ungated"]).max() > 1e-5  # the mask matters
+    feed = json.loads((out / "metrics_test.json").read_text())["onnx"]
+    assert (feed["layout"], feed["channels"], feed["height"]) == ("nchw", 1, GATED)
+    assert feed["lung_mask_input"] == "lung_mask" and feed["output"] == "probabilities"
+    assert feed["lung_masks"].endswith(f"lungs_{SIZE}.npy")
+    assert "lung masks ('lung_mask')" in capsys.readouterr().out
+
+
+def test_gated_export_on_a_set_without_lung_masks_is_one_line_exit_2(gated, setup, capsys):
+    code = main(["evaluate", "--onnx", str(gated["onnx"]), "--data", str(setup["prep"]),
+                 "--out", str(gated["root"] / "none")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"lungs_{SIZE}.npy: no lung masks" in err and "stage3.onnx" in err
+    assert not (gated["root"] / "none" / "metrics_test.json").exists()
