@@ -351,10 +351,11 @@ def evaluate_onnx(
     probs, kind = to_probabilities(np.concatenate(raw), model.classes)
     row_index = np.concatenate(rows)
     out_dir = Path(out) if out is not None else default_out_dir(model_path)
+    lung_masks = str(prepared.lung_cache_path) if with_lungs else None
     extra = dict(run=str(model_path), split=split, data=str(prepared.root),
                  backbone=f"onnx:{model_path.stem}", stage="external",
                  weights_source=f"file:{model_path}",
                  onnx={**model.describe(), "output_kind": kind,
-                       "lung_masks": str(prepared.lung_cache_path) if with_lungs else None})  # fmt: skip
+                       "lung_masks": lung_masks})  # fmt: skip
     return write_results(out_dir, split, prepared, row_index, dataset.labels[row_index], probs,
                          n_boot=n_boot, seed=seed, extra=extra)  # fmt: skip
