@@ -12,6 +12,7 @@ from torch import nn
 from cxr_testutils import make_prepared, write_lung_cache
 from cxrguide.cli import main
 from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.data.transforms import resize_mask
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import predict_split
 from cxrguide.evaluation.onnx_model import (
@@ -21,7 +22,6 @@ from cxrguide.evaluation.onnx_model import (
     parse_classes,
     resolve_input,
 )
-from cxrguide.data.transforms import resize_mask
 from cxrguide.inference.export import ExportModule, export_onnx
 from cxrguide.labels import CLASSES
 from cxrguide.models.zoo import create_model
@@ -308,8 +308,9 @@ def test_covidnet_signature_scored_by_the_readme_command(setup, tmp_path, capsys
     # the reference: the same images, resized by torch here, through the PyTorch model
     dataset = CxrDataset(setup["prepared"], "test", image_size=SIZE)
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    nhwc = torch.nn.functional.interpolate(images, size=(side, side), mode="bilinear",
-                                           align_corners=False)  # enlarging: the rule's bilinear
+    nhwc = torch.nn.functional.interpolate(
+        images, size=(side, side), mode="bilinear", align_corners=False
+    )  # enlarging: the rule's bilinear
     with torch.no_grad():
         expected = model(nhwc.expand(-1, 3, -1, -1).permute(0, 2, 3, 1)).numpy()
     np.testing.assert_allclose(_probs(tmp_path / "eval")[PROBS].to_numpy(), expected, atol=1e-4)
