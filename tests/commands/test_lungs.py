@@ -26,8 +26,11 @@ def test_prepare_train_evaluate_predict_from_the_command_line(tmp_path, tiny_pre
     assert "val: n=" in capsys.readouterr().out
     assert json.loads((tmp_path / "run/metrics.json").read_text())["val"]["n"] >= 1
 
-    assert main(["lungs", "predict", run, "--data", str(tiny_prepared), "--batch-size", "8"]) == 0
-    assert "masks: 36 images" in capsys.readouterr().out
+    assert main(["lungs", "predict", run, "--data", str(tiny_prepared), "--batch-size", "8",
+                 "--overlay", str(tmp_path / "prep_ov")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "masks: 36 images" in out and f"overlays: 36 -> {tmp_path / 'prep_ov'}" in out
+    assert len(list((tmp_path / "prep_ov").glob("*_overlay.png"))) == 36
     masks = np.load(tiny_prepared / "cache/lungs_64.npy")
     quality = pd.read_csv(tiny_prepared / "lung_quality.csv")
     manifest = pd.read_csv(tiny_prepared / "manifest.csv")

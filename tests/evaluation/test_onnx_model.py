@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from cxr_testutils import make_prepared
+from cxr_testutils import make_prepared, write_lung_cache
 from cxrguide.cli import main
 from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.data.transforms import resize_mask
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import predict_split
 from cxrguide.evaluation.onnx_model import (
@@ -21,6 +22,7 @@ from cxrguide.evaluation.onnx_model import (
     parse_classes,
     resolve_input,
 )
+from cxrguide.inference.export import ExportModule, export_onnx
 from cxrguide.labels import CLASSES
 from cxrguide.models.zoo import create_model
 
@@ -197,3 +199,122 @@ def test_exactly_one_of_run_or_onnx(setup, tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path), "--onnx-size", "64"]) == 2
     assert "--onnx-size" in capsys.readouterr().err
+
+
+GATED = 48  # the export's side: the 64 px cache and its lung masks are resized to it
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A gated (image + lung_mask) export as `cxrguide export` writes it for Stage III runs."""
+    root = tmp_path_factory.mktemp("gated")
+    prep = make_prepared(root / "prep", size=SIZE)
+    masks = write_lung_cache(prep, size=SIZE)
+    model = create_model("mobilenet_v2", "none", seed=0).eval()
+    path = export_onnx(ExportModule(model, GATED, lung_gate=True).eval(), root / "stage3.onnx",
+                       GATED)  # fmt: skip
+    prepared = Prepared.open(prep)
+    dataset = CxrDataset(prepared, "test", image_size=GATED)
+    image = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    lung = resize_mask(torch.from_numpy(masks[dataset.rows] / 255.0).float()[:, None], GATED)
+    with torch.no_grad():
+        expected = torch.softmax(model(image, lung), 1).numpy()
+        ungated = torch.softmax(model(image), 1).numpy()
+    return {"root": root, "prep": prep, "onnx": path, "expected": expected, "ungated": ungated,
+            "ids": list(prepared.manifest.image_id.iloc[dataset.rows])}  # fmt: skip
+
+
+def test_gated_export_is_fed_the_lung_cache(gated, capsys):
+    out = gated["root"] / "eval"
+    code = main(["evaluate", "--onnx", str(gated["onnx"]), "--data", str(gated["prep"]),
+                 "--out", str(out), "--bootstrap", "10"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    table = _probs(out)
+    assert list(table.image_id) == gated["ids"]
+    np.testing.assert_allclose(table[PROBS].to_numpy(), gated["expected"], atol=1e-4)
+    assert np.abs(gated["expected"] - gated["ungated"]).max() > 1e-5  # the mask matters
+    feed = json.loads((out / "metrics_test.json").read_text())["onnx"]
+    assert (feed["layout"], feed["channels"], feed["height"]) == ("nchw", 1, GATED)
+    assert feed["lung_mask_input"] == "lung_mask" and feed["output"] == "probabilities"
+    assert feed["lung_masks"].endswith(f"lungs_{SIZE}.npy")
+    assert "lung masks ('lung_mask')" in capsys.readouterr().out
+
+
+def test_gated_export_on_a_set_without_lung_masks_is_one_line_exit_2(gated, setup, capsys):
+    code = main(["evaluate", "--onnx", str(gated["onnx"]), "--data", str(setup["prep"]),
+                 "--out", str(gated["root"] / "none")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"lungs_{SIZE}.npy: no lung masks" in err and "stage3.onnx" in err
+    assert not (gated["root"] / "none" / "metrics_test.json").exists()
+
+
+class CovidNetSignature(nn.Module):
+    """The official COVID-Net CXR3/CXR4 signature with fixed weights that read the test set.
+
+    NHWC 480x480x3 in [0, 1] -> softmax over (normal, pneumonia, COVID-19): each class's logit is
+    the mean brightness around where :func:`make_prepared` draws that class's blob.
+    """
+
+    SIDE = 480
+
+    def __init__(self) -> None:
+        super().__init__()
+        yy, xx = torch.meshgrid(torch.arange(self.SIDE) / self.SIDE,
+                                torch.arange(self.SIDE) / self.SIDE, indexing="ij")  # fmt: skip
+        regions = []
+        for k in range(3):
+            cy, cx = 0.3 + 0.2 * k, 0.35 + 0.15 * k
+            box = ((yy - cy).abs() <= 0.1) & ((xx - cx).abs() <= 0.1)
+            regions.append(box.float().flatten() / box.sum())
+        self.register_buffer("regions", torch.stack(regions).T.contiguous())  # (H*W, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gray = x.mean(dim=3).flatten(1)
+        return torch.softmax(20 * gray @ self.regions, dim=1)
+
+
+def _readme_covidnet_command() -> list[str]:
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    lines = [ln for ln in readme.splitlines() if ln.startswith("cxrguide evaluate --onnx COVIDNet")]
+    assert len(lines) == 1, "README: the COVID-Net evaluate --onnx example"
+    return shlex.split(lines[0])[1:]
+
+
+def test_covidnet_signature_scored_by_the_readme_command(setup, tmp_path, capsys):
+    model = CovidNetSignature().eval()
+    side = CovidNetSignature.SIDE
+    path = tmp_path / "COVIDNet-CXR4-A.onnx"
+    torch.onnx.export(model, (torch.rand(2, side, side, 3),), str(path),
+                      input_names=["input_1:0"], output_names=["norm_dense_1/Softmax:0"],
+                      dynamic_axes={"input_1:0": {0: "N"}, "norm_dense_1/Softmax:0": {0: "N"}},
+                      dynamo=False)  # fmt: skip
+    readme = _readme_covidnet_command()
+
+    def argv(out: str, swap: dict[str, str] | None = None) -> list[str]:
+        swap = (swap or {}) | {"COVIDNet-CXR4-A.onnx": str(path), "prepared": str(setup["prep"]),
+                 "covidnet-cxr4a_eval": str(tmp_path / out)}  # fmt: skip
+        return [swap.get(a, a) for a in readme] + ["--bootstrap", "20"]
+
+    assert main(argv("eval")) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "eval" / "metrics_test.json").read_text())
+    feed = report["onnx"]
+    assert (feed["name"], feed["layout"], feed["channels"], feed["height"], feed["width"]) == (
+        "input_1:0", "nhwc", 3, side, side)  # fmt: skip
+    assert (feed["output"], feed["output_kind"]) == ("norm_dense_1/Softmax:0", "probabilities")
+    assert report["n"] == 6 and report["accuracy"] == 1.0  # the blobs are read in the right order
+    # the reference: the same images, resized by torch here, through the PyTorch model
+    dataset = CxrDataset(setup["prepared"], "test", image_size=SIZE)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    nhwc = torch.nn.functional.interpolate(
+        images, size=(side, side), mode="bilinear", align_corners=False
+    )  # enlarging: the rule's bilinear
+    with torch.no_grad():
+        expected = model(nhwc.expand(-1, 3, -1, -1).permute(0, 2, 3, 1)).numpy()
+    np.testing.assert_allclose(_probs(tmp_path / "eval")[PROBS].to_numpy(), expected, atol=1e-4)
+    # a wrong --onnx-classes order is visible in the figures, not silently absorbed
+    wrong = {"normal,pneumonia,COVID-19": "COVID-19,normal,pneumonia"}
+    assert main(argv("w", wrong)) == 0
+    assert json.loads((tmp_path / "w" / "metrics_test.json").read_text())["accuracy"] == 0.0

@@ -77,6 +77,31 @@ def test_masks_for_a_prepared_set_align_with_its_image_cache(run, tmp_path):
     assert not list((prep / "cache").glob("*.tmp*"))
 
 
+def test_overlays_for_a_prepared_set_one_per_row_in_manifest_order(run, tmp_path):
+    phantoms = write_phantoms(tmp_path / "ph", n=4, size=64, seed=3)
+    prep = _classifier_prep(tmp_path / "prep", phantoms)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="--overlay exists and is not a folder"):
+        predict_prepared(LungsPredictConfig(run=run, data=prep, overlay=tmp_path / "file"))
+    ov = tmp_path / "ov"
+    result = predict_prepared(LungsPredictConfig(run=run, data=prep, batch_size=4, overlay=ov))
+    assert result.overlays == ov
+    manifest = pd.read_csv(prep / "manifest.csv")
+    files = sorted(ov.iterdir())
+    assert [f.name for f in files] == [
+        f"{i:06d}_{Path(p).stem}_overlay.png" for i, p in enumerate(manifest.path)
+    ]
+    images, masks = np.load(prep / "cache/images_64.npy"), np.load(result.masks) > 0
+    tinted = 0
+    for i, f in enumerate(files):
+        rgb = np.asarray(Image.open(f))
+        assert rgb.shape == (64, 64, 3)
+        out = ~masks[i]  # the cached image itself outside the lungs, tinted inside
+        np.testing.assert_array_equal(rgb[out], np.repeat(images[i][out][:, None], 3, axis=1))
+        tinted += int((rgb[masks[i], 0] > rgb[masks[i], 1]).sum())
+    assert tinted > 100
+
+
 def test_a_lungs_prepare_folder_is_not_overwritten(run, tmp_path):
     lungs_prep = Path(yaml.safe_load((run / "config.yaml").read_text())["data"])
     with pytest.raises(CxrGuideError, match="holds the annotations"):

@@ -87,6 +87,8 @@ def _run_onnx(args: argparse.Namespace, format_report) -> int:
     print(f"{args.onnx} [{args.split}] {feed['layout']} {feed['channels']}x{feed['height']}x"
           f"{feed['width']} normalize {feed['normalize']}, output {feed['output']!r} "
           f"({feed['output_kind']})")  # fmt: skip
+    if feed.get("lung_masks"):
+        print(f"lung masks ({feed['lung_mask_input']!r}) from {feed['lung_masks']}")
     print(format_report(report))
     print(f"wrote {out}/metrics_{args.split}.json and predictions_{args.split}.csv")
     return 0

@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict",
         help="lung masks for a prepared classifier set (--data PREP) or for image files",
         description="With --data PREP: write PREP/cache/lungs_<size>.npy aligned with the image "
-        "cache and PREP/lung_quality.csv. With IMAGE...: masks at each file's own size, "
-        "optional overlays.",
+        "cache and PREP/lung_quality.csv (--overlay DIR: one overlay PNG per row). With IMAGE...: "
+        "masks at each file's own size, optional overlays.",
     )
     p.add_argument("run", type=Path, metavar="RUN", help="run folder from 'lungs train'")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to segment")
@@ -107,6 +107,8 @@ def run_predict(args: argparse.Namespace) -> int:
         flags = ", ".join(f"{k} {v}" for k, v in sorted(result.flags.items()))
         print(f"masks: {result.n} images -> {result.masks} ({flags})")
         print(f"quality: {result.quality}")
+        if result.overlays is not None:
+            print(f"overlays: {result.n} -> {result.overlays}")
         return 0
     failed = 0
     for r in predict_images(cfg):

@@ -117,7 +117,7 @@ class LungsPredictConfig:
     data: Path | None = _f(None, "a classifier folder written by 'cxrguide prepare'", metavar="PREP")  # fmt: skip
     images: list[str] = _f([], "image files to segment (instead of --data)")
     out: Path | None = _f(None, "--data: folder for the mask cache (default PREP/cache); images: mask PNGs", metavar="DIR")  # fmt: skip
-    overlay: Path | None = _f(None, "images: also write overlay PNGs here", metavar="DIR")
+    overlay: Path | None = _f(None, "also write overlay PNGs here (--data: one per manifest row, <row>_<stem>_overlay.png)", metavar="DIR")  # fmt: skip
     batch_size: int = _f(0, _AUTO_BATCH)
     threshold: float | None = _f(None, "probability threshold (default: the run's)")
     min_area: float = _f(0.05, "lung area below this fraction of the image is implausible")

@@ -16,6 +16,11 @@ order their outputs normal, pneumonia, COVID-19 (our order, the default). Their 
 script also crops the top 8% of the image and centre-crops it square before resizing; the
 prepared cache does not, so figures can differ a little from the COVID-Net repository's.
 
+A gated Stage III export of ``cxrguide export`` has a second input, ``lung_mask``
+``(B, 1, S, S)`` in {0, 1}: it is fed the prepared set's lung-mask cache (``lungs predict
+--data``), resized with the one mask rule (:func:`~cxrguide.data.transforms.resize_mask`); a set
+without that cache is refused in one line naming the missing file.
+
 Output: the model's 3-wide output (``output`` picks one by name when there are several); a
 softmax is applied unless every row is already a probability vector (in [0, 1], summing to 1).
 """
@@ -34,7 +39,7 @@ from tqdm import tqdm
 
 from cxrguide.core.onnx_session import open_session
 from cxrguide.data.datasets import CxrDataset, Prepared
-from cxrguide.data.transforms import resize_image
+from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import CxrGuideError
 from cxrguide.labels import CLASS_INDEX, CLASSES
 
@@ -44,6 +49,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
            "tensor(double)": np.float64}  # fmt: skip
+MASK_INPUT = "lung_mask"  # the second input of a gated (Stage III) 'cxrguide export'
 _CLASS_ALIASES = {"normal": "Normal", "pneumonia": "Pneumonia", "covid19": "COVID-19",
                   "covid": "COVID-19"}  # fmt: skip
 
@@ -170,15 +176,25 @@ class OnnxClassifier:
         self.classes = parse_classes(classes)
         self.session = open_session(self.path)
         inputs = self.session.get_inputs()
-        if len(inputs) != 1:
+        images = [i for i in inputs if i.name != MASK_INPUT]
+        masks = [i for i in inputs if i.name == MASK_INPUT]
+        if len(images) != 1:
             names = ", ".join(i.name for i in inputs)
             raise CxrGuideError(
-                f"{self.path}: has {len(inputs)} inputs ({names}); need one image input"
+                f"{self.path}: has {len(inputs)} inputs ({names}); need one image input "
+                f"(plus {MASK_INPUT!r} for a gated 'cxrguide export')"
             )
-        inp = inputs[0]
+        inp = images[0]
         self.input = resolve_input(self.path, inp.name, inp.shape, inp.type, size=size,
                                    layout=layout, channels=channels, normalize=normalize,
                                    default_size=default_size)  # fmt: skip
+        # the lung mask: one channel, no normalisation, the image's side unless the graph fixes it
+        self.mask: OnnxInput | None = None
+        if masks:
+            m = masks[0]
+            self.mask = resolve_input(self.path, m.name, m.shape, m.type, size=None, layout=None,
+                                      channels=1, normalize="none",
+                                      default_size=self.input.height)  # fmt: skip
         self.output = self._pick_output(output)
 
     def _pick_output(self, name: str | None) -> str:
@@ -210,24 +226,43 @@ class OnnxClassifier:
             x = x.permute(0, 2, 3, 1)
         return np.ascontiguousarray(x.numpy(), dtype=spec.dtype)
 
-    def raw_outputs(self, images: torch.Tensor) -> np.ndarray:
-        """The model's ``(B, 3)`` outputs, in its own class order (logits or probabilities)."""
-        x = self.prepare(images)
+    def prepare_mask(self, lungs: torch.Tensor) -> np.ndarray:
+        """``(B, 1, H, W)`` binary lung masks -> the mask input (the one mask rule, layout)."""
+        spec = self.mask
+        assert spec is not None
+        x = resize_mask(lungs, (spec.height, spec.width))
+        if spec.layout == "nhwc":
+            x = x.permute(0, 2, 3, 1)
+        return np.ascontiguousarray(x.numpy(), dtype=spec.dtype)
+
+    def raw_outputs(self, images: torch.Tensor, lungs: torch.Tensor | None = None) -> np.ndarray:
+        """The model's ``(B, 3)`` outputs, in its own class order (logits or probabilities).
+
+        ``lungs`` (``(B, 1, H, W)`` binary) is required when the model takes a lung mask.
+        """
+        feed = {self.input.name: self.prepare(images)}
+        if self.mask is not None:
+            if lungs is None:
+                raise CxrGuideError(f"{self.path}: this model takes a lung mask ({MASK_INPUT!r})")
+            feed[self.mask.name] = self.prepare_mask(lungs)
         # a graph with a fixed batch size gets exactly that many, the last chunk padded
         step = self.input.batch
-        chunks = [x] if step is None else [x[i : i + step] for i in range(0, len(x), step)]
+        total = len(images)
+        spans = [(0, total)] if step is None else [(i, i + step) for i in range(0, total, step)]
         out = []
-        for chunk in chunks:
-            n = len(chunk)
+        for lo, hi in spans:
+            chunk = {name: x[lo:hi] for name, x in feed.items()}
+            n = min(hi, total) - lo
             if step is not None and n < step:
-                pad = np.zeros((step - n, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
+                chunk = {name: np.concatenate([x, np.zeros((step - n, *x.shape[1:]), x.dtype)])
+                         for name, x in chunk.items()}  # fmt: skip
+            rows = step if step is not None else n
             try:
-                y = self.session.run([self.output], {self.input.name: chunk})[0]
+                y = self.session.run([self.output], chunk)[0]
             except Exception as err:  # onnxruntime raises its own pybind types
                 msg = " ".join(str(err).split())[:200]
                 raise CxrGuideError(f"{self.path}: inference failed ({msg})") from err
-            y = np.asarray(y, dtype=np.float64).reshape(len(chunk), -1)
+            y = np.asarray(y, dtype=np.float64).reshape(rows, -1)
             if y.shape[1] != len(CLASSES):
                 raise CxrGuideError(
                     f"{self.path}: output {self.output!r} has {y.shape[1]} columns; need 3"
@@ -236,7 +271,9 @@ class OnnxClassifier:
         return np.concatenate(out)
 
     def describe(self) -> dict[str, Any]:
-        return {**asdict(self.input), "output": self.output, "classes": list(self.classes)}
+        mask = self.mask.name if self.mask is not None else None
+        return {**asdict(self.input), "output": self.output, "classes": list(self.classes),
+                "lung_mask_input": mask}  # fmt: skip
 
 
 def to_probabilities(raw: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, str]:
@@ -296,20 +333,29 @@ def evaluate_onnx(
                            normalize=normalize, classes=classes, output=output,
                            default_size=prepared.size)  # fmt: skip
     spec = model.input
+    with_lungs = model.mask is not None
+    if with_lungs and not prepared.lung_cache_path.exists():
+        raise CxrGuideError(
+            f"{prepared.lung_cache_path}: no lung masks for this prepared set, and "
+            f"{model_path.name} takes one ({MASK_INPUT!r}); run 'cxrguide lungs predict "
+            f"LUNG_RUN --data {prepared.root}' first"
+        )
     side = spec.height if spec.height == spec.width else prepared.size
-    dataset = CxrDataset(prepared, split, image_size=side)
+    dataset = CxrDataset(prepared, split, image_size=side, with_lungs=with_lungs)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     raw, rows = [], []
     for batch in tqdm(loader, desc="predict onnx", unit="batch", disable=not progress,
                       leave=False):  # fmt: skip
-        raw.append(model.raw_outputs(batch["image"]))
+        raw.append(model.raw_outputs(batch["image"], batch.get("lung")))
         rows.append(batch["index"].numpy())
     probs, kind = to_probabilities(np.concatenate(raw), model.classes)
     row_index = np.concatenate(rows)
     out_dir = Path(out) if out is not None else default_out_dir(model_path)
+    lung_masks = str(prepared.lung_cache_path) if with_lungs else None
     extra = dict(run=str(model_path), split=split, data=str(prepared.root),
                  backbone=f"onnx:{model_path.stem}", stage="external",
                  weights_source=f"file:{model_path}",
-                 onnx={**model.describe(), "output_kind": kind})  # fmt: skip
+                 onnx={**model.describe(), "output_kind": kind,
+                       "lung_masks": lung_masks})  # fmt: skip
     return write_results(out_dir, split, prepared, row_index, dataset.labels[row_index], probs,
                          n_boot=n_boot, seed=seed, extra=extra)  # fmt: skip

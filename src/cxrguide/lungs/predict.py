@@ -6,7 +6,9 @@ same letterboxed square as the image cache), ``PREP/lung_quality.csv`` (image_id
 area_fraction, components, lungs, flag) and ``lungs_<size>.json`` next to the cache (which run
 and checkpoint made it, threshold, flag counts), so Stage III can check what it is using. The
 mask cache is written to a temporary file and renamed, so a killed run never leaves a
-half-written cache behind. ``manifest.csv`` is not touched.
+half-written cache behind. ``manifest.csv`` is not touched. ``--overlay DIR`` also draws every
+row's mask on its cached image (the letterboxed square Stage III sees) as
+``<row>_<stem>_overlay.png``, row = manifest row = ``lung_quality.csv`` row, for review.
 
 ``IMAGE...`` reads each file with the project's reader, letterboxes it like the cache,
 segments it, maps the probabilities back to the file's own pixel grid and post-processes there;
@@ -19,6 +21,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from cxrguide.data.completion import require_complete
 from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
 from cxrguide.data.transforms import resize_array
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
+from cxrguide.files import atomic_save, check_writable_dir
 from cxrguide.lungs.metrics import MaskQuality, content_fraction, postprocess, quality
 from cxrguide.lungs.records import lung_cache_path
 from cxrguide.lungs.train import inference_batch, load_lung_run, predict_batch
@@ -53,6 +57,7 @@ class PreparedPrediction:
     quality: Path
     n: int
     flags: dict[str, int]
+    overlays: Path | None = None  # the folder of per-row overlay PNGs, when asked for
 
 
 @dataclass
@@ -120,6 +125,7 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     quality_path = (out or prep) / QUALITY_FILE
     masks_path = out / f"lungs_{size}.npy" if out else lung_cache_path(prep, size)
     masks_path.parent.mkdir(parents=True, exist_ok=True)
+    overlays = check_writable_dir(cfg.overlay, "overlay") if cfg.overlay is not None else None
     model, train_cfg = load_lung_run(cfg.run)
     threshold = cfg.threshold if cfg.threshold is not None else train_cfg.threshold
     device = resolve_device(cfg.device)
@@ -134,6 +140,10 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
                                      batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip
         masks[i] = final.astype(np.uint8) * 255
+        if overlays is not None:
+            picture = Image.fromarray(overlay(np.asarray(images[i]), final))
+            name = overlay_name(i, rows[i].get("path") or rows[i]["image_id"])
+            atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), overlays / name)
         found.append([rows[i]["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
         bar.update()
     bar.close()
@@ -151,7 +161,13 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
                   "model_size": train_cfg.size, "size": size, "n": len(rows), "flags": flags,
                   "min_area": cfg.min_area, "max_area": cfg.max_area}  # fmt: skip
     masks_path.with_suffix(".json").write_text(json.dumps(provenance, indent=2))
-    return PreparedPrediction(masks_path, quality_path, len(rows), flags)
+    return PreparedPrediction(masks_path, quality_path, len(rows), flags, overlays)
+
+
+def overlay_name(row: int, path: str) -> str:
+    """``<row>_<file stem>_overlay.png``: the row keeps names unique and in manifest order."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem) or "image"
+    return f"{row:06d}_{stem}_overlay.png"
 
 
 def unletterbox(prob: np.ndarray, height: int, width: int) -> np.ndarray:
