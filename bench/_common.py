@@ -92,3 +92,19 @@ def torch_threads(requested: int) -> int:
     elif os.getloadavg()[0] > (os.cpu_count() or 1):
         torch.set_num_threads(1)
     return torch.get_num_threads()
+
+
+def film_png(side: int) -> bytes:
+    """A seeded gray chest-film-like PNG (two dark lungs on a lighter body) for request loads."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side] / side
+    lungs = sum(((xx - 0.5 - s * 0.2) / 0.15) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1 for s in (-1, 1))
+    img = np.clip(0.6 - 0.35 * lungs + rng.normal(0, 0.05, (side, side)), 0, 1)
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

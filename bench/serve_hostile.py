@@ -28,8 +28,9 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 from PIL import Image
+
+from _common import film_png
 
 
 def palette_bomb(side: int = 6300) -> bytes:
@@ -38,16 +39,6 @@ def palette_bomb(side: int = 6300) -> bytes:
     im.putpalette([v for i in range(256) for v in (i, i, i)])
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def normal_image() -> bytes:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:256, :256] / 256
-    lungs = sum(((xx - 0.5 - s * 0.2) / 0.15) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1 for s in (-1, 1))
-    img = np.clip(0.6 - 0.35 * lungs + rng.normal(0, 0.05, (256, 256)), 0, 1)
-    buf = io.BytesIO()
-    Image.fromarray((img * 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -88,7 +79,7 @@ def post(url: str, name: str, data: bytes) -> tuple[int, float]:
 
 def memory(url: str, pid: int, bombs: int) -> None:
     bomb = palette_bomb()
-    post(url, "warm.png", normal_image())
+    post(url, "warm.png", film_png(256))
     time.sleep(1)
     before = rss_mb(pid)
     peak, stop, codes = before, threading.Event(), []
@@ -147,7 +138,7 @@ def slow_client(host: str, port: int, results: list, headers_too: bool, body: in
 
 
 def slow(url: str, n: int, headers_too: bool) -> None:
-    image = normal_image()
+    image = film_png(256)
     alone = min(post(url, "a.png", image)[1] for _ in range(3))
     host, port = url.removeprefix("http://").split(":")
     results: list = []

@@ -21,7 +21,6 @@ ONNX / eager. ``--url`` targets one server that is already up instead (no ratio)
 from __future__ import annotations
 
 import argparse
-import io
 import signal
 import socket
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from _common import add_quick, emit, load, spread
+from _common import add_quick, emit, film_png, load, spread
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -43,15 +42,7 @@ def default_image() -> tuple[str, bytes]:
     pngs = sorted(SHARED.rglob("*.png")) if SHARED.is_dir() else []
     if pngs:
         return pngs[0].name, pngs[0].read_bytes()
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:512, :512] / 512
-    lungs = sum(((xx - 0.5 - s * 0.2) / 0.15) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1 for s in (-1, 1))
-    img = np.clip(0.6 - 0.35 * lungs + rng.normal(0, 0.05, (512, 512)), 0, 1)
-    buf = io.BytesIO()
-    Image.fromarray((img * 255).astype(np.uint8)).save(buf, format="PNG")
-    return "phantom.png", buf.getvalue()
+    return "phantom.png", film_png(512)
 
 
 def tiny_run(out: Path, backbone: str, size: int, seed: int) -> Path:
