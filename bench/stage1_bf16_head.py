@@ -1,16 +1,15 @@
 """Does Stage I under ``--precision bf16 --channels-last`` train the same head as fp32?
 
 How to run: ``.venv/bin/python bench/stage1_bf16_head.py [--quick] [--n 600] [--size 128]
-[--backbones mobilenet_v2,efficientnet_b0] [--body-epochs 8] [--shortcut-rate 0.95] [--weights none|imagenet|PATH]
+[--backbones mobilenet_v2,efficientnet_b0] [--body-epochs 8] [--body-n 3600] [--shortcut-rate 0.95] [--weights none|imagenet|PATH]
 [--epochs 30] [--seed 0] [--threads N] [--out DIR]``.
 
 ``bench/stage1_sweep.py`` shows bf16 features agree with fp32 by cosine; this checks the claim
 that matters downstream: the head trained on them scores the same. A random body says little
 (its features barely separate the classes), and ImageNet files cannot be downloaded here, so
-by default each backbone first gets a *trained* body: ``--body-epochs`` of fine-tuning (Adam,
-as in the shortcut benchmark) on synthetic phantoms. The phantoms carry class markers
-(``--shortcut-rate``, default 0.95) because from random weights a CPU-sized budget learns the
-markers but not the subtle lesions (4 epochs on clean phantoms left MobileNet V2 at chance);
+by default each backbone first gets a *trained* body: ``cxrguide pretrain`` on clean phantoms
+(``--body-n`` films, ``--body-epochs``, a separate seed), the same recipe ``--weights phantom``
+builds; the Stage I phantoms carry class markers (``--shortcut-rate``, default 0.95);
 what is checked is the precision of the features, not what they encode. Its weights file is
 then the ``--weights`` of two Stage I runs that differ only in precision (fp32 contiguous vs
 bf16 autocast + channels-last feature extraction), same seed, same head init. Both runs are
@@ -33,13 +32,16 @@ import pandas as pd
 import torch
 
 from _common import add_quick, emit, load, torch_threads
-from cxrguide.config import TrainConfig
+from cxrguide.config import PrepareConfig, SynthConfig, TrainConfig
+from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.data.datasets import Prepared
+from cxrguide.data.prepare import prepare
+from cxrguide.data.synthetic import generate_dataset
 from cxrguide.evaluation.evaluate import score_split
+from cxrguide.experiments.pretrain import pretrain
 from cxrguide.models.zoo import create_model, get_spec
 from cxrguide.training import stages
 from cxrguide.training.features import pooled_features
-from phantom_body import phantom_prepared, train_body
 
 
 def stage1_run(name: str, weights: str, prepared: Prepared, args, out: Path, bf16: bool) -> dict:
@@ -55,12 +57,22 @@ def stage1_run(name: str, weights: str, prepared: Prepared, args, out: Path, bf1
     return {**row, "seconds": time.perf_counter() - t0, "pred": pred}
 
 
+def phantom_prepared(out: Path, n: int, size: int, seed: int, shortcut_rate: float) -> Prepared:
+    """Synthetic films -> prepared folder under ``out`` (both reused when present)."""
+    synth = (out / "synth").resolve()
+    generate_dataset(SynthConfig(out=synth, n=n, size=size, seed=seed,
+                                 shortcut_rate=shortcut_rate), progress=False)  # fmt: skip
+    prepare(PrepareConfig(source=[f"synthetic={synth}"], out=out / "prep", size=size, seed=seed))
+    return Prepared.open(out / "prep")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=600, help="synthetic phantoms (8:1:1 split)")
     ap.add_argument("--size", type=int, default=128, help="image size for body and Stage I")
     ap.add_argument("--backbones", default="mobilenet_v2,efficientnet_b0")
-    ap.add_argument("--body-epochs", type=int, default=8)
+    ap.add_argument("--body-epochs", type=int, default=8, help="'cxrguide pretrain' epochs")
+    ap.add_argument("--body-n", type=int, default=3600, help="'cxrguide pretrain' phantoms")
     ap.add_argument("--shortcut-rate", type=float, default=0.95, help="synthetic marker rate")
     ap.add_argument("--weights", default="none",
                     help="'none': train a body first; 'imagenet' or PATH: use those weights")  # fmt: skip
@@ -72,8 +84,8 @@ def main() -> None:
     add_quick(ap)
     args = ap.parse_args()
     if args.quick:
-        args.n, args.size, args.backbones, args.body_epochs, args.epochs = (
-            90, 64, "mobilenet_v2", 1, 3)  # fmt: skip
+        args.n, args.size, args.backbones, args.body_epochs, args.body_n, args.epochs = (
+            90, 64, "mobilenet_v2", 1, 60, 3)  # fmt: skip
     before = load()
     if args.threads or args.quick:  # --quick on a busy machine: 1 thread
         torch_threads(args.threads)
@@ -86,10 +98,11 @@ def main() -> None:
         for raw in args.backbones.split(","):
             name = get_spec(raw.strip()).name
             if args.weights == "none":
-                body, row = train_body(name, prepared, out / "bodies", size=args.size,
-                                       epochs=args.body_epochs, lr=1e-3, seed=args.seed)  # fmt: skip
-                print(f"  body {name}: val accuracy {row['val_accuracy']:.3f}")
-                weights = str(body)
+                body = pretrain(PretrainConfig(backbone=name, out=out / "bodies", size=args.size,
+                                               n=args.body_n, epochs=args.body_epochs,
+                                               seed=args.seed + 1001, workers=1), progress=False)  # fmt: skip
+                print(f"  body {name}: held-out clean accuracy {body.test_accuracy:.3f}")
+                weights = str(body.body)
             else:
                 weights = args.weights
             fp32 = stage1_run(name, weights, prepared, args, out / name, bf16=False)

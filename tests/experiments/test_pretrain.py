@@ -112,3 +112,27 @@ def _assert_same_body(a: Path, b: Path) -> None:
     assert x.keys() == y.keys()
     for key in x:
         torch.testing.assert_close(x[key], y[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize(
+    "backbone, stride_8_channels", [("mobilenet_v2", 32), ("densenet121", 512)]
+)
+def test_lesions_are_taught_on_the_stride_8_stage(backbone, stride_8_channels):
+    """The auxiliary lesion target sits on the stride-8 map: an 8x8 grid on a 64 px film."""
+    model = create_model(backbone, "none").eval()
+    tap = P.lesion_tap(model)
+    seen: list[torch.Tensor] = []
+    handle = tap.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        model.forward_features(torch.rand(1, 1, 64, 64))
+    handle.remove()
+    assert seen[0].shape[1:] == (stride_8_channels, 8, 8)
+
+
+def test_lesion_loss_rewards_the_cells_that_hold_a_finding():
+    lesions = torch.zeros(1, 1, 64, 64)
+    lesions[..., :16, :16] = 1  # the top-left 2x2 cells of an 8x8 grid
+    aux = torch.nn.Identity()
+    right = torch.full((1, 1, 8, 8), -9.0)
+    right[..., :2, :2] = 9.0
+    assert P._lesion_loss(aux, right, lesions) < 0.01 < P._lesion_loss(aux, -right, lesions)

@@ -26,13 +26,13 @@ class PretrainConfig:
     )
     size: int = _f(64, "phantom side and training input in px")
     epochs: int = _f(
-        4, "training epochs (AdamW, one-cycle learning rate); many fresh films beat many epochs"
+        8, "training epochs (AdamW, one-cycle learning rate); many fresh films beat many epochs"
     )
-    lr: float = _f(2e-3, "peak learning rate of the one-cycle schedule")
+    lr: float = _f(5e-3, "peak learning rate of the one-cycle schedule")
     batch_size: int = _f(32, "batch size")
     lesion_weight: float = _f(
         1.0,
-        "weight of the auxiliary loss: which cells of the last feature map hold a finding "
+        "weight of the auxiliary loss: which cells of the stride-8 feature map hold a finding "
         "(the phantoms' exact lesion masks); 0 trains on class labels alone",
     )
     seed: int = _f(1001, "seed of the phantoms and the training (not a data seed of the study)")
