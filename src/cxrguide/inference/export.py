@@ -18,7 +18,7 @@ properties, or ``cxrguide.json`` among a TorchScript archive's extra files.
 
 ONNX comes from the ``torch.export`` based exporter (``dynamo=True``, opset >= 18); every zoo
 model exports with it, so there is no fallback to the deprecated TorchScript based one. It is
-~10-20x slower than that one was, hence :func:`cached_onnx` for the predictor.
+~20x slower than that one was (``bench/onnx_export.py``; figures in the README), hence :func:`cached_onnx` for the predictor.
 """
 
 from __future__ import annotations
@@ -173,8 +173,9 @@ def cached_onnx(
 ) -> Path | None:  # fmt: skip
     """``module`` as ONNX from the per-user cache, exported on a miss; None if it is unwritable.
 
-    Why: the torch.export based exporter needs ~20 s for MobileNet V2 at 224 px where the
-    TorchScript one needed ~2 s, and the predictor's ONNX backend would pay it at every start.
+    Why: the torch.export based exporter needs ~30 s for MobileNet V2 at 224 px where the
+    TorchScript one needed ~1.5 s (busy 2-core CPU), and the predictor's ONNX backend would pay
+    it at every start.
     The file is written to a temp name and renamed, so a killed export is never reused.
     """
     from cxrguide.files import temp_path
