@@ -168,3 +168,16 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
                                    _reference(run, image, None), atol=1e-4)  # fmt: skip
     finally:
         predictor.close()
+
+
+@pytest.mark.slow  # one torch.export based export of a custom network (~20-30 s on 2 cores)
+def test_pepx_network_exports_gated_with_parity(tmp_path):
+    """COVID-Net's PEPX blocks are our own code, not timm's: the exporter must take them too."""
+    from cxrguide.inference.export import export_onnx, parity
+    from cxrguide.models.zoo import create_model
+
+    model = create_model("covidnet_cxr_small", "none", seed=0).eval()
+    module = ExportModule(model, 64, lung_gate=True).eval()
+    path = export_onnx(module, tmp_path / "pepx.onnx", 64)
+    assert OnnxRunner(path).needs_mask
+    assert parity(module, path, "onnx", 64) <= 1e-4
