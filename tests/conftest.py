@@ -50,3 +50,17 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def one_thread_per_module() -> Iterator[None]:
     yield from _torch_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Iterator[Path]:
+    """ONNX exports cached for the session (not in ~/.cache): the ONNX backend's Predictors
+    share one export per run instead of ~20 s each."""
+    folder = tmp_path_factory.mktemp("export-cache")
+    previous = os.environ.get("CXRGUIDE_CACHE_DIR")
+    os.environ["CXRGUIDE_CACHE_DIR"] = str(folder)
+    yield folder / "onnx"
+    if previous is None:
+        os.environ.pop("CXRGUIDE_CACHE_DIR", None)
+    else:
+        os.environ["CXRGUIDE_CACHE_DIR"] = previous

@@ -61,3 +61,46 @@ def write_lung_cache(prep: Path, size: int = 64, run: str = ""):
     if run:
         (prep / f"cache/lungs_{size}.json").write_text(json.dumps({"run": run, "size": size}))
     return masks
+
+
+def jpeg_dicom(path: Path, side: int = 256, *, keep: float = 1.0, seed: int = 0) -> Path:
+    """A CR film as a JPEG Baseline DICOM (one encapsulated frame, 8-bit MONOCHROME2).
+
+    ``keep < 1`` cuts the JPEG stream to that share of its bytes and closes it with a forged
+    end marker (FFD9): a decoder then fills the rest of the film instead of failing.
+    """
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:side, :side] / side - 0.5
+    film = (
+        60 + 120 * np.exp(-((xx / 0.33) ** 2 + (yy / 0.4) ** 2)) + rng.normal(0, 12, (side, side))
+    )
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(film, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    stream = buf.getvalue()
+    if keep < 1:
+        stream = stream[: int(len(stream) * keep)] + b"\xff\xd9"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        SecondaryCaptureImageStorage,
+        meta.MediaStorageSOPInstanceUID,
+    )
+    ds.Modality, ds.ViewPosition, ds.Rows, ds.Columns = "CR", "PA", side, side
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from cxrguide.cli import main
 
@@ -35,3 +39,77 @@ def test_console_script_help_lists_verbs():
     ).stdout
     for verb in ("prepare", "data", "inspect", "synth"):
         assert verb in out
+
+
+def _out_commands(tmp_path: Path) -> dict[str, list[str]]:
+    """synth / prepare / train argument lists, minus ``--out``, on tiny real inputs."""
+    from cxr_testutils import make_prepared
+
+    prepared = make_prepared(tmp_path / "prepared", n_per_class=4, size=32)
+    films = tmp_path / "films"
+    assert main(["synth", "--out", str(films), "--n", "6", "--size", "64", "--seed", "0"]) == 0
+    return {
+        "synth": ["synth", "--n", "6", "--size", "64", "--seed", "0"],
+        "prepare": ["prepare", "--source", f"synthetic={films}", "--size", "32", "--seed", "0"],
+        "train": [
+            "train",
+            "--stage",
+            "1",
+            "--data",
+            str(prepared),
+            "--backbone",
+            "mobilenet_v2",
+            "--weights",
+            "none",
+            "--image-size",
+            "32",
+            "--max-epochs",
+            "1",
+        ],  # fmt: skip
+    }
+
+
+def test_unwritable_out_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+    """As a user without write permission meets it (simulated: tests run as root here)."""
+    from os_faults import deny_writes
+
+    commands = _out_commands(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    capsys.readouterr()
+    deny_writes(monkeypatch, locked)
+    for verb, args in commands.items():
+        for out, named in ((locked / "new", locked / "new"), (locked, locked)):
+            assert main([*args, "--out", str(out)]) == 2, (verb, out)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and "Traceback" not in err, err
+            assert err.startswith(f"cxrguide {verb}: error: {named}"), err
+            assert err.endswith(": Permission denied\n"), err
+    assert list(locked.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.slow  # three CLI processes (~10 s each on a busy 2-core machine)
+def test_unwritable_out_for_real(tmp_path, capsys):
+    """The same with real permissions: a folder owned by another user, mode 0555."""
+    from os_faults import without_dac_override
+
+    prefix = without_dac_override()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: root ignores file permissions")
+    commands = _out_commands(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if prefix:  # root minus its override: the folder must belong to someone else
+        os.chown(locked, 65534, 65534)
+    locked.chmod(0o555)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        for verb, args in commands.items():
+            out = locked / "new"
+            proc = subprocess.run([*prefix, sys.executable, "-m", "cxrguide", *args, "--out",
+                                   str(out)], capture_output=True, text=True, env=env)  # fmt: skip
+            assert proc.returncode == 2, proc.stderr
+            assert proc.stderr == f"cxrguide {verb}: error: {out}: Permission denied\n"
+    finally:
+        locked.chmod(0o755)
+    assert list(locked.iterdir()) == []

@@ -29,7 +29,8 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """Open ``path + .tmp`` for writing; on success fsync and rename it over ``path``.
 
     On any error the temp file is removed and an OSError gets the final path as its filename
-    (an OSError from ``write`` has none), so the CLI can name it.
+    (an OSError from ``write`` has none; one from ``open`` names the temp file), so the CLI
+    names the file the user asked for.
     """
     path = Path(path)
     tmp = temp_path(path)
@@ -42,7 +43,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(err, OSError) and not err.filename:
+        if isinstance(err, OSError) and (not err.filename or os.fsdecode(err.filename) == str(tmp)):
             raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         raise
 

@@ -97,3 +97,13 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     assert capsys.readouterr().out.endswith(
         "CR view LL OK; warning: lateral view (LL): the model was trained on frontal films\n"
     )
+
+
+def test_dicom_with_a_cut_jpeg_frame_and_a_forged_end_marker_refused(tmp_path, capsys):
+    from cxr_testutils import jpeg_dicom
+
+    cut, ok = jpeg_dicom(tmp_path / "cut.dcm", keep=0.5), jpeg_dicom(tmp_path / "ok.dcm")
+    assert main(["inspect", str(cut), str(ok)]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[1] == f"{ok}: DICOM 256x256 8-bit MONOCHROME2 CR view PA OK"
+    assert out[0].startswith(f"{cut}: DICOM JPEG frame: truncated image data (the last 5")

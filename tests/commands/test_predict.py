@@ -86,6 +86,17 @@ def test_bad_files_are_listed_and_give_exit_2(run, inputs, tmp_path, capsys):
     assert "3 input(s) could not be used; 1 labelled" in err
 
 
+def test_dicom_with_a_cut_jpeg_frame_is_skipped_not_classified(run, inputs, tmp_path, capsys):
+    from cxr_testutils import jpeg_dicom
+
+    cut = jpeg_dicom(tmp_path / "cut.dcm", keep=0.5)
+    code = main(["predict", str(run), str(inputs / "a.png"), str(cut), "--json", "--no-progress"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert [r["file"] for r in json.loads(captured.out)] == [str(inputs / "a.png")]
+    assert f"skipped {cut}: DICOM JPEG frame: truncated image data (the last" in captured.err
+
+
 def test_cam_overlays_and_lung_columns_for_a_gated_run(tmp_path_factory, inputs, tmp_path, capsys):
     run = gated_run(tmp_path_factory)
     capsys.readouterr()  # drop what building the run printed (when this test builds it)

@@ -135,3 +135,50 @@ def test_modality_gate_and_film_warnings():
         "lateral view (LL): the model was trained on frontal films"
     ]
     assert guard.film_warnings("CT", "")[0].startswith("modality CT is not a radiograph")
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_dicom_jpeg_frame_behind_a_forged_end_marker_refused(tmp_path, keep):
+    """The DICOM decoders fill a cut JPEG frame (mid-gray or repeated rows); we refuse it."""
+    import pydicom
+
+    from cxr_testutils import jpeg_dicom
+
+    path = jpeg_dicom(tmp_path / "cut.dcm", keep=keep)
+    assert pydicom.dcmread(path).pixel_array.shape == (256, 256)  # what pydicom alone does
+    reason = _reason(path, target=128)
+    assert reason.startswith("DICOM JPEG frame: truncated image data (the last")
+    assert "decoder's filler" in reason
+
+
+def test_intact_dicom_jpeg_frame_read(tmp_path):
+    import pydicom
+
+    from cxr_testutils import jpeg_dicom
+
+    path = jpeg_dicom(tmp_path / "ok.dcm")
+    img, info = read_image(path)
+    assert (info.format, info.width, info.modality) == ("DICOM", 256, "CR")
+    expected = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    expected = (expected - expected.min()) / np.ptp(expected)
+    np.testing.assert_allclose(img, expected, atol=1e-6)
+
+
+def test_dicom_jpeg_frame_smaller_than_its_header_refused(tmp_path):
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    from cxr_testutils import jpeg_dicom
+
+    path = jpeg_dicom(tmp_path / "big.dcm", side=64)
+    ds = pydicom.dcmread(path)
+    buf = io.BytesIO()
+    Image.fromarray(_noise(64, 64)).save(buf, "JPEG", quality=90)
+    raw = bytearray(buf.getvalue())
+    struct.pack_into(">HH", raw, raw.find(b"\xff\xc0") + 5, 6000, 6000)  # a forged frame header
+    ds.PixelData = encapsulate([bytes(raw)])
+    ds.save_as(path)
+    assert _reason(path) == (
+        "DICOM JPEG frame: truncated image data (header says 6000x6000, which needs at least "
+        f"70,312 bytes; the frame has {len(raw) + len(raw) % 2:,})"  # 750 * 750 blocks / 8; even
+    )

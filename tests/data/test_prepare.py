@@ -305,6 +305,19 @@ def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
     assert "img/ct.dcm" in set(m.path)
 
 
+def test_dicom_with_a_cut_jpeg_frame_rejected(folder, tmp_path):
+    from cxr_testutils import jpeg_dicom
+
+    jpeg_dicom(folder / "img/cut.dcm", keep=0.5)
+    with (folder / "labels.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow(("img/cut.dcm", "Normal", "cut-patient", "siteA"))
+    out = prepare_mod.prepare(_cfg(folder, tmp_path / "out")).out
+    rejected = pd.read_csv(out / "rejected.csv")
+    reasons = dict(zip(rejected.path, rejected.reason, strict=True))
+    assert reasons["img/cut.dcm"].startswith("DICOM JPEG frame: truncated image data (the last")
+    assert "img/cut.dcm" not in set(pd.read_csv(out / "manifest.csv").path)
+
+
 def test_one_worker_and_pool_write_identical_outputs(folder, tmp_path):
     """Pool workers write straight into the memory-mapped work cache: same bytes as in-process."""
     one = prepare_mod.prepare(_cfg(folder, tmp_path / "one", workers=1)).out

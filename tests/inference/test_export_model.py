@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,69 @@ def test_export_refuses_bad_destinations(tmp_path_factory, tmp_path):
         export_run(run, "tflite", tmp_path / "m.tflite")
     with pytest.raises(CxrGuideError, match="not a trained run"):
         export_run(tmp_path, "onnx", tmp_path / "m.onnx")
+
+
+def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    """The predictor's ONNX backend exports a run once (the exporter takes ~20 s), keyed by
+    the weights and run facts; an unwritable cache folder means a temp file, not an error."""
+    import errno
+
+    from cxrguide.inference import export as export_mod
+    from cxrguide.inference.predictor import Predictor
+
+    run = tiny_run(tmp_path_factory)
+    model, info = load_run(run)
+    module = ExportModule(model, 64, False).eval()
+    first = export_mod.cached_onnx(module, 64, identity=repr(info), folder=tmp_path / "c")
+    assert first is not None and first.parent == tmp_path / "c" and first.suffix == ".onnx"
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp left behind
+    image = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    np.testing.assert_allclose(OnnxRunner(first)(image.numpy()), _reference(run, image, None),
+                               atol=1e-4)  # fmt: skip
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(export_mod, "export_onnx", no_export)
+    assert export_mod.cached_onnx(module, 64, identity=repr(info), folder=tmp_path / "c") == first
+    with torch.no_grad():
+        next(model.head.parameters()).add_(1.0)  # other weights: another file
+    with pytest.raises(AssertionError, match="exported again"):
+        export_mod.cached_onnx(module, 64, identity=repr(info), folder=tmp_path / "c")
+    monkeypatch.undo()
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    written = []
+
+    def copy_export(module, path, image_size, **kwargs):  # the export itself is tested above
+        written.append(path)
+        return shutil.copyfile(first, path)
+
+    monkeypatch.setattr(export_mod, "export_onnx", copy_export)
+    monkeypatch.setattr(Path, "mkdir", denied)  # what a user without write access meets
+    monkeypatch.setenv(export_mod.CACHE_ENV, str(tmp_path / "locked"))
+    assert export_mod.cached_onnx(module, 64, folder=tmp_path / "locked") is None
+    predictor = Predictor(run, backend="onnx")  # falls back to a private temp file
+    try:
+        assert predictor._tmp is not None and written[-1].parent == Path(predictor._tmp.name)
+        np.testing.assert_allclose(predictor.probabilities(image[:, 0].numpy()),
+                                   _reference(run, image, None), atol=1e-4)  # fmt: skip
+    finally:
+        predictor.close()
+
+
+@pytest.mark.slow  # one torch.export based export of a custom network (~20-30 s on 2 cores)
+def test_pepx_network_exports_gated_with_parity(tmp_path):
+    """COVID-Net's PEPX blocks are our own code, not timm's: the exporter must take them too."""
+    from cxrguide.inference.export import export_onnx, parity
+    from cxrguide.models.zoo import create_model
+
+    model = create_model("covidnet_cxr_small", "none", seed=0).eval()
+    module = ExportModule(model, 64, lung_gate=True).eval()
+    path = export_onnx(module, tmp_path / "pepx.onnx", 64)
+    assert OnnxRunner(path).needs_mask
+    assert parity(module, path, "onnx", 64) <= 1e-4

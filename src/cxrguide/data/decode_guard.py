@@ -15,7 +15,8 @@
   before anything is decoded; :func:`jpeg_filler_fraction` measures the exact-128 tail after
   decoding and :func:`filler_confirmed` asks a second decoder whether that tail is real. PNG: :func:`png_missing_rows` inflates the IDAT stream with bounded memory and
   compares its length with what the header needs (black rows are common on real films, so the
-  decoded zeros cannot tell).
+  decoded zeros cannot tell). DICOM: :func:`dicom_jpeg_refusal` runs the JPEG checks on an
+  encapsulated Huffman JPEG frame before pydicom decodes it (its decoders fill a cut frame too).
 * **Bounded memory.** :func:`pil_gray` decodes straight to 8-bit luminance (JPEG: ``draft``, the
   DCT-domain 1/2, 1/4, 1/8 scaling) and block-averages down to the side the caller needs
   (:func:`block_mean`, float32, no full-size float copy): a 39 KB palette PNG that decodes to
@@ -24,9 +25,11 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -35,6 +38,9 @@ RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "L", "R", "LLAT", "RLAT"}
 FILLER_LIMIT = 0.01  # refuse a JPEG whose last 1 % (or more) of pixels is decoder filler
 _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive (Huffman)
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# DICOM transfer syntaxes whose frames are 8/12-bit Huffman JPEG (baseline, extended)
+_DICOM_HUFFMAN_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
           (0, 1, 1, 2))  # fmt: skip
@@ -76,8 +82,46 @@ class DecodeRefusal(Exception):
 
 
 # --- missing data ------------------------------------------------------------------------------
-def jpeg_too_short(path: Path, sof: int, width: int, height: int) -> str | None:
-    """A refusal when the file cannot hold a Huffman-coded image of the header's size.
+def jpeg_frame_header(f: BinaryIO) -> tuple[int, int, int, int]:
+    """(width, height, sample precision, SOF marker) of the JPEG stream in ``f`` (at its SOI).
+
+    Walks the marker segments to the first frame header; ``ValueError`` (the reason) when the
+    stream ends first or has no frame header.
+    """
+    f.seek(2, 1)
+    while True:
+        byte = f.read(1)
+        if not byte:
+            raise ValueError("truncated image data")
+        if byte != b"\xff":
+            continue  # fill/garbage between segments, as decoders tolerate
+        code = f.read(1)
+        while code == b"\xff":
+            code = f.read(1)
+        if not code:
+            raise ValueError("truncated image data")
+        marker = code[0]
+        if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            continue
+        if marker in (0xD9, 0xDA):
+            raise ValueError("corrupt JPEG data (no frame header)")
+        raw = f.read(2)
+        if len(raw) < 2:
+            raise ValueError("truncated image data")
+        (length,) = struct.unpack(">H", raw)
+        if marker in _SOF_MARKERS:
+            sof = f.read(5)
+            if len(sof) < 5:
+                raise ValueError("truncated image data")
+            precision, height, width = struct.unpack(">BHH", sof)
+            return width, height, precision, marker
+        f.seek(length - 2, 1)
+
+
+def jpeg_too_short(
+    n_bytes: int, sof: int, width: int, height: int, holder: str = "file"
+) -> str | None:
+    """A refusal when ``n_bytes`` cannot hold a Huffman-coded image of the header's size.
 
     Every 8x8 luma block needs at least one bit of entropy-coded data (a 1-bit DC code; the
     progressive DC scan alone needs that much), so ``blocks / 8`` bytes is a hard floor.
@@ -86,12 +130,11 @@ def jpeg_too_short(path: Path, sof: int, width: int, height: int) -> str | None:
     if sof not in _HUFFMAN_SOF:
         return None
     floor = -(-width // 8) * -(-height // 8) // 8
-    size = path.stat().st_size
-    if size >= floor:
+    if n_bytes >= floor:
         return None
     return (
         f"truncated image data (header says {width}x{height}, which needs at least "
-        f"{floor:,} bytes; the file has {size:,})"
+        f"{floor:,} bytes; the {holder} has {n_bytes:,})"
     )
 
 
@@ -105,18 +148,19 @@ def jpeg_filler_fraction(gray: np.ndarray) -> float:
     return (flat.size - 1 - last) / flat.size
 
 
-def filler_confirmed(path: Path, gray: np.ndarray, filler: float) -> bool:
+def filler_confirmed(source: Path | bytes, gray: np.ndarray, filler: float) -> bool:
     """Does a second decoder (libjpeg, from pylibjpeg-libjpeg) disagree on the 128 tail?
 
     A real flat mid-gray region decodes to exactly 128 in every decoder; libjpeg-turbo's filler
     for missing data is 128 too, but Thomas Richter's libjpeg fills differently, so the two
-    agree on real content and disagree on missing data. ``gray`` is Pillow's output (maybe at
-    draft scale). Without the second decoder the filler is taken as missing data.
+    agree on real content and disagree on missing data. ``source``: the JPEG file or stream;
+    ``gray`` is Pillow's output (maybe at draft scale). Without the second decoder the filler is taken as missing data.
     """
     try:
         from libjpeg import decode
 
-        other = np.asarray(decode(path.read_bytes()))
+        data = source if isinstance(source, bytes) else source.read_bytes()
+        other = np.asarray(decode(data))
     except Exception:  # not installed, or it cannot read the file either
         return True
     if other.ndim == 3:
@@ -175,6 +219,55 @@ def png_missing_rows(path: Path) -> str | None:
         f"truncated image data (header says {width}x{height}; the data ends after "
         f"{100 * produced / max(need, 1):.1f} % of it)"
     )
+
+
+def jpeg_stream_refusal(data: bytes) -> str | None:
+    """The JPEG file checks on an in-memory stream (a DICOM frame): byte floor, then filler.
+
+    8-bit streams are decoded by Pillow at 1/8 scale (DC only, cheap); a 128 tail there is
+    confirmed with the second decoder (:func:`filler_confirmed`) on the whole stream.
+    """
+    try:
+        width, height, precision, sof = jpeg_frame_header(io.BytesIO(data))
+    except ValueError as err:
+        return str(err)
+    short = jpeg_too_short(len(data), sof, width, height, holder="frame")
+    if short or precision != 8 or sof not in _HUFFMAN_SOF:
+        return short
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
+            im.draft("L", (-(-width // 8), -(-height // 8)))
+            gray = np.asarray(im.convert("L"))
+    except OSError as err:
+        if "truncated" in str(err).lower():
+            return "truncated image data"
+        return None  # the DICOM decoder gives its own reason
+    filler = jpeg_filler_fraction(gray)
+    if filler >= FILLER_LIMIT and filler_confirmed(data, gray, filler):
+        return (
+            f"truncated image data (the last {100 * filler:.1f} % of the pixels are the "
+            "decoder's filler: the JPEG data ends early)"
+        )
+    return None
+
+
+def dicom_jpeg_refusal(ds: Any) -> str | None:
+    """:func:`jpeg_stream_refusal` on a DICOM's encapsulated Huffman JPEG frame, else None.
+
+    pydicom hands the frame to a decoder that, like any JPEG decoder, fills missing data behind
+    a forged end marker instead of failing, so the frame gets the checks a JPEG file gets.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _DICOM_HUFFMAN_JPEG:
+        return None
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except (StopIteration, ValueError, KeyError, AttributeError) as err:
+        return f"corrupt encapsulated pixel data ({err or type(err).__name__})"
+    refusal = jpeg_stream_refusal(frame)
+    return f"DICOM JPEG frame: {refusal}" if refusal else None
 
 
 # --- bounded decoding --------------------------------------------------------------------------

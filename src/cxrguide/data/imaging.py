@@ -56,7 +56,6 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 # Pillow formats accepted besides PNG/JPEG; a whitelist, because Pillow's permissive plugins
 # (TGA, ...) would "identify" random binaries.
 _OTHER_PIL_FORMATS = ("TIFF", "BMP", "WEBP", "JPEG2000")
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _MODE_BITS = {"1": 1, "I": 32, "F": 32, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
 _LUMA = (0.299, 0.587, 0.114)
 _DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
@@ -143,34 +142,10 @@ def _png_header(path: Path, head: bytes) -> tuple[int, int, int]:
 def _jpeg_header(path: Path) -> tuple[int, int, int, int]:
     """(width, height, sample precision, SOF marker) from the first SOF segment."""
     with path.open("rb") as f:
-        f.seek(2)
-        while True:
-            byte = f.read(1)
-            if not byte:
-                raise _fail(path, "truncated image data")
-            if byte != b"\xff":
-                continue  # fill/garbage between segments, as decoders tolerate
-            code = f.read(1)
-            while code == b"\xff":
-                code = f.read(1)
-            if not code:
-                raise _fail(path, "truncated image data")
-            marker = code[0]
-            if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-                continue
-            if marker in (0xD9, 0xDA):
-                raise _fail(path, "corrupt JPEG data (no frame header)")
-            raw = f.read(2)
-            if len(raw) < 2:
-                raise _fail(path, "truncated image data")
-            (length,) = struct.unpack(">H", raw)
-            if marker in _SOF_MARKERS:
-                sof = f.read(5)
-                if len(sof) < 5:
-                    raise _fail(path, "truncated image data")
-                precision, height, width = struct.unpack(">BHH", sof)
-                return width, height, precision, marker
-            f.seek(length - 2, 1)
+        try:
+            return guard.jpeg_frame_header(f)
+        except ValueError as err:
+            raise _fail(path, str(err)) from None
 
 
 def _looks_like_raw_dicom(head: bytes) -> bool:
@@ -243,7 +218,7 @@ def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[
     elif head.startswith(_JPEG_MAGIC):
         width, height, depth, sof = _jpeg_header(path)
         _check_size(path, width, height, max_pixels, min_side)
-        short = guard.jpeg_too_short(path, sof, width, height)
+        short = guard.jpeg_too_short(path.stat().st_size, sof, width, height)
         if short:
             raise _fail(path, short)
         formats = ("JPEG",)
@@ -386,6 +361,9 @@ def read_image(
                 if bits != info.bit_depth:
                     info = dataclasses.replace(info, bit_depth=bits)
             else:
+                refusal = guard.dicom_jpeg_refusal(handle)  # the JPEG checks, on the frame
+                if refusal:
+                    raise _fail(info.path, refusal)
                 gray = _dicom_pixels(handle, info, target)
     except ImageReadError:
         raise

@@ -9,8 +9,9 @@ post-processed and quality-flagged like ``lungs predict`` does, and enters the f
 Ungated runs can still be given a lung model, for the coverage figure and the contour.
 
 Backends (``backend=``): ``fp32`` eager; ``channels_last`` (fp32, NHWC weights); ``bf16``
-(channels-last + bfloat16 autocast); ``onnx`` (the run exported to a private temp file, run by
-ONNX Runtime); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
+(channels-last + bfloat16 autocast); ``onnx`` (run by ONNX Runtime; the run is exported once,
+~30 s for MobileNet V2 at 224 px, into ``~/.cache/cxrguide/onnx`` or
+``$CXRGUIDE_CACHE_DIR/onnx``, or a private temp file when that is not writable); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
 ``bench/inference.py`` (figures in its docstring): 100 % top-1 agreement and probabilities within
 3e-7 of eager fp32, 2.2x eager's throughput and 2.8x its batch-1 speed over the ten backbones
 with one thread, and the fastest path everywhere with two threads on the busy shared CPU (bf16
@@ -213,14 +214,18 @@ class Predictor:
                 self.backend = "fp32"
 
     def _export_onnx(self) -> Any:
-        from cxrguide.inference.export import ExportModule, export_onnx
+        """The run as ONNX, from the export cache (exported once per run and tool versions)."""
+        from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
         from cxrguide.inference.onnx_runtime import OnnxRunner
 
-        self._tmp = tempfile.TemporaryDirectory(prefix="cxrguide-onnx-")
-        path = Path(self._tmp.name) / "model.onnx"
         module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate).eval()
-        export_onnx(module, path, self.size)
-        self.model.to(self.device)
+        try:
+            path = cached_onnx(module, self.size, identity=repr(self.info))
+            if path is None:  # no writable cache folder: a private temp file
+                self._tmp = tempfile.TemporaryDirectory(prefix="cxrguide-onnx-")
+                path = export_onnx(module, Path(self._tmp.name) / "model.onnx", self.size)
+        finally:
+            self.model.to(self.device)
         return OnnxRunner(path, threads=torch.get_num_threads())
 
     def close(self) -> None:
