@@ -244,7 +244,9 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
     try:
         with log_file.open("a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
-            bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img")
+            bar = tqdm(
+                total=len(records), initial=len(done), desc="decode", unit="img", disable=None
+            )
             for rows in _decoded_rows(todo, workers, pool, pixels, thumbs):
                 writer.writerows(rows)
                 fh.flush()

@@ -135,7 +135,7 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     masks = cache.create(tmp, max(len(rows), 1), size)
     found: list[list] = []
     contents = [content_fraction(r.get("width") or 0, r.get("height") or 0) for r in rows]
-    bar = tqdm(total=len(rows), desc="lungs", unit="img")
+    bar = tqdm(total=len(rows), desc="lungs", unit="img", disable=None)  # quiet off a terminal
     batch = inference_batch(cfg.batch_size, device)
     for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
                                      batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip

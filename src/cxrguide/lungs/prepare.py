@@ -117,7 +117,9 @@ def _decode_all(cfg, records, work: Path) -> tuple[list[dict], np.ndarray, np.nd
     rows: list[dict] = [{} for _ in records]
     try:
         results = pool.imap_unordered(_decode, tasks, chunksize=4) if pool else map(_decode, tasks)
-        for row, img, mask in tqdm(results, total=len(tasks), desc="decode", unit="img"):
+        for row, img, mask in tqdm(
+            results, total=len(tasks), desc="decode", unit="img", disable=None
+        ):
             if img is not None:
                 images[row["idx"]], masks[row["idx"]] = img, mask
             rows[row["idx"]] = row
