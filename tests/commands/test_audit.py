@@ -56,3 +56,13 @@ def test_not_a_finished_prepare_folder_is_one_line_and_exit_2(make, tmp_path, ca
     assert main(["audit", str(target)]) == 2
     err = capsys.readouterr().err
     assert str(target) in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_missing_predictions_csv_is_one_line_and_exit_2(tmp_path, capsys):
+    prep = finished(make_prepared(tmp_path / "prep"))
+    (tmp_path / "ok.csv").write_text("image_id,predicted\nx,Normal\n")
+    csvs = ["--predictions", str(tmp_path / "ok.csv"), "--predictions", str(tmp_path / "no.csv")]
+    assert main(["audit", str(prep), *csvs]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "no.csv") in err and len(err.strip().splitlines()) == 1
+    assert not (prep / "audit").exists()

@@ -161,3 +161,86 @@ def test_mask_cache_of_the_wrong_shape_skips_the_probe_with_the_reason(tmp_path)
     np.save(tmp_path / "masks.npy", np.zeros((3, SIZE, SIZE), np.uint8))
     audit = audit_prepared(prep, lung_masks=tmp_path / "masks.npy").audit
     assert "do not match" in audit["outside_lung_probe"]["skipped"]
+
+
+def marked_by_chance(tmp_path: Path, n: int = 90) -> tuple[Path, list[str], list[str]]:
+    """A prepared set whose corner tag names a class drawn at random, unrelated to the label:
+    the class cannot be told outside the lungs, a tag-following model's answers can."""
+    classes = ("Normal", "Pneumonia", "COVID-19")
+    rows = [("a" if i % 2 else "b", classes[i % 3], "test") for i in range(n)]
+    tags = [classes[k] for k in np.random.default_rng(7).integers(0, 3, n)]
+    images = noise(n, seed=1)
+    for i, tag in enumerate(tags):
+        x = [2, 20, 40][classes.index(tag)]
+        images[i, 1:6, x : x + 5] = 250
+    prep = write_prepared(tmp_path / "prep", rows, images)
+    write_lung_cache(prep, size=SIZE)
+    return prep, [r[1] for r in rows], tags
+
+
+def write_predictions(path: Path, prep: Path, true: list[str], predicted: list[str]) -> Path:
+    ids = pd.read_csv(prep / "manifest.csv")["image_id"]
+    pd.DataFrame({"image_id": ids, "source": "a", "true": true, "predicted": predicted,
+                  "p_Normal": 0.3}).to_csv(path, index=False)  # fmt: skip
+    return path
+
+
+def test_the_probe_tells_a_tag_following_model_and_not_a_random_one(tmp_path):
+    prep, true, tags = marked_by_chance(tmp_path)
+    follows = write_predictions(tmp_path / "follows.csv", prep, true, tags)
+    coin = [("Normal", "Pneumonia", "COVID-19")[k]
+            for k in np.random.default_rng(3).integers(0, 3, len(true))]  # fmt: skip
+    random = write_predictions(tmp_path / "random.csv", prep, true, coin)
+    result = audit_prepared(prep, tmp_path / "a", predictions=[follows])
+    probe = result.audit["outside_lung_probe"]
+    assert probe["class"]["signal"] is False  # the tag says nothing of the class
+    p = probe["predictions"]
+    assert p["files"] == [str(follows)] and p["n"] == 90 and p["not_in_prep"] == 0
+    assert p["signal"] is True and p["accuracy"] > 0.9 and p["majority_share"] < 0.45
+    assert p["true_class"]["accuracy"] < 0.6 and p["true_class"]["signal"] is False
+    assert p["model_accuracy"] == pytest.approx(np.mean(np.array(true) == np.array(tags)))
+    (w,) = [w for w in result.audit["warnings"] if w["code"] == "predictions_follow_outside_lung"]
+    assert w["accuracy"] == p["accuracy"] and w["true_class_accuracy"] < 0.6
+    assert "agrees with the model on" in result.notes[0]
+    assert "[predictions_follow_outside_lung]" in (tmp_path / "a" / AUDIT_MD).read_text()
+    saved = json.loads((tmp_path / "a" / AUDIT_JSON).read_text())
+    assert saved["outside_lung_probe"]["predictions"]["accuracy"] == p["accuracy"]
+    plain = audit_prepared(prep, tmp_path / "b").audit["outside_lung_probe"]
+    assert plain["class"] == probe["class"] and "predictions" not in plain  # class probe unchanged
+    r = audit_prepared(prep, tmp_path / "c", predictions=[random]).audit
+    assert r["outside_lung_probe"]["predictions"]["signal"] is False
+    assert r["outside_lung_probe"]["predictions"]["accuracy"] < 0.55
+    assert not [w for w in r["warnings"] if w["code"] == "predictions_follow_outside_lung"]
+
+
+def test_predictions_not_in_prep_or_too_few_skip_that_target_with_the_reason(tmp_path):
+    prep, true, tags = marked_by_chance(tmp_path)
+    few = write_predictions(tmp_path / "few.csv", prep, true, tags)
+    table = pd.read_csv(few)
+    table.iloc[:6].to_csv(few, index=False)
+    table.assign(image_id="other:" + table["image_id"]).to_csv(tmp_path / "x.csv", index=False)
+    for csv, n in ((few, 6), (tmp_path / "x.csv", 0)):
+        result = audit_prepared(prep, tmp_path / csv.stem, predictions=[csv])
+        p = result.audit["outside_lung_probe"]["predictions"]
+        assert p["skipped"].startswith(f"only {n} of the") and "needs >= 10" in p["skipped"]
+        assert "class" in result.audit["outside_lung_probe"]  # the other targets still run
+        assert "on the model's answers" in result.notes[0] and "skipped (only" in result.notes[0]
+    p = audit_prepared(prep, tmp_path / "y", predictions=[tmp_path / "x.csv"]).audit
+    assert p["outside_lung_probe"]["predictions"]["not_in_prep"] == 90
+
+
+@pytest.mark.parametrize("bad", ["missing", "empty", "no_column", "folder"])
+def test_a_bad_predictions_csv_is_a_one_line_error_naming_it(bad, tmp_path):
+    rows = confounded_rows()
+    prep = write_prepared(tmp_path / "prep", rows, noise(len(rows)))
+    csv = tmp_path / "p.csv"
+    if bad == "empty":
+        csv.write_text("")
+    elif bad == "no_column":
+        csv.write_text("image_id,true\ns:0000.png,Normal\n")
+    elif bad == "folder":
+        csv.mkdir()
+    with pytest.raises(CxrGuideError) as err:
+        audit_prepared(prep, predictions=[csv])
+    assert str(err.value).startswith(str(csv)) and "\n" not in str(err.value)
+    assert not (prep / "audit").exists()

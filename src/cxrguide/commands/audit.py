@@ -1,4 +1,5 @@
-"""`cxrguide audit PREP [--lungs RUN] [--out DIR]`: is the class confounded with the source?
+"""`cxrguide audit PREP [--lungs RUN] [--predictions CSV] [--out DIR]`: is the class confounded
+with the source, and do a model's answers follow what lies outside the lungs?
 
 Reports and never refuses (exit 0 whatever it finds); a folder that is not a finished
 ``prepare`` output is a one-line error (exit 2). With ``--lungs RUN`` the lung masks for the
@@ -39,17 +40,19 @@ def lung_masks_from_run(cfg: AuditConfig, out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrguide.data.audit import audit_prepared, open_finished
+    from cxrguide.data.audit import audit_prepared, open_finished, read_predictions
 
     cfg = config_from_args(AuditConfig, args)
     if cfg.data is None:
         raise ConfigError("data: give PREP (a folder written by 'cxrguide prepare')")
     open_finished(Path(cfg.data))  # bad input fails before any lung prediction
+    read_predictions(cfg.predictions)
     out = Path(cfg.out) if cfg.out else Path(cfg.data) / "audit"
     masks = lung_masks_from_run(cfg, out) if cfg.lungs else None
     result = audit_prepared(cfg.data, out, lung_masks=masks, seed=cfg.seed,
                             probe_side=cfg.probe_side, probe_margin=cfg.probe_margin,
-                            probe_max_images=cfg.probe_max_images)  # fmt: skip
+                            probe_max_images=cfg.probe_max_images,
+                            predictions=cfg.predictions)  # fmt: skip
     print("\n".join(result.notes))
     print(f"wrote {result.out}/audit.json and audit.md")
     return 0

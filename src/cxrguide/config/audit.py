@@ -21,6 +21,9 @@ class AuditConfig:
     probe_side: int = _f(24, "side of the probe's thumbnail of the lung-blanked film")
     probe_margin: float = _f(0.04, "widen the blanked lung box by this share of the side")
     probe_max_images: int = _f(4000, "probe at most this many films (seeded subset)")
+    predictions: list[Path] = _f([], "a run's predictions_<split>.csv, repeatable: the probe "
+                                 "also predicts the model's answers from outside the lungs",
+                                 metavar="CSV")  # fmt: skip
     device: str = _f("auto", "--lungs: device for the lung masks (auto | cpu | cuda)")
 
     def validate(self) -> None:

@@ -92,6 +92,29 @@ def open_finished(prep: Path) -> tuple[pd.DataFrame, int]:
     return manifest, size
 
 
+def read_predictions(paths: list[Path] | tuple[Path, ...]) -> pd.DataFrame:
+    """``image_id``, ``predicted`` and ``file`` of runs' ``predictions_<split>.csv`` files (an
+    image in several: its first row), else a one-line error naming the file."""
+    frames = []
+    for path in map(Path, paths):
+        try:
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            raise CxrGuideError(f"{path}: no such predictions file") from None
+        except (OSError, ValueError, UnicodeDecodeError) as err:  # pandas errors are ValueErrors
+            raise CxrGuideError(
+                f"{path}: unreadable predictions CSV ({err})".replace("\n", " ")
+            ) from None
+        need = [c for c in ("image_id", "predicted") if c not in table.columns]
+        if need:
+            raise CxrGuideError(f"{path}: column {need[0]!r} missing (give a run's "
+                                "predictions_<split>.csv)")  # fmt: skip
+        frames.append(table[["image_id", "predicted"]].assign(file=str(path)))
+    if not frames:
+        return pd.DataFrame(columns=["image_id", "predicted", "file"])
+    return pd.concat(frames, ignore_index=True).drop_duplicates("image_id", keep="first")
+
+
 # --- class x source ----------------------------------------------------------------------------
 def class_source_table(manifest: pd.DataFrame) -> dict[str, dict[str, Any]]:
     """Per source: counts per class, share of the source, share of the class."""
@@ -258,17 +281,20 @@ def audit_prepared(
     probe_side: int = 24,
     probe_margin: float = 0.04,
     probe_max_images: int = 4000,
+    predictions: list[Path] | tuple[Path, ...] = (),
 ) -> AuditResult:
     """Audit ``prep``; write ``audit.json`` and ``audit.md`` into ``out`` (default PREP/audit).
 
     ``lung_masks`` is a mask cache aligned with the image cache (default: PREP's own lung cache,
     if ``cxrguide lungs predict`` wrote one); without masks the outside-lung probe is skipped.
+    ``predictions`` (runs' ``predictions_<split>.csv``) add the model's answers as a probe target.
     """
     from cxrguide.data.audit_probe import outside_lung_probe, probe_warnings
     from cxrguide.data.audit_render import markdown, summary_text
 
     prep = Path(prep)
     manifest, size = open_finished(prep)
+    answers = read_predictions(predictions) if predictions else None
     out = Path(out) if out else prep / "audit"
     table = class_source_table(manifest)
     v = cramers_v(manifest)
@@ -276,7 +302,8 @@ def audit_prepared(
     warnings = confounding_warnings(table, v, prior)
     masks_path = Path(lung_masks) if lung_masks else prep / f"cache/lungs_{size}.npy"
     probe = outside_lung_probe(prep, manifest, size, masks_path, seed=seed, side=probe_side,
-                               margin=probe_margin, max_images=probe_max_images)  # fmt: skip
+                               margin=probe_margin, max_images=probe_max_images,
+                               predictions=answers)  # fmt: skip
     warnings += probe_warnings(probe)
     audit = {"prepared": str(prep), "images": int(len(manifest)), "seed": seed,
              "thresholds": {"cramers_v": CRAMERS_V, "class_from_one_source": ONE_SOURCE_SHARE,

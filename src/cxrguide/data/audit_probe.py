@@ -9,6 +9,12 @@ class and the source. It is ``outside_lung_signal`` when the accuracy's Wilson 9
 is above the majority share of that target *and* the accuracy beats it by >= ``MIN_GAIN``
 (5 points): then the data carries a shortcut outside the lungs that any CNN can find.
 
+Optionally a third target, a model's answers (``predictions_<split>.csv``): on the films of
+that CSV, the probe predicts the model's ``predicted`` class and, with the same folds, the true
+class. ``predictions_follow_outside_lung`` (same rule) says the model's decisions can be told
+from outside the lungs; agreement above the true-class accuracy says they follow those cues
+more than the disease does.
+
 Films whose mask is empty are left out (counted); with no mask cache the probe is skipped with
 the reason.
 """
@@ -91,8 +97,10 @@ def outside_lung_probe(
     side: int = 24,
     margin: float = 0.04,
     max_images: int = 4000,
+    predictions: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """The probe's report (``class`` and ``source`` targets), or ``skipped`` with the reason."""
+    """The probe's report (``class``, ``source`` and, given ``predictions`` (image_id,
+    predicted, file), ``predictions`` targets), or ``skipped`` with the reason."""
     if not masks_path.is_file():
         return {"skipped": f"no lung masks at {masks_path} (give --lungs RUN, or run 'cxrguide "
                            f"lungs predict RUN --data {prep}' first)"}  # fmt: skip
@@ -104,13 +112,14 @@ def outside_lung_probe(
     rows = np.arange(len(manifest))
     if len(rows) > max_images:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_images, replace=False))
-    feats, kept = [], []
-    for i in rows:
+    predicted_rows = _predicted_rows(manifest, predictions)
+    features: dict[int, np.ndarray | None] = {}
+    for i in sorted(set(rows.tolist()) | set(predicted_rows)):  # the subset + the model's films
         img = np.asarray(images[i])
         blanked = blank_lungs(img, np.asarray(masks[i]), margin)
-        if blanked is not None:
-            feats.append(probe_features(img, blanked, side))
-            kept.append(i)
+        features[i] = None if blanked is None else probe_features(img, blanked, side)
+    kept = [int(i) for i in rows if features[int(i)] is not None]
+    feats = [features[i] for i in kept]
     report: dict[str, Any] = {"masks": str(masks_path), "images": len(kept),
                               "empty_masks": int(len(rows) - len(kept)), "side": side,
                               "margin": margin, "model": "logistic regression (C=0.05), "
@@ -123,10 +132,48 @@ def outside_lung_probe(
     groups = (sub["patient_id"] if "patient_id" in sub else sub["image_id"]).astype(str).to_numpy()
     for target, column in (("class", "label"), ("source", "site")):
         report[target] = cross_validated(x, sub[column].astype(str).to_numpy(), groups, seed)
+    if predictions is not None:
+        report["predictions"] = predictions_target(manifest, predictions, predicted_rows,
+                                                   features, seed)  # fmt: skip
+    return report
+
+
+def _predicted_rows(manifest: pd.DataFrame, predictions: pd.DataFrame | None) -> dict[int, str]:
+    """Manifest row -> the model's answer, for the films in ``predictions`` that are in PREP."""
+    if predictions is None:
+        return {}
+    where = dict(zip(manifest["image_id"].astype(str), range(len(manifest)), strict=True))
+    return {where[i]: str(p) for i, p in zip(predictions["image_id"].astype(str),
+                                             predictions["predicted"], strict=True) if i in where}  # fmt: skip
+
+
+def predictions_target(manifest: pd.DataFrame, predictions: pd.DataFrame, rows: dict[int, str],
+                       features: dict[int, np.ndarray | None], seed: int) -> dict[str, Any]:  # fmt: skip
+    """The probe on the model's answers and, same films and folds, on the true class."""
+    files = sorted(set(predictions["file"].astype(str)))
+    report: dict[str, Any] = {"files": files, "rows": int(len(predictions)),
+                              "not_in_prep": int(len(predictions) - len(rows))}  # fmt: skip
+    kept = [i for i in sorted(rows) if features[i] is not None]
+    report["empty_masks"] = len(rows) - len(kept)
+    if len(kept) < 2 * N_FOLDS:
+        report["skipped"] = (f"only {len(kept)} of the {len(predictions)} predicted films are in "
+                             f"PREP with a lung mask (the probe needs >= {2 * N_FOLDS})")  # fmt: skip
+        return report
+    answers = np.array([rows[i] for i in kept])
+    truth = manifest["label"].astype(str).to_numpy()[kept]
+    sub = manifest.iloc[kept]
+    groups = (sub["patient_id"] if "patient_id" in sub else sub["image_id"]).astype(str).to_numpy()
+    x = np.stack([features[i] for i in kept])
+    result = cross_validated(x, answers, groups, seed)
+    report.update(result)
+    report["model_accuracy"] = float((answers == truth).mean())
+    if "skipped" not in result:
+        report["true_class"] = cross_validated(x, truth, groups, seed)
     return report
 
 
 def probe_warnings(probe: dict[str, Any]) -> list[dict[str, Any]]:
+    """``outside_lung_signal`` per data target; ``predictions_follow_outside_lung``."""
     out = []
     for target in ("class", "source"):
         r = probe.get(target, {})
@@ -139,4 +186,19 @@ def probe_warnings(probe: dict[str, Any]) -> list[dict[str, Any]]:
                                    f"{100 * r['majority_share']:.1f}% by guessing the most "
                                    f"common {target}: the films carry {target} cues outside the "
                                    "lungs"})  # fmt: skip
+    r = probe.get("predictions", {})
+    if r.get("signal"):
+        truth = r.get("true_class", {}).get("accuracy")
+        versus = ("" if truth is None else f"; it tells the true class of the same films at "
+                  f"{100 * truth:.1f}%")  # fmt: skip
+        out.append({"code": "predictions_follow_outside_lung", "target": "predictions",
+                    "files": r["files"], "accuracy": r["accuracy"],
+                    "majority_share": r["majority_share"], "true_class_accuracy": truth,
+                    "message": f"with the lungs blanked out, a small classifier agrees with the "
+                               f"model's answers ({', '.join(r['files'])}) on "
+                               f"{100 * r['accuracy']:.1f}% of {r['n']} films (95% CI "
+                               f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) against "
+                               f"{100 * r['majority_share']:.1f}% by always guessing the "
+                               f"model's most common answer{versus}: the model's decisions can "
+                               "be told from outside the lungs"})  # fmt: skip
     return out

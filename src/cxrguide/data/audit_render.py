@@ -66,7 +66,29 @@ def findings(audit: dict[str, Any]) -> list[str]:
                              "majority")  # fmt: skip
         lines.append(f"Outside-lung probe ({probe['images']} films, lungs blanked, "
                      f"{probe['empty_masks']} empty masks left out): " + "; ".join(parts) + ".")  # fmt: skip
+        if "predictions" in probe:
+            lines.append(predictions_finding(probe["predictions"]))
     return lines
+
+
+def _acc(r: dict[str, Any]) -> str:
+    return f"{100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+
+
+def predictions_finding(r: dict[str, Any]) -> str:
+    """The probe on a model's answers: agreement vs their majority, vs the true class."""
+    head = f"Outside-lung probe on the model's answers ({', '.join(r['files'])}"
+    head += f"; {r['not_in_prep']} not in PREP" if r["not_in_prep"] else ""
+    if "skipped" in r:
+        return f"{head}): skipped ({r['skipped']})."
+    truth = r.get("true_class", {})
+    versus = (f"true class of the same films {_acc(truth)} vs {100 * truth['majority_share']:.1f}%"
+              " majority" if "accuracy" in truth else "true class skipped")  # fmt: skip
+    return (
+        f"{head}, {r['n']} films): agrees with the model on {_acc(r)} vs "
+        f"{100 * r['majority_share']:.1f}% by its most common answer ({r['majority']}); "
+        f"{versus}; the model's own accuracy on them {100 * r['model_accuracy']:.1f}%."
+    )
 
 
 def _text_table(header: list[str], rows: list[list[str]]) -> list[str]:
