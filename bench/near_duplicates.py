@@ -2,7 +2,7 @@
 crop-tolerant thumbnail search + confirmation (what ``cxrguide prepare`` does).
 
 Run: ``.venv/bin/python bench/near_duplicates.py [--n 10000] [--size 128] [--seed 11]
-[--shared ../shared/data] [--quick]``; ends with one JSON line of the figures. Two measurements:
+[--shared ../shared/data] [--every 1] [--skip-recall] [--quick]`` (``--n 0``: recall only); ends with one JSON line of the figures. Two measurements:
 
 - false pairs: ``--n`` distinct synthetic phantoms (every film a different draw) through
   :func:`cxrguide.data.manifest.duplicate_groups` with the dHash alone, with the confirmation,
@@ -31,14 +31,20 @@ from cxrguide.data.imaging import read_image
 from cxrguide.data.synthetic.fairness import render_images
 
 
-def _search(thumbs: np.ndarray, hashes: list[np.ndarray], mode: str) -> tuple[object, int, float]:
-    """Duplicate groups of ``mode`` (dhash / confirmed / crop_tolerant), confirmations, seconds."""
+def _search(
+    thumbs: np.ndarray, hashes: list[np.ndarray], mode: str, memo: dict | None = None
+) -> tuple[object, int, float]:
+    """Duplicate groups of ``mode`` (dhash / confirmed / crop_tolerant), confirmations, seconds.
+    ``memo`` shares confirmations between the modes of one set (the recall measure)."""
     calls = 0
+    memo = {} if memo is None else memo
 
     def confirm(i: int, j: int) -> bool:
         nonlocal calls
         calls += 1
-        return manifest.near_similarity(thumbs[i], thumbs[j]) >= manifest.NEAR_SIMILARITY
+        if (i, j) not in memo:
+            memo[i, j] = manifest.near_similarity(thumbs[i], thumbs[j]) >= manifest.NEAR_SIMILARITY
+        return memo[i, j]
 
     t0 = time.perf_counter()
     extra = near_index.candidate_pairs(thumbs) if mode == "crop_tolerant" else []
@@ -96,9 +102,9 @@ def recall(shared: Path, every: int = 1) -> dict[str, float]:
     for name in KINDS:
         thumbs = np.stack([t for t, _ in originals + copies[name]])
         hashes = [h for _, h in originals + copies[name]]
-        found[name] = {}
+        found[name], memo = {}, {}
         for mode in ("confirmed", "crop_tolerant"):
-            uf = _search(thumbs, hashes, mode)[0]
+            uf = _search(thumbs, hashes, mode, memo)[0]
             found[name][mode] = np.array([uf.connected(i, n + i) for i in range(n)])
         print(f"  {name:<13} {found[name]['confirmed'].mean():6.1%} "
               f"{found[name]['crop_tolerant'].mean():6.1%}")  # fmt: skip
@@ -121,6 +127,7 @@ def main() -> None:
         "--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data"
     )
     p.add_argument("--skip-recall", action="store_true", help="only the false-pair measure")
+    p.add_argument("--every", type=int, default=1, help="recall on every N-th sample film")
     add_quick(p)
     args = p.parse_args()
     before = load()
@@ -130,10 +137,11 @@ def main() -> None:
     if args.skip_recall:
         pass
     elif args.shared.is_dir():
-        figures.update(recall(args.shared, every=10 if args.quick else 1))
+        figures.update(recall(args.shared, every=10 if args.quick else args.every))
     else:
         print(f"{args.shared}: no real sample films; recall not measured")
-    figures.update(false_pairs(args.n, args.size, args.seed))
+    if args.n > 1:  # --n 0: only the recall measure
+        figures.update(false_pairs(args.n, args.size, args.seed))
     emit("near_duplicates", figures, before)
 
 
