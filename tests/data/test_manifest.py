@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-import io
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from cxrguide.data import manifest
 from cxrguide.data.imaging import read_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from _near_copies import near_copies, sample_films  # noqa: E402
 
 
 def _noise_image(seed: int, size: int = 64) -> np.ndarray:
@@ -198,30 +200,6 @@ def test_duplicate_groups_are_those_of_the_former_union_find():
 
 
 # --- near-duplicate confirmation (full measurement: bench/near_duplicates.py) ------------------
-
-
-def near_copies(img: np.ndarray) -> dict[str, np.ndarray]:
-    """The copies re-publishers make: resized + JPEG, cropped a few percent, contrast, 16-bit."""
-    u8 = (img * 255).round().astype(np.uint8)
-    h, w = u8.shape
-    im = Image.fromarray(u8)
-    buf = io.BytesIO()
-    im.resize((w // 2, h // 2), Image.Resampling.LANCZOS).save(buf, "JPEG", quality=70)
-    out = {"half_jpeg": np.asarray(Image.open(buf)) / 255.0}
-    for name, box in (("crop3", (w * 0.015, h * 0.015, w * 0.985, h * 0.985)),
-                      ("crop3_corner", (w * 0.03, h * 0.03, w, h))):  # fmt: skip
-        box = tuple(int(round(v)) for v in box)
-        out[name] = np.asarray(im.crop(box).resize((w, h), Image.Resampling.BICUBIC)) / 255.0
-    out["gamma"] = img**0.7
-    out["contrast"] = np.clip((img - 0.1) * 1.25, 0, 1)
-    out["16bit"] = (img * 65535).round().astype(np.uint16) / 65535.0  # as the reader gives it
-    return out
-
-
-def sample_films(shared: Path, every: int) -> list[Path]:
-    files = sorted(p for p in shared.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")
-                   and "masks" not in p.parts and "V7" not in p.parts)  # fmt: skip
-    return files[::every]
 
 
 def test_copies_of_real_films_are_confirmed(shared_data: Path):

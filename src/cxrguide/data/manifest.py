@@ -4,7 +4,8 @@ Everything here works on plain lists and arrays so it is easy to test and never 
 Duplicate detection is not quadratic: exact duplicates group by content hash, near duplicates are
 found with multi-index hashing (a 256-bit dHash cut into ``distance + 1`` bands; by pigeonhole two
 hashes within ``distance`` bits share at least one band exactly, so only bucket mates are
-compared).
+compared), plus the crop-tolerant thumbnail search of :mod:`cxrguide.data.near_index` (the dHash
+misses crops of a few percent); every near candidate is confirmed by :func:`near_similarity`.
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ def disjoint_set(n: int) -> DisjointSet:
 # contrast, gamma and bit depth), registered (x/y scale 0.85-1.18 and shift, Powell on blurred
 # thumbnails: tolerates crops of a few percent), then the correlation of their fine detail
 # (thumbnail minus its Gaussian blur, sigma 1.5 px) - capped by how well the blurred thumbnails
-# align. Measured (bench/near_duplicates.py): copies of the real sample films (3-5% crops,
-# half-size JPEG q70, gamma 0.7) >= 0.874 on a third of the films (99.7% accepted over all 241,
-# see README); the most alike distinct phantoms <= 0.856 (two films of one phantom patient;
-# other patients <= 0.75) on 1,200, one pair at 0.866 among 10,000. Threshold between the two:
-NEAR_SIMILARITY = 0.865
+# align. Measured (bench/near_duplicates.py and README): near-copies of the 241 real sample films
+# (half size, JPEG q70, 3% and 5% crops, gamma 0.7, contrast, 16-bit; 2,651 copies): 99.8%
+# score >= 0.865, 99.6% >= 0.88. Distinct phantoms: among the 1,442 candidates that the
+# crop-tolerant search (near_index) proposes on 10,000 of them, three pairs score 0.866-0.874,
+# all three two films of one phantom patient (same anatomy); other pairs <= 0.861. 0.865 let
+# those three through, so the threshold sits above them:
+NEAR_SIMILARITY = 0.88
 THUMB_SIDE = 64
 
 
@@ -140,9 +143,12 @@ def duplicate_groups(
     hashes: Sequence[np.ndarray | None],
     distance: int,
     confirm: Callable[[int, int], bool] | None = None,
+    extra_pairs: Iterable[tuple[int, int]] = (),
 ) -> DisjointSet:
-    """Union items that are byte-identical or whose dHashes differ by at most ``distance`` bits
-    (and, given ``confirm(i, j)``, that it confirms: see :func:`near_similarity`)."""
+    """Union items that are byte-identical or whose dHashes differ by at most ``distance`` bits,
+    or that ``extra_pairs`` proposes (:func:`cxrguide.data.near_index.candidate_pairs`); given
+    ``confirm(i, j)``, near candidates are united only when it confirms them (see
+    :func:`near_similarity`). A negative ``distance`` turns near-duplicate search off."""
     n = len(sha256)
     uf = disjoint_set(n)
     first_by_sha: dict[str, int] = {}
@@ -153,12 +159,23 @@ def duplicate_groups(
                 uf.merge(i, j)
     if distance < 0:
         return uf
+    refused: set[tuple[int, int]] = set()
+
+    def propose(i: int, j: int) -> None:
+        if uf.connected(i, j) or (i, j) in refused:
+            return
+        if confirm is None or confirm(i, j):
+            uf.merge(i, j)
+        else:
+            refused.add((i, j))  # another band may propose it again: confirm once
+
+    for i, j in sorted((min(p), max(p)) for p in extra_pairs if p[0] != p[1]):
+        propose(i, j)
     n_bands = distance + 1
     bounds = np.linspace(0, HASH_BITS, n_bands + 1).astype(int)
     present = np.array([i for i, h in enumerate(hashes) if h is not None], dtype=np.intp)
     if len(present) < 2:
         return uf
-    refused: set[tuple[int, int]] = set()
     packed = np.stack([np.asarray(hashes[i], dtype=np.uint8) for i in present])
     words = np.ascontiguousarray(packed).view(np.uint64)  # 4 words: popcount per word
     bits = np.unpackbits(packed, axis=1)
@@ -174,13 +191,7 @@ def duplicate_groups(
         for lo, hi in zip(starts[stops - starts > 1], stops[stops - starts > 1], strict=True):
             members = order[lo:hi]
             for a, c in _close_pairs(words[members], distance):
-                i, j = int(present[members[a]]), int(present[members[c]])  # i < j
-                if uf.connected(i, j) or (i, j) in refused:
-                    continue
-                if confirm is None or confirm(i, j):
-                    uf.merge(i, j)
-                else:
-                    refused.add((i, j))  # another band may propose it again: confirm once
+                propose(int(present[members[a]]), int(present[members[c]]))  # i < j
     return uf
 
 

@@ -3,7 +3,8 @@
 Steps: scan every source's metadata (no pixels), decode all images in parallel into a resumable
 work cache, drop exact and near duplicates across sources, apply quotas, group by patient (and
 by duplicate links), split, and write ``manifest.csv`` plus an image cache whose row i is
-manifest row i. A near-duplicate (dHash) candidate is dropped only when its thumbnail confirms it
+manifest row i. A near-duplicate candidate (dHash, or the crop-tolerant thumbnail search of
+:mod:`cxrguide.data.near_index`) is dropped only when its thumbnail confirms it
 (:func:`cxrguide.data.manifest.near_similarity`); candidates found distinct and confirmed pairs
 whose labels differ are listed in ``near_duplicates_review.csv`` for a person to check. A killed
 run resumes from ``.work/`` with the same config; ``summary.json``,
@@ -27,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrguide.config import PrepareConfig, save_yaml, to_dict
-from cxrguide.data import cache, completion, manifest
+from cxrguide.data import cache, completion, manifest, near_index
 from cxrguide.data.sources import Rejection, SourceRecord, open_source
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
@@ -353,7 +354,11 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
                            "duplicate" if same else "distinct (kept both)"))  # fmt: skip
         return same
 
-    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm)
+    crop_tolerant = []  # the dHash misses crops of a few percent: a thumbnail search adds them
+    if cfg.near_duplicate_distance >= 0:
+        crop_tolerant = near_index.candidate_pairs(np.asarray(thumbs[np.asarray(ok, dtype=int)]))
+    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm,
+                                   crop_tolerant)  # fmt: skip
     _write_csv(Path(cfg.out) / "near_duplicates_review.csv", REVIEW_COLUMNS, review)
     kept: list[int] = []
     dropped: list[tuple] = []
