@@ -6,7 +6,7 @@ against PyTorch (largest probability difference on a batch of 8) and times that 
 thread, mean of 3). The first round's new-exporter figure includes loading onnxscript, as a
 fresh ``cxrguide`` process pays it. Prints each export and the ratio new / old per round.
 
-    python bench/onnx_export.py [--backbone mobilenet_v2] [--size 224] [--rounds 2]
+    python bench/onnx_export.py [--backbone mobilenet_v2] [--size 224] [--rounds 2] [--quick]
     python bench/onnx_export.py --zoo [--size 96]   # every zoo model, new exporter only
 
 ``--zoo`` exports every model of ``cxrguide models`` (plain, and gated for COVID-Net Small,
@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from _common import add_quick, emit, load
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.models.zoo import create_model
 
@@ -83,9 +84,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--zoo", action="store_true", help="export every zoo model (new exporter)")
+    add_quick(parser)
     args = parser.parse_args()
     if args.zoo:
         return zoo(args.size)
+    if args.quick:
+        args.size = 96
+    before = load()
+    ratios, worst = [], 0.0
     torch.manual_seed(0)
     model = create_model(args.backbone, "none", seed=0).eval()
     module = ExportModule(model, args.size, lung_gate=False).eval()
@@ -100,15 +106,19 @@ def main() -> None:
             took = {}
             for name in order:
                 path = Path(tmp) / f"{name}.onnx"
-                load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+                loadavg = " ".join(Path("/proc/loadavg").read_text().split()[:3])
                 start = time.perf_counter()
                 exporters[name](path)
                 took[name] = time.perf_counter() - start
                 diff, infer = _check(path, x, reference)
+                worst = max(worst, float(diff))
                 print(f"round {r + 1} {name:12s} export {took[name]:6.1f} s  ORT batch-8 "
-                      f"{1000 * infer:5.0f} ms  max|dp| {diff:.1e}  load {load}", flush=True)  # fmt: skip
-            print(f"round {r + 1} new / old export time: "
-                  f"{took['torch.export'] / took['torchscript']:.1f}x", flush=True)  # fmt: skip
+                      f"{1000 * infer:5.0f} ms  max|dp| {diff:.1e}  load {loadavg}", flush=True)  # fmt: skip
+            ratios.append(took["torch.export"] / took["torchscript"])
+            print(f"round {r + 1} new / old export time: {ratios[-1]:.1f}x", flush=True)
+    emit("onnx_export", {"backbone": args.backbone, "size": args.size, "rounds": args.rounds,
+                         "new_over_old_export_time": float(np.median(ratios)),
+                         "max_abs_prob_diff": worst}, before)  # fmt: skip
 
 
 if __name__ == "__main__":
