@@ -87,3 +87,14 @@ def test_distinct_phantoms_are_never_linked():
     uf, extra = _groups_found(list(images))
     assert len(extra) < len(images)  # a handful of candidates, not all-against-all
     assert len({uf[i] for i in range(len(images))}) == len(images)
+
+
+def test_views_on_worker_processes_give_the_same_candidates(monkeypatch):
+    """prepare passes its worker count: the candidates must not depend on it."""
+    monkeypatch.setattr(near_index, "PARALLEL_MIN", 8)
+    films = [_film(s, 96) for s in range(10)]
+    base = (films[0] * 255).round().astype(np.uint8)
+    thumbs = np.stack([manifest.thumbnail(im) for im in [*films, base[5:-2, 3:-4] / 255.0]])
+    one = near_index.candidate_pairs(thumbs, workers=1)
+    assert (0, 10) in one
+    assert near_index.candidate_pairs(thumbs, workers=2) == one

@@ -46,6 +46,10 @@ _REFINE = [(ds, dx, dy) for ds in (0.99, 1.0, 1.01) for dx in (-0.01, 0, 0.01)
            for dy in (-0.01, 0, 0.01)]  # fmt: skip
 
 
+# Below this many films the views are computed in process (a pool costs more than it saves).
+PARALLEL_MIN = 256
+
+
 def view_boxes() -> list[tuple[float, float, float, float]]:
     """(left, top, right, bottom) of each view as fractions of the side; the first is the
     centred, unscaled one."""
@@ -112,7 +116,21 @@ def _chunks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
     return [pairs[s : s + size] for s in range(0, len(pairs), size)]
 
 
-def candidate_pairs(thumbs: np.ndarray, chunk: int = 20000) -> list[tuple[int, int]]:
+def _all_views(thumbs: np.ndarray, workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`views` of every thumbnail, on ``workers`` processes when the set is large enough to
+    pay for them: the views are most of the search's time and each film's are independent
+    (same result in any order, so prepare's output does not depend on the worker count)."""
+    if workers <= 1 or len(thumbs) < PARALLEL_MIN:
+        return [views(t) for t in thumbs]
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        return pool.map(views, list(thumbs), chunksize=max(1, len(thumbs) // (4 * workers)))
+
+
+def candidate_pairs(
+    thumbs: np.ndarray, chunk: int = 20000, workers: int = 1
+) -> list[tuple[int, int]]:
     """Index pairs (i < j) of ``thumbs`` (n, side, side) that may be near duplicates, sorted."""
     from scipy import ndimage
     from scipy.spatial import cKDTree
@@ -120,7 +138,7 @@ def candidate_pairs(thumbs: np.ndarray, chunk: int = 20000) -> list[tuple[int, i
     n = len(thumbs)
     if n < 2:
         return []
-    per = [views(t) for t in thumbs]
+    per = _all_views(np.asarray(thumbs), workers)
     low = np.stack([p[0] for p in per])
     band = np.stack([p[1] for p in per])
     del per

@@ -356,7 +356,9 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
 
     crop_tolerant = []  # the dHash misses crops of a few percent: a thumbnail search adds them
     if cfg.near_duplicate_distance >= 0:
-        crop_tolerant = near_index.candidate_pairs(np.asarray(thumbs[np.asarray(ok, dtype=int)]))
+        crop_tolerant = near_index.candidate_pairs(
+            np.asarray(thumbs[np.asarray(ok, dtype=int)]), workers=_workers(cfg)
+        )
     uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm,
                                    crop_tolerant)  # fmt: skip
     _write_csv(Path(cfg.out) / "near_duplicates_review.csv", REVIEW_COLUMNS, review)
