@@ -150,10 +150,13 @@ def candidate_pairs(
     proj = np.concatenate([part.astype(np.float32) @ basis for part in _chunks(flat, chunk)])
     radius = float(np.sqrt(2 - 2 * LOW_COS))  # unit vectors: |x - y|^2 = 2 - 2 cos
     hits = cKDTree(full @ basis).query_ball_tree(cKDTree(proj), radius)
-    rows = [(i, h) for i, hs in enumerate(hits) for h in hs if h // n_views != i]
-    if not rows:
+    lengths = np.fromiter((len(hs) for hs in hits), dtype=np.int64, count=n)
+    i = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    h = np.fromiter(itertools.chain.from_iterable(hits), dtype=np.int64, count=int(lengths.sum()))
+    other = h // n_views != i  # a film's own views are no candidates
+    i, h = i[other], h[other]
+    if not len(i):
         return []
-    i, h = np.array(rows, dtype=np.int64).T
     exact = np.einsum("kd,kd->k", flat[h].astype(np.float32), full[i])
     keep = exact >= LOW_COS
     pairs = np.unique(np.sort(np.stack([i[keep], h[keep] // n_views], 1), axis=1), axis=0)
