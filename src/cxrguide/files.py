@@ -19,6 +19,13 @@ from typing import IO, Any
 TMP_SUFFIX = ".tmp"
 
 
+def user_cache_dir() -> Path:
+    """cxrguide's per-user cache root: ``$XDG_CACHE_HOME/cxrguide``, by default
+    ``~/.cache/cxrguide`` (phantom bodies, exported ONNX files)."""
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "cxrguide"
+
+
 def temp_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + TMP_SUFFIX)

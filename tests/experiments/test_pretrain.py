@@ -120,7 +120,8 @@ def _assert_same_body(a: Path, b: Path) -> None:
 def test_lesions_are_taught_on_the_stride_8_stage(backbone, stride_8_channels):
     """The auxiliary lesion target sits on the stride-8 map: an 8x8 grid on a 64 px film."""
     model = create_model(backbone, "none").eval()
-    tap = P.lesion_tap(model)
+    tap, channels = P.lesion_tap(model)
+    assert channels == stride_8_channels
     seen: list[torch.Tensor] = []
     handle = tap.register_forward_hook(lambda _m, _i, out: seen.append(out))
     with torch.no_grad():

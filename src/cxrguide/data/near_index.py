@@ -66,21 +66,14 @@ def view_boxes() -> list[tuple[float, float, float, float]]:
 def views(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ``low`` and ``band`` views of one thumbnail: two (n_views, 256) float16 arrays of
     unit vectors (zero mean)."""
-    from PIL import Image
     from scipy import ndimage
 
     t = np.asarray(thumb, dtype=np.float32)
     low = ndimage.gaussian_filter(t, 1.5)
-    out = []
-    for img in (low, low - ndimage.gaussian_filter(t, 6.0)):
-        im, n = Image.fromarray(img), img.shape[0]
-        v = np.stack([np.asarray(im.resize((VIEW_SIDE, VIEW_SIDE), Image.Resampling.BILINEAR,
-                                           box=tuple(f * n for f in box))).ravel()
-                      for box in view_boxes()])  # fmt: skip
-        v -= v.mean(1, keepdims=True)
-        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
-        out.append(v.astype(np.float16))
-    return out[0], out[1]
+    band = low - ndimage.gaussian_filter(t, 6.0)
+    boxes = view_boxes()
+    return (_sample(low, boxes, VIEW_SIDE).astype(np.float16),
+            _sample(band, boxes, VIEW_SIDE).astype(np.float16))  # fmt: skip
 
 
 def _best_views(stack: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -94,11 +87,13 @@ def _best_views(stack: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.nda
     return np.maximum(ab.max(1), ba.max(1)), a_side, view
 
 
-def _sample(img: np.ndarray, boxes: list[tuple[float, ...]]) -> np.ndarray:
+def _sample(img: np.ndarray, boxes: list[tuple[float, ...]], side: int = FINE_SIDE) -> np.ndarray:
+    """Each box of the float32 image resampled to ``side`` x ``side`` (bilinear), flattened,
+    zero-mean and unit length: (len(boxes), side * side) float32."""
     from PIL import Image
 
     im, n = Image.fromarray(img), img.shape[0]
-    v = np.stack([np.asarray(im.resize((FINE_SIDE, FINE_SIDE), Image.Resampling.BILINEAR,
+    v = np.stack([np.asarray(im.resize((side, side), Image.Resampling.BILINEAR,
                                        box=tuple(f * n for f in box))).ravel()
                   for box in boxes]).astype(np.float32)  # fmt: skip
     v -= v.mean(1, keepdims=True)

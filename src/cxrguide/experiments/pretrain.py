@@ -115,8 +115,9 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device) -
 LESION_STRIDE = 8
 
 
-def lesion_tap(model: torch.nn.Module) -> torch.nn.Module:
-    """The body's last stage of stride <= :data:`LESION_STRIDE` (timm's ``feature_info``)."""
+def lesion_tap(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """The body's last stage of stride <= :data:`LESION_STRIDE` and its channel count (timm's
+    ``feature_info``)."""
     info = getattr(model.body, "feature_info", None) or []
     entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
     modules = dict(model.body.named_modules())
@@ -126,7 +127,7 @@ def lesion_tap(model: torch.nn.Module) -> torch.nn.Module:
         raise CxrGuideError(
             f"{model.name}: no stage of stride <= {LESION_STRIDE} to teach lesions on"
         )
-    return modules[taps[-1]["module"]]
+    return modules[taps[-1]["module"]], int(taps[-1]["num_chs"])
 
 
 def _lesion_loss(aux: torch.nn.Module, fmap: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
@@ -146,12 +147,9 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
     """AdamW + one-cycle on the whole network (+ the stride-8 lesion head); resumable per epoch."""
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     tapped: dict[str, torch.Tensor] = {}
-    tap = lesion_tap(model)
+    tap, channels = lesion_tap(model)
     hook = tap.register_forward_hook(lambda _m, _i, out: tapped.__setitem__("map", out))
-    with torch.no_grad():
-        model.eval()
-        model.forward_features(x[:2].to(device))
-    aux = torch.nn.Conv2d(tapped["map"].shape[1], 1, 1).to(device)  # dropped after training
+    aux = torch.nn.Conv2d(channels, 1, 1).to(device)  # dropped after training
     params = [*model.parameters(), *aux.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import user_cache_dir
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier
 
@@ -148,9 +149,10 @@ def export_onnx(
 
 
 def export_cache_dir() -> Path:
-    """Where exported ONNX files are kept: ``$CXRGUIDE_CACHE_DIR/onnx``, else ~/.cache/cxrguide/onnx."""
+    """Where exported ONNX files are kept: ``$CXRGUIDE_CACHE_DIR/onnx``, else the user cache
+    (``$XDG_CACHE_HOME/cxrguide/onnx``, by default ``~/.cache/cxrguide/onnx``), as for bodies."""
     root = os.environ.get(CACHE_ENV)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "cxrguide") / "onnx"
+    return (Path(root).expanduser() if root else user_cache_dir()) / "onnx"
 
 
 def export_key(module: ExportModule, image_size: int, opset: int, identity: str = "") -> str:

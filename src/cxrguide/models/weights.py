@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import user_cache_dir
 
 WEIGHTS_ENV = "CXRGUIDE_WEIGHTS_DIR"
 OFFLINE_ENV = "CXRGUIDE_OFFLINE"
@@ -76,8 +77,7 @@ def weight_cache_dir() -> Path:
     folder = configured_weights_dir()
     if folder is not None:
         return folder
-    cache = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "cxrguide" / "weights"
+    return user_cache_dir() / "weights"
 
 
 def offline() -> bool:
