@@ -137,3 +137,24 @@ def test_lesion_loss_rewards_the_cells_that_hold_a_finding():
     right = torch.full((1, 1, 8, 8), -9.0)
     right[..., :2, :2] = 9.0
     assert P._lesion_loss(aux, right, lesions) < 0.01 < P._lesion_loss(aux, -right, lesions)
+
+
+def test_the_body_file_header_is_the_same_in_every_process(tmp_path):
+    """The file's SHA-256 is the body's provenance label: its safetensors header (tensor table
+    and metadata) must not vary between processes, as a metadata map of two keys did."""
+    import os
+    import struct
+    import subprocess
+    import sys
+
+    code = ("import sys; from cxrguide.config.pretrain import PretrainConfig; "
+            "from cxrguide.experiments.pretrain import pretrain; "
+            f"pretrain(PretrainConfig(out=sys.argv[1], **{TINY!r}), progress=False)")  # fmt: skip
+    headers = set()
+    for k in range(3):
+        out = tmp_path / f"b{k}"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, capture_output=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        raw = (out / "phantom-mobilenet_v2.safetensors").read_bytes()
+        headers.add(raw[: 8 + struct.unpack("<Q", raw[:8])[0]])
+    assert len(headers) == 1

@@ -267,7 +267,10 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.body.state_dict().items()}
     tmp = body_path.with_name(body_path.name + ".tmp")
-    save_file(state, str(tmp), metadata={PHANTOM_META_KEY: PHANTOM, "backbone": name})
+    # One metadata key only: safetensors keeps metadata in a Rust HashMap whose order changes
+    # from process to process, so two keys made the same body's bytes (and its phantom:<sha>
+    # label) differ between runs. The backbone is in the file name and the card.
+    save_file(state, str(tmp), metadata={PHANTOM_META_KEY: PHANTOM})
     os.replace(tmp, body_path)
     sha = file_sha256(body_path)
     card = {
