@@ -1,5 +1,5 @@
-"""Every `cxrguide ...` example in README.md parses with the real argument parser (parse only),
-so the documentation cannot drift from the flags."""
+"""Every `cxrguide ...` example in README.md and the docs site (docs/*.md) parses with the real
+argument parser (parse only), so the documentation cannot drift from the flags."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ import pytest
 
 from cxrguide.cli import build_parser
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def readme_commands() -> list[str]:
     """`cxrguide` command lines of the README's bash blocks (continuations joined, comments
     and `&&` chains split); lines with `...` placeholders are left out."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+    text = "\n".join(doc.read_text(encoding="utf-8") for doc in DOCUMENTS)
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         text = re.sub(r"\\\n\s*", " ", block)
         for line in text.splitlines():
             line = line.split("  #")[0].split(" # ")[0].strip()

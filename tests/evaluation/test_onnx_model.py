@@ -277,9 +277,10 @@ class CovidNetSignature(nn.Module):
 def _readme_covidnet_command() -> list[str]:
     import shlex
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    lines = [ln for ln in readme.splitlines() if ln.startswith("cxrguide evaluate --onnx COVIDNet")]
-    assert len(lines) == 1, "README: the COVID-Net evaluate --onnx example"
+    page = Path(__file__).resolve().parents[2] / "docs" / "inference.md"
+    text = page.read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if ln.startswith("cxrguide evaluate --onnx COVIDNet")]
+    assert len(lines) == 1, "docs/inference.md: the COVID-Net evaluate --onnx example"
     return shlex.split(lines[0])[1:]
 
 
