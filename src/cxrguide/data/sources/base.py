@@ -56,7 +56,8 @@ class SourceOptions:
     """Prepare's settings some source kinds take (the registry hands them to :meth:`Source.open`)."""
 
     radiography_classes: tuple[str, ...] = ("COVID",)
-    label_map: Mapping[str, str | None] = field(default_factory=dict)  # the user's, over the default
+    #: the user's entries, laid over the default map
+    label_map: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Source(ABC):
