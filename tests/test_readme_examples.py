@@ -14,11 +14,11 @@ from cxrguide.cli import build_parser
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_commands() -> list[str]:
+def readme_commands(path: Path = README) -> list[str]:
     """`cxrguide` command lines of the README's bash blocks (continuations joined, comments
     and `&&` chains split); lines with `...` placeholders are left out."""
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), re.S):
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(encoding="utf-8"), re.S):
         text = re.sub(r"\\\n\s*", " ", block)
         for line in text.splitlines():
             line = line.split("  #")[0].split(" # ")[0].strip()

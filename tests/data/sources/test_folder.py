@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,15 @@ def test_registry_refuses_clashing_names_and_names_for_study_kinds(tmp_path):
         open_sources([f"imagefolder={a}"])
     with pytest.raises(ConfigError, match="give at least one --source"):
         open_sources([])
+
+
+def test_docs_examples_parse_with_the_real_parser():
+    from cxrguide.cli import build_parser
+    from test_readme_examples import readme_commands
+
+    docs = Path(__file__).resolve().parents[3] / "docs" / "sources.md"
+    commands = readme_commands(docs)
+    assert len(commands) >= 4 and any("--label-map" in c for c in commands)
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert callable(args.func)
