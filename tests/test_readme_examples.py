@@ -15,11 +15,11 @@ REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
-def readme_commands() -> list[str]:
+def readme_commands(*paths: Path) -> list[str]:
     """`cxrguide` command lines of the README's bash blocks (continuations joined, comments
     and `&&` chains split); lines with `...` placeholders are left out."""
     commands = []
-    text = "\n".join(doc.read_text(encoding="utf-8") for doc in DOCUMENTS)
+    text = "\n".join(doc.read_text(encoding="utf-8") for doc in (paths or DOCUMENTS))
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         text = re.sub(r"\\\n\s*", " ", block)
         for line in text.splitlines():

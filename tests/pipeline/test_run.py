@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cxrguide.config import PipelineConfig, TrainConfig
-from cxrguide.pipeline.run import run_pipeline
+from cxrguide.pipeline.run import plan, run_pipeline
 
 
 @pytest.mark.slow
@@ -150,5 +150,30 @@ def test_the_shipped_pipeline_configs_are_valid():
             if section is not cfg.tune or cfg.tune.get("trials", 0) > 0:  # trials 0: no tuning
                 from_dict(cls, section, f"{name}")
     real = load_config(PipelineConfig, Path(__file__).parents[2] / "configs/real-data.yaml")
-    assert len(real.sources) == 5 and real.lung_sources[0].startswith("v7=")
+    kinds = [s.partition("=")[0] for s in real.sources]  # the study's five + external-cxr's four
+    assert kinds == ["ieee8023", "actualmed", "figure1", "radiography", "rsna", *["table"] * 4]
+    assert all("../shared/" in s for s in real.sources) and real.lung_sources[0].startswith("v7=")
     assert real.stage1["weights"] == "imagenet" and real.stage1["sampler"] == "balanced"
+    assert real.stage1["backbone"] == "efficientnet_lite0"
+    assert plan(real).prepare.source == real.sources  # every spec parses
+
+
+def test_sources_and_label_map_reach_prepare(tmp_path):
+    from cxrguide.errors import ConfigError
+
+    (tmp_path / "map.yaml").write_text("healthy: Normal\n")
+    cfg = PipelineConfig(out=tmp_path / "p", sources=["folder:kids=/d/kids", "table=/d/t.csv"],
+                         label_map=tmp_path / "map.yaml")  # fmt: skip
+    prep = plan(cfg).prepare
+    assert prep.source == ["folder:kids=/d/kids", "table=/d/t.csv"]
+    assert prep.label_map == {"healthy": "Normal"}  # the map in effect joins the fingerprint
+    inline = plan(PipelineConfig(out=tmp_path / "q", sources=["folder=/d"],
+                                 label_map={"sick": "Pneumonia"})).prepare  # fmt: skip
+    assert inline.label_map == {"sick": "Pneumonia"}
+    with pytest.raises(ConfigError, match="give label_map once"):
+        plan(PipelineConfig(out=tmp_path / "r", label_map={"a": "Normal"},
+                            prepare={"label_map": {"b": "Normal"}}))  # fmt: skip
+    with pytest.raises(ConfigError, match="'a' maps to 'sick'"):
+        plan(PipelineConfig(out=tmp_path / "s", label_map={"a": "sick"}))
+    with pytest.raises(ConfigError, match="folder:a b=/d"):
+        plan(PipelineConfig(out=tmp_path / "t", sources=["folder:a b=/d"]))

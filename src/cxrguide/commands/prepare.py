@@ -1,4 +1,4 @@
-"""`cxrguide prepare --source KIND=PATH ... --out DIR`."""
+"""`cxrguide prepare --source KIND[:NAME]=PATH ... --out DIR`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "prepare",
         help="merge public sources into one de-duplicated, leakage-free 8:1:1 manifest",
-        description="Merge sources (ieee8023, actualmed, figure1, radiography, rsna, synthetic) "
+        description="Merge sources (ieee8023, actualmed, figure1, radiography, rsna, synthetic; "
+        "anyone's data as folder[:NAME]=DIR with one subfolder per label, or table[:NAME]=CSV) "
         "into manifest.csv + an image cache, with duplicates removed and a patient-grouped, "
-        "stratified 8:1:1 split.",
+        "stratified 8:1:1 split. Labels of folder/table sources go through a label map "
+        "(default in docs/sources.md; --label-map FILE.yaml over it).",
     )
     add_config_flags(parser, PrepareConfig)
     parser.set_defaults(func=run)

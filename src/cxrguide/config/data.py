@@ -3,11 +3,63 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from cxrguide.config.core import _f
+from cxrguide.config.core import _f, load_yaml
 from cxrguide.errors import ConfigError
+from cxrguide.labels import CLASSES
+
+#: A source's NAME (the manifest's ``source`` column): letters, digits, ``.``, ``_``, ``-``.
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+    """One ``--source KIND[:NAME]=PATH``: parsed here once, opened by the source registry."""
+
+    kind: str  # lower case: ieee8023, ..., folder, table
+    name: str  # "" when not given (the source derives one)
+    path: str
+    text: str  # as the user wrote it, for messages
+
+
+def parse_source_spec(text: str) -> SourceSpec:
+    """``KIND=PATH`` or ``KIND:NAME=PATH`` -> SourceSpec; a malformed one names itself."""
+    left, eq, path = str(text).partition("=")
+    kind, _, name = left.partition(":")
+    kind, name, path = kind.strip().lower(), name.strip(), path.strip()
+    if not eq or not kind or not path:
+        raise ConfigError(f"source: {text!r} is not KIND=PATH or KIND:NAME=PATH")
+    if ":" in left and not SOURCE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"source: name {name!r} in {text!r} must be letters, digits, '.', '_' or '-'"
+        )
+    return SourceSpec(kind, name, path, str(text))
+
+
+def read_label_map(value: Any, where: str = "label_map") -> dict[str, str | None]:
+    """The user's label map (a YAML file or an inline mapping) as ``{source label: class or
+    None}``; checked here so a typo names its file and key before anything is scanned."""
+    if value is None:
+        return {}
+    if isinstance(value, str | Path):
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{where}: {path} not found")
+        value, where = load_yaml(path), str(path)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of source label -> class")
+    out: dict[str, str | None] = {}
+    for raw, label in value.items():
+        if not isinstance(raw, str) or not raw.strip():
+            raise ConfigError(f"{where}: label {raw!r} must be non-empty text (quote it)")
+        if label is not None and label not in CLASSES:
+            known = ", ".join(CLASSES)
+            raise ConfigError(f"{where}: {raw!r} maps to {label!r}, not one of {known} or null")
+        out[raw] = label
+    return out
 
 
 @dataclasses.dataclass
@@ -58,7 +110,11 @@ class SynthConfig:
 class PrepareConfig:
     """`cxrguide prepare`: merge sources into one de-duplicated, leakage-free manifest."""
 
-    source: list[str] = _f([], "KIND=PATH, repeatable", metavar="KIND=PATH")
+    source: list[str] = _f(
+        [],
+        "KIND=PATH or KIND:NAME=PATH, repeatable (folder/table: see docs/sources.md)",
+        metavar="KIND=PATH",
+    )
     out: Path | None = _f(None, "output folder", metavar="DIR")
     size: int = _f(512, "side of the square decoded-image cache")
     seed: int = _f(0, "seed for the split and the quota sampling")
@@ -77,13 +133,21 @@ class PrepareConfig:
     radiography_classes: list[str] = _f(
         ["COVID"], "COVID-19 Radiography Database folders to take (the study: COVID only)"
     )
+    label_map: Path | dict[str, Any] | None = _f(
+        None,
+        "folder/table sources: YAML of source label -> Normal|Pneumonia|COVID-19|null, over "
+        "the default map (docs/sources.md); saved resolved, so a changed file re-prepares",
+        metavar="FILE.yaml",
+    )
 
     def validate(self) -> None:
         if not 32 <= self.size <= 2048:
             raise ConfigError("size: must be between 32 and 2048")
         for spec in self.source:
-            if "=" not in spec:
-                raise ConfigError(f"source: {spec!r} is not KIND=PATH")
+            parse_source_spec(spec)
+        # the map in effect, not its file name, is the config: prepare_config.yaml and the
+        # pipeline's fingerprint then change when the file's content does
+        self.label_map = read_label_map(self.label_map) or None
 
     @property
     def reader(self) -> ReaderConfig:

@@ -47,7 +47,14 @@ class PipelineConfig:
     out: Path = _f(Path("runs/pipeline"), "output folder of the whole chain", metavar="DIR")
     seed: int = _f(0, "seed for every step (same seed, same CPU, same result)")
     sources: list[str] = _f(
-        [], "real data KIND=PATH (empty: synthetic phantoms)", metavar="KIND=PATH"
+        [],
+        "real data KIND=PATH or folder/table[:NAME]=PATH (empty: synthetic phantoms)",
+        metavar="KIND=PATH",
+    )
+    label_map: Path | dict[str, Any] | None = _f(
+        None,
+        "folder/table sources: source label -> class, a YAML file or a mapping (docs/sources.md)",
+        metavar="FILE.yaml",
     )
     lung_sources: list[str] = _f(
         [], "lung data v7=PATH / masks=PATH (empty: the phantoms' exact masks)", metavar="KIND=PATH"

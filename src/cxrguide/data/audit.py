@@ -206,19 +206,29 @@ def confounding_warnings(table: dict[str, dict[str, Any]], v: float | None,
 
 # --- per-source image statistics ---------------------------------------------------------------
 def source_roots(prep: Path) -> dict[str, Path]:
-    """Source kind -> its folder, from prepare's config (skipping folders that moved)."""
-    from cxrguide.data.sources import open_source
+    """Source name -> its folder, from prepare's config (skipping folders that moved)."""
+    from cxrguide.config.data import parse_source_spec
+    from cxrguide.data.sources import SourceOptions, open_source
 
+    saved = load_yaml(prep / "prepare_config.yaml")
+    options = SourceOptions(
+        radiography_classes=tuple(saved.get("radiography_classes") or ("COVID",)),
+        label_map=dict(saved.get("label_map") or {}),
+    )
     roots: dict[str, Path] = {}
-    for spec in load_yaml(prep / "prepare_config.yaml").get("source", []) or []:
-        kind, _, path = str(spec).partition("=")
-        given = Path(path).expanduser()
+    for text in saved.get("source", []) or []:
+        try:
+            spec = parse_source_spec(str(text))
+        except CxrGuideError:
+            continue
+        given = Path(spec.path).expanduser()
         for root in (given, prep / given, prep.parent / given):
             try:
-                roots[kind.strip()] = open_source(kind.strip(), str(root)).root
-                break
+                src = open_source(spec.kind, str(root), name=spec.name, options=options)
             except CxrGuideError:
                 continue
+            roots[src.name] = src.root
+            break
     return roots
 
 

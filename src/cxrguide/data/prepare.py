@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cxrguide.config import PrepareConfig, save_yaml, to_dict
 from cxrguide.data import cache, completion, manifest, near_index
-from cxrguide.data.sources import Rejection, SourceRecord, open_source
+from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
 CONFIG_FILE = "prepare_config.yaml"
@@ -67,25 +67,10 @@ class PrepareResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _parse_sources(specs: list[str], cfg: PrepareConfig) -> list:
-    if not specs:
-        raise ConfigError("source: give at least one --source KIND=PATH")
-    sources = []
-    seen: dict[Path, str] = {}
-    for spec in specs:
-        kind, _, path = spec.partition("=")
-        kind = kind.strip().lower()
-        folder = Path(path).expanduser().resolve()
-        if folder in seen:
-            raise ConfigError(f"source: {path} is given twice ({seen[folder]} and {spec})")
-        seen[folder] = spec
-        if kind == "radiography":
-            from cxrguide.data.sources.radiography import RadiographySource
-
-            sources.append(RadiographySource(path, classes=tuple(cfg.radiography_classes)))
-        else:
-            sources.append(open_source(kind, path))
-    return sources
+def source_options(cfg: PrepareConfig) -> SourceOptions:
+    """What the source kinds take from prepare's config (radiography classes, the label map)."""
+    return SourceOptions(radiography_classes=tuple(cfg.radiography_classes),
+                         label_map=dict(cfg.label_map or {}))  # fmt: skip
 
 
 def _decode(
@@ -278,7 +263,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     if cfg.out is None:
         raise ConfigError("out: give --out DIR")
     out = Path(cfg.out)
-    sources = _parse_sources(cfg.source, cfg)
+    sources = open_sources(cfg.source, source_options(cfg))
     if check_out_dir(out, cfg):
         summary = completion.read_summary(out)
         return PrepareResult(out, summary["images"], summary["splits"], summary["rejected"],

@@ -25,6 +25,7 @@ from cxrguide.config import (
     save_yaml,
 )
 from cxrguide.config.pipeline import ExplainOptions, ReportOptions
+from cxrguide.errors import ConfigError
 from cxrguide.pipeline.steps import StepResult, StepRunner
 
 
@@ -63,8 +64,12 @@ def plan(cfg: PipelineConfig) -> _Plan:
     if not sources:
         synth = _section(SynthConfig, cfg.synth, "synth", {"out": synthetic}, seed=seed)
         sources = [f"synthetic={synthetic}"]
-    prep = _section(PrepareConfig, cfg.prepare, "prepare",
-                    {"source": sources, "out": out / "prepared"}, seed=seed)  # fmt: skip
+    wiring: dict[str, Any] = {"source": sources, "out": out / "prepared"}
+    if cfg.label_map is not None:
+        if cfg.prepare.get("label_map") is not None:
+            raise ConfigError("pipeline: give label_map once (top level or prepare.label_map)")
+        wiring["label_map"] = cfg.label_map
+    prep = _section(PrepareConfig, cfg.prepare, "prepare", wiring, seed=seed)
     lung_sources = list(cfg.lung_sources) or [f"masks={synthetic}"]
     lp = _section(LungsPrepareConfig, cfg.lungs_prepare, "lungs_prepare",
                   {"source": lung_sources, "out": out / "lungs/data"}, seed=seed)  # fmt: skip

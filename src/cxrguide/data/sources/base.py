@@ -9,12 +9,12 @@ unmapped label, missing file), so nothing disappears without a line in ``rejecte
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from cxrguide.errors import SourceLayoutError
+from cxrguide.errors import ConfigError, SourceLayoutError
 
 FRONTAL_VIEWS = ("PA", "AP")
 
@@ -23,7 +23,7 @@ FRONTAL_VIEWS = ("PA", "AP")
 class SourceRecord:
     """One usable image as its source describes it (pixels not read yet)."""
 
-    source: str  # the KIND name, e.g. "ieee8023"
+    source: str  # the source's NAME: its KIND for the study's five ("ieee8023"), else chosen
     root: Path  # the source folder given on the command line
     path: str  # POSIX path relative to ``root``
     label: str  # one of cxrguide.labels.CLASSES
@@ -51,14 +51,33 @@ class Rejection:
     reason: str
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """Prepare's settings some source kinds take (the registry hands them to :meth:`Source.open`)."""
+
+    radiography_classes: tuple[str, ...] = ("COVID",)
+    #: the user's entries, laid over the default map
+    label_map: Mapping[str, str | None] = field(default_factory=dict)
+
+
 class Source(ABC):
     """One public dataset in its publisher's layout."""
 
     kind: ClassVar[str]  # CLI name: ieee8023, actualmed, figure1, radiography, rsna, synthetic
     short_name: ClassVar[str]  # the study's name: CCXRD, ACCXRD, FCCXRD, CRD, RSNAPDD
     expected_layout: ClassVar[str]  # one line shown when the folder does not match
+    name: str  # the manifest's ``source`` value: the kind, unless the source takes a NAME
+
+    @classmethod
+    def open(cls, root: str, name: str, options: SourceOptions) -> Source:
+        """The source for ``--source KIND[:NAME]=root``; kinds with options or names override."""
+        if name:
+            raise ConfigError(f"source: {cls.kind} takes no NAME (give {cls.kind}=PATH)")
+        return cls(root)
 
     def __init__(self, root: str | Path) -> None:
+        if not getattr(self, "name", ""):
+            self.name = self.kind
         self.root = Path(root)
         if not self.root.is_dir():
             raise SourceLayoutError(f"{self.root}: {self.kind} folder not found")

@@ -28,7 +28,7 @@ import pandas as pd
 
 from cxrguide.data.sources import register
 from cxrguide.data.sources._csv import IMAGE_EXTENSIONS, FileIndex, find_dataset_root
-from cxrguide.data.sources.base import Rejection, Source, SourceRecord
+from cxrguide.data.sources.base import Rejection, Source, SourceOptions, SourceRecord
 from cxrguide.errors import ConfigError, CxrGuideError, SourceLayoutError
 
 #: Canonical class name -> (folder names used by the releases, label).
@@ -110,6 +110,13 @@ class RadiographySource(Source):
         "COVID-19_Radiography_Dataset/ with class folders COVID/ (or COVID-19/), Normal/, "
         "Lung_Opacity/, Viral Pneumonia/"
     )
+
+    @classmethod
+    def open(cls, root: str, name: str, options: SourceOptions) -> Source:
+        """``--radiography-classes`` selects the class folders."""
+        if name:
+            return super().open(root, name, options)  # refused: the study's kinds take no NAME
+        return cls(root, classes=tuple(options.radiography_classes))
 
     def __init__(self, root: str | Path, classes: Sequence[str] = ("COVID",)) -> None:
         if isinstance(classes, str):
