@@ -84,3 +84,12 @@ def test_pinned_revision_in_the_hub_cache_is_checked(hub, tmp_path, monkeypatch)
     monkeypatch.setitem(imagenet.HUB_PINS, TIMM_NAME, HubPin(COMMIT, "0" * 64))
     with pytest.raises(CxrGuideError, match="is not the pinned 000000000000"):
         create_model("mobilenet_v2", "imagenet")
+
+
+def test_cxrguide_offline_never_downloads(hub, monkeypatch) -> None:
+    monkeypatch.setenv("CXRGUIDE_OFFLINE", "1")
+    with pytest.raises(
+        CxrGuideError, match="download of hf-hub:timm/mobilenetv2.*CXRGUIDE_OFFLINE is set"
+    ):
+        create_model("mobilenet_v2", "imagenet")
+    assert hub["asked"] == []

@@ -9,7 +9,8 @@
    package is one line naming the ``pip install``;
 3. the Hugging Face hub cache (at the pinned revision when :data:`HUB_PINS` has one; the file's
    SHA-256 checked against the pin) and the torch hub folder: ``imagenet:<file>``;
-4. a download from the Hugging Face hub (``$HF_HUB_OFFLINE=1`` fails at once): at the pinned
+4. a download from the Hugging Face hub (``$HF_HUB_OFFLINE=1`` or ``$CXRGUIDE_OFFLINE=1``: none,
+   the lookup fails at once): at the pinned
    revision, refused unless the file's SHA-256 is the pinned one; without a pin the commit and
    SHA-256 the hub served are recorded (``imagenet:hf-hub:<repo>@<commit>:<sha256>``) and a
    warning says the name is unpinned.
@@ -34,6 +35,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.models.packaged import packaged_weights, read_packaged
 from cxrguide.models.weights import (
     HUB_FILES,
+    OFFLINE_ENV,
     WEIGHTS_ENV,
     configured_weights_dir,
     file_sha256,
@@ -41,6 +43,7 @@ from cxrguide.models.weights import (
     find_local_weights,
     load_timm_body,
     local_candidates,
+    offline,
     pretrained_cfg,
     read_state_dict,
     strip_to_body,
@@ -124,17 +127,20 @@ def imagenet_body(
             f"imagenet:{found}"
         )
     try:
+        if offline():
+            raise ConnectionError(f"{OFFLINE_ENV} is set")
         path, label = _download(timm_name, pin)
     except CxrGuideError:
         raise
     except Exception as err:  # offline: LocalEntryNotFoundError; else any connection error
         hub_id = pretrained_cfg(timm_name).hf_hub_id
         where = str(folder) if folder is not None else f"${WEIGHTS_ENV} (not set)"
+        why = str(err) if offline() else type(err).__name__
         raise CxrGuideError(
             f"ImageNet weights for {timm_name} unavailable: {timm_name}.safetensors (or another "
             f"accepted name: {', '.join(local_candidates(timm_name)[1:])}) is not in {where} "
             f"nor in the hub cache, and the download of hf-hub:{hub_id} failed "
-            f"({type(err).__name__}); put the file from https://huggingface.co/{hub_id} in a "
+            f"({why}); put the file from https://huggingface.co/{hub_id} in a "
             f"folder and set {WEIGHTS_ENV} to it"
         ) from err
     return load_timm_body(timm_name, read_state_dict(path), str(path), **timm_kwargs), label
