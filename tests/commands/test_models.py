@@ -31,7 +31,10 @@ def test_default_lists_the_whole_zoo(capsys) -> None:
     for name in ("mobilenet_v2", "efficientnet_b5", "covidnet_cxr_small", "covidnet_cxr_large"):
         assert f"\n{name} " in out
     b5 = next(line for line in out.splitlines() if line.startswith("efficientnet_b5 "))
-    assert "456x456" in b5 and "15x15x2048" in b5
+    assert "456x456" in b5 and "15x15x2048" in b5 and b5.endswith("Table 2")
+    lite0 = next(line for line in out.splitlines() if line.startswith("efficientnet_lite0 "))
+    assert lite0.split()[2:5] == ["224x224", "7x7x1280", "-"] and lite0.endswith("extra")
+    assert "set 'extra': not one of the study's models" in out
 
 
 def test_unknown_name_is_a_one_line_error(capsys) -> None:

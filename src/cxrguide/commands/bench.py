@@ -38,15 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_shortcut(args: argparse.Namespace) -> int:
+    from cxrguide.experiments.pretrain import with_resolved_weights
     from cxrguide.experiments.shortcut import run_benchmark
 
     cfg = config_from_args(ShortcutBenchConfig, args)
-    if cfg.weights == "phantom":
-        from dataclasses import replace
-
-        from cxrguide.experiments.pretrain import resolve_weights
-
-        cfg = replace(cfg, weights=resolve_weights(cfg.weights, [cfg.backbone]))
+    cfg = with_resolved_weights(cfg, [cfg.backbone])
     md, _ = run_benchmark(cfg)
     print(md)
     stem = "shortcut" if cfg.start == "scratch" else "shortcut_from_stage2"

@@ -1,5 +1,9 @@
 """`cxrguide models`: the zoo, measured from the built modules, beside the study's Table 2.
 
+The ``set`` column says where each entry comes from: ``Table 2`` (the study's ten backbones),
+``COVID-Net``, or ``extra`` (not in the study, e.g. EfficientNet-Lite0 with offline ImageNet
+weights; never part of ``--backbone all``).
+
 Every figure but the ``paper`` columns is measured: each model is built (on the ``meta`` device,
 so even the 456-pixel EfficientNet B5 takes a fraction of a second and no memory), its last
 feature map is computed at the model's input size and its parameters and MACs are counted.
@@ -25,11 +29,12 @@ COLUMNS = (
     ("keras_params_m", "Keras-style M"),
     ("paper_params_m", "paper M"),
     ("macs_g", "MACs G"),
+    ("group", "set"),
 )
 
 
-def _hwc(shape: tuple[int, int, int]) -> str:
-    return "x".join(str(v) for v in shape)
+def _hwc(shape: tuple[int, int, int] | None) -> str:
+    return "-" if shape is None else "x".join(str(v) for v in shape)
 
 
 def table_rows(measurements: list[ModelMeasurement]) -> list[dict[str, str]]:
@@ -47,6 +52,7 @@ def table_rows(measurements: list[ModelMeasurement]) -> list[dict[str, str]]:
                 "keras_params_m": f"{m.keras_params / 1e6:.2f}",
                 "paper_params_m": "-" if m.paper_params_m is None else f"{m.paper_params_m:.1f}",
                 "macs_g": f"{m.macs / 1e9:.2f}",
+                "group": m.group,
                 "note": m.note,
             }
         )
@@ -61,6 +67,8 @@ def format_table(rows: list[dict[str, str]]) -> str:
     notes = [f"{r['name']}: {r['note']}" for r in rows if r["note"]]
     if notes:
         lines += ["", "params: body + paper head; Keras-style adds BatchNorm moving statistics."]
+        if any(r["group"] == "extra" for r in rows):
+            lines += ["set 'extra': not one of the study's models (never in --backbone all)."]
         lines += notes
     return "\n".join(lines)
 
@@ -76,7 +84,7 @@ def write_csv(rows: list[dict[str, str]], path: Path) -> None:
 
 def parse_names(text: str | None) -> list[str]:
     if not text:
-        return list_models()
+        return list_models(extras=True)
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise CxrGuideError("--names: give at least one model name")
@@ -103,7 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--names", metavar="A,B", help=f"comma-separated subset of: {', '.join(list_models())}"
+        "--names",
+        metavar="A,B",
+        help=f"comma-separated subset of: {', '.join(list_models(extras=True))}",
     )
     parser.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     parser.set_defaults(func=run)

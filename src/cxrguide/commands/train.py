@@ -30,12 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(TrainConfig, args)
     if cfg.stage == 1 or (cfg.stage == 3 and cfg.from_run is None):  # the stages that build bodies
-        from dataclasses import replace
-
-        from cxrguide.experiments.pretrain import resolve_weights
+        from cxrguide.experiments.pretrain import with_resolved_weights
         from cxrguide.training.common import backbones
 
-        cfg = replace(cfg, weights=resolve_weights(cfg.weights, backbones(cfg)))
+        cfg = with_resolved_weights(cfg, backbones(cfg))
     rows = train(cfg, score_split)
     if is_main_process():
         print(f"stage {cfg.stage}: {len(rows)} run(s); leaderboard "

@@ -41,11 +41,9 @@ def run(args: argparse.Namespace) -> int:
         from cxrguide.evaluation.evaluate import score_split
 
         if cfg.stage == 1:
-            from dataclasses import replace
+            from cxrguide.experiments.pretrain import with_resolved_weights
 
-            from cxrguide.experiments.pretrain import resolve_weights
-
-            cfg = replace(cfg, weights=resolve_weights(cfg.weights, [cfg.backbone]))
+            cfg = with_resolved_weights(cfg, [cfg.backbone])
         study, out = tuning.tune(cfg, score_split)
     files = tuning.summarize(study, out)
     frame = tuning.trials_frame(study)

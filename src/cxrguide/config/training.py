@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from cxrguide.config.core import _f
+from cxrguide.config.weights import WeightsSpec
 from cxrguide.errors import ConfigError
 
 # Stage III attention mechanisms (attention/gain.py implements them): the study's three, then
@@ -116,6 +117,7 @@ class TrainConfig:
     )
 
     def validate(self) -> None:
+        WeightsSpec.parse(self.weights)  # an empty value fails here, in one line
         self.attention = parse_attention(self.attention)
         if self.rrr_weight < 0 or not 0 <= self.lung_dilation <= 0.25:
             raise ConfigError("rrr_weight: must be >= 0; lung_dilation: between 0 and 0.25")

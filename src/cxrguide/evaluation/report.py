@@ -136,7 +136,8 @@ def model_table(records: list[RunRecord]) -> Table:
     rows = []
     for name, size in dict.fromkeys((r.info.backbone, r.info.image_size) for r in records):
         m = measure_model(name, (size, size))
-        fm, pfm = "x".join(map(str, m.feature_map)), "x".join(map(str, m.paper_feature_map))
+        pfm = "x".join(map(str, m.paper_feature_map)) if m.paper_feature_map else "n/a"
+        fm = "x".join(map(str, m.feature_map))
         row = m.as_row()
         rows.append([m.paper_name, f"{size}x{size}", fm, f"{row['params_m']:.2f}",
                      f"{row['keras_params_m']:.2f}", f"{row['macs_g']:.3f}", pfm,

@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from cxrguide.config import SynthConfig
 from cxrguide.config.pretrain import PretrainConfig
+from cxrguide.config.weights import WeightsSpec
 from cxrguide.errors import CxrGuideError
 from cxrguide.models.weights import (
     OFFLINE_ENV,
@@ -51,6 +53,7 @@ from cxrguide.models.weights import (
 # Fields of PretrainConfig that --weights phantom overrides when it builds a body (none: its
 # defaults are the recipe); tests shrink it.
 DEFAULT_RECIPE: dict = {}
+ConfigT = TypeVar("ConfigT", bound=Any)  # a config dataclass with a ``weights`` field
 
 
 @dataclass(frozen=True)
@@ -335,7 +338,25 @@ def resolve_phantom(backbones: list[str], log=print) -> tuple[str, dict[str, str
     return str(folder / "phantom-{backbone}.safetensors"), labels
 
 
-def resolve_weights(weights: str, backbones: list[str], log=print) -> str:
-    """``phantom`` -> the verified file template (see :func:`resolve_phantom`); any other value
-    unchanged. Entry points call this before training, so training code only ever sees files."""
-    return resolve_phantom(backbones, log)[0] if weights == PHANTOM else weights
+def resolve_bodies(
+    weights: str | WeightsSpec, backbones: list[str], log=print
+) -> tuple[str, dict[str, str]]:
+    """The one step entry points run on ``--weights`` before any training code: ``phantom``
+    becomes the verified (built on first use) file template and each backbone's
+    ``phantom:<sha256>`` label; every other spec is returned as text, unchanged, with no labels
+    (``imagenet``/``none``/files are resolved per model by
+    :func:`cxrguide.models.zoo.create_model` from the same spec)."""
+    spec = WeightsSpec.parse(weights)
+    if spec.kind != PHANTOM:
+        return str(spec), {}
+    return resolve_phantom(backbones, log)
+
+
+def resolve_weights(weights: str | WeightsSpec, backbones: list[str], log=print) -> str:
+    """``--weights`` as training code receives it (see :func:`resolve_bodies`)."""
+    return resolve_bodies(weights, backbones, log)[0]
+
+
+def with_resolved_weights(cfg: ConfigT, backbones: list[str], log=print) -> ConfigT:
+    """A config (any dataclass with a ``weights`` field) with its weights resolved."""
+    return dataclasses.replace(cfg, weights=resolve_weights(cfg.weights, backbones, log))

@@ -59,9 +59,10 @@ class ModelMeasurement:
     body_params: int
     head_params: int
     macs: int  # whole model (body + head) on one image
-    paper_feature_map: tuple[int, int, int]
+    paper_feature_map: tuple[int, int, int] | None  # None: not in the study's Table 2
     paper_params_m: float | None
     note: str
+    group: str = "Table 2"  # Table 2 | COVID-Net | extra (not one of the study's models)
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -95,4 +96,5 @@ def measure_model(
         paper_feature_map=spec.paper_feature_map,
         paper_params_m=spec.paper_params_m,
         note=spec.note,
+        group=spec.group,
     )

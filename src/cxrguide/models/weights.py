@@ -1,37 +1,23 @@
-"""Resolving ``--weights none|imagenet|PATH`` into a timm backbone, honestly labelled.
+"""Weight files on disk: where they are looked for, how they are read, how they are labelled.
 
-- ``none``: random initialisation; ``weights_source`` is ``"random"``.
-- ``imagenet``: timm's pretrained weights for the pinned tag (e.g. ``vgg16.tv_in1k``), looked up
-  in this order, so the toolkit works offline once the files are on disk:
+What ``--weights`` means is parsed once (:class:`cxrguide.config.weights.WeightsSpec`); building a
+body from a spec is :func:`cxrguide.models.imagenet.create_timm_body` (ImageNet lookup order,
+packaged weights, pinned hub downloads); ``docs/weights.md`` is the user's account. Here:
 
-  1. a local folder, the ``weights_dir`` argument or else ``$CXRGUIDE_WEIGHTS_DIR``, holding one
-     of (``NAME`` is the pinned timm name, e.g. ``tf_efficientnet_b0.aa_in1k``)
-     ``NAME.safetensors`` | ``NAME.pth`` | ``NAME.pt`` | ``NAME.bin`` |
-     ``NAME/model.safetensors`` | ``NAME/pytorch_model.bin`` (what
-     ``hf download timm/NAME --local-dir DIR/NAME`` writes) | the file name of the weight URL
-     timm lists (torch-hub style, e.g. ``mobilenetv2_100_ra-b33bc2c4.pth``) | a Hugging Face cache
-     tree (``models--timm--NAME/snapshots/...``);
-  2. the usual caches: the Hugging Face hub cache (``$HF_HUB_CACHE`` / ``$HF_HOME``) and the torch
-     hub checkpoint folder;
-  3. a download through timm (Hugging Face hub). ``HF_HUB_OFFLINE=1`` makes this fail at once
-     instead of retrying for about a minute.
-
-  If all fail, :class:`CxrGuideError` names the files looked for and where to put them.
-  ``weights_source`` is ``"imagenet:<file>"`` or ``"imagenet:hf-hub:<repo>"`` after a download.
-- ``PATH``: a backbone weight file (same formats) or one of our own classifier checkpoints (see
-  :func:`is_classifier_checkpoint`); ``weights_source`` is ``"file:<path>"``. ``{backbone}`` in
-  PATH stands for the model's short name (one template serves several backbones).
-- ``phantom``: the body ``cxrguide pretrain`` trained on clean synthetic phantoms, read from the
-  weight cache (:func:`weight_cache_dir`) after checking its SHA-256 against its card. Building a
-  missing one is the job of the commands (``cxrguide.experiments.pretrain``), which hand training
-  the file itself. A body file (``phantom-<backbone>.safetensors``, marked in its metadata)
-  loads as ``weights_source`` ``"phantom:<sha256 of the file>"`` however it is named, never as
-  ImageNet and never as an anonymous file.
-
-Backbone files are loaded strictly: with timm's 1000-class head first (timm's own loader drops
-strictness whenever the class count differs, which would let a wrong file load silently), then,
-for headless files, strictly into the headless model. A file that fits neither is an error, so a
-model is never labelled pretrained while its weights are random.
+- local lookup: a folder (the ``weights_dir`` argument or ``$CXRGUIDE_WEIGHTS_DIR``) holding one
+  of (``NAME`` is the pinned timm name, e.g. ``tf_efficientnet_b0.aa_in1k``)
+  ``NAME.safetensors`` | ``NAME.pth`` | ``NAME.pt`` | ``NAME.bin`` | ``NAME/model.safetensors`` |
+  ``NAME/pytorch_model.bin`` (what ``hf download timm/NAME --local-dir DIR/NAME`` writes) | the
+  file name of the weight URL timm lists (torch-hub style, e.g.
+  ``mobilenetv2_100_ra-b33bc2c4.pth``) | a Hugging Face cache tree
+  (``models--timm--NAME/snapshots/...``); then the usual caches (Hugging Face hub, torch hub);
+- labels: ``file:<path>``, or ``phantom:<sha256 of the file>`` for a body ``cxrguide pretrain``
+  trained on clean phantoms (marked in its safetensors metadata), however it is named; the
+  phantom weight cache (:func:`weight_cache_dir`) and its SHA-256 card check;
+- strict loading: with timm's 1000-class head first (timm's own loader drops strictness whenever
+  the class count differs, which would let a wrong file load silently), then, for headless
+  files, strictly into the headless model. A file that fits neither is an error, so a model is
+  never labelled pretrained while its weights are random.
 """
 
 from __future__ import annotations
@@ -52,15 +38,10 @@ from cxrguide.files import user_cache_dir
 
 WEIGHTS_ENV = "CXRGUIDE_WEIGHTS_DIR"
 OFFLINE_ENV = "CXRGUIDE_OFFLINE"
-WEIGHTS_HELP = (
-    "backbone weights: 'none' (random init), 'imagenet' (timm's pretrained weights; offline from "
-    f"${WEIGHTS_ENV} or the hub cache), 'phantom' (a body trained on clean phantoms, built on "
-    "first use and cached) or a PATH to a weight file or a cxrguide checkpoint"
-)
 PHANTOM = "phantom"
 PHANTOM_META_KEY = "cxrguide_body"  # safetensors metadata marking a phantom-trained body
 _SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub repos hold
 
 
 def configured_weights_dir(weights_dir: str | Path | None = None) -> Path | None:
@@ -133,7 +114,7 @@ def weights_label(path: Path) -> str:
     return f"file:{path}"
 
 
-def _pretrained_cfg(timm_name: str) -> Any:
+def pretrained_cfg(timm_name: str) -> Any:
     cfg = timm.models.get_pretrained_cfg(timm_name)
     if cfg is None:
         raise CxrGuideError(f"timm has no pretrained configuration for {timm_name!r}")
@@ -142,20 +123,22 @@ def _pretrained_cfg(timm_name: str) -> Any:
 
 def local_candidates(timm_name: str) -> list[str]:
     """File names (relative to the weight folder) accepted for ``timm_name``, in lookup order."""
-    names = [timm_name + s for s in _SUFFIXES] + [f"{timm_name}/{f}" for f in _HUB_FILES]
-    url = _pretrained_cfg(timm_name).url
+    names = [timm_name + s for s in _SUFFIXES] + [f"{timm_name}/{f}" for f in HUB_FILES]
+    url = pretrained_cfg(timm_name).url
     if url:
         names.append(Path(urlparse(url).path).name)
     return names
 
 
-def _hub_cache_lookup(repo_id: str | None, cache_dir: Path | None = None) -> Path | None:
+def _hub_cache_lookup(
+    repo_id: str | None, cache_dir: Path | None = None, revision: str | None = None
+) -> Path | None:
     if not repo_id:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in _HUB_FILES:
-        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+    for filename in HUB_FILES:
+        found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
     return None
@@ -168,15 +151,16 @@ def find_local_weights(timm_name: str, folder: Path) -> Path | None:
         if path.is_file():
             return path
     if folder.is_dir():
-        return _hub_cache_lookup(_pretrained_cfg(timm_name).hf_hub_id, cache_dir=folder)
+        return _hub_cache_lookup(pretrained_cfg(timm_name).hf_hub_id, cache_dir=folder)
     return None
 
 
-def find_cached_weights(timm_name: str) -> Path | None:
-    """The weight file already in the Hugging Face or torch hub cache, or None (no network)."""
-    cfg = _pretrained_cfg(timm_name)
-    found = _hub_cache_lookup(cfg.hf_hub_id)
-    if found is None and cfg.url:
+def find_cached_weights(timm_name: str, revision: str | None = None) -> Path | None:
+    """The weight file already in the Hugging Face (at ``revision``, default the cached ``main``)
+    or torch hub cache, or None (no network). A pinned revision is looked up on the hub only."""
+    cfg = pretrained_cfg(timm_name)
+    found = _hub_cache_lookup(cfg.hf_hub_id, revision=revision)
+    if found is None and cfg.url and revision is None:
         path = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(cfg.url).path).name
         found = path if path.is_file() else None
     return found
@@ -202,12 +186,12 @@ def is_classifier_checkpoint(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("body.") for k in keys) and any(k.startswith("head.") for k in keys)
 
 
-def _short(err: BaseException) -> str:
+def short_error(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text if len(text) <= 240 else text[:237] + "..."
 
 
-def _strip_to_body(model: nn.Module) -> nn.Module:
+def strip_to_body(model: nn.Module) -> nn.Module:
     """Drop everything after the last conv map: classifier, and VGG's 4096-wide fc6/fc7."""
     model.reset_classifier(0)
     if hasattr(model, "pre_logits") and type(model).__name__ == "VGG":
@@ -234,49 +218,8 @@ def load_timm_body(
         try:
             model.load_state_dict(state_dict, strict=True)
         except RuntimeError as headless:
-            classifier = _pretrained_cfg(timm_name).classifier or "head"
+            classifier = pretrained_cfg(timm_name).classifier or "head"
             has_head = any(k.startswith(str(classifier)) for k in state_dict)
-            reason = _short(with_head if has_head else headless)
+            reason = short_error(with_head if has_head else headless)
             raise CxrGuideError(f"{origin}: does not fit {timm_name} ({reason})") from headless
-    return _strip_to_body(model)
-
-
-def create_timm_body(
-    timm_name: str,
-    weights: str = "none",
-    weights_dir: str | Path | None = None,
-    **timm_kwargs: Any,
-) -> tuple[nn.Module, str]:
-    """Build a headless timm backbone and say where its weights came from.
-
-    ``weights`` is ``"none"``, ``"imagenet"`` or a path to a backbone weight file (classifier
-    checkpoints are handled by :func:`cxrguide.models.zoo.create_model`).
-    """
-    if weights == "none":
-        model = timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_kwargs)
-        return _strip_to_body(model), "random"
-    if weights != "imagenet":
-        path = Path(weights).expanduser()
-        body = load_timm_body(timm_name, read_state_dict(path), str(path), **timm_kwargs)
-        return body, weights_label(path)
-
-    folder = configured_weights_dir(weights_dir)
-    found = find_local_weights(timm_name, folder) if folder is not None else None
-    if found is None:
-        found = find_cached_weights(timm_name)
-    if found is not None:
-        body = load_timm_body(timm_name, read_state_dict(found), str(found), **timm_kwargs)
-        return body, f"imagenet:{found}"
-    hub_id = _pretrained_cfg(timm_name).hf_hub_id
-    try:
-        model = timm.create_model(timm_name, pretrained=True, **timm_kwargs)
-    except Exception as err:  # offline: LocalEntryNotFoundError; else any connection error
-        where = str(folder) if folder is not None else f"${WEIGHTS_ENV} (not set)"
-        raise CxrGuideError(
-            f"ImageNet weights for {timm_name} unavailable: {timm_name}.safetensors (or another "
-            f"accepted name: {', '.join(local_candidates(timm_name)[1:])}) is not in {where} "
-            f"nor in the hub cache, and the download of hf-hub:{hub_id} failed "
-            f"({type(err).__name__}); put the file from https://huggingface.co/{hub_id} in a "
-            f"folder and set {WEIGHTS_ENV} to it"
-        ) from err
-    return _strip_to_body(model), f"imagenet:hf-hub:{hub_id}"
+    return strip_to_body(model)

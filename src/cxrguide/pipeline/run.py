@@ -158,18 +158,19 @@ def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
 
 
 def _resolve_bodies(s1: TrainConfig, log) -> tuple[TrainConfig, dict[str, str]]:
-    """``weights: phantom`` -> the verified body files (built on first use, outside the run
-    folder, in the weight cache); their ``phantom:<sha256>`` labels join Stage I's fingerprint,
-    so a rebuilt body re-runs Stage I."""
-    if s1.weights != "phantom":
-        return s1, {}
-    from cxrguide.experiments.pretrain import resolve_phantom
+    """Stage I's ``weights`` resolved as the commands resolve them (``phantom``: the verified
+    body files, built on first use in the weight cache); their ``phantom:<sha256>`` labels join
+    Stage I's fingerprint, so a rebuilt body re-runs Stage I."""
+    from cxrguide.config.weights import WeightsSpec
+    from cxrguide.experiments.pretrain import resolve_bodies
     from cxrguide.training.common import backbones
 
+    if WeightsSpec.parse(s1.weights, "stage1.weights").kind != "phantom":
+        return s1, {}
     names = backbones(s1)
     log(f"[pipeline] phantom bodies: {', '.join(names)}")
-    template, labels = resolve_phantom(names, log)
-    return dataclasses.replace(s1, weights=template), labels
+    weights, labels = resolve_bodies(s1.weights, names, log)
+    return dataclasses.replace(s1, weights=weights), labels
 
 
 def _synth(cfg: SynthConfig) -> dict[str, Any]:
