@@ -36,6 +36,7 @@ from tqdm import tqdm
 from cxrguide.config import LungsPredictConfig, load_yaml
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
+from cxrguide.core.runs import lung_run_path
 from cxrguide.data import cache
 from cxrguide.data.completion import require_complete
 from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
@@ -244,15 +245,19 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
 
 
 def find_lung_run(value: str, run_dir: Path) -> Path:
-    """``RunInfo.lung_model`` as written (absolute or relative to the cwd, the run or its parent)."""
-    candidate = Path(value).expanduser()
-    for path in (candidate, run_dir / candidate, run_dir.parent / candidate):
-        if (path / "config.yaml").is_file():
-            return path
-    raise CxrGuideError(
-        f"{run_dir}: its lung model {value!r} was not found; pass --lung-model RUN "
-        "(a 'cxrguide lungs train' run)"
-    )
+    """``RunInfo.lung_model``: a folder inside the run folder only (see ``lung_run_path``)."""
+    return lung_run_path(run_dir, value)
+
+
+def explicit_lung_run(path: str | Path) -> Path:
+    """A lung run the user named (``--lung-model``): any folder they trust."""
+    path = Path(path).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise CxrGuideError(
+            f"{path}: not a lung model run (no config.yaml; give a 'cxrguide lungs train' run "
+            "to --lung-model)"
+        )
+    return path
 
 
 class FilmSegmenter:

@@ -205,9 +205,9 @@ def _replay_history(trial: optuna.Trial, run: Path) -> None:
     """A resumed trial reports the epochs its checkpoint already holds."""
     last = run / "last.pt"
     if last.exists():
-        import torch
+        from cxrguide.core.checkpoint import load_checkpoint
 
-        for row in torch.load(last, map_location="cpu", weights_only=False)["history"]:
+        for row in load_checkpoint(last)["history"]:
             trial.report(float(row["val_acc"]), int(row["epoch"]))
 
 
