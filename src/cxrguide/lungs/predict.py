@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -42,7 +40,13 @@ from cxrguide.data.completion import require_complete
 from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
 from cxrguide.data.transforms import resize_array
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
-from cxrguide.files import atomic_save, check_writable_dir
+from cxrguide.files import (
+    atomic_open,
+    atomic_path,
+    atomic_save,
+    atomic_write_json,
+    check_writable_dir,
+)
 from cxrguide.lungs.metrics import MaskQuality, content_fraction, postprocess, quality
 from cxrguide.lungs.records import lung_cache_path
 from cxrguide.lungs.train import inference_batch, load_lung_run, predict_batch
@@ -132,26 +136,25 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     device = resolve_device(cfg.device)
     model.to(device)
 
-    tmp = masks_path.with_name(masks_path.name + ".tmp.npy")
-    masks = cache.create(tmp, max(len(rows), 1), size)
     found: list[list] = []
     contents = [content_fraction(r.get("width") or 0, r.get("height") or 0) for r in rows]
     bar = tqdm(total=len(rows), desc="lungs", unit="img", disable=None)  # quiet off a terminal
     batch = inference_batch(cfg.batch_size, device)
-    for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
-                                     batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip
-        masks[i] = final.astype(np.uint8) * 255
-        if overlays is not None:
-            picture = Image.fromarray(overlay(np.asarray(images[i]), final))
-            name = overlay_name(i, rows[i].get("path") or rows[i]["image_id"])
-            atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), overlays / name)
-        found.append([rows[i]["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
-        bar.update()
-    bar.close()
-    masks.flush()
-    del masks
-    os.replace(tmp, masks_path)
-    with quality_path.open("w", newline="") as fh:
+    with atomic_path(masks_path) as tmp:
+        masks = cache.create(tmp, max(len(rows), 1), size)
+        for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
+                                         batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip
+            masks[i] = final.astype(np.uint8) * 255
+            if overlays is not None:
+                picture = Image.fromarray(overlay(np.asarray(images[i]), final))
+                name = overlay_name(i, rows[i].get("path") or rows[i]["image_id"])
+                atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), overlays / name)
+            found.append([rows[i]["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
+            bar.update()
+        bar.close()
+        masks.flush()
+        del masks
+    with atomic_open(quality_path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(QUALITY_COLUMNS)
         writer.writerows(found)
@@ -161,7 +164,7 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
                   "checkpoint_sha256": _sha256(checkpoint), "threshold": threshold,
                   "model_size": train_cfg.size, "size": size, "n": len(rows), "flags": flags,
                   "min_area": cfg.min_area, "max_area": cfg.max_area}  # fmt: skip
-    masks_path.with_suffix(".json").write_text(json.dumps(provenance, indent=2))
+    atomic_write_json(masks_path.with_suffix(".json"), provenance)
     return PreparedPrediction(masks_path, quality_path, len(rows), flags, overlays)
 
 

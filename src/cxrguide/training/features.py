@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from cxrguide.data.cache import reserve_memmap
 from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.files import atomic_write_bytes
 from cxrguide.models.classifier import CxrClassifier
 
 
@@ -75,9 +76,7 @@ def _filled(folder: Path, key: str, n: int) -> np.ndarray:
 
 
 def _save_mask(path: Path, have: np.ndarray) -> None:
-    tmp = path.with_suffix(".rows.tmp")
-    tmp.write_bytes(have.astype(np.uint8).tobytes())
-    tmp.replace(path)
+    atomic_write_bytes(path, have.astype(np.uint8).tobytes())
 
 
 def pooled_features(
