@@ -6,15 +6,22 @@ STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/quickstart
 SEED ?= 0
 
-.PHONY: run test lint format venv clean bench bench-quick system-deps
+.PHONY: run test lint format venv clean bench bench-quick system-deps lock
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Dependencies from the hashed pins (docs/security.md), then the package itself without deps.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Regenerate requirements.lock after changing pyproject's pins (needs uv: pipx install uv).
+lock:
+	uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --index-strategy unsafe-best-match -o requirements.lock
 
 run: $(STAMP)
 	$(BIN)/cxrguide pipeline --config configs/quickstart.yaml --out $(RUN_DIR) --seed $(SEED)

@@ -5,8 +5,8 @@ module that asks (``tiny_run``, ``lung_run``, ``gated_run``):
 
 - ``tiny_run``: a real Stage I run (``stages.train``: MobileNet V2, random body, 64 px, 1 epoch).
 - ``lung_run``: a small BasicUNet trained for a few epochs on lung phantoms (``lungs train``).
-- ``gated_run``: the tiny run's weights in a run folder that declares the lung gate and names
-  ``lung_run`` as its lung model, the layout Stage III writes.
+- ``gated_run``: the tiny run's weights in a run folder that declares the lung gate and holds
+  a copy of ``lung_run`` as its lung model (``lungs/``), the layout Stage III writes.
 """
 
 from __future__ import annotations
@@ -73,7 +73,10 @@ def gated_run(tmp_path_factory) -> Path:
         run.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "model.pt", run / "model.pt")
         info = yaml.safe_load((src / "model.yaml").read_text())
-        info.update(stage=3, parent=str(src), lung_gate=True, lung_model=str(lungs))
+        from cxrguide.core.runs import bundle_lung_run
+
+        lung_model = bundle_lung_run(run, str(lungs))  # inside the run, as Stage III writes it
+        info.update(stage=3, parent=str(src), lung_gate=True, lung_model=lung_model)
         (run / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
     return run
 

@@ -113,3 +113,21 @@ def test_unwritable_out_for_real(tmp_path, capsys):
     finally:
         locked.chmod(0o755)
     assert list(locked.iterdir()) == []
+
+
+def test_unexpected_error_is_one_line_exit_1_and_debug_shows_the_trace(monkeypatch, capsys):
+    from cxrguide.commands import synth
+
+    def bug(args):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(synth, "run", bug)
+    monkeypatch.delenv("CXRGUIDE_DEBUG", raising=False)
+    assert main(["synth", "--out", "x"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("cxrguide synth: internal error: KeyError at test_cli.py:")
+    assert "'boom'" in err and "CXRGUIDE_DEBUG=1" in err
+    monkeypatch.setenv("CXRGUIDE_DEBUG", "1")
+    with pytest.raises(KeyError, match="boom"):
+        main(["synth", "--out", "x"])

@@ -4,19 +4,25 @@ Each verb lives in its own module under :mod:`cxrguide.commands` and exposes
 ``register(subparsers)``; the parser's ``func`` receives the parsed namespace. This file only
 wires them together and turns :class:`CxrGuideError` and OS errors (permissions, a file where a
 folder belongs, symlink loops, a full disk) into a one-line message naming the path, exit code 2.
+Anything else is a bug: one line and exit 1 (``CXRGUIDE_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from cxrguide import __version__, commands
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import os_error_message
+
+DEBUG_ENV = "CXRGUIDE_DEBUG"  # =1: unexpected errors show their traceback
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cxrguide {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a bug: one line (no internals echoed); the trace on request
+        if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            raise
+        where = next(iter(traceback.extract_tb(err.__traceback__)[-1:]), None)
+        at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+        msg = " ".join(str(err).split())[:200]
+        print(f"cxrguide {args.command}: internal error: {type(err).__name__}{at}: {msg} "
+              f"(set {DEBUG_ENV}=1 for the traceback; please report it)", file=sys.stderr)  # fmt: skip
+        return 1
     return int(code or 0)
 
 

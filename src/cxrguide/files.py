@@ -1,7 +1,7 @@
 """Crash-safe files: atomic writes, and OS errors turned into one line naming the path.
 
-A file written here appears whole or not at all (temp file in the same folder, flushed, then
-``os.replace``), so a folder's "finished" marker written last with these helpers can be trusted
+A file written here appears whole or not at all (a ``mkstemp`` temp file in the same folder,
+flushed, then ``os.replace`` and an fsync of the folder), so a folder's "finished" marker written last with these helpers can be trusted
 by every reader after a kill, a full disk or a power cut. A failed write removes its temp file:
 no stray ``*.tmp`` is left to confuse a resumed job.
 """
@@ -12,11 +12,14 @@ import contextlib
 import errno
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 TMP_SUFFIX = ".tmp"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: new files get the mode open() would give them
 
 
 def user_cache_dir() -> Path:
@@ -26,33 +29,58 @@ def user_cache_dir() -> Path:
     return (Path(cache).expanduser() if cache else Path.home() / ".cache") / "cxrguide"
 
 
-def temp_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + TMP_SUFFIX)
+def fsync_dir(folder: str | Path) -> None:
+    """Make a rename in ``folder`` durable (a power cut after ``os.replace`` keeps the new file)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a folder we may not open for reading: the rename itself stands
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder
+        pass
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
-    """Open ``path + .tmp`` for writing; on success fsync and rename it over ``path``.
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A fresh temp file beside ``path`` for writers that want a file name (ONNX, TorchScript,
+    NumPy); on success it is fsynced and renamed over ``path``, then the folder is fsynced.
 
-    On any error the temp file is removed and an OSError gets the final path as its filename
-    (an OSError from ``write`` has none; one from ``open`` names the temp file), so the CLI
-    names the file the user asked for.
+    The temp file is made by ``mkstemp`` (``O_EXCL``, an unpredictable name in the target's own
+    folder), so a planted symlink at a guessable ``path + .tmp`` cannot redirect the write. On any
+    error it is removed and an OSError gets the final path as its filename (the CLI names the
+    file the user asked for).
     """
     path = Path(path)
-    tmp = temp_path(path)
     try:
-        with open(tmp, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+        os.close(fd)
+        yield tmp
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(err, OSError) and (not err.filename or os.fsdecode(err.filename) == str(tmp)):
             raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
+    """Open a fresh temp file beside ``path`` (see :func:`atomic_path`) for writing; on success
+    fsync it, rename it over ``path`` and fsync the folder. On any error nothing is left behind."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -62,6 +90,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
 
 
 def atomic_save(write: Callable[[IO[bytes]], None], path: str | Path) -> None:

@@ -344,3 +344,30 @@ def test_parallel_gather_matches_a_serial_one(tmp_path):
     cache.gather(src, rows, tmp_path / "two.npy", chunk=4, workers=3)
     one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
     assert np.array_equal(one, src[rows]) and np.array_equal(two, src[rows])
+
+
+def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, monkeypatch, capsys):
+    """The OOM killer taking a pool worker hung multiprocessing.Pool forever."""
+    import os
+    import signal
+
+    from cxrguide.cli import main
+
+    real = prepare_mod._decode
+
+    def dies_on_the_planted_file(task):
+        if task[1].endswith("corrupt.png") and os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+        return real(task)
+
+    parent = os.getpid()
+    monkeypatch.setattr(prepare_mod, "_decode", dies_on_the_planted_file)
+    signal.alarm(120)  # a hang fails the test instead of stalling the suite
+    try:
+        code = main(["prepare", "--source", f"testfolder={folder}", "--out",
+                     str(tmp_path / "out"), "--size", "64", "--workers", "2"])  # fmt: skip
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("cxrguide prepare: error: prepare: a worker process died"), err

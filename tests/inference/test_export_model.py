@@ -132,7 +132,8 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
     module = ExportModule(model, 64, False).eval()
     first = export_mod.cached_onnx(module, 64, identity=repr(info), folder=tmp_path / "c")
     assert first is not None and first.parent == tmp_path / "c" and first.suffix == ".onnx"
-    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temp left behind
+    sidecar = first.with_suffix(".sha256")  # no temp left behind; the hash beside the file
+    assert sorted(p.name for p in first.parent.iterdir()) == [first.name, sidecar.name]
     image = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))
     np.testing.assert_allclose(OnnxRunner(first)(image.numpy()), _reference(run, image, None),
                                atol=1e-4)  # fmt: skip
@@ -142,6 +143,15 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
 
     monkeypatch.setattr(export_mod, "export_onnx", no_export)
     assert export_mod.cached_onnx(module, 64, identity=repr(info), folder=tmp_path / "c") == first
+    good = first.read_bytes()
+    first.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit changed in the cache
+    with pytest.raises(AssertionError, match="exported again"):  # not trusted: rebuilt
+        export_mod.cached_onnx(module, 64, identity=repr(info), folder=tmp_path / "c")
+    first.write_bytes(good)
+    sidecar.unlink()  # an entry without its hash (older versions): rebuilt too
+    with pytest.raises(AssertionError, match="exported again"):
+        export_mod.cached_onnx(module, 64, identity=repr(info), folder=tmp_path / "c")
+    sidecar.write_text(export_mod._file_sha256(first))
     with torch.no_grad():
         next(model.head.parameters()).add_(1.0)  # other weights: another file
     with pytest.raises(AssertionError, match="exported again"):
@@ -181,3 +191,18 @@ def test_pepx_network_exports_gated_with_parity(tmp_path):
     path = export_onnx(module, tmp_path / "pepx.onnx", 64)
     assert OnnxRunner(path).needs_mask
     assert parity(module, path, "onnx", 64) <= 1e-4
+
+
+def test_a_failed_parity_check_leaves_no_file(tmp_path_factory, tmp_path, monkeypatch):
+    from cxrguide.inference import export as export_mod
+
+    run = tiny_run(tmp_path_factory)
+    out = tmp_path / "m.pt"
+    monkeypatch.setattr(export_mod, "parity", lambda *a, **k: 0.5)  # a file that disagrees
+    with pytest.raises(CxrGuideError, match=r"m\.pt: exported torchscript differs .* not written"):
+        export_run(run, "torchscript", out)
+    assert list(tmp_path.iterdir()) == []
+    out.write_bytes(b"the user's earlier export")
+    with pytest.raises(CxrGuideError):
+        export_run(run, "torchscript", out)
+    assert out.read_bytes() == b"the user's earlier export" and len(list(tmp_path.iterdir())) == 1

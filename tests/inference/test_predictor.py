@@ -121,7 +121,7 @@ def test_dicom_and_jpeg_inputs(predictor, tmp_path):
 def test_gated_run_needs_and_uses_its_lung_model(tmp_path_factory, tmp_path):
     gated = gated_run(tmp_path_factory)
     predictor = Predictor(gated, backend="fp32")
-    assert predictor.segmenter.run == lung_run(tmp_path_factory)
+    assert predictor.segmenter.run == (gated / "lungs").resolve()  # its own copy, inside it
     pred = predictor.predict_file(film(tmp_path / "f.png"))
     assert pred.lung is not None and pred.lung.flag == "ok" and 0.15 < pred.lung.area_fraction < 0.6
     assert pred.mask is not None and pred.mask.shape == (64, 64) and pred.mask.dtype == np.bool_
@@ -146,7 +146,7 @@ def test_gated_run_needs_and_uses_its_lung_model(tmp_path_factory, tmp_path):
         (moved / f).write_bytes((gated / f).read_bytes())
     text = (moved / "model.yaml").read_text()
     (moved / "model.yaml").write_text(re.sub(r"lung_model: .*", "lung_model: gone/run", text))
-    with pytest.raises(CxrGuideError, match="lung model 'gone/run' was not found"):
+    with pytest.raises(CxrGuideError, match="lung_model 'gone/run' was not found in the run"):
         Predictor(moved)
     (moved / "model.yaml").write_text(re.sub(r"lung_model: .*", "lung_model: ''", text))
     with pytest.raises(CxrGuideError, match="gates on lung masks but names no lung model"):

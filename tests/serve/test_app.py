@@ -198,4 +198,4 @@ def test_gated_run_reports_lung_coverage(tmp_path_factory, tmp_path, systmp):
     assert r.status_code == 200
     lung = r.json()["lung"]
     assert lung["quality"] == "ok" and 0.15 < lung["coverage"] < 0.6 and lung["lungs"] == 2
-    assert c.app.state.predictor.describe()["lung_model"] == "run"
+    assert c.app.state.predictor.describe()["lung_model"] == "lungs"

@@ -89,3 +89,26 @@ def test_fill_resumes_from_the_row_mask(tiny_prepared, counted, monkeypatch):
     features.pooled_features(model, prepared, SIZE, torch.device("cpu"), batch_size=4,
                              progress=False)  # fmt: skip
     assert sum(seen) == len(prepared.manifest) - 4  # the first batch was kept
+
+
+def test_full_disk_is_refused_before_the_fill_naming_the_file(tiny_prepared, counted, monkeypatch):
+    """The memory map's space is reserved: a full disk is an OSError naming the file, not a
+    SIGBUS halfway through the fill."""
+    import errno
+    import os
+
+    from cxrguide.files import os_error_message
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    prepared = Prepared.open(tiny_prepared)
+    model = create_model("mobilenet_v2", "none", seed=0).freeze_body()
+    with pytest.raises(OSError) as err:
+        features.pooled_features(model, prepared, SIZE, torch.device("cpu"), progress=False)
+    folder = prepared.root / "features"
+    assert err.value.errno == errno.ENOSPC and err.value.filename.startswith(str(folder))
+    assert counted == [] and not list(folder.glob("*.npy"))
+    line = os_error_message(err.value)
+    assert "\n" not in line and "free some space" in line

@@ -22,7 +22,7 @@ from typing import Any
 
 from cxrguide.config import PredictConfig, add_config_flags, config_from_args
 from cxrguide.errors import ConfigError, CxrGuideError
-from cxrguide.files import atomic_write_text, check_writable_dir
+from cxrguide.files import atomic_save, atomic_write_text, check_writable_dir
 from cxrguide.labels import CLASSES
 
 
@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             row = result.record(predictor.run_id)
             if cfg.cam is not None:
                 target = cfg.cam / f"{_unique_stem(Path(result.source), used)}_cam.png"
-                Image.fromarray(predictor.cam(result, cfg.cam_method)).save(target)
+                picture = Image.fromarray(predictor.cam(result, cfg.cam_method))
+                atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), target)
                 row["cam"] = str(target)
             rows.append(row)
         bar.close()

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 from tqdm import tqdm
 
+from cxrguide.core.checkpoint import load_checkpoint, rng_state, set_rng_state
 from cxrguide.core.device import resolve_device
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_open, atomic_save
@@ -164,29 +165,13 @@ def _atomic_save(obj: Any, path: Path) -> None:
     atomic_save(lambda fh: torch.save(obj, fh), path)
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load ``best.pt``/``last.pt`` (ours) into ``model``."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Load ``best.pt``/``last.pt`` (ours; weights_only) into ``model``."""
+    state = load_checkpoint(path)
     unwrap(model).load_state_dict(state.get("model", state))
 
 
@@ -276,13 +261,13 @@ def fit(
     start, best_value, best_epoch, bad, history = 0, float("inf"), -1, 0, []
     last = run_dir / LAST
     if last.exists():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = load_checkpoint(last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         start, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
         bad, history = state["bad_epochs"], state["history"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if state.get("finished"):
             load_weights(model, run_dir / BEST)
             return FitResult(best_epoch, best_value, len(history), state["stopped_early"], history)
@@ -311,7 +296,7 @@ def fit(
             _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                           "scaler": scaler.state_dict(), "epoch": epoch, "best_value": best_value,
                           "best_epoch": best_epoch, "bad_epochs": bad, "history": history,
-                          "rng": _rng_state(), "finished": done,
+                          "rng": rng_state(), "finished": done,
                           "stopped_early": stopped_early}, last)  # fmt: skip
             _write_history(run_dir / HISTORY, history)
             if cfg.progress:

@@ -21,6 +21,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save, atomic_write_text
 
 MODEL_YAML, MODEL_WEIGHTS = "model.yaml", "model.pt"
+LUNG_DIR, LUNG_CONFIG, LUNG_WEIGHTS = "lungs", "config.yaml", "best.pt"
 
 
 @dataclass
@@ -82,3 +83,50 @@ def run_identifier(run: str | Path) -> str:
     with weights.open("rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
     return f"{run.resolve().name}@{digest[:12]}"
+
+
+def bundle_lung_run(run_dir: Path, source: str) -> str:
+    """Copy the lung segmenter run ``source`` into ``run_dir/lungs`` (its config and weights
+    only, re-saved as plain tensors) and return ``"lungs"``, the value ``model.yaml`` records.
+
+    Why: a run folder is shared whole, and ``model.yaml`` may only point inside itself (see
+    :func:`lung_run_path`). ``source`` is returned unchanged when it is not a lung run folder
+    (a provenance string whose folder is gone); readers then need ``--lung-model``.
+    """
+    from cxrguide.core.checkpoint import load_checkpoint
+
+    src = Path(source) if source else None
+    ckpt = None if src is None else next(
+        (src / f for f in (LUNG_WEIGHTS, "last.pt") if (src / f).is_file()), None
+    )  # fmt: skip
+    if src is None or ckpt is None or not (src / LUNG_CONFIG).is_file():
+        return source
+    state = load_checkpoint(ckpt)
+    dest = run_dir / LUNG_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    weights = {"model": state.get("model", state)}
+    atomic_save(lambda fh: torch.save(weights, fh), dest / LUNG_WEIGHTS)
+    for name in (LUNG_CONFIG, "metrics.json"):  # metrics: the report's lung section
+        if (src / name).is_file():
+            atomic_write_text(dest / name, (src / name).read_text(encoding="utf-8"))
+    return LUNG_DIR
+
+
+def lung_run_path(run_dir: str | Path, value: str) -> Path:
+    """``model.yaml``'s ``lung_model``, accepted only as a folder inside the run folder.
+
+    A shared run folder must not make us open (and unpickle) files elsewhere: an absolute path,
+    a ``..`` or a symlink that leads out is refused, and nothing is looked up in the current
+    folder. A lung run outside is used only when the user names it (``--lung-model``).
+    """
+    where = f"{Path(run_dir) / MODEL_YAML}: lung_model {value!r}"
+    path = Path(value)
+    root = Path(run_dir).resolve()
+    if path.is_absolute() or ".." in path.parts or not (root / path).resolve().is_relative_to(root):
+        raise CxrGuideError(
+            f"{where} is outside the run folder, and a run folder may only name a lung model "
+            "inside itself; pass --lung-model RUN if you trust that run"
+        )
+    if not (root / path / LUNG_CONFIG).is_file():
+        raise CxrGuideError(f"{where} was not found in the run folder; pass --lung-model RUN")
+    return root / path

@@ -31,6 +31,7 @@ import pandas as pd
 from cxrguide.config import load_yaml
 from cxrguide.data import cache
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import atomic_write_text
 from cxrguide.labels import CLASS_INDEX, CLASSES
 
 AUDIT_JSON, AUDIT_MD = "audit.json", "audit.md"
@@ -323,7 +324,5 @@ def audit_prepared(
              "warnings": warnings}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     for name, text in ((AUDIT_JSON, json.dumps(audit, indent=2)), (AUDIT_MD, markdown(audit))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)  # a half-written audit is never mistaken for a finished one
+        atomic_write_text(out / name, text)  # a half-written audit is never taken as finished
     return AuditResult(out, audit, [summary_text(audit)])

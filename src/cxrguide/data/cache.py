@@ -20,11 +20,17 @@ def image_cache_path(prepared: str | Path, size: int) -> Path:
 
 
 def create(path: Path, n: int, size: int) -> np.memmap:
-    """A new cache file with its disk space reserved up front: a memory map over a sparse file
-    dies with SIGBUS when the disk fills; reserving turns that into an OSError naming the file."""
+    """A new image cache file (``n`` rows of ``size`` x ``size`` uint8), space reserved."""
+    return reserve_memmap(path, np.uint8, (n, size, size))
+
+
+def reserve_memmap(path: Path, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` memory map with its disk space reserved up front: a memory map over a
+    sparse file dies with SIGBUS when the disk fills; reserving turns that into an OSError
+    naming the file (and the file is removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size))
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         if hasattr(os, "posix_fallocate"):
             with open(path, "r+b") as fh:
                 os.posix_fallocate(fh.fileno(), 0, os.path.getsize(path))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -30,6 +29,7 @@ from tqdm import tqdm
 from cxrguide.config import PrepareConfig, save_yaml, to_dict
 from cxrguide.data import cache, completion, manifest, near_index
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
+from cxrguide.data.workers import unordered
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
 CONFIG_FILE = "prepare_config.yaml"
@@ -222,38 +222,30 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
         if i not in done
     ]
     workers = _workers(cfg)
-    pool = None
-    if workers > 1 and len(todo) > 1:
-        pool = mp.get_context("fork").Pool(
-            workers, _open_worker_cache, (str(arr_file), str(work / THUMBS))
-        )
-    try:
-        with log_file.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
-            bar = tqdm(
-                total=len(records), initial=len(done), desc="decode", unit="img", disable=None
-            )
-            for rows in _decoded_rows(todo, workers, pool, pixels, thumbs):
-                writer.writerows(rows)
-                fh.flush()
-                for row in rows:
-                    done[row["idx"]] = {k: str(v) for k, v in row.items()}
-                bar.update(len(rows))
-            bar.close()
-    finally:
-        if pool:
-            pool.terminate()
+    with log_file.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
+        bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img", disable=None)
+        for rows in _decoded_rows(todo, workers, (str(arr_file), str(work / THUMBS)), pixels,
+                                  thumbs):  # fmt: skip
+            writer.writerows(rows)
+            fh.flush()
+            for row in rows:
+                done[row["idx"]] = {k: str(v) for k, v in row.items()}
+            bar.update(len(rows))
+        bar.close()
     # No msync here: every process wrote through a shared mapping, so the pixels are in the page
     # cache for the gather and survive a killed process; syncing 100+ MB to disk was serial time.
     del pixels, thumbs
     return [done[i] for i in range(len(records))]
 
 
-def _decoded_rows(todo: list, workers: int, pool, pixels: np.ndarray, thumbs: np.ndarray):
+def _decoded_rows(todo: list, workers: int, caches: tuple[str, str], pixels: np.ndarray,
+                  thumbs: np.ndarray):  # fmt: skip
     """Log rows of decoded items (a chunk per pool result, one by one in process), each one's
-    pixels already in the work cache."""
-    if pool is not None:
-        yield from pool.imap_unordered(_decode_chunk, _chunks(todo, workers))
+    pixels already in the work cache. A killed worker: one line (``data.workers``), no hang."""
+    if workers > 1 and len(todo) > 1:
+        yield from unordered(_decode_chunk, _chunks(todo, workers), workers, what="prepare",
+                             initializer=_open_worker_cache, initargs=caches)  # fmt: skip
         return
     for task in todo:
         yield [_store(_decode(task), pixels, thumbs)]

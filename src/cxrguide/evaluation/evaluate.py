@@ -19,6 +19,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.baselines import add_baselines, format_baselines
 from cxrguide.evaluation.marker import SPLIT
 from cxrguide.evaluation.metrics import classification_report
+from cxrguide.files import atomic_open, atomic_write_text
 from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
 
@@ -136,14 +137,15 @@ def write_results(
     report.update(extra)
     add_baselines(report, y, probs, sites, prepared.manifest, n_boot=n_boot, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"metrics_{split}.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out_dir / f"metrics_{split}.json", json.dumps(report, indent=2))
     table = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(),
                           "source": manifest["site"].to_numpy(),
                           "true": [CLASSES[k] for k in y],
                           "predicted": [CLASSES[k] for k in probs.argmax(1)]})  # fmt: skip
     for k, name in enumerate(CLASSES):
         table[f"p_{name}"] = probs[:, k]
-    table.to_csv(out_dir / f"predictions_{split}.csv", index=False)
+    with atomic_open(out_dir / f"predictions_{split}.csv", "w", newline="") as fh:
+        table.to_csv(fh, index=False)
     return report
 
 

@@ -33,6 +33,7 @@ from cxrguide.data.imaging import letterbox, read_image
 from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.report_figures import render_grid
+from cxrguide.files import atomic_write_json
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.predict import FilmSegmenter, find_lung_run
 from cxrguide.models.saved import load_run
@@ -300,7 +301,7 @@ def update_index(out: Path, figures: list[dict[str, Any]]) -> dict[str, Any]:
     names = {f["file"] for f in figures}
     index["figures"] = [f for f in index.get("figures", []) if f["file"] not in names] + figures
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(index, indent=2))
+    atomic_write_json(path, index)
     return index
 
 

@@ -29,6 +29,7 @@ from cxrguide.evaluation.report_figures import png_b64, run_figure
 from cxrguide.evaluation.report_table import Table, pct, with_ci
 from cxrguide.evaluation.report_template import TEMPLATE
 from cxrguide.evaluation.shortcut_summary import read_runs, summary_rows
+from cxrguide.files import atomic_write_text
 from cxrguide.labels import CLASSES
 
 SHORTCUT_SPLIT = "shortcut_test"
@@ -368,5 +369,5 @@ def build_report(
     )  # fmt: skip
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html, encoding="utf-8")
+    atomic_write_text(out, html)
     return out

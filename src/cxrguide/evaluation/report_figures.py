@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrguide.files import atomic_open
 from cxrguide.labels import CLASSES
 
 CLASS_COLORS = ("#1f77b4", "#ff7f0e", "#d62728")
@@ -173,5 +174,6 @@ def render_grid(
     fig.text(0.5, 0.05 / height, "\n".join(caption_lines), ha="center", va="bottom", fontsize=8)
     fig.tight_layout(rect=(0, bottom / height, 1, 1 - top / height))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_open(path, "wb") as fh:  # the CAM figure appears whole or not at all
+        fig.savefig(fh, format="png")
     return path

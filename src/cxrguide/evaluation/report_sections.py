@@ -123,9 +123,15 @@ def audit_blocks(prep: Path, index: int) -> tuple[list[dict[str, Any]], list[dic
 def _lung_run(records: list, prep: Path) -> Path | None:
     import json
 
-    for r in records:
-        if r.info.lung_model and Path(r.info.lung_model).is_dir():
-            return Path(r.info.lung_model)
+    from cxrguide.core.runs import lung_run_path
+    from cxrguide.errors import CxrGuideError
+
+    for r in records:  # a run's own lung model (inside it), never one looked up elsewhere
+        if r.info.lung_model:
+            try:
+                return lung_run_path(r.path, r.info.lung_model)
+            except CxrGuideError:
+                continue
     for prov in [*sorted((prep / "cache").glob("lungs_*.json")),
                  *sorted((prep / "audit/lungs").glob("lungs_*.json"))]:  # fmt: skip
         run = json.loads(prov.read_text()).get("run")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import os
 import platform
 import shutil
 import sys
@@ -37,7 +36,9 @@ from tqdm import tqdm
 from cxrguide.config import SynthConfig
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.config.weights import WeightsSpec
+from cxrguide.core.checkpoint import load_checkpoint
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import atomic_save, atomic_write_text
 from cxrguide.models.weights import (
     OFFLINE_ENV,
     PHANTOM,
@@ -161,7 +162,7 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
     start = 0
     last = work / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = load_checkpoint(last)
         model.load_state_dict(state["model"])
         aux.load_state_dict(state["aux"])
         opt.load_state_dict(state["optimizer"])
@@ -199,11 +200,10 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
             bar.set_postfix(
                 epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}"
             )
-        tmp = last.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "epoch": epoch + 1, "aux": aux.state_dict(),
-                    "rng": torch.get_rng_state()}, tmp)  # fmt: skip
-        os.replace(tmp, last)
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "epoch": epoch + 1, "aux": aux.state_dict(),
+                 "rng": torch.get_rng_state()}  # fmt: skip
+        atomic_save(lambda fh, s=state: torch.save(s, fh), last)
     bar.close()
     hook.remove()
 
@@ -266,15 +266,14 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     acc = accuracy(model, x[test], y[test], device)
     seconds = time.perf_counter() - t0
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.body.state_dict().items()}
-    tmp = body_path.with_name(body_path.name + ".tmp")
     # One metadata key only: safetensors keeps metadata in a Rust HashMap whose order changes
     # from process to process, so two keys made the same body's bytes (and its phantom:<sha>
     # label) differ between runs. The backbone is in the file name and the card.
-    save_file(state, str(tmp), metadata={PHANTOM_META_KEY: PHANTOM})
-    os.replace(tmp, body_path)
+    blob = save(state, metadata={PHANTOM_META_KEY: PHANTOM})
+    atomic_save(lambda fh: fh.write(blob), body_path)
     sha = file_sha256(body_path)
     card = {
         "kind": "phantom-pretrained body", "backbone": name, "file": body_path.name,
@@ -290,9 +289,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     card_path = phantom_card_file(body_path)
     for path, text in ((body_path.with_suffix(".md"), _card_markdown(card)),
                        (card_path, json.dumps(card, indent=2))):  # fmt: skip
-        part = path.with_name(path.name + ".tmp")
-        part.write_text(text, encoding="utf-8")
-        os.replace(part, path)
+        atomic_write_text(path, text)
     shutil.rmtree(work, ignore_errors=True)
     return PretrainResult(body_path, card_path, sha, acc, seconds)
 

@@ -61,6 +61,7 @@ from cxrguide.data.imaging import fit_square
 from cxrguide.errors import ConfigError
 from cxrguide.evaluation.marker import MARKER_PAD, SPLIT, marker_report
 from cxrguide.evaluation.shortcut_summary import summary_rows
+from cxrguide.files import atomic_path, atomic_write_json
 from cxrguide.models.saved import load_run
 
 INPUT_MASK = "input-mask"  # plain fine-tuning on films multiplied by their lung masks
@@ -94,16 +95,15 @@ def make_data(cfg: ShortcutBenchConfig, out: Path) -> Prepared:
 def truth_lung_cache(prepared: Prepared, synth: Path) -> Path:
     """The generator's exact lung masks, letterboxed like the image cache, as the lung cache."""
     path = prepared.lung_cache_path
-    tmp = path.with_name(path.name + ".tmp.npy")
-    masks = cache.create(tmp, len(prepared.manifest), prepared.size)
-    for i, rel in enumerate(prepared.manifest["path"]):
-        mask = np.asarray(Image.open(synth / "masks" / f"{Path(rel).stem}.png").convert("L"))
-        masks[i] = fit_square((mask > 0).astype(np.uint8) * 255, prepared.size, mask=True)
-    masks.flush()
-    del masks
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        masks = cache.create(tmp, len(prepared.manifest), prepared.size)
+        for i, rel in enumerate(prepared.manifest["path"]):
+            mask = np.asarray(Image.open(synth / "masks" / f"{Path(rel).stem}.png").convert("L"))
+            masks[i] = fit_square((mask > 0).astype(np.uint8) * 255, prepared.size, mask=True)
+        masks.flush()
+        del masks
     record = {"source": f"synthetic ground truth ({synth / 'masks'})", "size": prepared.size}
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    atomic_write_json(path.with_suffix(".json"), record)
     return path
 
 

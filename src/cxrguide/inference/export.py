@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from cxrguide.errors import CxrGuideError
-from cxrguide.files import user_cache_dir
+from cxrguide.files import atomic_path, user_cache_dir
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier
 
@@ -178,22 +178,38 @@ def cached_onnx(
     Why: the torch.export based exporter needs ~30 s for MobileNet V2 at 224 px where the
     TorchScript one needed ~1.5 s (busy 2-core CPU), and the predictor's ONNX backend would pay
     it at every start.
-    The file is written to a temp name and renamed, so a killed export is never reused.
+    The file is written to a temp name and renamed, so a killed export is never reused; its
+    SHA-256 goes to a ``.sha256`` sidecar written after it, and a hit whose bytes do not match
+    (a truncated copy, a file swapped in the cache) is exported afresh, never loaded.
     """
-    from cxrguide.files import temp_path
+    from cxrguide.files import atomic_write_text
 
     folder = folder or export_cache_dir()
     path = folder / f"{export_key(module, image_size, opset, identity)}.onnx"
-    if path.is_file():
-        return path
+    sidecar = path.with_suffix(".sha256")
+    if path.is_file() and sidecar.is_file():
+        try:
+            if sidecar.read_text().strip() == _file_sha256(path):
+                return path
+        except OSError:
+            pass
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(path).with_suffix(f".{os.getpid()}.tmp")  # concurrent exporters
-        export_onnx(module, tmp, image_size, opset=opset)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            export_onnx(module, tmp, image_size, opset=opset)
+            digest = _file_sha256(tmp)
+        atomic_write_text(sidecar, digest + "\n")
     except OSError:
         return None
     return path
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def export_torchscript(
@@ -256,15 +272,17 @@ def export_run(
     model, info = load_run(run, "cpu")
     module = ExportModule(model, info.image_size, info.lung_gate).eval()
     meta = run_metadata(info, run_identifier(run))
-    if fmt == "onnx":
-        export_onnx(module, out, info.image_size, opset=opset, metadata=meta)
-    else:
-        export_torchscript(module, out, info.image_size, metadata=meta)
-    diff = parity(module, out, fmt, info.image_size) if check else None
-    if diff is not None and diff > PARITY_TOLERANCE:
-        raise CxrGuideError(
-            f"{out}: exported {fmt} differs from PyTorch by {diff:.2e} (> {PARITY_TOLERANCE:g}) "
-            "in probabilities; the file is not trustworthy"
-        )
+    with atomic_path(out) as tmp:  # a file that fails its parity check never reaches --out
+        if fmt == "onnx":
+            export_onnx(module, tmp, info.image_size, opset=opset, metadata=meta)
+        else:
+            export_torchscript(module, tmp, info.image_size, metadata=meta)
+        diff = parity(module, tmp, fmt, info.image_size) if check else None
+        if diff is not None and diff > PARITY_TOLERANCE:
+            raise CxrGuideError(
+                f"{out}: exported {fmt} differs from PyTorch by {diff:.2e} (> "
+                f"{PARITY_TOLERANCE:g}) in probabilities; the file is not trustworthy and was "
+                "not written"
+            )
     names = ["image", "lung_mask"] if info.lung_gate else ["image"]
     return ExportResult(out, fmt, names, diff)

@@ -52,7 +52,7 @@ from cxrguide.data.imaging import (
 from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
-from cxrguide.lungs.predict import FilmSegmenter, find_lung_run
+from cxrguide.lungs.predict import FilmSegmenter, explicit_lung_run, find_lung_run
 from cxrguide.models.saved import load_run
 
 BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx")
@@ -188,9 +188,11 @@ class Predictor:
         self.max_pixels, self.min_side = max_pixels, min_side
         self.allow_modality = tuple(allow_modality)
         self.segmenter: FilmSegmenter | None = None
-        lung_value = str(lung_model) if lung_model else self.info.lung_model
-        if lung_value:
-            self.segmenter = FilmSegmenter(find_lung_run(lung_value, self.run_dir), self.device)
+        if lung_model:  # named by the user: trusted; model.yaml's only inside the run folder
+            self.segmenter = FilmSegmenter(explicit_lung_run(lung_model), self.device)
+        elif self.info.lung_model:
+            lungs = find_lung_run(self.info.lung_model, self.run_dir)
+            self.segmenter = FilmSegmenter(lungs, self.device)
         elif self.info.lung_gate:
             raise CxrGuideError(
                 f"{self.run_dir}: the classifier gates on lung masks but names no lung model; "

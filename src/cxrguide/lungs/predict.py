@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -36,12 +34,19 @@ from tqdm import tqdm
 from cxrguide.config import LungsPredictConfig, load_yaml
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
+from cxrguide.core.runs import lung_run_path
 from cxrguide.data import cache
 from cxrguide.data.completion import require_complete
 from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
 from cxrguide.data.transforms import resize_array
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
-from cxrguide.files import atomic_save, check_writable_dir
+from cxrguide.files import (
+    atomic_open,
+    atomic_path,
+    atomic_save,
+    atomic_write_json,
+    check_writable_dir,
+)
 from cxrguide.lungs.metrics import MaskQuality, content_fraction, postprocess, quality
 from cxrguide.lungs.records import lung_cache_path
 from cxrguide.lungs.train import inference_batch, load_lung_run, predict_batch
@@ -131,26 +136,25 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     device = resolve_device(cfg.device)
     model.to(device)
 
-    tmp = masks_path.with_name(masks_path.name + ".tmp.npy")
-    masks = cache.create(tmp, max(len(rows), 1), size)
     found: list[list] = []
     contents = [content_fraction(r.get("width") or 0, r.get("height") or 0) for r in rows]
     bar = tqdm(total=len(rows), desc="lungs", unit="img", disable=None)  # quiet off a terminal
     batch = inference_batch(cfg.batch_size, device)
-    for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
-                                     batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip
-        masks[i] = final.astype(np.uint8) * 255
-        if overlays is not None:
-            picture = Image.fromarray(overlay(np.asarray(images[i]), final))
-            name = overlay_name(i, rows[i].get("path") or rows[i]["image_id"])
-            atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), overlays / name)
-        found.append([rows[i]["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
-        bar.update()
-    bar.close()
-    masks.flush()
-    del masks
-    os.replace(tmp, masks_path)
-    with quality_path.open("w", newline="") as fh:
+    with atomic_path(masks_path) as tmp:
+        masks = cache.create(tmp, max(len(rows), 1), size)
+        for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
+                                         batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip
+            masks[i] = final.astype(np.uint8) * 255
+            if overlays is not None:
+                picture = Image.fromarray(overlay(np.asarray(images[i]), final))
+                name = overlay_name(i, rows[i].get("path") or rows[i]["image_id"])
+                atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), overlays / name)
+            found.append([rows[i]["image_id"], q.area_fraction, q.components, q.lungs, q.flag])
+            bar.update()
+        bar.close()
+        masks.flush()
+        del masks
+    with atomic_open(quality_path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(QUALITY_COLUMNS)
         writer.writerows(found)
@@ -160,7 +164,7 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
                   "checkpoint_sha256": _sha256(checkpoint), "threshold": threshold,
                   "model_size": train_cfg.size, "size": size, "n": len(rows), "flags": flags,
                   "min_area": cfg.min_area, "max_area": cfg.max_area}  # fmt: skip
-    masks_path.with_suffix(".json").write_text(json.dumps(provenance, indent=2))
+    atomic_write_json(masks_path.with_suffix(".json"), provenance)
     return PreparedPrediction(masks_path, quality_path, len(rows), flags, overlays)
 
 
@@ -244,15 +248,19 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
 
 
 def find_lung_run(value: str, run_dir: Path) -> Path:
-    """``RunInfo.lung_model`` as written (absolute or relative to the cwd, the run or its parent)."""
-    candidate = Path(value).expanduser()
-    for path in (candidate, run_dir / candidate, run_dir.parent / candidate):
-        if (path / "config.yaml").is_file():
-            return path
-    raise CxrGuideError(
-        f"{run_dir}: its lung model {value!r} was not found; pass --lung-model RUN "
-        "(a 'cxrguide lungs train' run)"
-    )
+    """``RunInfo.lung_model``: a folder inside the run folder only (see ``lung_run_path``)."""
+    return lung_run_path(run_dir, value)
+
+
+def explicit_lung_run(path: str | Path) -> Path:
+    """A lung run the user named (``--lung-model``): any folder they trust."""
+    path = Path(path).expanduser()
+    if not (path / "config.yaml").is_file():
+        raise CxrGuideError(
+            f"{path}: not a lung model run (no config.yaml; give a 'cxrguide lungs train' run "
+            "to --lung-model)"
+        )
+    return path
 
 
 class FilmSegmenter:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import multiprocessing as mp
 import os
 import shutil
 from collections import Counter
@@ -35,6 +34,7 @@ from cxrguide.data import cache, completion, manifest
 from cxrguide.data.imaging import fit_square, read_image, to_uint8
 from cxrguide.data.prepare import CONFIG_FILE, check_out_dir
 from cxrguide.data.sources.base import Rejection
+from cxrguide.data.workers import unordered
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.lungs.readers import load_mask, open_lung_source
 from cxrguide.lungs.records import LungRecord, lung_cache_path
@@ -113,19 +113,16 @@ def _decode_all(cfg, records, work: Path) -> tuple[list[dict], np.ndarray, np.nd
         (i, r, cfg.size, cfg.max_pixels, cfg.min_side, cfg.ignore) for i, r in enumerate(records)
     ]
     workers = cfg.workers or os.cpu_count() or 1
-    pool = mp.get_context("fork").Pool(workers) if workers > 1 and len(tasks) > 1 else None
     rows: list[dict] = [{} for _ in records]
-    try:
-        results = pool.imap_unordered(_decode, tasks, chunksize=4) if pool else map(_decode, tasks)
-        for row, img, mask in tqdm(
-            results, total=len(tasks), desc="decode", unit="img", disable=None
-        ):
-            if img is not None:
-                images[row["idx"]], masks[row["idx"]] = img, mask
-            rows[row["idx"]] = row
-    finally:
-        if pool:
-            pool.terminate()
+    results = (
+        unordered(_decode, tasks, workers, what="lungs prepare")
+        if workers > 1 and len(tasks) > 1
+        else map(_decode, tasks)
+    )  # a killed worker: one line, no hang (data.workers)
+    for row, img, mask in tqdm(results, total=len(tasks), desc="decode", unit="img", disable=None):
+        if img is not None:
+            images[row["idx"]], masks[row["idx"]] = img, mask
+        rows[row["idx"]] = row
     return rows, images, masks
 
 

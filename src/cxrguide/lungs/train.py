@@ -36,6 +36,7 @@ from cxrguide.data.augment import CxrAugment
 from cxrguide.data.completion import require_complete
 from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.files import atomic_write_json
 from cxrguide.lungs.metrics import (
     content_fraction,
     postprocess,
@@ -263,7 +264,7 @@ def evaluate_model(
             per_image_rows.append([split, row["image_id"], round(per["dice"][k], 5),
                                    round(per["iou"][k], 5), round(per["hd95"][k], 3),
                                    round(raw_dice[k], 5), flags[k]])  # fmt: skip
-    (run / METRICS).write_text(json.dumps(metrics, indent=2))
+    atomic_write_json(run / METRICS, metrics)
     with (run / PER_IMAGE).open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["split", "image_id", "dice", "iou", "hd95_px", "dice_raw", "flag"])

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxrguide.core.checkpoint import load_checkpoint
 from cxrguide.errors import ConfigError, CxrGuideError
 
 
@@ -46,7 +47,7 @@ def _load_encoder_weights(encoder: nn.Module, path: Path) -> None:
 
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path)
         state = state.get("state_dict", state.get("model", state))
     own = encoder.state_dict()
     matched = {}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from cxrguide.core.checkpoint import load_checkpoint
 from cxrguide.core.runs import MODEL_WEIGHTS, RunInfo, read_info
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.zoo import create_model
@@ -23,7 +24,7 @@ def load_run(
         head_dropouts=info.head_dropouts,
         head_activation=info.activation,
     )
-    state = torch.load(Path(run_dir) / MODEL_WEIGHTS, map_location="cpu", weights_only=True)
+    state = load_checkpoint(Path(run_dir) / MODEL_WEIGHTS)  # weights_only: never runs code
     model.load_state_dict(state)
     if info.lung_gate:
         model.set_lung_inputs(info.mask_inputs, info.lung_dilation)

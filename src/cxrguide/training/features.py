@@ -26,7 +26,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from cxrguide.data.cache import reserve_memmap
 from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.files import atomic_write_bytes
 from cxrguide.models.classifier import CxrClassifier
 
 
@@ -74,9 +76,7 @@ def _filled(folder: Path, key: str, n: int) -> np.ndarray:
 
 
 def _save_mask(path: Path, have: np.ndarray) -> None:
-    tmp = path.with_suffix(".rows.tmp")
-    tmp.write_bytes(have.astype(np.uint8).tobytes())
-    tmp.replace(path)
+    atomic_write_bytes(path, have.astype(np.uint8).tobytes())
 
 
 def pooled_features(
@@ -123,8 +123,8 @@ def _fill(model, prepared, image_size, device, key, wanted, batch_size, precisio
     if have.any():
         out = np.load(partial, mmap_mode="r+")
     else:
-        out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32,
-                                        shape=(n, model.num_features))  # fmt: skip
+        # space reserved: a full disk is one line naming the file, not a SIGBUS mid-fill
+        out = reserve_memmap(partial, np.float32, (n, model.num_features))
     todo = wanted[~have[wanted]]
     dataset = CxrDataset(prepared, rows=todo, image_size=image_size)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,

@@ -32,7 +32,7 @@ import torch
 from cxrguide.attention.gain import GainSettings, GuidedAttention, parse_attention
 from cxrguide.config import TrainConfig
 from cxrguide.core import engine
-from cxrguide.core.runs import RunInfo, read_info
+from cxrguide.core.runs import RunInfo, bundle_lung_run, read_info
 from cxrguide.data.augment import CxrAugment
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
@@ -189,7 +189,8 @@ def fine_tune(
     new = dataclasses.replace(
         info, stage=2 if settings is None else 3, image_size=size, data=str(prepared.root),
         lung_gate=settings is not None and bool(settings.lung_inputs),
-        lung_model=lung_model_of(cfg, prepared) if lungs else "", attention=names,
+        lung_model=bundle_lung_run(run, lung_model_of(cfg, prepared)) if lungs else "",
+        attention=names,
         lung_inputs=list(settings.lung_inputs) if settings is not None else [],
         lung_dilation=settings.dilation if strict else 0.0,
     )  # fmt: skip

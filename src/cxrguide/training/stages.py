@@ -19,6 +19,7 @@ from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError
+from cxrguide.files import atomic_open
 from cxrguide.training.common import (
     LEADERBOARD,
     Scorer,
@@ -99,5 +100,8 @@ def train(cfg: TrainConfig, score: Scorer) -> list[dict]:
     if engine.is_main_process():
         board = pd.DataFrame(rows).sort_values("val_accuracy", ascending=False, kind="stable")
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        board.to_csv(Path(cfg.out) / LEADERBOARD.format(stage=cfg.stage), index=False)
+        with atomic_open(
+            Path(cfg.out) / LEADERBOARD.format(stage=cfg.stage), "w", newline=""
+        ) as fh:
+            board.to_csv(fh, index=False)
     return rows

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from cxrguide.config import TrainConfig, TuneConfig, from_dict, save_yaml, to_dict
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.files import atomic_open
 from cxrguide.training.common import Scorer
 from cxrguide.training.tune_space import (  # noqa: F401  (re-exported: the module's API)
     SPACE_FIELDS,
@@ -205,9 +206,9 @@ def _replay_history(trial: optuna.Trial, run: Path) -> None:
     """A resumed trial reports the epochs its checkpoint already holds."""
     last = run / "last.pt"
     if last.exists():
-        import torch
+        from cxrguide.core.checkpoint import load_checkpoint
 
-        for row in torch.load(last, map_location="cpu", weights_only=False)["history"]:
+        for row in load_checkpoint(last)["history"]:
             trial.report(float(row["val_acc"]), int(row["epoch"]))
 
 
@@ -327,7 +328,8 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel="val accuracy", title=f"optimisation history: {study.study_name}")
     ax.legend(loc="lower right")
-    fig.savefig(path, dpi=120)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
     return path
 
 
@@ -350,7 +352,8 @@ def plot_importance(study: optuna.Study, path: Path) -> Path | None:
     ax = fig.subplots()
     ax.barh(names, [importances[n] for n in names], color="C0")
     ax.set(xlabel="importance (share)", title=f"parameter importance: {study.study_name}")
-    fig.savefig(path, dpi=120)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format="png")
     return path
 
 
@@ -358,7 +361,8 @@ def summarize(study: optuna.Study, out: Path) -> dict[str, Path]:
     """Write trials.csv, best.yaml and the two plots into ``out``; return what was written."""
     out.mkdir(parents=True, exist_ok=True)
     files = {"trials": out / "trials.csv"}
-    trials_frame(study).to_csv(files["trials"], index=False)
+    with atomic_open(files["trials"], "w", newline="") as fh:
+        trials_frame(study).to_csv(fh, index=False)
     files["history_plot"] = plot_history(study, out / "optimization_history.png")
     importance = plot_importance(study, out / "param_importances.png")
     if importance is not None:

@@ -28,7 +28,7 @@ from cxrguide.config import SynthConfig
 from cxrguide.data.synthetic.markers import CLASS_POSITIONS, KINDS, POSITIONS
 from cxrguide.data.synthetic.render import Case, CaseSpec, render_case
 from cxrguide.errors import CxrGuideError
-from cxrguide.files import atomic_write_text
+from cxrguide.files import atomic_open, atomic_write_text
 from cxrguide.labels import CLASSES
 
 GENERATOR_VERSION = 1  # bump whenever the drawing changes, so old folders are not mixed in
@@ -324,10 +324,8 @@ def generate_dataset(cfg: SynthConfig, progress: bool = True) -> SynthResult:
 
 
 def _write_metadata(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: row[k] for k in COLUMNS})
-    os.replace(tmp, path)
