@@ -80,12 +80,12 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     ct = get_testdata_file("CT_small.dcm")
     assert main(["inspect", ct]) == 2
     assert capsys.readouterr().out == (
-        f"{ct}: DICOM modality CT is not a radiograph (CR/DX/DR); "
+        f"{ct}: DICOM modality CT is not a radiograph (CR/DX/DR/RG); "
         "pass --allow-modality CT to read it anyway\n"
     )
     assert main(["inspect", ct, "--allow-modality", "CT"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{ct}: DICOM 128x128 16-bit MONOCHROME2 CT OK; warning: modality CT")
+    assert out.startswith(f"{ct}: DICOM 128x128 16-bit MONOCHROME2 CT OK; warning: non_radiograph: modality CT")
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     ds.Modality, ds.ViewPosition = "CR", "LL"
@@ -95,7 +95,7 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     ds.save_as(tmp_path / "lat.dcm", enforce_file_format=True)
     assert main(["inspect", str(tmp_path / "lat.dcm")]) == 0
     assert capsys.readouterr().out.endswith(
-        "CR view LL OK; warning: lateral view (LL): the model was trained on frontal films\n"
+        "CR view LL OK; warning: lateral: lateral view (LL); the model was trained on frontal films\n"
     )
 
 

@@ -299,7 +299,7 @@ def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
     prepare_mod.prepare(_cfg(folder, tmp_path / "out"))
     rejected = pd.read_csv(tmp_path / "out/rejected.csv")
     reasons = dict(zip(rejected.path, rejected.reason, strict=True))
-    assert reasons["img/ct.dcm"].startswith("DICOM modality CT is not a radiograph (CR/DX/DR)")
+    assert reasons["img/ct.dcm"].startswith("DICOM modality CT is not a radiograph (CR/DX/DR/RG)")
     prepare_mod.prepare(_cfg(folder, tmp_path / "allowed", allow_modality=["CT"]))
     m = pd.read_csv(tmp_path / "allowed/manifest.csv")
     assert "img/ct.dcm" in set(m.path)

@@ -61,12 +61,15 @@ def test_non_radiograph_dicom_refused_unless_allowed(client, predictor, monkeypa
     data = Path(ct).read_bytes()
     r = client.post("/v1/predict", files={"file": ("ct.dcm", data, "application/dicom")})
     assert r.status_code == 422
-    assert "DICOM modality CT is not a radiograph" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert "DICOM modality CT is not a radiograph" in detail
+    assert "--allow-modality" not in detail and "operator can set allow_modality=CT" in detail
     monkeypatch.setattr(predictor, "allow_modality", ("CT",))
     r = client.post("/v1/predict", files={"file": ("ct.dcm", data, "application/dicom")})
     assert r.status_code == 200
     body = r.json()
-    assert body["reliable"] is False and body["warnings"][0].startswith("modality CT is not")
+    assert body["reliable"] is False
+    assert body["warnings"][0].startswith("non_radiograph: modality CT is not")
 
 
 def test_radiograph_is_reliable_without_warnings(client, tmp_path):
