@@ -104,3 +104,33 @@ def jpeg_dicom(path: Path, side: int = 256, *, keep: float = 1.0, seed: int = 0)
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def chest_like(height: int = 300, width: int = 260, seed: int = 0, top: int = 230):
+    """A smooth film-like uint8 picture (body ellipse, two darker lungs, noise), 0..``top``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    y, x = yy / height - 0.5, xx / width - 0.5
+    body = np.exp(-((x / 0.38) ** 2 + (y / 0.45) ** 2) ** 2)
+    lungs = sum(np.exp(-(((x - c) / 0.12) ** 2 + (y / 0.25) ** 2)) for c in (-0.17, 0.17))
+    img = 40 + 180 * body - 90 * lungs + rng.normal(0, 6, (height, width))
+    return np.clip(img, 0, top).round().astype(np.uint8)
+
+
+def dicom_film(path: Path, arr, photometric: str = "MONOCHROME2", bits: int | None = None,
+               sop_class: str = "1.2.840.10008.5.1.4.1.1.1.1", modality: str | None = "DX",
+               **tags) -> Path:  # fmt: skip
+    """A native (uncompressed) single-frame DICOM of ``arr`` with extra ``tags`` (pydicom)."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    if modality is not None:
+        ds.Modality = modality
+    ds.set_pixel_data(arr, photometric, bits or arr.dtype.itemsize * 8)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path

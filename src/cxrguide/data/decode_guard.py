@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from cxrguide.data.frame_headers import jpeg_frame_header
-from cxrguide.data.intensity import Rule, block_mean, normalise
+from cxrguide.data.intensity import Rule, normalise
 from cxrguide.errors import Remedy
 
 FILLER_LIMIT = 0.01  # refuse a JPEG whose last 1 % (or more) of pixels is decoder filler
@@ -260,8 +260,10 @@ def pil_gray(
     target: int | None,
     path: Path | None = None,
     check: Callable[[], None] | None = None,
-) -> np.ndarray:
-    """Load ``im`` (unloaded, from ``Image.open``) as float32 gray in [0, 1].
+    square: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load ``im`` (unloaded, from ``Image.open``) as float32 gray in [0, 1] (and, with
+    ``square``, the letterboxed square of :func:`cxrguide.data.intensity.normalise`).
 
     8-bit and colour images become Pillow ``L`` (ITU-R 601 luminance), alpha composited on black
     (transparent reads as air), then / 255; deeper images (16-bit, 32-bit, float) go by their
@@ -289,10 +291,11 @@ def pil_gray(
         im, mode = im.convert("L"), "L"  # RGB, CMYK, YCbCr, LAB...
     if im is not source:
         source.close()  # frees the decoded original now (the caller's close is then a no-op)
-    if mode == "LA":  # 8-bit: (gray * alpha) / 255 / 255, linear, so the mean can come first
+    if mode == "LA":  # 8-bit: (gray * alpha / 255) / 255
         plane, alpha = (np.asarray(band) for band in im.split())
         composite = plane.astype(np.uint16) * alpha  # <= 255 * 255, fits
-        return block_mean(composite, factor) / np.float32(255 * 255)
+        rule = Rule(modality=lambda b: b / np.float32(255), eight_bit=True)
+        return normalise(composite, rule, factor, check, square)
     arr = np.asarray(im)
     im.close()
     if is_jpeg and mode == "L" and path is not None:
@@ -302,4 +305,4 @@ def pil_gray(
                 f"truncated image data (the last {100 * filler:.1f} % of the pixels are the "
                 "decoder's filler: the JPEG data ends early)"
             )
-    return normalise(arr, Rule(eight_bit=mode == "L"), factor, check)
+    return normalise(arr, Rule(eight_bit=mode == "L"), factor, check, square)

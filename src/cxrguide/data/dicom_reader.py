@@ -171,8 +171,10 @@ def dicom_rule(ds: Any, photometric: str, rgb: bool) -> intensity.Rule:
     )  # fmt: skip
 
 
-def dicom_pixels(ds: Any, info: ImageInfo, target: int | None, check=None) -> tuple[np.ndarray, str]:  # noqa: ANN001
-    """Stored values -> [0, 1] by the rule, block-averaged to ``target``; and the rule's name."""
+def dicom_pixels(ds: Any, info: ImageInfo, target: int | None, check=None,  # noqa: ANN001
+                 square: int | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:  # fmt: skip
+    """Stored values -> [0, 1] by the rule, block-averaged to ``target`` (and the letterboxed
+    ``square``, see :func:`cxrguide.data.intensity.normalise`); and the rule's name."""
     factor = reduce_factor(info.width, info.height, target)
     arr = ds.pixel_array
     if check:
@@ -182,7 +184,7 @@ def dicom_pixels(ds: Any, info: ImageInfo, target: int | None, check=None) -> tu
     if not rgb and arr.dtype.kind == "u" and 0 < bits < arr.dtype.itemsize * 8:
         arr = arr & np.asarray((1 << bits) - 1, dtype=arr.dtype)
     rule = dicom_rule(ds, info.photometric, rgb)
-    return intensity.normalise(arr, rule, factor, check), rule.name
+    return (*intensity.normalise(arr, rule, factor, check, square), rule.name)
 
 
 def decode_reason(ds: Any, err: BaseException) -> str:

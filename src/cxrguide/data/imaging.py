@@ -46,7 +46,7 @@ from cxrguide.data.transforms import resize_array, resize_mask_array
 from cxrguide.errors import ImageReadError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "DicomRef", "ImageInfo", "Letterbox", "fit_square",
-           "letterbox", "model_input", "probe", "read_image", "to_uint8"]  # fmt: skip
+           "letterbox", "model_input", "probe", "read_film", "read_image", "to_uint8"]  # fmt: skip
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 64
@@ -181,23 +181,25 @@ def _shape_fits(shape: tuple[int, ...], info: ImageInfo, target: int | None) -> 
     return max(h, w) >= min(target or 0, max(info.width, info.height)) and aspect_error < 0.05
 
 
-def _decode(handle: Any, info: ImageInfo, target: int | None, deadline: guard.Deadline):
-    """The pixels of an opened file (Pillow image or pydicom dataset) and the info to report."""
+def _decode(handle: Any, info: ImageInfo, target: int | None, deadline: guard.Deadline,
+            square: int | None):  # fmt: skip
+    """The pixels of an opened file (Pillow image or pydicom dataset), the letterboxed square
+    when asked for, and the info to report."""
     path = Path(info.path)
     if isinstance(handle, Image.Image):
         if info.format == "PNG":
             refusal = guard.png_data_refusal(path, deadline.check)
             if refusal:
                 raise fail(path, refusal)
-        gray = guard.pil_gray(handle, info.bit_depth, target, path, deadline.check)
+        gray, box = guard.pil_gray(handle, info.bit_depth, target, path, deadline.check, square)
         rule = "8-bit /255" if info.bit_depth <= 8 else "range"
-        return gray, dataclasses.replace(info, intensity=rule)
+        return gray, box, dataclasses.replace(info, intensity=rule)
     refusal = dicom_frame_refusal(handle) or guard.dicom_jpeg_refusal(handle)
     if refusal:  # the frame's own header and data, before any codec runs
         raise fail(path, refusal)
     deadline.check()
-    gray, rule = dicom.dicom_pixels(handle, info, target, deadline.check)
-    return gray, dataclasses.replace(info, intensity=rule)
+    gray, box, rule = dicom.dicom_pixels(handle, info, target, deadline.check, square)
+    return gray, box, dataclasses.replace(info, intensity=rule)
 
 
 def read_image(
@@ -218,12 +220,32 @@ def read_image(
     block-averaged by the largest integer factor that keeps it (``info`` keeps the file's size).
     ``deadline_s``: refuse the file when decoding takes longer (None: no limit).
     """
+    gray, _, info = read_film(path, max_pixels, min_side, allow_modality=allow_modality,
+                              allow_for_processing=allow_for_processing, target=target,
+                              deadline_s=deadline_s)  # fmt: skip
+    return gray, info
+
+
+def read_film(
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    *,
+    allow_modality: list[str] | tuple[str, ...] | None = None,
+    allow_for_processing: bool = False,
+    target: int | None = None,
+    square: int | None = None,
+    deadline_s: float | None = DEFAULT_DEADLINE_S,
+) -> tuple[np.ndarray, np.ndarray | None, ImageInfo]:
+    """:func:`read_image`, plus (``square``) the film letterboxed to ``square x square`` from
+    its full-resolution pixels, float32 (``prepare``'s cache and the model input are made so:
+    a detour through the block-averaged image shifts the film by up to a block)."""
     deadline = guard.Deadline(deadline_s)
     info, handle = _open(path, max_pixels, min_side, False, allow_modality, allow_for_processing)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gray, info = _decode(handle, info, target, deadline)
+            gray, box, info = _decode(handle, info, target, deadline, square)
     except ImageReadError:
         raise
     except guard.DecodeRefusal as err:
@@ -241,17 +263,18 @@ def read_image(
             handle.close()
     if not _shape_fits(gray.shape, info, target):
         raise fail(info.path, f"decoded shape {gray.shape} does not match the header")
-    return np.ascontiguousarray(gray, dtype=np.float32), info
+    return np.ascontiguousarray(gray, dtype=np.float32), box, info
 
 
 def model_input(path: str | Path, size: int, **reader: Any) -> tuple[np.ndarray, ImageInfo]:
     """The ``(size, size)`` float32 square the model sees for a file, and the file's info.
 
-    :func:`read_image` at the size needed (``reader``: its keyword limits), then
-    :func:`letterbox`. ``predict``, ``serve`` and ``inspect --model-input`` all call this.
+    :func:`read_film`'s letterboxed square (``reader``: its keyword limits) in 8-bit levels,
+    as the training cache holds them. ``predict``, ``serve`` and ``inspect --model-input``
+    all call this.
     """
-    gray, info = read_image(path, target=size, **reader)
-    return letterbox(gray, size), info
+    _, square, info = read_film(path, target=size, square=size, **reader)
+    return to_uint8(square).astype(np.float32) / np.float32(255), info
 
 
 @dataclasses.dataclass(frozen=True)

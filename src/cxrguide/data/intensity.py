@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrguide.data.transforms import sparse_weights
+
 Band = Callable[[np.ndarray], np.ndarray]
 _BAND_PIXELS = 1 << 20  # ~1 M pixels per band: 4-8 MB of float temporaries
 
@@ -95,12 +97,33 @@ def valid_range(arr: np.ndarray, rule: Rule, check: Callable[[], None] | None = 
     return None if lo > hi else (lo, hi)
 
 
+class _Square:
+    """The letterbox of :func:`cxrguide.data.imaging.fit_square` (film centred in a square of
+    its longer side, zeros around, then the resize rule to ``size``), accumulated band by band
+    at full resolution: ``Wy[:, rows] @ band @ Wx[:, cols].T`` with the rule's sparse matrices."""
+
+    def __init__(self, h: int, w: int, size: int) -> None:
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        weights = sparse_weights(side, size).tocsc()
+        self.wy = weights[:, top : top + h]
+        self.wx_t = weights[:, left : left + w].T.tocsr()
+        self.out = np.zeros((size, size), dtype=np.float64)
+
+    def add(self, top: int, unit: np.ndarray) -> None:
+        cols = np.asarray(self.wx_t.T @ unit.T.astype(np.float64)).T  # (band rows, size)
+        self.out += np.asarray(self.wy[:, top : top + unit.shape[0]] @ cols)
+
+
 def normalise(
-    arr: np.ndarray, rule: Rule, factor: int = 1, check: Callable[[], None] | None = None
-) -> np.ndarray:
+    arr: np.ndarray, rule: Rule, factor: int = 1, check: Callable[[], None] | None = None,
+    square: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
     """Stored values (HxW, or HxWx3 with a luminance ``modality``) -> float32 [0, 1], the rule
-    applied at full resolution, then block-averaged by ``factor``. ``check`` runs between bands
-    (the decode deadline)."""
+    applied at full resolution, then block-averaged by ``factor``; with ``square``, also the
+    letterboxed ``square x square`` float32 input built from the same full-resolution pixels
+    (exact: no detour through the block-averaged image). ``check`` runs between bands (the
+    decode deadline)."""
     h, w = arr.shape[:2]
     scale: tuple[float, float] | None = None
     constant = False
@@ -109,6 +132,7 @@ def normalise(
         constant = limits[1] <= limits[0]
         scale = (limits[0], limits[1] - limits[0] if not constant else np.inf)
     out = np.empty((-(-h // factor), -(-w // factor)), dtype=np.float32)
+    sink = _Square(h, w, square) if square else None
     bands = _bands(h, w, factor)
     for top in bands:
         band = arr[top : top + bands.step]
@@ -125,9 +149,11 @@ def normalise(
         if rule.padding is not None:
             unit[rule.padding(band)] = 0.0
         out[top // factor : top // factor + -(-band.shape[0] // factor)] = block_mean(unit, factor)
+        if sink is not None:
+            sink.add(top, unit)
         if check:
             check()
-    return out
+    return out, None if sink is None else sink.out.astype(np.float32)
 
 
 # --- DICOM display transforms ----------------------------------------------------------------

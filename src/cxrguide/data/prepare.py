@@ -95,13 +95,13 @@ def _decode(
     """Worker: read one file, hash its bytes and pixels; return the cache-sized uint8 image and
     the thumbnail that confirms near duplicates. ``task``: index, path, cache side, the
     reader's limits (:attr:`cxrguide.config.ReaderConfig.limits`)."""
-    from cxrguide.data.imaging import fit_square, read_image, to_uint8
+    from cxrguide.data.imaging import read_film, to_uint8
 
     idx, path, size, limits = task
     row = {"idx": idx, "ok": 0, "reason": "", "sha256": "", "dhash": "", "width": 0,
            "height": 0, "format": "", "view": "", "warnings": ""}  # fmt: skip
     try:
-        img, info = read_image(path, target=size, **limits)
+        img, square, info = read_film(path, target=size, square=size, **limits)
         with open(path, "rb") as fh:
             row["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
     except ImageReadError as err:
@@ -113,7 +113,7 @@ def _decode(
     row.update(ok=1, width=info.width, height=info.height, format=info.format, view=info.view,
                warnings=";".join(info.warning_codes))  # fmt: skip
     row["dhash"] = manifest.dhash(img).tobytes().hex()
-    return row, to_uint8(fit_square(img, size)), manifest.thumbnail(img)
+    return row, to_uint8(square), manifest.thumbnail(img)
 
 
 # The work caches a pool worker writes into (pixels, thumbnails), opened once per process.
