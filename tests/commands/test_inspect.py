@@ -85,7 +85,9 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     )
     assert main(["inspect", ct, "--allow-modality", "CT"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{ct}: DICOM 128x128 16-bit MONOCHROME2 CT OK; warning: non_radiograph: modality CT")
+    assert out.startswith(
+        f"{ct}: DICOM 128x128 16-bit MONOCHROME2 CT OK; warning: non_radiograph: modality CT"
+    )
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     ds.Modality, ds.ViewPosition = "CR", "LL"

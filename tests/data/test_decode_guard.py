@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_testutils import png_bomb
 from cxrguide.data import decode_guard as guard
 from cxrguide.data import film_flags, intensity
 from cxrguide.data.imaging import probe, read_image
@@ -83,25 +84,11 @@ def test_png_whose_zlib_stream_ends_early_refused(tmp_path):
     np.testing.assert_allclose(img, rows / 255, atol=1e-6)
 
 
-def _png_bomb(path, side: int = 256, megabytes: float = 2.0) -> bytes:
-    """A valid 256x256 PNG whose one zlib stream goes on with zeros far past the rows needed."""
-    rows = b"".join(b"\x00" + bytes(_noise(1, side, seed=i)) for i in range(side))
-    comp = zlib.compressobj(9)
-    body = comp.compress(rows) + comp.flush(zlib.Z_FULL_FLUSH)  # byte-aligned, no history
-    raw = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate blocks of 1 MiB of zeros each
-    block = raw.compress(b"\x00" * (1 << 20)) + raw.flush(zlib.Z_FULL_FLUSH)
-    body += block * int(megabytes * (1 << 20) / len(block)) + b"\x03\x00" + b"\x00" * 4
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body)
-                     + _chunk(b"IEND", b""))  # fmt: skip
-    return path
-
-
 def test_png_bomb_refused_in_a_fraction_of_a_second(tmp_path):
     """2 MB of zeros behind the rows a 256x256 header needs: 4.6 s of CPU, then 200, before."""
     import time
 
-    path = _png_bomb(tmp_path / "bomb.png")
+    path = png_bomb(tmp_path / "bomb.png")
     assert path.stat().st_size > 2_000_000
     start = time.process_time()
     reason = _reason(path)
@@ -115,7 +102,9 @@ def test_decode_deadline_refuses_and_says_what_to_change(tmp_path):
     with pytest.raises(ImageReadError) as err:
         read_image(path, deadline_s=1e-9)
     assert err.value.cause == "decoding took longer than 1e-09 s (the decode deadline)"
-    assert err.value.reason.endswith("; pass --decode-timeout-s SECONDS with more seconds to allow it")
+    assert err.value.reason.endswith(
+        "; pass --decode-timeout-s SECONDS with more seconds to allow it"
+    )
     assert "--decode" not in err.value.reason_for("rest")
     read_image(path, deadline_s=30)  # the same file within its budget
     deadline = guard.Deadline(None)

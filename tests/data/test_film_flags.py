@@ -73,9 +73,9 @@ def test_lossy_transfer_syntax_with_measured_ratio(tmp_path):
     path = jpeg_dicom(tmp_path / "j.dcm")
     info = read_image(path)[1]
     assert "lossy_compressed" not in info.warning_codes  # JPEG baseline at ~2:1: ordinary
-    from cxrguide.data.film_flags import lossy_ratio
-
     import pydicom
+
+    from cxrguide.data.film_flags import lossy_ratio
 
     ratio, text = lossy_ratio(pydicom.dcmread(path), 1000)
     assert text == f"{ratio:.0f}:1 (measured)" and ratio == 256 * 256 / 1000

@@ -27,7 +27,10 @@ def j2k_dicom(path: Path, stream: bytes, rows: int = 256, cols: int = 256, **tag
     meta.TransferSyntaxUID = tags.pop("syntax", JPEG2000Lossless)
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (
+        meta.MediaStorageSOPClassUID,
+        meta.MediaStorageSOPInstanceUID,
+    )
     ds.Modality, ds.Rows, ds.Columns = "DX", rows, cols
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -76,7 +79,9 @@ def test_huge_j2k_codestream_behind_a_small_header_refused_with_little_memory(tm
 def test_j2k_frame_with_more_components_or_bits_refused(tmp_path):
     rgb = openjpeg.encode(np.zeros((64, 64, 3), np.uint8), photometric_interpretation=1)
     path = j2k_dicom(tmp_path / "rgb.dcm", rgb, 64, 64)
-    with pytest.raises(ImageReadError, match=r"frame has 3 component\(s\) of \d+ bits but the DICOM header says 1"):
+    with pytest.raises(
+        ImageReadError, match=r"frame has 3 component\(s\) of \d+ bits but the DICOM header says 1"
+    ):
         read_image(path)
 
 
@@ -87,7 +92,9 @@ def test_matching_j2k_frame_decodes_and_a_cut_one_is_truncated(tmp_path):
     np.testing.assert_allclose(gray, arr / 4095, atol=1e-6)
     with pytest.raises(ImageReadError) as err:
         read_image(j2k_dicom(tmp_path / "cut.dcm", stream[: len(stream) // 2], 128, 96))
-    assert err.value.reason == "truncated image data (the JPEG 2000 frame stops before its end marker)"
+    assert (
+        err.value.reason == "truncated image data (the JPEG 2000 frame stops before its end marker)"
+    )
 
 
 def test_file_cut_inside_its_pixel_data_is_truncated_not_missing(tmp_path):

@@ -276,8 +276,15 @@ def test_png_and_same_pixel_dicoms_get_the_same_probabilities(predictor, tmp_pat
     Image.fromarray(shown).save(tmp_path / "pad.png")
     pairs = [
         ("f.png", dicom_film(tmp_path / "a8.dcm", arr)),
-        ("f.png", dicom_film(tmp_path / "m1.dcm", (255 - arr).astype(np.uint8), "MONOCHROME1",
-                             BurnedInAnnotation="YES")),  # fmt: skip
+        (
+            "f.png",
+            dicom_film(
+                tmp_path / "m1.dcm",
+                (255 - arr).astype(np.uint8),
+                "MONOCHROME1",
+                BurnedInAnnotation="YES",
+            ),
+        ),  # fmt: skip
         ("f16.png", dicom_film(tmp_path / "a16.dcm", wide, bits=12)),
         ("pad.png", dicom_film(tmp_path / "pad.dcm", padded, bits=12, PixelPaddingValue=0)),
     ]

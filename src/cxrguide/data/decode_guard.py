@@ -72,7 +72,9 @@ class Deadline:
 
     def check(self) -> None:
         if self.end is not None and time.monotonic() > self.end:
-            raise DecodeTimeout(f"decoding took longer than {self.seconds:g} s (the decode deadline)")
+            raise DecodeTimeout(
+                f"decoding took longer than {self.seconds:g} s (the decode deadline)"
+            )
 
 
 # --- missing data ------------------------------------------------------------------------------

@@ -152,6 +152,7 @@ def dicom_rule(ds: Any, photometric: str, rgb: bool) -> intensity.Rule:
 
     bits = int(ds.get("BitsStored") or 0)
     if rgb:
+
         def luminance(b: np.ndarray) -> np.ndarray:
             lum = b[..., 0] * np.float32(_LUMA[0])
             lum += b[..., 1] * np.float32(_LUMA[1])

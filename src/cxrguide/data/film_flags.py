@@ -56,7 +56,9 @@ def is_secondary_capture(sop_class: str) -> bool:
     return sop_class == SECONDARY_CAPTURE or sop_class.startswith(SECONDARY_CAPTURE + ".")
 
 
-def modality_refusal(modality: str, accepted: frozenset[str], sop_class: str = "") -> Refusal | None:
+def modality_refusal(
+    modality: str, accepted: frozenset[str], sop_class: str = ""
+) -> Refusal | None:
     """Why a DICOM of this ``Modality`` is not read as a chest radiograph, or None."""
     modality = modality.strip().upper()
     if not modality or modality in accepted or "ALL" in accepted:
@@ -151,7 +153,9 @@ def dicom_warnings(ds: Any, modality: str, view: str, compressed_bytes: int | No
         notes.append("for_processing: raw detector data (read because it was allowed)")
     lossy = lossy_ratio(ds, compressed_bytes)
     if lossy and (lossy[0] > LOSSY_WARN_RATIO or not lossy[0]):
-        notes.append(f"lossy_compressed: lossy compression, ratio {lossy[1]}; fine detail may be lost")
+        notes.append(
+            f"lossy_compressed: lossy compression, ratio {lossy[1]}; fine detail may be lost"
+        )
     if _text(ds, "BurnedInAnnotation") == "YES":
         notes.append("burned_in_annotation: text is burned into the pixels (may identify people)")
     mirrored = _mirrored(ds)

@@ -142,7 +142,7 @@ def dicom_frame_refusal(ds: Any) -> str | None:
     except (ValueError, KeyError, AttributeError, TypeError) as err:
         return f"corrupt encapsulated pixel data ({err or type(err).__name__})"
     try:
-        head = frame_header(bytes(frame[:1 << 16]) if syntax in _J2K_SYNTAXES else bytes(frame))
+        head = frame_header(bytes(frame[: 1 << 16]) if syntax in _J2K_SYNTAXES else bytes(frame))
     except ValueError as err:
         return f"compressed frame: {err}"
     rows, cols = int(ds.Rows), int(ds.Columns)

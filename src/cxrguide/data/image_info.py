@@ -70,12 +70,13 @@ def short(err: BaseException) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
+_TRUNCATION_WORDS = ("truncat", "less than", "end of file", "eof", "too short", "shorter",
+                     "unpack requires a buffer")  # fmt: skip
+
+
 def is_truncation(err: BaseException) -> bool:
     text = str(err).lower()
-    return isinstance(err, EOFError) or any(
-        k in text for k in ("truncat", "less than", "end of file", "eof", "too short", "shorter",
-                            "unpack requires a buffer")  # fmt: skip
-    )
+    return isinstance(err, EOFError) or any(k in text for k in _TRUNCATION_WORDS)
 
 
 def check_size(path: Path, w: int, h: int, max_pixels: int, min_side: int, frames: int = 1) -> None:

@@ -295,7 +295,9 @@ def create_app(
         except ImageReadError as err:
             status = 413 if err.reason.startswith("too many pixels") else 422
             # the remedy in a web client's terms: it cannot pass the server's flags
-            raise HTTPException(status, f"cannot use this image: {err.reason_for('rest')}") from None
+            raise HTTPException(
+                status, f"cannot use this image: {err.reason_for('rest')}"
+            ) from None
         finally:
             uploads["active"] -= 1
 
