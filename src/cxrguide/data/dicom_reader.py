@@ -108,7 +108,7 @@ def dicom_info(path: Path, ds: Any, max_pixels: int, min_side: int,
         raise fail(path, f"unsupported DICOM photometric interpretation {photometric}")
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
     view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    flags = film_flags.dicom_warnings(ds, modality, view, _compressed_bytes(ds))
+    flags = film_flags.dicom_warnings(ds, modality, _compressed_bytes(ds))
     return ImageInfo(str(path), "DICOM", int(cols), int(rows), bits, photometric, view, modality,
                      flags=tuple(flags), dicom=DicomRef.of(ds))  # fmt: skip
 

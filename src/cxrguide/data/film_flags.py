@@ -140,9 +140,9 @@ def _mirrored(ds: Any) -> str | None:
     return None
 
 
-def dicom_warnings(ds: Any, modality: str, view: str, compressed_bytes: int | None) -> list[str]:
-    """Every warning a readable DICOM earns (the codes of the module docstring)."""
-    notes = film_warnings(modality, view)
+def dicom_warnings(ds: Any, modality: str, compressed_bytes: int | None) -> list[str]:
+    """The warnings a readable DICOM earns beyond :func:`film_warnings` (view, modality)."""
+    notes = []
     sop_class = str(ds.get("SOPClassUID", ""))
     if is_secondary_capture(sop_class) and modality in ("", "OT"):
         notes.append(

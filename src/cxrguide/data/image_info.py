@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from cxrguide.data.film_flags import film_warnings
 from cxrguide.errors import ImageReadError, Remedy
 
 
@@ -41,7 +42,7 @@ class ImageInfo:
     photometric: str  # DICOM PhotometricInterpretation, else the Pillow mode
     view: str  # DICOM ViewPosition ("PA", "AP", ...) or "" when unknown
     modality: str = ""  # DICOM Modality ("CR", "DX", ...) or "" when unknown / not DICOM
-    # "code: why" strings (cxrguide.data.film_flags): lateral, lossy_compressed, ...
+    # more "code: why" strings from the header (cxrguide.data.film_flags.dicom_warnings)
     flags: tuple[str, ...] = dataclasses.field(default=(), compare=False)
     dicom: DicomRef | None = dataclasses.field(default=None, compare=False)
     intensity: str = dataclasses.field(default="", compare=False)  # the rule's step 3 used
@@ -53,12 +54,13 @@ class ImageInfo:
 
     @property
     def warnings(self) -> list[str]:
-        """Why this readable film is unlike the training films ("code: why" each)."""
-        return list(self.flags)
+        """Why this readable film is unlike the training films ("code: why" each): the view and
+        modality (lateral, non_radiograph), then the header's other flags."""
+        return film_warnings(self.modality, self.view) + list(self.flags)
 
     @property
     def warning_codes(self) -> list[str]:
-        return [w.split(":", 1)[0] for w in self.flags]
+        return [w.split(":", 1)[0] for w in self.warnings]
 
 
 def fail(path: str | Path, reason: str, remedy: Remedy | None = None) -> ImageReadError:

@@ -105,13 +105,13 @@ class _Square:
     def __init__(self, h: int, w: int, size: int) -> None:
         side = max(h, w)
         top, left = (side - h) // 2, (side - w) // 2
-        weights = sparse_weights(side, size).tocsc()
+        weights = sparse_weights(side, size).tocsc().astype(np.float32)
         self.wy = weights[:, top : top + h]
-        self.wx_t = weights[:, left : left + w].T.tocsr()
+        self.wx = weights[:, left : left + w].tocsr()
         self.out = np.zeros((size, size), dtype=np.float64)
 
     def add(self, top: int, unit: np.ndarray) -> None:
-        cols = np.asarray(self.wx_t.T @ unit.T.astype(np.float64)).T  # (band rows, size)
+        cols = np.asarray(self.wx @ unit.T).T  # (band rows, size), float32
         self.out += np.asarray(self.wy[:, top : top + unit.shape[0]] @ cols)
 
 
