@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -125,3 +126,21 @@ def test_frame_header_reads_jpeg_jpeg_ls_and_jp2():
     assert (head.width, head.height, head.codec) == (50, 40, "JPEG-LS")
     with pytest.raises(ValueError, match="neither JPEG nor JPEG 2000"):
         frame_header(b"\x00" * 64)
+
+
+def test_deflated_dicom_that_inflates_too_far_refused(tmp_path):
+    """pydicom inflates a Deflated Explicit VR dataset whole: bounded by the pixel limit."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from cxr_testutils import chest_like, dicom_film
+
+    small = dicom_film(tmp_path / "ok.dcm", chest_like(100, 90))
+    ds = pydicom.dcmread(small)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(tmp_path / "deflated.dcm")
+    assert read_image(tmp_path / "deflated.dcm", max_pixels=100 * 100)[1].width == 90
+    ds.add_new(0x00091010, "OB", b"\0" * (40 << 20))  # 40 MB of zeros in a private element
+    ds.save_as(tmp_path / "bomb.dcm")
+    assert (tmp_path / "bomb.dcm").stat().st_size < 200_000
+    with pytest.raises(ImageReadError, match="deflated DICOM dataset inflates past"):
+        read_image(tmp_path / "bomb.dcm", max_pixels=100 * 100)

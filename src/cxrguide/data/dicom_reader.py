@@ -15,6 +15,7 @@ import contextlib
 import mmap
 import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ _DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
 _LUMA = (0.299, 0.587, 0.114)
+_DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 
 
 def looks_like_raw_dicom(head: bytes) -> bool:
@@ -41,12 +43,36 @@ def looks_like_raw_dicom(head: bytes) -> bool:
     return length < 1024  # implicit VR: a short header value
 
 
-def open_dicom(path: Path, head: bytes, deferred: bool) -> Any:
+def _deflate_refusal(path: Path, head: bytes, limit: int) -> str | None:
+    """A Deflated Explicit VR file is inflated whole by pydicom: refuse one whose dataset
+    inflates past ``limit`` bytes (counted 64 KiB at a time, nothing kept)."""
+    if _DEFLATED not in head[:4096] or head[128:132] != b"DICM":
+        return None
+    (meta_length,) = struct.unpack("<I", head[140:144])  # (0002,0000) UL, right after DICM
+    inflater, produced = zlib.decompressobj(-15), 0
+    with path.open("rb") as fh:
+        fh.seek(144 + meta_length)
+        while chunk := fh.read(1 << 16):
+            while chunk and not inflater.eof:
+                try:
+                    produced += len(inflater.decompress(chunk, 1 << 16))
+                except zlib.error:
+                    return "corrupt DICOM data (bad deflated dataset)"
+                if produced > limit:
+                    return f"deflated DICOM dataset inflates past {limit:,} bytes: refused"
+                chunk = inflater.unconsumed_tail
+    return None
+
+
+def open_dicom(path: Path, head: bytes, deferred: bool, max_pixels: int = 64_000_000) -> Any:
     import pydicom
     from pydicom import uid
     from pydicom.errors import InvalidDicomError
 
     preamble = head[128:132] == b"DICM"
+    deflated = _deflate_refusal(path, head, 8 * max_pixels + (16 << 20))
+    if deflated:
+        raise fail(path, deflated)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -146,7 +146,7 @@ def _open(
     if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
         return _open_pil(path, head, max_pixels, min_side)
     if head[128:132] == b"DICM" or dicom.looks_like_raw_dicom(head):
-        ds = dicom.open_dicom(path, head, deferred)
+        ds = dicom.open_dicom(path, head, deferred, max_pixels)
         try:
             modalities = normalise_modalities(allow_modality)
             with warnings.catch_warnings():  # pydicom warns on bad values as it converts them
