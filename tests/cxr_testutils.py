@@ -104,3 +104,60 @@ def jpeg_dicom(path: Path, side: int = 256, *, keep: float = 1.0, seed: int = 0)
     ds["PixelData"].VR = "OB"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def chest_like(height: int = 300, width: int = 260, seed: int = 0, top: int = 230):
+    """A smooth film-like uint8 picture (body ellipse, two darker lungs, noise), 0..``top``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    y, x = yy / height - 0.5, xx / width - 0.5
+    body = np.exp(-(((x / 0.38) ** 2 + (y / 0.45) ** 2) ** 2))
+    lungs = sum(np.exp(-(((x - c) / 0.12) ** 2 + (y / 0.25) ** 2)) for c in (-0.17, 0.17))
+    img = 40 + 180 * body - 90 * lungs + rng.normal(0, 6, (height, width))
+    return np.clip(img, 0, top).round().astype(np.uint8)
+
+
+def dicom_film(path: Path, arr, photometric: str = "MONOCHROME2", bits: int | None = None,
+               sop_class: str = "1.2.840.10008.5.1.4.1.1.1.1", modality: str | None = "DX",
+               **tags) -> Path:  # fmt: skip
+    """A native (uncompressed) single-frame DICOM of ``arr`` with extra ``tags`` (pydicom)."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SOPClassUID = sop_class
+    if modality is not None:
+        ds.Modality = modality
+    ds.set_pixel_data(arr, photometric, bits or arr.dtype.itemsize * 8)
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def png_bomb(path: Path, side: int = 256, megabytes: float = 2.0) -> Path:
+    """A valid 256x256 PNG whose one zlib stream goes on with zeros far past the rows needed."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    rng = np.random.default_rng(0)
+    rows = b"".join(
+        b"\x00" + bytes(rng.integers(0, 256, side, dtype=np.uint8)) for i in range(side)
+    )
+    comp = zlib.compressobj(9)
+    body = comp.compress(rows) + comp.flush(zlib.Z_FULL_FLUSH)  # byte-aligned, no history
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate blocks of 1 MiB of zeros each
+    block = raw.compress(b"\x00" * (1 << 20)) + raw.flush(zlib.Z_FULL_FLUSH)
+    body += block * int(megabytes * (1 << 20) / len(block)) + b"\x03\x00" + b"\x00" * 4
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body)
+                     + chunk(b"IEND", b""))  # fmt: skip
+    return path

@@ -80,12 +80,14 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     ct = get_testdata_file("CT_small.dcm")
     assert main(["inspect", ct]) == 2
     assert capsys.readouterr().out == (
-        f"{ct}: DICOM modality CT is not a radiograph (CR/DX/DR); "
+        f"{ct}: DICOM modality CT is not a radiograph (CR/DX/DR/RG); "
         "pass --allow-modality CT to read it anyway\n"
     )
     assert main(["inspect", ct, "--allow-modality", "CT"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"{ct}: DICOM 128x128 16-bit MONOCHROME2 CT OK; warning: modality CT")
+    assert out.startswith(
+        f"{ct}: DICOM 128x128 16-bit MONOCHROME2 CT OK; warning: non_radiograph: modality CT"
+    )
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     ds.Modality, ds.ViewPosition = "CR", "LL"
@@ -95,7 +97,7 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     ds.save_as(tmp_path / "lat.dcm", enforce_file_format=True)
     assert main(["inspect", str(tmp_path / "lat.dcm")]) == 0
     assert capsys.readouterr().out.endswith(
-        "CR view LL OK; warning: lateral view (LL): the model was trained on frontal films\n"
+        "CR view LL OK; warning: lateral: lateral view (LL); the model was trained on frontal films\n"
     )
 
 
@@ -107,3 +109,29 @@ def test_dicom_with_a_cut_jpeg_frame_and_a_forged_end_marker_refused(tmp_path, c
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[1] == f"{ok}: DICOM 256x256 8-bit MONOCHROME2 CR view PA OK"
     assert out[0].startswith(f"{cut}: DICOM JPEG frame: truncated image data (the last 5")
+
+
+def test_model_input_saved_is_what_predict_sees_and_png_matches_dicom(tmp_path, capsys):
+    from PIL import Image
+
+    from cxr_testutils import chest_like, dicom_film
+    from cxrguide.data.imaging import model_input
+
+    arr = chest_like(300, 260)
+    png = tmp_path / "f.png"
+    Image.fromarray(arr).save(png)
+    m1 = dicom_film(tmp_path / "f.dcm", (255 - arr).astype(np.uint8), "MONOCHROME1")
+    saved = {}
+    for name, path in (("png", png), ("dcm", m1)):
+        out = tmp_path / f"{name}_in.png"
+        assert main(["inspect", str(path), "--model-input", "224", "--save", str(out)]) == 0
+        line = capsys.readouterr().out
+        assert "model input 224x224 mean 0." in line and "(intensity: 8-bit /255)" in line
+        saved[name] = np.asarray(Image.open(out)).astype(np.float32) / 255
+        np.testing.assert_array_equal(saved[name], model_input(path, 224)[0])  # exactly
+    assert np.abs(saved["png"] - saved["dcm"]).max() <= 1 / 255 + 1e-6
+    # --save needs one file, a .png name, and never the input itself
+    assert main(["inspect", str(png), str(m1), "--model-input", "64", "--save",
+                 str(tmp_path / "x.png")]) == 2  # fmt: skip
+    assert main(["inspect", str(png), "--model-input", "64", "--save", str(png)]) == 2
+    assert "expected a new .png file name" in capsys.readouterr().err

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr_testutils import png_bomb
 from cxrguide.data import decode_guard as guard
+from cxrguide.data import film_flags, intensity
 from cxrguide.data.imaging import probe, read_image
 from cxrguide.errors import ImageReadError
 
@@ -82,17 +84,44 @@ def test_png_whose_zlib_stream_ends_early_refused(tmp_path):
     np.testing.assert_allclose(img, rows / 255, atol=1e-6)
 
 
+def test_png_bomb_refused_in_a_fraction_of_a_second(tmp_path):
+    """2 MB of zeros behind the rows a 256x256 header needs: 4.6 s of CPU, then 200, before."""
+    import time
+
+    path = png_bomb(tmp_path / "bomb.png")
+    assert path.stat().st_size > 2_000_000
+    start = time.process_time()
+    reason = _reason(path)
+    assert time.process_time() - start < 0.5
+    assert reason.startswith("PNG holds more image data than its 256x256 header needs")
+
+
+def test_decode_deadline_refuses_and_says_what_to_change(tmp_path):
+    path = tmp_path / "ok.png"
+    Image.fromarray(_noise(300, 300)).save(path)
+    with pytest.raises(ImageReadError) as err:
+        read_image(path, deadline_s=1e-9)
+    assert err.value.cause == "decoding took longer than 1e-09 s (the decode deadline)"
+    assert err.value.reason.endswith(
+        "; pass --decode-timeout-s SECONDS with more seconds to allow it"
+    )
+    assert "--decode" not in err.value.reason_for("rest")
+    read_image(path, deadline_s=30)  # the same file within its budget
+    deadline = guard.Deadline(None)
+    deadline.check()  # no limit: never raises
+
+
 def test_interlaced_png_size_rule(tmp_path):
     arr = _noise(77, 91)
     Image.fromarray(arr).save(tmp_path / "i.png", interlace=1)
-    assert guard.png_missing_rows(tmp_path / "i.png") is None
+    assert guard.png_data_refusal(tmp_path / "i.png") is None
     img, _ = read_image(tmp_path / "i.png")
     np.testing.assert_allclose(img, arr / 255, atol=1e-6)
 
 
 def test_block_mean_matches_pillow_reduce():
     arr = np.random.default_rng(1).random((101, 67)).astype(np.float32)
-    ours = guard.block_mean(arr, 4)
+    ours = intensity.block_mean(arr, 4)
     theirs = np.asarray(Image.fromarray(arr).reduce(4))
     assert ours.shape == theirs.shape == (26, 17)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
@@ -124,17 +153,27 @@ def test_jpeg_decoded_at_draft_scale(tmp_path):
 
 
 def test_modality_gate_and_film_warnings():
-    accepted = guard.normalise_modalities(None)
-    assert guard.modality_refusal("CR", accepted) is None
-    assert guard.modality_refusal("", accepted) is None  # states nothing: read
-    assert "DICOM modality MR is not a radiograph" in guard.modality_refusal("mr", accepted)
-    assert guard.modality_refusal("MR", guard.normalise_modalities(["mr"])) is None
-    assert guard.modality_refusal("PT", guard.normalise_modalities(["all"])) is None
-    assert guard.film_warnings("DX", "PA") == []
-    assert guard.film_warnings("DX", "LL") == [
-        "lateral view (LL): the model was trained on frontal films"
+    accepted = film_flags.normalise_modalities(None)
+    assert film_flags.modality_refusal("CR", accepted) is None
+    assert film_flags.modality_refusal("", accepted) is None  # states nothing: read
+    refusal = film_flags.modality_refusal("mr", accepted)
+    assert str(refusal) == (
+        "DICOM modality MR is not a radiograph (CR/DX/DR/RG); pass --allow-modality MR to read it "
+        "anyway"
+    )
+    assert refusal.remedy.phrase("rest") == (
+        "this server is not set up to read it (its operator can set allow_modality=MR)"
+    )
+    assert film_flags.modality_refusal("RG", accepted) is None
+    assert film_flags.modality_refusal("OT", accepted) is not None  # OT outside a screen capture
+    assert film_flags.modality_refusal("OT", accepted, film_flags.SECONDARY_CAPTURE) is None
+    assert film_flags.modality_refusal("MR", film_flags.normalise_modalities(["mr"])) is None
+    assert film_flags.modality_refusal("PT", film_flags.normalise_modalities(["all"])) is None
+    assert film_flags.film_warnings("DX", "PA") == []
+    assert film_flags.film_warnings("DX", "LL") == [
+        "lateral: lateral view (LL); the model was trained on frontal films"
     ]
-    assert guard.film_warnings("CT", "")[0].startswith("modality CT is not a radiograph")
+    assert film_flags.film_warnings("CT", "")[0].startswith("non_radiograph: modality CT is not")
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.9])
@@ -159,8 +198,7 @@ def test_intact_dicom_jpeg_frame_read(tmp_path):
     path = jpeg_dicom(tmp_path / "ok.dcm")
     img, info = read_image(path)
     assert (info.format, info.width, info.modality) == ("DICOM", 256, "CR")
-    expected = pydicom.dcmread(path).pixel_array.astype(np.float32)
-    expected = (expected - expected.min()) / np.ptp(expected)
+    expected = pydicom.dcmread(path).pixel_array.astype(np.float32) / 255  # 8-bit: like a PNG
     np.testing.assert_allclose(img, expected, atol=1e-6)
 
 
@@ -177,6 +215,7 @@ def test_dicom_jpeg_frame_smaller_than_its_header_refused(tmp_path):
     raw = bytearray(buf.getvalue())
     struct.pack_into(">HH", raw, raw.find(b"\xff\xc0") + 5, 6000, 6000)  # a forged frame header
     ds.PixelData = encapsulate([bytes(raw)])
+    ds.Rows = ds.Columns = 6000  # the DICOM header agrees with the frame's: the byte floor fires
     ds.save_as(path)
     assert _reason(path) == (
         "DICOM JPEG frame: truncated image data (header says 6000x6000, which needs at least "

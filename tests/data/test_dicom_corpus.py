@@ -34,7 +34,9 @@ MUST_DECODE = [
 # Deliberately broken files of the corpus, and the reason they are refused with.
 BROKEN = {
     "JPEG-lossy.dcm": "cannot decode DICOM JPEG Extended (Process 2 and 4) pixel data (pylibjpeg",
-    "JPEG2000-embedded-sequence-delimiter.dcm": "cannot decode DICOM JPEG 2000 Image Compression",
+    # its own SIZ declares a 3722445056-pixel-wide image: refused before the codec allocates it
+    "JPEG2000-embedded-sequence-delimiter.dcm": "the JPEG 2000 frame is 3722445056x1024 but the "
+    "DICOM header says 256x1024 (refused before decoding)",
     "MR_truncated.dcm": "truncated image data",
     "badVR.dcm": "corrupt DICOM data",
 }
@@ -69,7 +71,7 @@ def test_corpus_decodes_or_refuses_with_a_reason():
         "multi-frame DICOM": 7,
         "DICOM has no Rows/Columns": 2,
         "cannot decode DICOM JPEG Extended": 1,
-        "cannot decode DICOM JPEG 2000 Image Compression pixel data": 1,
+        "the JPEG 2000 frame is 3722445056x1024 but the DICOM header says 256x1024": 1,
         "truncated image data": 1,
         "corrupt DICOM data": 1,
         "unsupported DICOM photometric interpretation PALETTE COLOR": 1,
@@ -84,11 +86,13 @@ def test_corpus_radiograph_gate_names_the_modality():
         r.split()[2] for r in reasons.values() if r.startswith("DICOM modality")
     )
     # the gate comes before the codec and frame checks, so broken/multi-frame CT/MR count here
-    assert gated == {"MR": 27, "OT": 23, "CT": 14, "RTDOSE": 7, "US": 5, "NM": 4, "SEG": 2}
+    # Secondary Captures with Modality OT are read (with no_modality), not gated
+    assert gated == {"MR": 27, "CT": 14, "RTDOSE": 7, "US": 5, "NM": 4, "SEG": 2}
     assert reasons["CT_small.dcm"] == (
-        "DICOM modality CT is not a radiograph (CR/DX/DR); pass --allow-modality CT to read it anyway"
+        "DICOM modality CT is not a radiograph (CR/DX/DR/RG); pass --allow-modality CT to read it "
+        "anyway"
     )
-    assert counts["decoded"] == 11  # the 3 CR films and 8 files that state no modality
+    assert counts["decoded"] == 31  # 3 CR films, 8 files that state no modality, 20 OT captures
     assert "6154" not in reasons  # a CR film (a lateral one) is read
 
 

@@ -85,13 +85,14 @@ def test_png_16bit_full_range_divided_by_65535(tmp_path):
     assert info.bit_depth == 16 and info.photometric == "I;16"
 
 
-def test_png_16bit_with_12bit_values_scaled_by_4095(tmp_path):
-    arr = np.linspace(0, 4095, 96 * 80).reshape(96, 80).astype(np.uint16)
+def test_png_16bit_goes_by_its_range_like_a_dicom(tmp_path):
+    # raw 12-bit detector values in a 16-bit PNG: the range of the pixels, not 2**16 - 1
+    arr = np.linspace(100, 4095, 96 * 80).reshape(96, 80).astype(np.uint16)
     Image.fromarray(arr).save(tmp_path / "a12.png")
     assert probe(tmp_path / "a12.png").bit_depth == 16  # header: a 16-bit container
     img, info = read_image(tmp_path / "a12.png")
-    np.testing.assert_allclose(img, arr / 4095.0, atol=1e-6)
-    assert img.max() == 1.0 and info.bit_depth == 12
+    np.testing.assert_allclose(img, (arr - 100) / 3995.0, atol=1e-6)
+    assert img.max() == 1.0 and info.bit_depth == 16 and info.intensity == "range"
 
 
 def test_jpeg_detected_by_content_not_extension(tmp_path):

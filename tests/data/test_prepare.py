@@ -299,10 +299,29 @@ def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
     prepare_mod.prepare(_cfg(folder, tmp_path / "out"))
     rejected = pd.read_csv(tmp_path / "out/rejected.csv")
     reasons = dict(zip(rejected.path, rejected.reason, strict=True))
-    assert reasons["img/ct.dcm"].startswith("DICOM modality CT is not a radiograph (CR/DX/DR)")
+    assert reasons["img/ct.dcm"].startswith("DICOM modality CT is not a radiograph (CR/DX/DR/RG)")
     prepare_mod.prepare(_cfg(folder, tmp_path / "allowed", allow_modality=["CT"]))
     m = pd.read_csv(tmp_path / "allowed/manifest.csv")
     assert "img/ct.dcm" in set(m.path)
+
+
+def test_warning_codes_in_the_manifest_and_for_processing_rejected(folder, tmp_path):
+    from cxr_testutils import chest_like, dicom_film
+
+    dicom_film(folder / "img/burn.dcm", chest_like(120, 100, seed=7), BurnedInAnnotation="YES",
+               PatientOrientation=["R", "F"])  # fmt: skip
+    dicom_film(folder / "img/raw.dcm", chest_like(120, 100, seed=8),
+               PresentationIntentType="FOR PROCESSING")  # fmt: skip
+    with (folder / "labels.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow(("img/burn.dcm", "Normal", "burn-patient", "siteA"))
+        csv.writer(fh).writerow(("img/raw.dcm", "Normal", "raw-patient", "siteA"))
+    out = prepare_mod.prepare(_cfg(folder, tmp_path / "out")).out
+    m = pd.read_csv(out / "manifest.csv", keep_default_na=False).set_index("path")
+    assert m.loc["img/burn.dcm", "warnings"] == "burned_in_annotation;mirrored"
+    assert m.loc["img/0000.png", "warnings"] == ""
+    rejected = pd.read_csv(out / "rejected.csv").set_index("path")
+    assert rejected.loc["img/raw.dcm", "reason"].endswith("pass --allow-for-processing to read "
+                                                         "it anyway")  # fmt: skip
 
 
 def test_dicom_with_a_cut_jpeg_frame_rejected(folder, tmp_path):

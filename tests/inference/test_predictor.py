@@ -258,3 +258,40 @@ def test_lungs_only_run_lists_an_empty_lung_mask_as_a_failure(tmp_path_factory, 
     pred.segment = lambda s, i: (np.zeros_like(masks[: len(s)]), flags[: len(s)])
     with pytest.raises(ImageReadError, match="empty lung mask"):
         pred.predict_file(tmp_path / "f0.png")
+
+
+def test_png_and_same_pixel_dicoms_get_the_same_probabilities(predictor, tmp_path):
+    """One intensity rule: 8-bit, 16-bit, MONOCHROME1 and padded DICOMs of a PNG's pixels."""
+    from cxr_testutils import chest_like, dicom_film
+
+    arr = chest_like(150, 130)
+    Image.fromarray(arr).save(tmp_path / "f.png")
+    wide = arr.astype(np.uint16) * 16 + 5  # 12-bit values
+    Image.fromarray(wide).save(tmp_path / "f16.png")  # a 16-bit PNG: by its range, as a DICOM
+    padded = wide.copy()
+    padded[:, :10] = 0  # padding, marked as such in the DICOM
+    valid = wide[:, 10:].astype(np.float64)
+    shown = np.zeros(wide.shape, np.uint8)  # what the padded DICOM means, as an 8-bit PNG
+    shown[:, 10:] = np.round((valid - valid.min()) / np.ptp(valid) * 255)
+    Image.fromarray(shown).save(tmp_path / "pad.png")
+    pairs = [
+        ("f.png", dicom_film(tmp_path / "a8.dcm", arr)),
+        (
+            "f.png",
+            dicom_film(
+                tmp_path / "m1.dcm",
+                (255 - arr).astype(np.uint8),
+                "MONOCHROME1",
+                BurnedInAnnotation="YES",
+            ),
+        ),  # fmt: skip
+        ("f16.png", dicom_film(tmp_path / "a16.dcm", wide, bits=12)),
+        ("pad.png", dicom_film(tmp_path / "pad.dcm", padded, bits=12, PixelPaddingValue=0)),
+    ]
+    for png, dcm in pairs:
+        a, b = predictor.predict_file(tmp_path / png), predictor.predict_file(dcm)
+        assert np.abs(a.image - b.image).max() <= 1 / 255 + 1e-6
+        for c in CLASSES:
+            assert abs(a.probabilities[c] - b.probabilities[c]) < 1e-3
+    burned = predictor.predict_file(pairs[1][1]).record(predictor.run_id)
+    assert burned["reliable"] is False and burned["warnings"].startswith("burned_in_annotation: ")

@@ -61,12 +61,35 @@ def test_non_radiograph_dicom_refused_unless_allowed(client, predictor, monkeypa
     data = Path(ct).read_bytes()
     r = client.post("/v1/predict", files={"file": ("ct.dcm", data, "application/dicom")})
     assert r.status_code == 422
-    assert "DICOM modality CT is not a radiograph" in r.json()["detail"]
+    detail = r.json()["detail"]
+    assert "DICOM modality CT is not a radiograph" in detail
+    assert "--allow-modality" not in detail and "operator can set allow_modality=CT" in detail
     monkeypatch.setattr(predictor, "allow_modality", ("CT",))
     r = client.post("/v1/predict", files={"file": ("ct.dcm", data, "application/dicom")})
     assert r.status_code == 200
     body = r.json()
-    assert body["reliable"] is False and body["warnings"][0].startswith("modality CT is not")
+    assert body["reliable"] is False
+    assert body["warnings"][0].startswith("non_radiograph: modality CT is not")
+
+
+def test_png_bomb_and_decode_deadline_answer_422_in_a_web_clients_terms(
+    client, predictor, monkeypatch, tmp_path
+):
+    import time
+
+    from cxr_testutils import png_bomb
+
+    data = png_bomb(tmp_path / "bomb.png").read_bytes()
+    start = time.perf_counter()
+    r = client.post("/v1/predict", files={"file": ("b.png", data, "image/png")})
+    assert r.status_code == 422 and time.perf_counter() - start < 2.0
+    assert "PNG holds more image data than its 256x256 header needs" in r.json()["detail"]
+    monkeypatch.setattr(predictor, "decode_timeout_s", 1e-9)
+    png = film(tmp_path / "f.png").read_bytes()
+    r = client.post("/v1/predict", files={"file": ("f.png", png, "image/png")})
+    detail = r.json()["detail"]
+    assert r.status_code == 422 and "the decode deadline" in detail
+    assert "--decode-timeout-s" not in detail and "operator can set decode_timeout_s" in detail
 
 
 def test_radiograph_is_reliable_without_warnings(client, tmp_path):

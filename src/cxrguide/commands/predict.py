@@ -125,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
     files, failures = collect_inputs(cfg.inputs)
     predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
                           lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
-                          allow_modality=cfg.allow_modality)  # fmt: skip
+                          allow_modality=cfg.allow_modality,
+                          allow_for_processing=cfg.allow_for_processing,
+                          decode_timeout_s=cfg.decode_timeout_s)  # fmt: skip
     if cfg.cam is not None:
         cfg.cam.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

@@ -66,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
                               lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
-                              allow_modality=cfg.allow_modality)  # fmt: skip
+                              allow_modality=cfg.allow_modality,
+                              allow_for_processing=cfg.allow_for_processing,
+                              decode_timeout_s=cfg.decode_timeout_s)  # fmt: skip
     except BaseException:
         sock.close()
         raise

@@ -20,7 +20,7 @@ from cxrguide.config.core import (
     save_yaml,
     to_dict,
 )
-from cxrguide.config.data import PrepareConfig, ReaderConfig, SynthConfig
+from cxrguide.config.data import InspectConfig, PrepareConfig, ReaderConfig, SynthConfig
 from cxrguide.config.inference import ExportConfig, PredictConfig, ServeConfig
 from cxrguide.config.lungs import (
     LungsEvaluateConfig,
@@ -34,6 +34,7 @@ from cxrguide.config.training import TrainConfig, TuneConfig
 __all__ = [
     "AuditConfig",
     "ExportConfig",
+    "InspectConfig",
     "LungsEvaluateConfig",
     "LungsPredictConfig",
     "LungsPrepareConfig",

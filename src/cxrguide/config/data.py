@@ -70,15 +70,43 @@ class ReaderConfig:
     min_side: int = _f(64, "refuse images whose shorter side is below this (not a CXR)")
     allow_modality: list[str] = _f(
         [],
-        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        "DICOM modalities to read besides radiographs CR/DX/DR/RG (e.g. CT; 'all': any)",
         metavar="MODALITY",
     )
+    allow_for_processing: bool = _f(
+        False, "read DICOMs marked FOR PROCESSING (raw detector data), with a warning"
+    )
+    decode_timeout_s: float = _f(60.0, "refuse a file whose decoding takes longer (seconds)")
 
     def validate(self) -> None:
         if self.max_pixels <= 0:
             raise ConfigError("max_pixels: must be positive")
         if self.min_side < 1:
             raise ConfigError("min_side: must be >= 1")
+        if self.decode_timeout_s <= 0:
+            raise ConfigError("decode_timeout_s: must be positive")
+
+    @property
+    def limits(self) -> dict:
+        """The reader's keyword arguments (:func:`cxrguide.data.imaging.read_image`)."""
+        return {"max_pixels": self.max_pixels, "min_side": self.min_side,
+                "allow_modality": tuple(self.allow_modality),
+                "allow_for_processing": self.allow_for_processing,
+                "deadline_s": self.decode_timeout_s}  # fmt: skip
+
+
+@dataclasses.dataclass
+class InspectConfig(ReaderConfig):
+    """`cxrguide inspect FILE...`: the reader's verdict per file; optionally the model's input."""
+
+    model_input: int = _f(0, "also build the SIZE x SIZE square a model of that input side sees",
+                          metavar="SIZE")  # fmt: skip
+    save: Path | None = _f(None, "write that square as an 8-bit PNG (one FILE)", metavar="OUT.png")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.model_input < 0 or (self.save is not None and not self.model_input):
+            raise ConfigError("model_input: give --model-input SIZE (> 0) with --save")
 
 
 @dataclasses.dataclass
@@ -127,9 +155,13 @@ class PrepareConfig:
     min_side: int = _f(64, "refuse images whose shorter side is below this")
     allow_modality: list[str] = _f(
         [],
-        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        "DICOM modalities to read besides radiographs CR/DX/DR/RG (e.g. CT; 'all': any)",
         metavar="MODALITY",
     )
+    allow_for_processing: bool = _f(
+        False, "read DICOMs marked FOR PROCESSING (raw detector data), with a warning"
+    )
+    decode_timeout_s: float = _f(60.0, "refuse a file whose decoding takes longer (seconds)")
     radiography_classes: list[str] = _f(
         ["COVID"], "COVID-19 Radiography Database folders to take (the study: COVID only)"
     )
@@ -152,4 +184,6 @@ class PrepareConfig:
     @property
     def reader(self) -> ReaderConfig:
         return ReaderConfig(max_pixels=self.max_pixels, min_side=self.min_side,
-                            allow_modality=list(self.allow_modality))  # fmt: skip
+                            allow_modality=list(self.allow_modality),
+                            allow_for_processing=self.allow_for_processing,
+                            decode_timeout_s=self.decode_timeout_s)  # fmt: skip

@@ -40,9 +40,13 @@ class PredictConfig:
     max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
     allow_modality: list[str] = _f(
         [],
-        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        "DICOM modalities to read besides radiographs CR/DX/DR/RG (e.g. CT; 'all': any)",
         metavar="MODALITY",
     )
+    allow_for_processing: bool = _f(
+        False, "read DICOMs marked FOR PROCESSING (raw detector data), with a warning"
+    )
+    decode_timeout_s: float = _f(60.0, "refuse a file whose decoding takes longer (seconds)")
     threads: int = _f(0, "CPU threads for inference (0: the library default)")
     progress: bool = _f(True, "show a progress bar on stderr")
 
@@ -51,6 +55,8 @@ class PredictConfig:
             raise ConfigError("batch_size: must be >= 1")
         if self.max_pixels <= 0 or self.threads < 0:
             raise ConfigError("max_pixels/threads: max_pixels must be > 0, threads >= 0")
+        if self.decode_timeout_s <= 0:
+            raise ConfigError("decode_timeout_s: must be positive")
 
 
 @dataclasses.dataclass
@@ -82,9 +88,13 @@ class ServeConfig:
     max_pixels: int = _f(40_000_000, "refuse images with more pixels (checked before decoding)")
     allow_modality: list[str] = _f(
         [],
-        "DICOM modalities to read besides radiographs CR/DX/DR (e.g. CT; 'all': any)",
+        "DICOM modalities to read besides radiographs CR/DX/DR/RG (e.g. CT; 'all': any)",
         metavar="MODALITY",
     )
+    allow_for_processing: bool = _f(
+        False, "read DICOMs marked FOR PROCESSING (raw detector data), with a warning"
+    )
+    decode_timeout_s: float = _f(20.0, "refuse a file whose decoding takes longer (seconds)")
     max_concurrent: int = _f(16, "uploads received or held at once (more get 503 at once)")
     max_decodes: int = _f(2, "images decoded and labelled at once (bounds memory; others wait)")
     body_timeout_s: float = _f(30.0, "an upload must arrive within this many seconds (else 408)")
@@ -97,6 +107,8 @@ class ServeConfig:
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError("port: must be between 0 and 65535")
+        if self.decode_timeout_s <= 0:
+            raise ConfigError("decode_timeout_s: must be positive")
         if self.max_upload_mb <= 0 or self.max_pixels <= 0 or self.max_concurrent < 1:
             raise ConfigError("max_upload_mb/max_pixels/max_concurrent: must be positive")
         if self.max_decodes < 1 or self.max_connections < 1:

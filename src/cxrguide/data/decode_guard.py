@@ -1,11 +1,8 @@
 """Checks and decoders that keep :mod:`cxrguide.data.imaging` honest on real-world files.
 
-* **Radiograph gate.** A DICOM states what made it (``Modality``): only CR, DX, DR (vendors'
-  "digital radiography") and RG (digitised film) are chest radiographs; a CT, MR, US, NM, PT...
-  slice decodes fine and a classifier would happily label it. :func:`modality_refusal` names the
-  modality; the reader refuses it unless the caller allows it (``--allow-modality``). A DICOM
-  that states no modality is accepted (nothing to go on). :func:`film_warnings` flags what is
-  accepted but outside what the model saw: lateral views, allowed non-radiograph modalities.
+(The radiograph gate and warning codes: :mod:`cxrguide.data.film_flags`; compressed frame
+headers: :mod:`cxrguide.data.frame_headers`; the intensity rule: :mod:`cxrguide.data.intensity`.)
+
 * **Missing data behind a valid end marker.** Pillow raises on a stream that simply stops
   (``LOAD_TRUNCATED_IMAGES`` stays off), but a file whose header promises more pixels than its
   data holds, closed by a forged end marker, decodes "fine": libjpeg fills every block after the
@@ -13,32 +10,40 @@
   rows after an early end of the zlib stream at 0. JPEG: :func:`jpeg_too_short` refuses a file
   smaller than the least a Huffman-coded JPEG of that size can be (1 bit per 8x8 luma block)
   before anything is decoded; :func:`jpeg_filler_fraction` measures the exact-128 tail after
-  decoding and :func:`filler_confirmed` asks a second decoder whether that tail is real. PNG: :func:`png_missing_rows` inflates the IDAT stream with bounded memory and
+  decoding and :func:`filler_confirmed` asks a second decoder whether that tail is real. PNG: :func:`png_data_refusal` inflates the IDAT stream with bounded memory and
   compares its length with what the header needs (black rows are common on real films, so the
-  decoded zeros cannot tell). DICOM: :func:`dicom_jpeg_refusal` runs the JPEG checks on an
+  decoded zeros cannot tell); it stops once the rows are complete and refuses more than a little
+  data beyond them (a 2 MB "bomb" of zeros behind a 256x256 header inflated for 4.6 s of CPU). DICOM: :func:`dicom_jpeg_refusal` runs the JPEG checks on an
   encapsulated Huffman JPEG frame before pydicom decodes it (its decoders fill a cut frame too).
 * **Bounded memory.** :func:`pil_gray` decodes straight to 8-bit luminance (JPEG: ``draft``, the
   DCT-domain 1/2, 1/4, 1/8 scaling) and block-averages down to the side the caller needs
   (:func:`block_mean`, float32, no full-size float copy): a 39 KB palette PNG that decodes to
   6300x6300 costs its 40 MB 8-bit plane, not the ~3 GB of float64 RGB it used to.
+* **A deadline.** :class:`Deadline` is checked between the steps of a decode (every 64 KiB of
+  PNG data, every band of the intensity rule, after each library call): past it the file is
+  refused (``decode_timeout_s``). A library decoder (Pillow, a DICOM codec) cannot be stopped
+  mid-call, but the header checks bound what it is given (``max_pixels``).
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
-LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "L", "R", "LLAT", "RLAT"}
+from cxrguide.data.frame_headers import jpeg_frame_header
+from cxrguide.data.intensity import Rule, normalise
+from cxrguide.errors import Remedy
+
 FILLER_LIMIT = 0.01  # refuse a JPEG whose last 1 % (or more) of pixels is decoder filler
 _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive (Huffman)
-_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 # DICOM transfer syntaxes whose frames are 8/12-bit Huffman JPEG (baseline, extended)
 _DICOM_HUFFMAN_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -46,78 +51,33 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
           (0, 1, 1, 2))  # fmt: skip
 
 
-def normalise_modalities(allowed: list[str] | tuple[str, ...] | None) -> frozenset[str]:
-    """Upper-cased modality codes a reader accepts: the radiographs plus ``allowed`` ('all')."""
-    extra = {m.strip().upper() for m in allowed or () if m.strip()}
-    return frozenset(RADIOGRAPH_MODALITIES) | extra
-
-
-def modality_refusal(modality: str, accepted: frozenset[str]) -> str | None:
-    """Why a DICOM of this ``Modality`` is not read as a chest radiograph, or None."""
-    modality = modality.strip().upper()
-    if not modality or modality in accepted or "ALL" in accepted:
-        return None
-    return (
-        f"DICOM modality {modality} is not a radiograph (CR/DX/DR); "
-        f"pass --allow-modality {modality} to read it anyway"
-    )
-
-
-def is_lateral(view: str) -> bool:
-    return view.strip().upper() in LATERAL_VIEWS
-
-
-def film_warnings(modality: str, view: str) -> list[str]:
-    """What makes a readable film unlike the training films (frontal radiographs)."""
-    notes = []
-    if modality and modality.upper() not in RADIOGRAPH_MODALITIES:
-        notes.append(f"modality {modality} is not a radiograph (read because it was allowed)")
-    if is_lateral(view):
-        notes.append(f"lateral view ({view}): the model was trained on frontal films")
-    return notes
-
-
 class DecodeRefusal(Exception):
     """Decoded, but the pixels show the file is not what its header says (the message: why)."""
 
+    remedy: Remedy | None = None
+
+
+class DecodeTimeout(DecodeRefusal):
+    """The decode ran past its deadline."""
+
+    remedy = Remedy("decode_timeout_s", "SECONDS", "with more seconds to allow it")
+
+
+class Deadline:
+    """A time budget for one decode (None: no limit); :meth:`check` raises past it."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds if seconds else None
+
+    def check(self) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise DecodeTimeout(
+                f"decoding took longer than {self.seconds:g} s (the decode deadline)"
+            )
+
 
 # --- missing data ------------------------------------------------------------------------------
-def jpeg_frame_header(f: BinaryIO) -> tuple[int, int, int, int]:
-    """(width, height, sample precision, SOF marker) of the JPEG stream in ``f`` (at its SOI).
-
-    Walks the marker segments to the first frame header; ``ValueError`` (the reason) when the
-    stream ends first or has no frame header.
-    """
-    f.seek(2, 1)
-    while True:
-        byte = f.read(1)
-        if not byte:
-            raise ValueError("truncated image data")
-        if byte != b"\xff":
-            continue  # fill/garbage between segments, as decoders tolerate
-        code = f.read(1)
-        while code == b"\xff":
-            code = f.read(1)
-        if not code:
-            raise ValueError("truncated image data")
-        marker = code[0]
-        if marker in (0x00, 0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            continue
-        if marker in (0xD9, 0xDA):
-            raise ValueError("corrupt JPEG data (no frame header)")
-        raw = f.read(2)
-        if len(raw) < 2:
-            raise ValueError("truncated image data")
-        (length,) = struct.unpack(">H", raw)
-        if marker in _SOF_MARKERS:
-            sof = f.read(5)
-            if len(sof) < 5:
-                raise ValueError("truncated image data")
-            precision, height, width = struct.unpack(">BHH", sof)
-            return width, height, precision, marker
-        f.seek(length - 2, 1)
-
-
 def jpeg_too_short(
     n_bytes: int, sof: int, width: int, height: int, holder: str = "file"
 ) -> str | None:
@@ -185,36 +145,54 @@ def _png_raw_size(width: int, height: int, depth: int, ctype: int, interlaced: b
     return total
 
 
-def png_missing_rows(path: Path) -> str | None:
-    """A refusal when the PNG's image data ends before the header's last row, or None.
+def png_data_refusal(path: Path, check: Callable[[], None] | None = None) -> str | None:
+    """A refusal when the PNG's image data ends before the header's last row, or carries much
+    more than the rows need, else None.
 
-    Inflates in 1 MiB steps and keeps only the count, so a bomb costs time, not memory.
+    Streams the file and inflates 64 KiB at a time, keeping only the count, and stops as soon as
+    the output passes what the header needs (plus 1 % slack): a bomb of zeros behind the rows
+    costs a few milliseconds, not its inflated size. ``check`` runs after each step (deadline).
     """
+    inflater, produced, need, header = zlib.decompressobj(), 0, None, None
     with path.open("rb") as fh:
-        data = fh.read()
-    pos, header, inflater, produced = 8, None, zlib.decompressobj(), 0
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        body = data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR" and len(body) >= 13:
-            header = struct.unpack(">IIBBBBB", body[:13])
-        elif kind == b"IDAT":
-            chunk = body
-            while chunk and not inflater.eof:
-                try:
-                    produced += len(inflater.decompress(chunk, 1 << 20))
-                except zlib.error:
-                    return "corrupt PNG data (bad compressed stream)"
-                chunk = inflater.unconsumed_tail
-        elif kind == b"IEND":
-            break
-    if header is None:
-        return None  # Pillow reports it
-    width, height, depth, ctype, _, _, interlace = header
-    need = _png_raw_size(width, height, depth, ctype, interlace == 1)
-    if produced >= need:
-        return None
+        fh.seek(8)
+        while not inflater.eof:
+            head = fh.read(8)
+            if len(head) < 8:
+                break
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IHDR" and header is None:
+                header = struct.unpack(">IIBBBBB", fh.read(13)[:13].ljust(13, b"\0"))
+                width, height, depth, ctype, _, _, interlace = header
+                need = _png_raw_size(width, height, depth, ctype, interlace == 1)
+                fh.seek(length - 13 + 4, 1)
+            elif kind == b"IDAT" and need is not None:
+                left = length
+                while left and not inflater.eof:
+                    data = fh.read(min(left, 1 << 16))
+                    if not data:
+                        break
+                    left -= len(data)
+                    while data and not inflater.eof:
+                        try:
+                            produced += len(inflater.decompress(data, 1 << 16))
+                        except zlib.error:
+                            return "corrupt PNG data (bad compressed stream)"
+                        data = inflater.unconsumed_tail
+                        if produced > need + need // 100 + 1024:
+                            return (
+                                f"PNG holds more image data than its {width}x{height} header "
+                                f"needs (over {produced:,} bytes inflated for {need:,}): refused"
+                            )
+                    if check:
+                        check()
+                fh.seek(left + 4, 1)
+            elif kind == b"IEND":
+                break
+            else:
+                fh.seek(length + 4, 1)
+    if need is None or produced >= need:
+        return None  # no header: Pillow reports it
     return (
         f"truncated image data (header says {width}x{height}; the data ends after "
         f"{100 * produced / max(need, 1):.1f} % of it)"
@@ -278,36 +256,23 @@ def reduce_factor(width: int, height: int, target: int | None) -> int:
     return max(1, max(width, height) // target)
 
 
-def block_mean(arr: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over ``factor x factor`` blocks (edge blocks partial, as ``Image.reduce``), float32.
-
-    Sums one band of ``factor`` rows at a time (integers exactly, in 64 bits), so the extra
-    memory is one output-sized array, never a full-size float copy.
-    """
-    if factor <= 1:
-        return arr.astype(np.float32, copy=False)
-    h, w = arr.shape
-    acc = np.int64 if arr.dtype.kind in "biu" else np.float64
-    rows = np.empty((-(-h // factor), w), dtype=np.float64)
-    for i, top in enumerate(range(0, h, factor)):
-        rows[i] = arr[top : top + factor].sum(axis=0, dtype=acc)
-    cells = np.add.reduceat(rows, np.arange(0, w, factor), axis=1)
-    rh = np.minimum(factor, h - np.arange(0, h, factor))
-    rw = np.minimum(factor, w - np.arange(0, w, factor))
-    return (cells / np.outer(rh, rw)).astype(np.float32)
-
-
 def pil_gray(
-    im: Image.Image, bit_depth: int, target: int | None, path: Path | None = None
-) -> tuple[np.ndarray, int]:
-    """Load ``im`` (unloaded, from ``Image.open``) as float32 gray in [0, 1] and the bits used.
+    im: Image.Image,
+    bit_depth: int,
+    target: int | None,
+    path: Path | None = None,
+    check: Callable[[], None] | None = None,
+    square: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load ``im`` (unloaded, from ``Image.open``) as float32 gray in [0, 1] (and, with
+    ``square``, the letterboxed square of :func:`cxrguide.data.intensity.normalise`).
 
     8-bit and colour images become Pillow ``L`` (ITU-R 601 luminance), alpha composited on black
-    (transparent reads as air); 16-bit gray keeps the 12/14/16-bit rule of
-    :mod:`cxrguide.data.imaging`; 32-bit integer and float images are min-maxed. With a
-    ``target`` side the result is block-averaged down to the smallest size whose longer side is
-    still >= target (JPEG decodes at that scale directly). ``path``: the file, for the JPEG
-    filler check (:func:`filler_confirmed`).
+    (transparent reads as air), then / 255; deeper images (16-bit, 32-bit, float) go by their
+    range (:mod:`cxrguide.data.intensity`). With a ``target`` side the result is block-averaged
+    down to the smallest size whose longer side is still >= target (JPEG decodes at that scale
+    directly). ``path``: the file, for the JPEG filler check (:func:`filler_confirmed`);
+    ``check``: the deadline, run after the library decode and between bands.
     """
     width, height = im.size
     is_jpeg = im.format == "JPEG"
@@ -316,6 +281,8 @@ def pil_gray(
         im.draft("L", (-(-width // factor), -(-height // factor)))
         factor = reduce_factor(*im.size, target)
     im.load()
+    if check:
+        check()
     source, mode = im, im.mode
     if mode in ("P", "PA"):
         mode = "LA" if mode == "PA" or "transparency" in im.info else "L"
@@ -326,10 +293,11 @@ def pil_gray(
         im, mode = im.convert("L"), "L"  # RGB, CMYK, YCbCr, LAB...
     if im is not source:
         source.close()  # frees the decoded original now (the caller's close is then a no-op)
-    if mode == "LA":
+    if mode == "LA":  # 8-bit: (gray * alpha / 255) / 255
         plane, alpha = (np.asarray(band) for band in im.split())
         composite = plane.astype(np.uint16) * alpha  # <= 255 * 255, fits
-        return block_mean(composite, factor) / np.float32(255 * 255), min(bit_depth, 8)
+        rule = Rule(modality=lambda b: b / np.float32(255), eight_bit=True)
+        return normalise(composite, rule, factor, check, square)
     arr = np.asarray(im)
     im.close()
     if is_jpeg and mode == "L" and path is not None:
@@ -339,13 +307,4 @@ def pil_gray(
                 f"truncated image data (the last {100 * filler:.1f} % of the pixels are the "
                 "decoder's filler: the JPEG data ends early)"
             )
-    if mode == "L":
-        return block_mean(arr, factor) / np.float32(255), min(bit_depth, 8)
-    if mode.startswith("I;16") or (mode == "I" and bit_depth == 16):
-        vmax = int(arr.max()) if arr.size else 0
-        bits = next(b for b in (12, 14, 16) if vmax < 2**b)
-        return block_mean(arr, factor) / np.float32(2**bits - 1), bits
-    small = block_mean(arr, factor)
-    lo, hi = float(small.min()), float(small.max())
-    gray = (small - lo) / (hi - lo) if hi > lo else np.zeros_like(small)
-    return gray, bit_depth
+    return normalise(arr, Rule(eight_bit=mode == "L"), factor, check, square)

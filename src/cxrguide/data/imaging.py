@@ -7,33 +7,26 @@ named ``.jpg``. Size limits are checked from the header before any pixel is deco
 decompression bomb costs a few header bytes, and a refused file raises
 :class:`~cxrguide.errors.ImageReadError` with a short reason instead of a library exception.
 
-Normalisation (output is float32 HxW in [0, 1], bright = dense, i.e. bone white, air black):
+Intensity: one rule for every format (:mod:`cxrguide.data.intensity`), on the full-resolution
+pixels before any resize: rescale -> DICOM padding masked -> [0, 1] by the file's window or VOI
+LUT, else / 255 for 8-bit data (PNG, JPEG, 8-bit DICOM), else by the valid pixels' range ->
+MONOCHROME1 inverted -> padding 0. Output: float32 HxW in [0, 1], bright = dense (bone white,
+air black). RGB, palette: Pillow's 8-bit ``L`` (ITU-R 601 luminance); RGBA/LA: alpha
+composited on black, so transparent regions read as air, not as bone.
 
-* PNG/JPEG/other 8-bit: value / 255. 16-bit gray PNG: value / (2**bits - 1) where ``bits`` is
-  the smallest of 12, 14, 16 that holds the image maximum: raw 12- and 14-bit detector values
-  written into 16-bit PNGs would otherwise read 16x or 4x too dark (a PNG ``sBIT`` chunk is not
-  used: by the PNG spec its samples are already scaled to the full 16 bits).
-  ``ImageInfo.bit_depth`` from :func:`read_image` reports the bits used for that scaling.
-  32-bit integer and float images (TIFF): min-max.
-* RGB, palette: Pillow's 8-bit ``L`` (ITU-R 601 luminance, rounded), one byte per pixel before
-  any float copy. RGBA/LA: alpha is composited on black (gray * alpha), so transparent regions
-  read as air, not as bone.
-* DICOM: stored values -> modality LUT (RescaleSlope/Intercept or Modality LUT Sequence) -> VOI
-  LUT or the first window (WindowCenter/Width) when present, i.e. the contrast the acquiring site
-  meant for display -> min-max to [0, 1] -> inverted for MONOCHROME1. Values are masked to
-  BitsStored first so overlay bits in the high bits of a 16-bit word do not leak in. RGB DICOM:
-  luminance, then min-max. A constant image min-maxes to all 0.
-
-Real-world guards (:mod:`cxrguide.data.decode_guard`): DICOMs whose ``Modality`` is not a
-radiograph are refused unless allowed (``allow_modality``); a JPEG or PNG whose data ends before
-the header's last pixel is refused even behind a valid end marker; with ``target`` the image is
-decoded to 8-bit luminance and block-averaged to the smallest size whose longer side is still
->= target, so memory follows the output, not the header.
+Real-world guards: DICOMs that are not radiographs, or FOR PROCESSING, are refused unless
+allowed (:mod:`cxrguide.data.film_flags`, which also names the warning codes); a compressed
+DICOM frame whose own header disagrees with Rows/Columns is refused before decoding
+(:mod:`cxrguide.data.frame_headers`); a JPEG or PNG whose data ends before the header's last
+pixel, or a PNG with much more data than its rows need, is refused
+(:mod:`cxrguide.data.decode_guard`); every decode has a deadline (``deadline_s``); with
+``target`` the image is block-averaged to the smallest size whose longer side is still
+>= target, so memory follows the output, not the header. :func:`model_input` is what the model
+sees (``predict``, ``serve``, ``inspect --model-input``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 import struct
@@ -45,11 +38,19 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cxrguide.data import decode_guard as guard
+from cxrguide.data import dicom_reader as dicom
+from cxrguide.data.film_flags import normalise_modalities
+from cxrguide.data.frame_headers import dicom_frame_refusal
+from cxrguide.data.image_info import DicomRef, ImageInfo, check_size, fail, is_truncation, short
 from cxrguide.data.transforms import resize_array, resize_mask_array
 from cxrguide.errors import ImageReadError
 
+__all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "DicomRef", "ImageInfo", "Letterbox", "fit_square",
+           "letterbox", "model_input", "probe", "read_film", "read_image", "to_uint8"]  # fmt: skip
+
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 64
+DEFAULT_DEADLINE_S = 60.0
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -57,85 +58,31 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 # (TGA, ...) would "identify" random binaries.
 _OTHER_PIL_FORMATS = ("TIFF", "BMP", "WEBP", "JPEG2000")
 _MODE_BITS = {"1": 1, "I": 32, "F": 32, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
-_LUMA = (0.299, 0.587, 0.114)
-_DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
-_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageInfo:
-    """What the header says about one file (``describe()`` is the ``inspect`` line body)."""
-
-    path: str
-    format: str  # "PNG", "JPEG", "DICOM", or Pillow's format name
-    width: int
-    height: int
-    bit_depth: int
-    photometric: str  # DICOM PhotometricInterpretation, else the Pillow mode
-    view: str  # DICOM ViewPosition ("PA", "AP", ...) or "" when unknown
-    modality: str = ""  # DICOM Modality ("CR", "DX", ...) or "" when unknown / not DICOM
-
-    def describe(self) -> str:
-        text = f"{self.format} {self.width}x{self.height} {self.bit_depth}-bit {self.photometric}"
-        text = f"{text} {self.modality}" if self.modality else text
-        return f"{text} view {self.view}" if self.view else text
-
-    @property
-    def warnings(self) -> list[str]:
-        """Why this readable film is unlike the training films (lateral, not a radiograph)."""
-        return guard.film_warnings(self.modality, self.view)
-
-
-def _fail(path: str | Path, reason: str) -> ImageReadError:
-    return ImageReadError(path, reason)
-
-
-def _short(err: BaseException) -> str:
-    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-def _is_truncation(err: BaseException) -> bool:
-    text = str(err).lower()
-    return isinstance(err, EOFError) or any(
-        k in text for k in ("truncat", "less than", "end of file", "eof", "too short", "shorter")
-    )
 
 
 def _read_head(path: Path) -> bytes:
     """First bytes of the file; refuses missing, non-regular and empty files."""
     try:
         if not path.exists():
-            raise _fail(path, "file not found")
+            raise fail(path, "file not found")
         if not path.is_file():
-            raise _fail(path, "not a regular file")
+            raise fail(path, "not a regular file")
         with path.open("rb") as f:
             head = f.read(4096)
     except OSError as err:
-        raise _fail(path, f"cannot read file ({err.strerror or _short(err)})") from None
+        raise fail(path, f"cannot read file ({err.strerror or short(err)})") from None
     if not head:
-        raise _fail(path, "empty file")
+        raise fail(path, "empty file")
     return head
-
-
-def _check_size(
-    path: Path, w: int, h: int, max_pixels: int, min_side: int, frames: int = 1
-) -> None:
-    """The decompression-bomb and not-a-CXR checks, from header values only."""
-    pixels = w * h * max(frames, 1)
-    if pixels > max_pixels:
-        raise _fail(path, f"too many pixels ({w}x{h} = {pixels:,} > limit {max_pixels:,})")
-    if min(w, h) < min_side:
-        raise _fail(path, f"too small ({w}x{h} px, need >= {min_side})")
 
 
 def _png_header(path: Path, head: bytes) -> tuple[int, int, int]:
     """(width, height, bit depth) from the IHDR chunk, which the PNG spec puts first."""
     if len(head) < 8 + 8 + 13:
-        raise _fail(path, "truncated image data")
+        raise fail(path, "truncated image data")
     _, ctype, width, height, depth = struct.unpack(">I4sIIB", head[8:25])
     if ctype != b"IHDR":
-        raise _fail(path, "corrupt PNG data (no IHDR chunk)")
+        raise fail(path, "corrupt PNG data (no IHDR chunk)")
     return width, height, depth
 
 
@@ -145,82 +92,21 @@ def _jpeg_header(path: Path) -> tuple[int, int, int, int]:
         try:
             return guard.jpeg_frame_header(f)
         except ValueError as err:
-            raise _fail(path, str(err)) from None
-
-
-def _looks_like_raw_dicom(head: bytes) -> bool:
-    """A preamble-less DICOM starts with a group 0002/0008 element; random binaries rarely do."""
-    if len(head) < 8 or head[:2] not in _DICOM_GROUPS:
-        return False
-    vr = head[4:6]
-    if vr.isalpha() and vr.isupper():
-        return True  # explicit VR
-    (length,) = struct.unpack("<I", head[4:8])
-    return length < 1024  # implicit VR: a short header value
-
-
-def _open_dicom(path: Path, head: bytes, deferred: bool) -> Any:
-    import pydicom
-    from pydicom import uid
-    from pydicom.errors import InvalidDicomError
-
-    preamble = head[128:132] == b"DICM"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=not preamble, defer_size="64 KB" if deferred else None)
-    except InvalidDicomError:
-        raise _fail(path, "not an image file") from None
-    except Exception as err:  # pydicom raises many types for broken headers
-        if _is_truncation(err):
-            raise _fail(path, "truncated image data") from None
-        raise _fail(path, f"corrupt DICOM data ({_short(err)})") from None
-    if not preamble and "Rows" not in ds and "SOPClassUID" not in ds and "Modality" not in ds:
-        raise _fail(path, "not an image file")
-    if "TransferSyntaxUID" not in ds.file_meta:
-        # no file meta (bare dataset): pixel data is native; name the encoding pydicom found
-        implicit, little = ds.original_encoding
-        ts = uid.ImplicitVRLittleEndian if implicit else uid.ExplicitVRLittleEndian
-        ds.file_meta.TransferSyntaxUID = ts if little else uid.ExplicitVRBigEndian
-    return ds
-
-
-def _dicom_info(
-    path: Path, ds: Any, max_pixels: int, min_side: int, modalities: frozenset[str]
-) -> ImageInfo:
-    if not any(tag in ds for tag in _PIXEL_TAGS):
-        raise _fail(path, "DICOM has no pixel data")
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    refusal = guard.modality_refusal(modality, modalities)
-    if refusal:
-        raise _fail(path, refusal)
-    rows, cols = ds.get("Rows"), ds.get("Columns")
-    if not rows or not cols:
-        raise _fail(path, "DICOM has no Rows/Columns")
-    frames = int(ds.get("NumberOfFrames") or 1)
-    _check_size(path, int(cols), int(rows), max_pixels, min_side, frames)
-    if frames > 1:
-        raise _fail(path, f"multi-frame DICOM ({frames} frames), expected one image")
-    photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper()
-    if photometric.startswith("PALETTE"):
-        raise _fail(path, f"unsupported DICOM photometric interpretation {photometric}")
-    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    return ImageInfo(str(path), "DICOM", int(cols), int(rows), bits, photometric, view, modality)
+            raise fail(path, str(err)) from None
 
 
 def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[ImageInfo, Any]:
     """Open with Pillow (header only) after our own size check; returns an unloaded image."""
     if head.startswith(_PNG_MAGIC):
         width, height, depth = _png_header(path, head)
-        _check_size(path, width, height, max_pixels, min_side)
+        check_size(path, width, height, max_pixels, min_side)
         formats: tuple[str, ...] = ("PNG",)
     elif head.startswith(_JPEG_MAGIC):
         width, height, depth, sof = _jpeg_header(path)
-        _check_size(path, width, height, max_pixels, min_side)
-        short = guard.jpeg_too_short(path.stat().st_size, sof, width, height)
-        if short:
-            raise _fail(path, short)
+        check_size(path, width, height, max_pixels, min_side)
+        short_data = guard.jpeg_too_short(path.stat().st_size, sof, width, height)
+        if short_data:
+            raise fail(path, short_data)
         formats = ("JPEG",)
     else:
         formats, depth = _OTHER_PIL_FORMATS, 0
@@ -230,20 +116,20 @@ def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[
             im = Image.open(path, formats=formats)
     except Image.DecompressionBombError as err:  # only above our limit for non-PNG/JPEG
         n, limit = (int(x) for x in re.findall(r"\d+", str(err))[:2])
-        raise _fail(path, f"too many pixels ({n:,} > Pillow's limit {limit:,})") from None
+        raise fail(path, f"too many pixels ({n:,} > Pillow's limit {limit:,})") from None
     except UnidentifiedImageError:
         if formats == _OTHER_PIL_FORMATS:
-            raise _fail(path, "not an image file") from None
-        raise _fail(path, f"corrupt {formats[0]} data") from None
+            raise fail(path, "not an image file") from None
+        raise fail(path, f"corrupt {formats[0]} data") from None
     except Exception as err:
-        if _is_truncation(err):
-            raise _fail(path, "truncated image data") from None
+        if is_truncation(err):
+            raise fail(path, "truncated image data") from None
         label = formats[0] if len(formats) == 1 else "image"
-        raise _fail(path, f"corrupt {label} data ({_short(err)})") from None
+        raise fail(path, f"corrupt {label} data ({short(err)})") from None
     fmt = formats[0] if len(formats) == 1 else str(im.format)
     width, height = im.size
     try:
-        _check_size(path, width, height, max_pixels, min_side)
+        check_size(path, width, height, max_pixels, min_side)
     except ImageReadError:
         im.close()
         raise
@@ -253,76 +139,37 @@ def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[
 
 def _open(
     path: str | Path, max_pixels: int, min_side: int, deferred: bool,
-    allow_modality: list[str] | tuple[str, ...] | None = None,
+    allow_modality: list[str] | tuple[str, ...] | None = None, allow_for_processing: bool = False,
 ) -> tuple[ImageInfo, Any]:  # fmt: skip
     path = Path(path)
     head = _read_head(path)
     if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
         return _open_pil(path, head, max_pixels, min_side)
-    if head[128:132] == b"DICM" or _looks_like_raw_dicom(head):
-        ds = _open_dicom(path, head, deferred)
+    if head[128:132] == b"DICM" or dicom.looks_like_raw_dicom(head):
+        ds = dicom.open_dicom(path, head, deferred, max_pixels)
         try:
-            modalities = guard.normalise_modalities(allow_modality)
+            modalities = normalise_modalities(allow_modality)
             with warnings.catch_warnings():  # pydicom warns on bad values as it converts them
                 warnings.simplefilter("ignore")
-                return _dicom_info(path, ds, max_pixels, min_side, modalities), ds
+                info = dicom.dicom_info(path, ds, max_pixels, min_side, modalities,
+                                        allow_for_processing)  # fmt: skip
+                return info, ds
         except ImageReadError:
             raise
         except Exception as err:  # a malformed header value (Rows "abc", bad VR, ...)
-            raise _fail(path, f"corrupt DICOM data ({_short(err)})") from None
+            raise fail(path, f"corrupt DICOM data ({short(err)})") from None
     return _open_pil(path, head, max_pixels, min_side)
 
 
 def probe(
     path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
-    allow_modality: list[str] | tuple[str, ...] | None = None,
+    allow_modality: list[str] | tuple[str, ...] | None = None, allow_for_processing: bool = False,
 ) -> ImageInfo:  # fmt: skip
     """Header-only look at a file: format, size, depth, view; refuses what cannot be used."""
-    info, handle = _open(path, max_pixels, min_side, deferred=True, allow_modality=allow_modality)
+    info, handle = _open(path, max_pixels, min_side, True, allow_modality, allow_for_processing)
     if isinstance(handle, Image.Image):
         handle.close()
     return info
-
-
-def _minmax(arr: np.ndarray) -> np.ndarray:
-    lo, hi = float(np.min(arr)), float(np.max(arr))
-    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-
-
-def _dicom_pixels(ds: Any, info: ImageInfo, target: int | None = None) -> np.ndarray:
-    """Stored values -> display values -> [0, 1]; block-averaged to ``target`` (see the module)."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    factor = guard.reduce_factor(info.width, info.height, target)
-    arr = ds.pixel_array
-    if arr.ndim == 3:  # RGB / YBR (pydicom converts YBR to RGB)
-        lum = arr[..., 0] * np.float32(_LUMA[0])
-        lum += arr[..., 1] * np.float32(_LUMA[1])
-        lum += arr[..., 2] * np.float32(_LUMA[2])
-        del arr
-        return _minmax(guard.block_mean(lum, factor))
-    bits = int(ds.get("BitsStored") or 0)
-    if arr.dtype.kind == "u" and 0 < bits < arr.dtype.itemsize * 8:
-        arr = arr & np.asarray((1 << bits) - 1, dtype=arr.dtype)
-    if factor > 1 and "ModalityLUTSequence" not in ds and "VOILUTSequence" not in ds:
-        arr = guard.block_mean(arr, factor)  # linear LUTs + window: shrink first, in float32
-        factor = 1
-    arr = apply_modality_lut(arr, ds)
-    with contextlib.suppress(ValueError, TypeError, IndexError, KeyError):
-        arr = apply_voi_lut(arr, ds)  # a malformed window is ignored: the full range is used
-    gray = _minmax(guard.block_mean(np.asarray(arr), factor).astype(np.float32, copy=False))
-    if info.photometric == "MONOCHROME1" and np.ptp(gray) > 0:
-        gray = 1.0 - gray
-    return gray
-
-
-def _dicom_decode_reason(ds: Any, err: BaseException) -> str:
-    """A DICOM codec failure named by transfer syntax and the first decoder's own words."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    detail = lines[1] if len(lines) > 1 and lines[0].startswith("Unable to decode") else _short(err)
-    syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "") or "unknown syntax"
-    text = f"cannot decode DICOM {syntax} pixel data ({detail})"
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _shape_fits(shape: tuple[int, ...], info: ImageInfo, target: int | None) -> bool:
@@ -334,55 +181,135 @@ def _shape_fits(shape: tuple[int, ...], info: ImageInfo, target: int | None) -> 
     return max(h, w) >= min(target or 0, max(info.width, info.height)) and aspect_error < 0.05
 
 
+def _decode(handle: Any, info: ImageInfo, target: int | None, deadline: guard.Deadline,
+            square: int | None):  # fmt: skip
+    """The pixels of an opened file (Pillow image or pydicom dataset), the letterboxed square
+    when asked for, and the info to report."""
+    path = Path(info.path)
+    if isinstance(handle, Image.Image):
+        if info.format == "PNG":
+            refusal = guard.png_data_refusal(path, deadline.check)
+            if refusal:
+                raise fail(path, refusal)
+        gray, box = guard.pil_gray(handle, info.bit_depth, target, path, deadline.check, square)
+        rule = "8-bit /255" if info.bit_depth <= 8 else "range"
+        return gray, box, dataclasses.replace(info, intensity=rule)
+    refusal = dicom_frame_refusal(handle) or guard.dicom_jpeg_refusal(handle)
+    if refusal:  # the frame's own header and data, before any codec runs
+        raise fail(path, refusal)
+    deadline.check()
+    gray, box, rule = dicom.dicom_pixels(handle, info, target, deadline.check, square)
+    return gray, box, dataclasses.replace(info, intensity=rule)
+
+
 def read_image(
     path: str | Path,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = MIN_SIDE,
     *,
     allow_modality: list[str] | tuple[str, ...] | None = None,
+    allow_for_processing: bool = False,
     target: int | None = None,
+    deadline_s: float | None = DEFAULT_DEADLINE_S,
 ) -> tuple[np.ndarray, ImageInfo]:
     """Decode any supported CXR file to float32 HxW in [0, 1] (bright = dense) and its info.
 
-    ``allow_modality``: DICOM modalities to read besides the radiographs (``["all"]``: any).
+    ``allow_modality``: DICOM modalities to read besides the radiographs (``["all"]``: any);
+    ``allow_for_processing``: read raw detector data (with the ``for_processing`` warning).
     ``target``: the caller only needs a longer side of this many pixels; the image comes back
     block-averaged by the largest integer factor that keeps it (``info`` keeps the file's size).
+    ``deadline_s``: refuse the file when decoding takes longer (None: no limit).
     """
-    info, handle = _open(path, max_pixels, min_side, deferred=False, allow_modality=allow_modality)
+    gray, _, info = read_film(path, max_pixels, min_side, allow_modality=allow_modality,
+                              allow_for_processing=allow_for_processing, target=target,
+                              deadline_s=deadline_s)  # fmt: skip
+    return gray, info
+
+
+def read_film(
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    *,
+    allow_modality: list[str] | tuple[str, ...] | None = None,
+    allow_for_processing: bool = False,
+    target: int | None = None,
+    square: int | None = None,
+    deadline_s: float | None = DEFAULT_DEADLINE_S,
+) -> tuple[np.ndarray, np.ndarray | None, ImageInfo]:
+    """:func:`read_image`, plus (``square``) the film letterboxed to ``square x square`` from
+    its full-resolution pixels, float32 (``prepare``'s cache and the model input are made so:
+    a detour through the block-averaged image shifts the film by up to a block)."""
+    deadline = guard.Deadline(deadline_s)
+    info, handle = _open(path, max_pixels, min_side, False, allow_modality, allow_for_processing)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if isinstance(handle, Image.Image):
-                if info.format == "PNG":
-                    missing = guard.png_missing_rows(Path(info.path))
-                    if missing:
-                        raise _fail(info.path, missing)
-                gray, bits = guard.pil_gray(handle, info.bit_depth, target, Path(info.path))
-                if bits != info.bit_depth:
-                    info = dataclasses.replace(info, bit_depth=bits)
-            else:
-                refusal = guard.dicom_jpeg_refusal(handle)  # the JPEG checks, on the frame
-                if refusal:
-                    raise _fail(info.path, refusal)
-                gray = _dicom_pixels(handle, info, target)
+            gray, box, info = _decode(handle, info, target, deadline, square)
     except ImageReadError:
         raise
     except guard.DecodeRefusal as err:
-        raise _fail(info.path, str(err)) from None
+        raise fail(info.path, str(err), err.remedy) from None
     except MemoryError:
-        raise _fail(info.path, "not enough memory to decode") from None
+        raise fail(info.path, "not enough memory to decode") from None
     except Exception as err:  # decoder errors come in many types (OSError, ValueError, ...)
-        if _is_truncation(err):
-            raise _fail(info.path, "truncated image data") from None
+        if is_truncation(err):
+            raise fail(info.path, "truncated image data") from None
         if info.format == "DICOM":
-            raise _fail(info.path, _dicom_decode_reason(handle, err)) from None
-        raise _fail(info.path, f"cannot decode {info.format} data ({_short(err)})") from None
+            raise fail(info.path, dicom.decode_reason(handle, err)) from None
+        raise fail(info.path, f"cannot decode {info.format} data ({short(err)})") from None
     finally:
         if isinstance(handle, Image.Image):
             handle.close()
     if not _shape_fits(gray.shape, info, target):
-        raise _fail(info.path, f"decoded shape {gray.shape} does not match the header")
-    return np.ascontiguousarray(gray, dtype=np.float32), info
+        raise fail(info.path, f"decoded shape {gray.shape} does not match the header")
+    return np.ascontiguousarray(gray, dtype=np.float32), box, info
+
+
+def model_input(path: str | Path, size: int, **reader: Any) -> tuple[np.ndarray, ImageInfo]:
+    """The ``(size, size)`` float32 square the model sees for a file, and the file's info.
+
+    :func:`read_film`'s letterboxed square (``reader``: its keyword limits) in 8-bit levels,
+    as the training cache holds them. ``predict``, ``serve`` and ``inspect --model-input``
+    all call this.
+    """
+    _, square, info = read_film(path, target=size, square=size, **reader)
+    return to_uint8(square).astype(np.float32) / np.float32(255), info
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterbox:
+    """Where a ``height x width`` film sits in the model's ``size`` square (film pixels).
+
+    The film is centred in a square of side ``max(height, width)`` (``top``/``left`` rows and
+    columns of padding), which is scaled by ``scale = size / side``. A model pixel (y, x) is the
+    film pixel ``((y + 0.5) / scale - 0.5 - top, (x + 0.5) / scale - 0.5 - left)``; with a
+    block-averaged decode (``target``) this holds to within one model pixel.
+    """
+
+    size: int
+    height: int
+    width: int
+
+    @property
+    def side(self) -> int:
+        return max(self.height, self.width)
+
+    @property
+    def top(self) -> int:
+        return (self.side - self.height) // 2
+
+    @property
+    def left(self) -> int:
+        return (self.side - self.width) // 2
+
+    @property
+    def scale(self) -> float:
+        return self.size / self.side
+
+    @classmethod
+    def of(cls, info: ImageInfo, size: int) -> Letterbox:
+        return cls(size, info.height, info.width)
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:

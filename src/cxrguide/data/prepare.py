@@ -35,7 +35,7 @@ from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 CONFIG_FILE = "prepare_config.yaml"
 MANIFEST_COLUMNS = [
     "image_id", "source", "site", "path", "label", "patient_id", "view", "view_recorded",
-    "finding", "sha256", "width", "height", "split", "cache_index", "root",
+    "finding", "sha256", "width", "height", "split", "cache_index", "root", "warnings",
 ]  # fmt: skip
 DUPLICATE_COLUMNS = ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match",
                      "distance", "patient_id", "kept_patient_id"]  # fmt: skip
@@ -49,6 +49,7 @@ DECODED_COLUMNS = [
     "height",
     "format",
     "view",
+    "warnings",
 ]
 THUMBS = "thumbs.npy"  # in .work/: near-duplicate thumbnails, row = record index
 REVIEW_COLUMNS = ["image_id", "label", "other_id", "other_label", "distance", "similarity",
@@ -74,18 +75,18 @@ def source_options(cfg: PrepareConfig) -> SourceOptions:
 
 
 def _decode(
-    task: tuple[int, str, int, int, int, tuple[str, ...]],
+    task: tuple[int, str, int, dict[str, Any]],
 ) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
     """Worker: read one file, hash its bytes and pixels; return the cache-sized uint8 image and
-    the thumbnail that confirms near duplicates."""
-    from cxrguide.data.imaging import fit_square, read_image, to_uint8
+    the thumbnail that confirms near duplicates. ``task``: index, path, cache side, the
+    reader's limits (:attr:`cxrguide.config.ReaderConfig.limits`)."""
+    from cxrguide.data.imaging import read_film, to_uint8
 
-    idx, path, size, max_pixels, min_side, allow_modality = task
+    idx, path, size, limits = task
     row = {"idx": idx, "ok": 0, "reason": "", "sha256": "", "dhash": "", "width": 0,
-           "height": 0, "format": "", "view": ""}  # fmt: skip
+           "height": 0, "format": "", "view": "", "warnings": ""}  # fmt: skip
     try:
-        img, info = read_image(path, max_pixels=max_pixels, min_side=min_side,
-                               allow_modality=allow_modality, target=size)  # fmt: skip
+        img, square, info = read_film(path, target=size, square=size, **limits)
         with open(path, "rb") as fh:
             row["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
     except ImageReadError as err:
@@ -94,9 +95,10 @@ def _decode(
     except OSError as err:
         row["reason"] = f"cannot read file ({err.strerror or err})"
         return row, None, None
-    row.update(ok=1, width=info.width, height=info.height, format=info.format, view=info.view)
+    row.update(ok=1, width=info.width, height=info.height, format=info.format, view=info.view,
+               warnings=";".join(info.warning_codes))  # fmt: skip
     row["dhash"] = manifest.dhash(img).tobytes().hex()
-    return row, to_uint8(fit_square(img, size)), manifest.thumbnail(img)
+    return row, to_uint8(square), manifest.thumbnail(img)
 
 
 # The work caches a pool worker writes into (pixels, thumbnails), opened once per process.
@@ -108,7 +110,7 @@ def _open_worker_cache(pixels: str, thumbs: str) -> None:
     _worker_caches = (cache.open_writable(Path(pixels)), cache.open_writable(Path(thumbs)))
 
 
-def _decode_chunk(tasks: list[tuple[int, str, int, int, int]]) -> list[dict]:
+def _decode_chunk(tasks: list[tuple[int, str, int, dict[str, Any]]]) -> list[dict]:
     """Pool worker: decode a chunk straight into the memory-mapped work cache.
 
     Only the small log rows travel back to the parent: pickling every 64-256 kB image through
@@ -144,7 +146,8 @@ def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     h = hashlib.sha256()
     h.update(
         json.dumps(
-            [cfg.size, cfg.max_pixels, cfg.min_side, cfg.allow_modality, "thumbs-v1"]
+            # "intensity-v2": the one intensity rule (full resolution, padding, 8-bit /255)
+            [cfg.size, cfg.reader.limits, "thumbs-v1", "intensity-v2"]
         ).encode()
     )
     for r in records:
@@ -217,7 +220,7 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
             csv.writer(fh).writerow(DECODED_COLUMNS)
         fp_file.write_text(fingerprint)
     todo = [
-        (i, str(r.file), cfg.size, cfg.max_pixels, cfg.min_side, tuple(cfg.allow_modality))
+        (i, str(r.file), cfg.size, cfg.reader.limits)
         for i, r in enumerate(records)
         if i not in done
     ]
@@ -432,7 +435,7 @@ def _write_manifest(out, records, decoded, views, rows, split_of) -> None:
             writer.writerow([_image_id(r), r.source, r.stratum_site, r.path, r.label,
                              r.patient_id, views[i], int(bool(r.view or d["view"])), r.finding,
                              d["sha256"], d["width"], d["height"], split_of[i], k,
-                             str(r.root)])  # fmt: skip
+                             str(r.root), d.get("warnings", "")])  # fmt: skip
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:

@@ -43,11 +43,11 @@ import torch
 from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo, run_identifier
 from cxrguide.data.imaging import (
+    DEFAULT_DEADLINE_S,
     DEFAULT_MAX_PIXELS,
     MIN_SIDE,
     ImageInfo,
-    letterbox,
-    read_image,
+    model_input,
 )
 from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.labels import CLASSES
@@ -179,6 +179,8 @@ class Predictor:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = MIN_SIDE,
         allow_modality: list[str] | tuple[str, ...] = (),
+        allow_for_processing: bool = False,
+        decode_timeout_s: float | None = DEFAULT_DEADLINE_S,
     ) -> None:
         self.run_dir = Path(run)
         self.device = resolve_device(device)
@@ -187,6 +189,7 @@ class Predictor:
         self.size = int(self.info.image_size)
         self.max_pixels, self.min_side = max_pixels, min_side
         self.allow_modality = tuple(allow_modality)
+        self.allow_for_processing, self.decode_timeout_s = allow_for_processing, decode_timeout_s
         self.segmenter: FilmSegmenter | None = None
         if lung_model:  # named by the user: trusted; model.yaml's only inside the run folder
             self.segmenter = FilmSegmenter(explicit_lung_run(lung_model), self.device)
@@ -239,9 +242,10 @@ class Predictor:
     # --- the steps ------------------------------------------------------------------------
     def read(self, path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         """Decode a file (limits checked before decoding) and letterbox it to the input side."""
-        gray, info = read_image(path, max_pixels=self.max_pixels, min_side=self.min_side,
-                                allow_modality=self.allow_modality, target=self.size)  # fmt: skip
-        return letterbox(gray, self.size), info
+        return model_input(path, self.size, max_pixels=self.max_pixels, min_side=self.min_side,
+                           allow_modality=self.allow_modality,
+                           allow_for_processing=self.allow_for_processing,
+                           deadline_s=self.decode_timeout_s)  # fmt: skip
 
     def segment(
         self, squares: np.ndarray, infos: list[ImageInfo]

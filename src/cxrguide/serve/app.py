@@ -294,7 +294,10 @@ def create_app(
                 return await run_in_threadpool(infer, data, name, cam, method)
         except ImageReadError as err:
             status = 413 if err.reason.startswith("too many pixels") else 422
-            raise HTTPException(status, f"cannot use this image: {err.reason}") from None
+            # the remedy in a web client's terms: it cannot pass the server's flags
+            raise HTTPException(
+                status, f"cannot use this image: {err.reason_for('rest')}"
+            ) from None
         finally:
             uploads["active"] -= 1
 
