@@ -108,6 +108,16 @@ def test_a_network_bind_needs_a_token_or_insecure(tmp_path_factory, capsys, monk
     assert f"{TOKEN_ENV}: printable ASCII without spaces" in capsys.readouterr().err
     assert main(["serve", str(run), "--allowed-host", "a*b"]) == 2
     assert "allowed_host: 'a*b'" in capsys.readouterr().err
+    monkeypatch.delenv(TOKEN_ENV)
+    with socket.socket() as taken:  # past the check, the server would start: a busy port shows it
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        assert main(["serve", str(run), "--host", "0.0.0.0", "--port", port, "--insecure"]) == 2
+        assert "already in use" in capsys.readouterr().err
+        monkeypatch.setenv(TOKEN_ENV, "a-long-enough-token-from-env")
+        assert main(["serve", str(run), "--host", "0.0.0.0", "--port", port]) == 2
+        assert "already in use" in capsys.readouterr().err
 
 
 def test_loopback_names():
