@@ -166,8 +166,8 @@ def disconnect(url: str, lines: list[str]) -> None:
     start_line = len(lines)
     for _ in range(3):
         with socket.create_connection((host, int(port))) as s:
-            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data;"
-                      b" boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r\n")  # fmt: skip
+            s.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/"
+                      "form-data; boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r\n".encode())  # fmt: skip
             time.sleep(0.3)
     time.sleep(1.5)
     new = [ln.rstrip() for ln in lines[start_line:] if ln.strip()]

@@ -122,3 +122,38 @@ def test_usage_errors(run, tmp_path, capsys):
     assert "not a trained run" in capsys.readouterr().err
     assert main(["predict", str(run), str(tmp_path), "--output", str(tmp_path)]) == 2
     assert "--output takes a file name" in capsys.readouterr().err
+
+
+def test_redact_paths_hides_file_names_everywhere(run, tmp_path, capsys, monkeypatch):
+    """CSV, JSON, table, CAM file names and skipped-file lines carry file-<hash>, the same for
+    the same name under one salt, so results can still be matched back."""
+    from cxrguide.inference.redact import SALT_ENV, Redactor
+
+    monkeypatch.delenv(SALT_ENV, raising=False)
+    patient = tmp_path / "Doe_John" / "MRN12345_chest.png"
+    patient.parent.mkdir()
+    film(patient, seed=4)
+    bad = tmp_path / "Doe_John" / "MRN12345_broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    out, cams = tmp_path / "out.csv", tmp_path / "cams"
+    common = ["predict", str(run), str(patient), str(bad), "--redact-paths", "--no-progress",
+              "--backend", "fp32"]  # fmt: skip
+    assert main([*common, "--redact-salt", "pepper", "--csv", str(out), "--cam", str(cams)]) == 2
+    err = capsys.readouterr().err
+    hashed = Redactor("pepper")
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [r["file"] for r in rows] == [hashed(str(patient))]
+    assert [p.name for p in cams.iterdir()] == [f"{hashed(str(patient))}_cam.png"]
+    assert f"skipped {hashed(str(bad))}:" in err
+    for text in (out.read_text(), err):
+        assert "Doe" not in text and "MRN" not in text
+    monkeypatch.setenv(SALT_ENV, "pepper")
+    assert main([*common, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["file"] == hashed(str(patient))
+    monkeypatch.delenv(SALT_ENV)
+    assert main([*common, "--format", "table"]) == 2
+    captured = capsys.readouterr()
+    assert "Doe" not in captured.out + captured.err and "MRN" not in captured.out + captured.err
+    assert hashed(str(patient)) not in captured.out  # no salt: a random one for this run
+    assert "file-" in captured.out

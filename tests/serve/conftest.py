@@ -1,7 +1,9 @@
-"""A loaded predictor over the tiny run, and a real uvicorn server on loopback for it."""
+"""A loaded predictor over the tiny run, and a real uvicorn server on loopback for it (with the
+uvicorn settings ``cxrguide serve`` uses)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -30,23 +32,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="package")
-def live_server(predictor) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of the app served by uvicorn in a thread."""
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """``http://127.0.0.1:PORT`` of ``app`` served by uvicorn in a thread, as ``serve`` runs it."""
     import uvicorn
 
-    from cxrguide.serve.app import create_app
+    from cxrguide.commands.serve import bind
+    from cxrguide.config import ServeConfig
+    from cxrguide.serve.protocol import uvicorn_config
 
-    app = create_app(predictor, max_upload_bytes=2 * 1024 * 1024)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
-                                           log_level="warning", lifespan="on"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn_config(app, ServeConfig(log_level="warning")))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+@pytest.fixture(scope="package")
+def serve():
+    """:func:`serving`, for test modules (conftest modules are not importable by name)."""
+    return serving
+
+
+@pytest.fixture(scope="package")
+def live_server(predictor) -> Iterator[str]:
+    """The app with its defaults (no token) on a real uvicorn server."""
+    from cxrguide.serve.app import create_app
+
+    with serving(create_app(predictor, max_upload_bytes=2 * 1024 * 1024)) as url:
+        yield url

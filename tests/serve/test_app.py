@@ -32,7 +32,7 @@ def systmp(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def client(predictor, systmp):
     app = create_app(predictor, max_upload_bytes=200_000)
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         yield c
 
 
@@ -147,7 +147,7 @@ def test_nothing_is_written_outside_a_private_temp_folder(predictor, systmp, tmp
     noisy = np.random.default_rng(0).integers(0, 256, (1200, 1200), dtype=np.uint8)
     Image.fromarray(noisy).save(big)
     assert big.stat().st_size > 1_100_000
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         for payload in (big.read_bytes(), b"junk"):
             r = c.post("/v1/predict", files={"file": ("../../x.png", payload, "image/png")})
             assert r.status_code in (200, 413, 422)
@@ -193,9 +193,69 @@ def test_gated_run_reports_lung_coverage(tmp_path_factory, tmp_path, systmp):
     from cxrguide.inference.predictor import Predictor
 
     app = create_app(Predictor(gated_run(tmp_path_factory), backend="fp32"))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://localhost") as c:
         r = c.post("/v1/predict?cam=true", files={"file": ("f.png", _png(tmp_path), "image/png")})
     assert r.status_code == 200
     lung = r.json()["lung"]
     assert lung["quality"] == "ok" and 0.15 < lung["coverage"] < 0.6 and lung["lungs"] == 2
     assert c.app.state.predictor.describe()["lung_model"] == "lungs"
+
+
+def _walk_strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (str(k), *_walk_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _walk_strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_model_card_is_made_once_and_names_no_paths(run, tmp_path, monkeypatch, systmp):
+    """/v1/model from a copied run whose manifest names sources by absolute paths: no path in
+    the answer, and the answer stays the same once the manifest is gone (never re-read)."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from cxrguide.inference.predictor import Predictor
+
+    info = yaml.safe_load((run / "model.yaml").read_text())
+    prep = tmp_path / "secret-study" / "prep"
+    shutil.copytree(info["data"], prep)
+    table = pd.read_csv(prep / "manifest.csv")
+    table["source"] = "/home/jdoe/studies/covid-set"
+    table.to_csv(prep / "manifest.csv", index=False)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "model.yaml").write_text(yaml.safe_dump({**info, "data": str(prep)}, sort_keys=False))
+    app = create_app(Predictor(copy, backend="fp32"))
+    reads = []
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: reads.append(a) or pd.DataFrame())
+    with TestClient(app, base_url="http://localhost") as c:
+        first = c.get("/v1/model").json()
+        (prep / "manifest.csv").unlink()
+        assert c.get("/v1/model").json() == first
+    assert reads == []
+    assert first["training_data"]["images"] == 36
+    assert first["training_data"]["sources"] == ["covid-set"]
+    assert first["training_data"]["prepared"] == "prep"
+    texts = _walk_strings(first)
+    assert not [t for t in texts if "/" in t or "\\" in t or "jdoe" in t or "secret" in t]
+
+
+def test_redacted_file_names_stay_matchable(predictor, tmp_path, systmp):
+    from cxrguide.inference.redact import Redactor
+
+    data = _png(tmp_path)
+    app = create_app(predictor, redact=Redactor("pepper"))
+    with TestClient(app, base_url="http://localhost") as c:
+        names = []
+        for name in ("Doe_John_MRN12345.png", "C:\\PACS\\Doe_John_MRN12345.png", "Roe_Jane.dcm"):
+            r = c.post("/v1/predict", files={"file": (name, data, "image/png")})
+            assert r.status_code == 200 and "Doe" not in r.text and "MRN" not in r.text
+            names.append(r.json()["filename"])
+    assert names[0] == names[1] == Redactor("pepper")("Doe_John_MRN12345.png")
+    assert names[2] != names[0] and names[2].startswith("file-") and len(names[2]) == 21
+    with TestClient(create_app(predictor, redact=Redactor()), base_url="http://localhost") as c:
+        r = c.post("/v1/predict", files={"file": ("Doe_John_MRN12345.png", data, "image/png")})
+    assert r.json()["filename"] not in names  # no salt given: a random one per server

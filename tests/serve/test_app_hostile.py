@@ -21,7 +21,7 @@ pydicom = pytest.importorskip("pydicom")
 
 @pytest.fixture
 def client(predictor):
-    with TestClient(create_app(predictor)) as c:
+    with TestClient(create_app(predictor), base_url="http://localhost") as c:
         yield c
 
 
@@ -51,7 +51,7 @@ def served(predictor, **kwargs) -> Iterator[tuple[str, int]]:
 def _slow_upload(host: str, port: int) -> socket.socket:
     """A client that announced a 5000-byte upload and sent 4 bytes of it."""
     s = socket.create_connection((host, port))
-    s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+    s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
               b"boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r")  # fmt: skip
     return s
 

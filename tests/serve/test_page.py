@@ -78,3 +78,30 @@ def test_bad_file_shows_an_error(browser, live_server, tmp_path):
     page.wait_for_function("() => document.getElementById('status').className === 'error'")
     assert "not an image" in page.inner_text("#status")
     assert page.get_attribute("#result", "class") != "shown"
+
+
+def test_page_asks_for_the_token_once(browser, predictor, serve, tmp_path):
+    from cxrguide.serve.app import create_app
+
+    token = "page-token-0123456789"
+    path = film(tmp_path / "chest.png")
+    with serve(create_app(predictor, token=token)) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#keyform.shown")
+        page.fill("#token", "wrong-token-0123456789")
+        page.click("#usetoken")
+        page.wait_for_function("() => document.getElementById('keynote').textContent"
+                               ".includes('refused')")  # fmt: skip
+        page.fill("#token", token)
+        page.click("#usetoken")
+        page.wait_for_function("() => document.getElementById('model').textContent.includes('@')")
+        assert page.get_attribute("#keyform", "class") == ""
+        page.set_input_files("#file", str(path))
+        page.wait_for_function("() => document.getElementById('label').textContent.length > 0",
+                               timeout=120_000)  # fmt: skip
+        assert page.inner_text("#label") == predictor.predict_file(path).label
+        page.reload()  # the tab keeps the token: not asked again
+        page.wait_for_function("() => document.getElementById('model').textContent.includes('@')")
+        assert page.get_attribute("#keyform", "class") == ""
+        assert page.evaluate("() => sessionStorage.getItem('cxrguide-token')") == token

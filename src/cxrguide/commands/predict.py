@@ -6,7 +6,8 @@ coverage and mask quality (when a lung model is in play), ``reliable`` and its `
 (lateral view, an allowed non-radiograph, a lung mask that is not ``ok``) and the run id.
 DICOMs that are not radiographs are skipped with the reason unless ``--allow-modality``. Unreadable files are
 listed on stderr with the reason and skipped; the exit code is then 2. ``--cam DIR`` writes one
-Grad-CAM overlay PNG per image (heatmap + lung contour).
+Grad-CAM overlay PNG per image (heatmap + lung contour). ``--redact-paths`` replaces every file
+name (rows, CAM file names, skipped-file lines) by a salted hash (``cxrguide.inference.redact``).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cxrguide.inference.predictor import Failure, Predictor, collect_inputs
+    from cxrguide.inference.redact import redactor
 
     cfg = config_from_args(PredictConfig, args)
     if cfg.run is None or not cfg.inputs:
@@ -132,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.cam.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     used: Counter = Counter()
+    redact = redactor(cfg.redact_paths, cfg.redact_salt or None)
+    shown = redact or str
     try:
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not cfg.progress,
                    file=sys.stderr)  # fmt: skip
@@ -141,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
                 failures.append(result)
                 continue
             row = result.record(predictor.run_id)
+            row["file"] = shown(row["file"])
             if cfg.cam is not None:
-                target = cfg.cam / f"{_unique_stem(Path(result.source), used)}_cam.png"
+                target = cfg.cam / f"{_unique_stem(Path(row['file']), used)}_cam.png"
                 picture = Image.fromarray(predictor.cam(result, cfg.cam_method))
                 atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), target)
                 row["cam"] = str(target)
@@ -156,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     for failure in failures:
-        print(f"skipped {failure.source}: {failure.reason}", file=sys.stderr)
+        name = shown(failure.source)  # a library's reason may quote the path too
+        print(f"skipped {name}: {failure.reason.replace(failure.source, name)}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) could not be used; {len(rows)} labelled",
               file=sys.stderr)  # fmt: skip

@@ -4,16 +4,23 @@
 at ``/docs``; see :mod:`cxrguide.serve.app`. Listens on loopback unless ``--host`` says otherwise.
 The port is bound before the model is loaded, so a busy port is a one-line error (exit 2) and
 "serving on ..." is printed only once the socket is ours.
+
+A non-loopback ``--host`` needs a token (``--token`` or ``CXRGUIDE_TOKEN``) or ``--insecure``:
+otherwise anyone on the network could call it, and ``serve`` refuses to start (exit 2). See
+docs/serving-securely.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import ipaddress
+import os
 import socket
 from pathlib import Path
 
 from cxrguide.config import ServeConfig, add_config_flags, config_from_args
+from cxrguide.config.inference import TOKEN_ENV, check_token
 from cxrguide.errors import ConfigError, CxrGuideError
 
 
@@ -29,13 +36,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port, or a one-line error (busy port, unknown host...)."""
+def _addresses(host: str, port: int) -> list[tuple]:
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise CxrGuideError(f"--host {host}: cannot resolve ({err.strerror})") from None
-    family, _, _, _, address = infos[0]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1)."""
+    return all(ipaddress.ip_address(info[4][0]).is_loopback for info in _addresses(host, 0))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a one-line error (busy port, unknown host...)."""
+    family, _, _, _, address = _addresses(host, port)[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -54,12 +69,19 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cxrguide.inference.predictor import Predictor
+    from cxrguide.inference.redact import redactor
     from cxrguide.serve.app import create_app
-    from cxrguide.serve.protocol import header_timeout_protocol
+    from cxrguide.serve.guard import allowed_hosts
+    from cxrguide.serve.protocol import uvicorn_config
 
     cfg = config_from_args(ServeConfig, args)
     if cfg.run is None:
         raise ConfigError("serve: give RUN")
+    token = cfg.token or os.environ.get(TOKEN_ENV, "")
+    check_token(token, "token" if cfg.token else TOKEN_ENV)
+    if not token and not cfg.insecure and not is_loopback(cfg.host):
+        raise ConfigError(f"--host {cfg.host} opens the server to the network: give --token "
+                          f"(or {TOKEN_ENV}), or --insecure to serve without one")  # fmt: skip
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     sock = bind(cfg.host, cfg.port)
@@ -74,14 +96,15 @@ def run(args: argparse.Namespace) -> int:
         raise
     app = create_app(predictor, max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
                      max_concurrent=cfg.max_concurrent, max_decodes=cfg.max_decodes,
-                     body_timeout_s=cfg.body_timeout_s)  # fmt: skip
-    config = uvicorn.Config(app, log_level=cfg.log_level, timeout_keep_alive=cfg.keep_alive_s,
-                            limit_concurrency=cfg.max_connections,
-                            http=header_timeout_protocol(cfg.header_timeout_s))  # fmt: skip
+                     body_timeout_s=cfg.body_timeout_s, token=token or None,
+                     allowed_hosts=allowed_hosts(cfg.host, cfg.allowed_host),
+                     redact=redactor(cfg.redact_paths, cfg.redact_salt or None))  # fmt: skip
+    config = uvicorn_config(app, cfg)
     host, port = sock.getsockname()[:2]
+    key = "token required" if token else "NO TOKEN: anyone who can reach it" if cfg.insecure else ""
     print(f"serving {predictor.run_id} ({predictor.info.backbone}, backend {predictor.backend}) "
-          f"on http://{host}:{port}/ (API docs at /docs); research tool, not a diagnosis",
-          flush=True)  # fmt: skip
+          f"on http://{host}:{port}/ (API docs at /docs{'; ' + key if key else ''}); "
+          "research tool, not a diagnosis", flush=True)  # fmt: skip
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:

@@ -21,6 +21,21 @@ CAM_METHODS: dict[str, str] = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
                                "layercam": "Layer-CAM", "eigencam": "Eigen-CAM"}  # fmt: skip
 SLOW_CAM_METHODS: dict[str, str] = {"scorecam": "Score-CAM"}
 CamMethod = Literal[tuple(CAM_METHODS)]  # type: ignore[valid-type]  # the names as a type
+_REDACT_HELP = "replace file names in the output by a salted hash (file-<16 hex>)"
+_SALT_HELP = "salt for --redact-paths (default: $CXRGUIDE_REDACT_SALT, else random per process)"
+TOKEN_ENV = "CXRGUIDE_TOKEN"
+MIN_TOKEN_CHARS = 16
+
+
+def check_token(token: str, where: str = "token") -> None:
+    """A bearer token must be long enough to resist guessing and fit in an HTTP header."""
+    if not token:
+        return
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"{where}: at least {MIN_TOKEN_CHARS} characters (e.g. python -c "
+                          "'import secrets; print(secrets.token_urlsafe(32))')")  # fmt: skip
+    if not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(f"{where}: printable ASCII without spaces")
 
 
 @dataclasses.dataclass
@@ -33,6 +48,8 @@ class PredictConfig:
     output: Path | None = _f(None, "write the results here instead of stdout", metavar="FILE")
     cam: Path | None = _f(None, "write Grad-CAM overlay PNGs into this folder", metavar="DIR")
     cam_method: CamMethod = _f("gradcam", "CAM method for --cam")
+    redact_paths: bool = _f(False, _REDACT_HELP)
+    redact_salt: str = _f("", _SALT_HELP, metavar="SALT")
     batch_size: int = _f(16, "images per forward pass")
     backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
@@ -81,6 +98,17 @@ class ServeConfig:
     run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
     host: str = _f("127.0.0.1", "interface to listen on (0.0.0.0 exposes it to the network)")
     port: int = _f(8000, "TCP port")
+    token: str = _f("", "bearer token every /v1/* call must send (default: $CXRGUIDE_TOKEN; "
+                    "at least 16 characters)", metavar="TOKEN")  # fmt: skip
+    allowed_host: list[str] = _f(
+        [],
+        "Host header names to accept besides loopback and --host (e.g. the name a reverse proxy "
+        "forwards; '*.example.org' patterns; '*': any)",
+        metavar="NAME",
+    )
+    insecure: bool = _f(False, "allow a non-loopback --host without a token (anyone can call it)")
+    redact_paths: bool = _f(False, _REDACT_HELP)
+    redact_salt: str = _f("", _SALT_HELP, metavar="SALT")
     backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
@@ -117,3 +145,7 @@ class ServeConfig:
             raise ConfigError("body_timeout_s/header_timeout_s/keep_alive_s: must be positive")
         if self.threads < 0:
             raise ConfigError("threads: must be >= 0")
+        check_token(self.token)
+        for name in self.allowed_host:
+            if "*" in name[1:] or (name.startswith("*") and name != "*" and name[:2] != "*."):
+                raise ConfigError(f"allowed_host: {name!r}: wildcards only as '*' or '*.domain'")

@@ -23,6 +23,12 @@ at most that long and never the decoders; at most ``max_decodes`` images are dec
 at once, each decoded at the model's input side (memory follows the model, not the header), and
 the C heap is trimmed after each (``malloc_trim``) so the memory goes back to the system. A
 client that disconnects mid-upload is logged in one line.
+
+The front door (:mod:`cxrguide.serve.guard`): a ``Host`` allow-list (loopback names by
+default), cross-site writes refused, an optional bearer ``token`` on every ``/v1/*`` call, and
+protective headers on every response. ``redact`` replaces the client's file name in answers by
+a salted hash (:mod:`cxrguide.inference.redact`). ``GET /v1/model`` is computed once, when the
+app is created (never a file read per request), and carries no server paths.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import tempfile
 import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -54,6 +61,8 @@ from starlette.requests import ClientDisconnect
 from cxrguide.config.inference import CAM_METHODS, CamMethod
 from cxrguide.errors import ImageReadError
 from cxrguide.inference.predictor import Prediction, Predictor
+from cxrguide.inference.redact import Redactor
+from cxrguide.serve.guard import LOOPBACK_HOSTS, guard
 
 DISCLAIMER = (
     "Research tool, not a diagnosis. Not a medical device; do not use it for patient care. "
@@ -212,6 +221,20 @@ def _png_base64(rgb: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _no_paths(value: Any) -> Any:
+    """``value`` with every string that holds a path cut to its last part (``kind:`` kept)."""
+    if isinstance(value, dict):
+        return {k: _no_paths(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_paths(v) for v in value]
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        kind, sep, rest = value.partition(":")
+        if not sep or len(kind) == 1 or "/" in kind or "\\" in kind:  # no kind: (or a drive)
+            kind, sep, rest = "", "", value
+        return kind + sep + rest.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return value
+
+
 def _response(pred: Prediction, predictor: Predictor, name: str | None, started: float,
               overlay: str | None, method: str | None) -> PredictResponse:  # fmt: skip
     lung = None
@@ -222,7 +245,7 @@ def _response(pred: Prediction, predictor: Predictor, name: str | None, started:
         label=pred.label, probabilities=pred.probabilities, lung=lung,
         image=ImageMeta(format=pred.info.format, width=pred.info.width, height=pred.info.height),
         reliable=pred.reliable, warnings=pred.warnings,
-        filename=_safe_name(name), run_id=predictor.run_id, overlay_png_base64=overlay,
+        filename=name, run_id=predictor.run_id, overlay_png_base64=overlay,
         cam_method=method, elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
     )  # fmt: skip
 
@@ -234,8 +257,12 @@ def create_app(
     max_concurrent: int = 16,
     max_decodes: int = 2,
     body_timeout_s: float = 30.0,
+    token: str | None = None,
+    allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    redact: Redactor | None = None,
 ) -> FastAPI:
-    """The app over one loaded run. Pixel and modality limits are the predictor's."""
+    """The app over one loaded run. Pixel and modality limits are the predictor's; ``token``,
+    ``allowed_hosts`` and ``redact`` as in the module docstring."""
     workdir = Path(tempfile.mkdtemp(prefix="cxrguide-serve-"))  # mode 0700
 
     @asynccontextmanager
@@ -252,6 +279,7 @@ def create_app(
         redoc_url=None,
     )
     _local_docs(app)
+    guard(app, token=token, hosts=allowed_hosts)
     app.state.predictor = predictor
     app.state.workdir = workdir
     weakref.finalize(app, shutil.rmtree, workdir, True)
@@ -261,13 +289,16 @@ def create_app(
 
     def infer(data: bytes, name: str | None, cam: bool, method: str) -> PredictResponse:
         started = time.perf_counter()
+        name = _safe_name(name)
+        if redact is not None and name is not None:
+            name = redact(name)
         path = workdir / f"{uuid.uuid4().hex}.upload"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             del data
-            pred = predictor.predict_file(path, source=_safe_name(name) or "upload")
+            pred = predictor.predict_file(path, source=name or "upload")
             overlay = _png_base64(predictor.cam(pred, method)) if cam else None
             return _response(pred, predictor, name, started, overlay, method if cam else None)
         finally:
@@ -306,14 +337,17 @@ def create_app(
         return {"status": "ok", "run_id": predictor.run_id, "backend": predictor.backend,
                 "uptime_s": round(time.time() - started_at, 1)}  # fmt: skip
 
+    card = _no_paths({**predictor.describe(), "limits": {"max_upload_bytes": max_upload_bytes,
+                      "max_pixels": predictor.max_pixels, "min_side": predictor.min_side,
+                      "allow_modality": list(predictor.allow_modality),
+                      "max_concurrent_uploads": max_concurrent, "max_decodes": max_decodes,
+                      "body_timeout_s": body_timeout_s}, "auth": "bearer" if token else None,
+                      "cam_methods": list(CAM_METHODS), "disclaimer": DISCLAIMER})  # fmt: skip
+
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
-        return {**predictor.describe(), "limits": {"max_upload_bytes": max_upload_bytes,
-                "max_pixels": predictor.max_pixels, "min_side": predictor.min_side,
-                "allow_modality": list(predictor.allow_modality),
-                "max_concurrent_uploads": max_concurrent, "max_decodes": max_decodes,
-                "body_timeout_s": body_timeout_s},
-                "cam_methods": list(CAM_METHODS), "disclaimer": DISCLAIMER}  # fmt: skip
+        """The run's description, computed once at start-up (no file reads per request)."""
+        return card
 
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 

@@ -6,6 +6,10 @@ whose request headers trickle in (or never come): each such "slowloris" socket h
 other client with 503. Here a connection must deliver a complete request head within
 ``header_timeout_s`` of connecting (or of its previous response), else it is closed with one log
 line. The body has its own deadline in :mod:`cxrguide.serve.app`.
+
+:func:`uvicorn_config` is the one place the server's uvicorn settings are made from a
+:class:`~cxrguide.config.ServeConfig` (``serve`` and the tests use it): no ``server:`` header
+(it names the software and its version to every scanner), the limits and the protocol above.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import asyncio
 import logging
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cxrguide.config.inference import ServeConfig
 
 log = logging.getLogger("uvicorn.error")
 
@@ -61,3 +68,10 @@ def header_timeout_protocol(header_timeout_s: float) -> type[H11Protocol]:
                 self.transport.close()
 
     return HeaderTimeoutH11
+
+
+def uvicorn_config(app: Any, cfg: ServeConfig) -> uvicorn.Config:
+    """uvicorn's settings for ``app`` under ``cfg`` (the socket is bound by the caller)."""
+    return uvicorn.Config(app, log_level=cfg.log_level, timeout_keep_alive=cfg.keep_alive_s,
+                          limit_concurrency=cfg.max_connections, server_header=False,
+                          http=header_timeout_protocol(cfg.header_timeout_s))  # fmt: skip
