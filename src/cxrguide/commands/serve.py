@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cxrguide.config import ServeConfig, add_config_flags, config_from_args
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.files import check_writable_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +50,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _start_listener(cfg: ServeConfig, predictor, sock: socket.socket):  # noqa: ANN001, ANN202
+    """``--dicom-port``: the C-STORE listener (serve/pacs.py), started before uvicorn runs."""
+    from cxrguide.inference.dicom_out import DicomWriter
+    from cxrguide.serve.pacs import DEFAULT_AE_TITLE, PacsListener
+
+    listener = PacsListener(DicomWriter(predictor, cfg.dicom_out), cfg.host, cfg.dicom_port,
+                            ae_title=cfg.dicom_aet, return_to=cfg.dicom_return)  # fmt: skip
+    try:
+        port = listener.start()
+    except BaseException:
+        sock.close()
+        predictor.close()
+        raise
+    back = f"; results sent back to {cfg.dicom_return}" if cfg.dicom_return else ""
+    print(f"DICOM C-STORE/C-ECHO on {cfg.host}:{port}, AE title "
+          f"{cfg.dicom_aet or DEFAULT_AE_TITLE + ' (any called AE accepted)'}; SR + SC into "
+          f"{cfg.dicom_out}{back}", flush=True)  # fmt: skip
+    return listener
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
@@ -70,9 +91,14 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
+    if cfg.dicom_out is not None:
+        check_writable_dir(cfg.dicom_out, "dicom-out")
     app = create_app(predictor, max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
                      max_concurrent=cfg.max_concurrent, max_decodes=cfg.max_decodes,
-                     body_timeout_s=cfg.body_timeout_s)  # fmt: skip
+                     body_timeout_s=cfg.body_timeout_s, dicom_out=cfg.dicom_out)  # fmt: skip
+    listener = None
+    if cfg.dicom_port is not None:
+        listener = _start_listener(cfg, predictor, sock)
     config = uvicorn.Config(app, log_level=cfg.log_level, timeout_keep_alive=cfg.keep_alive_s,
                             limit_concurrency=cfg.max_connections,
                             http=header_timeout_protocol(cfg.header_timeout_s))  # fmt: skip
@@ -85,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass  # Ctrl-C: uvicorn has shut down cleanly and re-raised the signal (as uvicorn.run)
     finally:
+        if listener is not None:
+            listener.stop()
         sock.close()
         predictor.close()
     return 0
