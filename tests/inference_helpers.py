@@ -112,8 +112,8 @@ def study_film(path: Path, width: int = 80, height: int = 96, seed: int = 0, *,
     ds.Modality, ds.ViewPosition, ds.PatientOrientation = "DX", "PA", ["L", "F"]
     ds.PatientName, ds.PatientID = PATIENT["PatientName"], PATIENT["PatientID"]
     ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber = "19700101", "F", f"ACC{seed:04d}"
-    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.ReferringPhysicianName = "20260101", "120000", "1", ""
-    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
+    ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
     pixels = img.astype(np.uint16) * 16
     if monochrome1:
         pixels = 4095 - pixels
