@@ -152,8 +152,11 @@ def _failure(status: int, comment: str) -> Any:
 
 
 def _warm_up() -> None:
-    """Import what the first C-STORE needs now (highdicom's code tables: ~2 s cold)."""
+    """Import what the first C-STORE needs now, not while a modality waits (highdicom's code
+    tables, pytorch-grad-cam and OpenCV: seconds when cold)."""
     import highdicom  # noqa: F401
+    import pytorch_grad_cam  # noqa: F401
+    import pytorch_grad_cam.utils.image  # noqa: F401
     from pydicom.sr.codedict import codes
 
     _ = codes.DCM.ProcessingEquipment, codes.DCM.Device, codes.DCM.Comment
