@@ -118,3 +118,23 @@ def test_inputs_that_cannot_be_referenced(predictor, tmp_path):
     ):
         writer.write(bare)
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["a.png", "bare.dcm"]
+
+
+def test_a_lung_model_adds_a_seg_of_the_lungs_in_the_film_geometry(tmp_path_factory, tmp_path):
+    from inference_helpers import gated_run
+
+    predictor = Predictor(gated_run(tmp_path_factory), backend="fp32")
+    source = study_film(tmp_path / "in.dcm", width=90, height=120, seed=6)
+    prediction = predictor.predict_file(source)
+    result = DicomWriter(predictor, tmp_path).write(prediction)
+    seg = pydicom.dcmread(result.seg_path)
+    assert (
+        seg.SOPClassUID == pydicom.uid.SegmentationStorage and seg.SOPInstanceUID == result.seg_uid
+    )
+    assert seg.StudyInstanceUID == pydicom.dcmread(source).StudyInstanceUID
+    assert seg.SegmentSequence[0].SegmentLabel == "Lungs"
+    lungs = seg.pixel_array.astype(bool)
+    assert lungs.shape == (120, 90) and 0.15 < lungs.mean() < 0.6
+    assert not lungs[:, :10].any() and not lungs[:, -10:].any()  # not in the body's margins
+    sc = pydicom.dcmread(result.sc_path).pixel_array
+    assert np.all(sc == (255, 0, 255), axis=-1).sum() > 20  # the contour drawn on the SC

@@ -86,7 +86,8 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         buf = io.StringIO()
         columns = ["file", "label", *[f"p_{c}" for c in CLASSES], "lung_coverage",
                    "lung_quality", "reliable", "warnings", "run_id"]  # fmt: skip
-        extra = ["cam", *UID_KEYS, "dicom_sr", "dicom_sc"]  # only when some row has them
+        # only when some row has them
+        extra = ["cam", *UID_KEYS, "dicom_sr", "dicom_sc", "dicom_seg"]
         columns += [k for k in extra if any(k in r for r in rows)]
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -166,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 if written is not None:
                     row["dicom_sr"] = str(written.sr_path)
                     row["dicom_sc"] = "" if written.sc_path is None else str(written.sc_path)
+                    if written.seg_path is not None:
+                        row["dicom_seg"] = str(written.seg_path)
             rows.append(row)
         bar.close()
     finally:

@@ -11,19 +11,23 @@ PACS listener): per DICOM input, a Comprehensive SR and a Secondary Capture, wri
   Equipment, VerificationFlag UNVERIFIED (no person checked it), the disclaimer in the series
   description.
 - Secondary Capture: the Grad-CAM overlay in the film's own geometry (RGB, same patient and study).
+- SEG (when a lung model is in play): the post-processed lung mask in the film's geometry, one
+  binary segment "Lungs" (SNOMED CT Organ / Lung, automatic, the lung run named).
 
-Files are named by their own new SOP Instance UIDs (``SR_<uid>.dcm``, ``SC_<uid>.dcm``), so a
+Files are named by their own new SOP Instance UIDs (``SR_<uid>.dcm``, ``SC_<uid>.dcm``, ``SEG_<uid>.dcm``), so a
 second result for the same film never replaces the first, and are written atomically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxrguide.data.imaging import unfit_square
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save
 from cxrguide.inference.dicom_ids import read_header, uids_of
@@ -32,7 +36,7 @@ from cxrguide.labels import CLASSES
 
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE. Research tool output, unverified by a person."
 SERIES_DESCRIPTION = "cxrguide AI result - NOT FOR DIAGNOSTIC USE"
-SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+SR_SERIES_NUMBER, SC_SERIES_NUMBER, SEG_SERIES_NUMBER = 9901, 9902, 9903
 _SCHEME = "99CXRG"  # private coding scheme ("99" prefix) for what SNOMED/DCM do not name
 # The classes as SNOMED CT findings (fixed class order, labels.CLASSES)
 CLASS_CODES = {
@@ -62,6 +66,8 @@ class DicomResult:
     sr_uid: str
     sc_path: Path | None
     sc_uid: str | None
+    seg_path: Path | None = None
+    seg_uid: str | None = None
 
 
 def _code(value: str, scheme: str, meaning: str) -> Any:
@@ -172,6 +178,34 @@ def secondary_capture(source: Any, rgb: np.ndarray, model: ModelFacts) -> Any:
     return sc
 
 
+def lung_segmentation(source: Any, lungs: np.ndarray, model: ModelFacts, lung_model: str) -> Any:
+    """The lung mask (bool, the film's rows and columns) as a binary DICOM SEG of the film."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=f"cxrguide lungs {lung_model}"[:64], version=model.version,
+        family=codes.cid7162.ArtificialIntelligence,
+    )  # fmt: skip
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Lungs", segmented_property_category=codes.SCT.Organ,
+        segmented_property_type=codes.SCT.Lung,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+    )  # fmt: skip
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=lungs[None].astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+        series_instance_uid=generate_uid(), series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cxrguide",
+        manufacturer_model_name=f"cxrguide lungs {lung_model}"[:64],
+        software_versions=model.version, device_serial_number=model.run_id[:64],
+    )  # fmt: skip
+    seg.SeriesDescription = f"Lungs {SERIES_DESCRIPTION}"[:64]
+    return seg
+
+
 def _save(ds: Any, path: Path) -> None:
     atomic_save(lambda fh: ds.save_as(fh, enforce_file_format=True), path)
 
@@ -206,10 +240,19 @@ class DicomWriter:
                                prediction.warnings, self.model)  # fmt: skip
         sr_path = self.out_dir / f"SR_{sr.SOPInstanceUID}.dcm"
         _save(sr, sr_path)  # the SR first: the answer a PACS waits for
-        if not self.overlay:
-            return DicomResult(sr_path, str(sr.SOPInstanceUID), None, None)
-        rgb = self.predictor.film_cam(prediction, self.cam_method)
-        sc = secondary_capture(source, rgb, self.model)
-        sc_path = self.out_dir / f"SC_{sc.SOPInstanceUID}.dcm"
-        _save(sc, sc_path)
-        return DicomResult(sr_path, str(sr.SOPInstanceUID), sc_path, str(sc.SOPInstanceUID))
+        result = DicomResult(sr_path, str(sr.SOPInstanceUID), None, None)
+        if self.overlay:
+            rgb = self.predictor.film_cam(prediction, self.cam_method)
+            sc = secondary_capture(source, rgb, self.model)
+            sc_path = self.out_dir / f"SC_{sc.SOPInstanceUID}.dcm"
+            _save(sc, sc_path)
+            result = dataclasses.replace(result, sc_path=sc_path, sc_uid=str(sc.SOPInstanceUID))
+        if prediction.mask is not None and self.predictor.segmenter is not None:
+            info = prediction.info
+            lungs = unfit_square(np.asarray(prediction.mask), info.height, info.width, mask=True)
+            seg = lung_segmentation(source, lungs, self.model,
+                                    self.predictor.segmenter.run.resolve().name)  # fmt: skip
+            seg_path = self.out_dir / f"SEG_{seg.SOPInstanceUID}.dcm"
+            _save(seg, seg_path)
+            result = dataclasses.replace(result, seg_path=seg_path, seg_uid=str(seg.SOPInstanceUID))
+        return result

@@ -97,6 +97,7 @@ class DicomWritten(BaseModel):
 
     sr_sop_instance_uid: str | None = None
     sc_sop_instance_uid: str | None = None
+    seg_sop_instance_uid: str | None = None  # the lung mask, when a lung model is in play
     not_written: str | None = None  # why nothing was written (e.g. no StudyInstanceUID)
 
 
@@ -254,7 +255,8 @@ def _write_dicom(writer: Any, pred: Prediction) -> DicomWritten | None:
         result = writer.write(pred)
     except CxrGuideError as err:
         return DicomWritten(not_written=str(err))
-    return DicomWritten(sr_sop_instance_uid=result.sr_uid, sc_sop_instance_uid=result.sc_uid)
+    return DicomWritten(sr_sop_instance_uid=result.sr_uid, sc_sop_instance_uid=result.sc_uid,
+                        seg_sop_instance_uid=result.seg_uid)  # fmt: skip
 
 
 def create_app(

@@ -116,23 +116,28 @@ class PacsListener:
         return STATUS_OK
 
     def _send_back(self, result: DicomResult) -> None:
-        """C-STORE the SR (and SC) to ``--dicom-return``; failures are logged, never raised."""
+        """C-STORE the SR (and SC, SEG) to ``--dicom-return``; failures are logged, never raised."""
         import pydicom
         from pynetdicom import AE
-        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+        from pynetdicom.sop_class import (
+            ComprehensiveSRStorage,
+            SecondaryCaptureImageStorage,
+            SegmentationStorage,
+        )
 
         assert self.return_to is not None
         ae_title, host, port = self.return_to
         ae = AE(ae_title=self.ae_title or DEFAULT_AE_TITLE)
         ae.add_requested_context(ComprehensiveSRStorage)
         ae.add_requested_context(SecondaryCaptureImageStorage)
+        ae.add_requested_context(SegmentationStorage)
         assoc = ae.associate(host, port, ae_title=ae_title)
         if not assoc.is_established:
             log.warning("--dicom-return %s@%s:%d: association refused or no answer", ae_title,
                         host, port)  # fmt: skip
             return
         try:
-            for path in (result.sr_path, result.sc_path):
+            for path in (result.sr_path, result.sc_path, result.seg_path):
                 if path is not None:
                     status = assoc.send_c_store(pydicom.dcmread(path))
                     code = getattr(status, "Status", None)
