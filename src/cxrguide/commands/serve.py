@@ -3,7 +3,9 @@
 ``POST /v1/predict``, ``GET /v1/health``, ``GET /v1/model``, the page at ``/`` and OpenAPI docs
 at ``/docs``; see :mod:`cxrguide.serve.app`. Listens on loopback unless ``--host`` says otherwise.
 The port is bound before the model is loaded, so a busy port is a one-line error (exit 2) and
-"serving on ..." is printed only once the socket is ours.
+"serving on ..." is printed only once the socket is ours. ``--dicom-out DIR`` writes a DICOM SR +
+Grad-CAM Secondary Capture per DICOM upload; ``--dicom-port PORT`` also starts a C-STORE / C-ECHO
+listener (:mod:`cxrguide.serve.pacs`, docs/dicom-out.md) on the same ``--host``.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class PredictConfig:
     inputs: list[str] = _f([], "image files or folders (folders are searched recursively)")
     format: Literal["table", "json", "csv"] = _f("table", "output format (--json, --csv)")
     output: Path | None = _f(None, "write the results here instead of stdout", metavar="FILE")
-    cam: Path | None = _f(None, "write Grad-CAM overlay PNGs into this folder", metavar="DIR")
+    cam: Path | None = _f(None, "write Grad-CAM overlay PNGs (each film's own size) into this folder", metavar="DIR")  # fmt: skip
     cam_method: CamMethod = _f("gradcam", "CAM method for --cam")
     dicom_out: Path | None = _f(None, "per DICOM input, write a DICOM SR (probabilities) and a "
                                 "Grad-CAM Secondary Capture into this folder", metavar="DIR")  # fmt: skip
