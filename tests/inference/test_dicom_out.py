@@ -117,7 +117,13 @@ def test_inputs_that_cannot_be_referenced(predictor, tmp_path):
         CxrGuideError, match="has no StudyInstanceUID, SeriesInstanceUID, so no result"
     ):
         writer.write(bare)
-    assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["a.png", "bare.dcm"]
+    odd = pydicom.dcmread(study_film(tmp_path / "odd.dcm"))
+    with pytest.warns(UserWarning, match="Invalid value for VR DA"):
+        odd.StudyDate = "notadate"  # a malformed header value: one line, nothing written
+    odd.save_as(tmp_path / "odd.dcm")
+    with pytest.raises(CxrGuideError, match="cannot build a DICOM result"):
+        writer.write(predictor.predict_file(tmp_path / "odd.dcm"))
+    assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["a.png", "bare.dcm", "odd.dcm"]
 
 
 def test_a_lung_model_adds_a_seg_of_the_lungs_in_the_film_geometry(tmp_path_factory, tmp_path):

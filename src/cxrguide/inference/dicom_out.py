@@ -21,6 +21,7 @@ second result for the same film never replaces the first, and are written atomic
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def _text(name: Any, value: str) -> Any:
 
 
 def structured_report(source: Any, probabilities: dict[str, float], label: str,
-                      warnings: list[str], model: ModelFacts) -> Any:  # fmt: skip
+                      cautions: list[str], model: ModelFacts) -> Any:  # fmt: skip
     """The TID 1500 Comprehensive SR for one classified film (highdicom validates it)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -137,10 +138,10 @@ def structured_report(source: Any, probabilities: dict[str, float], label: str,
         qualitative_evaluations=[predicted],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )  # fmt: skip
-    notes = group[0].ContentSequence
-    notes.append(_text(codes.DCM.Comment, DISCLAIMER))
-    for note in warnings:
-        notes.append(_text(_code("WARN", _SCHEME, "Warning"), note))
+    items = group[0].ContentSequence
+    items.append(_text(codes.DCM.Comment, DISCLAIMER))
+    for caution in cautions:  # the prediction's warnings (lateral view, lung mask, ...)
+        items.append(_text(_code("WARN", _SCHEME, "Warning"), caution))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=_code(*PROCEDURE), imaging_measurements=[group],
@@ -232,8 +233,21 @@ class DicomWriter:
                                 int(info.stage), cxrguide.__version__)  # fmt: skip
 
     def write(self, prediction: Prediction) -> DicomResult | None:
+        """The SR (first), SC and SEG of one DICOM prediction; a header highdicom cannot build
+        from (a malformed date, an unknown code) is one :class:`CxrGuideError` line."""
         if prediction.info.format != "DICOM":
             return None
+        try:
+            with warnings.catch_warnings():  # pydicom warns on odd source values as it copies them
+                warnings.simplefilter("ignore")
+                return self._write(prediction)
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
+            detail = " ".join(str(err).split())[:160]
+            raise CxrGuideError(
+                f"cannot build a DICOM result from this header ({detail})"
+            ) from None
+
+    def _write(self, prediction: Prediction) -> DicomResult:
         source = read_header(prediction.info.path)
         check_source(source)  # before the CAM: refuse in one line, fast
         sr = structured_report(source, prediction.probabilities, prediction.label,
