@@ -296,7 +296,7 @@ class Predictor:
                 sources[k], CLASSES[int(np.argmax(p))],
                 {name: float(p[j]) for j, name in enumerate(CLASSES)},
                 None if flags is None else flags[k], infos[k], squares[k],
-                None if masks is None else masks[k], source_uids(infos[k]),
+                None if masks is None else masks[k], uids=source_uids(infos[k]),
             )  # fmt: skip
         return out
 
