@@ -95,3 +95,31 @@ def film(path: Path, width: int = 80, height: int = 96, seed: int = 0) -> Path:
     else:
         Image.fromarray(img).save(path, format="JPEG" if path.suffix == ".jpg" else "PNG")
     return path
+
+
+PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PAT-0042-SECRET"}
+
+
+def study_film(path: Path, width: int = 80, height: int = 96, seed: int = 0, *,
+               monochrome1: bool = False) -> Path:  # fmt: skip
+    """A phantom film as a DICOM a PACS would send: DX, patient, study, series and instance
+    UIDs, an accession number (the patient's name and ID must never reach a result table)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    img, _, _ = phantom(np.random.default_rng(seed), width, height)
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # DX for presentation
+    ds.SOPInstanceUID, ds.StudyInstanceUID = generate_uid(), generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality, ds.ViewPosition, ds.PatientOrientation = "DX", "PA", ["L", "F"]
+    ds.PatientName, ds.PatientID = PATIENT["PatientName"], PATIENT["PatientID"]
+    ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber = "19700101", "F", f"ACC{seed:04d}"
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "120000", "1"
+    ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, 1
+    pixels = img.astype(np.uint16) * 16
+    if monochrome1:
+        pixels = 4095 - pixels
+    ds.set_pixel_data(pixels, "MONOCHROME1" if monochrome1 else "MONOCHROME2", 12)
+    ds.save_as(path, enforce_file_format=True)
+    return path

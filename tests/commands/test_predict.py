@@ -113,7 +113,7 @@ def test_cam_overlays_and_lung_columns_for_a_gated_run(tmp_path_factory, inputs,
     for r in rows:
         assert r["lung_quality"] == "ok" and 0.15 < r["lung_coverage"] < 0.6
         rgb = np.asarray(Image.open(r["cam"]))
-        assert rgb.shape == (64, 64, 3)
+        assert rgb.shape == (96, 80, 3)  # the film's own rows and columns (80 x 96), not the square
         assert np.all(rgb == (255, 0, 255), axis=-1).sum() > 20  # the lung contour is drawn
 
 
@@ -157,3 +157,38 @@ def test_redact_paths_hides_file_names_everywhere(run, tmp_path, capsys, monkeyp
     assert "Doe" not in captured.out + captured.err and "MRN" not in captured.out + captured.err
     assert hashed(str(patient)) not in captured.out  # no salt: a random one for this run
     assert "file-" in captured.out
+
+
+def test_dicom_out_and_uids_in_csv_and_json(run, inputs, tmp_path, capsys):
+    """--dicom-out: an SR + SC per DICOM input; the rows carry the source UIDs, never the
+    patient's name or ID; a DICOM without UIDs is labelled but named on stderr (exit 2)."""
+    import pydicom
+
+    from inference_helpers import PATIENT, study_film
+
+    a = study_film(tmp_path / "a.dcm", seed=4)
+    b = study_film(tmp_path / "b.dcm", width=120, height=90, seed=5)
+    out = tmp_path / "dicom"
+    args = ["predict", str(run), str(a), str(b), str(inputs / "a.png"), "--no-progress",
+            "--backend", "fp32", "--dicom-out", str(out)]  # fmt: skip
+    assert main([*args, "--csv"]) == 0
+    text = capsys.readouterr().out
+    assert PATIENT["PatientID"] not in text and "Doe" not in text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0])[-6:] == ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+                                  "AccessionNumber", "dicom_sr", "dicom_sc"]  # fmt: skip
+    for row, path in zip(rows[:2], (a, b), strict=True):
+        source = pydicom.dcmread(path, stop_before_pixels=True)
+        assert row["SOPInstanceUID"] == source.SOPInstanceUID
+        assert row["AccessionNumber"] == source.AccessionNumber
+        sr, sc = pydicom.dcmread(row["dicom_sr"]), pydicom.dcmread(row["dicom_sc"])
+        assert sr.StudyInstanceUID == sc.StudyInstanceUID == source.StudyInstanceUID
+        assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns)
+    assert rows[2]["SOPInstanceUID"] == rows[2]["dicom_sr"] == ""  # the PNG: nothing
+    assert len(list(out.iterdir())) == 4
+    assert main([*args[:3], str(inputs / "nested" / "deeper" / "c.dcm"), "--json", *args[5:]]) == 2
+    captured = capsys.readouterr()
+    got = json.loads(captured.out)
+    assert got[0]["StudyInstanceUID"] and got[0]["dicom_sc"].endswith(".dcm")
+    assert "dicom_sr" not in got[1] and "Doe" not in captured.out
+    assert "no DICOM result for " in captured.err and "has no StudyInstanceUID" in captured.err

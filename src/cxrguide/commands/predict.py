@@ -6,7 +6,11 @@ coverage and mask quality (when a lung model is in play), ``reliable`` and its `
 (lateral view, an allowed non-radiograph, a lung mask that is not ``ok``) and the run id.
 DICOMs that are not radiographs are skipped with the reason unless ``--allow-modality``. Unreadable files are
 listed on stderr with the reason and skipped; the exit code is then 2. ``--cam DIR`` writes one
-Grad-CAM overlay PNG per image (heatmap + lung contour). ``--redact-paths`` replaces every file
+Grad-CAM overlay PNG per image (heatmap + lung contour) in the film's own rows and columns.
+DICOM inputs add their StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID / AccessionNumber
+(never the patient's name or ID); ``--dicom-out DIR`` writes a DICOM SR and a Grad-CAM Secondary
+Capture per DICOM input (:mod:`cxrguide.inference.dicom_out`, docs/dicom-out.md).
+``--redact-paths`` replaces every file
 name (rows, CAM file names, skipped-file lines) by a salted hash (``cxrguide.inference.redact``).
 """
 
@@ -79,10 +83,14 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
             out.append(item)
         return json.dumps(out, indent=2) + "\n"
     if fmt == "csv":
+        from cxrguide.inference.dicom_ids import UID_KEYS
+
         buf = io.StringIO()
         columns = ["file", "label", *[f"p_{c}" for c in CLASSES], "lung_coverage",
-                   "lung_quality", "reliable", "warnings", "run_id"] + (
-                   ["cam"] if any("cam" in r for r in rows) else [])  # fmt: skip
+                   "lung_quality", "reliable", "warnings", "run_id"]  # fmt: skip
+        # only when some row has them
+        extra = ["cam", *UID_KEYS, "dicom_sr", "dicom_sc", "dicom_seg"]
+        columns += [k for k in extra if any(k in r for r in rows)]
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in columns} for r in rows)
@@ -122,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable_dir(cfg.output.parent or Path("."), "output")
     if cfg.cam is not None:
         check_writable_dir(cfg.cam, "cam")
+    if cfg.dicom_out is not None:
+        check_writable_dir(cfg.dicom_out, "dicom-out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     files, failures = collect_inputs(cfg.inputs)
@@ -132,10 +142,16 @@ def run(args: argparse.Namespace) -> int:
                           decode_timeout_s=cfg.decode_timeout_s)  # fmt: skip
     if cfg.cam is not None:
         cfg.cam.mkdir(parents=True, exist_ok=True)
+    writer = None
+    if cfg.dicom_out is not None:
+        from cxrguide.inference.dicom_out import DicomWriter
+
+        writer = DicomWriter(predictor, cfg.dicom_out, cam_method=cfg.cam_method)
     rows: list[dict[str, Any]] = []
     used: Counter = Counter()
     redact = redactor(cfg.redact_paths, cfg.redact_salt or None)
     shown = redact or str
+    unwritten: list[str] = []  # labelled, but no SR could be written (e.g. no StudyInstanceUID)
     try:
         bar = tqdm(total=len(files), desc="predict", unit="img", disable=not cfg.progress,
                    file=sys.stderr)  # fmt: skip
@@ -148,9 +164,20 @@ def run(args: argparse.Namespace) -> int:
             row["file"] = shown(row["file"])
             if cfg.cam is not None:
                 target = cfg.cam / f"{_unique_stem(Path(row['file']), used)}_cam.png"
-                picture = Image.fromarray(predictor.cam(result, cfg.cam_method))
+                picture = Image.fromarray(predictor.film_cam(result, cfg.cam_method))
                 atomic_save(lambda fh, pic=picture: pic.save(fh, format="PNG"), target)
                 row["cam"] = str(target)
+            if writer is not None:
+                try:
+                    written = writer.write(result)
+                except CxrGuideError as err:
+                    unwritten.append(f"no DICOM result for {result.source}: {err}")
+                    written = None
+                if written is not None:
+                    row["dicom_sr"] = str(written.sr_path)
+                    row["dicom_sc"] = "" if written.sc_path is None else str(written.sc_path)
+                    if written.seg_path is not None:
+                        row["dicom_seg"] = str(written.seg_path)
             rows.append(row)
         bar.close()
     finally:
@@ -163,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
     for failure in failures:
         name = shown(failure.source)  # a library's reason may quote the path too
         print(f"skipped {name}: {failure.reason.replace(failure.source, name)}", file=sys.stderr)
+    for note in unwritten:
+        print(note, file=sys.stderr)
     if failures:
         print(f"{len(failures)} input(s) could not be used; {len(rows)} labelled",
               file=sys.stderr)  # fmt: skip
-    return 2 if failures else 0
+    return 2 if failures or unwritten else 0

@@ -8,6 +8,10 @@ The port is bound before the model is loaded, so a busy port is a one-line error
 A non-loopback ``--host`` needs a token (``--token`` or ``CXRGUIDE_TOKEN``) or ``--insecure``:
 otherwise anyone on the network could call it, and ``serve`` refuses to start (exit 2). See
 docs/serving-securely.md.
+
+``--dicom-out DIR`` writes a DICOM SR + Grad-CAM Secondary Capture per DICOM upload;
+``--dicom-port PORT`` also starts a C-STORE / C-ECHO listener (:mod:`cxrguide.serve.pacs`,
+docs/dicom-out.md) on the same ``--host``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 from cxrguide.config import ServeConfig, add_config_flags, config_from_args
 from cxrguide.config.inference import TOKEN_ENV, check_token
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.files import check_writable_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,6 +69,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _start_listener(cfg: ServeConfig, predictor, sock: socket.socket):  # noqa: ANN001, ANN202
+    """``--dicom-port``: the C-STORE listener (serve/pacs.py), started before uvicorn runs."""
+    from cxrguide.inference.dicom_out import DicomWriter
+    from cxrguide.serve.pacs import DEFAULT_AE_TITLE, PacsListener
+
+    listener = PacsListener(DicomWriter(predictor, cfg.dicom_out), cfg.host, cfg.dicom_port,
+                            ae_title=cfg.dicom_aet, return_to=cfg.dicom_return)  # fmt: skip
+    try:
+        port = listener.start()
+    except BaseException:
+        sock.close()
+        predictor.close()
+        raise
+    back = f"; results sent back to {cfg.dicom_return}" if cfg.dicom_return else ""
+    print(f"DICOM C-STORE/C-ECHO on {cfg.host}:{port}, AE title "
+          f"{cfg.dicom_aet or DEFAULT_AE_TITLE + ' (any called AE accepted)'}; SR + SC into "
+          f"{cfg.dicom_out}{back}", flush=True)  # fmt: skip
+    return listener
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
@@ -94,11 +119,17 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
+    if cfg.dicom_out is not None:
+        check_writable_dir(cfg.dicom_out, "dicom-out")
     app = create_app(predictor, max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
                      max_concurrent=cfg.max_concurrent, max_decodes=cfg.max_decodes,
                      body_timeout_s=cfg.body_timeout_s, token=token or None,
                      allowed_hosts=allowed_hosts(cfg.host, cfg.allowed_host),
-                     redact=redactor(cfg.redact_paths, cfg.redact_salt or None))  # fmt: skip
+                     redact=redactor(cfg.redact_paths, cfg.redact_salt or None),
+                     dicom_out=cfg.dicom_out)  # fmt: skip
+    listener = None
+    if cfg.dicom_port is not None:
+        listener = _start_listener(cfg, predictor, sock)
     config = uvicorn_config(app, cfg)
     host, port = sock.getsockname()[:2]
     key = "token required" if token else "NO TOKEN: anyone who can reach it" if cfg.insecure else ""
@@ -110,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass  # Ctrl-C: uvicorn has shut down cleanly and re-raised the signal (as uvicorn.run)
     finally:
+        if listener is not None:
+            listener.stop()
         sock.close()
         predictor.close()
     return 0

@@ -46,10 +46,12 @@ class PredictConfig:
     inputs: list[str] = _f([], "image files or folders (folders are searched recursively)")
     format: Literal["table", "json", "csv"] = _f("table", "output format (--json, --csv)")
     output: Path | None = _f(None, "write the results here instead of stdout", metavar="FILE")
-    cam: Path | None = _f(None, "write Grad-CAM overlay PNGs into this folder", metavar="DIR")
+    cam: Path | None = _f(None, "write Grad-CAM overlay PNGs (each film's own size) into this folder", metavar="DIR")  # fmt: skip
     cam_method: CamMethod = _f("gradcam", "CAM method for --cam")
     redact_paths: bool = _f(False, _REDACT_HELP)
     redact_salt: str = _f("", _SALT_HELP, metavar="SALT")
+    dicom_out: Path | None = _f(None, "per DICOM input, write a DICOM SR (probabilities) and a "
+                                "Grad-CAM Secondary Capture into this folder", metavar="DIR")  # fmt: skip
     batch_size: int = _f(16, "images per forward pass")
     backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
@@ -130,6 +132,13 @@ class ServeConfig:
     keep_alive_s: float = _f(5.0, "close idle keep-alive connections after this many seconds")
     max_connections: int = _f(64, "open connections at once (more get 503)")
     threads: int = _f(0, "CPU threads for inference (0: the library default)")
+    dicom_out: Path | None = _f(None, "per DICOM input, write a DICOM SR (probabilities) and a "
+                                "Grad-CAM Secondary Capture into this folder", metavar="DIR")  # fmt: skip
+    dicom_port: int | None = _f(None, "also listen for DICOM C-STORE / C-ECHO on this TCP port "
+                                "(results go to --dicom-out)", metavar="PORT")  # fmt: skip
+    dicom_aet: str = _f("", "answer only this called AE title (default: any)", metavar="AET")
+    dicom_return: str = _f("", "send each SR + SC back by C-STORE to AE@host:port",
+                           metavar="AE@HOST:PORT")  # fmt: skip
     log_level: Literal["critical", "error", "warning", "info", "debug"] = _f("info", "uvicorn log level")  # fmt: skip
 
     def validate(self) -> None:
@@ -149,3 +158,21 @@ class ServeConfig:
         for name in self.allowed_host:
             if "*" in name[1:] or (name.startswith("*") and name != "*" and name[:2] != "*."):
                 raise ConfigError(f"allowed_host: {name!r}: wildcards only as '*' or '*.domain'")
+        if self.dicom_port is not None and not 0 <= self.dicom_port <= 65535:
+            raise ConfigError("dicom_port: must be between 0 and 65535")
+        if (self.dicom_port is not None or self.dicom_return) and self.dicom_out is None:
+            raise ConfigError("dicom_port/dicom_return: give --dicom-out DIR for the results")
+        if self.dicom_aet and not 0 < len(self.dicom_aet.strip()) <= 16:
+            raise ConfigError("dicom_aet: an AE title has 1 to 16 characters")
+        if self.dicom_return:
+            parse_peer(self.dicom_return)
+
+
+def parse_peer(text: str) -> tuple[str, str, int]:
+    """``AE@host:port`` -> (AE title, host, port); one-line error naming the field."""
+    ae, at, address = text.partition("@")
+    host, colon, port = address.rpartition(":")
+    if not (at and colon and ae and host and port.isdigit() and 0 < int(port) <= 65535
+            and len(ae) <= 16):  # fmt: skip
+        raise ConfigError(f"dicom_return: {text!r} is not AE@host:port (e.g. PACS@10.0.0.5:104)")
+    return ae, host.strip("[]"), int(port)

@@ -350,3 +350,30 @@ def letterbox(gray: np.ndarray, size: int) -> np.ndarray:
     """A decoded film -> the model's ``(size, size)`` float32 input in [0, 1], 8-bit levels
     (the same square and levels as the prepared image cache)."""
     return to_uint8(fit_square(gray, size)).astype(np.float32) / 255.0
+
+
+def unfit_square(square: np.ndarray, height: int, width: int, *, mask: bool = False) -> np.ndarray:
+    """The inverse of :func:`fit_square`: a ``(S, S)`` array made from a ``height x width`` film
+    back in the film's own geometry (the square enlarged or shrunk by the same resize rule,
+    then the letterbox padding cut away), e.g. a Grad-CAM map drawn over the original film.
+
+    Done as one ``(height, S) @ (S, S) @ (S, width)`` product of the rule's weights, so memory
+    follows the film, never the padded square. ``mask=True``: majority vote (>= 0.5).
+    """
+    from cxrguide.data.transforms import sparse_weights
+
+    if square.ndim != 2 or square.shape[0] != square.shape[1] or square.shape[0] < 1:
+        raise ValueError(f"unfit_square expects a non-empty square 2-D array, got {square.shape}")
+    if min(height, width) < 1:
+        raise ValueError(f"unfit_square: height and width must be >= 1, got {height}x{width}")
+    size, side = square.shape[0], max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2  # fit_square's padding
+    rows = sparse_weights(size, side)[top : top + height]  # (height, S)
+    cols = sparse_weights(size, side)[left : left + width]  # (width, S)
+    out = np.asarray(cols @ np.asarray(rows @ square.astype(np.float64)).T).T
+    if mask:
+        return out >= 0.5
+    if square.dtype.kind in "ui":
+        limits = np.iinfo(square.dtype)
+        return np.clip(np.round(out), limits.min, limits.max).astype(square.dtype)
+    return out.astype(square.dtype if square.dtype.kind == "f" else np.float32)

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,10 @@ from cxrguide.data.imaging import (
     MIN_SIDE,
     ImageInfo,
     model_input,
+    read_image,
 )
 from cxrguide.errors import CxrGuideError, ImageReadError
+from cxrguide.inference.dicom_ids import source_uids
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
 from cxrguide.lungs.predict import FilmSegmenter, explicit_lung_run, find_lung_run
@@ -136,6 +138,7 @@ class Prediction:
     info: ImageInfo
     image: np.ndarray
     mask: np.ndarray | None
+    uids: dict[str, str] = field(default_factory=dict)  # a DICOM's Study/Series/SOP/Accession
 
     @property
     def target(self) -> int:
@@ -163,6 +166,7 @@ class Prediction:
         row["reliable"] = self.reliable
         row["warnings"] = "; ".join(self.warnings)
         row["run_id"] = run_id
+        row.update(self.uids)  # DICOM inputs: the source UIDs (never the patient's name or ID)
         return row
 
 
@@ -299,7 +303,7 @@ class Predictor:
                 sources[k], CLASSES[int(np.argmax(p))],
                 {name: float(p[j]) for j, name in enumerate(CLASSES)},
                 None if flags is None else flags[k], infos[k], squares[k],
-                None if masks is None else masks[k],
+                None if masks is None else masks[k], uids=source_uids(infos[k]),
             )  # fmt: skip
         return out
 
@@ -344,6 +348,21 @@ class Predictor:
             return cam_overlay(self.model, prediction.image,
                                prediction.target if target is None else target,
                                prediction.mask, method, gate=self.info.lung_gate)  # fmt: skip
+
+    def film_cam(self, prediction: Prediction, method: str = "gradcam",
+                 target: int | None = None) -> np.ndarray:  # fmt: skip
+        """The overlay in the film's own geometry (its rows and columns, letterbox undone),
+        drawn over the film re-read at full resolution; see :mod:`cxrguide.inference.film_cam`."""
+        from cxrguide.attention.cam import cam_map
+        from cxrguide.inference.film_cam import film_overlay
+
+        with self._lock:
+            heat = cam_map(self.model, prediction.image,
+                           prediction.target if target is None else target, prediction.mask,
+                           method, gate=self.info.lung_gate)  # fmt: skip
+        film, _ = read_image(prediction.info.path, max_pixels=self.max_pixels,
+                             min_side=self.min_side, allow_modality=self.allow_modality)  # fmt: skip
+        return film_overlay(film, heat, prediction.mask)
 
     # --- description ------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

@@ -59,7 +59,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from cxrguide.config.inference import CAM_METHODS, CamMethod
-from cxrguide.errors import ImageReadError
+from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.inference.predictor import Prediction, Predictor
 from cxrguide.inference.redact import Redactor
 from cxrguide.serve.guard import LOOPBACK_HOSTS, guard
@@ -92,6 +92,24 @@ class ImageMeta(BaseModel):
     height: int
 
 
+class DicomSource(BaseModel):
+    """A DICOM upload's identifiers (never the patient's name or ID)."""
+
+    StudyInstanceUID: str
+    SeriesInstanceUID: str
+    SOPInstanceUID: str
+    AccessionNumber: str
+
+
+class DicomWritten(BaseModel):
+    """What ``serve --dicom-out`` wrote for a DICOM upload (SOP Instance UIDs, no paths)."""
+
+    sr_sop_instance_uid: str | None = None
+    sc_sop_instance_uid: str | None = None
+    seg_sop_instance_uid: str | None = None  # the lung mask, when a lung model is in play
+    not_written: str | None = None  # why nothing was written (e.g. no StudyInstanceUID)
+
+
 class PredictResponse(BaseModel):
     label: str
     probabilities: dict[str, float]
@@ -105,6 +123,8 @@ class PredictResponse(BaseModel):
     cam_method: str | None = None
     elapsed_ms: float
     disclaimer: str = DISCLAIMER
+    dicom_source: DicomSource | None = None  # DICOM uploads only
+    dicom_written: DicomWritten | None = None  # DICOM uploads under serve --dicom-out
 
 
 _UPLOAD_BODY = {
@@ -250,6 +270,18 @@ def _response(pred: Prediction, predictor: Predictor, name: str | None, started:
     )  # fmt: skip
 
 
+def _write_dicom(writer: Any, pred: Prediction) -> DicomWritten | None:
+    """The SR + SC of a DICOM upload (``serve --dicom-out``); None otherwise."""
+    if writer is None or pred.info.format != "DICOM":
+        return None
+    try:
+        result = writer.write(pred)
+    except CxrGuideError as err:
+        return DicomWritten(not_written=str(err))
+    return DicomWritten(sr_sop_instance_uid=result.sr_uid, sc_sop_instance_uid=result.sc_uid,
+                        seg_sop_instance_uid=result.seg_uid)  # fmt: skip
+
+
 def create_app(
     predictor: Predictor,
     *,
@@ -260,9 +292,16 @@ def create_app(
     token: str | None = None,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
     redact: Redactor | None = None,
+    dicom_out: Path | None = None,
 ) -> FastAPI:
     """The app over one loaded run. Pixel and modality limits are the predictor's; ``token``,
-    ``allowed_hosts`` and ``redact`` as in the module docstring."""
+    ``allowed_hosts`` and ``redact`` as in the module docstring; ``dicom_out``: write an SR + Grad-CAM Secondary
+    Capture there for each DICOM upload."""
+    writer = None
+    if dicom_out is not None:
+        from cxrguide.inference.dicom_out import DicomWriter
+
+        writer = DicomWriter(predictor, dicom_out)
     workdir = Path(tempfile.mkdtemp(prefix="cxrguide-serve-"))  # mode 0700
 
     @asynccontextmanager
@@ -300,7 +339,12 @@ def create_app(
             del data
             pred = predictor.predict_file(path, source=name or "upload")
             overlay = _png_base64(predictor.cam(pred, method)) if cam else None
-            return _response(pred, predictor, name, started, overlay, method if cam else None)
+            written = _write_dicom(writer, pred)
+            response = _response(pred, predictor, name, started, overlay, method if cam else None)
+            if pred.uids:
+                response.dicom_source = DicomSource(**pred.uids)
+            response.dicom_written = written
+            return response
         finally:
             path.unlink(missing_ok=True)
             _trim_heap()
