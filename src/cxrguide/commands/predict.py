@@ -80,7 +80,8 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         columns = ["file", "label", *[f"p_{c}" for c in CLASSES], "lung_coverage",
-                   "lung_quality", "reliable", "warnings", "run_id"] + (
+                   "lung_quality", "reliable", "warnings", "ood_score", "calibrated", "run_id"] + (
+                   ["model_label"] if any("model_label" in r for r in rows) else []) + (
                    ["cam"] if any("cam" in r for r in rows) else [])  # fmt: skip
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     files, failures = collect_inputs(cfg.inputs)
     predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
                           lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
-                          allow_modality=cfg.allow_modality)  # fmt: skip
+                          allow_modality=cfg.allow_modality, abstain=cfg.abstain)  # fmt: skip
     if cfg.cam is not None:
         cfg.cam.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -148,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         predictor.close()
     text = format_rows(rows, cfg.format)
+    if cfg.abstain and rows:
+        answered = sum(r["label"] != "abstain" for r in rows)
+        print(f"--abstain: answered {answered} of {len(rows)} films (coverage "
+              f"{answered / len(rows):.1%})", file=sys.stderr)  # fmt: skip
     if cfg.output is not None:
         atomic_write_text(cfg.output, text)
     else:
