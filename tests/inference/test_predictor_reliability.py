@@ -88,7 +88,10 @@ def test_onnx_backend_and_export_carry_the_temperature(runs, tmp_path):
     from cxrguide.inference.export import export_run
     from cxrguide.inference.onnx_runtime import OnnxRunner
 
-    eager, onnx = Predictor(runs["fitted"], backend="fp32"), Predictor(runs["fitted"], backend="onnx")
+    eager, onnx = (
+        Predictor(runs["fitted"], backend="fp32"),
+        Predictor(runs["fitted"], backend="onnx"),
+    )
     squares = np.stack([eager.read(film(tmp_path / f"g{i}.png", seed=i))[0] for i in range(3)])
     p_e, z_e, f_e = eager.outputs(squares)
     p_o, z_o, f_o = onnx.outputs(squares)

@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report))
     print("\n".join(format_reliability(report)))
     out = args.out or args.run
-    print(f"wrote {out}/metrics_{args.split}.json, predictions_{args.split}.csv and "
-          f"reliability_{args.split}.png")
+    print(
+        f"wrote {out}/metrics_{args.split}.json, predictions_{args.split}.csv and "
+        f"reliability_{args.split}.png"
+    )
     return 0
 
 

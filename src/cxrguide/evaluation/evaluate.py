@@ -20,7 +20,12 @@ from cxrguide.evaluation.baselines import add_baselines, format_baselines
 from cxrguide.evaluation.marker import SPLIT
 from cxrguide.evaluation.metrics import classification_report
 from cxrguide.evaluation.reliability import ensure_reliability, forward_split
-from cxrguide.evaluation.reliability_report import ALL, reliability_figure, reliability_report, split_rows
+from cxrguide.evaluation.reliability_report import (
+    ALL,
+    reliability_figure,
+    reliability_report,
+    split_rows,
+)
 from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
 

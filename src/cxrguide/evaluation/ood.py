@@ -13,7 +13,9 @@ from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 
-def fit_mahalanobis(features: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_mahalanobis(
+    features: np.ndarray, y: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Class means ``(K, D)`` and the precision ``(D, D)`` of the shared (class-centred)
     Ledoit-Wolf covariance. A class with no train film gets the overall mean."""
     f = np.asarray(features, np.float64)

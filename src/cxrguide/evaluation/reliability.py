@@ -136,7 +136,9 @@ def ensure_reliability(
     return fit_reliability(run_dir, model, info, device, batch_size=batch_size)
 
 
-def calibration_section(y: np.ndarray, logits: np.ndarray, rel: Reliability | None) -> dict[str, Any]:
+def calibration_section(
+    y: np.ndarray, logits: np.ndarray, rel: Reliability | None
+) -> dict[str, Any]:
     """``metrics.calibration``: ECE / Brier before (plain softmax) and after the temperature."""
     raw = softmax(np.asarray(logits, np.float64))
     out: dict[str, Any] = {

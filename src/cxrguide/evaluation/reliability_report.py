@@ -36,7 +36,7 @@ def reliability_report(
     batch_size: int = 32,
 ) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
     """(calibrated probabilities, metrics sections, per-film prediction columns)."""
-    probs = (rel.scale(logits) if rel is not None else softmax(np.asarray(logits, np.float64)))
+    probs = rel.scale(logits) if rel is not None else softmax(np.asarray(logits, np.float64))
     scores = None if rel is None else rel.ood_scores(feats)
     energies = energy_scores(logits)
     reference = None
@@ -118,7 +118,9 @@ def format_reliability(report: dict[str, Any]) -> list[str]:
         line = (f"out-of-distribution: {ood['flagged_share']:.1%} flagged (Mahalanobis > "
                 f"{ood['threshold']:.4g}, {ood['false_flag_rate']:.0%} of validation)")  # fmt: skip
         if ood.get("auroc") is not None:
-            line += f", AUROC vs own test {ood['auroc']:.3f} (energy {_f(ood['energy'].get('auroc'))})"
+            line += (
+                f", AUROC vs own test {ood['auroc']:.3f} (energy {_f(ood['energy'].get('auroc'))})"
+            )
         lines.append(line)
     if sel:
         line = f"selective: AURC {sel['aurc']:.4f}"

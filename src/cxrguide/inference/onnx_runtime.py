@@ -47,7 +47,9 @@ class OnnxRunner:
         feed = self._feed(images, lung_mask)
         return np.asarray(self.session.run(["probabilities"], feed)[0], dtype=np.float32)
 
-    def outputs(self, images: np.ndarray, lung_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def outputs(
+        self, images: np.ndarray, lung_mask: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Every output by name (``probabilities``, ``logits`` and, when exported, ``features``)."""
         names = [o.name for o in self.session.get_outputs()]
         values = self.session.run(names, self._feed(images, lung_mask))
