@@ -65,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
         raise CxrGuideError(f"evaluate: {flags} only apply with --onnx MODEL.onnx")
     from cxrguide.evaluation.evaluate import evaluate_run
     from cxrguide.evaluation.reliability_report import format_reliability
+    from cxrguide.files import check_writable_dir
+
+    if args.out is not None:  # before the work: an unwritable place fails now, in one line
+        check_writable_dir(args.out, "out")
 
     report = evaluate_run(args.run, args.split, args.data, device=args.device,
                           batch_size=args.batch_size, n_boot=args.bootstrap, seed=args.seed,
