@@ -300,8 +300,9 @@ class Predictor:
 
     def outputs(
         self, squares: np.ndarray, masks: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Probabilities, raw logits and pooled features through the chosen backend."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Probabilities, raw logits and pooled features through the chosen backend (features
+        None from an ONNX file exported without them: then no OOD score)."""
         gate = masks if self.info.lung_gate else None
         if self.info.lung_gate and gate is None:
             raise CxrGuideError(f"{self.run_dir}: this run needs lung masks")
@@ -309,7 +310,7 @@ class Predictor:
         m = None if gate is None else np.asarray(gate, dtype=np.float32)[:, None]
         if self._onnx is not None:
             out = self._onnx.outputs(x, m)
-            return out["probabilities"], out["logits"], out["features"]
+            return out["probabilities"], out["logits"], out.get("features")  # None: no OOD
         xt = torch.from_numpy(x).to(self.device)
         mt = None if m is None else torch.from_numpy(m).to(self.device)
         if self.backend in ("channels_last", "bf16"):
@@ -342,7 +343,8 @@ class Predictor:
             else:
                 probs, logits, feats = (np.zeros((0, len(CLASSES))),) * 3
             rel = self.reliability
-            scores = None if rel is None or not len(keep) else rel.ood_scores(feats)
+            usable = rel is not None and feats is not None and len(keep)
+            scores = rel.ood_scores(feats) if usable else None
             energies = energy_scores(logits) if len(keep) else []
         out: list[Prediction | Failure] = [
             Failure(sources[k], "empty lung mask: this run classifies from the lungs only")
