@@ -76,6 +76,8 @@ def _stage1_cache(model: CxrClassifier, info: RunInfo, run_dir: Path, prepared: 
     try:
         feats = pooled_features(model, prepared, info.image_size, device, rows=rows,
                                 precision=precision, progress=False)  # fmt: skip
+    except OSError:  # a read-only prepared folder: no cache, one forward pass instead
+        return None
     finally:
         model.weights_source = shown
     return np.asarray(feats[rows], np.float32)
