@@ -59,7 +59,8 @@ def test_csv_and_table_with_the_fp32_backend(run, inputs, capsys, tmp_path):
     assert main([*args, "--csv", "--output", str(out)]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == ["file", "label", "p_Normal", "p_Pneumonia", "p_COVID-19",
-                             "lung_coverage", "lung_quality", "reliable", "warnings", "run_id"]  # fmt: skip
+                             "lung_coverage", "lung_quality", "reliable", "warnings", "ood_score",
+                             "calibrated", "run_id"]  # fmt: skip
     for r in rows:
         got = {c: float(r[f"p_{c}"]) for c in CLASSES}
         assert got == pytest.approx(expected[r["file"]], abs=1e-5)

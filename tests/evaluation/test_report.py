@@ -140,8 +140,11 @@ def test_report_holds_the_studys_tables_and_only_embedded_figures(report, runs):
     assert "Randomly initialised backbones." in text
     for dist in ("torch", "timm"):
         assert f"{dist} {importlib.metadata.version(dist)}" in text
-    # figures: 3 run panels + 3 galleries + the stage comparison + 1 tuning plot
-    assert page.images == 8
+    # figures: 3 run panels + 3 galleries + the stage comparison + 1 tuning plot + 3
+    # reliability diagrams (one per run, from its reliability_test.png)
+    assert page.images == 11
+    for stage in (1, 2, 3):
+        assert f"reliability-stage{stage}" in t
     for src in (link for link in page.links if link.startswith("data:image")):
         png = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
         assert png.size[0] > 300 and np.asarray(png.convert("L")).std() > 10

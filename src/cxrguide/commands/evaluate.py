@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cxrguide.errors import CxrGuideError
 
-_ONNX_ONLY = ("out", "onnx_size", "onnx_layout", "onnx_channels", "onnx_classes", "onnx_output")
+_ONNX_ONLY = ("onnx_size", "onnx_layout", "onnx_channels", "onnx_classes", "onnx_output")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run", type=Path, metavar="RUN", nargs="?", default=None,
                         help="a run folder written by train (or give --onnx instead)")  # fmt: skip
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--split", default="test",
+                        help="split to evaluate (default: test; all: every film of --data)")  # fmt: skip
     parser.add_argument("--data", type=Path, default=None, metavar="PREP",
                         help="prepared folder (default: the one the run was trained on; "
                              "required with --onnx)")  # fmt: skip
@@ -33,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     onnx = parser.add_argument_group("external ONNX model (instead of RUN)")
     onnx.add_argument("--onnx", type=Path, default=None, metavar="MODEL.onnx",
                       help="evaluate this 3-class ONNX model (e.g. a converted COVID-Net CXR-4A)")  # fmt: skip
-    onnx.add_argument("--out", type=Path, default=None, metavar="DIR",
-                      help="output folder (default: <model stem>_eval/ beside the model)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder (default: the run folder; with --onnx "
+                             "<model stem>_eval/ beside the model)")  # fmt: skip
     onnx.add_argument("--onnx-size", type=int, default=None, metavar="PX",
                       help="input side when the graph does not fix it (default: cache size)")  # fmt: skip
     onnx.add_argument("--onnx-layout", choices=("nchw", "nhwc"), default=None,
@@ -62,12 +64,23 @@ def run(args: argparse.Namespace) -> int:
         flags = ", ".join(used) or "--onnx-normalize"
         raise CxrGuideError(f"evaluate: {flags} only apply with --onnx MODEL.onnx")
     from cxrguide.evaluation.evaluate import evaluate_run
+    from cxrguide.evaluation.reliability_report import format_reliability
+    from cxrguide.files import check_writable_dir
+
+    if args.out is not None:  # before the work: an unwritable place fails now, in one line
+        check_writable_dir(args.out, "out")
 
     report = evaluate_run(args.run, args.split, args.data, device=args.device,
-                          batch_size=args.batch_size, n_boot=args.bootstrap, seed=args.seed)  # fmt: skip
+                          batch_size=args.batch_size, n_boot=args.bootstrap, seed=args.seed,
+                          out=args.out)  # fmt: skip
     print(f"{args.run} [{args.split}] {report['backbone']} stage {report['stage']}")
     print(format_report(report))
-    print(f"wrote {args.run}/metrics_{args.split}.json and predictions_{args.split}.csv")
+    print("\n".join(format_reliability(report)))
+    out = args.out or args.run
+    print(
+        f"wrote {out}/metrics_{args.split}.json, predictions_{args.split}.csv and "
+        f"reliability_{args.split}.png"
+    )
     return 0
 
 

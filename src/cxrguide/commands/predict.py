@@ -87,9 +87,10 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
 
         buf = io.StringIO()
         columns = ["file", "label", *[f"p_{c}" for c in CLASSES], "lung_coverage",
-                   "lung_quality", "reliable", "warnings", "run_id"]  # fmt: skip
+                   "lung_quality", "reliable", "warnings", "ood_score", "calibrated",
+                   "run_id"]  # fmt: skip
         # only when some row has them
-        extra = ["cam", *UID_KEYS, "dicom_sr", "dicom_sc", "dicom_seg"]
+        extra = ["model_label", "cam", *UID_KEYS, "dicom_sr", "dicom_sc", "dicom_seg"]
         columns += [k for k in extra if any(k in r for r in rows)]
         writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                           lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
                           allow_modality=cfg.allow_modality,
                           allow_for_processing=cfg.allow_for_processing,
-                          decode_timeout_s=cfg.decode_timeout_s)  # fmt: skip
+                          decode_timeout_s=cfg.decode_timeout_s, abstain=cfg.abstain)  # fmt: skip
     if cfg.cam is not None:
         cfg.cam.mkdir(parents=True, exist_ok=True)
     writer = None
@@ -183,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         predictor.close()
     text = format_rows(rows, cfg.format)
+    if cfg.abstain and rows:
+        answered = sum(r["label"] != "abstain" for r in rows)
+        print(f"--abstain: answered {answered} of {len(rows)} films (coverage "
+              f"{answered / len(rows):.1%})", file=sys.stderr)  # fmt: skip
     if cfg.output is not None:
         atomic_write_text(cfg.output, text)
     else:

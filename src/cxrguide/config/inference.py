@@ -68,6 +68,11 @@ class PredictConfig:
     decode_timeout_s: float = _f(60.0, "refuse a file whose decoding takes longer (seconds)")
     threads: int = _f(0, "CPU threads for inference (0: the library default)")
     progress: bool = _f(True, "show a progress bar on stderr")
+    abstain: bool = _f(
+        False,
+        "label 'abstain' for unreliable films and those below the run's "
+        "validation confidence threshold (docs/calibration.md)",
+    )
 
     def validate(self) -> None:
         if self.batch_size < 1:

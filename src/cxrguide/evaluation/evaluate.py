@@ -19,6 +19,13 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.baselines import add_baselines, format_baselines
 from cxrguide.evaluation.marker import SPLIT
 from cxrguide.evaluation.metrics import classification_report
+from cxrguide.evaluation.reliability import ensure_reliability, forward_split
+from cxrguide.evaluation.reliability_report import (
+    ALL,
+    reliability_figure,
+    reliability_report,
+    split_rows,
+)
 from cxrguide.files import atomic_open, atomic_write_text
 from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
@@ -57,8 +64,16 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
     attention_images: int = 0,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write ``metrics_<split>.json`` and ``predictions_<split>.csv`` into the run; return metrics.
+    """Write ``metrics_<split>.json`` and ``predictions_<split>.csv`` into the run (or ``out``);
+    return metrics. ``split="all"`` takes every film of the prepared folder.
+
+    Probabilities are the run's calibrated ones (temperature, when fitted); the metrics carry
+    ``calibration`` (ECE / Brier before -> after), ``ood`` (share flagged; on another prepared
+    folder also the AUROC against the run's own test films) and ``selective`` (risk-coverage,
+    AURC, ``--abstain`` coverage and accuracy), see :mod:`cxrguide.evaluation.reliability`,
+    which also fits the run's statistics on first use.
 
     The metrics include ``attention`` (Grad-CAM energy in the lungs / true lesions, see
     :mod:`cxrguide.evaluation.attention_metrics`) over all images, or over a seeded subset of
@@ -75,7 +90,8 @@ def evaluate_run(
         raise CxrGuideError(f"{run_dir}: the run does not record its data; pass --data PREP")
     data = Path(data or info.data)
     prepared = Prepared.open(data)
-    rows, skipped = prepared.rows(split), 0
+    rel = ensure_reliability(run_dir, model, info, dev, batch_size)
+    rows, skipped = split_rows(prepared, split), 0
     if info.strict_lungs:  # an empty mask would blank the film: skip and count, never guess
         present = np.array([bool(np.asarray(prepared.lungs()[r]).any()) for r in rows])
         if not present.any():
@@ -84,13 +100,18 @@ def evaluate_run(
         rows, skipped = rows[present], int((~present).sum())
     dataset = CxrDataset(prepared, rows=rows, image_size=info.image_size,
                          with_lungs=info.lung_gate)  # fmt: skip
-    probs, rows = predict_split(model, dataset, dev, batch_size=batch_size,
-                                use_lungs=info.lung_gate, progress=progress)  # fmt: skip
+    logits, feats, rows = forward_split(model, dataset, dev, batch_size=batch_size,
+                                        use_lungs=info.lung_gate, progress=progress)  # fmt: skip
     extra = dict(run=str(run_dir), split=split, data=str(data), backbone=info.backbone,
                  stage=info.stage, weights_source=info.weights_source)  # fmt: skip
+    y = dataset.labels[rows]
+    probs, reliability_extra, columns = reliability_report(
+        run_dir, model, info, dev, prepared, y, logits, feats, rel, batch_size=batch_size
+    )
+    extra.update(reliability_extra)
     if skipped:
         extra["skipped"] = {"empty lung mask": skipped}
-    if attention_images >= 0:
+    if attention_images >= 0 and split != ALL:
         from cxrguide.evaluation.attention_metrics import attention_report
 
         extra["attention"] = attention_report(
@@ -107,10 +128,11 @@ def evaluate_run(
             section = shortcut_section(model, info, prepared, dev)
             if section is not None:
                 extra["shortcut"] = section
-    return write_results(
-        run_dir, split, prepared, rows, dataset.labels[rows], probs, n_boot=n_boot, seed=seed,
-        extra=extra,
-    )  # fmt: skip
+    target = Path(out) if out is not None else run_dir
+    report = write_results(target, split, prepared, rows, y, probs, n_boot=n_boot, seed=seed,
+                           extra=extra, columns=columns)  # fmt: skip
+    reliability_figure(report["calibration"], target / f"reliability_{split}.png", split)
+    return report
 
 
 def write_results(
@@ -124,6 +146,7 @@ def write_results(
     n_boot: int,
     seed: int,
     extra: dict[str, Any],
+    columns: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics_<split>.json`` (report + ``extra``) and ``predictions_<split>.csv``.
 
@@ -144,6 +167,8 @@ def write_results(
                           "predicted": [CLASSES[k] for k in probs.argmax(1)]})  # fmt: skip
     for k, name in enumerate(CLASSES):
         table[f"p_{name}"] = probs[:, k]
+    for name, values in (columns or {}).items():  # per-film extras (ood_score, ...)
+        table[name] = values
     with atomic_open(out_dir / f"predictions_{split}.csv", "w", newline="") as fh:
         table.to_csv(fh, index=False)
     return report

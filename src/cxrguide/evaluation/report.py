@@ -176,6 +176,9 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
             per_source.append([r.path.name, source, str(s["n"]), rs.class_mix(s),
                                pct(s["accuracy"]), rs.wilson(s), pct(s["macro_f1"]),
                                pct(s["macro_auc"])])  # fmt: skip
+    from cxrguide.evaluation.report_reliability import reliability_table
+
+    calibration = reliability_table(f"stage{stage}", name, records, split)
     return [
         Table(f"leaderboard-stage{stage}", f"{name} leaderboard ({split}; sorted by validation "
               "accuracy; %, 95% bootstrap CI in brackets)",
@@ -192,7 +195,7 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
                "macro AUC"], per_source,
               "True N/P/C: the source's Normal / Pneumonia / COVID-19 images in the split. The "
               "Wilson interval stays wide for small n: a handful of films proves little."),
-    ]  # fmt: skip
+    ] + ([calibration] if calibration else [])  # fmt: skip
 
 
 def shortcut_split_table(records: list[RunRecord]) -> Table | None:
@@ -336,6 +339,9 @@ def build_report(
                     "src": run_figure(r.label, r.metrics.get(split, {}).get("confusion_matrix"),
                                       r.predictions.get(split), r.history, split)}
                    for r in mine]  # fmt: skip
+        from cxrguide.evaluation.report_reliability import reliability_figures
+
+        figures += reliability_figures(mine, split)
         results.append({"name": STAGE_NAMES.get(stage, f"Stage {stage}"), "id": f"stage{stage}",
                         "tables": stage_tables(stage, mine, split),
                         "figures": [f for f in figures if f["src"]]})  # fmt: skip

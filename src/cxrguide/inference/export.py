@@ -13,6 +13,12 @@ does not divide the side (Inception at 299 px -> 8x8). :class:`ExportModule` doe
 averaging as two constant matrix products, exact for every size, so the exported graph and the
 PyTorch model agree to float rounding.
 
+The run's temperature (``reliability.safetensors``, :mod:`cxrguide.core.reliability`) travels in
+the graph: ``probabilities = softmax(logits / T)`` with ``T`` a constant buffer, ``logits`` are the
+network's raw outputs, and the metadata property ``temperature`` states it ("1" for a run without
+one). The predictor's own export also returns ``features``, the pooled penultimate features its
+OOD score is computed on.
+
 Run facts (classes, input size, backbone, run id, gate) travel inside the file: ONNX metadata
 properties, or ``cxrguide.json`` among a TorchScript archive's extra files.
 
@@ -64,10 +70,13 @@ def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
 class ExportModule(nn.Module):
     """The classifier with softmax on top and an export-friendly lung gate."""
 
-    def __init__(self, model: CxrClassifier, image_size: int, lung_gate: bool) -> None:
+    def __init__(self, model: CxrClassifier, image_size: int, lung_gate: bool, *,
+                 temperature: float | None = None, features: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.model = model
         self.lung_gate = lung_gate
+        self.with_features = features  # a third output: pooled features (the predictor's OOD)
+        self.register_buffer("temperature", torch.tensor(float(temperature or 1.0)))
         with torch.no_grad():
             probe = torch.zeros(1, 1, image_size, image_size, device=_device_of(model))
             h, w = model.forward_features(probe).shape[-2:]
@@ -76,7 +85,7 @@ class ExportModule(nn.Module):
 
     def forward(
         self, image: torch.Tensor, lung_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         if not self.lung_gate:
             features = self.model.forward_features(image)
         else:
@@ -89,7 +98,10 @@ class ExportModule(nn.Module):
                                     self.cols)  # fmt: skip
                 features = features * grid
         logits = self.model.head(self.model.feature_tap(features))
-        return torch.softmax(logits, dim=1), logits
+        probs = torch.softmax(logits / self.temperature, dim=1)
+        if self.with_features:
+            return probs, logits, features.mean(dim=(2, 3))
+        return probs, logits
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -111,12 +123,13 @@ def example_inputs(
     return image, mask
 
 
-def run_metadata(info: Any, run_id: str) -> dict[str, str]:
+def run_metadata(info: Any, run_id: str, temperature: float | None = None) -> dict[str, str]:
     """String facts stored inside the exported file."""
     return {"classes": ",".join(CLASSES), "image_size": str(info.image_size),
             "backbone": info.backbone, "stage": str(info.stage), "run_id": run_id,
             "lung_gate": "1" if info.lung_gate else "0", "input": "gray [0,1] letterboxed",
-            "outputs": "probabilities,logits"}  # fmt: skip
+            "outputs": "probabilities,logits", "temperature": repr(float(temperature or 1.0)),
+            "probabilities": "softmax(logits / temperature)"}  # fmt: skip
 
 
 def export_onnx(
@@ -134,10 +147,11 @@ def export_onnx(
     names = ["image", "lung_mask"][: len(inputs)]
     batch = torch.export.Dim("batch", min=1)
     shapes = {name: {0: batch} for name in names}  # keyed by ExportModule.forward's arguments
+    outputs = ["probabilities", "logits"] + (["features"] if module.with_features else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # axis-renaming and deprecation chatter
         program = torch.onnx.export(module.eval(), inputs, input_names=names,
-                                    output_names=["probabilities", "logits"],
+                                    output_names=outputs,
                                     dynamic_shapes=shapes, opset_version=opset, dynamo=True,
                                     verbose=False)  # fmt: skip
     proto = program.model_proto
@@ -236,11 +250,13 @@ def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: in
     """Largest absolute probability difference between the file and the PyTorch classifier.
 
     The reference is the classifier's own ``forward`` (with its area-interpolated gate), not
-    :class:`ExportModule`, so the check also covers the rebuilt gate. Batch of 3.
+    :class:`ExportModule`, so the check also covers the rebuilt gate; its logits divided by the
+    exported temperature, so it covers that too. Batch of 3.
     """
     inputs = example_inputs(image_size, module.lung_gate, batch=3, seed=seed)
     with torch.no_grad():
-        reference = torch.softmax(module.model(*inputs), dim=1).cpu().numpy()
+        logits = module.model(*inputs) / module.temperature
+        reference = torch.softmax(logits, dim=1).cpu().numpy()
     if fmt == "onnx":
         from cxrguide.inference.onnx_runtime import OnnxRunner
 
@@ -259,6 +275,7 @@ def export_run(
     run: str | Path, fmt: str, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True
 ) -> ExportResult:
     """Export a run folder's classifier; with ``check`` fail unless parity is within 1e-4."""
+    from cxrguide.core.reliability import load_reliability, warn_missing
     from cxrguide.core.runs import run_identifier
     from cxrguide.models.saved import load_run
 
@@ -270,8 +287,12 @@ def export_run(
     if not out.parent.is_dir():
         raise CxrGuideError(f"{out.parent}: output folder does not exist")
     model, info = load_run(run, "cpu")
-    module = ExportModule(model, info.image_size, info.lung_gate).eval()
-    meta = run_metadata(info, run_identifier(run))
+    rel = load_reliability(run)
+    temperature = None if rel is None else rel.temperature
+    if rel is None:
+        warn_missing(run)
+    module = ExportModule(model, info.image_size, info.lung_gate, temperature=temperature).eval()
+    meta = run_metadata(info, run_identifier(run), temperature)
     with atomic_path(out) as tmp:  # a file that fails its parity check never reaches --out
         if fmt == "onnx":
             export_onnx(module, tmp, info.image_size, opset=opset, metadata=meta)

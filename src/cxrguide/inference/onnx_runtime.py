@@ -35,10 +35,22 @@ class OnnxRunner:
         shape = self.session.get_inputs()[names.index("image")].shape
         self.image_size = shape[-1] if isinstance(shape[-1], int) else None
 
-    def __call__(self, images: np.ndarray, lung_mask: np.ndarray | None = None) -> np.ndarray:
+    def _feed(self, images: np.ndarray, lung_mask: np.ndarray | None) -> dict[str, np.ndarray]:
         feed = {"image": np.ascontiguousarray(images, dtype=np.float32)}
         if self.needs_mask:
             if lung_mask is None:
                 raise CxrGuideError(f"{self.path}: this model gates on the lungs; give lung_mask")
             feed["lung_mask"] = np.ascontiguousarray(lung_mask, dtype=np.float32)
+        return feed
+
+    def __call__(self, images: np.ndarray, lung_mask: np.ndarray | None = None) -> np.ndarray:
+        feed = self._feed(images, lung_mask)
         return np.asarray(self.session.run(["probabilities"], feed)[0], dtype=np.float32)
+
+    def outputs(
+        self, images: np.ndarray, lung_mask: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every output by name (``probabilities``, ``logits`` and, when exported, ``features``)."""
+        names = [o.name for o in self.session.get_outputs()]
+        values = self.session.run(names, self._feed(images, lung_mask))
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}

@@ -21,8 +21,16 @@ the fp32 PyTorch model.
 
 Files are decoded at the size needed (``target``: memory follows the input side, not the
 header); DICOMs that are not radiographs are refused unless ``allow_modality`` names them. A
-prediction carries ``warnings`` (lateral view, allowed non-radiograph, lung mask not ``ok``) and
-is ``reliable`` only without any.
+prediction carries ``warnings`` (lateral view, allowed non-radiograph, lung mask not ``ok``,
+``out_of_distribution``) and is ``reliable`` only without any.
+
+The run's reliability statistics (``reliability.safetensors``, :mod:`cxrguide.core.reliability`)
+are applied when present: probabilities are temperature-scaled (``calibrated``), each film gets
+the Mahalanobis ``ood_score`` of its pooled penultimate features (computed in the same forward
+pass; the ONNX export returns them as a third output) and ``out_of_distribution`` above the
+run's validation threshold. With ``abstain=True`` the label of an unreliable film, or of one
+below the run's confidence threshold, is ``abstain``. A run without the statistics predicts as
+before (``calibrated: false``, ``ood_score: null``) after one warning line.
 
 Calls are serialised by a lock, so one Predictor can be shared by a threaded server.
 """
@@ -41,6 +49,7 @@ import numpy as np
 import torch
 
 from cxrguide.core.device import resolve_device
+from cxrguide.core.reliability import Reliability, energy_scores, load_reliability, warn_missing
 from cxrguide.core.runs import RunInfo, run_identifier
 from cxrguide.data.imaging import (
     DEFAULT_DEADLINE_S,
@@ -139,6 +148,12 @@ class Prediction:
     image: np.ndarray
     mask: np.ndarray | None
     uids: dict[str, str] = field(default_factory=dict)  # a DICOM's Study/Series/SOP/Accession
+    ood_score: float | None = None  # Mahalanobis distance to the training films (None: no stats)
+    ood_threshold: float | None = None  # the run's validation threshold (None: none fitted)
+    energy_score: float | None = None  # -logsumexp(logits): a second opinion, never flags
+    calibrated: bool = False  # probabilities temperature-scaled with the run's fitted T
+    confidence_threshold: float | None = None  # below it, --abstain does not answer
+    abstain_mode: bool = False  # predict --abstain: label "abstain" where not to be trusted
 
     @property
     def target(self) -> int:
@@ -151,7 +166,22 @@ class Prediction:
         if self.lung is not None and self.lung.flag != "ok":
             notes.append(f"lung mask {self.lung.flag} (coverage {self.lung.area_fraction:.2f}, "
                          f"{self.lung.lungs} lung(s)): not a usable frontal chest film?")  # fmt: skip
+        if self.out_of_distribution:
+            notes.append(f"out_of_distribution (Mahalanobis {self.ood_score:.4g} > run threshold "
+                         f"{self.ood_threshold:.4g}): unlike the films the model was trained on")  # fmt: skip
         return notes
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return (self.ood_score is not None and self.ood_threshold is not None
+                and self.ood_score > self.ood_threshold)  # fmt: skip
+
+    @property
+    def abstained(self) -> bool:
+        """Under ``--abstain``: unreliable, or less confident than the run's threshold."""
+        low = (self.confidence_threshold is not None
+               and max(self.probabilities.values()) < self.confidence_threshold)  # fmt: skip
+        return self.abstain_mode and (not self.reliable or low)
 
     @property
     def reliable(self) -> bool:
@@ -159,12 +189,17 @@ class Prediction:
 
     def record(self, run_id: str) -> dict[str, Any]:
         """Flat row for tables, CSV and JSON."""
-        row: dict[str, Any] = {"file": self.source, "label": self.label}
+        row: dict[str, Any] = {"file": self.source,
+                               "label": "abstain" if self.abstained else self.label}  # fmt: skip
         row.update({f"p_{name}": round(p, 6) for name, p in self.probabilities.items()})
         row["lung_coverage"] = None if self.lung is None else self.lung.area_fraction
         row["lung_quality"] = None if self.lung is None else self.lung.flag
         row["reliable"] = self.reliable
         row["warnings"] = "; ".join(self.warnings)
+        row["ood_score"] = None if self.ood_score is None else round(self.ood_score, 4)
+        row["calibrated"] = self.calibrated
+        if self.abstain_mode:
+            row["model_label"] = self.label
         row["run_id"] = run_id
         row.update(self.uids)  # DICOM inputs: the source UIDs (never the patient's name or ID)
         return row
@@ -185,8 +220,13 @@ class Predictor:
         allow_modality: list[str] | tuple[str, ...] = (),
         allow_for_processing: bool = False,
         decode_timeout_s: float | None = DEFAULT_DEADLINE_S,
+        abstain: bool = False,
     ) -> None:
         self.run_dir = Path(run)
+        self.abstain = abstain
+        self.reliability: Reliability | None = load_reliability(self.run_dir)
+        if self.reliability is None:
+            warn_missing(self.run_dir)
         self.device = resolve_device(device)
         self.model, self.info = load_run(self.run_dir, self.device)
         self.run_id = run_identifier(self.run_dir)
@@ -227,9 +267,10 @@ class Predictor:
         from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
         from cxrguide.inference.onnx_runtime import OnnxRunner
 
-        module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate).eval()
+        module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate,
+                              temperature=self.temperature, features=True).eval()  # fmt: skip
         try:
-            path = cached_onnx(module, self.size, identity=repr(self.info))
+            path = cached_onnx(module, self.size, identity=f"{self.info!r}|features")
             if path is None:  # no writable cache folder: a private temp file
                 self._tmp = tempfile.TemporaryDirectory(prefix="cxrguide-onnx-")
                 path = export_onnx(module, Path(self._tmp.name) / "model.onnx", self.size)
@@ -259,15 +300,27 @@ class Predictor:
             return None, None
         return self.segmenter.segment(squares, infos)
 
+    @property
+    def temperature(self) -> float | None:
+        return None if self.reliability is None else self.reliability.temperature
+
     def probabilities(self, squares: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
-        """Softmax ``(B, 3)`` for ``(B, S, S)`` inputs in [0, 1] through the chosen backend."""
+        """Softmax ``(B, 3)`` (temperature-scaled when the run has T) for ``(B, S, S)`` inputs."""
+        return self.outputs(squares, masks)[0]
+
+    def outputs(
+        self, squares: np.ndarray, masks: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Probabilities, raw logits and pooled features through the chosen backend (features
+        None from an ONNX file exported without them: then no OOD score)."""
         gate = masks if self.info.lung_gate else None
         if self.info.lung_gate and gate is None:
             raise CxrGuideError(f"{self.run_dir}: this run needs lung masks")
         x = np.ascontiguousarray(squares, dtype=np.float32)[:, None]
         m = None if gate is None else np.asarray(gate, dtype=np.float32)[:, None]
         if self._onnx is not None:
-            return self._onnx(x, m)
+            out = self._onnx.outputs(x, m)
+            return out["probabilities"], out["logits"], out.get("features")  # None: no OOD
         xt = torch.from_numpy(x).to(self.device)
         mt = None if m is None else torch.from_numpy(m).to(self.device)
         if self.backend in ("channels_last", "bf16"):
@@ -275,8 +328,10 @@ class Predictor:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                   enabled=self.backend == "bf16")  # fmt: skip
         with torch.inference_mode(), autocast:
-            logits = self.model(xt) if mt is None else self.model(xt, mt)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            logits, feats = self.model.logits_and_features(xt, mt)
+        logits = logits.float()
+        probs = torch.softmax(logits / (self.temperature or 1.0), dim=1)
+        return probs.cpu().numpy(), logits.cpu().numpy(), feats.float().cpu().numpy()
 
     def predict_arrays(
         self, squares: np.ndarray, infos: list[ImageInfo], sources: list[str]
@@ -292,18 +347,30 @@ class Predictor:
             keep = np.arange(len(squares))
             if self.info.strict_lungs and masks is not None:
                 keep = np.flatnonzero(np.asarray(masks).reshape(len(masks), -1).any(axis=1))
-            probs = (self.probabilities(squares[keep], None if masks is None else masks[keep])
-                     if len(keep) else np.zeros((0, len(CLASSES))))  # fmt: skip
+            if len(keep):
+                probs, logits, feats = self.outputs(squares[keep],
+                                                    None if masks is None else masks[keep])  # fmt: skip
+            else:
+                probs, logits, feats = (np.zeros((0, len(CLASSES))),) * 3
+            rel = self.reliability
+            usable = rel is not None and feats is not None and len(keep)
+            scores = rel.ood_scores(feats) if usable else None
+            energies = energy_scores(logits) if len(keep) else []
         out: list[Prediction | Failure] = [
             Failure(sources[k], "empty lung mask: this run classifies from the lungs only")
             for k in range(len(squares))
         ]  # fmt: skip
-        for k, p in zip(keep.tolist(), probs, strict=True):
+        for i, (k, p) in enumerate(zip(keep.tolist(), probs, strict=True)):
             out[k] = Prediction(
                 sources[k], CLASSES[int(np.argmax(p))],
                 {name: float(p[j]) for j, name in enumerate(CLASSES)},
                 None if flags is None else flags[k], infos[k], squares[k],
                 None if masks is None else masks[k], uids=source_uids(infos[k]),
+                ood_score=None if scores is None else float(scores[i]),
+                ood_threshold=None if rel is None else rel.ood_threshold,
+                energy_score=float(energies[i]), calibrated=self.temperature is not None,
+                confidence_threshold=None if rel is None else rel.confidence_threshold,
+                abstain_mode=self.abstain,
             )  # fmt: skip
         return out
 
@@ -374,6 +441,8 @@ class Predictor:
             "lung_model": None if self.segmenter is None else self.segmenter.run.resolve().name,
             "attention": list(info.attention), "weights_source": _public(info.weights_source),
             "backend": self.backend, "device": str(self.device),
+            "calibrated": self.temperature is not None, "temperature": self.temperature,
+            "ood_threshold": None if self.reliability is None else self.reliability.ood_threshold,
             "training_data": training_summary(self.run_dir, info),
         }  # fmt: skip
 

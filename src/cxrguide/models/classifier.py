@@ -194,6 +194,14 @@ class CxrClassifier(nn.Module):
     def forward(self, x: torch.Tensor, lung_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_head(self.lung_features(x, lung_mask))
 
+    def logits_and_features(
+        self, x: torch.Tensor, lung_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled (gated) features the head reads ``(B, C)``: the penultimate
+        features the OOD score is computed on (:mod:`cxrguide.core.reliability`)."""
+        features = self.lung_features(x, lung_mask)
+        return self.forward_head(features), features.mean(dim=(2, 3))
+
     # --- parameter groups and freezing ------------------------------------------------------
     def body_parameters(self) -> Iterator[nn.Parameter]:
         return self.body.parameters()

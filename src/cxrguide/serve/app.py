@@ -117,6 +117,8 @@ class PredictResponse(BaseModel):
     image: ImageMeta
     reliable: bool  # False when any warning applies: do not read the label
     warnings: list[str]  # lateral view, allowed non-radiograph, implausible lung mask
+    ood_score: float | None = None  # Mahalanobis distance to training films (null: run has none)
+    calibrated: bool = False  # probabilities temperature-scaled with the run's fitted T
     filename: str | None
     run_id: str
     overlay_png_base64: str | None = None
@@ -264,7 +266,8 @@ def _response(pred: Prediction, predictor: Predictor, name: str | None, started:
     return PredictResponse(
         label=pred.label, probabilities=pred.probabilities, lung=lung,
         image=ImageMeta(format=pred.info.format, width=pred.info.width, height=pred.info.height),
-        reliable=pred.reliable, warnings=pred.warnings,
+        reliable=pred.reliable, warnings=pred.warnings, ood_score=pred.ood_score,
+        calibrated=pred.calibrated,
         filename=name, run_id=predictor.run_id, overlay_png_base64=overlay,
         cam_method=method, elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
     )  # fmt: skip
