@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cxr_testutils import make_prepared
 
+from cxr_testutils import make_prepared
 from cxrguide.cli import main
 from cxrguide.config import SourcesBenchConfig
 from cxrguide.config.bench import parse_source_variant
