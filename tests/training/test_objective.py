@@ -87,3 +87,34 @@ def test_history_logs_l2_apart_from_cross_entropy(tiny_prepared, tmp_path):
         assert 0.5 < hist.train_loss.iloc[0] < 3.0
         l2[scope] = hist.train_l2.iloc[0]
     assert 0 < l2["head"] < l2["all"] / 10
+
+
+def test_group_sampler_balances_class_by_source(tiny_prepared):
+    from cxrguide.data.datasets import CxrDataset, Prepared
+    from cxrguide.training.losses import group_sample_weights
+    from cxrguide.training.objective import dataset_sources, train_loader
+
+    # groups a (3 films), b (1): each group drawn equally often
+    assert group_sample_weights(np.array(["a", "a", "a", "b"])).tolist() == pytest.approx(
+        [1 / 3, 1 / 3, 1 / 3, 1.0]
+    )
+    prepared = Prepared.open(tiny_prepared)
+    manifest = prepared.manifest.copy()  # skew: 7 of 8 Normal training films from site0
+    normal = np.flatnonzero((manifest.label == "Normal") & (manifest.split == "train"))
+    manifest.loc[normal, "site"] = ["site0"] * 7 + ["site1"]
+    prepared = Prepared(prepared.root, manifest, prepared.size)
+    data = CxrDataset(prepared, "train", image_size=32)
+    labels = np.asarray(data.labels)[data.rows]
+    cfg = TrainConfig(sampler="group", group_by="site", batch_size=len(data), seed=0)
+    sources = dataset_sources(cfg, prepared, data)
+    assert list(sources) == list(manifest.site.to_numpy()[data.rows])
+    weights = train_loader(cfg, data, labels, sources).sampler.weights.numpy()
+    cells = pd.Series(weights).groupby(labels.astype(str) + "|" + sources).sum()
+    assert len(cells) == 6 and cells.to_numpy() == pytest.approx(np.ones(6))  # 3 classes x 2
+    lone = data.rows.tolist().index(normal[-1])
+    assert weights[lone] == 1.0 and weights[data.rows.tolist().index(normal[0])] == 1 / 7
+    assert dataset_sources(TrainConfig(sampler="none"), prepared, data) is None
+    with pytest.raises(ConfigError, match="'group' needs"):
+        train_loader(cfg, data, labels)
+    with pytest.raises(ConfigError, match="no 'source_x' column"):
+        dataset_sources(TrainConfig(sampler="group", group_by="source_x"), prepared, data)  # type: ignore[arg-type]

@@ -1,7 +1,8 @@
 """`cxrguide bench ACTION`: benchmarks that check the study's claims on controlled data.
 
 ``shortcut``: Stage II vs Stage III attention variants on synthetic phantoms whose markers
-give the class away (see :mod:`cxrguide.experiments.shortcut`). Each action is a subcommand, so
+give the class away (see :mod:`cxrguide.experiments.shortcut`). ``sources``: the cross-source
+study, leave one source out (see :mod:`cxrguide.experiments.sources`). Each action is a subcommand, so
 further benchmarks join as siblings.
 """
 
@@ -9,7 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from cxrguide.config import ShortcutBenchConfig, add_config_flags, config_from_args
+from cxrguide.config import (
+    ShortcutBenchConfig,
+    SourcesBenchConfig,
+    add_config_flags,
+    config_from_args,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_config_flags(shortcut, ShortcutBenchConfig)
     shortcut.set_defaults(func=run_shortcut)
+    sources = actions.add_parser(
+        "sources",
+        help="leave one source out: internal vs external accuracy per variant",
+        description="For every source of PREP with enough films, train each variant (Stage I, "
+        "Stage II, Stage III modes, class x source balanced '-group' variants) without that "
+        "source and test on it (external), and compare with the accuracy on other patients "
+        "of the same source when it is in training (internal). Also per variant: a linear "
+        "source probe on the penultimate features, worst class x source group, ECE and OOD "
+        "AUROC on the held-out source. Writes DIR/sources.json, sources.csv, sources.md and "
+        "sources.png; rerunning resumes. See docs/cross-source.md.",
+    )
+    add_config_flags(sources, SourcesBenchConfig)
+    sources.set_defaults(func=run_sources)
 
 
 def run_shortcut(args: argparse.Namespace) -> int:
@@ -47,4 +66,20 @@ def run_shortcut(args: argparse.Namespace) -> int:
     print(md)
     stem = "shortcut" if cfg.start == "scratch" else "shortcut_from_stage2"
     print(f"wrote {cfg.out}/{stem}.md and {cfg.out}/{stem}_runs.csv")
+    return 0
+
+
+def run_sources(args: argparse.Namespace) -> int:
+    from cxrguide.experiments.sources import run_study
+
+    cfg = config_from_args(SourcesBenchConfig, args)
+    if cfg.weights == "phantom":
+        from dataclasses import replace
+
+        from cxrguide.experiments.pretrain import resolve_weights
+
+        cfg = replace(cfg, weights=resolve_weights(cfg.weights, [cfg.backbone]))
+    md, _ = run_study(cfg)
+    print(md)
+    print(f"wrote {cfg.out}/sources.json, sources.csv, sources.md and sources.png")
     return 0

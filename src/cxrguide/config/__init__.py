@@ -10,7 +10,7 @@ configs. Everything is importable from ``cxrguide.config``.
 """
 
 from cxrguide.config.audit import AuditConfig
-from cxrguide.config.bench import ShortcutBenchConfig
+from cxrguide.config.bench import ShortcutBenchConfig, SourcesBenchConfig
 from cxrguide.config.core import (
     add_config_flags,
     config_from_args,
@@ -45,6 +45,7 @@ __all__ = [
     "ReaderConfig",
     "ServeConfig",
     "ShortcutBenchConfig",
+    "SourcesBenchConfig",
     "SynthConfig",
     "TrainConfig",
     "TuneConfig",

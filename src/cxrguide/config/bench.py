@@ -84,3 +84,94 @@ class ShortcutBenchConfig:
                 raise ConfigError(f"variants: {v!r}: '@{bn}' is not @frozen, @clean or @eval")
         if min(self.max_epochs, self.finetune_epochs, self.batch_size) < 1 or self.lr <= 0:
             raise ConfigError("max_epochs/finetune_epochs/batch_size/lr: must be positive")
+
+
+GROUP_SUFFIX = "-group"  # a variant trained with batches balanced over class x source
+QUICK_VARIANTS = ["stage1", "stage1-group"]
+
+
+def parse_source_variant(name: str) -> tuple[int, list[str] | None, bool]:
+    """``"gate+gain-group"`` -> (3, ["gate", "gain"], True); ``"stage1"`` -> (1, None, False).
+
+    ``stage1``: frozen body + head; ``stage2``: plain fine-tuning; anything else: Stage III
+    mechanisms joined by '+'. The suffix ``-group`` trains with class x source balanced batches.
+    """
+    from cxrguide.config.training import parse_attention
+
+    base, group = (
+        (name[: -len(GROUP_SUFFIX)], True) if name.endswith(GROUP_SUFFIX) else (name, False)
+    )
+    if base == "stage1":
+        return 1, None, group
+    if base == "stage2":
+        return 2, None, group
+    return 3, parse_attention(base.split("+")), group
+
+
+@dataclasses.dataclass
+class SourcesBenchConfig:
+    """`cxrguide bench sources`: leave one source out, per variant, vs internal accuracy."""
+
+    data: Path | None = _f(None, "prepared folder with several sources", metavar="PREP")
+    out: Path | None = _f(
+        Path("bench_out/sources"), "study folder (runs, sources.json; resumes)", metavar="DIR"
+    )
+    by: Literal["source", "site"] = _f(
+        "source", "manifest column that names a film's source (phantoms: site = style)"
+    )
+    backbone: str = _f(
+        "mobilenet_v2", "model for every run (set efficientnet_lite0 for real films)"
+    )
+    weights: str = _f("none", "starting weights of every run: none | imagenet | phantom | PATH")
+    size: int = _f(128, "model input side in px (the cache is resized to it)")
+    seeds: list[int] = _f([0], "training seed (initialisation, batch order); repeatable")
+    variants: list[str] = _f(
+        ["stage1", "stage1-group", "stage2", "stage2-group", "gate+gain", "early-gate",
+         "lung-input", "rrr"],
+        "stage1 (frozen body + head), stage2 (fine-tuning), or Stage III mechanisms joined by "
+        "'+' (gate, gain, external, early-gate, lung-input, rrr); suffix -group: batches "
+        "balanced over class x source; comma list",
+    )  # fmt: skip
+    quick: bool = _f(False, f"a short study: variants {','.join(QUICK_VARIANTS)}, first seed")
+    lungs: str = _f(
+        "",
+        "lung U-Net RUN for Stage III variants (masks predicted once into PREP's lung cache); "
+        "empty: use the cache PREP already has",
+    )
+    min_films: int = _f(50, "a source with fewer films is skipped (stated in the output)")
+    min_test: int = _f(10, "a source needs this many films in the test split (internal accuracy)")
+    min_group: int = _f(5, "worst-group accuracy: class x source groups with at least this many")
+    stage1_epochs: int = _f(30, "epochs of the Stage I head (on cached features)")
+    stage1_lr: float = _f(0.01, "SGD learning rate of the Stage I head")
+    max_epochs: int = _f(3, "epochs of every Stage II/III run (each continues the fold's Stage I)")
+    batch_size: int = _f(32, "batch size")
+    lr: float = _f(1e-4, "Adam learning rate of Stage II/III")
+    l2: float = _f(1e-3, "L2 penalty lambda on the head's kernels")
+    augment: bool = _f(False, "Stage II/III training augmentation")
+    gain_bn: Literal["frozen", "clean", "eval"] = _f(
+        "frozen", "GAIN's BatchNorm on the erased pass (see train --gain-bn)"
+    )
+    rrr_weight: float = _f(0.01, "weight lambda of the rrr variant's input-gradient penalty")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+
+    def validate(self) -> None:
+        self.variants = [v.strip() for item in self.variants for v in item.split(",") if v.strip()]
+        if self.quick:
+            self.variants, self.seeds = list(QUICK_VARIANTS), self.seeds[:1]
+        if not self.seeds or not self.variants:
+            raise ConfigError("seeds/variants: give at least one of each")
+        if len(set(self.variants)) != len(self.variants):
+            raise ConfigError(f"variants: {self.variants}: a variant is named twice")
+        for v in self.variants:
+            try:
+                parse_source_variant(v)
+            except ConfigError as e:
+                raise ConfigError(f"variants: {v!r}: {e}") from None
+        if not 32 <= self.size <= 1024:
+            raise ConfigError("size: must be between 32 and 1024")
+        if min(self.min_films, self.min_test, self.min_group) < 1:
+            raise ConfigError("min_films/min_test/min_group: must be >= 1")
+        if min(self.stage1_epochs, self.max_epochs, self.batch_size) < 1:
+            raise ConfigError("stage1_epochs/max_epochs/batch_size: must be >= 1")
+        if self.lr <= 0 or self.stage1_lr <= 0:
+            raise ConfigError("lr/stage1_lr: must be positive")

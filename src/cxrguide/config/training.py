@@ -68,10 +68,14 @@ class TrainConfig:
         "weight each image's loss by N / (K n_class) of the training split (balanced) "
         "or not (none, the study's)",
     )
-    sampler: Literal["none", "balanced"] = _f(
+    sampler: Literal["none", "balanced", "group"] = _f(
         "none",
-        "draw training batches shuffled (none, the study's) or class-balanced with "
-        "replacement (balanced)",
+        "draw training batches shuffled (none, the study's), class-balanced with "
+        "replacement (balanced), or balanced over class x source (group: every "
+        "(class, source) cell of the training split drawn equally often; see --group-by)",
+    )
+    group_by: Literal["source", "site"] = _f(
+        "source", "--sampler group: the manifest column that names a film's source"
     )
     patience: int = _f(10, "early stopping patience on val loss (epochs)")
     head_widths: list[int] = _f([128, 64], "hidden widths of the head")

@@ -47,7 +47,13 @@ from cxrguide.training.common import (
     run_dir,
     sgd,
 )
-from cxrguide.training.objective import class_weights, classifier_task, dataset_labels, train_loader
+from cxrguide.training.objective import (
+    class_weights,
+    classifier_task,
+    dataset_labels,
+    dataset_sources,
+    train_loader,
+)
 from cxrguide.training.tasks import Stage3Task
 
 
@@ -182,7 +188,7 @@ def fine_tune(
         raise ConfigError(f"optimizer: {optimizer!r} is not one of sgd, adam")
     engine.fit(
         net, task,
-        train_loader(cfg, train, labels),
+        train_loader(cfg, train, labels, dataset_sources(cfg, prepared, train)),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         opt, engine_config(cfg), run, on_epoch_end=on_epoch_end,
     )  # fmt: skip

@@ -83,6 +83,15 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int = 3) -> torch.Te
 
 def balanced_sample_weights(labels: np.ndarray, num_classes: int = 3) -> torch.Tensor:
     """Per-image sampling weights 1 / n_class: every class is drawn equally often."""
-    labels = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    return torch.tensor(1.0 / counts[labels], dtype=torch.double)
+    return group_sample_weights(np.asarray(labels, dtype=np.int64))
+
+
+def group_sample_weights(groups: np.ndarray) -> torch.Tensor:
+    """Per-image sampling weights 1 / n_group: every group present is drawn equally often.
+
+    With groups = class x source this removes the class-source correlation from the training
+    batches (a source that supplies only COVID-19 films no longer makes "this hospital" a
+    COVID-19 feature), the sampling form of group-balanced training (Sagawa et al. 2020).
+    """
+    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
+    return torch.tensor(1.0 / counts[inverse].astype(np.float64), dtype=torch.double)

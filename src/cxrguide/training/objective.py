@@ -1,5 +1,5 @@
 """What a classifier run optimises, from its config: the task (cross-entropy with optional class
-weights, L2 on the head or on every kernel) and the training loader (optional balanced sampling).
+weights, L2 on the head or on every kernel) and the training loader (optional class- or class x source-balanced sampling).
 
 Stage I, II and III all build their task and loader here, so ``--class-weights``, ``--sampler``
 and ``--l2-scope`` mean the same thing in every stage.
@@ -12,7 +12,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from cxrguide.config import TrainConfig
 from cxrguide.core import engine
-from cxrguide.training.losses import balanced_class_weights, balanced_sample_weights
+from cxrguide.data.datasets import Prepared
+from cxrguide.errors import ConfigError
+from cxrguide.training.losses import (
+    balanced_class_weights,
+    balanced_sample_weights,
+    group_sample_weights,
+)
 from cxrguide.training.tasks import ClassifierTask, FeatureTask
 
 
@@ -29,11 +35,30 @@ def classifier_task(
     return cls(cfg.l2, cfg.l2_scope, class_weights(cfg, train_labels))
 
 
-def train_loader(cfg: TrainConfig, dataset: Dataset, train_labels: np.ndarray) -> DataLoader:
-    """Shuffled (``sampler: none``) or class-balanced with replacement (``balanced``)."""
-    weights = balanced_sample_weights(train_labels) if cfg.sampler == "balanced" else None
+def train_loader(
+    cfg: TrainConfig, dataset: Dataset, train_labels: np.ndarray, sources: np.ndarray | None = None
+) -> DataLoader:
+    """Shuffled (``sampler: none``), class-balanced with replacement (``balanced``), or
+    balanced over class x source (``group``; ``sources``: each training item's source)."""
+    weights = None
+    if cfg.sampler == "balanced":
+        weights = balanced_sample_weights(train_labels)
+    elif cfg.sampler == "group":
+        if sources is None:
+            raise ConfigError("sampler: 'group' needs each training film's source")
+        labels = np.char.add(np.asarray(train_labels).astype(str), "|")
+        weights = group_sample_weights(np.char.add(labels, np.asarray(sources).astype(str)))
     return engine.make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed,
                               num_workers=cfg.workers, sample_weights=weights)  # fmt: skip
+
+
+def dataset_sources(cfg: TrainConfig, prepared: Prepared, dataset) -> np.ndarray | None:
+    """The ``--group-by`` column of every training item (``sampler: group`` only, else None)."""
+    if cfg.sampler != "group":
+        return None
+    if cfg.group_by not in prepared.manifest.columns:
+        raise ConfigError(f"group_by: {prepared.root}/manifest.csv has no {cfg.group_by!r} column")
+    return prepared.manifest[cfg.group_by].astype(str).to_numpy()[np.asarray(dataset.rows)]
 
 
 def dataset_labels(dataset) -> np.ndarray:

@@ -31,7 +31,12 @@ from cxrguide.training.common import (
 )
 from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
 from cxrguide.training.finetune import train_finetune
-from cxrguide.training.objective import classifier_task, dataset_labels, train_loader
+from cxrguide.training.objective import (
+    classifier_task,
+    dataset_labels,
+    dataset_sources,
+    train_loader,
+)
 
 
 def stage1(
@@ -72,7 +77,7 @@ def stage1(
     labels_used = dataset_labels(train)
     task = classifier_task(cfg, labels_used, features=cfg.feature_cache)
     engine.fit(
-        net, task, train_loader(cfg, train, labels_used),
+        net, task, train_loader(cfg, train, labels_used, dataset_sources(cfg, prepared, train)),
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         sgd(net.parameters(), cfg.lr, cfg.momentum), ecfg, run, on_epoch_end=on_epoch_end,
     )  # fmt: skip
