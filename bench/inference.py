@@ -16,7 +16,10 @@ among those with >= 99 % agreement. ``--quick``: MobileNet V2 only, one batch of
 
 Paths: ``fp32`` eager; ``channels_last`` (NHWC weights and input); ``bf16`` (channels-last +
 ``torch.autocast(bfloat16)``); ``onnx`` (``cxrguide export``'s graph in onnxruntime, all graph
-optimisations). Without ``--run`` each backbone has random weights (seeded; ``--weights
+optimisations); ``onnx_int8`` (that graph statically quantized, QDQ, per-channel, U8S8 with
+reduce_range, calibrated on 32 other films: what ``export --int8`` and ``--backend onnx-int8``
+run; the JSON line's ``int8`` block has its speed-up over eager fp32 and over ONNX Runtime fp32
+and its top-1 agreement per backbone, ``cpu_flags`` the instruction sets it ran with). Without ``--run`` each backbone has random weights (seeded; ``--weights
 imagenet`` for pretrained bodies) and the paper head; weights do not change speed. With
 ``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks).
 
@@ -49,9 +52,10 @@ from _common import add_quick, emit, interleave, load, spread, torch_threads
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.inference.onnx_runtime import OnnxRunner
 from cxrguide.inference.predictor import collect_inputs, letterbox
+from cxrguide.inference.quantize import quantize_onnx
 from cxrguide.models.zoo import create_model, get_spec, list_models
 
-PATHS = ("fp32", "channels_last", "bf16", "onnx")
+PATHS = ("fp32", "channels_last", "bf16", "onnx", "onnx_int8")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -80,11 +84,26 @@ def load_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
+def calibration_feeds(size: int, gate: bool, n: int = 32) -> list[dict[str, np.ndarray]]:
+    """INT8 calibration batches: films drawn with another seed than the timed ones."""
+    images = load_images(n, size, seed=1)[:, None]
+    masks = example_inputs(size, True, batch=n, seed=1)[1].numpy() if gate else None
+    feeds = []
+    for i in range(0, n, 8):
+        feed = {"image": images[i : i + 8]}
+        if masks is not None:
+            feed["lung_mask"] = masks[i : i + 8]
+        feeds.append(feed)
+    return feeds
+
+
 def make_runner(path: str, model: torch.nn.Module, size: int, gate: bool, tmp: Path):
     """A callable ``(x (B,1,S,S) tensor, mask|None) -> probabilities (B,3) numpy``."""
-    if path == "onnx":
+    if path in ("onnx", "onnx_int8"):
         file = tmp / "model.onnx"
         export_onnx(ExportModule(model, size, gate).eval(), file, size)
+        if path == "onnx_int8":  # calibrated on other films than the timed ones
+            file = quantize_onnx(file, tmp / "model.int8.onnx", calibration_feeds(size, gate))
         runner = OnnxRunner(file, threads=torch.get_num_threads())
         return lambda x, m: runner(x.numpy(), None if m is None else m.numpy())
     fast = path in ("channels_last", "bf16")
@@ -143,6 +162,30 @@ def _copy(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model).eval()
+
+
+def _int8_figures(table: dict[str, dict]) -> dict:
+    """INT8 vs eager fp32 and vs ONNX Runtime fp32, per backbone (throughput, batch-1 speed-up,
+    top-1 agreement with eager fp32); {} when the INT8 path was not run."""
+    if not all("onnx_int8" in t and "onnx" in t for t in table.values()):
+        return {}
+    per = {name: {"int8_speedup": t["onnx_int8"]["img_s"] / t["fp32"]["img_s"],
+                  "int8_vs_onnx_fp32": t["onnx_int8"]["img_s"] / t["onnx"]["img_s"],
+                  "int8_latency_vs_onnx_fp32": t["onnx"]["latency_ms"] / t["onnx_int8"]["latency_ms"],
+                  "int8_agreement": t["onnx_int8"]["agreement"]}
+           for name, t in table.items()}  # fmt: skip
+    return {"int8": per, "cpu_flags": cpu_flags()}
+
+
+def cpu_flags() -> list[str]:
+    """The instruction sets INT8 speed depends on (VNNI makes U8S8 dot products cheap)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    found = set(text.split())
+    return [flag for flag in wanted if flag in found]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         **{f"speedup_{p}": speedups[p] for p in args.paths if p != "fp32"},
         **{f"latency_speedup_{p}": lat[p] for p in args.paths if p != "fp32"},
         "fastest_throughput": by_rate, "fastest_latency": by_latency,
+        **_int8_figures(table),
         "per_backbone": {name: {p: {k: r[k] for k in ("img_s", "img_s_q1", "img_s_q3",
                                                       "latency_ms", "agreement", "max_dp")}
                                 for p, r in res.items()} for name, res in table.items()},

@@ -11,7 +11,11 @@ from cxrguide.errors import ConfigError
 
 # ---- inference (`cxrguide predict | export | serve`) -----------------------------------------
 
-_BACKEND_HELP = "auto | fp32 | channels_last | bf16 | onnx (auto: the fastest agreeing CPU path)"
+_BACKEND_HELP = (
+    "auto | fp32 | channels_last | bf16 | onnx | onnx-int8 (auto: the fastest agreeing CPU path; "
+    "onnx-int8: static INT8 calibrated on the run's validation films)"
+)
+Backend = Literal["auto", "fp32", "channels_last", "bf16", "onnx", "onnx-int8"]
 # CAM method names, declared once (attention/cam.py, serve, explain and the galleries derive
 # theirs): name -> label in figures. The library class is the name in pytorch-grad-cam's
 # spelling (gradcam++ -> GradCAMPlusPlus). Gradient-based ones are fast enough for every image;
@@ -53,7 +57,7 @@ class PredictConfig:
     dicom_out: Path | None = _f(None, "per DICOM input, write a DICOM SR (probabilities) and a "
                                 "Grad-CAM Secondary Capture into this folder", metavar="DIR")  # fmt: skip
     batch_size: int = _f(16, "images per forward pass")
-    backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
+    backend: Backend = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
     max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
@@ -92,10 +96,16 @@ class ExportConfig:
     out: Path | None = _f(None, "output file (.onnx or .pt)", metavar="FILE")
     opset: int = _f(18, "ONNX opset version (18-23: what the torch.export based exporter writes)")
     check: bool = _f(True, "check the file against PyTorch (probabilities within 1e-4)")
+    int8: bool = _f(False, "static INT8 (QDQ, per-channel) calibrated on the run's validation films")
+    calibration_films: int = _f(64, "validation films used to calibrate --int8")
+    min_agreement: float = _f(0.99, "refuse --int8 below this top-1 agreement with fp32")
+    seed: int = _f(0, "seed choosing the calibration films")
 
     def validate(self) -> None:
         if not 18 <= self.opset <= 23:
             raise ConfigError("opset: must be between 18 and 23")
+        if self.calibration_films < 1 or not 0 <= self.min_agreement <= 1:
+            raise ConfigError("calibration_films/min_agreement: >= 1 and between 0 and 1")
 
 
 @dataclasses.dataclass
@@ -116,7 +126,7 @@ class ServeConfig:
     insecure: bool = _f(False, "allow a non-loopback --host without a token (anyone can call it)")
     redact_paths: bool = _f(False, _REDACT_HELP)
     redact_salt: str = _f("", _SALT_HELP, metavar="SALT")
-    backend: Literal["auto", "fp32", "channels_last", "bf16", "onnx"] = _f("auto", _BACKEND_HELP)
+    backend: Backend = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
     max_upload_mb: float = _f(32.0, "refuse uploads larger than this many MiB")

@@ -138,47 +138,18 @@ def _close_pairs(words: np.ndarray, distance: int, block: int = 256) -> list[tup
     return out
 
 
-def duplicate_groups(
-    sha256: Sequence[str],
-    hashes: Sequence[np.ndarray | None],
-    distance: int,
-    confirm: Callable[[int, int], bool] | None = None,
-    extra_pairs: Iterable[tuple[int, int]] = (),
-) -> DisjointSet:
-    """Union items that are byte-identical or whose dHashes differ by at most ``distance`` bits,
-    or that ``extra_pairs`` proposes (:func:`cxrguide.data.near_index.candidate_pairs`); given
-    ``confirm(i, j)``, near candidates are united only when it confirms them (see
-    :func:`near_similarity`). A negative ``distance`` turns near-duplicate search off."""
-    n = len(sha256)
-    uf = disjoint_set(n)
-    first_by_sha: dict[str, int] = {}
-    for i, digest in enumerate(sha256):
-        if digest:
-            j = first_by_sha.setdefault(digest, i)
-            if j != i:
-                uf.merge(i, j)
-    if distance < 0:
-        return uf
-    refused: set[tuple[int, int]] = set()
-
-    def propose(i: int, j: int) -> None:
-        if uf.connected(i, j) or (i, j) in refused:
-            return
-        if confirm is None or confirm(i, j):
-            uf.merge(i, j)
-        else:
-            refused.add((i, j))  # another band may propose it again: confirm once
-
-    for i, j in sorted((min(p), max(p)) for p in extra_pairs if p[0] != p[1]):
-        propose(i, j)
-    n_bands = distance + 1
-    bounds = np.linspace(0, HASH_BITS, n_bands + 1).astype(int)
+def dhash_pairs(hashes: Sequence[np.ndarray | None], distance: int) -> list[tuple[int, int]]:
+    """Item pairs (i < j) whose dHashes differ by at most ``distance`` bits, in the order the
+    band buckets find them (a pair found by several bands is listed again)."""
     present = np.array([i for i, h in enumerate(hashes) if h is not None], dtype=np.intp)
-    if len(present) < 2:
-        return uf
+    if distance < 0 or len(present) < 2:
+        return []
     packed = np.stack([np.asarray(hashes[i], dtype=np.uint8) for i in present])
     words = np.ascontiguousarray(packed).view(np.uint64)  # 4 words: popcount per word
     bits = np.unpackbits(packed, axis=1)
+    n_bands = distance + 1
+    bounds = np.linspace(0, HASH_BITS, n_bands + 1).astype(int)
+    out: list[tuple[int, int]] = []
     for b in range(n_bands):
         # items whose band b is identical form a bucket; only bucket mates are compared, all of
         # a bucket's pairs at once (phantoms and re-published sets fill some buckets densely:
@@ -190,8 +161,55 @@ def duplicate_groups(
         starts, stops = np.r_[0, cuts], np.r_[cuts, len(order)]
         for lo, hi in zip(starts[stops - starts > 1], stops[stops - starts > 1], strict=True):
             members = order[lo:hi]
-            for a, c in _close_pairs(words[members], distance):
-                propose(int(present[members[a]]), int(present[members[c]]))  # i < j
+            out.extend((int(present[members[a]]), int(present[members[c]]))
+                       for a, c in _close_pairs(words[members], distance))  # fmt: skip
+    return out
+
+
+def duplicate_groups(
+    sha256: Sequence[str],
+    hashes: Sequence[np.ndarray | None],
+    distance: int,
+    confirm: Callable[[int, int], bool] | None = None,
+    extra_pairs: Iterable[tuple[int, int]] = (),
+    prefetch: Callable[[list[tuple[int, int]]], None] | None = None,
+    batch: int = 64,
+) -> DisjointSet:
+    """Union items that are byte-identical or whose dHashes differ by at most ``distance`` bits,
+    or that ``extra_pairs`` proposes (:func:`cxrguide.data.near_index.candidate_pairs`); given
+    ``confirm(i, j)``, near candidates are united only when it confirms them (see
+    :func:`near_similarity`). A negative ``distance`` turns near-duplicate search off.
+
+    Candidates are decided one by one in a fixed order, a pair already united never asked
+    again. ``prefetch(pairs)`` is first handed, ``batch`` candidates at a time, those of them
+    that are still undecided, so the caller can score them in parallel before ``confirm``
+    reads its scores: the groups (and what ``confirm`` sees) do not depend on it."""
+    n = len(sha256)
+    uf = disjoint_set(n)
+    first_by_sha: dict[str, int] = {}
+    for i, digest in enumerate(sha256):
+        if digest:
+            j = first_by_sha.setdefault(digest, i)
+            if j != i:
+                uf.merge(i, j)
+    if distance < 0:
+        return uf
+    refused: set[tuple[int, int]] = set()
+    candidates = sorted((min(p), max(p)) for p in extra_pairs if p[0] != p[1])
+    candidates += dhash_pairs(hashes, distance)
+    for start in range(0, len(candidates), batch):
+        part = candidates[start : start + batch]
+        if prefetch is not None and confirm is not None:
+            pending = {p for p in part if p not in refused and not uf.connected(*p)}
+            if pending:
+                prefetch(sorted(pending))
+        for i, j in part:
+            if uf.connected(i, j) or (i, j) in refused:
+                continue
+            if confirm is None or confirm(i, j):
+                uf.merge(i, j)
+            else:
+                refused.add((i, j))  # another band may propose it again: confirm once
     return uf
 
 

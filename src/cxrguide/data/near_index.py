@@ -33,6 +33,8 @@ import itertools
 
 import numpy as np
 
+from cxrguide.data.parallel import fork_map
+
 MARGIN = 0.1
 SCALES = (0.95, 1.0)
 SHIFTS = (-0.02, 0.0, 0.02)
@@ -115,19 +117,22 @@ def _all_views(thumbs: np.ndarray, workers: int) -> list[tuple[np.ndarray, np.nd
     """:func:`views` of every thumbnail, on ``workers`` processes when the set is large enough to
     pay for them: the views are most of the search's time and each film's are independent
     (same result in any order, so prepare's output does not depend on the worker count)."""
-    if workers <= 1 or len(thumbs) < PARALLEL_MIN:
-        return [views(t) for t in thumbs]
-    import multiprocessing as mp
+    return fork_map(views, [(t,) for t in thumbs], workers, min_items=PARALLEL_MIN)
 
-    with mp.get_context("fork").Pool(workers) as pool:
-        return pool.map(views, list(thumbs), chunksize=max(1, len(thumbs) // (4 * workers)))
+
+def _fine_match(moving: np.ndarray, still: np.ndarray, view: int) -> bool:
+    """The ``fine`` check of one pair: ``moving``'s best view, refined, against ``still``."""
+    from scipy import ndimage
+
+    ref = _sample(ndimage.gaussian_filter(np.asarray(still, np.float32), 1.0), [view_boxes()[0]])
+    blurred = ndimage.gaussian_filter(np.asarray(moving, np.float32), 1.0)
+    return float((_sample(blurred, _refined(view_boxes()[view])) @ ref[0]).max()) >= FINE_COS
 
 
 def candidate_pairs(
     thumbs: np.ndarray, chunk: int = 20000, workers: int = 1
 ) -> list[tuple[int, int]]:
     """Index pairs (i < j) of ``thumbs`` (n, side, side) that may be near duplicates, sorted."""
-    from scipy import ndimage
     from scipy.spatial import cKDTree
 
     n = len(thumbs)
@@ -140,7 +145,10 @@ def candidate_pairs(
     n_views, dims = low.shape[1], low.shape[2]
     full = low[:, 0].astype(np.float32)
     k = min(PCA_DIMS, n, dims)
-    basis = np.linalg.svd(full, full_matrices=False)[2][:k].T  # (dims, k), orthonormal columns
+    # the top-k right singular vectors of ``full``, from its (dims, dims) Gram matrix: any
+    # orthonormal basis of that subspace gives the same candidates (see the module docstring)
+    gram = full.T.astype(np.float64) @ full.astype(np.float64)
+    basis = np.linalg.eigh(gram)[1][:, ::-1][:, :k].astype(np.float32)  # (dims, k)
     flat = low.reshape(-1, dims)
     proj = np.concatenate([part.astype(np.float32) @ basis for part in _chunks(flat, chunk)])
     radius = float(np.sqrt(2 - 2 * LOW_COS))  # unit vectors: |x - y|^2 = 2 - 2 cos
@@ -164,20 +172,8 @@ def candidate_pairs(
     parts = [_best_views(low, p[:, 0], p[:, 1]) for p in _chunks(pairs, chunk)]
     a_side = np.concatenate([part[1] for part in parts])
     view = np.concatenate([part[2] for part in parts])
-    boxes = view_boxes()
-    blurred: dict[int, np.ndarray] = {}
-    ref: dict[int, np.ndarray] = {}
-
-    def fine(idx: int) -> np.ndarray:
-        if idx not in blurred:
-            blurred[idx] = ndimage.gaussian_filter(np.asarray(thumbs[idx], np.float32), 1.0)
-        return blurred[idx]
-
-    out = []
-    for (a, b), a_has_view, v in zip(pairs.tolist(), a_side.tolist(), view.tolist(), strict=True):
-        moving, still = (a, b) if a_has_view else (b, a)
-        if still not in ref:
-            ref[still] = _sample(fine(still), [boxes[0]])[0]
-        if float((_sample(fine(moving), _refined(boxes[v])) @ ref[still]).max()) >= FINE_COS:
-            out.append((a, b))
-    return out
+    tasks = [(thumbs[a], thumbs[b], v) if a_has else (thumbs[b], thumbs[a], v)
+             for (a, b), a_has, v in zip(pairs.tolist(), a_side.tolist(), view.tolist(),
+                                         strict=True)]  # fmt: skip
+    matched = fork_map(_fine_match, tasks, workers, min_items=PARALLEL_MIN // 4)
+    return [tuple(p) for p, ok in zip(pairs.tolist(), matched, strict=True) if ok]

@@ -30,6 +30,7 @@ from cxrguide.config import PrepareConfig, save_yaml, to_dict
 from cxrguide.data import cache, completion, manifest, near_index
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
 from cxrguide.data.workers import unordered
+from cxrguide.data.parallel import fork_map, fork_pool
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
 CONFIG_FILE = "prepare_config.yaml"
@@ -323,10 +324,21 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
     thumbs = cache.open_readonly(Path(cfg.out) / ".work" / THUMBS)
     review: list[tuple] = []
 
+    workers = _workers(cfg)
+    scores: dict[tuple[int, int], float] = {}
+
+    def prefetch(pairs: list[tuple[int, int]]) -> None:
+        """Score the next undecided candidates on the workers (the registration is slow)."""
+        items = [(thumbs[ok[a]], thumbs[ok[b]]) for a, b in pairs]
+        scores.update(zip(pairs, fork_map(manifest.near_similarity, items, workers,
+                                          min_items=4, pool=pool), strict=True))  # fmt: skip
+
     def confirm(a: int, b: int) -> bool:
         """A dHash candidate is a duplicate only if the thumbnails agree (manifest docs)."""
         ra, rb = records[ok[a]], records[ok[b]]
-        sim = manifest.near_similarity(thumbs[ok[a]], thumbs[ok[b]])
+        sim = scores.pop((a, b), None)
+        if sim is None:
+            sim = manifest.near_similarity(thumbs[ok[a]], thumbs[ok[b]])
         same = sim >= manifest.NEAR_SIMILARITY
         if not same or ra.label != rb.label:  # distinct films, or a label conflict: for review
             review.append((_image_id(ra), ra.label, _image_id(rb), rb.label,
@@ -337,10 +349,15 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
     crop_tolerant = []  # the dHash misses crops of a few percent: a thumbnail search adds them
     if cfg.near_duplicate_distance >= 0:
         crop_tolerant = near_index.candidate_pairs(
-            np.asarray(thumbs[np.asarray(ok, dtype=int)]), workers=_workers(cfg)
+            np.asarray(thumbs[np.asarray(ok, dtype=int)]), workers=workers
         )
-    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm,
-                                   crop_tolerant)  # fmt: skip
+    pool = fork_pool(workers) if workers > 1 else None
+    try:
+        uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm,
+                                       crop_tolerant, prefetch=prefetch if pool else None)  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     _write_csv(Path(cfg.out) / "near_duplicates_review.csv", REVIEW_COLUMNS, review)
     kept: list[int] = []
     dropped: list[tuple] = []

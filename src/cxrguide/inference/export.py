@@ -244,6 +244,7 @@ class ExportResult:
     format: str
     inputs: list[str]
     max_abs_diff: float | None  # probabilities vs PyTorch on the check inputs; None if skipped
+    agreement: float | None = None  # INT8 only: top-1 agreement with fp32 on validation films
 
 
 def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: int = 1) -> float:
@@ -272,9 +273,14 @@ def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: in
 
 
 def export_run(
-    run: str | Path, fmt: str, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True
-) -> ExportResult:
-    """Export a run folder's classifier; with ``check`` fail unless parity is within 1e-4."""
+    run: str | Path, fmt: str, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True,
+    int8: bool = False, calibration_films: int = 64, min_agreement: float = 0.99, seed: int = 0,
+) -> ExportResult:  # fmt: skip
+    """Export a run folder's classifier; with ``check`` fail unless parity is within 1e-4.
+
+    ``int8``: the checked fp32 graph statically quantized on the run's validation films
+    (:mod:`cxrguide.inference.quantize`), refused below ``min_agreement`` top-1 agreement.
+    """
     from cxrguide.core.reliability import load_reliability, warn_missing
     from cxrguide.core.runs import run_identifier
     from cxrguide.models.saved import load_run
@@ -286,6 +292,8 @@ def export_run(
         raise CxrGuideError(f"{out}: is a folder; give a file name for --out")
     if not out.parent.is_dir():
         raise CxrGuideError(f"{out.parent}: output folder does not exist")
+    if int8 and fmt != "onnx":
+        raise CxrGuideError("int8: only with --format onnx")
     model, info = load_run(run, "cpu")
     rel = load_reliability(run)
     temperature = None if rel is None else rel.temperature
@@ -293,6 +301,9 @@ def export_run(
         warn_missing(run)
     module = ExportModule(model, info.image_size, info.lung_gate, temperature=temperature).eval()
     meta = run_metadata(info, run_identifier(run), temperature)
+    if int8:
+        return _export_int8(module, info, run, out, meta, opset, calibration_films,
+                            min_agreement, seed)  # fmt: skip
     with atomic_path(out) as tmp:  # a file that fails its parity check never reaches --out
         if fmt == "onnx":
             export_onnx(module, tmp, info.image_size, opset=opset, metadata=meta)
@@ -307,3 +318,25 @@ def export_run(
             )
     names = ["image", "lung_mask"] if info.lung_gate else ["image"]
     return ExportResult(out, fmt, names, diff)
+
+
+def _export_int8(
+    module: ExportModule, info: Any, run: str | Path, out: Path, meta: dict[str, str],
+    opset: int, calibration_films: int, min_agreement: float, seed: int,
+) -> ExportResult:  # fmt: skip
+    """fp32 export (parity-checked) in a temp folder, then the checked INT8 file at ``out``."""
+    import tempfile
+
+    from cxrguide.inference.quantize import quantize_checked, validation_feeds
+
+    calibration, check = validation_feeds(run, info, calibration_films, seed)
+    with tempfile.TemporaryDirectory(prefix="cxrguide-export-") as tmp:
+        fp32 = export_onnx(module, Path(tmp) / "fp32.onnx", info.image_size, opset=opset)
+        diff = parity(module, fp32, "onnx", info.image_size)
+        if diff > PARITY_TOLERANCE:
+            raise CxrGuideError(f"{run}: the fp32 ONNX graph differs from PyTorch by {diff:.2e}; "
+                                "not quantizing it")  # fmt: skip
+        result = quantize_checked(fp32, out, calibration, check, min_agreement=min_agreement,
+                                  metadata=meta)  # fmt: skip
+    names = ["image", "lung_mask"] if info.lung_gate else ["image"]
+    return ExportResult(out, "onnx-int8", names, result.max_abs_diff, result.agreement)

@@ -66,7 +66,7 @@ from cxrguide.lungs.metrics import MaskQuality
 from cxrguide.lungs.predict import FilmSegmenter, explicit_lung_run, find_lung_run
 from cxrguide.models.saved import load_run
 
-BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx")
+BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx", "onnx-int8")
 CPU_DEFAULT = "onnx"  # chosen with bench/inference.py (see the module docstring)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp",
                   ".webp", ".jp2"}  # fmt: skip
@@ -251,21 +251,23 @@ class Predictor:
         self._onnx = None
         if self.backend in ("channels_last", "bf16"):
             self.model.to(memory_format=torch.channels_last)
-        elif self.backend == "onnx":
+        elif self.backend in ("onnx", "onnx-int8"):
             try:
-                self._onnx = self._export_onnx()
+                self._onnx = self._export_onnx(int8=self.backend == "onnx-int8")
             except Exception as err:  # the exporter and onnxruntime raise many types
-                msg = " ".join(str(err).split())[:160]
+                msg = " ".join(str(err).split())[:240]
                 if backend != "auto":
                     raise CxrGuideError(f"{self.run_dir}: ONNX export failed ({msg})") from err
                 warnings.warn(f"ONNX export failed ({msg}); using eager fp32", stacklevel=2)
                 self.close()
                 self.backend = "fp32"
 
-    def _export_onnx(self) -> Any:
-        """The run as ONNX, from the export cache (exported once per run and tool versions)."""
+    def _export_onnx(self, int8: bool = False) -> Any:
+        """The run as ONNX, from the export cache (exported once per run and tool versions);
+        ``int8``: its INT8 version, calibrated and checked on the run's validation films."""
         from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
         from cxrguide.inference.onnx_runtime import OnnxRunner
+        from cxrguide.inference.quantize import cached_int8
 
         module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate,
                               temperature=self.temperature, features=True).eval()  # fmt: skip
@@ -274,6 +276,8 @@ class Predictor:
             if path is None:  # no writable cache folder: a private temp file
                 self._tmp = tempfile.TemporaryDirectory(prefix="cxrguide-onnx-")
                 path = export_onnx(module, Path(self._tmp.name) / "model.onnx", self.size)
+            if int8:
+                path = cached_int8(path, self.run_dir, self.info)
         finally:
             self.model.to(self.device)
         return OnnxRunner(path, threads=torch.get_num_threads())
