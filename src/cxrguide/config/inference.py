@@ -96,7 +96,9 @@ class ExportConfig:
     out: Path | None = _f(None, "output file (.onnx or .pt)", metavar="FILE")
     opset: int = _f(18, "ONNX opset version (18-23: what the torch.export based exporter writes)")
     check: bool = _f(True, "check the file against PyTorch (probabilities within 1e-4)")
-    int8: bool = _f(False, "static INT8 (QDQ, per-channel) calibrated on the run's validation films")
+    int8: bool = _f(
+        False, "static INT8 (QDQ, per-channel) calibrated on the run's validation films"
+    )
     calibration_films: int = _f(64, "validation films used to calibrate --int8")
     min_agreement: float = _f(0.99, "refuse --int8 below this top-1 agreement with fp32")
     seed: int = _f(0, "seed choosing the calibration films")

@@ -33,7 +33,7 @@ import itertools
 
 import numpy as np
 
-from cxrguide.data.parallel import fork_map
+from cxrguide.data.workers import fork_map
 
 MARGIN = 0.1
 SCALES = (0.95, 1.0)

@@ -29,8 +29,7 @@ from tqdm import tqdm
 from cxrguide.config import PrepareConfig, save_yaml, to_dict
 from cxrguide.data import cache, completion, manifest, near_index
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
-from cxrguide.data.workers import unordered
-from cxrguide.data.parallel import fork_map, fork_pool
+from cxrguide.data.workers import fork_map, fork_pool, unordered
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 
 CONFIG_FILE = "prepare_config.yaml"
