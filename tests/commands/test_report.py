@@ -28,7 +28,7 @@ def test_report_from_a_folder_of_runs_with_an_explain_folder(runs, tmp_path, cap
     assert "<title>Tiny study</title>" in html
     for table in ("leaderboard-stage1", "leaderboard-stage2", "leaderboard-stage3", "models"):
         assert f'<table id="{table}">' in html
-    assert html.count("<img ") == 3 + 1  # one panel row per run + the explain figure
+    assert html.count("<img ") == 3 + 1 + 3  # panel rows, the explain figure, a reliability diagram per stage
     assert "https://" not in html and "http://" not in html
 
 

@@ -155,7 +155,7 @@ def test_report_embeds_an_explain_folder_instead_of_drawing(runs, tmp_path):
                 device="cpu")  # fmt: skip
     out = build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs")
     page = Page(out.read_text())
-    assert page.images == 2  # the run's panels + the one explain figure
+    assert page.images == 3  # the run's panels, the one explain figure, its reliability diagram
     assert "Stage II mobilenet_v2: chosen images" in " ".join(page.text)
     with pytest.raises(CxrGuideError, match="explain folder not found"):
         build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "nope")
@@ -251,7 +251,7 @@ def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
     assert "Data audit: class x source" in text and "Lung segmentation" in text
     for w in audit["warnings"]:
         assert f"[{w['code']}]" in text
-    assert page.images == 2  # the run's panel + the implausible-mask example
+    assert page.images == 3  # the run's panel, the implausible-mask example, its reliability diagram
 
 
 def test_shortcut_split_table_and_provenance_show_scope_and_phantom(tmp_path):

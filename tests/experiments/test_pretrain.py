@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -86,17 +87,17 @@ def test_offline_flag_fails_in_one_line_instead_of_building(cache, monkeypatch):
 
 def test_killed_build_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     cfg = PretrainConfig(backbone="mobilenet_v2", out=tmp_path, **{**TINY, "epochs": 2})
-    real = P.os.replace
+    real = os.replace  # atomic writes (cxrguide.files) rename into place
 
     def dies_after_first_epoch(src, dst):
         real(src, dst)
         if Path(dst).name == "last.pt":
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(P.os, "replace", dies_after_first_epoch)
+    monkeypatch.setattr(os, "replace", dies_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         P.pretrain(cfg, progress=False)
-    monkeypatch.setattr(P.os, "replace", real)
+    monkeypatch.setattr(os, "replace", real)
     assert not (tmp_path / "phantom-mobilenet_v2.safetensors").exists()
     assert (tmp_path / ".phantom-mobilenet_v2.work" / "last.pt").is_file()
     resumed = P.pretrain(cfg, progress=False)

@@ -67,7 +67,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     prep, out = _multi_source(tmp_path / "prep"), tmp_path / "study"
     args = ["bench", "sources", "--data", str(prep), "--out", str(out), "--size", "32",
             "--min-films", "10", "--min-test", "2", "--stage1-epochs", "2",
-            "--batch-size", "16", "--min-group", "1", "--quick"]  # fmt: skip
+            "--batch-size", "16", "--min-group", "1", "--quick",
+            "--backbone", "mobilenet_v2", "--weights", "none"]  # fmt: skip
     assert main(args) == 0
     study = json.loads((out / "sources.json").read_text())
     assert set(study["variants"]) == {"stage1", "stage1-group"}
@@ -107,7 +108,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
 def test_guided_variants_need_lung_masks(tmp_path, capsys):
     prep = _multi_source(tmp_path / "prep")
     code = main(["bench", "sources", "--data", str(prep), "--out", str(tmp_path / "s"),
-                 "--min-films", "10", "--min-test", "2", "--variants", "stage1,lung-input"])  # fmt: skip
+                 "--min-films", "10", "--min-test", "2", "--variants", "stage1,lung-input",
+                 "--backbone", "mobilenet_v2", "--weights", "none"])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
     assert "need lung masks" in err and "--lungs" in err

@@ -198,7 +198,7 @@ def test_not_a_run(tmp_path):
 
 
 def test_auto_falls_back_to_eager_when_onnx_export_fails(run, monkeypatch):
-    def broken(self):
+    def broken(self, int8=False):
         raise RuntimeError("unsupported operator aten::weird")
 
     monkeypatch.setattr(Predictor, "_export_onnx", broken)

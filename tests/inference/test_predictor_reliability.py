@@ -114,7 +114,7 @@ def test_serve_returns_the_fields(runs, tmp_path):
     from cxrguide.serve.app import create_app
 
     for name, calibrated in (("fitted", True), ("old", False)):
-        client = TestClient(create_app(Predictor(runs[name], backend="fp32")))
+        client = TestClient(create_app(Predictor(runs[name], backend="fp32")), base_url="http://localhost")
         with client:
             path = film(tmp_path / f"{name}.png")
             reply = client.post("/v1/predict", files={"file": (path.name, path.read_bytes())})

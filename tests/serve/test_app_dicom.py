@@ -15,7 +15,7 @@ def test_dicom_upload_gets_uids_and_writes_sr_and_sc(predictor, tmp_path):
     out.mkdir()
     source = study_film(tmp_path / "scan.dcm", seed=11)
     ds = pydicom.dcmread(source)
-    with TestClient(create_app(predictor, dicom_out=out)) as client:
+    with TestClient(create_app(predictor, dicom_out=out), base_url="http://localhost") as client:
         r = client.post(
             "/v1/predict", files={"file": ("scan.dcm", source.read_bytes(), "application/dicom")}
         )

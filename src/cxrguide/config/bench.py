@@ -119,10 +119,10 @@ class SourcesBenchConfig:
     by: Literal["source", "site"] = _f(
         "source", "manifest column that names a film's source (phantoms: site = style)"
     )
-    backbone: str = _f(
-        "mobilenet_v2", "model for every run (set efficientnet_lite0 for real films)"
+    backbone: str = _f("efficientnet_lite0", "model for every run")
+    weights: str = _f(
+        "imagenet", "starting weights of every run: none | imagenet | phantom | PATH"
     )
-    weights: str = _f("none", "starting weights of every run: none | imagenet | phantom | PATH")
     size: int = _f(128, "model input side in px (the cache is resized to it)")
     seeds: list[int] = _f([0], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
