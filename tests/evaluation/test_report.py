@@ -191,7 +191,9 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert rows["data-0"] == 7 and rows["models"] == 1 and rows["shortcut"] == 2
     assert all(rows[f"leaderboard-stage{k}"] == 1 for k in (1, 2, 3))
     assert all(rows[f"per-class-stage{k}"] == 3 for k in (1, 2, 3))
-    assert len(images) == 8 and all(ok and w > 0 and shown > 100 for ok, w, shown in images)
+    assert len(images) == 11 and all(
+        ok and w > 0 and shown > 100 for ok, w, shown in images
+    )  # 8 + 3 reliability diagrams
     full = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=float)
     assert full.shape[1] == 1280 and full.shape[0] > 3000 and full.std() > 20
     cam = np.asarray(Image.open(io.BytesIO(first_figure)).convert("RGB"), dtype=float)
@@ -251,7 +253,9 @@ def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
     assert "Data audit: class x source" in text and "Lung segmentation" in text
     for w in audit["warnings"]:
         assert f"[{w['code']}]" in text
-    assert page.images == 3  # the run's panel, the implausible-mask example, its reliability diagram
+    assert (
+        page.images == 3
+    )  # the run's panel, the implausible-mask example, its reliability diagram
 
 
 def test_shortcut_split_table_and_provenance_show_scope_and_phantom(tmp_path):
