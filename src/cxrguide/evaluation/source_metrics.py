@@ -26,22 +26,15 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from cxrguide.evaluation import calibration
+
 
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """Top-label ECE: sum over equal-width confidence bins of |accuracy - confidence| * share.
-
-    Bins are (lo, hi] with the first one closed at 0, as in Guo et al.; NaN for no films.
-    """
-    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+    """Top-label ECE, the one of :func:`cxrguide.evaluation.calibration.ece`; NaN for no films
+    (a held-out source with nothing to score)."""
     if len(y) == 0:
         return float("nan")
-    conf, correct = probs.max(1), (probs.argmax(1) == y).astype(np.float64)
-    index = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
-    total = 0.0
-    for b in np.unique(index):
-        inside = index == b
-        total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
-    return float(total)
+    return calibration.ece(np.asarray(y), probs, bins)
 
 
 def worst_group_accuracy(
