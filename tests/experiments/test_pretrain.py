@@ -14,6 +14,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.experiments import pretrain as P
 from cxrguide.models.weights import OFFLINE_ENV, WEIGHTS_ENV, file_sha256
 from cxrguide.models.zoo import create_model
+from tracking_testutils import assert_events_match_history
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,6 +40,8 @@ def test_pretrain_writes_body_and_card_and_runs_record_phantom_sha(tmp_path):
     assert {"torch", "timm", "cxrguide"} <= set(card["versions"])
     assert "not ImageNet" in result.body.with_suffix(".md").read_text()
     assert not list(out.glob(".phantom-*")) and not list(out.glob("*.tmp"))
+    run = out / "phantom-mobilenet_v2.run"  # the build's history.csv and TensorBoard events
+    assert set(assert_events_match_history(run)) == {"loss/train", "acc/train", "lr"}
     model = create_model("mobilenet_v2", str(result.body))
     assert model.weights_source == f"phantom:{result.sha256}"
     # reproducible: the same recipe gives the same body
@@ -101,6 +104,8 @@ def test_killed_build_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert not (tmp_path / "phantom-mobilenet_v2.safetensors").exists()
     assert (tmp_path / ".phantom-mobilenet_v2.work" / "last.pt").is_file()
     resumed = P.pretrain(cfg, progress=False)
+    scalars = assert_events_match_history(tmp_path / "phantom-mobilenet_v2.run")
+    assert [step for step, _ in scalars["loss/train"]] == [1, 2]  # each epoch once
     straight = P.pretrain(PretrainConfig(**{**cfg.__dict__, "out": tmp_path / "b"}), progress=False)
     _assert_same_body(resumed.body, straight.body)
 

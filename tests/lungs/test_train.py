@@ -19,6 +19,7 @@ from cxrguide.lungs.train import (
     train_lungs,
 )
 from lung_phantoms import prepared_lung_phantoms
+from tracking_testutils import assert_events_match_history
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,6 +85,7 @@ def test_short_cpu_training_segments_phantoms(trained):
     assert len(hist) == 5 and hist.val_dice.iloc[-1] > hist.val_dice.iloc[0]
     for name in ("config.yaml", "best.pt", "last.pt", "metrics.json", "per_image.csv"):
         assert (run / name).is_file()
+    assert {"dice/val", "loss/train", "lr"} <= set(assert_events_match_history(run))
     per = pd.read_csv(run / "per_image.csv")
     assert set(per.split) == {"val", "test"} and per.dice.between(0, 1).all()
     val = per[per.split == "val"]

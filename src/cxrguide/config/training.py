@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from cxrguide.config.core import _f
+from cxrguide.config.core import _f, mlflow_field
 from cxrguide.config.weights import WeightsSpec
 from cxrguide.errors import ConfigError
 
@@ -94,6 +94,7 @@ class TrainConfig:
         False, "with --resume: continue with changed settings, recorded in config_changes.yaml"
     )
     progress: bool = _f(True, "progress bars (shown only on a terminal; --no-progress: never)")
+    mlflow: str | None = mlflow_field()
     attention: list[str] = _f(
         ["gate", "gain"],
         "Stage III: gate, gain, external, early-gate, lung-input, rrr; comma list "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ from cxrguide.evaluation.sources_summary import (
     write_study,
 )
 from cxrguide.files import atomic_write_json
+
+_log = logging.getLogger(__name__)
 
 EXTERNAL = "external"  # the held-out source's films in a fold's manifest
 ALL = "all"
@@ -242,7 +245,7 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
     cfg = dataclasses.replace(cfg, data=prepared.root.resolve())
     held, skipped = eligible_sources(prepared, cfg.by, cfg.min_films, cfg.min_test)
     for s in skipped:
-        print(f"skipped {s['source']}: {s['reason']}", flush=True)
+        _log.info("skipped %s: %s", s["source"], s["reason"])
     timing, start = Timing(out / "timing.json"), time.perf_counter()
     device = resolve_device(cfg.device)
     ensure_lungs(cfg, prepared, timing)
@@ -263,9 +266,9 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
                 run = run_variant(cfg, fold, variant, seed, folder, parent, scorer, timing)
                 outputs[variant][held_out] = scorer.outputs(run)
                 m = scorer(run, EXTERNAL if held_out else "test", None)  # type: ignore[arg-type]
-                print(f"seed {seed} {variant:<16} {fold_name(held_out):<28} "
-                      f"{'external' if held_out else 'internal test'} accuracy "
-                      f"{m['accuracy']:.3f}", flush=True)  # fmt: skip
+                _log.info(f"seed {seed} {variant:<16} {fold_name(held_out):<28} "
+                          f"{'external' if held_out else 'internal test'} accuracy "
+                          f"{m['accuracy']:.3f}")  # fmt: skip
         t0 = time.perf_counter()
         for variant in cfg.variants:
             runs = outputs[variant]

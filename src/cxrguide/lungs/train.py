@@ -31,6 +31,7 @@ from cxrguide.config import (
 )
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
+from cxrguide.core.tracking import finish_mlflow
 from cxrguide.data import cache
 from cxrguide.data.augment import CxrAugment
 from cxrguide.data.completion import require_complete
@@ -48,7 +49,7 @@ from cxrguide.lungs.records import lung_cache_path
 from cxrguide.lungs.unet import DiceBCELoss, LungSegmenter, build_unet
 
 RUN_CONFIG, METRICS, PER_IMAGE = "config.yaml", "metrics.json", "per_image.csv"
-_RUNTIME_FIELDS = ("device", "progress", "workers")  # may change when a run is resumed
+_RUNTIME_FIELDS = ("device", "progress", "workers", "mlflow")  # may change when a run is resumed
 
 
 def read_lung_set(prepared: str | Path) -> tuple[list[dict[str, str]], int]:
@@ -175,7 +176,7 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
     task = LungTask(DiceBCELoss(cfg.dice_weight, cfg.bce_weight), cfg.threshold)
     ecfg = engine.EngineConfig(max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed,
                                device=cfg.device, precision=cfg.precision,
-                               progress=cfg.progress)  # fmt: skip
+                               progress=cfg.progress, mlflow=cfg.mlflow)  # fmt: skip
     loaders = [
         engine.make_loader(
             ds, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.workers
@@ -184,6 +185,7 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
     ]
     result = engine.fit(model, task, *loaders, optimizer, ecfg, run)
     metrics = evaluate_model(model, cfg, run, splits=("val", "test"))
+    finish_mlflow(run, cfg.mlflow)
     return LungsTrainResult(run, result, metrics)
 
 

@@ -8,6 +8,7 @@ that evaluates a saved run, normally :func:`cxrguide.evaluation.evaluate.score_s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from cxrguide.config import TrainConfig, save_yaml
 from cxrguide.core import engine
 from cxrguide.core.run_config import claim_run_config
 from cxrguide.core.runs import RunInfo, read_info, save_run
+from cxrguide.core.tracking import finish_mlflow
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 
 LEADERBOARD = "leaderboard_stage{stage}.csv"
 SCORED_SPLITS = ("val", "test")
 SHORTCUT_SPLIT = "shortcut_test"  # phantoms' markers at another class's place (cxrguide synth)
+
+_log = logging.getLogger(__name__)
 
 Scorer = Callable[[Path, str, TrainConfig], dict[str, Any]]
 """``(run folder, split, config) -> metrics`` with ``accuracy``, ``macro_f1``, ``macro_auc``."""
@@ -34,6 +38,7 @@ def engine_config(cfg: TrainConfig) -> engine.EngineConfig:
     return engine.EngineConfig(
         max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed, device=cfg.device,
         precision=cfg.precision, channels_last=cfg.channels_last, progress=cfg.progress,
+        mlflow=cfg.mlflow,
     )  # fmt: skip
 
 
@@ -101,6 +106,7 @@ def finish_run(
         m = score(run, SHORTCUT_SPLIT, cfg)
         row[f"{SHORTCUT_SPLIT}_accuracy"] = m["accuracy"]
         shown += f", {SHORTCUT_SPLIT} accuracy {m['accuracy']:.3f}"
-    print(f"{run}: {shown}")
+    _log.info("%s: %s", run, shown)
+    finish_mlflow(run, cfg.mlflow)  # the finished folder (model, metrics) as the run's artefacts
     engine.barrier()
     return row

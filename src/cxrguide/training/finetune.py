@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,8 @@ from cxrguide.training.objective import (
     train_loader,
 )
 from cxrguide.training.tasks import Stage3Task
+
+_log = logging.getLogger(__name__)
 
 
 def settings_from(cfg: TrainConfig) -> GainSettings:
@@ -111,8 +114,8 @@ def rows_with_lungs(prepared: Prepared, split: str, why: str) -> np.ndarray:
             f"{why} needs lungs; check 'cxrguide lungs predict' (its quality flags)"
         )
     if not present.all():
-        print(f"{why}: skipped {int((~present).sum())} of {len(rows)} {split} images "
-              "(empty lung mask)")  # fmt: skip
+        _log.info("%s: skipped %d of %d %s images (empty lung mask)", why,
+                  int((~present).sum()), len(rows), split)  # fmt: skip
     return rows[present]
 
 
@@ -227,8 +230,8 @@ def stage3(
     model, info = _start(cfg, parent, backbone)
     if (parent is None and model.weights_source == "random" and settings.gain
             and settings.erased_bn == "frozen"):  # fmt: skip
-        print("Stage III from a random body: BatchNorm has no trained statistics to freeze; "
-              "GAIN uses --gain-bn clean")  # fmt: skip
+        _log.info("Stage III from a random body: BatchNorm has no trained statistics to freeze; "
+                  "GAIN uses --gain-bn clean")  # fmt: skip
         cfg = dataclasses.replace(cfg, gain_bn="clean")  # recorded in the run's config.yaml
         settings = dataclasses.replace(settings, erased_bn="clean")
     return fine_tune(cfg, model, info, prepared, settings, score)
