@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,12 @@ class MlflowRun:
     """One MLflow run per run folder; its id is kept in ``MLFLOW_RECORD`` for a resume."""
 
     def __init__(self, uri: str, run_dir: Path, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        self.client = _client(uri)
         record = run_dir / MLFLOW_RECORD
         saved = json.loads(record.read_text()) if record.is_file() else {}
         try:
+            self.client = _client(uri)
+            from mlflow.entities import Param
+
             if saved.get("uri") == uri:  # a resumed run: same MLflow run, params already there
                 self.run_id = str(saved["run_id"])
                 self.client.update_run(self.run_id, status="RUNNING")
@@ -98,14 +99,18 @@ class MlflowRun:
             flat = [Param(k, v[:6000]) for k, v in sorted(flatten(params).items())]
             for chunk in _chunks(flat):
                 self.client.log_batch(self.run_id, params=chunk)
-        except Exception as err:  # an unreachable server, a bad store URI: one line, at the start
-            raise CxrGuideError(f"mlflow: {uri}: {type(err).__name__}: {err}") from None
+        except CxrGuideError:
+            raise
+        except Exception as err:  # a bad store URI, a server gone: one line, at the start
+            msg = " ".join(str(err).split())[:300]
+            raise CxrGuideError(f"mlflow: {uri}: {type(err).__name__}: {msg}") from None
         atomic_write_text(record, json.dumps({"uri": uri, "run_id": self.run_id}))
 
     def log(self, scalars: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, 0, step) for k, v in scalars.items()]
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in scalars.items()]
         for chunk in _chunks(metrics):
             self.client.log_batch(self.run_id, metrics=chunk)
 
@@ -124,8 +129,8 @@ class Tracker:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._ml = MlflowRun(mlflow, self.run_dir, params or {}) if mlflow else None  # fails first
         self._tb = _summary_writer(self.run_dir, start_epoch)
-        self._ml = MlflowRun(mlflow, self.run_dir, params or {}) if mlflow else None
 
     def log(self, row: Mapping[str, Any]) -> None:
         """One epoch's history row (``epoch`` is the step)."""
