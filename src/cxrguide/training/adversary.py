@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrguide.core.engine import unwrap
 from cxrguide.errors import ConfigError
 
 ADVERSARY_WIDTH = 128  # hidden units of the source classifier (one hidden layer)
@@ -128,7 +129,8 @@ class AdversaryTask:
         self.inner, self.codes = inner, codes
         self.weight, self.total_steps = float(weight), max(int(total_steps), 1)
 
-    def _adversary(self, model: AdversarialNet, batch: dict, scale: float):
+    def _adversary(self, model: nn.Module, batch: dict, scale: float):
+        model = unwrap(model)  # under torchrun the engine hands in the DDP wrapper
         target = self.codes.to(batch["index"].device)[batch["index"]]
         known = target >= 0
         logits = model.adversary(model.pooled()[known], scale)
@@ -141,10 +143,10 @@ class AdversaryTask:
 
     def train_step(self, model: AdversarialNet, batch: dict) -> tuple[torch.Tensor, dict]:
         loss, sums = self.inner.train_step(model, batch)
-        step = int(model.adversary.step)
-        scale = self.weight * dann_lambda(step / self.total_steps)
+        counter = unwrap(model).adversary.step
+        scale = self.weight * dann_lambda(int(counter) / self.total_steps)
         adv, adv_sums = self._adversary(model, batch, scale)
-        model.adversary.step += 1
+        counter += 1
         sums.update(adv_sums, adv_lambda=scale * len(batch["label"]))
         return loss + adv, sums
 
