@@ -1,6 +1,8 @@
 """Stage II and III: the one fine-tuning path (Stage II is Stage III with no attention).
 
 Stage III adds guided attention (lung gate, GAIN attention mining, lung-mask supervision).
+``--adversary source`` adds a source classifier behind gradient reversal to either
+(:mod:`cxrguide.training.adversary`).
 
 ``cxrguide train --stage 3 --from RUN|LEADERBOARD --attention gate,gain[,external]`` fine-tunes
 Stage II runs (the study's order) with the mechanisms switched on; without ``--from`` it starts
@@ -54,6 +56,7 @@ from cxrguide.training.objective import (
     dataset_labels,
     dataset_sources,
     train_loader,
+    with_adversary,
 )
 from cxrguide.training.tasks import Stage3Task
 
@@ -183,6 +186,9 @@ def fine_tune(
     else:
         net = GuidedAttention(model, settings)
         task = Stage3Task(settings, cfg.l2, cfg.l2_scope, class_weights(cfg, labels))
+    loader = train_loader(cfg, train, labels, dataset_sources(cfg, prepared, train))
+    net, task = with_adversary(cfg, prepared, train, model, net, task,
+                               cfg.max_epochs * len(loader))  # fmt: skip
     if optimizer == "sgd":
         opt = sgd(net.parameters(), cfg.finetune_lr, cfg.momentum)
     elif optimizer == "adam":
@@ -190,8 +196,7 @@ def fine_tune(
     else:
         raise ConfigError(f"optimizer: {optimizer!r} is not one of sgd, adam")
     engine.fit(
-        net, task,
-        train_loader(cfg, train, labels, dataset_sources(cfg, prepared, train)),
+        net, task, loader,
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         opt, engine_config(cfg), run, on_epoch_end=on_epoch_end,
     )  # fmt: skip
