@@ -35,7 +35,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.report_figures import render_grid
 from cxrguide.files import atomic_write_json
 from cxrguide.labels import CLASSES
-from cxrguide.lungs.predict import FilmSegmenter, find_lung_run
+from cxrguide.lungs.segmenter import FilmSegmenter, find_lung_run
 from cxrguide.models.saved import load_run
 
 METHOD_NAMES = {**CAM_METHODS, **SLOW_CAM_METHODS}
