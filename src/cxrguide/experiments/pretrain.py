@@ -39,6 +39,7 @@ from cxrguide.config.weights import WeightsSpec
 from cxrguide.core.checkpoint import load_checkpoint
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save, atomic_write_text
+from cxrguide.models.grid import feature_stages
 from cxrguide.models.weights import (
     OFFLINE_ENV,
     PHANTOM,
@@ -122,16 +123,12 @@ LESION_STRIDE = 8
 def lesion_tap(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     """The body's last stage of stride <= :data:`LESION_STRIDE` and its channel count (timm's
     ``feature_info``)."""
-    info = getattr(model.body, "feature_info", None) or []
-    entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-    modules = dict(model.body.named_modules())
-    taps = [e for e in entries if e.get("reduction", 99) <= LESION_STRIDE
-            and e.get("module") in modules]  # fmt: skip
+    taps = feature_stages(model.body, LESION_STRIDE)
     if not taps:
         raise CxrGuideError(
             f"{model.name}: no stage of stride <= {LESION_STRIDE} to teach lesions on"
         )
-    return modules[taps[-1]["module"]], int(taps[-1]["num_chs"])
+    return taps[-1].module, taps[-1].channels
 
 
 def _lesion_loss(aux: torch.nn.Module, fmap: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:

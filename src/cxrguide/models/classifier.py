@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrguide.models.grid import feature_stages, mask_to_grid
 from cxrguide.models.head import PaperHead
 
 
 def gate_features(features: torch.Tensor, lung_mask: torch.Tensor) -> torch.Tensor:
     """Multiply ``(B, C, h, w)`` features by a ``(B, 1, H, W)`` mask area-resized to ``(h, w)``.
 
-    Area interpolation keeps soft values: a feature cell half inside the lungs gets 0.5.
+    The mask lands on the grid by :func:`~cxrguide.models.grid.mask_to_grid` (soft values kept).
     """
     if lung_mask.dim() == 3:
         lung_mask = lung_mask.unsqueeze(1)
@@ -44,8 +45,7 @@ def gate_features(features: torch.Tensor, lung_mask: torch.Tensor) -> torch.Tens
         raise ValueError(
             f"lung_mask batch {lung_mask.shape[0]} != feature batch {features.shape[0]}"
         )
-    grid = F.interpolate(lung_mask.to(features.dtype), size=features.shape[-2:], mode="area")
-    return features * grid
+    return features * mask_to_grid(lung_mask.to(features.dtype), features.shape[-2:])
 
 
 LUNG_INPUTS = ("input", "early", "last")  # where a lung mask enters the network
@@ -57,17 +57,6 @@ def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     if pixels <= 0:
         return mask
     return F.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels)
-
-
-def area_resize(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Area-resize a mask to ``size``: average pooling when the side divides (exportable)."""
-    h, w = int(size[0]), int(size[1])  # ints: static sizes in a traced / exported graph
-    H, W = int(mask.shape[-2]), int(mask.shape[-1])  # noqa: N806
-    if (h, w) == (H, W):
-        return mask
-    if H % h == 0 and W % w == 0:
-        return F.avg_pool2d(mask, (H // h, W // w))
-    return F.interpolate(mask, size=(h, w), mode="area")
 
 
 class CxrClassifier(nn.Module):
@@ -125,18 +114,14 @@ class CxrClassifier(nn.Module):
 
     def early_modules(self) -> list[nn.Module]:
         """The body's stages of stride <= 16 (timm's ``feature_info``)."""
-        info = getattr(self.body, "feature_info", None)
-        if not info:
+        if not getattr(self.body, "feature_info", None):
             raise ValueError(f"{self.name}: no feature_info, so no early lung gate")
-        entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-        modules = dict(self.body.named_modules())
-        return [modules[e["module"]] for e in entries
-                if e.get("reduction", 99) <= EARLY_MAX_STRIDE and e.get("module") in modules]  # fmt: skip
+        return [stage.module for stage in feature_stages(self.body, EARLY_MAX_STRIDE)]
 
     def _early_gate(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if self._early_mask is None or not isinstance(output, torch.Tensor):
             return output
-        return output * area_resize(self._early_mask.to(output.dtype), output.shape[-2:])
+        return output * mask_to_grid(self._early_mask.to(output.dtype), output.shape[-2:])
 
     def wide_mask(self, lung_mask: torch.Tensor, side: int) -> torch.Tensor:
         """The mask grown by ``lung_dilation`` of the side (what ``input``/``early`` use)."""
