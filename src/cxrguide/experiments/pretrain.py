@@ -52,9 +52,6 @@ from cxrguide.models.weights import (
     weight_cache_dir,
 )
 
-# Fields of PretrainConfig that --weights phantom overrides when it builds a body (none: its
-# defaults are the recipe); tests shrink it.
-DEFAULT_RECIPE: dict = {}
 ConfigT = TypeVar("ConfigT", bound=Any)  # a config dataclass with a ``weights`` field
 
 
@@ -291,12 +288,15 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     return PretrainResult(body_path, card_path, sha, acc, seconds)
 
 
-def ensure_phantom_body(backbone: str, log=print, progress: bool = True) -> tuple[Path, str]:
+def ensure_phantom_body(
+    backbone: str, log=print, progress: bool = True, recipe: dict[str, Any] | None = None
+) -> tuple[Path, str]:
     """The cached phantom body of ``backbone`` and its label ``phantom:<sha256>``.
 
     Verified against its card on every use; a missing or corrupt one is (re)built with the
-    default recipe, with progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line
-    says what is missing and how to make it.
+    default recipe (:class:`PretrainConfig`'s defaults; ``recipe`` overrides fields of it), with
+    progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line says what is missing
+    and how to make it.
     """
     from cxrguide.models.zoo import get_spec
 
@@ -314,19 +314,21 @@ def ensure_phantom_body(backbone: str, log=print, progress: bool = True) -> tupl
         )
     log(f"phantom body for {name}: {'not cached' if missing else problem + ', rebuilding'}; "
         f"building it in {body.parent} (a few CPU minutes, once)")  # fmt: skip
-    recipe = PretrainConfig(backbone=name, out=body.parent, **DEFAULT_RECIPE)
-    result = pretrain(recipe, progress=progress)
+    cfg = PretrainConfig(backbone=name, out=body.parent, **(recipe or {}))
+    result = pretrain(cfg, progress=progress)
     log(f"phantom body for {name}: held-out clean accuracy {result.test_accuracy:.3f}, "
         f"{result.seconds:.0f} s, {result.body}")  # fmt: skip
     return result.body, f"{PHANTOM}:{result.sha256}"
 
 
-def resolve_phantom(backbones: list[str], log=print) -> tuple[str, dict[str, str]]:
+def resolve_phantom(
+    backbones: list[str], log=print, recipe: dict[str, Any] | None = None
+) -> tuple[str, dict[str, str]]:
     """Every body of ``backbones`` built or verified; returns the file template
     (``.../phantom-{backbone}.safetensors``) and each backbone's ``phantom:<sha256>`` label."""
     folder, labels = weight_cache_dir(), {}
     for name in backbones:
-        body, labels[name] = ensure_phantom_body(name, log=log, progress=sys.stderr.isatty())
+        body, labels[name] = ensure_phantom_body(name, log, sys.stderr.isatty(), recipe)
         log(f"weights for {name}: {body} ({labels[name][:20]}...)")
         folder = body.parent
     return str(folder / "phantom-{backbone}.safetensors"), labels

@@ -23,6 +23,7 @@ Inception and ResNet V2; none for COVID-Net), so callers never deal with either.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -92,8 +93,6 @@ class CxrClassifier(nn.Module):
         self._body_frozen = False
         self.lung_inputs: tuple[str, ...] = ("last",)
         self.lung_dilation = 0.0  # fraction of the input side the mask grows by (input, early)
-        self._early_mask: torch.Tensor | None = None
-        self._early_hooks: list = []
 
     # --- where lung masks enter ----------------------------------------------------------
     def set_lung_inputs(self, inputs: Iterable[str], dilation: float = 0.0) -> CxrClassifier:
@@ -103,12 +102,8 @@ class CxrClassifier(nn.Module):
         inputs = tuple(m for m in LUNG_INPUTS if m in wanted)
         if unknown or dilation < 0:
             raise ValueError(f"lung inputs {sorted(unknown)} / dilation {dilation} invalid")
-        for handle in self._early_hooks:
-            handle.remove()
-        self._early_hooks = []
         if "early" in inputs:
-            self._early_hooks = [m.register_forward_hook(self._early_gate)
-                                 for m in self.early_modules()]  # fmt: skip
+            self.early_modules()  # a body without feature_info cannot take the early gate
         self.lung_inputs, self.lung_dilation = inputs, float(dilation)
         return self
 
@@ -118,10 +113,25 @@ class CxrClassifier(nn.Module):
             raise ValueError(f"{self.name}: no feature_info, so no early lung gate")
         return [stage.module for stage in feature_stages(self.body, EARLY_MAX_STRIDE)]
 
-    def _early_gate(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        if self._early_mask is None or not isinstance(output, torch.Tensor):
-            return output
-        return output * mask_to_grid(self._early_mask.to(output.dtype), output.shape[-2:])
+    @contextmanager
+    def early_gates(self, wide: torch.Tensor) -> Iterator[None]:
+        """Gate every early stage's output by ``wide`` for the calls inside the block.
+
+        The hooks hold the mask in their closure and are removed on exit, so nothing of one
+        call stays on the module for the next.
+        """
+
+        def gate(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                return output
+            return output * mask_to_grid(wide.to(output.dtype), output.shape[-2:])
+
+        handles = [m.register_forward_hook(gate) for m in self.early_modules()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def wide_mask(self, lung_mask: torch.Tensor, side: int) -> torch.Tensor:
         """The mask grown by ``lung_dilation`` of the side (what ``input``/``early`` use)."""
@@ -143,11 +153,12 @@ class CxrClassifier(nn.Module):
             wide = self.wide_mask(lung_mask, x.shape[-1])
         if "input" in self.lung_inputs:
             x = x * wide
-        self._early_mask = wide if "early" in self.lung_inputs else None
-        try:
+        if "early" in self.lung_inputs:
+            assert wide is not None
+            with self.early_gates(wide):
+                features = self.forward_features(x)
+        else:
             features = self.forward_features(x)
-        finally:
-            self._early_mask = None
         if last and "last" in self.lung_inputs:
             features = gate_features(features, lung_mask)
         return features
