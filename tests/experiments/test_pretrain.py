@@ -25,7 +25,6 @@ TINY = dict(n=30, size=32, epochs=1, batch_size=8, workers=1)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
     monkeypatch.delenv(OFFLINE_ENV, raising=False)
-    monkeypatch.setattr(P, "DEFAULT_RECIPE", TINY)  # what --weights phantom builds, made tiny
     return tmp_path / "weights"
 
 
@@ -52,7 +51,7 @@ def test_pretrain_writes_body_and_card_and_runs_record_phantom_sha(tmp_path):
 
 def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(cache):
     logs: list[str] = []
-    template, labels = P.resolve_phantom(["mobilenet_v2"], log=logs.append)
+    template, labels = P.resolve_phantom(["mobilenet_v2"], log=logs.append, recipe=TINY)
     body = cache / "phantom-mobilenet_v2.safetensors"
     assert template == str(cache / "phantom-{backbone}.safetensors")
     assert labels == {"mobilenet_v2": f"phantom:{file_sha256(body)}"}
@@ -61,7 +60,7 @@ def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(c
     assert model.weights_source == labels["mobilenet_v2"]
     assert create_model("mobilenet_v2", "phantom").weights_source == labels["mobilenet_v2"]
     logs.clear()
-    P.resolve_phantom(["mobilenet_v2"], log=logs.append)  # cached: nothing built
+    P.resolve_phantom(["mobilenet_v2"], log=logs.append, recipe=TINY)  # cached: nothing built
     assert not any("building" in line for line in logs)
     original = body.with_name("original.safetensors")
     original.write_bytes(body.read_bytes())
@@ -71,7 +70,7 @@ def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(c
     with pytest.raises(CxrGuideError, match="SHA-256"):
         create_model("mobilenet_v2", "phantom")  # never silently used
     logs.clear()
-    _, again = P.resolve_phantom(["mobilenet_v2"], log=logs.append)
+    _, again = P.resolve_phantom(["mobilenet_v2"], log=logs.append, recipe=TINY)
     assert any("rebuilding" in line for line in logs)
     assert again == {"mobilenet_v2": f"phantom:{file_sha256(body)}"}  # the rebuilt file's own
     _assert_same_body(body, original)  # same recipe: the same body up to float rounding

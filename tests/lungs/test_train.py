@@ -11,13 +11,8 @@ import torch
 from cxrguide.config import LungsEvaluateConfig, LungsPrepareConfig, LungsTrainConfig
 from cxrguide.errors import CxrGuideError
 from cxrguide.lungs.prepare import prepare_lungs
-from cxrguide.lungs.train import (
-    LungsDataset,
-    evaluate_lungs,
-    load_lung_run,
-    predict_batch,
-    train_lungs,
-)
+from cxrguide.lungs.segmenter import load_lung_run, predict_batch
+from cxrguide.lungs.train import LungsDataset, evaluate_lungs, train_lungs
 from lung_phantoms import prepared_lung_phantoms
 from tracking_testutils import assert_events_match_history
 

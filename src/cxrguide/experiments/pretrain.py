@@ -42,6 +42,7 @@ from cxrguide.core.engine import HISTORY, resolve_device, seed_everything, write
 from cxrguide.core.tracking import Tracker, finish_mlflow
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save, atomic_write_text
+from cxrguide.models.grid import feature_stages
 from cxrguide.models.weights import (
     OFFLINE_ENV,
     PHANTOM,
@@ -56,9 +57,6 @@ from cxrguide.models.weights import (
 
 _log = logging.getLogger(__name__)
 
-# Fields of PretrainConfig that --weights phantom overrides when it builds a body (none: its
-# defaults are the recipe); tests shrink it.
-DEFAULT_RECIPE: dict = {}
 ConfigT = TypeVar("ConfigT", bound=Any)  # a config dataclass with a ``weights`` field
 
 
@@ -132,16 +130,12 @@ LESION_STRIDE = 8
 def lesion_tap(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     """The body's last stage of stride <= :data:`LESION_STRIDE` and its channel count (timm's
     ``feature_info``)."""
-    info = getattr(model.body, "feature_info", None) or []
-    entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-    modules = dict(model.body.named_modules())
-    taps = [e for e in entries if e.get("reduction", 99) <= LESION_STRIDE
-            and e.get("module") in modules]  # fmt: skip
+    taps = feature_stages(model.body, LESION_STRIDE)
     if not taps:
         raise CxrGuideError(
             f"{model.name}: no stage of stride <= {LESION_STRIDE} to teach lesions on"
         )
-    return modules[taps[-1]["module"]], int(taps[-1]["num_chs"])
+    return taps[-1].module, taps[-1].channels
 
 
 def _lesion_loss(aux: torch.nn.Module, fmap: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
@@ -323,12 +317,15 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     return PretrainResult(body_path, card_path, sha, acc, seconds)
 
 
-def ensure_phantom_body(backbone: str, log=_log.info, progress: bool = True) -> tuple[Path, str]:
+def ensure_phantom_body(
+    backbone: str, log=_log.info, progress: bool = True, recipe: dict[str, Any] | None = None
+) -> tuple[Path, str]:
     """The cached phantom body of ``backbone`` and its label ``phantom:<sha256>``.
 
     Verified against its card on every use; a missing or corrupt one is (re)built with the
-    default recipe, with progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line
-    says what is missing and how to make it.
+    default recipe (:class:`PretrainConfig`'s defaults; ``recipe`` overrides fields of it), with
+    progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line says what is missing
+    and how to make it.
     """
     from cxrguide.models.zoo import get_spec
 
@@ -346,19 +343,21 @@ def ensure_phantom_body(backbone: str, log=_log.info, progress: bool = True) -> 
         )
     log(f"phantom body for {name}: {'not cached' if missing else problem + ', rebuilding'}; "
         f"building it in {body.parent} (a few CPU minutes, once)")  # fmt: skip
-    recipe = PretrainConfig(backbone=name, out=body.parent, **DEFAULT_RECIPE)
-    result = pretrain(recipe, progress=progress)
+    cfg = PretrainConfig(backbone=name, out=body.parent, **(recipe or {}))
+    result = pretrain(cfg, progress=progress)
     log(f"phantom body for {name}: held-out clean accuracy {result.test_accuracy:.3f}, "
         f"{result.seconds:.0f} s, {result.body}")  # fmt: skip
     return result.body, f"{PHANTOM}:{result.sha256}"
 
 
-def resolve_phantom(backbones: list[str], log=_log.info) -> tuple[str, dict[str, str]]:
+def resolve_phantom(
+    backbones: list[str], log=_log.info, recipe: dict[str, Any] | None = None
+) -> tuple[str, dict[str, str]]:
     """Every body of ``backbones`` built or verified; returns the file template
     (``.../phantom-{backbone}.safetensors``) and each backbone's ``phantom:<sha256>`` label."""
     folder, labels = weight_cache_dir(), {}
     for name in backbones:
-        body, labels[name] = ensure_phantom_body(name, log=log, progress=sys.stderr.isatty())
+        body, labels[name] = ensure_phantom_body(name, log, sys.stderr.isatty(), recipe)
         log(f"weights for {name}: {body} ({labels[name][:20]}...)")
         folder = body.parent
     return str(folder / "phantom-{backbone}.safetensors"), labels

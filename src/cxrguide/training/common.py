@@ -23,6 +23,7 @@ from cxrguide.core.runs import RunInfo, read_info, save_run
 from cxrguide.core.tracking import finish_mlflow
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.models.classifier import CxrClassifier
 
 LEADERBOARD = "leaderboard_stage{stage}.csv"
 SCORED_SPLITS = ("val", "test")
@@ -68,14 +69,25 @@ def parents(cfg: TrainConfig) -> list[Path]:
     return [Path(r) for r in board["run"].head(cfg.top)]
 
 
-def run_dir(cfg: TrainConfig, name: str) -> Path:
-    """``OUT/stage<k>-<name>``; an existing run is continued only with ``--resume``."""
-    run = Path(cfg.out) / f"stage{cfg.stage}-{name}"
+def run_path(cfg: TrainConfig, name: str) -> Path:
+    """``OUT/stage<k>-<name>``: where a stage's run of one model lives (no side effects)."""
+    return Path(cfg.out) / f"stage{cfg.stage}-{name}"
+
+
+def effective_image_size(cfg: TrainConfig, model: CxrClassifier, parent_size: int = 0) -> int:
+    """The side a run trains at: ``--image-size``, else its parent run's, else the body's own."""
+    return cfg.image_size or parent_size or model.input_size[0]
+
+
+def claim_run(cfg: TrainConfig, name: str) -> Path:
+    """Take :func:`run_path` for this config: refuse an existing run unless ``--resume``, and
+    record the config first (a resume must match it)."""
+    run = run_path(cfg, name)
     if (run / engine.LAST).exists() and not cfg.resume:
         raise CxrGuideError(
             f"{run}: a run already exists; pass --resume to continue it or choose another --out"
         )
-    if engine.is_main_process():  # the record is written first; a resume must match it
+    if engine.is_main_process():
         claim_run_config(run, cfg, resume=cfg.resume, override=cfg.resume_override)
     return run
 

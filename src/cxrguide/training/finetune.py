@@ -44,10 +44,11 @@ from cxrguide.models.saved import load_run
 from cxrguide.training.common import (
     Scorer,
     backbones,
+    claim_run,
+    effective_image_size,
     engine_config,
     finish_run,
     parents,
-    run_dir,
     sgd,
 )
 from cxrguide.training.objective import (
@@ -166,8 +167,8 @@ def fine_tune(
     model.unfreeze_body().train()
     if info.parent:  # the body starts from the parent's weights, whatever --weights says
         cfg = dataclasses.replace(cfg, weights=str(Path(info.parent) / "model.pt"))
-    run = run_dir(cfg, info.backbone)
-    size = cfg.image_size or info.image_size or model.input_size[0]
+    run = claim_run(cfg, info.backbone)
+    size = effective_image_size(cfg, model, info.image_size)
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
     strict = settings is not None and settings.strict_lungs
     why = f"--attention {','.join(names)}"
