@@ -19,14 +19,16 @@ Paths: ``fp32`` eager; ``channels_last`` (NHWC weights and input); ``bf16`` (cha
 optimisations); ``onnx_int8`` (that graph statically quantized, QDQ, per-channel, U8S8 with
 reduce_range, calibrated on 32 other films: what ``export --int8`` and ``--backend onnx-int8``
 run; the JSON line's ``int8`` block has its speed-up over eager fp32 and over ONNX Runtime fp32
-and its top-1 agreement per backbone, ``cpu_flags`` the instruction sets it ran with). Without ``--run`` each backbone has random weights (seeded; ``--weights
+and its top-1 agreement per backbone, ``cpu_flags`` the instruction sets it ran with). Without
+``--run`` each backbone has random weights (seeded; ``--weights
 imagenet`` for pretrained bodies) and the paper head; weights do not change speed. With
 ``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks).
 
     python bench/inference.py [--quick] [--backbones all|a,b] [--batch 32] [--batches 2]
         [--repeats 10] [--size 0] [--latency-runs 10] [--threads 0] [--paths fp32,...] [--run RUN]
 
-Measured before the paths were interleaved (one after another, 2 repeats; shared 2-core Xeon with AMX/AVX512-BF16, load average 6-10 from other jobs; batch
+Measured before the paths were interleaved (one after another, 2 repeats; shared 2-core Xeon with
+AMX/AVX512-BF16, load average 6-10 from other jobs; batch
 8, all ten backbones, ``--threads 1``): mean speed-up over eager fp32, throughput / batch-1
 latency: channels-last 1.41x / 1.31x, bf16 3.08x / 1.83x, ONNX Runtime 2.21x / 2.76x; max |dp|
 vs fp32: ONNX 2e-7, bf16 2.3e-3. With torch's default 2 threads on the loaded machine, eager
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             size = args.size or get_spec(name).input_size[0]
             jobs.append((name, None, size, False))
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x {args.batches} x {args.repeats} "
+          f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x " f"{args.batches} x {args.repeats} "
           f"(median over interleaved passes), latency median of {args.latency_runs}")  # fmt: skip
     header = f"{'backbone':<20} {'px':>4} " + " ".join(f"{p:>28}" for p in args.paths)
     units = " ".join(f"{'img/s  b1 ms  agree  max|dp|':>28}" for _ in args.paths)

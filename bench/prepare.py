@@ -4,7 +4,8 @@ Run: ``.venv/bin/python bench/prepare.py [--quick] [--n 4000] [--size 256] [--ca
 [--repeats 5] [--workers 0]``. It draws N synthetic phantoms once (``cxrguide synth``) into a
 temporary folder, then prepares them ``--repeats`` times with ``--workers 1`` and with all cores
 (``--workers``, 0 = every core), alternating (1, N, N, 1, ...) so a neighbour's burst hits both,
-each into a fresh folder, after an untimed warm-up on 30 other films (imports, fork path). Printed: images per
+each into a fresh folder, after an untimed warm-up on 30 other films (imports, fork path). Printed:
+images per
 second per setting (median and spread), the speed-up (median one-worker time / median all-core
 time: the one ``speedup`` figure; the spread of the per-round ratios is ``round_ratio_*``),
 whether every run wrote byte-identical outputs (manifest, image cache, rejected, duplicates), and

@@ -1,6 +1,7 @@
 """Is the synthetic task fair? The three numbers for the README, at full size.
 
-Run: ``.venv/bin/python bench/synth_fairness.py [--quick] [--n 900] [--size 128] [--epochs 15] [--seed 0]``.
+Run: ``.venv/bin/python bench/synth_fairness.py [--quick] [--n 900] [--size 128] [--epochs 15]
+[--seed 0]``.
 
 1. Logistic regression on each film's global 32-bin intensity histogram, clean data (shortcut
    rate 0): should stay near chance (<= 50 % on 3 classes): the class is not in global statistics.

@@ -97,7 +97,7 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     ds.save_as(tmp_path / "lat.dcm", enforce_file_format=True)
     assert main(["inspect", str(tmp_path / "lat.dcm")]) == 0
     assert capsys.readouterr().out.endswith(
-        "CR view LL OK; warning: lateral: lateral view (LL); the model was trained on frontal films\n"
+        "CR view LL OK; warning: lateral: lateral view (LL); the " "model was trained on frontal films\n"
     )
 
 

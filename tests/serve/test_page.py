@@ -50,7 +50,8 @@ def test_upload_shows_label_probabilities_and_heatmap(browser, live_server, pred
     src = page.get_attribute("#overlay", "src")
     assert src.startswith("data:image/png;base64,")
     size = page.evaluate(
-        "(() => { const o = document.getElementById('overlay'); return [o.naturalWidth, o.naturalHeight]; })()"
+        "(() => { const o = document.getElementById('overlay'); "
+        "return [o.naturalWidth, o.naturalHeight]; })()"
     )
     assert size == [64, 64]
     # the heatmap is drawn in colour: red and blue channels differ somewhere on the picture

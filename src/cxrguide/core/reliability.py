@@ -1,4 +1,4 @@
-"""A run's reliability statistics: temperature, OOD statistics and thresholds (``reliability.safetensors``).
+"""A run's ``reliability.safetensors``: temperature, OOD statistics and thresholds.
 
 Fitted by :mod:`cxrguide.evaluation.reliability` (on the run's own train / val splits) and read
 by evaluation, the predictor, ``serve`` and the ONNX export, which sit in sibling layers: so the
@@ -74,7 +74,8 @@ class Reliability:
 
     def _whitened(self) -> tuple[np.ndarray, np.ndarray]:
         """``W`` with ``W W^T = P`` (Cholesky) and the class means mapped by it, computed once:
-        then ``(f - mu)^T P (f - mu) = |f W - mu W|^2`` (a naive per-class product took 16 ms per film at D = 1280 here, this < 1 ms)."""
+        then ``(f - mu)^T P (f - mu) = |f W - mu W|^2`` (a naive per-class product took 16 ms per
+        film at D = 1280 here, this < 1 ms)."""
         if "w" not in self._cache:
             p = np.asarray(self.precision, np.float64)
             try:

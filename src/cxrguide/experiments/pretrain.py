@@ -224,7 +224,7 @@ def _card_markdown(card: dict) -> str:
         f"- Trained on: {card['trained_on']}",
         f"- Held-out clean phantoms: accuracy {card['test_accuracy']:.3f} on "
         f"{card['test_images']} films (patients never seen in training; chance 0.333)",
-        f"- Recipe: {r['n']} films at {r['size']} px, {r['epochs']} epochs, AdamW one-cycle peak "
+        f"- Recipe: {r['n']} films at {r['size']} px, {r['epochs']} " "epochs, AdamW one-cycle peak "
         f"lr {r['lr']}, batch {r['batch_size']}, random shifts; seed {r['seed']}",
         f"- Built in {card['seconds']:.0f} s on {card['device']}",
         f"- File: {card['file']} (SHA-256 {card['sha256']}); runs record it as "

@@ -270,11 +270,11 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
         + ". Mean ± sd over seeds, in %. Chance is 33.3%; a model that only reads the marker "
         "scores ~0% on shortcut_test and follows the marker ~100%. A map that ignores anatomy "
         f"puts about {100 * area:.0f}% of its energy in the lungs (their area share); the "
-        f"marker box covers {100 * box:.1f}% of a film, so a larger share of the input gradient "
+        f"marker box covers {100 * box:.1f}% of a film, so a larger " "share of the input gradient "
         "there means the prediction depends on the marker, whatever the Grad-CAM shows. "
         "'marker painted out': the box filled with its surroundings.", "",
         table(frame, cfg.variants), "",
-        f"The runs took {spent:.1f} min in all (sum of min/run; this invocation {total:.1f} min, "
+        f"The runs took {spent:.1f} min in all (sum of min/run; this " f"invocation {total:.1f} min, "
         f"finished runs are reused) on {resolve_device(cfg.device)} "
         f"({torch.get_num_threads()} threads).",
     ])  # fmt: skip

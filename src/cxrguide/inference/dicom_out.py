@@ -14,7 +14,8 @@ PACS listener): per DICOM input, a Comprehensive SR and a Secondary Capture, wri
 - SEG (when a lung model is in play): the post-processed lung mask in the film's geometry, one
   binary segment "Lungs" (SNOMED CT Organ / Lung, automatic, the lung run named).
 
-Files are named by their own new SOP Instance UIDs (``SR_<uid>.dcm``, ``SC_<uid>.dcm``, ``SEG_<uid>.dcm``), so a
+Files are named by their own new SOP Instance UIDs (``SR_<uid>.dcm``, ``SC_<uid>.dcm``,
+``SEG_<uid>.dcm``), so a
 second result for the same film never replaces the first, and are written atomically.
 """
 

@@ -4,7 +4,8 @@ The exported graph takes what :class:`~cxrguide.inference.predictor.Predictor` f
 ``image`` ``(B, 1, S, S)`` float32 gray in [0, 1] at the run's input size (letterboxed with
 :func:`~cxrguide.data.imaging.fit_square`), plus ``lung_mask`` ``(B, 1, S, S)`` in {0, 1} when
 the run takes lung masks (``RunInfo.lung_gate``: the study's gate on the last map, or the film
-blanked / the early feature maps gated outside the dilated lungs, ``RunInfo.lung_inputs``). It returns ``probabilities`` (softmax, class order
+blanked / the early feature maps gated outside the dilated lungs, ``RunInfo.lung_inputs``). It
+returns ``probabilities`` (softmax, class order
 :data:`~cxrguide.labels.CLASSES`) and ``logits``. The batch axis is dynamic; the side is fixed.
 
 Why the gate is rebuilt here: the model resizes the mask to the feature grid with area
@@ -24,7 +25,8 @@ properties, or ``cxrguide.json`` among a TorchScript archive's extra files.
 
 ONNX comes from the ``torch.export`` based exporter (``dynamo=True``, opset >= 18); every zoo
 model exports with it, so there is no fallback to the deprecated TorchScript based one. It is
-~20x slower than that one was (``bench/onnx_export.py``; figures in the README), hence :func:`cached_onnx` for the predictor.
+~20x slower than that one was (``bench/onnx_export.py``; figures in the README), hence
+:func:`cached_onnx` for the predictor.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Ungated runs can still be given a lung model, for the coverage figure and the co
 Backends (``backend=``): ``fp32`` eager; ``channels_last`` (fp32, NHWC weights); ``bf16``
 (channels-last + bfloat16 autocast); ``onnx`` (run by ONNX Runtime; the run is exported once,
 ~30 s for MobileNet V2 at 224 px, into the user cache (``$XDG_CACHE_HOME/cxrguide/onnx``,
-``~/.cache/cxrguide/onnx``) or ``$CXRGUIDE_CACHE_DIR/onnx``, or a private temp file when that is not writable); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
+``~/.cache/cxrguide/onnx``) or ``$CXRGUIDE_CACHE_DIR/onnx``, or a private temp file when that is not
+writable); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
 ``bench/inference.py`` (figures in its docstring): 100 % top-1 agreement and probabilities within
 3e-7 of eager fp32, 2.2x eager's throughput and 2.8x its batch-1 speed over the ten backbones
 with one thread, and the fastest path everywhere with two threads on the busy shared CPU (bf16

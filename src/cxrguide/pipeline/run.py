@@ -1,5 +1,5 @@
-"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> audit -> Stage I -> tune -> Stage II ->
-Stage III -> evaluate -> explain -> report, as cached steps (see :mod:`.steps`).
+"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> audit -> Stage I -> tune
+-> Stage II -> Stage III -> evaluate -> explain -> report, as cached steps (see :mod:`.steps`).
 
 Every training step runs with ``resume`` on: a pipeline killed mid-epoch restarts at that step
 and continues from the run's last checkpoint.

@@ -298,8 +298,8 @@ def create_app(
     dicom_out: Path | None = None,
 ) -> FastAPI:
     """The app over one loaded run. Pixel and modality limits are the predictor's; ``token``,
-    ``allowed_hosts`` and ``redact`` as in the module docstring; ``dicom_out``: write an SR + Grad-CAM Secondary
-    Capture there for each DICOM upload."""
+    ``allowed_hosts`` and ``redact`` as in the module docstring; ``dicom_out``: write an SR +
+    Grad-CAM Secondary Capture there for each DICOM upload."""
     writer = None
     if dicom_out is not None:
         from cxrguide.inference.dicom_out import DicomWriter

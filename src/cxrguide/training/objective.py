@@ -1,5 +1,6 @@
 """What a classifier run optimises, from its config: the task (cross-entropy with optional class
-weights, L2 on the head or on every kernel) and the training loader (optional class- or class x source-balanced sampling).
+weights, L2 on the head or on every kernel) and the training loader (optional class- or class x
+source-balanced sampling).
 
 Stage I, II and III all build their task and loader here, so ``--class-weights``, ``--sampler``
 and ``--l2-scope`` mean the same thing in every stage.
