@@ -168,6 +168,7 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
         return shutil.copyfile(first, path)
 
     monkeypatch.setattr(export_mod, "export_onnx", copy_export)
+    monkeypatch.setattr("cxrguide.inference.predictor.export_onnx", copy_export)  # its own name
     monkeypatch.setattr(Path, "mkdir", denied)  # what a user without write access meets
     monkeypatch.setenv(export_mod.CACHE_ENV, str(tmp_path / "locked"))
     assert export_mod.cached_onnx(module, 64, folder=tmp_path / "locked") is None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from cxrguide.config.core import _f
+from cxrguide.config.training import parse_attention
 from cxrguide.errors import ConfigError
 
 # ---- benchmarks (`cxrguide bench ...`) -----------------------------------------------------
@@ -65,7 +66,6 @@ class ShortcutBenchConfig:
     workers: int = _f(2, "processes for synth and prepare")
 
     def validate(self) -> None:
-        from cxrguide.config.training import parse_attention
 
         if self.n < 30 or self.shortcut_test < 3:
             raise ConfigError("n/shortcut_test: need n >= 30 and shortcut_test >= 3")
@@ -96,7 +96,6 @@ def parse_source_variant(name: str) -> tuple[int, list[str] | None, bool]:
     ``stage1``: frozen body + head; ``stage2``: plain fine-tuning; anything else: Stage III
     mechanisms joined by '+'. The suffix ``-group`` trains with class x source balanced batches.
     """
-    from cxrguide.config.training import parse_attention
 
     base, group = (
         (name[: -len(GROUP_SUFFIX)], True) if name.endswith(GROUP_SUFFIX) else (name, False)
@@ -120,9 +119,7 @@ class SourcesBenchConfig:
         "source", "manifest column that names a film's source (phantoms: site = style)"
     )
     backbone: str = _f("efficientnet_lite0", "model for every run")
-    weights: str = _f(
-        "imagenet", "starting weights of every run: none | imagenet | phantom | PATH"
-    )
+    weights: str = _f("imagenet", "starting weights of every run: none | imagenet | phantom | PATH")
     size: int = _f(128, "model input side in px (the cache is resized to it)")
     seeds: list[int] = _f([0], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save
@@ -117,7 +119,6 @@ def energy_scores(logits: np.ndarray) -> np.ndarray:
 
 def save_reliability(run_dir: str | Path, rel: Reliability) -> Path:
     """Write ``reliability.safetensors`` atomically."""
-    from safetensors.numpy import save
 
     tensors = {}
     if rel.has_ood:
@@ -132,7 +133,6 @@ def save_reliability(run_dir: str | Path, rel: Reliability) -> Path:
 
 def load_reliability(run_dir: str | Path) -> Reliability | None:
     """The run's statistics, or None for a run without them (trained before they existed)."""
-    from safetensors import SafetensorError, safe_open
 
     path = Path(run_dir) / RELIABILITY_FILE
     if not path.is_file():

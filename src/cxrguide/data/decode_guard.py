@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydicom.encaps import generate_frames
 
 from cxrguide.data.frame_headers import jpeg_frame_header
 from cxrguide.data.intensity import Rule, normalise
@@ -241,7 +242,6 @@ def dicom_jpeg_refusal(ds: Any) -> str | None:
     meta = getattr(ds, "file_meta", None)
     if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _DICOM_HUFFMAN_JPEG:
         return None
-    from pydicom.encaps import generate_frames
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import multiprocessing
 import platform
 import shutil
 import sys
@@ -31,12 +32,15 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 from tqdm import tqdm
 
+from cxrguide import __version__
 from cxrguide.config import SynthConfig
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.config.weights import WeightsSpec
 from cxrguide.core.checkpoint import load_checkpoint
+from cxrguide.core.engine import resolve_device, seed_everything
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save, atomic_write_text
 from cxrguide.models.weights import (
@@ -50,6 +54,7 @@ from cxrguide.models.weights import (
     phantom_card_file,
     weight_cache_dir,
 )
+from cxrguide.models.zoo import create_model, get_spec
 
 # Fields of PretrainConfig that --weights phantom overrides when it builds a body (none: its
 # defaults are the recipe); tests shrink it.
@@ -76,7 +81,6 @@ def _draw(job: tuple) -> tuple[np.ndarray, np.ndarray]:
 def _phantoms(cfg: PretrainConfig) -> tuple[torch.Tensor, ...]:
     """Clean films (N, 1, S, S) in [0, 1], their lesion masks, labels, and train / held-out rows
     split by patient."""
-    import multiprocessing
 
     from cxrguide.data.synthetic.fairness import labels_of, patient_split
     from cxrguide.data.synthetic.generate import plan_dataset, resolve_workers
@@ -209,7 +213,6 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
 
 
 def _versions() -> dict[str, str]:
-    from cxrguide import __version__
 
     out = {"cxrguide": __version__, "python": platform.python_version()}
     for dist in ("torch", "timm", "numpy"):
@@ -237,8 +240,6 @@ def _card_markdown(card: dict) -> str:
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     """Draw clean phantoms, train ``cfg.backbone`` on them, write body + card; returns both."""
-    from cxrguide.core.engine import resolve_device, seed_everything
-    from cxrguide.models.zoo import create_model, get_spec
 
     name = get_spec(cfg.backbone).name
     if name.startswith("covidnet"):
@@ -265,8 +266,6 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     _train(cfg, model, x, lesions, y, train, work, device, progress)
     acc = accuracy(model, x[test], y[test], device)
     seconds = time.perf_counter() - t0
-
-    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.body.state_dict().items()}
     # One metadata key only: safetensors keeps metadata in a Rust HashMap whose order changes
@@ -301,7 +300,6 @@ def ensure_phantom_body(backbone: str, log=print, progress: bool = True) -> tupl
     default recipe, with progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line
     says what is missing and how to make it.
     """
-    from cxrguide.models.zoo import get_spec
 
     name = get_spec(backbone).name
     body = phantom_body_file(name)

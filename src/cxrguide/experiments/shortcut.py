@@ -63,6 +63,8 @@ from cxrguide.evaluation.marker import MARKER_PAD, SPLIT, marker_report
 from cxrguide.evaluation.shortcut_summary import summary_rows
 from cxrguide.files import atomic_path, atomic_write_json
 from cxrguide.models.saved import load_run
+from cxrguide.models.zoo import create_model
+from cxrguide.training.finetune import fine_tune, settings_from
 
 INPUT_MASK = "input-mask"  # plain fine-tuning on films multiplied by their lung masks
 PLAIN_VARIANTS = ("stage2", INPUT_MASK)
@@ -133,7 +135,6 @@ def masked_copy(prepared: Prepared) -> Prepared:
 
 def _initial_run(cfg: ShortcutBenchConfig, folder: Path, seed: int) -> Path:
     """The seeded starting network every variant of this seed fine-tunes."""
-    from cxrguide.models.zoo import create_model
 
     if not (folder / "model.yaml").exists():
         model = create_model(cfg.backbone, cfg.weights, seed=seed)
@@ -157,7 +158,6 @@ def run_variant(
 ) -> dict[str, Any]:
     """Train (or reuse) one variant for one seed and score it; returns the table row."""
     from cxrguide.evaluation.evaluate import evaluate_run, score_split
-    from cxrguide.training.finetune import fine_tune, settings_from
 
     if cfg.start == "stage2":  # continue this seed's Stage II run (scratch protocol) instead
         first = run_variant(dataclasses.replace(cfg, start="scratch"), prepared, synth, seed,

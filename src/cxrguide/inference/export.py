@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +45,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrguide.core.reliability import load_reliability, warn_missing
+from cxrguide.core.runs import run_identifier
 from cxrguide.errors import CxrGuideError
-from cxrguide.files import atomic_path, user_cache_dir
+from cxrguide.files import atomic_path, atomic_write_text, user_cache_dir
+from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.quantize import quantize_checked, validation_feeds
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier
 
@@ -198,7 +203,6 @@ def cached_onnx(
     SHA-256 goes to a ``.sha256`` sidecar written after it, and a hit whose bytes do not match
     (a truncated copy, a file swapped in the cache) is exported afresh, never loaded.
     """
-    from cxrguide.files import atomic_write_text
 
     folder = folder or export_cache_dir()
     path = folder / f"{export_key(module, image_size, opset, identity)}.onnx"
@@ -261,8 +265,6 @@ def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: in
         logits = module.model(*inputs) / module.temperature
         reference = torch.softmax(logits, dim=1).cpu().numpy()
     if fmt == "onnx":
-        from cxrguide.inference.onnx_runtime import OnnxRunner
-
         runner = OnnxRunner(path)
         got = runner(inputs[0].numpy(), inputs[1].numpy() if len(inputs) > 1 else None)
     else:
@@ -283,8 +285,6 @@ def export_run(
     ``int8``: the checked fp32 graph statically quantized on the run's validation films
     (:mod:`cxrguide.inference.quantize`), refused below ``min_agreement`` top-1 agreement.
     """
-    from cxrguide.core.reliability import load_reliability, warn_missing
-    from cxrguide.core.runs import run_identifier
     from cxrguide.models.saved import load_run
 
     if fmt not in FORMATS:
@@ -327,9 +327,6 @@ def _export_int8(
     opset: int, calibration_films: int, min_agreement: float, seed: int,
 ) -> ExportResult:  # fmt: skip
     """fp32 export (parity-checked) in a temp folder, then the checked INT8 file at ``out``."""
-    import tempfile
-
-    from cxrguide.inference.quantize import quantize_checked, validation_feeds
 
     calibration, check = validation_feeds(run, info, calibration_films, seed)
     with tempfile.TemporaryDirectory(prefix="cxrguide-export-") as tmp:

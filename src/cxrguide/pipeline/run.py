@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from cxrguide.config import (
     AuditConfig,
     LungsPredictConfig,
@@ -25,6 +27,9 @@ from cxrguide.config import (
     save_yaml,
 )
 from cxrguide.config.pipeline import ExplainOptions, ReportOptions
+from cxrguide.config.weights import WeightsSpec
+from cxrguide.data.audit import audit_prepared
+from cxrguide.data.summary import summary_text
 from cxrguide.errors import ConfigError
 from cxrguide.pipeline.steps import StepResult, StepRunner
 
@@ -161,7 +166,6 @@ def _resolve_bodies(s1: TrainConfig, log) -> tuple[TrainConfig, dict[str, str]]:
     """Stage I's ``weights`` resolved as the commands resolve them (``phantom``: the verified
     body files, built on first use in the weight cache); their ``phantom:<sha256>`` labels join
     Stage I's fingerprint, so a rebuilt body re-runs Stage I."""
-    from cxrguide.config.weights import WeightsSpec
     from cxrguide.experiments.pretrain import resolve_bodies
     from cxrguide.training.common import backbones
 
@@ -182,7 +186,6 @@ def _synth(cfg: SynthConfig) -> dict[str, Any]:
 
 def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     from cxrguide.data.prepare import prepare
-    from cxrguide.data.summary import summary_text
 
     result = prepare(cfg)
     print(summary_text(result.out))
@@ -190,8 +193,6 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
 
 def _audit(cfg: AuditConfig) -> dict[str, Any]:
-    from cxrguide.data.audit import audit_prepared
-
     result = audit_prepared(cfg.data, cfg.out, seed=cfg.seed, probe_side=cfg.probe_side,
                             probe_margin=cfg.probe_margin, probe_max_images=cfg.probe_max_images)  # fmt: skip
     print("\n".join(result.notes))
@@ -230,7 +231,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _best(board: Path) -> str:
-    import pandas as pd
 
     if not board.exists():
         return "mobilenet_v2"  # resolved again once Stage I has written its leaderboard
@@ -239,7 +239,6 @@ def _best(board: Path) -> str:
 
 def _tune(cfg: TuneConfig, board: Path) -> dict[str, Any]:
     """Tune Stage I of the best backbone; its best trial joins the Stage I leaderboard."""
-    import pandas as pd
 
     from cxrguide.training.tune import best_trial, summarize, tune
 

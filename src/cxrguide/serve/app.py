@@ -54,12 +54,15 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from cxrguide.config.inference import CAM_METHODS, CamMethod
 from cxrguide.errors import CxrGuideError, ImageReadError
+from cxrguide.inference.dicom_out import DicomWriter
 from cxrguide.inference.predictor import Prediction, Predictor
 from cxrguide.inference.redact import Redactor
 from cxrguide.serve.guard import LOOPBACK_HOSTS, guard
@@ -205,7 +208,6 @@ _LIBC = _load_libc()
 
 async def _file_part(request: Request, body: bytes, limit: int) -> tuple[bytes, str | None]:
     """The bytes and client name of the one file part, parsed in memory."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
 
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):
@@ -236,7 +238,6 @@ async def _file_part(request: Request, body: bytes, limit: int) -> tuple[bytes, 
 
 
 def _png_base64(rgb: Any) -> str:
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", optimize=False)
@@ -302,8 +303,6 @@ def create_app(
     Grad-CAM Secondary Capture there for each DICOM upload."""
     writer = None
     if dicom_out is not None:
-        from cxrguide.inference.dicom_out import DicomWriter
-
         writer = DicomWriter(predictor, dicom_out)
     workdir = Path(tempfile.mkdtemp(prefix="cxrguide-serve-"))  # mode 0700
 
