@@ -41,6 +41,7 @@ one-image-at-a-time case, and robust to a busy CPU.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -51,10 +52,13 @@ import numpy as np
 import torch
 
 from _common import add_quick, emit, interleave, load, spread, torch_threads
+from cxrguide.data.imaging import read_image
+from cxrguide.errors import ImageReadError
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.inference.onnx_runtime import OnnxRunner
 from cxrguide.inference.predictor import collect_inputs, letterbox
 from cxrguide.inference.quantize import quantize_onnx
+from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model, get_spec, list_models
 
 PATHS = ("fp32", "channels_last", "bf16", "onnx", "onnx_int8")
@@ -63,8 +67,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def load_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """``(n, size, size)`` float32 inputs: real films when available, else noisy phantoms."""
-    from cxrguide.data.imaging import read_image
-    from cxrguide.errors import ImageReadError
 
     files, _ = collect_inputs([SHARED]) if SHARED.is_dir() else ([], [])
     rng = np.random.default_rng(seed)
@@ -161,8 +163,6 @@ def bench_one(model, size: int, gate: bool, images: np.ndarray, args) -> dict[st
 
 
 def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(model).eval()
 
 
@@ -217,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads(args.threads)
     jobs = []
     if args.run:
-        from cxrguide.models.saved import load_run
-
         for run in args.run:
             model, info = load_run(run)
             jobs.append((Path(run).name, model, args.size or info.image_size, info.lung_gate))

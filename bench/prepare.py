@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cxrguide.data.synthetic.generate import generate_dataset
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in benchmark output
 
 from _common import add_quick, emit, load, spread  # noqa: E402
@@ -69,7 +71,6 @@ def main() -> None:
     before = load()
     print(f"# load {before}; {args.n} phantoms at {args.size} px -> cache {args.cache_size} px; "
           f"1 vs {many} workers, {args.repeats} interleaved rounds after a warm-up")  # fmt: skip
-    from cxrguide.data.synthetic.generate import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

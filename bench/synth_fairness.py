@@ -25,6 +25,7 @@ import os
 import time
 
 from _common import add_quick, emit, load
+from cxrguide.data.synthetic.fairness import fairness_report
 
 
 def main() -> None:
@@ -42,7 +43,6 @@ def main() -> None:
     if args.quick:
         args.n, args.size, args.epochs = 150, 64, 2
     before = load()
-    from cxrguide.data.synthetic.fairness import fairness_report
 
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from cxr_testutils import make_prepared
 from cxrguide.cli import main
+from cxrguide.commands import synth
+from os_faults import deny_writes, without_dac_override
 
 
 def test_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
@@ -43,7 +46,6 @@ def test_console_script_help_lists_verbs():
 
 def _out_commands(tmp_path: Path) -> dict[str, list[str]]:
     """synth / prepare / train argument lists, minus ``--out``, on tiny real inputs."""
-    from cxr_testutils import make_prepared
 
     prepared = make_prepared(tmp_path / "prepared", n_per_class=4, size=32)
     films = tmp_path / "films"
@@ -71,7 +73,6 @@ def _out_commands(tmp_path: Path) -> dict[str, list[str]]:
 
 def test_unwritable_out_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
     """As a user without write permission meets it (simulated: tests run as root here)."""
-    from os_faults import deny_writes
 
     commands = _out_commands(tmp_path)
     locked = tmp_path / "locked"
@@ -91,7 +92,6 @@ def test_unwritable_out_is_one_line_naming_the_path(tmp_path, monkeypatch, capsy
 @pytest.mark.slow  # three CLI processes (~10 s each on a busy 2-core machine)
 def test_unwritable_out_for_real(tmp_path, capsys):
     """The same with real permissions: a folder owned by another user, mode 0555."""
-    from os_faults import without_dac_override
 
     prefix = without_dac_override()
     if prefix is None:
@@ -116,8 +116,6 @@ def test_unwritable_out_for_real(tmp_path, capsys):
 
 
 def test_unexpected_error_is_one_line_exit_1_and_debug_shows_the_trace(monkeypatch, capsys):
-    from cxrguide.commands import synth
-
     def bug(args):
         raise KeyError("boom")
 

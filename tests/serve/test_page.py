@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cxrguide.labels import CLASSES
+from cxrguide.serve.app import create_app
 from inference_helpers import film
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -82,8 +83,6 @@ def test_bad_file_shows_an_error(browser, live_server, tmp_path):
 
 
 def test_page_asks_for_the_token_once(browser, predictor, serve, tmp_path):
-    from cxrguide.serve.app import create_app
-
     token = "page-token-0123456789"
     path = film(tmp_path / "chest.png")
     with serve(create_app(predictor, token=token)) as url:

@@ -66,7 +66,6 @@ class ShortcutBenchConfig:
     workers: int = _f(2, "processes for synth and prepare")
 
     def validate(self) -> None:
-
         if self.n < 30 or self.shortcut_test < 3:
             raise ConfigError("n/shortcut_test: need n >= 30 and shortcut_test >= 3")
         if not 32 <= self.size <= 1024:

@@ -69,7 +69,6 @@ def _deflate_refusal(path: Path, head: bytes, limit: int) -> str | None:
 
 
 def open_dicom(path: Path, head: bytes, deferred: bool, max_pixels: int = 64_000_000) -> Any:
-
     preamble = head[128:132] == b"DICM"
     deflated = _deflate_refusal(path, head, 8 * max_pixels + (16 << 20))
     if deflated:

@@ -101,7 +101,6 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _warp(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-
     sy, sx, ty, tx = p
     c = (t.shape[0] - 1) / 2
     offset = [c - (c + ty) / sy, c - (c + tx) / sx]

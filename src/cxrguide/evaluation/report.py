@@ -276,7 +276,6 @@ def auto_explain(records: list[RunRecord], split: str, method: str, per_group: i
 
 # --- provenance ---------------------------------------------------------------------------------
 def versions() -> dict[str, str]:
-
     out = {"cxrguide": __version__, "python": platform.python_version()}
     for dist in ("torch", "timm", "grad-cam", "numpy", "scikit-learn", "matplotlib"):
         try:

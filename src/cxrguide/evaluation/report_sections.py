@@ -124,7 +124,6 @@ def audit_blocks(prep: Path, index: int) -> tuple[list[dict[str, Any]], list[dic
 
 # --- lung segmentation -----------------------------------------------------------------------
 def _lung_run(records: list, prep: Path) -> Path | None:
-
     from cxrguide.core.runs import lung_run_path
 
     for r in records:  # a run's own lung model (inside it), never one looked up elsewhere

@@ -213,7 +213,6 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
 
 
 def _versions() -> dict[str, str]:
-
     out = {"cxrguide": __version__, "python": platform.python_version()}
     for dist in ("torch", "timm", "numpy"):
         out[dist] = importlib.metadata.version(dist)

@@ -77,7 +77,6 @@ class DicomResult:
 
 
 def _code(value: str, scheme: str, meaning: str) -> Any:
-
     return Code(value, scheme, meaning)
 
 

@@ -231,7 +231,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _best(board: Path) -> str:
-
     if not board.exists():
         return "mobilenet_v2"  # resolved again once Stage I has written its leaderboard
     return str(pd.read_csv(board).sort_values("val_accuracy", ascending=False).iloc[0]["backbone"])

@@ -238,7 +238,6 @@ async def _file_part(request: Request, body: bytes, limit: int) -> tuple[bytes, 
 
 
 def _png_base64(rgb: Any) -> str:
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", optimize=False)
     return base64.b64encode(buf.getvalue()).decode("ascii")

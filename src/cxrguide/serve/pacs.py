@@ -151,7 +151,6 @@ class PacsListener:
 
 
 def _failure(status: int, comment: str) -> Any:
-
     ds = Dataset()
     ds.Status = status
     ds.ErrorComment = comment[:64]

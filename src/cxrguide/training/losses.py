@@ -39,7 +39,6 @@ def paper_cross_entropy(
 
 
 def _head_modules(module: nn.Module) -> list[nn.Module]:
-
     return [m for m in module.modules() if isinstance(m, PaperHead)]
 
 

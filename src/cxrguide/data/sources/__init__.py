@@ -65,7 +65,6 @@ def open_sources(specs: Iterable[str], options: SourceOptions | None = None) -> 
 
 
 def _load_all() -> None:
-
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
