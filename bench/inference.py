@@ -52,11 +52,11 @@ import numpy as np
 import torch
 
 from _common import add_quick, emit, interleave, load, spread, torch_threads
-from cxrguide.data.imaging import read_image
+from cxrguide.data.imaging import letterbox, read_image
 from cxrguide.errors import ImageReadError
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.inference.onnx_runtime import OnnxRunner
-from cxrguide.inference.predictor import collect_inputs, letterbox
+from cxrguide.inference.predictor import collect_inputs
 from cxrguide.inference.quantize import quantize_onnx
 from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model, get_spec, list_models
