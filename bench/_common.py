@@ -10,12 +10,17 @@ burst on the shared machine hits every variant alike, and reported as medians wi
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
 
 
 def add_quick(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +90,6 @@ def torch_threads(requested: int) -> int:
     """Set torch's CPU threads: ``requested`` when > 0, else 1 when the machine is busier than
     its cores (torch's default of one thread per core then spends most of its time waiting at
     OpenMP barriers, see bench/README.md), else torch's default. Returns the count in use."""
-    import torch
 
     if requested > 0:
         torch.set_num_threads(requested)
@@ -96,10 +100,6 @@ def torch_threads(requested: int) -> int:
 
 def film_png(side: int) -> bytes:
     """A seeded gray chest-film-like PNG (two dark lungs on a lighter body) for request loads."""
-    import io
-
-    import numpy as np
-    from PIL import Image
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:side, :side] / side

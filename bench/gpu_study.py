@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from _common import add_quick, emit, load, torch_threads
@@ -248,7 +249,6 @@ def estimate_minutes(s1: list[dict], s2: list[dict], s3: list[dict], n: int,
 
 def ddp_smoke(args, device: torch.device, prepared: Prepared, tmp: Path) -> dict:
     """One Stage II model on every rank; the ranks must end with the same weights."""
-    import torch.distributed as dist
 
     engine.init_distributed(device)
     row = fine_tune(2, args.top[0], prepared, args, device, tmp)

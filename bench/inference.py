@@ -19,14 +19,16 @@ Paths: ``fp32`` eager; ``channels_last`` (NHWC weights and input); ``bf16`` (cha
 optimisations); ``onnx_int8`` (that graph statically quantized, QDQ, per-channel, U8S8 with
 reduce_range, calibrated on 32 other films: what ``export --int8`` and ``--backend onnx-int8``
 run; the JSON line's ``int8`` block has its speed-up over eager fp32 and over ONNX Runtime fp32
-and its top-1 agreement per backbone, ``cpu_flags`` the instruction sets it ran with). Without ``--run`` each backbone has random weights (seeded; ``--weights
+and its top-1 agreement per backbone, ``cpu_flags`` the instruction sets it ran with). Without
+``--run`` each backbone has random weights (seeded; ``--weights
 imagenet`` for pretrained bodies) and the paper head; weights do not change speed. With
 ``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks).
 
     python bench/inference.py [--quick] [--backbones all|a,b] [--batch 32] [--batches 2]
         [--repeats 10] [--size 0] [--latency-runs 10] [--threads 0] [--paths fp32,...] [--run RUN]
 
-Measured before the paths were interleaved (one after another, 2 repeats; shared 2-core Xeon with AMX/AVX512-BF16, load average 6-10 from other jobs; batch
+Measured before the paths were interleaved (one after another, 2 repeats; shared 2-core Xeon with
+AMX/AVX512-BF16, load average 6-10 from other jobs; batch
 8, all ten backbones, ``--threads 1``): mean speed-up over eager fp32, throughput / batch-1
 latency: channels-last 1.41x / 1.31x, bf16 3.08x / 1.83x, ONNX Runtime 2.21x / 2.76x; max |dp|
 vs fp32: ONNX 2e-7, bf16 2.3e-3. With torch's default 2 threads on the loaded machine, eager
@@ -39,6 +41,7 @@ one-image-at-a-time case, and robust to a busy CPU.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -49,10 +52,13 @@ import numpy as np
 import torch
 
 from _common import add_quick, emit, interleave, load, spread, torch_threads
+from cxrguide.data.imaging import letterbox, read_image
+from cxrguide.errors import ImageReadError
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.inference.onnx_runtime import OnnxRunner
-from cxrguide.inference.predictor import collect_inputs, letterbox
+from cxrguide.inference.predictor import collect_inputs
 from cxrguide.inference.quantize import quantize_onnx
+from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model, get_spec, list_models
 
 PATHS = ("fp32", "channels_last", "bf16", "onnx", "onnx_int8")
@@ -61,8 +67,6 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def load_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     """``(n, size, size)`` float32 inputs: real films when available, else noisy phantoms."""
-    from cxrguide.data.imaging import read_image
-    from cxrguide.errors import ImageReadError
 
     files, _ = collect_inputs([SHARED]) if SHARED.is_dir() else ([], [])
     rng = np.random.default_rng(seed)
@@ -159,8 +163,6 @@ def bench_one(model, size: int, gate: bool, images: np.ndarray, args) -> dict[st
 
 
 def _copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
     return copy.deepcopy(model).eval()
 
 
@@ -215,8 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads(args.threads)
     jobs = []
     if args.run:
-        from cxrguide.models.saved import load_run
-
         for run in args.run:
             model, info = load_run(run)
             jobs.append((Path(run).name, model, args.size or info.image_size, info.lung_gate))
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             size = args.size or get_spec(name).input_size[0]
             jobs.append((name, None, size, False))
     print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x {args.batches} x {args.repeats} "
+          f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x " f"{args.batches} x {args.repeats} "
           f"(median over interleaved passes), latency median of {args.latency_runs}")  # fmt: skip
     header = f"{'backbone':<20} {'px':>4} " + " ".join(f"{p:>28}" for p in args.paths)
     units = " ".join(f"{'img/s  b1 ms  agree  max|dp|':>28}" for _ in args.paths)

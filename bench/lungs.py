@@ -4,8 +4,8 @@ Times the exact code path ``lungs predict --data`` runs (:func:`segment_cache`: 
 sigmoid, resize, threshold, two-largest-components + hole filling, quality flag) over a cache of
 phantom-like films, once with ``--batch-size`` images per forward pass and once with 1, and
 prints both side by side with their ratio: the modes run interleaved, round-robin, and the
-median of ``--repeat`` rounds is kept (with its spread in the JSON line). The network part alone is also shown, because
-post-processing runs on the CPU per image and bounds the speed-up on a GPU.
+median of ``--repeat`` rounds is kept (with its spread in the JSON line). The network part alone is
+also shown, because post-processing runs on the CPU per image and bounds the speed-up on a GPU.
 
 Weights do not change the speed: without ``--run`` an untrained U-Net of the default width is
 used, after a few gradient steps on the phantoms so its masks look like lungs (post-processing

@@ -2,7 +2,8 @@
 crop-tolerant thumbnail search + confirmation (what ``cxrguide prepare`` does).
 
 Run: ``.venv/bin/python bench/near_duplicates.py [--n 10000] [--size 128] [--seed 11]
-[--shared ../shared/data] [--every 1] [--skip-recall] [--quick]`` (``--n 0``: recall only); ends with one JSON line of the figures. Two measurements:
+[--shared ../shared/data] [--every 1] [--skip-recall] [--quick]`` (``--n 0``: recall only); ends
+with one JSON line of the figures. Two measurements:
 
 - false pairs: ``--n`` distinct synthetic phantoms (every film a different draw) through
   :func:`cxrguide.data.manifest.duplicate_groups` with the dHash alone, with the confirmation,

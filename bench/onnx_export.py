@@ -32,8 +32,8 @@ import onnxruntime as ort
 import torch
 
 from _common import add_quick, emit, load
-from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
-from cxrguide.models.zoo import create_model
+from cxrguide.inference.export import ExportModule, example_inputs, export_onnx, parity
+from cxrguide.models.zoo import create_model, list_models
 
 
 def _old(module: ExportModule, path: Path, size: int) -> None:
@@ -57,9 +57,6 @@ def _check(path: Path, x: torch.Tensor, reference: np.ndarray) -> tuple[float, f
 
 
 def zoo(size: int) -> None:
-    from cxrguide.inference.export import parity
-    from cxrguide.models.zoo import list_models
-
     gated = {"covidnet_cxr_small", "inception_v3", "mobilenet_v2"}
     with tempfile.TemporaryDirectory() as tmp:
         for name in list_models():

@@ -32,18 +32,19 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from _common import add_quick, emit, interleave, load, spread, torch_threads
+from cxrguide.core.reliability import RELIABILITY_FILE, Reliability, save_reliability
+from cxrguide.core.runs import RunInfo, save_run
+from cxrguide.data.imaging import ImageInfo
+from cxrguide.evaluation.ood import fit_mahalanobis
+from cxrguide.inference.predictor import Predictor
+from cxrguide.models.zoo import create_model
 
 
 def build_run(folder: Path, size: int) -> Path:
     """A random-weight MobileNet V2 run with statistics fitted on drawn films' features."""
-    import torch
-
-    from cxrguide.core.reliability import Reliability, save_reliability
-    from cxrguide.core.runs import RunInfo, save_run
-    from cxrguide.evaluation.ood import fit_mahalanobis
-    from cxrguide.models.zoo import create_model
 
     model = create_model("mobilenet_v2", "none", seed=0).eval()
     info = RunInfo("mobilenet_v2", 1, size, [128, 64], [0.1, 0.05], "elu", "random")
@@ -89,10 +90,6 @@ def main() -> int:
         args.threads = args.threads or 1
     before = load()
     threads = torch_threads(args.threads)
-
-    from cxrguide.core.reliability import RELIABILITY_FILE
-    from cxrguide.data.imaging import ImageInfo
-    from cxrguide.inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory(prefix="ood-latency-") as tmp:
         tmp = Path(tmp)

@@ -4,7 +4,8 @@ Run: ``.venv/bin/python bench/prepare.py [--quick] [--n 4000] [--size 256] [--ca
 [--repeats 5] [--workers 0]``. It draws N synthetic phantoms once (``cxrguide synth``) into a
 temporary folder, then prepares them ``--repeats`` times with ``--workers 1`` and with all cores
 (``--workers``, 0 = every core), alternating (1, N, N, 1, ...) so a neighbour's burst hits both,
-each into a fresh folder, after an untimed warm-up on 30 other films (imports, fork path). Printed: images per
+each into a fresh folder, after an untimed warm-up on 30 other films (imports, fork path). Printed:
+images per
 second per setting (median and spread), the speed-up (median one-worker time / median all-core
 time: the one ``speedup`` figure; the spread of the per-round ratios is ``round_ratio_*``),
 whether every run wrote byte-identical outputs (manifest, image cache, rejected, duplicates), and
@@ -28,6 +29,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from cxrguide.data.synthetic.generate import generate_dataset
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in benchmark output
 
@@ -68,7 +71,6 @@ def main() -> None:
     before = load()
     print(f"# load {before}; {args.n} phantoms at {args.size} px -> cache {args.cache_size} px; "
           f"1 vs {many} workers, {args.repeats} interleaved rounds after a warm-up")  # fmt: skip
-    from cxrguide.data.synthetic.generate import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

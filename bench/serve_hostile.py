@@ -150,7 +150,7 @@ def slow(url: str, n: int, headers_too: bool) -> None:
     busy = [post(url, "b.png", image) for _ in range(3)]
     worst = max(t for _, t in busy)
     what = "headers and body" if headers_too else "body"
-    print(f"slow clients: {n} sending their {what} at 1 byte/s; normal request alone {alone:.2f} s, during "
+    print(f"slow clients: {n} sending their {what} at 1 byte/s; normal " f"request alone {alone:.2f} s, during "
           f"{worst:.2f} s (status {[c for c, _ in busy]}), delay {worst - alone:+.2f} s; "
           "goal: <= 5 s")  # fmt: skip
     for t in threads:

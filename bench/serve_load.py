@@ -34,6 +34,8 @@ import httpx
 import numpy as np
 
 from _common import add_quick, emit, film_png, load, spread
+from cxrguide.core.runs import RunInfo, save_run
+from cxrguide.models.zoo import create_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -47,8 +49,6 @@ def default_image() -> tuple[str, bytes]:
 
 def tiny_run(out: Path, backbone: str, size: int, seed: int) -> Path:
     """A run folder with a seeded random-weight classifier: enough to serve, nothing trained."""
-    from cxrguide.core.runs import RunInfo, save_run
-    from cxrguide.models.zoo import create_model
 
     model = create_model(backbone, "none", seed=seed)
     info = RunInfo(model.name, 2, size, [128, 64], [0.10, 0.05], "elu", model.weights_source)

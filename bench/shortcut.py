@@ -17,6 +17,8 @@ import tempfile
 
 from _common import emit, load, torch_threads
 from cxrguide.cli import build_parser
+from cxrguide.config import ShortcutBenchConfig, config_from_args
+from cxrguide.experiments.shortcut import run_benchmark
 
 QUICK = ["--n", "60", "--size", "64", "--shortcut-test", "12", "--seeds", "0",
          "--variants", "stage2,gate+gain", "--max-epochs", "1", "--finetune-epochs", "1"]  # fmt: skip
@@ -32,9 +34,6 @@ def main(argv: list[str]) -> int:
         if not any(a == "--out" or a.startswith("--out=") for a in argv):
             argv = ["--out", tmp, *argv]
         args = build_parser().parse_args(["bench", "shortcut", *(QUICK if quick else []), *argv])
-        from cxrguide.config import ShortcutBenchConfig, config_from_args
-        from cxrguide.experiments.shortcut import run_benchmark
-
         cfg = config_from_args(ShortcutBenchConfig, args)
         md, frame = run_benchmark(cfg)
         print(md)

@@ -1,8 +1,8 @@
 """Does Stage I under ``--precision bf16 --channels-last`` train the same head as fp32?
 
 How to run: ``.venv/bin/python bench/stage1_bf16_head.py [--quick] [--n 600] [--size 128]
-[--backbones mobilenet_v2,efficientnet_b0] [--body-epochs 8] [--body-n 3600] [--shortcut-rate 0.95] [--weights none|imagenet|PATH]
-[--epochs 30] [--seed 0] [--threads N] [--out DIR]``.
+[--backbones mobilenet_v2,efficientnet_b0] [--body-epochs 8] [--body-n 3600] [--shortcut-rate 0.95]
+[--weights none|imagenet|PATH] [--epochs 30] [--seed 0] [--threads N] [--out DIR]``.
 
 ``bench/stage1_sweep.py`` shows bf16 features agree with fp32 by cosine; this checks the claim
 that matters downstream: the head trained on them scores the same. A random body says little

@@ -1,6 +1,7 @@
 """Benchmark: `cxrguide synth` images per second at 256 px on one core (target >= 100).
 
-Run: ``.venv/bin/python bench/synth.py [--quick] [--n 300] [--size 256] [--seed 0]``. Three measurements,
+Run: ``.venv/bin/python bench/synth.py [--quick] [--n 300] [--size 256] [--seed 0]``. Three
+measurements,
 side by side: drawing only (in memory, one process), drawing + writing every file (images,
 masks, lesions, Darwin JSON, metadata; ``--workers 1``), and the same with all cores. Each is
 given as wall-clock rate and, for the one-process runs, as rate per CPU-second of this process

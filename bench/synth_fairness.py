@@ -1,6 +1,7 @@
 """Is the synthetic task fair? The three numbers for the README, at full size.
 
-Run: ``.venv/bin/python bench/synth_fairness.py [--quick] [--n 900] [--size 128] [--epochs 15] [--seed 0]``.
+Run: ``.venv/bin/python bench/synth_fairness.py [--quick] [--n 900] [--size 128] [--epochs 15]
+[--seed 0]``.
 
 1. Logistic regression on each film's global 32-bin intensity histogram, clean data (shortcut
    rate 0): should stay near chance (<= 50 % on 3 classes): the class is not in global statistics.
@@ -24,6 +25,7 @@ import os
 import time
 
 from _common import add_quick, emit, load
+from cxrguide.data.synthetic.fairness import fairness_report
 
 
 def main() -> None:
@@ -41,7 +43,6 @@ def main() -> None:
     if args.quick:
         args.n, args.size, args.epochs = 150, 64, 2
     before = load()
-    from cxrguide.data.synthetic.fairness import fairness_report
 
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()

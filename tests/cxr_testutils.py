@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import json
+import struct
+import zlib
 from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
 
 
 def make_prepared(root: Path, n_per_class: int = 12, size: int = 64, seed: int = 0) -> Path:
@@ -10,9 +22,6 @@ def make_prepared(root: Path, n_per_class: int = 12, size: int = 64, seed: int =
 
     Class k images carry a bright blob at a class-specific place, so a model can learn them.
     """
-    import numpy as np
-    import pandas as pd
-    import yaml
 
     rng = np.random.default_rng(seed)
     rows, images = [], []
@@ -46,10 +55,6 @@ def make_prepared(root: Path, n_per_class: int = 12, size: int = 64, seed: int =
 def write_lung_cache(prep: Path, size: int = 64, run: str = ""):
     """Two elliptic lungs per image (0/255, row-aligned), as `lungs predict` writes them; with
     ``run``, also the provenance record naming the lung run."""
-    import json
-
-    import numpy as np
-    import pandas as pd
 
     n = len(pd.read_csv(prep / "manifest.csv"))
     yy, xx = np.mgrid[:size, :size] / size
@@ -69,13 +74,6 @@ def jpeg_dicom(path: Path, side: int = 256, *, keep: float = 1.0, seed: int = 0)
     ``keep < 1`` cuts the JPEG stream to that share of its bytes and closes it with a forged
     end marker (FFD9): a decoder then fills the rest of the film instead of failing.
     """
-    import io
-
-    import numpy as np
-    from PIL import Image
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage, generate_uid
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:side, :side] / side - 0.5
@@ -108,7 +106,6 @@ def jpeg_dicom(path: Path, side: int = 256, *, keep: float = 1.0, seed: int = 0)
 
 def chest_like(height: int = 300, width: int = 260, seed: int = 0, top: int = 230):
     """A smooth film-like uint8 picture (body ellipse, two darker lungs, noise), 0..``top``."""
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
@@ -123,7 +120,6 @@ def dicom_film(path: Path, arr, photometric: str = "MONOCHROME2", bits: int | No
                sop_class: str = "1.2.840.10008.5.1.4.1.1.1.1", modality: str | None = "DX",
                **tags) -> Path:  # fmt: skip
     """A native (uncompressed) single-frame DICOM of ``arr`` with extra ``tags`` (pydicom)."""
-    from pydicom.dataset import Dataset
 
     ds = Dataset()
     ds.SOPClassUID = sop_class
@@ -138,10 +134,6 @@ def dicom_film(path: Path, arr, photometric: str = "MONOCHROME2", bits: int | No
 
 def png_bomb(path: Path, side: int = 256, megabytes: float = 2.0) -> Path:
     """A valid 256x256 PNG whose one zlib stream goes on with zeros far past the rows needed."""
-    import struct
-    import zlib
-
-    import numpy as np
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return (

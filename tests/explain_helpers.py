@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 
 from cxr_testutils import make_prepared, write_lung_cache
+from cxrguide.config import TrainConfig
+from cxrguide.evaluation.evaluate import score_split
+from cxrguide.training.stages import train
 
 
 def tiny_runs(base: Path) -> dict[str, Path]:
     """``prep`` (with lung cache) and runs ``stage1``, ``stage2`` (from it), ``stage3`` (lung
     gate, from Stage II); built once, then read back from ``base/runs.json``."""
-    from cxrguide.config import TrainConfig
-    from cxrguide.evaluation.evaluate import score_split
-    from cxrguide.training.stages import train
 
     index = base / "runs.json"
     if index.is_file():

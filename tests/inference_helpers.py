@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
 from cxr_testutils import make_prepared
+from cxrguide.config import LungsTrainConfig, TrainConfig
+from cxrguide.core.runs import bundle_lung_run
+from cxrguide.evaluation.evaluate import score_split
+from cxrguide.lungs.train import train_lungs
+from cxrguide.training.stages import train
 from lung_phantoms import phantom, prepared_lung_phantoms
 
 
@@ -36,10 +43,6 @@ def tiny_prepared(tmp_path_factory) -> Path:
 
 
 def tiny_run(tmp_path_factory) -> Path:
-    from cxrguide.config import TrainConfig
-    from cxrguide.evaluation.evaluate import score_split
-    from cxrguide.training.stages import train
-
     runs = _shared(tmp_path_factory) / "runs"
     run = runs / "stage1-mobilenet_v2"
     if not (run / "model.pt").exists():
@@ -50,9 +53,6 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def lung_run(tmp_path_factory) -> Path:
-    from cxrguide.config import LungsTrainConfig
-    from cxrguide.lungs.train import train_lungs
-
     root = _shared(tmp_path_factory) / "lungs"
     run = root / "run"
     if not (run / "best.pt").exists():
@@ -73,8 +73,6 @@ def gated_run(tmp_path_factory) -> Path:
         run.mkdir(parents=True, exist_ok=True)
         shutil.copy(src / "model.pt", run / "model.pt")
         info = yaml.safe_load((src / "model.yaml").read_text())
-        from cxrguide.core.runs import bundle_lung_run
-
         lung_model = bundle_lung_run(run, str(lungs))  # inside the run, as Stage III writes it
         info.update(stage=3, parent=str(src), lung_gate=True, lung_model=lung_model)
         (run / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
@@ -85,8 +83,6 @@ def film(path: Path, width: int = 80, height: int = 96, seed: int = 0) -> Path:
     """A phantom chest film (dark lungs in a bright body) saved in the format of the suffix."""
     img, _, _ = phantom(np.random.default_rng(seed), width, height)
     if path.suffix.lower() in (".dcm", ""):
-        from pydicom.dataset import Dataset
-
         ds = Dataset()
         ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
         ds.Modality = "DX"
@@ -104,8 +100,6 @@ def study_film(path: Path, width: int = 80, height: int = 96, seed: int = 0, *,
                monochrome1: bool = False) -> Path:  # fmt: skip
     """A phantom film as a DICOM a PACS would send: DX, patient, study, series and instance
     UIDs, an accession number (the patient's name and ID must never reach a result table)."""
-    from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
 
     img, _, _ = phantom(np.random.default_rng(seed), width, height)
     ds = Dataset()

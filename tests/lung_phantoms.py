@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from cxrguide.config import LungsPrepareConfig
+from cxrguide.lungs.prepare import prepare_lungs
+
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, k: int = 48) -> list[tuple[float, float]]:
     t = np.linspace(0, 2 * np.pi, k, endpoint=False)
@@ -75,8 +78,6 @@ def write_phantoms(root: Path, n: int = 24, size: int = 64, seed: int = 0) -> Pa
 def prepared_lung_phantoms(root: Path, n: int, size: int, out: str = "lp") -> Path:
     """``n`` 64-px phantoms under ``root/ph`` run through ``lungs prepare`` at ``size`` px into
     ``root/out``; returns that folder."""
-    from cxrguide.config import LungsPrepareConfig
-    from cxrguide.lungs.prepare import prepare_lungs
 
     write_phantoms(root / "ph", n=n, size=64)
     cfg = LungsPrepareConfig(source=[f"masks={root / 'ph'}"], out=root / out, size=size, workers=1)

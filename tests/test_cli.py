@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -7,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from cxrguide.cli import main
+from cxr_testutils import make_prepared
+from cxrguide.cli import build_parser, main, setup_logging
+from cxrguide.commands import synth
+from cxrguide.config import GlobalConfig
+from os_faults import deny_writes, without_dac_override
 
 
 def test_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
@@ -43,7 +48,6 @@ def test_console_script_help_lists_verbs():
 
 def _out_commands(tmp_path: Path) -> dict[str, list[str]]:
     """synth / prepare / train argument lists, minus ``--out``, on tiny real inputs."""
-    from cxr_testutils import make_prepared
 
     prepared = make_prepared(tmp_path / "prepared", n_per_class=4, size=32)
     films = tmp_path / "films"
@@ -71,7 +75,6 @@ def _out_commands(tmp_path: Path) -> dict[str, list[str]]:
 
 def test_unwritable_out_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
     """As a user without write permission meets it (simulated: tests run as root here)."""
-    from os_faults import deny_writes
 
     commands = _out_commands(tmp_path)
     locked = tmp_path / "locked"
@@ -91,7 +94,6 @@ def test_unwritable_out_is_one_line_naming_the_path(tmp_path, monkeypatch, capsy
 @pytest.mark.slow  # three CLI processes (~10 s each on a busy 2-core machine)
 def test_unwritable_out_for_real(tmp_path, capsys):
     """The same with real permissions: a folder owned by another user, mode 0555."""
-    from os_faults import without_dac_override
 
     prefix = without_dac_override()
     if prefix is None:
@@ -116,8 +118,6 @@ def test_unwritable_out_for_real(tmp_path, capsys):
 
 
 def test_unexpected_error_is_one_line_exit_1_and_debug_shows_the_trace(monkeypatch, capsys):
-    from cxrguide.commands import synth
-
     def bug(args):
         raise KeyError("boom")
 
@@ -136,7 +136,6 @@ def test_unexpected_error_is_one_line_exit_1_and_debug_shows_the_trace(monkeypat
 @pytest.fixture
 def cxrguide_logger():
     """Put the ``cxrguide`` logger back as it was (the CLI routes it per process)."""
-    import logging
 
     logger = logging.getLogger("cxrguide")
     handlers, level = list(logger.handlers), logger.level
@@ -152,8 +151,6 @@ def cxrguide_logger():
 def test_library_messages_go_to_stdout_warnings_to_stderr_at_the_flag_level(
     flags, shown, cxrguide_logger, capsys
 ):
-    from cxrguide.cli import build_parser, setup_logging
-    from cxrguide.config import GlobalConfig
 
     args = build_parser().parse_args([*flags, "models"])
     setup_logging(GlobalConfig(verbose=args.verbose, quiet=args.quiet))

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cxrguide.core.tracking import scalar_name
 
 
 def event_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in the run folder's event files: name -> [(step, value)]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir))
     acc.Reload()

@@ -1,7 +1,8 @@
 """Crash-safe files: atomic writes, and OS errors turned into one line naming the path.
 
 A file written here appears whole or not at all (a ``mkstemp`` temp file in the same folder,
-flushed, then ``os.replace`` and an fsync of the folder), so a folder's "finished" marker written last with these helpers can be trusted
+flushed, then ``os.replace`` and an fsync of the folder), so a folder's "finished" marker written
+last with these helpers can be trusted
 by every reader after a kill, a full disk or a power cut. A failed write removes its temp file:
 no stray ``*.tmp`` is left to confuse a resumed job.
 """

@@ -13,6 +13,7 @@ from cxrguide.attention.cam import (
     draw_contour,
 )
 from cxrguide.errors import CxrGuideError
+from cxrguide.models.classifier import gate_features
 from cxrguide.models.zoo import create_model
 
 
@@ -33,8 +34,6 @@ def _oracle(model, image: np.ndarray, target: int, mask: np.ndarray | None = Non
     x = torch.from_numpy(image)[None, None]
     feats = model.forward_features(x)
     if mask is not None:
-        from cxrguide.models.classifier import gate_features
-
         feats = gate_features(feats, torch.from_numpy(mask.astype(np.float32))[None, None])
     feats = feats.detach().requires_grad_()
     score = model.head(feats)[0, target]

@@ -17,6 +17,7 @@ from cxrguide.attention.gain import (
     batchnorm_with_stats,
     erase,
     external_loss,
+    input_gradient_penalty,
     parse_attention,
     record_batch_stats,
     soft_mask,
@@ -172,8 +173,6 @@ def test_frozen_batchnorm_trains_the_network_that_is_evaluated():
 
 
 def test_input_gradient_penalty_is_zero_without_gradient_outside_and_positive_with_it():
-    from cxrguide.attention.gain import input_gradient_penalty
-
     g = torch.Generator().manual_seed(0)
     x = torch.rand(3, 1, 16, 16, generator=g).requires_grad_()
     labels = torch.tensor([0, 1, 2])

@@ -8,9 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
+from cxr_testutils import make_prepared, write_lung_cache
 from cxrguide.cli import build_parser, main
 from cxrguide.config import ShortcutBenchConfig, config_from_args
+from cxrguide.core.runs import read_info
+from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError
 from cxrguide.experiments import shortcut
 
@@ -78,9 +82,6 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
                 "marker_energy", "erased_accuracy", "marker_saliency"):  # fmt: skip
         assert rows[col].between(0, 1).all(), col
     # the ground-truth lung cache matches the generator's masks, letterboxed, row by row
-    from PIL import Image
-
-    from cxrguide.data.datasets import Prepared
 
     prep = Prepared.open(out / "prep")
     lungs = prep.lungs()
@@ -105,7 +106,6 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
         "continues the seed's 1-epoch Stage II run" in (out / "shortcut_from_stage2.md").read_text()
     )
     cont = pd.read_csv(out / "shortcut_from_stage2_runs.csv")
-    from cxrguide.core.runs import read_info
 
     info = read_info(cont.run.iloc[0])
     assert info.parent == str(out / "runs/seed0/stage2/stage2-mobilenet_v2")
@@ -117,9 +117,6 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
 
 
 def test_masked_copy_zeroes_everything_outside_the_lungs(tmp_path):
-    from cxr_testutils import make_prepared, write_lung_cache
-    from cxrguide.data.datasets import Prepared
-
     write_lung_cache(make_prepared(tmp_path / "prep", n_per_class=4, size=32), size=32)
     prep = Prepared.open(tmp_path / "prep")
     masked = shortcut.masked_copy(prep)

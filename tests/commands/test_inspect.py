@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
+from cxr_testutils import chest_like, dicom_film, jpeg_dicom
 from cxrguide.cli import main
+from cxrguide.data.imaging import model_input
 
 
 def _png(path, h=96, w=80):
@@ -75,8 +78,6 @@ def test_real_samples(shared_data, capsys):
 
 
 def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, capsys):
-    from pydicom.data import get_testdata_file
-
     ct = get_testdata_file("CT_small.dcm")
     assert main(["inspect", ct]) == 2
     assert capsys.readouterr().out == (
@@ -97,13 +98,12 @@ def test_non_radiograph_refused_unless_allowed_and_lateral_warned(tmp_path, caps
     ds.save_as(tmp_path / "lat.dcm", enforce_file_format=True)
     assert main(["inspect", str(tmp_path / "lat.dcm")]) == 0
     assert capsys.readouterr().out.endswith(
-        "CR view LL OK; warning: lateral: lateral view (LL); the model was trained on frontal films\n"
+        "CR view LL OK; warning: lateral: lateral view (LL); the "
+        "model was trained on frontal films\n"
     )
 
 
 def test_dicom_with_a_cut_jpeg_frame_and_a_forged_end_marker_refused(tmp_path, capsys):
-    from cxr_testutils import jpeg_dicom
-
     cut, ok = jpeg_dicom(tmp_path / "cut.dcm", keep=0.5), jpeg_dicom(tmp_path / "ok.dcm")
     assert main(["inspect", str(cut), str(ok)]) == 2
     out = capsys.readouterr().out.splitlines()
@@ -112,11 +112,6 @@ def test_dicom_with_a_cut_jpeg_frame_and_a_forged_end_marker_refused(tmp_path, c
 
 
 def test_model_input_saved_is_what_predict_sees_and_png_matches_dicom(tmp_path, capsys):
-    from PIL import Image
-
-    from cxr_testutils import chest_like, dicom_film
-    from cxrguide.data.imaging import model_input
-
     arr = chest_like(300, 260)
     png = tmp_path / "f.png"
     Image.fromarray(arr).save(png)

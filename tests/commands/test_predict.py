@@ -8,13 +8,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
+from cxr_testutils import jpeg_dicom
 from cxrguide.cli import main
 from cxrguide.inference.predictor import Predictor
+from cxrguide.inference.redact import SALT_ENV, Redactor
 from cxrguide.labels import CLASSES
-from inference_helpers import film, gated_run, tiny_run
+from inference_helpers import PATIENT, film, gated_run, study_film, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +91,6 @@ def test_bad_files_are_listed_and_give_exit_2(run, inputs, tmp_path, capsys):
 
 
 def test_dicom_with_a_cut_jpeg_frame_is_skipped_not_classified(run, inputs, tmp_path, capsys):
-    from cxr_testutils import jpeg_dicom
-
     cut = jpeg_dicom(tmp_path / "cut.dcm", keep=0.5)
     code = main(["predict", str(run), str(inputs / "a.png"), str(cut), "--json", "--no-progress"])
     assert code == 2
@@ -128,7 +129,6 @@ def test_usage_errors(run, tmp_path, capsys):
 def test_redact_paths_hides_file_names_everywhere(run, tmp_path, capsys, monkeypatch):
     """CSV, JSON, table, CAM file names and skipped-file lines carry file-<hash>, the same for
     the same name under one salt, so results can still be matched back."""
-    from cxrguide.inference.redact import SALT_ENV, Redactor
 
     monkeypatch.delenv(SALT_ENV, raising=False)
     patient = tmp_path / "Doe_John" / "MRN12345_chest.png"
@@ -163,9 +163,6 @@ def test_redact_paths_hides_file_names_everywhere(run, tmp_path, capsys, monkeyp
 def test_dicom_out_and_uids_in_csv_and_json(run, inputs, tmp_path, capsys):
     """--dicom-out: an SR + SC per DICOM input; the rows carry the source UIDs, never the
     patient's name or ID; a DICOM without UIDs is labelled but named on stderr (exit 2)."""
-    import pydicom
-
-    from inference_helpers import PATIENT, study_film
 
     a = study_film(tmp_path / "a.dcm", seed=4)
     b = study_film(tmp_path / "b.dcm", width=120, height=90, seed=5)

@@ -15,6 +15,7 @@ import yaml
 
 from byo_testutils import film, image_folder, write_csv
 from cxrguide.cli import main
+from cxrguide.data.sources import SourceRecord, open_sources
 
 EXTERNAL = Path(
     os.environ.get(
@@ -135,7 +136,6 @@ def test_real_external_films_scan_and_a_subset_prepares(external, tmp_path, caps
     """Every origin as published scans to its SOURCES.md count with the labels its labels.csv
     states (class3); a 6-per-class copy (HMH as a table with its patient ids) prepares into 4
     named sources that the audit calls confounded."""
-    from cxrguide.data.sources import SourceRecord, open_sources
 
     specs = [f"folder={external / o}" for o in ORIGINS if o != "COVID-CXNet"]
     specs.append(f"table:cxnet={external / 'COVID-CXNet/labels.csv'}")

@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from cxrguide.cli import main
+from cxrguide.commands.serve import is_loopback
+from cxrguide.config.inference import TOKEN_ENV
 from cxrguide.labels import CLASSES
 from inference_helpers import film, tiny_run
 
@@ -92,7 +94,6 @@ def test_busy_port_is_a_one_line_error_before_serving(tmp_path_factory, capsys):
 
 def test_a_network_bind_needs_a_token_or_insecure(tmp_path_factory, capsys, monkeypatch):
     """Refused before the port is bound or the model loaded: one line, exit 2."""
-    from cxrguide.config.inference import TOKEN_ENV
 
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     run = tiny_run(tmp_path_factory)
@@ -121,7 +122,5 @@ def test_a_network_bind_needs_a_token_or_insecure(tmp_path_factory, capsys, monk
 
 
 def test_loopback_names():
-    from cxrguide.commands.serve import is_loopback
-
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::")

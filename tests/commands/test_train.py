@@ -10,6 +10,7 @@ import pytest
 
 from cxrguide.cli import main
 from cxrguide.core.runs import read_info
+from cxrguide.evaluation import evaluate as E
 from cxrguide.models.packaged import PACKAGED, packaged_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,7 +30,6 @@ def test_stage1_with_the_packaged_imagenet_body(tiny_prepared, tmp_path, monkeyp
     except Exception as err:  # noqa: BLE001 - the package is a dev dependency
         pytest.skip(str(err))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network is needed
-    from cxrguide.evaluation import evaluate as E
 
     real = E.evaluate_run  # scoring without bootstrap CIs and Grad-CAM metrics (most of the time)
     monkeypatch.setattr(E, "evaluate_run",

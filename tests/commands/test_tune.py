@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 
 from cxrguide.cli import build_parser, main
 from cxrguide.config import TrainConfig, config_from_args
+from cxrguide.evaluation import evaluate as E
+from cxrguide.evaluation.evaluate import evaluate_run
 from cxrguide.training import tune as T
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -57,15 +59,12 @@ def _exported(path: Path) -> TrainConfig:
 @pytest.fixture
 def fast_eval(monkeypatch):
     """In-process trials evaluate for real, minus bootstrap CIs and Grad-CAM metrics."""
-    from cxrguide.evaluation.evaluate import evaluate_run
 
     def fast(*args, **kwargs):
         return evaluate_run(*args, **{**kwargs, "n_boot": 0, "attention_images": -1})
 
     def fast_score(run, split, cfg):
         return fast(run, split, cfg.data, device=cfg.device, progress=False)
-
-    from cxrguide.evaluation import evaluate as E
 
     monkeypatch.setattr(E, "score_split", fast_score)
     return fast_score

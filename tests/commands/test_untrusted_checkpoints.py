@@ -4,6 +4,8 @@ refused with one line naming the file, exit 2, and the payload never runs."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +13,10 @@ import pytest
 
 from checkpoint_payloads import payload_works, plant
 from cxrguide.cli import build_parser, main
+from cxrguide.config import config_from_args
+from cxrguide.config.pretrain import PretrainConfig
+from cxrguide.core.checkpoint import UnsafeCheckpointError
+from cxrguide.training.tune import _replay_history
 from inference_helpers import film, gated_run, lung_run, tiny_prepared, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,9 +71,6 @@ def test_train_resume_refuses_a_planted_last_pt(tmp_path_factory, tmp_path, caps
 
 
 def test_tune_replay_refuses_a_planted_trial_checkpoint(tmp_path):
-    from cxrguide.core.checkpoint import UnsafeCheckpointError
-    from cxrguide.training.tune import _replay_history
-
     marker = tmp_path / "pwned"
     planted = plant(tmp_path / "last.pt", marker)
     reported = []
@@ -82,12 +85,6 @@ def test_tune_replay_refuses_a_planted_trial_checkpoint(tmp_path):
 
 
 def test_pretrain_resume_refuses_a_planted_work_checkpoint(tmp_path, capsys):
-    import dataclasses
-    import json
-
-    from cxrguide.config import config_from_args
-    from cxrguide.config.pretrain import PretrainConfig
-
     out = tmp_path / "bodies"
     args = ["pretrain", "--backbone", "mobilenet_v2", "--out", str(out), "--n", "30", "--size",
             "32", "--epochs", "1", "--batch-size", "8", "--workers", "1"]  # fmt: skip

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,6 @@ def test_every_field_has_a_flag():
     parser = argparse.ArgumentParser()
     add_config_flags(parser, PrepareConfig)
     flags = {a.dest for a in parser._actions}
-    import dataclasses
 
     assert {f.name for f in dataclasses.fields(PrepareConfig)} <= flags
 

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from cxrguide.core import engine
+from cxrguide.errors import CxrGuideError
 from cxrguide.training.losses import l2_penalty, paper_cross_entropy
 
 
@@ -117,8 +118,6 @@ def test_l2_penalty_counts_trainable_kernels_only():
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path):
-    from cxrguide.errors import CxrGuideError
-
     class NanAfterTwoEpochs(ClassifyTask):
         epoch = 0
 

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from cxrguide.config import TrainConfig, save_yaml
+from cxrguide.cli import build_parser
+from cxrguide.config import TrainConfig, config_from_args, save_yaml
 from cxrguide.core import engine
 from cxrguide.core.tracking import MLFLOW_RECORD, Tracker, finish_mlflow, flatten, scalar_name
 from cxrguide.errors import CxrGuideError
@@ -74,7 +75,7 @@ def test_mlflow_logs_metrics_params_and_artefacts_and_a_resume_continues_its_run
     tmp_path, monkeypatch
 ):
     pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415 (the optional mlflow extra)
 
     monkeypatch.chdir(tmp_path)  # a sqlite store keeps artefacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -105,8 +106,6 @@ def test_mlflow_logs_metrics_params_and_artefacts_and_a_resume_continues_its_run
 
 
 def test_train_takes_an_mlflow_uri_and_a_dead_store_is_one_line(tmp_path, capsys):
-    from cxrguide.cli import build_parser
-    from cxrguide.config import config_from_args
 
     args = build_parser().parse_args(["train", "--mlflow", "sqlite:///m.db"])
     assert config_from_args(TrainConfig, args).mlflow == "sqlite:///m.db"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.encaps import encapsulate
 
-from cxr_testutils import png_bomb
+from cxr_testutils import jpeg_dicom, png_bomb
 from cxrguide.data import decode_guard as guard
 from cxrguide.data import film_flags, intensity
 from cxrguide.data.imaging import probe, read_image
@@ -86,7 +89,6 @@ def test_png_whose_zlib_stream_ends_early_refused(tmp_path):
 
 def test_png_bomb_refused_in_a_fraction_of_a_second(tmp_path):
     """2 MB of zeros behind the rows a 256x256 header needs: 4.6 s of CPU, then 200, before."""
-    import time
 
     path = png_bomb(tmp_path / "bomb.png")
     assert path.stat().st_size > 2_000_000
@@ -179,9 +181,6 @@ def test_modality_gate_and_film_warnings():
 @pytest.mark.parametrize("keep", [0.3, 0.9])
 def test_dicom_jpeg_frame_behind_a_forged_end_marker_refused(tmp_path, keep):
     """The DICOM decoders fill a cut JPEG frame (mid-gray or repeated rows); we refuse it."""
-    import pydicom
-
-    from cxr_testutils import jpeg_dicom
 
     path = jpeg_dicom(tmp_path / "cut.dcm", keep=keep)
     assert pydicom.dcmread(path).pixel_array.shape == (256, 256)  # what pydicom alone does
@@ -191,10 +190,6 @@ def test_dicom_jpeg_frame_behind_a_forged_end_marker_refused(tmp_path, keep):
 
 
 def test_intact_dicom_jpeg_frame_read(tmp_path):
-    import pydicom
-
-    from cxr_testutils import jpeg_dicom
-
     path = jpeg_dicom(tmp_path / "ok.dcm")
     img, info = read_image(path)
     assert (info.format, info.width, info.modality) == ("DICOM", 256, "CR")
@@ -203,11 +198,6 @@ def test_intact_dicom_jpeg_frame_read(tmp_path):
 
 
 def test_dicom_jpeg_frame_smaller_than_its_header_refused(tmp_path):
-    import pydicom
-    from pydicom.encaps import encapsulate
-
-    from cxr_testutils import jpeg_dicom
-
     path = jpeg_dicom(tmp_path / "big.dcm", side=64)
     ds = pydicom.dcmread(path)
     buf = io.BytesIO()

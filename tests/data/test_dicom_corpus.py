@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cxrguide.cli import main
 from cxrguide.data.imaging import read_image
 from cxrguide.errors import ImageReadError
 
@@ -97,8 +98,6 @@ def test_corpus_radiograph_gate_names_the_modality():
 
 
 def test_inspect_over_the_corpus_prints_one_line_per_file_and_nothing_else(capfd):
-    from cxrguide.cli import main
-
     files = sorted(str(p) for p in CORPUS.glob("*.dcm"))
     assert main(["inspect", *files, "--allow-modality", "all"]) == 2
     out, err = capfd.readouterr()

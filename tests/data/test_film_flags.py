@@ -3,12 +3,15 @@ say what to do in the caller's terms."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from cxr_testutils import chest_like, dicom_film
-from cxrguide.data.film_flags import CODES
+from cxr_testutils import chest_like, dicom_film, jpeg_dicom
+from cxrguide.data.film_flags import CODES, lossy_ratio
 from cxrguide.data.imaging import read_image
 from cxrguide.errors import ImageReadError
 
@@ -68,22 +71,15 @@ def test_for_processing_refused_unless_allowed(tmp_path):
 
 
 def test_lossy_transfer_syntax_with_measured_ratio(tmp_path):
-    from cxr_testutils import jpeg_dicom
-
     path = jpeg_dicom(tmp_path / "j.dcm")
     info = read_image(path)[1]
     assert "lossy_compressed" not in info.warning_codes  # JPEG baseline at ~2:1: ordinary
-    import pydicom
-
-    from cxrguide.data.film_flags import lossy_ratio
 
     ratio, text = lossy_ratio(pydicom.dcmread(path), 1000)
     assert text == f"{ratio:.0f}:1 (measured)" and ratio == 256 * 256 / 1000
 
 
 def test_every_code_is_documented():
-    from pathlib import Path
-
     doc = (Path(__file__).parents[2] / "docs/dicom.md").read_text()
     assert all(f"`{code}`" in doc for code in (*CODES, "truncated"))
     assert np.all([c.islower() for c in CODES])

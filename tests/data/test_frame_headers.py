@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
@@ -10,10 +11,17 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import DigitalXRayImageStorageForPresentation, JPEG2000Lossless, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    JPEG2000Lossless,
+    generate_uid,
+)
 
+from cxr_testutils import chest_like, dicom_film
 from cxrguide.data.frame_headers import frame_header
 from cxrguide.data.imaging import read_image
 from cxrguide.errors import ImageReadError
@@ -107,10 +115,6 @@ def test_file_cut_inside_its_pixel_data_is_truncated_not_missing(tmp_path):
 
 
 def test_frame_header_reads_jpeg_jpeg_ls_and_jp2():
-    import io
-
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.zeros((70, 90), np.uint8)).save(buf, "JPEG")
     head = frame_header(buf.getvalue())
@@ -130,9 +134,6 @@ def test_frame_header_reads_jpeg_jpeg_ls_and_jp2():
 
 def test_deflated_dicom_that_inflates_too_far_refused(tmp_path):
     """pydicom inflates a Deflated Explicit VR dataset whole: bounded by the pixel limit."""
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    from cxr_testutils import chest_like, dicom_film
 
     small = dicom_film(tmp_path / "ok.dcm", chest_like(100, 90))
     ds = pydicom.dcmread(small)

@@ -103,7 +103,7 @@ def test_contrast_does_not_depend_on_the_decode_size(tmp_path):
 
 
 def test_prepare_cache_and_predict_input_agree(tmp_path):
-    """``prepare`` decodes at 512 and the dataset resizes; ``predict`` decodes at the model's side."""
+    """``prepare`` decodes at 512, the dataset resizes; ``predict`` decodes at the model's side."""
     arr = chest_like(1100, 950, seed=3).astype(np.uint16) * 16 + 37
     dcm = dicom_film(tmp_path / "film.dcm", arr, "MONOCHROME1", bits=12, WindowCenter=2000,
                      WindowWidth=3000)  # fmt: skip

@@ -5,17 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.ndimage import gaussian_filter
 
+from cxrguide.config import SynthConfig
 from cxrguide.data import manifest
 from cxrguide.data.imaging import read_image
+from cxrguide.data.synthetic.fairness import render_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from _near_copies import near_copies, sample_films  # noqa: E402
 
 
 def _noise_image(seed: int, size: int = 64) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
-
     rng = np.random.default_rng(seed)
     img = gaussian_filter(rng.random((size, size)), sigma=size / 16)
     return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
@@ -216,9 +217,6 @@ def test_copies_of_real_films_are_confirmed(shared_data: Path):
 
 
 def test_the_most_alike_distinct_phantoms_are_not_confirmed():
-    from cxrguide.config import SynthConfig
-    from cxrguide.data.synthetic.fairness import render_images
-
     images, _ = render_images(SynthConfig(n=150, size=128, seed=11, shortcut_test=0), workers=1)
     thumbs = [manifest.thumbnail(im) for im in images]
     flat = np.stack([t.astype(np.float32).ravel() for t in thumbs])

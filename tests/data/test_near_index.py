@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
+from cxrguide.config import SynthConfig
 from cxrguide.data import manifest, near_index
 from cxrguide.data.imaging import read_image
+from cxrguide.data.synthetic.fairness import render_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from _near_copies import KINDS, near_copies, sample_films  # noqa: E402
@@ -80,8 +82,6 @@ def test_each_kind_of_near_copy_of_real_films_is_found(real_films, kind):
 def test_distinct_phantoms_are_never_linked():
     """Phantoms share one anatomy model, so they are far more alike than real films: the search
     proposes some, the confirmation must refuse every one."""
-    from cxrguide.config import SynthConfig
-    from cxrguide.data.synthetic.fairness import render_images
 
     images, _ = render_images(SynthConfig(n=300, size=96, seed=11, shortcut_test=0), workers=1)
     uf, extra = _groups_found(list(images))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +15,18 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
 from scipy.ndimage import gaussian_filter
 
-from cxrguide.config import PrepareConfig
+from cxr_testutils import chest_like, dicom_film, jpeg_dicom
+from cxrguide.cli import main
+from cxrguide.config import PrepareConfig, SynthConfig
+from cxrguide.data import cache
 from cxrguide.data import prepare as prepare_mod
+from cxrguide.data.datasets import Prepared
 from cxrguide.data.sources import Rejection, Source, SourceRecord, register
+from cxrguide.data.summary import count_table, summary_text
+from cxrguide.data.synthetic.generate import generate_dataset
 from cxrguide.errors import CxrGuideError
 
 
@@ -160,8 +171,6 @@ def test_killed_prepare_resumes_without_redecoding(folder, tmp_path, monkeypatch
 
 
 def test_summary_table_counts(folder, tmp_path):
-    from cxrguide.data.summary import count_table, summary_text
-
     out = prepare_mod.prepare(_cfg(folder, tmp_path / "out")).out
     header, body = count_table(out)
     assert header == ["source", "class", "train", "val", "test", "total"]
@@ -198,7 +207,6 @@ def _kill_after(monkeypatch, owner, name: str, nth: int) -> None:
                          ids=[f"{n}{'#2' if k > 1 else ''}" for _, n, k in KILL_POINTS])  # fmt: skip
 def test_kill_after_any_step_is_refused_then_rerun_completes(folder, tmp_path, monkeypatch,
                                                              owner, name, nth):  # fmt: skip
-    from cxrguide.data.datasets import Prepared
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
@@ -237,13 +245,6 @@ def test_failed_run_leftovers_do_not_block_a_corrected_run(folder, tmp_path, mon
 @pytest.mark.slow  # a subprocess importing the CLI: ~5 s quiet, 20+ s on a loaded machine
 def test_sigkill_after_manifest_then_rerun_completes(tmp_path, capsys):
     """A real SIGKILL (no clean-up runs) right after manifest.csv, on a synth folder."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from cxrguide.config import SynthConfig
-    from cxrguide.data.synthetic.generate import generate_dataset
 
     synth = tmp_path / "synth"
     generate_dataset(SynthConfig(out=synth, n=30, size=64, workers=1), progress=False)
@@ -264,7 +265,6 @@ def test_sigkill_after_manifest_then_rerun_completes(tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     killed = subprocess.run([sys.executable, "-c", script, *argv], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL and (out / "manifest.csv").exists()
-    from cxrguide.cli import main
 
     assert (
         main(["train", "--data", str(out), "--weights", "none", "--out", str(tmp_path / "r")]) == 2
@@ -291,8 +291,6 @@ def test_file_under_two_patients_and_sources_named(folder, tmp_path):
 
 
 def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
-    from pydicom.data import get_testdata_file
-
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "img/ct.dcm")
     with (folder / "labels.csv").open("a", newline="") as fh:
         csv.writer(fh).writerow(("img/ct.dcm", "Normal", "ct-patient", "siteA"))
@@ -306,8 +304,6 @@ def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
 
 
 def test_warning_codes_in_the_manifest_and_for_processing_rejected(folder, tmp_path):
-    from cxr_testutils import chest_like, dicom_film
-
     dicom_film(folder / "img/burn.dcm", chest_like(120, 100, seed=7), BurnedInAnnotation="YES",
                PatientOrientation=["R", "F"])  # fmt: skip
     dicom_film(folder / "img/raw.dcm", chest_like(120, 100, seed=8),
@@ -325,8 +321,6 @@ def test_warning_codes_in_the_manifest_and_for_processing_rejected(folder, tmp_p
 
 
 def test_dicom_with_a_cut_jpeg_frame_rejected(folder, tmp_path):
-    from cxr_testutils import jpeg_dicom
-
     jpeg_dicom(folder / "img/cut.dcm", keep=0.5)
     with (folder / "labels.csv").open("a", newline="") as fh:
         csv.writer(fh).writerow(("img/cut.dcm", "Normal", "cut-patient", "siteA"))
@@ -355,8 +349,6 @@ def test_decode_chunks_cover_every_task_once():
 
 
 def test_parallel_gather_matches_a_serial_one(tmp_path):
-    from cxrguide.data import cache
-
     src = np.random.default_rng(0).integers(0, 256, (50, 8, 8), dtype=np.uint8)
     rows = [7, 3, 3, 49, 0] + list(range(10, 40))
     cache.gather(src, rows, tmp_path / "one.npy", chunk=4)
@@ -367,10 +359,6 @@ def test_parallel_gather_matches_a_serial_one(tmp_path):
 
 def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, monkeypatch, capsys):
     """The OOM killer taking a pool worker hung multiprocessing.Pool forever."""
-    import os
-    import signal
-
-    from cxrguide.cli import main
 
     real = prepare_mod._decode
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cxrguide.data.transforms import resize_array, resize_image, resize_mask, resize_mask_array
 
@@ -22,9 +24,6 @@ def test_shrinking_is_the_area_mean_on_known_arrays():
 
 def test_area_is_opencvs_inter_area_and_bilinear_is_pillows():
     """The two halves of the rule equal the libraries' reference filters."""
-    import cv2
-    from PIL import Image
-
     rng = np.random.default_rng(1)
     img = rng.random((300, 200)).astype(np.float32)
     for h, w in ((224, 150), (97, 31), (77, 200)):

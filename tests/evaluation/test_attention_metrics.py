@@ -6,15 +6,18 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
 from cxrguide.evaluation import attention_metrics as am
-from cxrguide.evaluation.evaluate import score_split
+from cxrguide.evaluation.evaluate import evaluate_run, score_split
 from cxrguide.models.zoo import create_model
+from cxrguide.training.stages import train
 
 
 def _lungs(prep: Path, size: int = 64) -> np.ndarray:
@@ -115,14 +118,6 @@ def test_synthetic_lesion_masks_are_letterboxed_like_the_cache(tiny_prepared, tm
 
 def test_evaluate_puts_lung_energy_next_to_accuracy(tiny_prepared, tmp_path):
     """The headline attention figures sit at the top level of metrics_<split>.json."""
-    import json
-
-    import numpy as np
-    import pandas as pd
-
-    from cxrguide.config import TrainConfig
-    from cxrguide.evaluation.evaluate import evaluate_run
-    from cxrguide.training.stages import train
 
     n, size = len(pd.read_csv(tiny_prepared / "manifest.csv")), 64
     yy, xx = np.mgrid[:size, :size]

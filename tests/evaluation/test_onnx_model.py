@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from onnx import TensorProto, helper
 from torch import nn
 
 from cxr_testutils import make_prepared, write_lung_cache
@@ -126,8 +128,6 @@ def test_bad_file_is_one_line_exit_2(setup, tmp_path, capsys):
 
 
 def _graph_model(path: Path, inputs: list[tuple[str, list]], out_shape: list, op: str) -> Path:
-    from onnx import TensorProto, helper
-
     ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs]
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
     nodes = [helper.make_node(op, [inputs[0][0]], ["y"])]
@@ -275,8 +275,6 @@ class CovidNetSignature(nn.Module):
 
 
 def _readme_covidnet_command() -> list[str]:
-    import shlex
-
     page = Path(__file__).resolve().parents[2] / "docs" / "inference.md"
     text = page.read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln.startswith("cxrguide evaluate --onnx COVIDNet")]

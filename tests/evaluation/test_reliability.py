@@ -12,7 +12,11 @@ import pytest
 
 from cxr_testutils import make_prepared
 from cxrguide.cli import main
+from cxrguide.config import TrainConfig
 from cxrguide.core.reliability import MIN_VAL_FILMS, RELIABILITY_FILE, load_reliability
+from cxrguide.evaluation.evaluate import score_split
+from cxrguide.training.stages import train
+from inference_helpers import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -20,9 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 @pytest.fixture(scope="module")
 def fitted_run(tmp_path_factory) -> Path:
     """A Stage I run whose validation split has 24 films (enough for thresholds)."""
-    from cxrguide.config import TrainConfig
-    from cxrguide.evaluation.evaluate import score_split
-    from cxrguide.training.stages import train
 
     root = tmp_path_factory.mktemp("reliability")
     prep = make_prepared(root / "prep", n_per_class=48)
@@ -73,8 +74,6 @@ def test_evaluate_other_data_all_films_writes_auroc(fitted_run, tmp_path, capsys
 
 
 def test_small_validation_gives_a_warning_and_no_threshold(tmp_path_factory):
-    from inference_helpers import tiny_run
-
     run = tiny_run(tmp_path_factory)  # 6 validation films
     rel = load_reliability(run)
     assert rel is not None and rel.n_val < MIN_VAL_FILMS

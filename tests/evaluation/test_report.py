@@ -10,13 +10,25 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from PIL import Image
 
+from cxrguide.core.runs import RunInfo
+from cxrguide.data.audit import audit_prepared
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.galleries import explain_run
-from cxrguide.evaluation.report import build_report, find_runs, pct
+from cxrguide.evaluation.report import (
+    RunRecord,
+    build_report,
+    find_runs,
+    pct,
+    provenance_table,
+    shortcut_split_table,
+)
+from cxrguide.evaluation.sources_summary import write_study
+from cxrguide.training.tune import plot_history
 from explain_helpers import tiny_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -75,9 +87,6 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def extras(tmp_path_factory) -> dict[str, Path]:
     """A shortcut table as `bench shortcut` writes it and a tuning folder with Optuna plots."""
-    import optuna
-
-    from cxrguide.training.tune import plot_history
 
     root = tmp_path_factory.mktemp("extras")
     rows = pd.DataFrame({"variant": ["stage2", "stage2", "gate"], "test_accuracy": [0.9, 0.8, 0.85],
@@ -166,7 +175,6 @@ def test_report_embeds_an_explain_folder_instead_of_drawing(runs, tmp_path):
 
 def _sources_study(folder: Path) -> Path:
     """A `bench sources` folder: two variants, two held-out sources, one skipped."""
-    from cxrguide.evaluation.sources_summary import write_study
 
     def variant(internal: list[float], external: list[float], probe: float) -> dict:
         per = [{"source": s, "n": n, "internal_accuracy": i, "external_accuracy": e,
@@ -275,8 +283,6 @@ def test_report_sets_accuracy_beside_baselines_and_shows_every_warning(report, r
 
 
 def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
-    from cxrguide.data.audit import audit_prepared
-
     prep = runs["prep"]
     (prep / "summary.json").write_text("{}")
     audit = audit_prepared(prep, seed=0).audit
@@ -308,13 +314,6 @@ def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
 
 
 def test_shortcut_split_table_and_provenance_show_scope_and_phantom(tmp_path):
-    from cxrguide.core.runs import RunInfo
-    from cxrguide.evaluation.report import (
-        RunRecord,
-        provenance_table,
-        shortcut_split_table,
-    )
-
     def record(stage: int, test: float, shortcut: float | None, **config) -> RunRecord:
         info = RunInfo("mobilenet_v2", stage, 64, [128, 64], [0.1, 0.05], "elu", "phantom:ab12")
         metrics = {"val": {"accuracy": 0.9}, "test": {"accuracy": test}}

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.errors import CxrGuideError
@@ -111,7 +115,6 @@ def test_killed_build_resumes_from_its_last_epoch(tmp_path, monkeypatch):
 
 def _assert_same_body(a: Path, b: Path) -> None:
     """Equal up to float rounding (oneDNN's kernels are not always bit-identical between runs)."""
-    from safetensors.torch import load_file
 
     x, y = load_file(str(a)), load_file(str(b))
     assert x.keys() == y.keys()
@@ -147,10 +150,6 @@ def test_lesion_loss_rewards_the_cells_that_hold_a_finding():
 def test_the_body_file_header_is_the_same_in_every_process(tmp_path):
     """The file's SHA-256 is the body's provenance label: its safetensors header (tensor table
     and metadata) must not vary between processes, as a metadata map of two keys did."""
-    import os
-    import struct
-    import subprocess
-    import sys
 
     code = ("import sys; from cxrguide.config.pretrain import PretrainConfig; "
             "from cxrguide.experiments.pretrain import pretrain; "

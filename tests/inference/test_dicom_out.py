@@ -14,7 +14,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.inference.dicom_out import CLASS_CODES, DISCLAIMER, DicomWriter
 from cxrguide.inference.predictor import Predictor
 from cxrguide.labels import CLASSES
-from inference_helpers import PATIENT, film, study_film, tiny_run
+from inference_helpers import PATIENT, film, gated_run, study_film, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -127,8 +127,6 @@ def test_inputs_that_cannot_be_referenced(predictor, tmp_path):
 
 
 def test_a_lung_model_adds_a_seg_of_the_lungs_in_the_film_geometry(tmp_path_factory, tmp_path):
-    from inference_helpers import gated_run
-
     predictor = Predictor(gated_run(tmp_path_factory), backend="fp32")
     source = study_film(tmp_path / "in.dcm", width=90, height=120, seed=6)
     prediction = predictor.predict_file(source)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from pathlib import Path
@@ -11,22 +12,25 @@ import torch
 
 from cxrguide.core.runs import run_identifier
 from cxrguide.errors import CxrGuideError
+from cxrguide.inference import export as export_mod
 from cxrguide.inference.export import (
     META_FILE,
     ExportModule,
     example_inputs,
+    export_onnx,
     export_run,
+    parity,
 )
 from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.predictor import Predictor
 from cxrguide.models.saved import load_run
+from cxrguide.models.zoo import create_model
 from inference_helpers import gated_run, tiny_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 
 
 def test_export_module_gate_equals_the_model_gate():
-    from cxrguide.models.zoo import create_model
-
     model = create_model("mobilenet_v2", "none", seed=0).eval()
     module = ExportModule(model, 96, lung_gate=True).eval()
     image, mask = example_inputs(96, True, batch=2)
@@ -111,10 +115,6 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
 ):
     """The predictor's ONNX backend exports a run once (the exporter takes ~20 s), keyed by
     the weights and run facts; an unwritable cache folder means a temp file, not an error."""
-    import errno
-
-    from cxrguide.inference import export as export_mod
-    from cxrguide.inference.predictor import Predictor
 
     run = tiny_run(tmp_path_factory)
     model, info = load_run(run)
@@ -157,6 +157,7 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
         return shutil.copyfile(first, path)
 
     monkeypatch.setattr(export_mod, "export_onnx", copy_export)
+    monkeypatch.setattr("cxrguide.inference.predictor.export_onnx", copy_export)  # its own name
     monkeypatch.setattr(Path, "mkdir", denied)  # what a user without write access meets
     monkeypatch.setenv(export_mod.CACHE_ENV, str(tmp_path / "locked"))
     assert export_mod.cached_onnx(module, 64, folder=tmp_path / "locked") is None
@@ -172,8 +173,6 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
 @pytest.mark.slow  # one torch.export based export of a custom network (~20-30 s on 2 cores)
 def test_pepx_network_exports_gated_with_parity(tmp_path):
     """COVID-Net's PEPX blocks are our own code, not timm's: the exporter must take them too."""
-    from cxrguide.inference.export import export_onnx, parity
-    from cxrguide.models.zoo import create_model
 
     model = create_model("covidnet_cxr_small", "none", seed=0).eval()
     module = ExportModule(model, 64, lung_gate=True).eval()
@@ -183,8 +182,6 @@ def test_pepx_network_exports_gated_with_parity(tmp_path):
 
 
 def test_a_failed_parity_check_leaves_no_file(tmp_path_factory, tmp_path, monkeypatch):
-    from cxrguide.inference import export as export_mod
-
     run = tiny_run(tmp_path_factory)
     out = tmp_path / "m.pt"
     monkeypatch.setattr(export_mod, "parity", lambda *a, **k: 0.5)  # a file that disagrees

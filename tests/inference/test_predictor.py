@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from cxr_testutils import chest_like, dicom_film
 from cxrguide.data.datasets import CxrDataset, Prepared
-from cxrguide.errors import CxrGuideError
+from cxrguide.data.imaging import ImageInfo
+from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.evaluation.evaluate import predict_split
 from cxrguide.inference.predictor import (
     CPU_DEFAULT,
@@ -23,6 +27,7 @@ from cxrguide.inference.predictor import (
     resolve_backend,
 )
 from cxrguide.labels import CLASSES
+from cxrguide.lungs.metrics import MaskQuality
 from inference_helpers import film, gated_run, lung_run, tiny_prepared, tiny_run
 
 
@@ -210,10 +215,6 @@ def test_auto_falls_back_to_eager_when_onnx_export_fails(run, monkeypatch):
 
 
 def test_unreliable_when_lung_mask_implausible_or_film_lateral():
-    from cxrguide.data.imaging import ImageInfo
-    from cxrguide.inference.predictor import Prediction
-    from cxrguide.lungs.metrics import MaskQuality
-
     frontal = ImageInfo("a.dcm", "DICOM", 100, 100, 12, "MONOCHROME2", "PA", "DX")
     probs = {"Normal": 0.8, "Pneumonia": 0.1, "COVID-19": 0.1}
     ok = Prediction("a", "Normal", probs, MaskQuality(0.3, 2, 2, "ok"), frontal, None, None)
@@ -231,12 +232,6 @@ def test_unreliable_when_lung_mask_implausible_or_film_lateral():
 def test_lungs_only_run_lists_an_empty_lung_mask_as_a_failure(tmp_path_factory, tmp_path):
     """A run that blanks the film outside the lungs (issue 16) never classifies a film whose
     mask came out empty: predict lists it with the reason, a single file raises one line."""
-    import shutil
-
-    import yaml
-
-    from cxrguide.errors import ImageReadError
-    from cxrguide.inference.predictor import Failure, Prediction
 
     run = tmp_path / "stage3-lung-input"
     shutil.copytree(gated_run(tmp_path_factory), run)
@@ -262,7 +257,6 @@ def test_lungs_only_run_lists_an_empty_lung_mask_as_a_failure(tmp_path_factory, 
 
 def test_png_and_same_pixel_dicoms_get_the_same_probabilities(predictor, tmp_path):
     """One intensity rule: 8-bit, 16-bit, MONOCHROME1 and padded DICOMs of a PNG's pixels."""
-    from cxr_testutils import chest_like, dicom_film
 
     arr = chest_like(150, 130)
     Image.fromarray(arr).save(tmp_path / "f.png")

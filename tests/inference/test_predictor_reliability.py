@@ -9,13 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
 from cxrguide.core.reliability import RELIABILITY_FILE, Reliability, save_reliability, softmax
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.evaluation.ood import fit_mahalanobis
 from cxrguide.evaluation.reliability import forward_split
+from cxrguide.inference.export import export_run
+from cxrguide.inference.onnx_runtime import OnnxRunner
 from cxrguide.inference.predictor import Predictor
 from cxrguide.labels import CLASSES
+from cxrguide.serve.app import create_app
 from inference_helpers import film, tiny_prepared, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
@@ -85,9 +89,6 @@ def test_abstain_labels_unreliable_and_unsure_films(runs, tmp_path):
 
 @pytest.mark.slow  # two ONNX exports
 def test_onnx_backend_and_export_carry_the_temperature(runs, tmp_path):
-    from cxrguide.inference.export import export_run
-    from cxrguide.inference.onnx_runtime import OnnxRunner
-
     eager, onnx = (
         Predictor(runs["fitted"], backend="fp32"),
         Predictor(runs["fitted"], backend="onnx"),
@@ -109,12 +110,10 @@ def test_onnx_backend_and_export_carry_the_temperature(runs, tmp_path):
 
 
 def test_serve_returns_the_fields(runs, tmp_path):
-    from fastapi.testclient import TestClient
-
-    from cxrguide.serve.app import create_app
-
     for name, calibrated in (("fitted", True), ("old", False)):
-        client = TestClient(create_app(Predictor(runs[name], backend="fp32")), base_url="http://localhost")
+        client = TestClient(
+            create_app(Predictor(runs[name], backend="fp32")), base_url="http://localhost"
+        )
         with client:
             path = film(tmp_path / f"{name}.png")
             reply = client.post("/v1/predict", files={"file": (path.name, path.read_bytes())})

@@ -12,8 +12,9 @@ from PIL import Image
 
 from cxrguide.config import LungsPredictConfig, LungsTrainConfig
 from cxrguide.data.imaging import fit_square
-from cxrguide.errors import CxrGuideError
+from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.lungs.predict import predict_images, predict_prepared, unletterbox
+from cxrguide.lungs.segmenter import inference_batch
 from cxrguide.lungs.train import train_lungs
 from lung_phantoms import prepared_lung_phantoms, write_phantoms
 
@@ -137,11 +138,6 @@ def test_unletterbox_inverts_fit_square():
 
 
 def test_batch_size_zero_is_automatic_per_device():
-    import torch
-
-    from cxrguide.errors import ConfigError
-    from cxrguide.lungs.segmenter import inference_batch
-
     assert inference_batch(0, torch.device("cpu")) == 4
     assert inference_batch(0, torch.device("cuda")) == 16
     assert inference_batch(7, torch.device("cpu")) == 7  # an explicit size is kept

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,8 +59,6 @@ def test_rerun_is_reused_and_a_changed_config_refused(tmp_path, phantoms):
 
 
 def test_ignore_regions_can_be_cut_out(tmp_path):
-    import json
-
     root = write_phantoms(tmp_path / "ph", n=10, size=48)
     for f in (root / "annotations").glob("*.json"):
         doc = json.loads(f.read_text())

@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrguide.config import LungsEvaluateConfig, LungsPrepareConfig, LungsTrainConfig
+from cxrguide.config import LungsEvaluateConfig, LungsPrepareConfig, LungsTrainConfig, SynthConfig
+from cxrguide.core import engine
+from cxrguide.data.augment import CxrAugment
+from cxrguide.data.synthetic.generate import generate_dataset
 from cxrguide.errors import CxrGuideError
 from cxrguide.lungs.prepare import prepare_lungs
 from cxrguide.lungs.segmenter import load_lung_run, predict_batch
@@ -50,8 +53,6 @@ def test_dataset_reads_split_and_resizes(prepared):
 
 
 def test_training_set_augments_each_item_image_and_mask_together(prepared):
-    from cxrguide.data.augment import CxrAugment
-
     plain = LungsDataset(prepared, "train")
     augment = CxrAugment(rotate=15, shift=0.1, zoom=0.1, brightness=0, contrast=0)
     augmented = LungsDataset(prepared, "train", augment=augment)
@@ -95,8 +96,6 @@ def test_finished_run_is_not_retrained_and_config_changes_refused(trained, prepa
 
 
 def test_killed_run_resumes_with_the_same_augmentations(prepared, tmp_path, monkeypatch):
-    from cxrguide.core import engine
-
     full = train_lungs(_cfg(prepared, tmp_path / "full", max_epochs=3))
 
     class Killed(Exception):
@@ -153,8 +152,6 @@ def test_errors(prepared, tmp_path):
 def test_synth_phantoms_lower_bound(tmp_path):
     """`cxrguide synth` films at 64 px, 28 for training, 6 epochs of a tiny U-Net on one CPU
     thread (~10 s). Measured: val Dice 0.917, test 0.956; at 128 px see the report."""
-    from cxrguide.config import SynthConfig
-    from cxrguide.data.synthetic.generate import generate_dataset
 
     synth = SynthConfig(out=tmp_path / "syn", n=36, size=64, seed=1, workers=1, shortcut_test=0)
     generate_dataset(synth, progress=False)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cxrguide.errors import ConfigError
 from cxrguide.lungs.unet import DiceBCELoss, LungSegmenter, build_unet, normalize
@@ -70,7 +71,6 @@ def test_smp_unet_offline_and_with_a_local_encoder_file(tmp_path):
 
 def _old_dice_bce(logits, target, dice_weight=1.0, bce_weight=1.0):
     """The hand-written loss DiceBCELoss replaced (per-image soft Dice + mean BCE), verbatim."""
-    import torch.nn.functional as F
 
     p = torch.sigmoid(logits)
     inter = (p * target).sum(dim=(2, 3))

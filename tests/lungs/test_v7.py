@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrguide.config import SynthConfig
 from cxrguide.data.sources.base import Rejection
+from cxrguide.data.synthetic.generate import generate_dataset
 from cxrguide.errors import SourceLayoutError
 from cxrguide.lungs import LEFT, LUNG, RIGHT, LungRecord, load_mask, open_lung_source
 from cxrguide.lungs.v7 import (
@@ -160,9 +162,6 @@ def test_real_v7_sample_matches_published_semantic_masks(shared_data):
 
 
 def test_synth_output_reads_as_v7_with_sides(tmp_path):
-    from cxrguide.config import SynthConfig
-    from cxrguide.data.synthetic.generate import generate_dataset
-
     out = tmp_path / "syn"
     generate_dataset(SynthConfig(out=out, n=6, size=64, workers=1, shortcut_test=0), False)
     records = [r for r in V7Source(out).scan() if isinstance(r, LungRecord)]

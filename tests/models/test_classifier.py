@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cxrguide.models.classifier import CxrClassifier, gate_features
@@ -94,9 +96,6 @@ def test_frozen_body_gets_no_gradient_and_keeps_batchnorm_stats() -> None:
 
 
 def test_pytorch_grad_cam_can_target_the_tap_of_a_frozen_model(mobilenet) -> None:
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     model = create_model("mobilenet_v2", seed=1).freeze_body()
     x = torch.rand(2, 1, 64, 64)
     with GradCAM(model=model, target_layers=[model.feature_tap]) as cam:

@@ -44,6 +44,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
         return str(path)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr("cxrguide.models.imagenet.hf_hub_download", download)  # where it is used
     return state
 
 

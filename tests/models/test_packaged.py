@@ -16,7 +16,7 @@ from PIL import Image
 from cxrguide.errors import CxrGuideError
 from cxrguide.models import packaged
 from cxrguide.models.packaged import PACKAGED, map_in_order, packaged_file, read_packaged
-from cxrguide.models.zoo import create_model, get_spec
+from cxrguide.models.zoo import create_model, get_spec, list_models
 
 TIMM_NAME = "tf_efficientnet_lite0.in1k"
 ENTRY = PACKAGED[TIMM_NAME]
@@ -70,7 +70,6 @@ def test_extra_in_the_zoo_not_in_the_study() -> None:
     spec = get_spec("EfficientNet-Lite0")
     assert spec.name == "efficientnet_lite0" and spec.extra and spec.group == "extra"
     assert spec.input_size == (224, 224) and spec.paper_feature_map is None
-    from cxrguide.models.zoo import list_models
 
     assert "efficientnet_lite0" not in list_models()
     assert list_models(extras=True)[-1] == "efficientnet_lite0"

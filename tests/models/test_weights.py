@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from cxrguide.errors import CxrGuideError
-from cxrguide.models.weights import WEIGHTS_ENV, local_candidates
+from cxrguide.models.weights import PHANTOM_META_KEY, WEIGHTS_ENV, local_candidates
 from cxrguide.models.zoo import create_model
 
 TIMM_NAME = "mobilenetv2_100.ra_in1k"
@@ -177,10 +178,6 @@ def test_truncated_imagenet_file_is_one_line_naming_it(offline, reference) -> No
 
 
 def test_phantom_marked_file_is_labelled_by_its_sha(offline, reference) -> None:
-    import hashlib
-
-    from cxrguide.models.weights import PHANTOM_META_KEY
-
     body = {k: v for k, v in reference.items() if not k.startswith("classifier.")}
     path = offline / "any-name.safetensors"
     save_file(body, str(path), metadata={PHANTOM_META_KEY: "phantom"})

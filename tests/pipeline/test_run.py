@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
-from cxrguide.config import PipelineConfig, TrainConfig
+import cxrguide.pipeline.run as run_mod
+from cxrguide.config import (
+    LungsPrepareConfig,
+    LungsTrainConfig,
+    PipelineConfig,
+    PrepareConfig,
+    SynthConfig,
+    TrainConfig,
+    TuneConfig,
+    from_dict,
+    load_config,
+)
+from cxrguide.errors import ConfigError
+from cxrguide.experiments import pretrain
+from cxrguide.pipeline import run
 from cxrguide.pipeline.run import plan, run_pipeline
 
 
@@ -42,8 +57,6 @@ def test_tiny_pipeline_end_to_end_then_reused(tmp_path):
 
 
 def test_every_section_is_checked_before_the_first_step(tmp_path):
-    from cxrguide.errors import ConfigError
-
     bad = [("stage2", {"lr": "fast"}, r"pipeline\.stage2\.lr: expected a number"),
            ("stage3", {"attention": ["gate", "nope"]}, "nope"),
            ("report", {"titel": "x"}, r"pipeline\.report: unknown field\(s\) titel"),
@@ -64,7 +77,6 @@ STEP_FUNCS = ["_synth", "_prepare", "_lungs_prepare", "_lungs_train", "_lungs_pr
 def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
     """Kill right after each step's work, before its marker; each re-run reuses what finished,
     re-enters the killed step (which resumes inside) and goes one step further."""
-    import cxrguide.pipeline.run as run_mod
 
     torch.set_num_threads(1)
     quick = {"image_size": 64, "max_epochs": 1, "batch_size": 8}
@@ -105,9 +117,6 @@ def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
 
 
 def test_phantom_weights_resolve_to_verified_files_before_stage1(monkeypatch):
-    from cxrguide.experiments import pretrain
-    from cxrguide.pipeline import run
-
     asked: list[list[str]] = []
 
     def fake(names, log):
@@ -128,19 +137,6 @@ def test_phantom_weights_resolve_to_verified_files_before_stage1(monkeypatch):
 
 
 def test_the_shipped_pipeline_configs_are_valid():
-    from pathlib import Path
-
-    from cxrguide.config import (
-        LungsPrepareConfig,
-        LungsTrainConfig,
-        PrepareConfig,
-        SynthConfig,
-        TrainConfig,
-        TuneConfig,
-        from_dict,
-        load_config,
-    )
-
     for name in ("quickstart.yaml", "real-data.yaml"):
         cfg = load_config(PipelineConfig, Path(__file__).parents[2] / "configs" / name)
         for cls, section in ((SynthConfig, cfg.synth), (PrepareConfig, cfg.prepare),
@@ -159,8 +155,6 @@ def test_the_shipped_pipeline_configs_are_valid():
 
 
 def test_sources_and_label_map_reach_prepare(tmp_path):
-    from cxrguide.errors import ConfigError
-
     (tmp_path / "map.yaml").write_text("healthy: Normal\n")
     cfg = PipelineConfig(out=tmp_path / "p", sources=["folder:kids=/d/kids", "table=/d/t.csv"],
                          label_map=tmp_path / "map.yaml")  # fmt: skip

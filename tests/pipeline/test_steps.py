@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from cxrguide.pipeline.steps import StepRunner
+from cxrguide.config import TrainConfig
+from cxrguide.pipeline.steps import StepRunner, fingerprint
 
 
 def test_steps_rerun_only_when_config_or_inputs_change(tmp_path):
@@ -55,8 +56,6 @@ def test_killed_step_resumes_in_place_and_changed_step_starts_clean(tmp_path):
 
 
 def test_where_a_run_is_tracked_does_not_change_its_fingerprint():
-    from cxrguide.config import TrainConfig
-    from cxrguide.pipeline.steps import fingerprint
 
     plain = fingerprint(TrainConfig(), ["prep"])
     assert fingerprint(TrainConfig(mlflow="sqlite:///m.db"), ["prep"]) == plain

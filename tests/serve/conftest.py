@@ -11,8 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from cxrguide.commands.serve import bind
+from cxrguide.config import ServeConfig
 from cxrguide.inference.predictor import Predictor
+from cxrguide.serve.app import create_app
+from cxrguide.serve.protocol import uvicorn_config
 from inference_helpers import tiny_run
 
 
@@ -35,11 +40,6 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serving(app) -> Iterator[str]:
     """``http://127.0.0.1:PORT`` of ``app`` served by uvicorn in a thread, as ``serve`` runs it."""
-    import uvicorn
-
-    from cxrguide.commands.serve import bind
-    from cxrguide.config import ServeConfig
-    from cxrguide.serve.protocol import uvicorn_config
 
     sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn_config(app, ServeConfig(log_level="warning")))
@@ -67,7 +67,6 @@ def serve():
 @pytest.fixture(scope="package")
 def live_server(predictor) -> Iterator[str]:
     """The app with its defaults (no token) on a real uvicorn server."""
-    from cxrguide.serve.app import create_app
 
     with serving(create_app(predictor, max_upload_bytes=2 * 1024 * 1024)) as url:
         yield url

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import stat
 import struct
 import tempfile
@@ -11,10 +12,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cxrguide.data import decode_guard
+from cxrguide.inference.predictor import Predictor
+from cxrguide.inference.redact import Redactor
 from cxrguide.labels import CLASSES
 from cxrguide.serve.app import DISCLAIMER, create_app
 from inference_helpers import film, gated_run
@@ -100,7 +106,6 @@ def test_truncated_png(client, tmp_path):
 
 def test_pixel_limit_is_checked_before_decoding(client, monkeypatch):
     """A 50000 x 50000 PNG header: refused from the header (the IDAT is a few bytes)."""
-    from cxrguide.data import decode_guard
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("pixels were decoded")
@@ -190,8 +195,6 @@ def test_concurrent_requests_on_a_live_server(live_server, predictor, tmp_path):
 
 
 def test_gated_run_reports_lung_coverage(tmp_path_factory, tmp_path, systmp):
-    from cxrguide.inference.predictor import Predictor
-
     app = create_app(Predictor(gated_run(tmp_path_factory), backend="fp32"))
     with TestClient(app, base_url="http://localhost") as c:
         r = c.post("/v1/predict?cam=true", files={"file": ("f.png", _png(tmp_path), "image/png")})
@@ -212,12 +215,6 @@ def _walk_strings(value) -> list[str]:
 def test_model_card_is_made_once_and_names_no_paths(run, tmp_path, monkeypatch, systmp):
     """/v1/model from a copied run whose manifest names sources by absolute paths: no path in
     the answer, and the answer stays the same once the manifest is gone (never re-read)."""
-    import shutil
-
-    import pandas as pd
-    import yaml
-
-    from cxrguide.inference.predictor import Predictor
 
     info = yaml.safe_load((run / "model.yaml").read_text())
     prep = tmp_path / "secret-study" / "prep"
@@ -244,8 +241,6 @@ def test_model_card_is_made_once_and_names_no_paths(run, tmp_path, monkeypatch, 
 
 
 def test_redacted_file_names_stay_matchable(predictor, tmp_path, systmp):
-    from cxrguide.inference.redact import Redactor
-
     data = _png(tmp_path)
     app = create_app(predictor, redact=Redactor("pepper"))
     with TestClient(app, base_url="http://localhost") as c:

@@ -11,9 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
+from cxr_testutils import png_bomb
 from cxrguide.serve.app import create_app
+from cxrguide.serve.protocol import header_timeout_protocol
 from inference_helpers import film
 
 pydicom = pytest.importorskip("pydicom")
@@ -28,7 +31,6 @@ def client(predictor):
 @contextlib.contextmanager
 def served(predictor, **kwargs) -> Iterator[tuple[str, int]]:
     """(host, port) of a real uvicorn server over ``create_app(predictor, **kwargs)``."""
-    import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -75,10 +77,6 @@ def test_non_radiograph_dicom_refused_unless_allowed(client, predictor, monkeypa
 def test_png_bomb_and_decode_deadline_answer_422_in_a_web_clients_terms(
     client, predictor, monkeypatch, tmp_path
 ):
-    import time
-
-    from cxr_testutils import png_bomb
-
     data = png_bomb(tmp_path / "bomb.png").read_bytes()
     start = time.perf_counter()
     r = client.post("/v1/predict", files={"file": ("b.png", data, "image/png")})
@@ -136,10 +134,6 @@ def test_upload_cap_answers_503_at_once(predictor, tmp_path):
 
 
 def test_header_timeout_closes_a_silent_connection(predictor):
-    import uvicorn
-
-    from cxrguide.serve.protocol import header_timeout_protocol
-
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(create_app(predictor), log_level="critical",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cxrguide.labels import CLASSES
+from cxrguide.serve.app import create_app
 from inference_helpers import film
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,7 +51,8 @@ def test_upload_shows_label_probabilities_and_heatmap(browser, live_server, pred
     src = page.get_attribute("#overlay", "src")
     assert src.startswith("data:image/png;base64,")
     size = page.evaluate(
-        "(() => { const o = document.getElementById('overlay'); return [o.naturalWidth, o.naturalHeight]; })()"
+        "(() => { const o = document.getElementById('overlay'); "
+        "return [o.naturalWidth, o.naturalHeight]; })()"
     )
     assert size == [64, 64]
     # the heatmap is drawn in colour: red and blue channels differ somewhere on the picture
@@ -81,8 +83,6 @@ def test_bad_file_shows_an_error(browser, live_server, tmp_path):
 
 
 def test_page_asks_for_the_token_once(browser, predictor, serve, tmp_path):
-    from cxrguide.serve.app import create_app
-
     token = "page-token-0123456789"
     path = film(tmp_path / "chest.png")
     with serve(create_app(predictor, token=token)) as url:

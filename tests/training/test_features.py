@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from cxrguide.data.datasets import Prepared
+from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.files import os_error_message
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.zoo import create_model
 from cxrguide.training import features
@@ -60,8 +64,6 @@ def test_stage1_rows_then_the_rest_match_one_full_pass(tiny_prepared, counted):
 
 
 def prepared_item(prepared: Prepared, row: int) -> torch.Tensor:
-    from cxrguide.data.datasets import CxrDataset
-
     return CxrDataset(prepared, rows=np.array([row]), image_size=SIZE)[0]["image"]
 
 
@@ -94,10 +96,6 @@ def test_fill_resumes_from_the_row_mask(tiny_prepared, counted, monkeypatch):
 def test_full_disk_is_refused_before_the_fill_naming_the_file(tiny_prepared, counted, monkeypatch):
     """The memory map's space is reserved: a full disk is an OSError naming the file, not a
     SIGBUS halfway through the fill."""
-    import errno
-    import os
-
-    from cxrguide.files import os_error_message
 
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from cxr_testutils import write_lung_cache
-from cxrguide.config import TrainConfig
+from cxrguide.cli import build_parser
+from cxrguide.config import TrainConfig, config_from_args
 from cxrguide.core.runs import read_info
-from cxrguide.errors import CxrGuideError
+from cxrguide.data.datasets import CxrDataset, Prepared
+from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
+from cxrguide.inference.export import export_run
 from cxrguide.models.saved import load_run
 from cxrguide.training import stages
 
@@ -38,8 +41,6 @@ def _cfg(prep: Path, out: Path, attention: list[str]) -> TrainConfig:
 def test_each_mode_trains_records_itself_and_is_applied_at_evaluation(
     mechanism, inputs, tiny_prepared, tmp_path
 ):
-    from cxrguide.data.datasets import CxrDataset, Prepared
-
     write_lung_cache(tiny_prepared, run="/somewhere/lung-run")
     rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", [mechanism]), score_split)
     run = Path(rows[0]["run"])
@@ -61,8 +62,6 @@ def test_each_mode_trains_records_itself_and_is_applied_at_evaluation(
     saved = pd.read_csv(run / "predictions_test.csv")[["p_Normal", "p_Pneumonia", "p_COVID-19"]]
     assert saved.to_numpy() == pytest.approx(probs, abs=1e-5)
     if inputs:  # the exported graph blanks / gates exactly like the model (parity checked)
-        from cxrguide.inference.export import export_run
-
         result = export_run(run, "onnx", tmp_path / "m.onnx")
         assert result.inputs == ["image", "lung_mask"] and result.max_abs_diff < 1e-4
 
@@ -70,8 +69,6 @@ def test_each_mode_trains_records_itself_and_is_applied_at_evaluation(
 def test_empty_lung_masks_are_skipped_and_counted_all_empty_refuses(
     tiny_prepared, tmp_path, caplog
 ):
-    from cxrguide.data.datasets import Prepared
-
     masks = write_lung_cache(tiny_prepared)
     prepared = Prepared.open(tiny_prepared)
     train, test = prepared.rows("train"), prepared.rows("test")
@@ -90,10 +87,6 @@ def test_empty_lung_masks_are_skipped_and_counted_all_empty_refuses(
 
 
 def test_cli_accepts_the_new_mechanisms_and_their_constants(tmp_path):
-    from cxrguide.cli import build_parser
-    from cxrguide.config import config_from_args
-    from cxrguide.errors import ConfigError
-
     parser = build_parser()
     args = parser.parse_args(["train", "--stage", "3", "--from", str(tmp_path), "--attention",
                               "rrr,lung-input", "--attention", "early-gate", "--rrr-weight",

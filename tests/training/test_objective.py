@@ -12,6 +12,7 @@ from torch import nn
 
 from cxrguide.config import TrainConfig
 from cxrguide.core import engine
+from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.zoo import create_model
@@ -19,9 +20,11 @@ from cxrguide.training import stages
 from cxrguide.training.losses import (
     balanced_class_weights,
     balanced_sample_weights,
+    group_sample_weights,
     l2_penalty,
     paper_cross_entropy,
 )
+from cxrguide.training.objective import dataset_sources, train_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,9 +93,6 @@ def test_history_logs_l2_apart_from_cross_entropy(tiny_prepared, tmp_path):
 
 
 def test_group_sampler_balances_class_by_source(tiny_prepared):
-    from cxrguide.data.datasets import CxrDataset, Prepared
-    from cxrguide.training.losses import group_sample_weights
-    from cxrguide.training.objective import dataset_sources, train_loader
 
     # groups a (3 films), b (1): each group drawn equally often
     assert group_sample_weights(np.array(["a", "a", "a", "b"])).tolist() == pytest.approx(

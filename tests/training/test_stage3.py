@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +17,13 @@ from cxr_testutils import write_lung_cache
 from cxrguide.cli import build_parser
 from cxrguide.config import TrainConfig, config_from_args
 from cxrguide.core.runs import RunInfo, read_info, save_run
+from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.saved import load_run
+from cxrguide.models.zoo import create_model
 from cxrguide.training import stages
+from cxrguide.training.finetune import fine_tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +60,6 @@ def test_stage3_from_backbone_with_gate_and_gain(tiny_prepared, tmp_path):
     # a random body has no BatchNorm statistics worth freezing: GAIN fell back to "clean"
     assert yaml.safe_load((run / "config.yaml").read_text())["gain_bn"] == "clean"
     # evaluate gated the saved model with the lung masks of each image
-    from cxrguide.data.datasets import CxrDataset, Prepared
 
     model, _ = load_run(run)
     ds = CxrDataset(Prepared.open(tiny_prepared), "test", image_size=64, with_lungs=True)
@@ -74,8 +78,6 @@ def _bns(model: torch.nn.Module) -> list:
 
 
 def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, tmp_path):
-    from cxrguide.models.zoo import create_model
-
     parent = tmp_path / "runs/stage2-mobilenet_v2"
     model = create_model("mobilenet_v2", "none", seed=5)
     save_run(parent, model, RunInfo("mobilenet_v2", 2, 64, [128, 64], [0.1, 0.05], "elu",
@@ -127,8 +129,6 @@ def test_cli_flags_for_stage3(tmp_path):
 @pytest.mark.slow
 def test_stage3_gain_under_torchrun_gloo(tiny_prepared, tmp_path):
     """Both GAIN passes and autograd.grad live in one forward: DDP sees one ordinary backward."""
-    import subprocess
-    import sys
 
     write_lung_cache(tiny_prepared)
     out = tmp_path / "runs"
@@ -145,10 +145,6 @@ def test_stage3_gain_under_torchrun_gloo(tiny_prepared, tmp_path):
 
 
 def test_fine_tune_without_settings_is_stage2_on_the_same_code_path(tiny_prepared, tmp_path):
-    from cxrguide.data.datasets import Prepared
-    from cxrguide.models.zoo import create_model
-    from cxrguide.training.finetune import fine_tune
-
     prepared = Prepared.open(tiny_prepared)
     start = create_model("mobilenet_v2", "none", seed=2)
     info = RunInfo("mobilenet_v2", 0, 64, [128, 64], [0.1, 0.05], "elu", "random")

@@ -4,12 +4,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import timm
 import torch
+from safetensors.torch import save_file
 
 from cxrguide.config import TrainConfig
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
+from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.saved import load_run
+from cxrguide.models.weights import WEIGHTS_ENV
+from cxrguide.models.zoo import create_model
 from cxrguide.training import stages
 from tracking_testutils import assert_events_match_history
 
@@ -31,7 +36,6 @@ def test_stage1_feature_cache_equals_training_the_frozen_whole_model(tiny_prepar
     hb = pd.read_csv(Path(whole["run"]) / "history.csv")
     assert ha.val_loss.to_numpy() == pytest.approx(hb.val_loss.to_numpy(), abs=1e-5)
     # the frozen body did not move: it equals a fresh body built with the same seed
-    from cxrguide.models.zoo import create_model
 
     fresh = create_model("mobilenet_v2", "none", seed=0)
     for k, v in fresh.body.state_dict().items():
@@ -56,7 +60,6 @@ def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, 
     assert [v for _, v in scalars["lr"]] == pytest.approx([1e-2, 1e-2])
     assert len(list((tiny_prepared / "features").glob("*.npy"))) == 2
     # a second Stage I run on the same data reuses the cache: the body never runs again
-    from cxrguide.models.classifier import CxrClassifier
 
     def boom(self, x):
         raise AssertionError("body ran although its features are cached")
@@ -108,10 +111,6 @@ def test_stage1_run_records_imagenet_weights_from_the_weights_folder(
 ):
     """--weights imagenet offline: a timm-format file in $CXRGUIDE_WEIGHTS_DIR is what the body
     holds, and the run and its leaderboard say 'imagenet:<file>'."""
-    import timm
-    from safetensors.torch import save_file
-
-    from cxrguide.models.weights import WEIGHTS_ENV
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(5)

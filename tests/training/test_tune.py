@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 from cxrguide.config import TrainConfig, TuneConfig, load_config
 from cxrguide.errors import ConfigError
-from cxrguide.evaluation.evaluate import score_split
+from cxrguide.evaluation import evaluate as E
+from cxrguide.evaluation.evaluate import evaluate_run, score_split
 from cxrguide.training import stages
 from cxrguide.training import tune as T
 
@@ -23,15 +24,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def fast_eval(monkeypatch):
     """Trials still evaluate their run for real, minus the bootstrap CIs and Grad-CAM metrics
     (nearly all of a tiny trial's time, and nothing the tuner reads)."""
-    from cxrguide.evaluation.evaluate import evaluate_run
 
     def fast(*args, **kwargs):
         return evaluate_run(*args, **{**kwargs, "n_boot": 0, "attention_images": -1})
 
     def fast_score(run, split, cfg):
         return fast(run, split, cfg.data, device=cfg.device, progress=False)
-
-    from cxrguide.evaluation import evaluate as E
 
     monkeypatch.setattr(E, "score_split", fast_score)
     return fast_score

@@ -2,8 +2,8 @@
 
 ``shortcut``: Stage II vs Stage III attention variants on synthetic phantoms whose markers
 give the class away (see :mod:`cxrguide.experiments.shortcut`). ``sources``: the cross-source
-study, leave one source out (see :mod:`cxrguide.experiments.sources`). Each action is a subcommand, so
-further benchmarks join as siblings.
+study, leave one source out (see :mod:`cxrguide.experiments.sources`). Each action is a subcommand,
+so further benchmarks join as siblings.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`cxrguide pipeline --config FILE.yaml [--out DIR]`: the whole chain as cached, resumable steps."""
+"""`cxrguide pipeline --config FILE.yaml [--out DIR]`: the whole chain, cached, resumable steps."""
 
 from __future__ import annotations
 

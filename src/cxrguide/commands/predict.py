@@ -4,7 +4,8 @@ Inputs are files or folders (searched recursively; PNG, JPEG, DICOM, ...). Resul
 (or ``--output FILE``) as a table, ``--json`` or ``--csv``: file, label, probabilities, lung
 coverage and mask quality (when a lung model is in play), ``reliable`` and its ``warnings``
 (lateral view, an allowed non-radiograph, a lung mask that is not ``ok``) and the run id.
-DICOMs that are not radiographs are skipped with the reason unless ``--allow-modality``. Unreadable files are
+DICOMs that are not radiographs are skipped with the reason unless ``--allow-modality``. Unreadable
+files are
 listed on stderr with the reason and skipped; the exit code is then 2. ``--cam DIR`` writes one
 Grad-CAM overlay PNG per image (heatmap + lung contour) in the film's own rows and columns.
 DICOM inputs add their StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID / AccessionNumber

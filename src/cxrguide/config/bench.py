@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from cxrguide.config.core import _f
+from cxrguide.config.training import parse_attention
 from cxrguide.errors import ConfigError
 
 # ---- benchmarks (`cxrguide bench ...`) -----------------------------------------------------
@@ -65,8 +66,6 @@ class ShortcutBenchConfig:
     workers: int = _f(2, "processes for synth and prepare")
 
     def validate(self) -> None:
-        from cxrguide.config.training import parse_attention
-
         if self.n < 30 or self.shortcut_test < 3:
             raise ConfigError("n/shortcut_test: need n >= 30 and shortcut_test >= 3")
         if not 32 <= self.size <= 1024:
@@ -106,7 +105,6 @@ def parse_source_variant(name: str) -> SourceVariant:
     mechanisms joined by '+'. Suffixes, in any order: ``-group`` trains with class x source
     balanced batches, ``-adv`` against a source adversary (Stage II/III only: the body trains).
     """
-    from cxrguide.config.training import parse_attention
 
     base, group, adversary = name, False, False
     while base.endswith((GROUP_SUFFIX, ADV_SUFFIX)):

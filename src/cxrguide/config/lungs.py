@@ -59,7 +59,7 @@ class LungsTrainConfig:
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     dice_weight: float = _f(1.0, "weight of the soft Dice loss")
     bce_weight: float = _f(1.0, "weight of the binary cross-entropy loss")
-    augment: bool = _f(True, "random affine + brightness/contrast (the one augmenter, data/augment.py); image and mask move together")  # fmt: skip
+    augment: bool = _f(True, "random affine + brightness/contrast (the one augmenter, " "data/augment.py); image and mask move together")  # fmt: skip
     rotate: float = _f(10.0, "max rotation in degrees")
     zoom: float = _f(0.1, "max relative zoom in or out")
     shift: float = _f(0.06, "max shift as a fraction of the side")

@@ -49,7 +49,7 @@ class TrainConfig:
     out: Path = _f(Path("runs"), "folder that receives one run folder per model", metavar="RUNS")
     weights: str = _f(
         "imagenet",
-        "imagenet | phantom | none | PATH (ImageNet needs the hub or a local file; phantom: a body trained on clean phantoms, built on first use; {backbone} in PATH: the model name)",
+        "imagenet | phantom | none | PATH (ImageNet needs the hub or a " "local file; phantom: a body trained on clean phantoms, built on " "first use; {backbone} in PATH: the model name)",
     )
     image_size: int = _f(0, "input side in px (0: the backbone's own Table 2 size)")
     max_epochs: int = _f(100, "maximum epochs (early stopping usually ends sooner)")
@@ -186,7 +186,7 @@ class TuneConfig(TrainConfig):
     pruner: Literal["median", "hyperband", "none"] = _f("median", "stop trials whose per-epoch val accuracy trails the others")  # fmt: skip
     prune_warmup: int = _f(2, "epochs a trial always runs before it may be pruned")
     paper_first: bool = _f(True, "enqueue the configured values (the paper's by default) as the first trial")  # fmt: skip
-    lr_range: list[float] = _f([1e-6, 1e-1], "learning-rate LOW and HIGH, log scale (Stage 2 tunes finetune_lr); LOW HIGH or the flag twice")  # fmt: skip
+    lr_range: list[float] = _f([1e-6, 1e-1], "learning-rate LOW and HIGH, log scale (Stage 2 tunes " "finetune_lr); LOW HIGH or the flag twice")  # fmt: skip
     l2_range: list[float] = _f(
         [1e-6, 1e-1], "L2 lambda LOW and HIGH, log scale; LOW HIGH or the flag twice"
     )
@@ -194,10 +194,10 @@ class TuneConfig(TrainConfig):
         [0.0, 0.99], "SGD momentum LOW and HIGH; LOW HIGH or the flag twice"
     )
     batch_sizes: list[int] = _f([8, 16, 32, 64], "batch sizes to try; flag repeated")
-    width_range: list[int] = _f([16, 512], "Stage 1: LOW and HIGH width of each hidden head layer, log scale; LOW HIGH or the flag twice")  # fmt: skip
+    width_range: list[int] = _f([16, 512], "Stage 1: LOW and HIGH width of each hidden head layer, log " "scale; LOW HIGH or the flag twice")  # fmt: skip
     dropout_range: list[float] = _f([0.0, 0.5], "Stage 1: LOW and HIGH dropout after each hidden layer; LOW HIGH or the flag twice")  # fmt: skip
     activations: list[str] = _f(["elu", "relu", "gelu", "silu", "leaky_relu"], "Stage 1: head activations to try; flag repeated")  # fmt: skip
-    heartbeat: int = _f(60, "seconds between a running trial's liveness marks; one silent for twice that is retried (0: off)")  # fmt: skip
+    heartbeat: int = _f(60, "seconds between a running trial's liveness marks; one silent " "for twice that is retried (0: off)")  # fmt: skip
     retries: int = _f(1, "how often a trial whose worker died is run again")
 
     def validate(self) -> None:
@@ -229,11 +229,11 @@ class TuneConfig(TrainConfig):
         _in(self.l2, self.l2_range, "l2_range", "l2")
         _in(self.momentum, self.momentum_range, "momentum_range", "momentum")
         if self.batch_size not in self.batch_sizes:
-            raise ConfigError(f"batch_size: the first trial's {self.batch_size} is not in batch_sizes {self.batch_sizes}")  # fmt: skip
+            raise ConfigError(f"batch_size: the first trial's {self.batch_size} is not in " f"batch_sizes {self.batch_sizes}")  # fmt: skip
         if self.stage == 1:
             for w in self.head_widths:
                 _in(w, self.width_range, "width_range", "head_widths")
             for d in self.head_dropouts:
                 _in(d, self.dropout_range, "dropout_range", "head_dropouts")
             if self.activation not in self.activations:
-                raise ConfigError(f"activation: the first trial's {self.activation!r} is not in activations {self.activations}")  # fmt: skip
+                raise ConfigError(f"activation: the first trial's {self.activation!r} is not in " f"activations {self.activations}")  # fmt: skip

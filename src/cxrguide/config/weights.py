@@ -55,7 +55,7 @@ class WeightsSpec:
         return TEMPLATE in self.path
 
     def for_backbone(self, name: str) -> WeightsSpec:
-        """``{backbone}`` filled in with ``name`` and ``~`` expanded (kinds other than file: self)."""
+        """``{backbone}`` filled in with ``name``, ``~`` expanded (kinds other than file: self)."""
         if not self.is_file:
             return self
         return WeightsSpec("file", str(Path(self.path.replace(TEMPLATE, name)).expanduser()))

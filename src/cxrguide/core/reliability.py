@@ -1,4 +1,4 @@
-"""A run's reliability statistics: temperature, OOD statistics and thresholds (``reliability.safetensors``).
+"""A run's ``reliability.safetensors``: temperature, OOD statistics and thresholds.
 
 Fitted by :mod:`cxrguide.evaluation.reliability` (on the run's own train / val splits) and read
 by evaluation, the predictor, ``serve`` and the ONNX export, which sit in sibling layers: so the
@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save
 
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save
@@ -74,7 +76,8 @@ class Reliability:
 
     def _whitened(self) -> tuple[np.ndarray, np.ndarray]:
         """``W`` with ``W W^T = P`` (Cholesky) and the class means mapped by it, computed once:
-        then ``(f - mu)^T P (f - mu) = |f W - mu W|^2`` (a naive per-class product took 16 ms per film at D = 1280 here, this < 1 ms)."""
+        then ``(f - mu)^T P (f - mu) = |f W - mu W|^2`` (a naive per-class product took 16 ms per
+        film at D = 1280 here, this < 1 ms)."""
         if "w" not in self._cache:
             p = np.asarray(self.precision, np.float64)
             try:
@@ -116,7 +119,6 @@ def energy_scores(logits: np.ndarray) -> np.ndarray:
 
 def save_reliability(run_dir: str | Path, rel: Reliability) -> Path:
     """Write ``reliability.safetensors`` atomically."""
-    from safetensors.numpy import save
 
     tensors = {}
     if rel.has_ood:
@@ -131,7 +133,6 @@ def save_reliability(run_dir: str | Path, rel: Reliability) -> Path:
 
 def load_reliability(run_dir: str | Path) -> Reliability | None:
     """The run's statistics, or None for a run without them (trained before they existed)."""
-    from safetensors import SafetensorError, safe_open
 
     path = Path(run_dir) / RELIABILITY_FILE
     if not path.is_file():

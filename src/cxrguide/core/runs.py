@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from cxrguide.config import from_dict, to_dict
+from cxrguide.core.checkpoint import load_checkpoint
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save, atomic_write_text
 
@@ -88,7 +89,6 @@ def bundle_lung_run(run_dir: Path, source: str) -> str:
     :func:`lung_run_path`). ``source`` is returned unchanged when it is not a lung run folder
     (a provenance string whose folder is gone); readers then need ``--lung-model``.
     """
-    from cxrguide.core.checkpoint import load_checkpoint
 
     src = Path(source) if source else None
     ckpt = None if src is None else next(

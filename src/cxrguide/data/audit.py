@@ -29,7 +29,12 @@ import numpy as np
 import pandas as pd
 
 from cxrguide.config import load_yaml
+from cxrguide.config.data import parse_source_spec
 from cxrguide.data import cache
+from cxrguide.data.audit_probe import outside_lung_probe, probe_warnings
+from cxrguide.data.audit_render import markdown, summary_text
+from cxrguide.data.imaging import probe
+from cxrguide.data.sources import SourceOptions, open_source
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_write_text
 from cxrguide.labels import CLASS_INDEX, CLASSES
@@ -208,8 +213,6 @@ def confounding_warnings(table: dict[str, dict[str, Any]], v: float | None,
 # --- per-source image statistics ---------------------------------------------------------------
 def source_roots(prep: Path) -> dict[str, Path]:
     """Source name -> its folder, from prepare's config (skipping folders that moved)."""
-    from cxrguide.config.data import parse_source_spec
-    from cxrguide.data.sources import SourceOptions, open_source
 
     saved = load_yaml(prep / "prepare_config.yaml")
     options = SourceOptions(
@@ -236,7 +239,6 @@ def source_roots(prep: Path) -> dict[str, Path]:
 def image_statistics(prep: Path, manifest: pd.DataFrame, size: int) -> dict[str, Any]:
     """Per source: file facts from the headers, geometry from the manifest, intensity from the
     cache (content area only, every 4th pixel)."""
-    from cxrguide.data.imaging import probe
 
     images = cache.open_readonly(cache.image_cache_path(prep, size))
     roots = source_roots(prep)
@@ -300,8 +302,6 @@ def audit_prepared(
     if ``cxrguide lungs predict`` wrote one); without masks the outside-lung probe is skipped.
     ``predictions`` (runs' ``predictions_<split>.csv``) add the model's answers as a probe target.
     """
-    from cxrguide.data.audit_probe import outside_lung_probe, probe_warnings
-    from cxrguide.data.audit_render import markdown, summary_text
 
     prep = Path(prep)
     manifest, size = open_finished(prep)

@@ -10,10 +10,12 @@ headers: :mod:`cxrguide.data.frame_headers`; the intensity rule: :mod:`cxrguide.
   rows after an early end of the zlib stream at 0. JPEG: :func:`jpeg_too_short` refuses a file
   smaller than the least a Huffman-coded JPEG of that size can be (1 bit per 8x8 luma block)
   before anything is decoded; :func:`jpeg_filler_fraction` measures the exact-128 tail after
-  decoding and :func:`filler_confirmed` asks a second decoder whether that tail is real. PNG: :func:`png_data_refusal` inflates the IDAT stream with bounded memory and
+  decoding and :func:`filler_confirmed` asks a second decoder whether that tail is real. PNG:
+  :func:`png_data_refusal` inflates the IDAT stream with bounded memory and
   compares its length with what the header needs (black rows are common on real films, so the
   decoded zeros cannot tell); it stops once the rows are complete and refuses more than a little
-  data beyond them (a 2 MB "bomb" of zeros behind a 256x256 header inflated for 4.6 s of CPU). DICOM: :func:`dicom_jpeg_refusal` runs the JPEG checks on an
+  data beyond them (a 2 MB "bomb" of zeros behind a 256x256 header inflated for 4.6 s of CPU).
+  DICOM: :func:`dicom_jpeg_refusal` runs the JPEG checks on an
   encapsulated Huffman JPEG frame before pydicom decodes it (its decoders fill a cut frame too).
 * **Bounded memory.** :func:`pil_gray` decodes straight to 8-bit luminance (JPEG: ``draft``, the
   DCT-domain 1/2, 1/4, 1/8 scaling) and block-averages down to the side the caller needs
@@ -37,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydicom.encaps import generate_frames
 
 from cxrguide.data.frame_headers import jpeg_frame_header
 from cxrguide.data.intensity import Rule, normalise
@@ -114,7 +117,8 @@ def filler_confirmed(source: Path | bytes, gray: np.ndarray, filler: float) -> b
     A real flat mid-gray region decodes to exactly 128 in every decoder; libjpeg-turbo's filler
     for missing data is 128 too, but Thomas Richter's libjpeg fills differently, so the two
     agree on real content and disagree on missing data. ``source``: the JPEG file or stream;
-    ``gray`` is Pillow's output (maybe at draft scale). Without the second decoder the filler is taken as missing data.
+    ``gray`` is Pillow's output (maybe at draft scale). Without the second decoder the filler is
+    taken as missing data.
     """
     try:
         from libjpeg import decode
@@ -238,7 +242,6 @@ def dicom_jpeg_refusal(ds: Any) -> str | None:
     meta = getattr(ds, "file_meta", None)
     if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _DICOM_HUFFMAN_JPEG:
         return None
-    from pydicom.encaps import generate_frames
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+from pydicom import uid
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut
 
 from cxrguide.data import film_flags, intensity
 from cxrguide.data.decode_guard import reduce_factor
@@ -65,10 +69,6 @@ def _deflate_refusal(path: Path, head: bytes, limit: int) -> str | None:
 
 
 def open_dicom(path: Path, head: bytes, deferred: bool, max_pixels: int = 64_000_000) -> Any:
-    import pydicom
-    from pydicom import uid
-    from pydicom.errors import InvalidDicomError
-
     preamble = head[128:132] == b"DICM"
     deflated = _deflate_refusal(path, head, 8 * max_pixels + (16 << 20))
     if deflated:
@@ -174,7 +174,6 @@ def _display(ds: Any) -> intensity.Band | None:
 
 def dicom_rule(ds: Any, photometric: str, rgb: bool) -> intensity.Rule:
     """The intensity rule's steps for this file (see :mod:`cxrguide.data.intensity`)."""
-    from pydicom.pixels import apply_modality_lut
 
     bits = int(ds.get("BitsStored") or 0)
     if rgb:

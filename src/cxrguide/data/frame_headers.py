@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from pydicom.encaps import generate_frames
+
 # JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15 and JPEG-LS SOF55 (0xF7)
 SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF,
                0xF7}  # fmt: skip
@@ -133,7 +135,6 @@ def dicom_frame_refusal(ds: Any) -> str | None:
     syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
     if syntax not in _JPEG_SYNTAXES | _J2K_SYNTAXES:
         return None
-    from pydicom.encaps import generate_frames
 
     try:
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))

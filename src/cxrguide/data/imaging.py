@@ -42,7 +42,7 @@ from cxrguide.data import dicom_reader as dicom
 from cxrguide.data.film_flags import normalise_modalities
 from cxrguide.data.frame_headers import dicom_frame_refusal
 from cxrguide.data.image_info import DicomRef, ImageInfo, check_size, fail, is_truncation, short
-from cxrguide.data.transforms import resize_array, resize_mask_array
+from cxrguide.data.transforms import resize_array, resize_mask_array, sparse_weights
 from cxrguide.errors import ImageReadError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "DicomRef", "ImageInfo", "Letterbox", "fit_square",
@@ -360,7 +360,6 @@ def unfit_square(square: np.ndarray, height: int, width: int, *, mask: bool = Fa
     Done as one ``(height, S) @ (S, S) @ (S, width)`` product of the rule's weights, so memory
     follows the film, never the padded square. ``mask=True``: majority vote (>= 0.5).
     """
-    from cxrguide.data.transforms import sparse_weights
 
     if square.ndim != 2 or square.shape[0] != square.shape[1] or square.shape[0] < 1:
         raise ValueError(f"unfit_square expects a non-empty square 2-D array, got {square.shape}")

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage, optimize
 from scipy.cluster.hierarchy import DisjointSet
 
 from cxrguide.labels import SPLITS
@@ -43,7 +45,6 @@ SOURCE_PRIORITY = ("ieee8023", "actualmed", "figure1", "rsna", "radiography", "s
 
 def dhash(img: np.ndarray, side: int = 16) -> np.ndarray:
     """256-bit difference hash of a gray image (any size; stretched, so resized copies match)."""
-    from PIL import Image
 
     arr = np.asarray(img, dtype=np.float32)
     if arr.max() > 1.0:
@@ -83,7 +84,6 @@ THUMB_SIDE = 64
 
 def thumbnail(img: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     """Rank-normalised ``side`` x ``side`` uint8 thumbnail (stretched, like the dHash)."""
-    from PIL import Image
 
     arr = np.asarray(img, dtype=np.float32)
     lo, hi = float(arr.min()), float(arr.max())
@@ -101,8 +101,6 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _warp(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
     sy, sx, ty, tx = p
     c = (t.shape[0] - 1) / 2
     offset = [c - (c + ty) / sy, c - (c + tx) / sx]
@@ -111,7 +109,6 @@ def _warp(t: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def near_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Registered fine-detail correlation of two :func:`thumbnail` s (1: the same film)."""
-    from scipy import ndimage, optimize
 
     a, b = a.astype(np.float32) / 255, b.astype(np.float32) / 255
     m = slice(4, a.shape[0] - 4)  # borders move under registration

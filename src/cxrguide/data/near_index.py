@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+from PIL import Image
 
 from cxrguide.data.workers import fork_map
 
@@ -92,7 +93,6 @@ def _best_views(stack: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.nda
 def _sample(img: np.ndarray, boxes: list[tuple[float, ...]], side: int = FINE_SIDE) -> np.ndarray:
     """Each box of the float32 image resampled to ``side`` x ``side`` (bilinear), flattened,
     zero-mean and unit length: (len(boxes), side * side) float32."""
-    from PIL import Image
 
     im, n = Image.fromarray(img), img.shape[0]
     v = np.stack([np.asarray(im.resize((side, side), Image.Resampling.BILINEAR,

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cxrguide.config import PrepareConfig, save_yaml, to_dict
+from cxrguide.config import PrepareConfig, load_yaml, save_yaml, to_dict
 from cxrguide.data import cache, completion, manifest, near_index
+from cxrguide.data.imaging import read_film, to_uint8
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
 from cxrguide.data.workers import fork_map, fork_pool, unordered
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
@@ -83,7 +84,6 @@ def _decode(
     """Worker: read one file, hash its bytes and pixels; return the cache-sized uint8 image and
     the thumbnail that confirms near duplicates. ``task``: index, path, cache side, the
     reader's limits (:attr:`cxrguide.config.ReaderConfig.limits`)."""
-    from cxrguide.data.imaging import read_film, to_uint8
 
     idx, path, size, limits = task
     row = {"idx": idx, "ok": 0, "reason": "", "sha256": "", "dhash": "", "width": 0,
@@ -176,7 +176,6 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
                 f"{out}: folder is not empty and holds no {kind} run; choose an empty --out"
             )
         return False
-    from cxrguide.config import load_yaml
 
     finished = completion.is_complete(out) and all((out / n).exists() for n in outputs)
     try:

@@ -114,7 +114,7 @@ def evaluation_warnings(report: dict[str, Any], pred: np.ndarray) -> list[dict[s
         if share >= SINGLE_CLASS_SHARE:
             collapsed = True
             warnings.append({"code": "single_class_predictions", "message": (
-                f"{counts[top]} of {n} predictions ({100 * share:.0f}%) are {CLASSES[top]}: the "
+                f"{counts[top]} of {n} predictions ({100 * share:.0f}%) are " f"{CLASSES[top]}: the "
                 "model has collapsed to one class; its accuracy is that class's share")})  # fmt: skip
     base = report.get("baselines", {})
     better = base.get("better")
@@ -124,13 +124,13 @@ def evaluation_warnings(report: dict[str, Any], pred: np.ndarray) -> list[dict[s
         if report["accuracy"] <= bar:
             name = "majority-class" if better == "majority" else "source-prior"
             warnings.append({"code": "below_baseline", "message": (
-                f"accuracy {100 * report['accuracy']:.1f}% is not above the {name} baseline "
-                f"({100 * b['accuracy']:.1f}%, 95% CI upper {100 * bar:.1f}%): the model shows "
+                f"accuracy {100 * report['accuracy']:.1f}% is not above the " f"{name} baseline "
+                f"({100 * b['accuracy']:.1f}%, 95% CI upper " f"{100 * bar:.1f}%): the model shows "
                 "no skill beyond the class or source mix")})  # fmt: skip
     lungs = report.get("attention", {}).get("lungs", {})
     if collapsed and "energy" in lungs:
         warnings.append({"code": "attention_uninformative", "message": (
-            "lung energy and pointing game are computed for a model whose predictions do not "
+            "lung energy and pointing game are computed for a model " "whose predictions do not "
             "vary: they show where a constant model's Grad-CAM falls, not that it looks at "
             "disease")})  # fmt: skip
     return warnings

@@ -17,8 +17,9 @@ from cxrguide.config import TrainConfig
 from cxrguide.core.device import resolve_device
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.attention_metrics import attention_report
 from cxrguide.evaluation.baselines import add_baselines, format_baselines
-from cxrguide.evaluation.marker import SPLIT
+from cxrguide.evaluation.marker import SPLIT, shortcut_section
 from cxrguide.evaluation.metrics import classification_report
 from cxrguide.evaluation.reliability import ensure_reliability, forward_split
 from cxrguide.evaluation.reliability_report import (
@@ -115,8 +116,6 @@ def evaluate_run(
     if skipped:
         extra["skipped"] = {"empty lung mask": skipped}
     if attention_images >= 0 and split != ALL:
-        from cxrguide.evaluation.attention_metrics import attention_report
-
         extra["attention"] = attention_report(
             model, prepared, split, info.image_size, dev, lung_gate=info.lung_gate,
             batch_size=batch_size, max_images=attention_images, seed=seed, progress=progress,
@@ -126,8 +125,6 @@ def evaluate_run(
             extra["lung_energy"] = lungs["energy"].get("mean")
             extra["lung_pointing_game"] = lungs.get("pointing_game")
         if split in ("test", SPLIT):  # marked phantoms: what decides, beside where the map is
-            from cxrguide.evaluation.marker import shortcut_section
-
             section = shortcut_section(model, info, prepared, dev)
             if section is not None:
                 extra["shortcut"] = section

@@ -41,6 +41,7 @@ from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.evaluation import calibration, ood
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier
+from cxrguide.training.features import pooled_features
 
 _log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ def _stage1_cache(model: CxrClassifier, info: RunInfo, run_dir: Path, prepared: 
     """Stage I's cached pooled features for ``rows`` (its frozen body never changed)."""
     if info.stage != 1 or info.lung_gate:
         return None
-    from cxrguide.training.features import pooled_features
 
     config = run_dir / "config.yaml"
     precision = (yaml.safe_load(config.read_text()) or {}).get("precision", "fp32") if config.is_file() else "fp32"  # fmt: skip

@@ -16,6 +16,7 @@ from cxrguide.data.completion import is_complete
 from cxrguide.data.datasets import Prepared
 from cxrguide.evaluation.calibration import selective_section
 from cxrguide.evaluation.reliability import calibration_section, ood_section, split_outputs
+from cxrguide.files import atomic_save
 from cxrguide.models.classifier import CxrClassifier
 
 ALL = "all"  # --split all: every film of the prepared folder
@@ -77,8 +78,6 @@ def reliability_figure(section: dict[str, Any], path: Path, split: str) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from cxrguide.files import atomic_save
 
     fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=100)
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")

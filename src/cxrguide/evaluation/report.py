@@ -23,15 +23,21 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from cxrguide import __version__
 from cxrguide.core.runs import MODEL_YAML, RunInfo, read_info
+from cxrguide.data.completion import is_complete
+from cxrguide.data.summary import count_table, read_rows
 from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation import report_sections as rs
 from cxrguide.evaluation.galleries import INDEX, STAGE_NAMES, compare_runs, explain_run
 from cxrguide.evaluation.report_figures import png_b64, run_figure
+from cxrguide.evaluation.report_reliability import reliability_figures, reliability_table
 from cxrguide.evaluation.report_table import Table, pct, with_ci
 from cxrguide.evaluation.report_template import TEMPLATE
 from cxrguide.evaluation.shortcut_summary import read_runs, summary_rows
 from cxrguide.files import atomic_write_text
 from cxrguide.labels import CLASSES
+from cxrguide.models.flops import measure_model
 
 SHORTCUT_SPLIT = "shortcut_test"
 
@@ -102,8 +108,6 @@ def attention_cells(metrics: dict[str, Any]) -> tuple[str, str]:
 # --- tables -----------------------------------------------------------------------------------
 def data_tables(records: list[RunRecord]) -> list[Table]:
     """Table 3 (source x class x split) for each prepared set the runs used."""
-    from cxrguide.data.completion import is_complete
-    from cxrguide.data.summary import count_table, read_rows
 
     tables = []
     roots = dict.fromkeys(r.info.data for r in records if r.info.data)
@@ -131,7 +135,6 @@ def data_tables(records: list[RunRecord]) -> list[Table]:
 
 def model_table(records: list[RunRecord]) -> Table:
     """Table 2 for the backbones of the runs, measured at the size each run used."""
-    from cxrguide.models.flops import measure_model
 
     header = ["model", "input", "feature map (h x w x c)", "params (M)", "Keras params (M)",
               "MACs (G)", "study: feature map", "study: params (M)"]  # fmt: skip
@@ -153,7 +156,6 @@ def model_table(records: list[RunRecord]) -> Table:
 
 def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table]:
     """Leaderboard (sorted by validation accuracy), baselines, per-class and per-source tables."""
-    from cxrguide.evaluation import report_sections as rs
 
     records = sorted(records, key=lambda r: -(r.value("val", "accuracy") or -1.0))
     name = STAGE_NAMES.get(stage, f"Stage {stage}")
@@ -177,7 +179,6 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
             per_source.append([r.path.name, source, str(s["n"]), rs.class_mix(s),
                                pct(s["accuracy"]), rs.wilson(s), pct(s["macro_f1"]),
                                pct(s["macro_auc"])])  # fmt: skip
-    from cxrguide.evaluation.report_reliability import reliability_table
 
     calibration = reliability_table(f"stage{stage}", name, records, split)
     return [
@@ -276,8 +277,6 @@ def auto_explain(records: list[RunRecord], split: str, method: str, per_group: i
 
 # --- provenance ---------------------------------------------------------------------------------
 def versions() -> dict[str, str]:
-    from cxrguide import __version__
-
     out = {"cxrguide": __version__, "python": platform.python_version()}
     for dist in ("torch", "timm", "grad-cam", "numpy", "scikit-learn", "matplotlib"):
         try:
@@ -329,7 +328,6 @@ def build_report(
     """Write the report to ``out`` and return its path."""
     extra = shortcut_blocks(Path(shortcut)) if shortcut else None  # bad paths fail first
     tuning = tune_figures(Path(tune)) if tune else None
-    from cxrguide.evaluation import report_sections as rs
 
     study = rs.sources_section(Path(sources)) if sources else None
     if explain_dir is not None and not Path(explain_dir).is_dir():
@@ -344,8 +342,6 @@ def build_report(
                     "src": run_figure(r.label, r.metrics.get(split, {}).get("confusion_matrix"),
                                       r.predictions.get(split), r.history, split)}
                    for r in mine]  # fmt: skip
-        from cxrguide.evaluation.report_reliability import reliability_figures
-
         figures += reliability_figures(mine, split)
         results.append({"name": STAGE_NAMES.get(stage, f"Stage {stage}"), "id": f"stage{stage}",
                         "tables": stage_tables(stage, mine, split),

@@ -7,9 +7,19 @@ warnings gathered here go into a banner at the top of the page.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
+from cxrguide.data.audit import AUDIT_JSON
+from cxrguide.data.audit_render import class_rows, findings, stats_rows
+from cxrguide.data.summary import read_rows
+from cxrguide.errors import CxrGuideError
+from cxrguide.evaluation.report_figures import fig_b64
 from cxrguide.evaluation.report_table import Table, pct, with_ci
 
 
@@ -74,9 +84,6 @@ def wilson(source: dict[str, Any]) -> str:
 # --- data: rejected by reason, the audit ---------------------------------------------------------
 def rejected_table(prep: Path, table_id: str) -> Table | None:
     """rejected.csv counted by source, stage and reason (most common first)."""
-    from collections import Counter
-
-    from cxrguide.data.summary import read_rows
 
     if not (prep / "rejected.csv").is_file():
         return None
@@ -91,10 +98,6 @@ def rejected_table(prep: Path, table_id: str) -> Table | None:
 
 def audit_blocks(prep: Path, index: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The audit (from its ``audit.json``) as report blocks, and its warnings for the banner."""
-    import json
-
-    from cxrguide.data.audit import AUDIT_JSON
-    from cxrguide.data.audit_render import class_rows, findings, stats_rows
 
     path = prep / "audit" / AUDIT_JSON
     if not path.is_file():
@@ -121,10 +124,7 @@ def audit_blocks(prep: Path, index: int) -> tuple[list[dict[str, Any]], list[dic
 
 # --- lung segmentation -----------------------------------------------------------------------
 def _lung_run(records: list, prep: Path) -> Path | None:
-    import json
-
     from cxrguide.core.runs import lung_run_path
-    from cxrguide.errors import CxrGuideError
 
     for r in records:  # a run's own lung model (inside it), never one looked up elsewhere
         if r.info.lung_model:
@@ -142,9 +142,6 @@ def _lung_run(records: list, prep: Path) -> Path | None:
 
 def lung_section(records: list, prep: Path, examples: int = 4) -> dict[str, Any] | None:
     """Dice of the lung model on its test split, mask flags on the prepared set, bad examples."""
-    import json
-
-    import pandas as pd
 
     run = _lung_run(records, prep)
     # the prepared set's own masks (lungs predict), else those the audit predicted (--lungs)
@@ -187,13 +184,11 @@ def lung_section(records: list, prep: Path, examples: int = 4) -> dict[str, Any]
 
 def _mask_examples(prep: Path, folder: Path, rows: list[int], names: list[str]) -> str:
     import matplotlib
-    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from cxrguide.data.datasets import Prepared
-    from cxrguide.evaluation.report_figures import fig_b64
 
     try:
         prepared = Prepared.open(prep)

@@ -15,7 +15,8 @@ _PAGE = r"""<!DOCTYPE html>
          color: #1f2328; background: #ffffff; margin: 0; }
   main { max-width: 1180px; margin: 0 auto; padding: 1.2em 1.6em 4em; }
   h1 { font-size: 1.7em; margin: 0.2em 0 0.1em; }
-  h2 { font-size: 1.35em; border-bottom: 2px solid #d0d7de; padding-bottom: 0.2em; margin-top: 2.2em; }
+  h2 { font-size: 1.35em; border-bottom: 2px solid #d0d7de; padding-bottom: 0.2em;
+       margin-top: 2.2em; }
   h3 { font-size: 1.1em; margin-top: 1.6em; }
   .meta { color: #57606a; font-size: 0.9em; }
   nav { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 0.5em 1em;
@@ -27,7 +28,8 @@ _PAGE = r"""<!DOCTYPE html>
   .scroll { overflow-x: auto; }
   table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.88em; }
   caption { caption-side: top; text-align: left; font-weight: 600; padding: 0.3em 0; }
-  th, td { border: 1px solid #d0d7de; padding: 0.28em 0.6em; text-align: right; white-space: nowrap; }
+  th, td { border: 1px solid #d0d7de; padding: 0.28em 0.6em; text-align: right;
+           white-space: nowrap; }
   th { background: #f6f8fa; }
   td.text, th.text { text-align: left; }
   tbody tr:nth-child(even) { background: #fafbfc; }
@@ -52,9 +54,11 @@ _PAGE = r"""<!DOCTYPE html>
 {%- set tc = t.text_cols %}
 <table id="{{ t.id }}">
   {% if t.caption %}<caption>{{ t.caption }}</caption>{% endif %}
-  <thead><tr>{% for h in t.header %}<th{% if tc[loop.index0] %} class="text"{% endif %}>{{ h }}</th>{% endfor %}</tr></thead>
+  <thead><tr>{% for h in t.header %}<th{% if tc[loop.index0] %} class="text"{% endif %}>
+    {{- h }}</th>{% endfor %}</tr></thead>
   <tbody>
-  {% for row in t.rows %}<tr>{% for c in row %}<td{% if tc[loop.index0] %} class="text"{% endif %}>{{ c }}</td>{% endfor %}</tr>
+  {% for row in t.rows %}<tr>{% for c in row %}<td{% if tc[loop.index0] %} class="text"{% endif %}>
+    {{- c }}</td>{% endfor %}</tr>
   {% endfor %}
   </tbody>
 </table>
@@ -64,15 +68,18 @@ _PAGE = r"""<!DOCTYPE html>
 {%- macro figure(f, cls="", caption=True) %}
 <figure{% if cls %} class="{{ cls }}"{% endif %}>
   <img src="{{ f.src }}" alt="{{ f.title }}">
-  <figcaption><strong>{{ f.title }}</strong>{% if caption and f.caption %}. {{ f.caption }}{% endif %}</figcaption>
+  <figcaption><strong>{{ f.title }}</strong>
+  {%- if caption and f.caption %}. {{ f.caption }}{% endif %}</figcaption>
 </figure>
 {%- endmacro %}
 <h1>{{ title }}</h1>
-<p class="meta">{{ records|length }} run(s), stage(s) {{ results|map(attribute="name")|join(", ") }};
+<p class="meta">{{ records|length }} run(s), stage(s) {{ results|map(attribute="name")
+                                                         |join(", ") }};
 metrics on the {{ split }} split; generated {{ generated }}.</p>
 {% if warnings %}
 <div class="warning" id="warnings"><strong>Read these numbers with care.</strong>
-<ul>{% for w in warnings %}<li><strong>{{ w.where }}</strong> [{{ w.code }}]: {{ w.message }}</li>{% endfor %}</ul>
+<ul>{% for w in warnings %}<li><strong>{{ w.where }}</strong> [{{ w.code }}]: {{ w.message }}</li>
+{%- endfor %}</ul>
 </div>
 {% endif %}
 {% if random %}
@@ -82,21 +89,26 @@ metrics on the {{ split }} split; generated {{ generated }}.</p>
 transfer-learning results.</div>
 {% endif %}
 <nav>
-  <a href="#data">Data</a>{% if lungs %}<a href="#lungs">Lungs</a>{% endif %}<a href="#models">Models</a>
+  <a href="#data">Data</a>{% if lungs %}<a href="#lungs">Lungs</a>
+  {%- endif %}<a href="#models">Models</a>
   {% for s in results %}<a href="#{{ s.id }}">{{ s.name }}</a>{% endfor %}
-  <a href="#visual">Grad-CAM</a>{% if shortcut %}<a href="#shortcut-section">Shortcut benchmark</a>{% endif %}
+  <a href="#visual">Grad-CAM</a>{% if shortcut %}<a href="#shortcut-section">Shortcut benchmark</a>
+  {%- endif %}
   {% if sources %}<a href="#sources-section">Cross-source study</a>{% endif %}
-  {% if tune is not none %}<a href="#tuning">Tuning</a>{% endif %}<a href="#how">How this was made</a>
+  {% if tune is not none %}<a href="#tuning">Tuning</a>
+  {%- endif %}<a href="#how">How this was made</a>
 </nav>
 
 <section id="data">
 <h2>Data</h2>
-{% for t in data %}{{ table(t) }}{% else %}<p class="note">The runs record no prepared set.</p>{% endfor %}
+{% for t in data %}{{ table(t) }}
+{%- else %}<p class="note">The runs record no prepared set.</p>{% endfor %}
 {% for d in data_extra %}
 {% if d.rejected %}{{ table(d.rejected) }}{% endif %}
 <div id="audit-{{ loop.index0 }}">
 {% for b in d.audit %}
-  {% if b.heading %}<h3>{{ b.heading }}</h3>{% elif b.table %}{{ table(b.table) }}{% else %}<p>{{ b.text }}</p>{% endif %}
+  {% if b.heading %}<h3>{{ b.heading }}</h3>{% elif b.table %}{{ table(b.table) }}
+  {%- else %}<p>{{ b.text }}</p>{% endif %}
 {% endfor %}
 </div>
 {% endfor %}
@@ -144,7 +156,8 @@ predictions (most confident correct, most confident mistakes, borderline), not b
 <section id="shortcut-section">
 <h2>Shortcut benchmark</h2>
 {% for b in shortcut %}
-  {% if b.heading %}<h3>{{ b.heading }}</h3>{% elif b.table %}{{ table(b.table) }}{% else %}<p>{{ b.text }}</p>{% endif %}
+  {% if b.heading %}<h3>{{ b.heading }}</h3>{% elif b.table %}{{ table(b.table) }}
+  {%- else %}<p>{{ b.text }}</p>{% endif %}
 {% endfor %}
 </section>
 {% endif %}
@@ -163,7 +176,8 @@ films when it was in training (internal) vs when it was not (external).</p>
 {% if tune is not none %}
 <section id="tuning">
 <h2>Hyper-parameter tuning</h2>
-{% for f in tune %}{{ figure(f) }}{% else %}<p class="note">The tuning folder holds no plots.</p>{% endfor %}
+{% for f in tune %}{{ figure(f) }}
+{%- else %}<p class="note">The tuning folder holds no plots.</p>{% endfor %}
 </section>
 {% endif %}
 
@@ -178,7 +192,8 @@ class-specific markers, its own seed), recorded as <code>phantom:&lt;sha256&gt;<
 stand-in for ImageNet, not ImageNet, and no evidence about real chest X-rays.</p>{% endif %}
 {{ table(provenance) }}
 <h3>Versions</h3>
-<dl class="versions">{% for k, v in versions.items() %}<dt>{{ k }}</dt><dd>{{ v }}</dd>{% endfor %}</dl>
+<dl class="versions">{% for k, v in versions.items() %}<dt>{{ k }}</dt><dd>{{ v }}</dd>
+{%- endfor %}</dl>
 <h3>Configurations</h3>
 {% for name, text in configs %}
 <details><summary>{{ name }}/config.yaml</summary><pre>{{ text }}</pre></details>

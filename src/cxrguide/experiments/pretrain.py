@@ -21,6 +21,7 @@ import dataclasses
 import importlib.metadata
 import json
 import logging
+import multiprocessing
 import platform
 import shutil
 import sys
@@ -32,8 +33,10 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 from tqdm import tqdm
 
+from cxrguide import __version__
 from cxrguide.config import SynthConfig
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.config.weights import WeightsSpec
@@ -54,6 +57,7 @@ from cxrguide.models.weights import (
     phantom_card_file,
     weight_cache_dir,
 )
+from cxrguide.models.zoo import create_model, get_spec
 
 _log = logging.getLogger(__name__)
 
@@ -84,7 +88,6 @@ def _draw(job: tuple) -> tuple[np.ndarray, np.ndarray]:
 def _phantoms(cfg: PretrainConfig) -> tuple[torch.Tensor, ...]:
     """Clean films (N, 1, S, S) in [0, 1], their lesion masks, labels, and train / held-out rows
     split by patient."""
-    import multiprocessing
 
     from cxrguide.data.synthetic.fairness import labels_of, patient_split
     from cxrguide.data.synthetic.generate import plan_dataset, resolve_workers
@@ -226,8 +229,6 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
 
 
 def _versions() -> dict[str, str]:
-    from cxrguide import __version__
-
     out = {"cxrguide": __version__, "python": platform.python_version()}
     for dist in ("torch", "timm", "numpy"):
         out[dist] = importlib.metadata.version(dist)
@@ -241,7 +242,7 @@ def _card_markdown(card: dict) -> str:
         f"- Trained on: {card['trained_on']}",
         f"- Held-out clean phantoms: accuracy {card['test_accuracy']:.3f} on "
         f"{card['test_images']} films (patients never seen in training; chance 0.333)",
-        f"- Recipe: {r['n']} films at {r['size']} px, {r['epochs']} epochs, AdamW one-cycle peak "
+        f"- Recipe: {r['n']} films at {r['size']} px, {r['epochs']} " "epochs, AdamW one-cycle peak "
         f"lr {r['lr']}, batch {r['batch_size']}, random shifts; seed {r['seed']}",
         f"- Built in {card['seconds']:.0f} s on {card['device']}",
         f"- File: {card['file']} (SHA-256 {card['sha256']}); runs record it as "
@@ -254,7 +255,6 @@ def _card_markdown(card: dict) -> str:
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     """Draw clean phantoms, train ``cfg.backbone`` on them, write body + card; returns both."""
-    from cxrguide.models.zoo import create_model, get_spec
 
     name = get_spec(cfg.backbone).name
     if name.startswith("covidnet"):
@@ -287,8 +287,6 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     )
     acc = accuracy(model, x[test], y[test], device)
     seconds = time.perf_counter() - t0
-
-    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.body.state_dict().items()}
     # One metadata key only: safetensors keeps metadata in a Rust HashMap whose order changes
@@ -327,7 +325,6 @@ def ensure_phantom_body(
     progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line says what is missing
     and how to make it.
     """
-    from cxrguide.models.zoo import get_spec
 
     name = get_spec(backbone).name
     body = phantom_body_file(name)

@@ -64,6 +64,8 @@ from cxrguide.evaluation.marker import MARKER_PAD, SPLIT, marker_report
 from cxrguide.evaluation.shortcut_summary import summary_rows
 from cxrguide.files import atomic_path, atomic_write_json
 from cxrguide.models.saved import load_run
+from cxrguide.models.zoo import create_model
+from cxrguide.training.finetune import fine_tune, settings_from
 
 _log = logging.getLogger(__name__)
 
@@ -136,7 +138,6 @@ def masked_copy(prepared: Prepared) -> Prepared:
 
 def _initial_run(cfg: ShortcutBenchConfig, folder: Path, seed: int) -> Path:
     """The seeded starting network every variant of this seed fine-tunes."""
-    from cxrguide.models.zoo import create_model
 
     if not (folder / "model.yaml").exists():
         model = create_model(cfg.backbone, cfg.weights, seed=seed)
@@ -160,7 +161,6 @@ def run_variant(
 ) -> dict[str, Any]:
     """Train (or reuse) one variant for one seed and score it; returns the table row."""
     from cxrguide.evaluation.evaluate import evaluate_run, score_split
-    from cxrguide.training.finetune import fine_tune, settings_from
 
     if cfg.start == "stage2":  # continue this seed's Stage II run (scratch protocol) instead
         first = run_variant(dataclasses.replace(cfg, start="scratch"), prepared, synth, seed,
@@ -274,11 +274,11 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
         + ". Mean ± sd over seeds, in %. Chance is 33.3%; a model that only reads the marker "
         "scores ~0% on shortcut_test and follows the marker ~100%. A map that ignores anatomy "
         f"puts about {100 * area:.0f}% of its energy in the lungs (their area share); the "
-        f"marker box covers {100 * box:.1f}% of a film, so a larger share of the input gradient "
+        f"marker box covers {100 * box:.1f}% of a film, so a larger " "share of the input gradient "
         "there means the prediction depends on the marker, whatever the Grad-CAM shows. "
         "'marker painted out': the box filled with its surroundings.", "",
         table(frame, cfg.variants), "",
-        f"The runs took {spent:.1f} min in all (sum of min/run; this invocation {total:.1f} min, "
+        f"The runs took {spent:.1f} min in all (sum of min/run; this " f"invocation {total:.1f} min, "
         f"finished runs are reused) on {resolve_device(cfg.device)} "
         f"({torch.get_num_threads()} threads).",
     ])  # fmt: skip

@@ -61,6 +61,12 @@ from cxrguide.evaluation.sources_summary import (
     write_study,
 )
 from cxrguide.files import atomic_write_json
+from cxrguide.lungs.predict import predict_prepared
+from cxrguide.models.saved import load_run
+from cxrguide.models.zoo import create_model, get_spec
+from cxrguide.training.features import pooled_features
+from cxrguide.training.finetune import fine_tune, settings_from
+from cxrguide.training.stages import stage1
 
 _log = logging.getLogger(__name__)
 
@@ -166,10 +172,6 @@ def train_config(cfg: SourcesBenchConfig, variant: str, seed: int, folder: Path,
 def run_variant(cfg: SourcesBenchConfig, fold: Prepared, variant: str, seed: int, folder: Path,
                 parent: Path | None, scorer: OutputScorer, timing: Timing) -> Path:  # fmt: skip
     """Train (or reuse) one variant on one fold; returns the run folder (outputs saved)."""
-    from cxrguide.models.saved import load_run
-    from cxrguide.models.zoo import get_spec
-    from cxrguide.training.finetune import fine_tune, settings_from
-    from cxrguide.training.stages import stage1
 
     tcfg = train_config(cfg, variant, seed, folder, parent)
     name = get_spec(cfg.backbone).name
@@ -204,7 +206,6 @@ def ensure_lungs(cfg: SourcesBenchConfig, prepared: Prepared, timing: Timing) ->
             "--lungs LUNG_RUN (a 'cxrguide lungs train' run) or run 'cxrguide lungs predict "
             f"LUNG_RUN --data {prepared.root}' first"
         )
-    from cxrguide.lungs.predict import predict_prepared
 
     t0 = time.perf_counter()
     predict_prepared(LungsPredictConfig(run=Path(cfg.lungs), data=prepared.root,
@@ -214,8 +215,6 @@ def ensure_lungs(cfg: SourcesBenchConfig, prepared: Prepared, timing: Timing) ->
 
 def body_features(cfg: SourcesBenchConfig, prepared: Prepared, seed: int, device) -> np.ndarray:
     """The frozen body's pooled features of every film (the Stage I cache, filled once)."""
-    from cxrguide.models.zoo import create_model
-    from cxrguide.training.features import pooled_features
 
     model = create_model(cfg.backbone, cfg.weights, seed=seed)
     return pooled_features(model, prepared, cfg.size, device, batch_size=cfg.batch_size,

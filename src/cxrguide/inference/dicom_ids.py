@@ -12,6 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pydicom
+
 from cxrguide.data.imaging import ImageInfo
 
 UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber")
@@ -19,7 +21,6 @@ UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Accessio
 
 def read_header(path: str | Path) -> Any:
     """The file's DICOM header without pixel data (pydicom ``Dataset``); OS/parse errors raise."""
-    import pydicom
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

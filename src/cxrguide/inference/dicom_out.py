@@ -14,7 +14,8 @@ PACS listener): per DICOM input, a Comprehensive SR and a Secondary Capture, wri
 - SEG (when a lung model is in play): the post-processed lung mask in the film's geometry, one
   binary segment "Lungs" (SNOMED CT Organ / Lung, automatic, the lung run named).
 
-Files are named by their own new SOP Instance UIDs (``SR_<uid>.dcm``, ``SC_<uid>.dcm``, ``SEG_<uid>.dcm``), so a
+Files are named by their own new SOP Instance UIDs (``SR_<uid>.dcm``, ``SC_<uid>.dcm``,
+``SEG_<uid>.dcm``), so a
 second result for the same film never replaces the first, and are written atomically.
 """
 
@@ -27,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
 
+import cxrguide
 from cxrguide.data.imaging import unfit_square
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save
@@ -72,21 +77,17 @@ class DicomResult:
 
 
 def _code(value: str, scheme: str, meaning: str) -> Any:
-    from pydicom.sr.coding import Code
-
     return Code(value, scheme, meaning)
 
 
 def _model_uid(run_id: str) -> str:
     """A stable UID for one run (same run, same device UID in every SR)."""
-    from pydicom.uid import generate_uid
 
     return generate_uid(entropy_srcs=["cxrguide", run_id])
 
 
 def _equipment(model: ModelFacts) -> Any:
     import highdicom as hd
-    from pydicom.sr.codedict import codes
 
     return hd.ContributingEquipment(
         manufacturer="cxrguide", purpose_of_reference=codes.DCM.ProcessingEquipment,
@@ -107,8 +108,6 @@ def structured_report(source: Any, probabilities: dict[str, float], label: str,
                       cautions: list[str], model: ModelFacts) -> Any:  # fmt: skip
     """The TID 1500 Comprehensive SR for one classified film (highdicom validates it)."""
     import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -158,7 +157,6 @@ def secondary_capture(source: Any, rgb: np.ndarray, model: ModelFacts) -> Any:
     """The overlay (RGB uint8, the film's rows and columns) as a Secondary Capture in the
     source's study."""
     import highdicom as hd
-    from pydicom.uid import generate_uid
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"secondary_capture expects RGB uint8 (H, W, 3), got {rgb.shape}")
@@ -182,8 +180,6 @@ def secondary_capture(source: Any, rgb: np.ndarray, model: ModelFacts) -> Any:
 def lung_segmentation(source: Any, lungs: np.ndarray, model: ModelFacts, lung_model: str) -> Any:
     """The lung mask (bool, the film's rows and columns) as a binary DICOM SEG of the film."""
     import highdicom as hd
-    from pydicom.sr.codedict import codes
-    from pydicom.uid import generate_uid
 
     algorithm = hd.AlgorithmIdentificationSequence(
         name=f"cxrguide lungs {lung_model}"[:64], version=model.version,
@@ -224,7 +220,6 @@ class DicomWriter:
 
     def __init__(self, predictor: Predictor, out_dir: Path, *, cam_method: str = "gradcam",
                  overlay: bool = True) -> None:  # fmt: skip
-        import cxrguide
 
         self.predictor, self.out_dir = predictor, Path(out_dir)
         self.cam_method, self.overlay = cam_method, overlay

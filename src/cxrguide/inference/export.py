@@ -4,7 +4,8 @@ The exported graph takes what :class:`~cxrguide.inference.predictor.Predictor` f
 ``image`` ``(B, 1, S, S)`` float32 gray in [0, 1] at the run's input size (letterboxed with
 :func:`~cxrguide.data.imaging.fit_square`), plus ``lung_mask`` ``(B, 1, S, S)`` in {0, 1} when
 the run takes lung masks (``RunInfo.lung_gate``: the study's gate on the last map, or the film
-blanked / the early feature maps gated outside the dilated lungs, ``RunInfo.lung_inputs``). It returns ``probabilities`` (softmax, class order
+blanked / the early feature maps gated outside the dilated lungs, ``RunInfo.lung_inputs``). It
+returns ``probabilities`` (softmax, class order
 :data:`~cxrguide.labels.CLASSES`) and ``logits``. The batch axis is dynamic; the side is fixed.
 
 The last-map gate goes through :func:`~cxrguide.models.grid.mask_to_grid`, the model's own
@@ -22,7 +23,8 @@ properties, or ``cxrguide.json`` among a TorchScript archive's extra files.
 
 ONNX comes from the ``torch.export`` based exporter (``dynamo=True``, opset >= 18); every zoo
 model exports with it, so there is no fallback to the deprecated TorchScript based one. It is
-~20x slower than that one was (``bench/onnx_export.py``; figures in the README), hence :func:`cached_onnx` for the predictor.
+~20x slower than that one was (``bench/onnx_export.py``; figures in the README), hence
+:func:`cached_onnx` for the predictor.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +42,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrguide.core.reliability import load_reliability, warn_missing
+from cxrguide.core.runs import run_identifier
 from cxrguide.errors import CxrGuideError
-from cxrguide.files import atomic_path, user_cache_dir
+from cxrguide.files import atomic_path, atomic_write_text, user_cache_dir
+from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.quantize import quantize_checked, validation_feeds
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.grid import mask_to_grid
@@ -172,7 +179,6 @@ def cached_onnx(
     SHA-256 goes to a ``.sha256`` sidecar written after it, and a hit whose bytes do not match
     (a truncated copy, a file swapped in the cache) is exported afresh, never loaded.
     """
-    from cxrguide.files import atomic_write_text
 
     folder = folder or export_cache_dir()
     path = folder / f"{export_key(module, image_size, opset, identity)}.onnx"
@@ -235,8 +241,6 @@ def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: in
         logits = module.model(*inputs) / module.temperature
         reference = torch.softmax(logits, dim=1).cpu().numpy()
     if fmt == "onnx":
-        from cxrguide.inference.onnx_runtime import OnnxRunner
-
         runner = OnnxRunner(path)
         got = runner(inputs[0].numpy(), inputs[1].numpy() if len(inputs) > 1 else None)
     else:
@@ -257,8 +261,6 @@ def export_run(
     ``int8``: the checked fp32 graph statically quantized on the run's validation films
     (:mod:`cxrguide.inference.quantize`), refused below ``min_agreement`` top-1 agreement.
     """
-    from cxrguide.core.reliability import load_reliability, warn_missing
-    from cxrguide.core.runs import run_identifier
     from cxrguide.models.saved import load_run
 
     if fmt not in FORMATS:
@@ -301,9 +303,6 @@ def _export_int8(
     opset: int, calibration_films: int, min_agreement: float, seed: int,
 ) -> ExportResult:  # fmt: skip
     """fp32 export (parity-checked) in a temp folder, then the checked INT8 file at ``out``."""
-    import tempfile
-
-    from cxrguide.inference.quantize import quantize_checked, validation_feeds
 
     calibration, check = validation_feeds(run, info, calibration_films, seed)
     with tempfile.TemporaryDirectory(prefix="cxrguide-export-") as tmp:

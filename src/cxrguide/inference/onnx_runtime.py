@@ -17,7 +17,7 @@ from cxrguide.errors import CxrGuideError
 
 
 class OnnxRunner:
-    """Probabilities ``(B, 3)`` from gray images ``(B, 1, S, S)`` [+ lung masks], via onnxruntime."""
+    """Probabilities ``(B, 3)`` from gray images ``(B, 1, S, S)`` [+ lung masks] by onnxruntime."""
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         self.path = Path(path)

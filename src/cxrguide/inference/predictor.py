@@ -11,7 +11,8 @@ Ungated runs can still be given a lung model, for the coverage figure and the co
 Backends (``backend=``): ``fp32`` eager; ``channels_last`` (fp32, NHWC weights); ``bf16``
 (channels-last + bfloat16 autocast); ``onnx`` (run by ONNX Runtime; the run is exported once,
 ~30 s for MobileNet V2 at 224 px, into the user cache (``$XDG_CACHE_HOME/cxrguide/onnx``,
-``~/.cache/cxrguide/onnx``) or ``$CXRGUIDE_CACHE_DIR/onnx``, or a private temp file when that is not writable); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
+``~/.cache/cxrguide/onnx``) or ``$CXRGUIDE_CACHE_DIR/onnx``, or a private temp file when that is not
+writable); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
 ``bench/inference.py`` (figures in its docstring): 100 % top-1 agreement and probabilities within
 3e-7 of eager fp32, 2.2x eager's throughput and 2.8x its batch-1 speed over the ten backbones
 with one thread, and the fastest path everywhere with two threads on the busy shared CPU (bf16
@@ -37,6 +38,7 @@ Calls are serialised by a lock, so one Predictor can be shared by a threaded ser
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import warnings
@@ -46,8 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from cxrguide.attention.cam import cam_map, cam_overlay
 from cxrguide.core.device import resolve_device
 from cxrguide.core.reliability import Reliability, energy_scores, load_reliability, warn_missing
 from cxrguide.core.runs import RunInfo, run_identifier
@@ -61,6 +65,10 @@ from cxrguide.data.imaging import (
 )
 from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.inference.dicom_ids import source_uids
+from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
+from cxrguide.inference.film_cam import film_overlay
+from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.quantize import cached_int8
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
 from cxrguide.lungs.predict import FilmSegmenter, explicit_lung_run, find_lung_run
@@ -265,9 +273,6 @@ class Predictor:
     def _export_onnx(self, int8: bool = False) -> Any:
         """The run as ONNX, from the export cache (exported once per run and tool versions);
         ``int8``: its INT8 version, calibrated and checked on the run's validation films."""
-        from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
-        from cxrguide.inference.onnx_runtime import OnnxRunner
-        from cxrguide.inference.quantize import cached_int8
 
         module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate,
                               temperature=self.temperature, features=True).eval()  # fmt: skip
@@ -413,7 +418,6 @@ class Predictor:
 
     def cam(self, prediction: Prediction, method: str = "gradcam", target: int | None = None):
         """RGB uint8 Grad-CAM overlay (heatmap + lung contour) for a prediction."""
-        from cxrguide.attention.cam import cam_overlay
 
         with self._lock:
             return cam_overlay(self.model, prediction.image,
@@ -424,8 +428,6 @@ class Predictor:
                  target: int | None = None) -> np.ndarray:  # fmt: skip
         """The overlay in the film's own geometry (its rows and columns, letterbox undone),
         drawn over the film re-read at full resolution; see :mod:`cxrguide.inference.film_cam`."""
-        from cxrguide.attention.cam import cam_map
-        from cxrguide.inference.film_cam import film_overlay
 
         with self._lock:
             heat = cam_map(self.model, prediction.image,
@@ -459,9 +461,6 @@ def _public(source: str) -> str:
 
 def training_summary(run_dir: Path, info: RunInfo) -> dict[str, Any]:
     """Counts from the run's prepared manifest (when still on disk) and its saved metrics."""
-    import json
-
-    import pandas as pd
 
     summary: dict[str, Any] = {"prepared": Path(info.data).name if info.data else None}
     manifest = Path(info.data) / "manifest.csv" if info.data else None

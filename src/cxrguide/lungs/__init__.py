@@ -1,4 +1,4 @@
-"""Lung segmentation in one package: readers, `lungs prepare`, the U-Net, training, prediction, metrics.
+"""Lung segmentation in one package: readers, `lungs prepare`, U-Net, training, prediction, metrics.
 
 - :mod:`.records`, :mod:`.v7`, :mod:`.folders`, :mod:`.readers`: V7/Darwin polygon annotations and
   image + mask folders -> :class:`LungRecord` (paths only) -> :class:`LungMask` at the image's size.

@@ -3,7 +3,8 @@
 Training goes through the shared engine (checkpoint / resume / early stopping on val loss /
 history.csv); the training set augments each item (image and mask together, the one augmenter
 of :mod:`cxrguide.data.augment`) and the task's eval step reports the loss and the thresholded
-Dice. Resizing follows the one rule of :mod:`cxrguide.data.transforms`. A run folder describes itself:
+Dice. Resizing follows the one rule of :mod:`cxrguide.data.transforms`. A run folder describes
+itself:
 ``config.yaml`` (the resolved training config, absolute data path), ``best.pt`` / ``last.pt``,
 ``history.csv``, and after training ``metrics.json`` + ``per_image.csv`` on val and test.
 Metrics are computed on post-processed masks, the ones ``lungs predict`` hands to Stage III.

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from cxrguide.core.checkpoint import load_checkpoint
@@ -43,8 +44,6 @@ def _load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise ConfigError(f"encoder_weights: {path} not found (give a file, 'imagenet' or none)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         state = load_checkpoint(path)

@@ -131,7 +131,7 @@ def parse_darwin(data: Any) -> DarwinImage:
 
 
 def rasterize(paths: list[Path2D], height: int, width: int) -> np.ndarray:
-    """Even-odd fill of closed paths (holes and multi-part outlines), bool ``height`` x ``width``."""
+    """Even-odd fill of closed paths (holes, multi-part outlines), bool ``height`` x ``width``."""
     out = np.zeros((height, width), dtype=bool)
     for path in paths:
         canvas = Image.new("1", (width, height), 0)

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import timm
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import RemoteEntryNotFoundError
 from torch import nn
 
 from cxrguide.config.weights import WeightsSpec
@@ -80,8 +82,6 @@ def _check_pin(path: Path, pin: HubPin, timm_name: str) -> str:
 
 def _download(timm_name: str, pin: HubPin | None) -> tuple[Path, str]:
     """Fetch the weight file from the hub; its path and label (commit and SHA-256 named)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import RemoteEntryNotFoundError
 
     repo = pretrained_cfg(timm_name).hf_hub_id
     if not repo:

@@ -1,4 +1,4 @@
-"""Rebuild the classifier saved in a run folder (the folder's format lives in :mod:`cxrguide.core.runs`)."""
+"""Rebuild the classifier saved in a run folder (its format: :mod:`cxrguide.core.runs`)."""
 
 from __future__ import annotations
 

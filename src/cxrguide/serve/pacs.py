@@ -23,6 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
 from cxrguide.config.inference import parse_peer
 from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.inference.dicom_out import DicomResult, DicomWriter
@@ -117,7 +121,6 @@ class PacsListener:
 
     def _send_back(self, result: DicomResult) -> None:
         """C-STORE the SR (and SC, SEG) to ``--dicom-return``; failures are logged, never raised."""
-        import pydicom
         from pynetdicom import AE
         from pynetdicom.sop_class import (
             ComprehensiveSRStorage,
@@ -148,8 +151,6 @@ class PacsListener:
 
 
 def _failure(status: int, comment: str) -> Any:
-    from pydicom.dataset import Dataset
-
     ds = Dataset()
     ds.Status = status
     ds.ErrorComment = comment[:64]
@@ -162,6 +163,5 @@ def _warm_up() -> None:
     import highdicom  # noqa: F401
     import pytorch_grad_cam  # noqa: F401
     import pytorch_grad_cam.utils.image  # noqa: F401
-    from pydicom.sr.codedict import codes
 
     _ = codes.DCM.ProcessingEquipment, codes.DCM.Device, codes.DCM.Comment

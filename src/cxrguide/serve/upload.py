@@ -27,6 +27,7 @@ import logging
 from typing import Any
 
 from fastapi import HTTPException, Request
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
@@ -87,7 +88,6 @@ _LIBC = _load_libc()
 
 async def file_part(request: Request, body: bytes, limit: int) -> tuple[bytes, str | None]:
     """The bytes and client name of the one file part, parsed in memory."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
 
     ctype = request.headers.get("content-type", "")
     if not ctype.lower().startswith("multipart/form-data"):

@@ -41,6 +41,7 @@ from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.saved import load_run
+from cxrguide.models.zoo import create_model
 from cxrguide.training.common import (
     Scorer,
     backbones,
@@ -127,7 +128,6 @@ def _start(
     cfg: TrainConfig, parent: Path | None, backbone: str | None
 ) -> tuple[CxrClassifier, RunInfo]:
     """The network to fine-tune: a parent run, or a fresh ``backbone`` with ``cfg.weights``."""
-    from cxrguide.models.zoo import create_model
 
     if parent is not None:
         model, info = load_run(parent)

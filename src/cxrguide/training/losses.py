@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrguide.errors import ConfigError
+from cxrguide.models.head import PaperHead
 
 EPS = 1e-7
 L2Scope = Literal["head", "all"]
@@ -38,8 +39,6 @@ def paper_cross_entropy(
 
 
 def _head_modules(module: nn.Module) -> list[nn.Module]:
-    from cxrguide.models.head import PaperHead
-
     return [m for m in module.modules() if isinstance(m, PaperHead)]
 
 

@@ -20,6 +20,7 @@ from cxrguide.core.runs import RunInfo
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError
 from cxrguide.files import atomic_open
+from cxrguide.models.zoo import create_model
 from cxrguide.training.common import (
     LEADERBOARD,
     Scorer,
@@ -47,7 +48,6 @@ def stage1(
 
     ``on_epoch_end(epoch, row)`` goes to :func:`engine.fit` (the tuner reports to its pruner).
     """
-    from cxrguide.models.zoo import create_model
 
     run = claim_run(cfg, name)
     model = create_model(name, cfg.weights, head_widths=cfg.head_widths,

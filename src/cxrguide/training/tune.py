@@ -24,6 +24,7 @@ The search space lives in :mod:`.tune_space`, storage and dead-worker recovery i
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
 import warnings
@@ -38,10 +39,15 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from cxrguide.config import TrainConfig, TuneConfig, from_dict, save_yaml, to_dict
+from cxrguide.core.checkpoint import load_checkpoint
+from cxrguide.core.device import resolve_device
+from cxrguide.core.runs import read_info
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_open
-from cxrguide.training.common import Scorer, effective_image_size
+from cxrguide.models.head import ACTIVATIONS
+from cxrguide.training.common import Scorer, effective_image_size, parents
+from cxrguide.training.features import pooled_features, stage1_rows
 from cxrguide.training.tune_space import (  # noqa: F401  (re-exported: the module's API)
     SPACE_FIELDS,
     PerTrialSeededSampler,
@@ -85,10 +91,7 @@ def default_out(study_name: str) -> Path:
 
 
 def plan(cfg: TuneConfig) -> Plan:
-    from cxrguide.core.runs import read_info
-    from cxrguide.models.head import ACTIVATIONS
     from cxrguide.models.zoo import get_spec
-    from cxrguide.training.common import parents
 
     unknown = sorted(set(cfg.activations) - set(ACTIVATIONS))
     if unknown:
@@ -206,8 +209,6 @@ def _replay_history(trial: optuna.Trial, run: Path) -> None:
     """A resumed trial reports the epochs its checkpoint already holds."""
     last = run / "last.pt"
     if last.exists():
-        from cxrguide.core.checkpoint import load_checkpoint
-
         for row in load_checkpoint(last)["history"]:
             trial.report(float(row["val_acc"]), int(row["epoch"]))
 
@@ -217,11 +218,8 @@ def _warm_feature_cache(p: Plan) -> None:
     would otherwise all compute it and race on the same partial file."""
     if p.base.stage != 1 or not p.base.feature_cache:
         return
-    import fcntl
 
-    from cxrguide.core.device import resolve_device
     from cxrguide.models.zoo import create_model
-    from cxrguide.training.features import pooled_features, stage1_rows
 
     b = p.base
     model = create_model(p.backbone, b.weights, head_widths=b.head_widths,

@@ -28,7 +28,7 @@ def safe_url(url: str) -> str:
 
 
 def make_storage(url: str, heartbeat: int = 0, retries: int = 0) -> optuna.storages.RDBStorage:
-    """An RDB storage; with ``heartbeat`` a trial silent for twice that long is failed and retried."""
+    """An RDB storage; with ``heartbeat``, a trial silent for twice that is failed and retried."""
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 120}}  # wait for other local writers
@@ -53,7 +53,7 @@ def make_storage(url: str, heartbeat: int = 0, retries: int = 0) -> optuna.stora
     raise AssertionError("unreachable")
 
 
-# ---- dead workers and retries ----------------------------------------------------------------------
+# ---- dead workers and retries ---------------------------------------------------------------
 
 
 def retry_trial(study: optuna.Study, trial: FrozenTrial, retries: int) -> None:

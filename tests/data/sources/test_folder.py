@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from byo_testutils import film, image_folder
+from cxrguide.cli import build_parser
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_source, open_sources
 from cxrguide.data.sources.folder import FolderSource, derived_name
 from cxrguide.errors import ConfigError, SourceLayoutError
+from test_readme_examples import readme_commands
 
 
 def _split(items):
@@ -104,9 +106,6 @@ def test_registry_refuses_clashing_names_and_names_for_study_kinds(tmp_path):
 
 
 def test_docs_examples_parse_with_the_real_parser():
-    from cxrguide.cli import build_parser
-    from test_readme_examples import readme_commands
-
     docs = Path(__file__).resolve().parents[3] / "docs" / "sources.md"
     commands = readme_commands(docs)
     assert len(commands) >= 4 and any("--label-map" in c for c in commands)

@@ -1,4 +1,5 @@
 import csv
+import shutil
 
 import pytest
 
@@ -36,8 +37,6 @@ def test_records_carry_style_as_site_and_the_fixed_split(synth_dir):
 
 
 def test_missing_files_and_bad_rows_become_rejections(tmp_path, synth_dir):
-    import shutil
-
     root = tmp_path / "copy"
     shutil.copytree(synth_dir, root)
     (root / "images" / "syn-000000.png").unlink()

@@ -7,6 +7,8 @@ kind's :meth:`Source.open` takes what it needs (a NAME, the label map, radiograp
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,9 +65,6 @@ def open_sources(specs: Iterable[str], options: SourceOptions | None = None) -> 
 
 
 def _load_all() -> None:
-    import importlib
-    import pkgutil
-
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")

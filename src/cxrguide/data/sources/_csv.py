@@ -33,7 +33,7 @@ def _decode(data: bytes) -> str:
 
 
 def read_header(path: Path) -> list[str]:
-    """Column names of a CSV from its first line only; [] if unreadable (for cheap layout checks)."""
+    """Column names of a CSV from its first line only; [] if unreadable (cheap layout checks)."""
     try:
         with open(path, "rb") as fh:
             first = fh.readline(65536)

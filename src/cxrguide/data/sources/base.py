@@ -53,7 +53,7 @@ class Rejection:
 
 @dataclass(frozen=True)
 class SourceOptions:
-    """Prepare's settings some source kinds take (the registry hands them to :meth:`Source.open`)."""
+    """Prepare's settings some source kinds take (the registry passes them to `Source.open`)."""
 
     radiography_classes: tuple[str, ...] = ("COVID",)
     #: the user's entries, laid over the default map
