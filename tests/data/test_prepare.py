@@ -174,7 +174,7 @@ def test_summary_table_counts(folder, tmp_path):
 # ---- crash safety: a kill after any step, then the same command again --------------------------
 KILL_POINTS = [  # (object holding the step, its name, which call): prepare's steps in order
     (prepare_mod, "save_yaml", 1), (prepare_mod, "_decode_all", 1),
-    (prepare_mod, "_deduplicate", 1), (prepare_mod, "_apply_quota", 1), (prepare_mod, "_split", 1),
+    (prepare_mod, "_deduplicate", 1), (prepare_mod.splits, "apply_quota", 1), (prepare_mod.splits, "split", 1),
     (prepare_mod, "_write_manifest", 1), (prepare_mod.cache, "gather", 1),
     (prepare_mod, "_write_csv", 1), (prepare_mod, "_write_csv", 2),
     (prepare_mod.completion, "mark_complete", 1), (prepare_mod.shutil, "rmtree", 1),
