@@ -356,6 +356,7 @@ def test_decode_chunks_cover_every_task_once():
 
 def test_parallel_gather_matches_a_serial_one(tmp_path):
     from cxrguide.data import cache
+    from cxrguide.data.workers import fork_pool
 
     src = np.random.default_rng(0).integers(0, 256, (50, 8, 8), dtype=np.uint8)
     rows = [7, 3, 3, 49, 0] + list(range(10, 40))
@@ -363,6 +364,11 @@ def test_parallel_gather_matches_a_serial_one(tmp_path):
     cache.gather(src, rows, tmp_path / "two.npy", chunk=4, workers=3)
     one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
     assert np.array_equal(one, src[rows]) and np.array_equal(two, src[rows])
+    np.save(tmp_path / "src.npy", src)  # prepare's one pool: the workers open the files by name
+    with fork_pool(2) as pool:
+        cache.gather(cache.open_readonly(tmp_path / "src.npy"), rows, tmp_path / "three.npy",
+                     chunk=4, workers=2, pool=pool)  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "three.npy"), src[rows])
 
 
 def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, monkeypatch, capsys):

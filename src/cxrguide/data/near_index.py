@@ -146,8 +146,8 @@ def _all_views(
     low = np.empty((n, n_views, VIEW_SIDE * VIEW_SIDE), np.float16)
     band = np.empty_like(low)
     step = max(1, min(64, n // (4 * max(workers, 1))))
-    for lo in range(0, n, 4 * BLOCK):
-        starts = range(lo, min(lo + 4 * BLOCK, n), step)
+    for lo in range(0, n, BLOCK):
+        starts = range(lo, min(lo + BLOCK, n), step)
         blocks = [(np.asarray(thumbs[s : min(s + step, n)]),) for s in starts]
         parallel = n >= PARALLEL_MIN
         done = fork_map(_views_block, blocks, workers if parallel else 1, pool=pool)
