@@ -9,12 +9,15 @@ or an error left half-written is refused in one line instead of being read as da
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_write_json
+
+_log = logging.getLogger(__name__)
 
 SUMMARY = "summary.json"
 CONFIG_FILE = "prepare_config.yaml"  # the config a prepared folder was made with
@@ -108,8 +111,11 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
                 "use another --out or delete the folder"
             )
         removed = discard_unfinished(out)
-        print(
-            f"{out}: discarded an unfinished {kind} run with another config ({', '.join(removed)})"
+        _log.info(
+            "%s: discarded an unfinished %s run with another config (%s)",
+            out,
+            kind,
+            ", ".join(removed),
         )
         return False
     if finished:

@@ -7,11 +7,9 @@ the run takes lung masks (``RunInfo.lung_gate``: the study's gate on the last ma
 blanked / the early feature maps gated outside the dilated lungs, ``RunInfo.lung_inputs``). It returns ``probabilities`` (softmax, class order
 :data:`~cxrguide.labels.CLASSES`) and ``logits``. The batch axis is dynamic; the side is fixed.
 
-Why the gate is rebuilt here: the model resizes the mask to the feature grid with area
-interpolation (adaptive average pooling), which the ONNX exporter cannot express when the grid
-does not divide the side (Inception at 299 px -> 8x8). :class:`ExportModule` does the same
-averaging as two constant matrix products, exact for every size, so the exported graph and the
-PyTorch model agree to float rounding.
+The last-map gate goes through :func:`~cxrguide.models.grid.mask_to_grid`, the model's own
+rule, written so that it exports for every size (average pooling where the grid divides the
+side, two constant matrix products where it does not: Inception at 299 px -> 8x8).
 
 The run's temperature (``reliability.safetensors``, :mod:`cxrguide.core.reliability`) travels in
 the graph: ``probabilities = softmax(logits / T)`` with ``T`` a constant buffer, ``logits`` are the
@@ -31,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -46,25 +43,13 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_path, user_cache_dir
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier
+from cxrguide.models.grid import mask_to_grid
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 18  # the lowest the torch.export based exporter writes natively
 PARITY_TOLERANCE = 1e-4
 META_FILE = "cxrguide.json"
 CACHE_ENV = "CXRGUIDE_CACHE_DIR"
-
-
-def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """``(n_out, n_in)`` averaging weights equal to 1-D adaptive average pooling.
-
-    Row ``i`` averages inputs ``floor(i * n_in / n_out)`` to ``ceil((i + 1) * n_in / n_out)``,
-    PyTorch's bin rule, so ``A_h @ M @ A_w.T`` equals ``F.interpolate(M, mode="area")``.
-    """
-    weights = torch.zeros(n_out, n_in, dtype=torch.float32)
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, math.ceil((i + 1) * n_in / n_out)
-        weights[i, start:end] = 1.0 / (end - start)
-    return weights
 
 
 class ExportModule(nn.Module):
@@ -74,14 +59,10 @@ class ExportModule(nn.Module):
                  temperature: float | None = None, features: bool = False) -> None:  # fmt: skip
         super().__init__()
         self.model = model
+        self.image_size = image_size
         self.lung_gate = lung_gate
         self.with_features = features  # a third output: pooled features (the predictor's OOD)
         self.register_buffer("temperature", torch.tensor(float(temperature or 1.0)))
-        with torch.no_grad():
-            probe = torch.zeros(1, 1, image_size, image_size, device=_device_of(model))
-            h, w = model.forward_features(probe).shape[-2:]
-        self.register_buffer("rows", area_matrix(image_size, int(h)))
-        self.register_buffer("cols", area_matrix(image_size, int(w)).T.contiguous())
 
     def forward(
         self, image: torch.Tensor, lung_mask: torch.Tensor | None = None
@@ -94,18 +75,13 @@ class ExportModule(nn.Module):
             # input blanking / early gates as the model does them; the last gate exportable
             features = self.model.lung_features(image, lung_mask, last=False)
             if "last" in self.model.lung_inputs:
-                grid = torch.matmul(torch.matmul(self.rows, lung_mask.to(features.dtype)),
-                                    self.cols)  # fmt: skip
-                features = features * grid
+                features = features * mask_to_grid(lung_mask.to(features.dtype),
+                                                   features.shape[-2:])  # fmt: skip
         logits = self.model.head(self.model.feature_tap(features))
         probs = torch.softmax(logits / self.temperature, dim=1)
         if self.with_features:
             return probs, logits, features.mean(dim=(2, 3))
         return probs, logits
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def example_inputs(
