@@ -14,6 +14,18 @@ CPU seconds are given too (one worker; the parent and the workers of the all-cor
 bound they imply on idle cores (``idle_core_bound_ratio``: parent CPU taken as serial, worker
 CPU spread evenly; an estimate, not a measurement).
 
+``--scale 2500,5000,10000,20000`` measures growth instead: one all-core prepare per size, of
+phantoms drawn at ``--scale-size`` (64 px) and cached at that size, each in a forked child so
+its peak resident memory is its own; printed per size: seconds, CPU seconds (parent,
+workers), peak RSS (parent, largest worker), then the exponents of a least-squares fit
+``t ~ n^a`` and ``rss ~ n^b`` (log-log; 1 = linear) in the JSON line.
+
+``--index-memory 8000,16000`` measures the near-duplicate search's memory alone: for each N,
+N distinct smooth random 64 px thumbnails (real films give few candidates, like these), then
+``near_index.candidate_pairs`` in a forked child; printed: the child's peak RSS over its RSS
+before the call, per film, and the slope between the sizes (the per-film cost without the
+fixed part) with the extrapolation to 50,000 films.
+
 The parallel part is the decode (read, SHA-256, decode, dHash, letterbox + resize) in a chunked
 process pool whose workers write straight into the memory-mapped work cache; the scan,
 de-duplication, split and the final gather stay serial and bound the speed-up (Amdahl).
@@ -30,12 +42,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from cxrguide.data.synthetic.generate import generate_dataset
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars in benchmark output
 
+import multiprocessing as mp
+
+from scipy.ndimage import gaussian_filter
+
 from _common import add_quick, emit, load, spread  # noqa: E402
 from cxrguide.config import PrepareConfig, SynthConfig  # noqa: E402
+from cxrguide.data import near_index
+from cxrguide.data.manifest import thumbnail
 from cxrguide.data.prepare import prepare  # noqa: E402
 
 OUTPUTS = ("manifest.csv", "rejected.csv", "duplicates.csv", "summary.json")
@@ -55,6 +75,121 @@ def same_outputs(a: Path, b: Path, cache_size: int) -> bool:
     return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
 
 
+def _scale_point(n: int, side: int, seed: int, workers: int, tmp: Path) -> dict:
+    """Synth ``n`` phantoms and prepare them in a forked child; its time, CPU and peak RSS."""
+
+
+    generate_dataset(SynthConfig(out=tmp / f"syn{n}", n=n, size=side, seed=seed, workers=workers),
+                     progress=False)  # fmt: skip
+    queue = mp.get_context("fork").SimpleQueue()
+
+    def child() -> None:
+        cfg = PrepareConfig(source=[f"synthetic={tmp / f'syn{n}'}"], out=tmp / f"prep{n}",
+                            size=side, seed=seed, workers=workers)  # fmt: skip
+        t0 = time.perf_counter()
+        result = prepare(cfg)
+        seconds = time.perf_counter() - t0
+        me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        queue.put({"n": n, "seconds": seconds, "images": result.n_images,
+                   "duplicates": result.n_duplicates,
+                   "cpu_parent": me.ru_utime + me.ru_stime, "cpu_workers": kids.ru_utime + kids.ru_stime,
+                   "rss_parent_mb": me.ru_maxrss / 1024, "rss_worker_mb": kids.ru_maxrss / 1024,
+                   "load1": round(os.getloadavg()[0], 1)})  # fmt: skip
+
+    proc = mp.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"prepare of {n} phantoms failed (exit {proc.exitcode})")
+    shutil.rmtree(tmp / f"syn{n}")
+    shutil.rmtree(tmp / f"prep{n}")
+    return queue.get()
+
+
+def _exponent(ns: list[int], values: list[float]) -> float:
+    """Slope of log(value) over log(n): the ``a`` of ``value ~ n^a``."""
+    return float(np.polyfit(np.log(ns), np.log(values), 1)[0])
+
+
+def scale(sizes: list[int], side: int, seed: int, workers: int) -> None:
+    before = load()
+    print(f"# load {before}; prepare at {sizes} phantoms ({side} px), {workers} workers")
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            point = _scale_point(n, side, seed, workers, Path(tmp))
+            points.append(point)
+            print(f"{n} phantoms: {point['seconds']:.1f} s, CPU parent {point['cpu_parent']:.1f} "
+                  f"+ workers {point['cpu_workers']:.1f} s, peak RSS parent "
+                  f"{point['rss_parent_mb']:.0f} MB / worker {point['rss_worker_mb']:.0f} MB, "
+                  f"{point['duplicates']} duplicates, load {point['load1']}", flush=True)  # fmt: skip
+    ns = [p["n"] for p in points]
+    fits = {}
+    if len(points) >= 2:
+        fits = {"time_exponent": _exponent(ns, [p["seconds"] for p in points]),
+                "cpu_exponent": _exponent(ns, [p["cpu_parent"] + p["cpu_workers"] for p in points]),
+                "rss_exponent": _exponent(ns, [p["rss_parent_mb"] for p in points])}  # fmt: skip
+    print("\n| phantoms | s | CPU s (parent + workers) | peak RSS parent / worker (MB) | load |\n"
+          "|---|---|---|---|---|")  # fmt: skip
+    for p in points:
+        print(f"| {p['n']:,} | {p['seconds']:.1f} | {p['cpu_parent']:.1f} + {p['cpu_workers']:.1f}"
+              f" | {p['rss_parent_mb']:.0f} / {p['rss_worker_mb']:.0f} | {p['load1']} |")  # fmt: skip
+    emit("prepare_scale", {"side": side, "workers": workers, "points": points, **fits}, before)
+
+
+def _smooth_thumbs(n: int) -> np.ndarray:
+    """``n`` distinct rank-normalised thumbnails of smooth random fields (seeded)."""
+
+
+    def one(k: int) -> np.ndarray:
+        r = np.random.default_rng(k)
+        return thumbnail(gaussian_filter(r.random((64, 64)), 4)
+                         + 0.05 * gaussian_filter(r.random((64, 64)), 1))  # fmt: skip
+
+    return np.stack([one(k) for k in range(n)])
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+
+
+def index_memory(sizes: list[int], workers: int) -> None:
+
+
+    before = load()
+    points = []
+    for n in sizes:
+        thumbs = _smooth_thumbs(n)
+        queue = mp.get_context("fork").SimpleQueue()
+
+        def child(thumbs=thumbs, queue=queue) -> None:
+            base, t0 = _rss_kb(), time.perf_counter()
+            pairs = near_index.candidate_pairs(thumbs, workers=workers)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            queue.put((peak - base, len(pairs), time.perf_counter() - t0))
+
+        proc = mp.get_context("fork").Process(target=child)
+        proc.start()
+        proc.join()
+        grown, n_pairs, seconds = queue.get()
+        points.append({"n": n, "peak_growth_mb": grown / 1024, "kb_per_film": grown / n,
+                       "pairs": n_pairs, "seconds": seconds,
+                       "load1": round(os.getloadavg()[0], 1)})  # fmt: skip
+        print(f"{n} films: peak RSS +{grown / 1024:.0f} MB ({grown / n:.1f} KB per film), "
+              f"{n_pairs} candidate pairs, {seconds:.0f} s, load {points[-1]['load1']}", flush=True)  # fmt: skip
+    fit = {}
+    if len(points) >= 2:
+        a, b = points[0], points[-1]
+        slope = (b["peak_growth_mb"] - a["peak_growth_mb"]) * 1024 / (b["n"] - a["n"])
+        fixed = a["peak_growth_mb"] - slope * a["n"] / 1024
+        fit = {"kb_per_film_slope": slope, "fixed_mb": fixed,
+               "extrapolated_50000_mb": fixed + slope * 50000 / 1024}  # fmt: skip
+        print(f"slope {slope:.1f} KB per film + {fixed:.0f} MB -> 50,000 films: "
+              f"{fit['extrapolated_50000_mb']:.0f} MB (extrapolated)")  # fmt: skip
+    emit("near_index_memory", {"workers": workers, "points": points, **fit}, before)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4000, help="phantoms (--quick: 2000)")
@@ -63,8 +198,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (--quick: 3)")
     parser.add_argument("--workers", type=int, default=0, help="the many-worker setting (0: all)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", default="", help="comma-separated phantom counts: time and "
+                        "peak memory per size and their fitted exponents (--quick: 500,1000)")  # fmt: skip
+    parser.add_argument("--scale-size", type=int, default=64, help="phantom side for --scale")
+    parser.add_argument("--index-memory", default="", help="comma-separated film counts: peak "
+                        "memory of the near-duplicate search alone (--quick: 1500,3000)")  # fmt: skip
     add_quick(parser)
     args = parser.parse_args()
+    if args.index_memory:
+        sizes = [int(x) for x in args.index_memory.split(",")]
+        if args.quick:
+            sizes = [min(x, 1500 * (k + 1)) for k, x in enumerate(sizes[:2])]
+        index_memory(sizes, args.workers or max(2, os.cpu_count() or 1))
+        return
+    if args.scale:
+        sizes = [int(x) for x in args.scale.split(",")]
+        if args.quick:
+            sizes = [min(x, 1000) for x in sizes[:2]]
+        scale(sizes, args.scale_size, args.seed, args.workers or max(2, os.cpu_count() or 1))
+        return
     if args.quick:
         args.n, args.repeats = min(args.n, 2000), min(args.repeats, 3)
     many = args.workers or max(2, os.cpu_count() or 1)

@@ -98,3 +98,12 @@ def test_views_on_worker_processes_give_the_same_candidates(monkeypatch):
     one = near_index.candidate_pairs(thumbs, workers=1)
     assert (0, 10) in one
     assert near_index.candidate_pairs(thumbs, workers=2) == one
+
+
+def test_view_products_per_film_match_the_pairwise_cosines():
+    """_views_dot groups the pairs by film: same cosines as every pair on its own."""
+    stack = np.random.default_rng(0).normal(size=(6, 37, 256)).astype(np.float16)
+    a, b = np.array([3, 0, 3, 5, 0]), np.array([1, 2, 4, 3, 5])
+    got = near_index._views_dot(stack, a, b)
+    want = np.einsum("kvd,kd->kv", stack[a].astype(np.float32), stack[b, 0].astype(np.float32))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)

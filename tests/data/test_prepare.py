@@ -27,6 +27,7 @@ from cxrguide.data.datasets import Prepared
 from cxrguide.data.sources import Rejection, Source, SourceRecord, register
 from cxrguide.data.summary import count_table, summary_text
 from cxrguide.data.synthetic.generate import generate_dataset
+from cxrguide.data.workers import fork_pool
 from cxrguide.errors import CxrGuideError
 
 
@@ -183,7 +184,7 @@ def test_summary_table_counts(folder, tmp_path):
 # ---- crash safety: a kill after any step, then the same command again --------------------------
 KILL_POINTS = [  # (object holding the step, its name, which call): prepare's steps in order
     (prepare_mod, "save_yaml", 1), (prepare_mod, "_decode_all", 1),
-    (prepare_mod, "_deduplicate", 1), (prepare_mod, "_apply_quota", 1), (prepare_mod, "_split", 1),
+    (prepare_mod, "_deduplicate", 1), (prepare_mod.splits, "apply_quota", 1), (prepare_mod.splits, "split", 1),
     (prepare_mod, "_write_manifest", 1), (prepare_mod.cache, "gather", 1),
     (prepare_mod, "_write_csv", 1), (prepare_mod, "_write_csv", 2),
     (prepare_mod.completion, "mark_complete", 1), (prepare_mod.shutil, "rmtree", 1),
@@ -355,6 +356,11 @@ def test_parallel_gather_matches_a_serial_one(tmp_path):
     cache.gather(src, rows, tmp_path / "two.npy", chunk=4, workers=3)
     one, two = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
     assert np.array_equal(one, src[rows]) and np.array_equal(two, src[rows])
+    np.save(tmp_path / "src.npy", src)  # prepare's one pool: the workers open the files by name
+    with fork_pool(2) as pool:
+        cache.gather(cache.open_readonly(tmp_path / "src.npy"), rows, tmp_path / "three.npy",
+                     chunk=4, workers=2, pool=pool)  # fmt: skip
+    assert np.array_equal(np.load(tmp_path / "three.npy"), src[rows])
 
 
 def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, monkeypatch, capsys):

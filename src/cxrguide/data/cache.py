@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,14 @@ def open_writable(path: Path) -> np.ndarray:
 
 
 def gather(src: np.ndarray, rows: list[int], dst_path: Path, chunk: int = 256,
-           workers: int = 1) -> None:  # fmt: skip
+           workers: int = 1, pool: Executor | None = None) -> None:  # fmt: skip
     """Copy ``src[rows]`` into a new cache file, in chunks (constant memory).
 
     With ``workers`` > 1 the output is split into contiguous row ranges copied by forked
     processes: on a fresh file most of the cost is page faults and the final write-back, which
     a single process would pay serially after a parallel decode (``prepare`` on 2 cores).
+    On ``pool`` (``prepare``'s one pool) when given: ``src`` must then be a memory map of a
+    file, which each worker opens by its name.
     """
     size = src.shape[1]
     dst = create(dst_path, len(rows), size)
@@ -62,12 +65,18 @@ def gather(src: np.ndarray, rows: list[int], dst_path: Path, chunk: int = 256,
         _copy(src, rows, dst, 0, len(rows), chunk)
         return
     del dst  # the header is on disk; the workers map the file themselves
+    bounds = np.linspace(0, len(rows), workers + 1).astype(int).tolist()
+    if pool is not None:
+        name = str(src.filename)  # type: ignore[attr-defined]
+        spans = [(name, rows, str(dst_path), lo, hi, chunk)
+                 for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
+        list(pool.map(_gather_span, spans))
+        return
     global _gather_job
     _gather_job = (src, rows, dst_path, chunk)
-    bounds = np.linspace(0, len(rows), workers + 1).astype(int).tolist()
     try:
-        with mp.get_context("fork").Pool(workers) as pool:
-            pool.map(_gather_part, list(zip(bounds[:-1], bounds[1:], strict=True)))
+        with mp.get_context("fork").Pool(workers) as own:
+            own.map(_gather_part, list(zip(bounds[:-1], bounds[1:], strict=True)))
     finally:
         _gather_job = None
 
@@ -80,6 +89,12 @@ def _gather_part(span: tuple[int, int]) -> None:
     assert _gather_job is not None
     src, rows, dst_path, chunk = _gather_job
     _copy(src, rows, open_writable(dst_path), span[0], span[1], chunk)
+
+
+def _gather_span(span: tuple[str, list[int], str, int, int, int]) -> None:
+    """Pool worker: output rows ``lo..hi``, both caches opened by their file names."""
+    src, rows, dst, lo, hi, chunk = span
+    _copy(open_readonly(src), rows, open_writable(Path(dst)), lo, hi, chunk)
 
 
 def _copy(src: np.ndarray, rows: list[int], dst: np.ndarray, lo: int, hi: int,

@@ -9,14 +9,18 @@ or an error left half-written is refused in one line instead of being read as da
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
 
-from cxrguide.errors import CxrGuideError
+from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_write_json
 
+_log = logging.getLogger(__name__)
+
 SUMMARY = "summary.json"
+CONFIG_FILE = "prepare_config.yaml"  # the config a prepared folder was made with
 # what prepare / lungs prepare write besides .work (their resumable decode cache): an unfinished
 # run's leftovers are these and only these are discarded before a re-run with another config
 OUTPUTS = ("manifest.csv", "rejected.csv", "duplicates.csv", SUMMARY, "cache", "features",
@@ -70,3 +74,50 @@ def discard_unfinished(folder: Path) -> list[str]:
             continue
         removed.append(name)
     return removed
+
+
+def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
+                  outputs: tuple[str, ...] = ("manifest.csv",)) -> bool:  # fmt: skip
+    """True when ``out`` holds this exact, finished preparation (``cfg`` saved as CONFIG_FILE,
+    every file of ``outputs`` and the completion marker written); refuse to clobber anything
+    else. An unfinished run's leftovers with another config are discarded (its ``.work`` decode
+    cache is kept: it checks its own fingerprint), so a failed run never blocks a corrected
+    one. ``kind`` names the command in errors (``prepare``, ``lungs prepare``)."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise CxrGuideError(f"{out}: exists and is not a folder")
+    config_file = out / CONFIG_FILE
+    if not config_file.exists():
+        if any(p.name != ".work" for p in out.iterdir()):
+            raise CxrGuideError(
+                f"{out}: folder is not empty and holds no {kind} run; choose an empty --out"
+            )
+        return False
+    from cxrguide.config import load_yaml, to_dict
+
+    finished = is_complete(out) and all((out / n).exists() for n in outputs)
+    try:
+        saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
+    except ConfigError:
+        if finished:
+            raise
+        saved = None  # a config cut short by a kill: the run never got further
+    wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    if saved != wanted:
+        if finished:
+            raise CxrGuideError(
+                f"{config_file}: this folder was prepared with a different config; "
+                "use another --out or delete the folder"
+            )
+        removed = discard_unfinished(out)
+        _log.info(
+            "%s: discarded an unfinished %s run with another config (%s)",
+            out,
+            kind,
+            ", ".join(removed),
+        )
+        return False
+    if finished:
+        shutil.rmtree(out / ".work", ignore_errors=True)  # a kill during the final clean-up
+    return finished

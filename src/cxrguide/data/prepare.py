@@ -16,27 +16,26 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import os
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from cxrguide.config import PrepareConfig, load_yaml, save_yaml, to_dict
-from cxrguide.data import cache, completion, manifest, near_index
+from cxrguide.config import PrepareConfig, save_yaml
+from cxrguide.data import cache, completion, manifest, near_index, splits
+from cxrguide.data.completion import CONFIG_FILE, check_out_dir
 from cxrguide.data.imaging import read_film, to_uint8
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
 from cxrguide.data.workers import fork_map, fork_pool, unordered
-from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
+from cxrguide.errors import ConfigError, ImageReadError
 
-_log = logging.getLogger(__name__)
-
-CONFIG_FILE = "prepare_config.yaml"
 MANIFEST_COLUMNS = [
     "image_id", "source", "site", "path", "label", "patient_id", "view", "view_recorded",
     "finding", "sha256", "width", "height", "split", "cache_index", "root", "warnings",
@@ -104,25 +103,26 @@ def _decode(
     return row, to_uint8(square), manifest.thumbnail(img)
 
 
-# The work caches a pool worker writes into (pixels, thumbnails), opened once per process.
-_worker_caches: tuple[np.ndarray, np.ndarray] | None = None
+# The work caches a pool worker writes into: their paths and maps, opened once per process.
+_worker_caches: tuple[tuple[str, str], np.ndarray, np.ndarray] | None = None
 
 
-def _open_worker_cache(pixels: str, thumbs: str) -> None:
-    global _worker_caches
-    _worker_caches = (cache.open_writable(Path(pixels)), cache.open_writable(Path(thumbs)))
-
-
-def _decode_chunk(tasks: list[tuple[int, str, int, dict[str, Any]]]) -> list[dict]:
-    """Pool worker: decode a chunk straight into the memory-mapped work cache.
+def _decode_chunk(caches: tuple[str, str], tasks: list[tuple[int, str, int, dict]]) -> list[dict]:
+    """Pool worker: decode a chunk straight into the memory-mapped work cache (``caches``: the
+    pixel and thumbnail files, opened on the first chunk: prepare's one pool is forked before
+    they exist).
 
     Only the small log rows travel back to the parent: pickling every 64-256 kB image through
     a pipe and copying it in the parent kept one core busy with bookkeeping (1.45x on 2 cores).
     Pixels are written before the row is returned, so a logged row is always cached; a chunk
     lost to a kill is simply decoded again on resume.
     """
-    assert _worker_caches is not None, "pool initialiser did not open the work cache"
-    return [_store(_decode(task), *_worker_caches) for task in tasks]
+    global _worker_caches
+    if _worker_caches is None or _worker_caches[0] != caches:
+        opened = tuple(cache.open_writable(Path(c)) for c in caches)
+        _worker_caches = (caches, *opened)  # type: ignore[assignment]
+    assert _worker_caches is not None
+    return [_store(_decode(task), *_worker_caches[1:]) for task in tasks]
 
 
 def _store(decoded: tuple, pixels: np.ndarray, thumbs: np.ndarray) -> dict:
@@ -158,53 +158,8 @@ def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     return h.hexdigest()
 
 
-def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
-                  outputs: tuple[str, ...] = ("manifest.csv",)) -> bool:  # fmt: skip
-    """True when ``out`` holds this exact, finished preparation (``cfg`` saved as CONFIG_FILE,
-    every file of ``outputs`` and the completion marker written); refuse to clobber anything
-    else. An unfinished run's leftovers with another config are discarded (its ``.work`` decode
-    cache is kept: it checks its own fingerprint), so a failed run never blocks a corrected
-    one. ``kind`` names the command in errors (``prepare``, ``lungs prepare``)."""
-    if not out.exists():
-        return False
-    if not out.is_dir():
-        raise CxrGuideError(f"{out}: exists and is not a folder")
-    config_file = out / CONFIG_FILE
-    if not config_file.exists():
-        if any(p.name != ".work" for p in out.iterdir()):
-            raise CxrGuideError(
-                f"{out}: folder is not empty and holds no {kind} run; choose an empty --out"
-            )
-        return False
-
-    finished = completion.is_complete(out) and all((out / n).exists() for n in outputs)
-    try:
-        saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
-    except ConfigError:
-        if finished:
-            raise
-        saved = None  # a config cut short by a kill: the run never got further
-    wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
-    if saved != wanted:
-        if finished:
-            raise CxrGuideError(
-                f"{config_file}: this folder was prepared with a different config; "
-                "use another --out or delete the folder"
-            )
-        removed = completion.discard_unfinished(out)
-        _log.info(
-            "%s: discarded an unfinished %s run with another config (%s)",
-            out,
-            kind,
-            ", ".join(removed),
-        )
-        return False
-    if finished:
-        shutil.rmtree(out / ".work", ignore_errors=True)  # a kill during the final clean-up
-    return finished
-
-
-def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> list[dict]:
+def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path,
+                pool: Executor | None = None) -> list[dict]:  # fmt: skip
     """Decode every record into ``work``; resumable (rows already decoded are skipped)."""
     fingerprint = _fingerprint(cfg, records)
     fp_file, log_file, arr_file = work / "fingerprint", work / "decoded.csv", work / "decoded.npy"
@@ -234,7 +189,7 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
         writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
         bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img", disable=None)
         for rows in _decoded_rows(todo, workers, (str(arr_file), str(work / THUMBS)), pixels,
-                                  thumbs):  # fmt: skip
+                                  thumbs, pool):  # fmt: skip
             writer.writerows(rows)
             fh.flush()
             for row in rows:
@@ -248,12 +203,12 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path) -> 
 
 
 def _decoded_rows(todo: list, workers: int, caches: tuple[str, str], pixels: np.ndarray,
-                  thumbs: np.ndarray):  # fmt: skip
+                  thumbs: np.ndarray, pool: Executor | None):  # fmt: skip
     """Log rows of decoded items (a chunk per pool result, one by one in process), each one's
     pixels already in the work cache. A killed worker: one line (``data.workers``), no hang."""
     if workers > 1 and len(todo) > 1:
-        yield from unordered(_decode_chunk, _chunks(todo, workers), workers, what="prepare",
-                             initializer=_open_worker_cache, initargs=caches)  # fmt: skip
+        yield from unordered(partial(_decode_chunk, caches), _chunks(todo, workers), workers,
+                             what="prepare", pool=pool)  # fmt: skip
         return
     for task in todo:
         yield [_store(_decode(task), pixels, thumbs)]
@@ -270,6 +225,18 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
                              summary["duplicates"], reused=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / CONFIG_FILE)
+    # one pool for every parallel step (decode, near-duplicate search, confirmations, gather):
+    # forked once, before the big arrays exist, instead of five pools per run
+    pool = fork_pool(_workers(cfg)) if _workers(cfg) > 1 else None
+    try:
+        return _prepare(cfg, out, sources, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _prepare(cfg: PrepareConfig, out: Path, sources: list, pool: Executor | None) -> PrepareResult:
+    """The run itself (``pool``: the workers of every parallel step, or None for one process)."""
 
     records: list[SourceRecord] = []
     rejected: list[tuple[str, str, str, str]] = []  # source, path, stage, reason
@@ -280,7 +247,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
             else:
                 records.append(item)
 
-    decoded = _decode_all(cfg, records, out / ".work")
+    decoded = _decode_all(cfg, records, out / ".work", pool)
     ok: list[int] = []
     views: dict[int, str] = {}
     for i, (rec, row) in enumerate(zip(records, decoded, strict=True)):
@@ -294,15 +261,15 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
         views[i] = "AP" if view.startswith("AP") else view
         ok.append(i)
 
-    kept, duplicates, links = _deduplicate(cfg, records, decoded, ok)
-    kept, quota_dropped = _apply_quota(cfg, records, kept)
+    kept, duplicates, links = _deduplicate(cfg, records, decoded, ok, pool)
+    kept, quota_dropped = splits.apply_quota(cfg, records, kept)
     rejected += [(records[i].source, records[i].path, "quota", why) for i, why in quota_dropped]
-    split_of = _split(cfg, records, kept, links)
+    split_of = splits.split(cfg, records, kept, links)
 
     rows = sorted(kept, key=lambda i: _image_id(records[i]))
     _write_manifest(out, records, decoded, views, rows, split_of)
     cache.gather(cache.open_readonly(out / ".work/decoded.npy"), rows,
-                 cache.image_cache_path(out, cfg.size), workers=_workers(cfg))  # fmt: skip
+                 cache.image_cache_path(out, cfg.size), workers=_workers(cfg), pool=pool)  # fmt: skip
     _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
     _write_csv(out / "duplicates.csv", DUPLICATE_COLUMNS, duplicates)
     split_counts = dict(Counter(split_of[i] for i in rows))
@@ -313,11 +280,11 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     return PrepareResult(out, len(rows), split_counts, len(rejected), len(duplicates))
 
 
-def _image_id(rec: SourceRecord) -> str:
-    return f"{rec.source}:{rec.path}"
+_image_id = splits.image_id
 
 
-def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], list[tuple[int, int]]]:
+def _deduplicate(cfg, records, decoded, ok,
+                 pool: Executor | None = None) -> tuple[list[int], list[tuple], list[tuple]]:  # fmt: skip
     """Keep one image per duplicate group (most original source, then largest); log the rest.
 
     Returns the kept record indices, the duplicates.csv rows and (dropped, survivor) links, so
@@ -353,15 +320,10 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
     crop_tolerant = []  # the dHash misses crops of a few percent: a thumbnail search adds them
     if cfg.near_duplicate_distance >= 0:
         crop_tolerant = near_index.candidate_pairs(
-            np.asarray(thumbs[np.asarray(ok, dtype=int)]), workers=workers
+            np.asarray(thumbs[np.asarray(ok, dtype=int)]), workers=workers, pool=pool
         )
-    pool = fork_pool(workers) if workers > 1 else None
-    try:
-        uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm,
-                                       crop_tolerant, prefetch=prefetch if pool else None)  # fmt: skip
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm,
+                                   crop_tolerant, prefetch=prefetch if pool else None)  # fmt: skip
     _write_csv(Path(cfg.out) / "near_duplicates_review.csv", REVIEW_COLUMNS, review)
     kept: list[int] = []
     dropped: list[tuple] = []
@@ -382,69 +344,6 @@ def _deduplicate(cfg, records, decoded, ok) -> tuple[list[int], list[tuple], lis
                             r.patient_id, records[keep].patient_id))  # fmt: skip
             links.append((i, keep))
     return sorted(kept), dropped, links
-
-
-def _apply_quota(cfg, records, kept) -> tuple[list[int], list[tuple[int, str]]]:
-    if cfg.quota != "paper":
-        return kept, []
-    rng = np.random.default_rng(cfg.seed)
-    by_patient_stratum: dict[tuple, list[int]] = defaultdict(list)
-    for i in kept:
-        r = records[i]
-        by_patient_stratum[(r.source, r.label, r.patient_id)].append(i)
-    keys = sorted(by_patient_stratum)
-    keys = [keys[j] for j in rng.permutation(len(keys))]
-    taken: Counter = Counter()
-    keep, dropped = [], []
-    for key in keys:
-        source, label, _ = key
-        caps = manifest.quota_caps(source, label)
-        members = by_patient_stratum[key]
-        if caps is None or taken[(source, label)] + len(members) <= caps.sum():
-            taken[(source, label)] += len(members)
-            keep += members
-        else:
-            cap = 0 if caps is None else int(caps.sum())
-            dropped += [(i, f"over the paper quota ({source} {label} <= {cap})") for i in members]
-    return sorted(keep), dropped
-
-
-def _split(cfg, records, kept, links) -> dict[int, str]:
-    """Patient- and duplicate-grouped split, stratified by site x class."""
-    position = {i: k for k, i in enumerate(kept)}
-    uf = manifest.disjoint_set(len(kept))
-    first_of_patient: dict[str, int] = {}
-    for k, i in enumerate(kept):
-        uf.merge(first_of_patient.setdefault(records[i].patient_id, k), k)
-    # a dropped duplicate's patient is the same person (or shares the image) as the survivor's
-    for dropped, survivor in links:
-        pid = records[dropped].patient_id
-        if survivor in position and pid in first_of_patient:
-            uf.merge(first_of_patient[pid], position[survivor])
-    groups: dict[int, manifest.SplitGroup] = {}
-    for k, i in enumerate(kept):
-        r = records[i]
-        g = groups.setdefault(uf[k], manifest.SplitGroup(key=_image_id(r), strata={}))
-        g.key = min(g.key, _image_id(r))
-        stratum = (r.stratum_site, r.label)
-        g.strata[stratum] = g.strata.get(stratum, 0) + 1
-        g.fixed = g.fixed or r.fixed_split
-    totals: Counter = Counter()
-    for g in groups.values():
-        if not g.fixed:
-            totals.update(g.strata)
-    targets = {}
-    for stratum, n in totals.items():
-        caps = manifest.quota_caps(*stratum) if cfg.quota == "paper" else None
-        targets[stratum] = (
-            caps if caps is not None and caps.sum() == n else manifest.split_targets(n)
-        )
-    for g in groups.values():
-        for stratum in g.strata:
-            targets.setdefault(stratum, np.zeros(3, dtype=int))
-    by_key = manifest.assign_splits(list(groups.values()), targets, cfg.seed)
-    key_of_root = {root: g.key for root, g in groups.items()}
-    return {i: by_key[key_of_root[uf[k]]] for k, i in enumerate(kept)}
 
 
 def _write_manifest(out, records, decoded, views, rows, split_of) -> None:

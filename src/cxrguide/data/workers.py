@@ -31,10 +31,14 @@ def unordered(
     what: str,
     initializer: Callable[..., None] | None = None,
     initargs: tuple = (),
+    pool: ProcessPoolExecutor | None = None,
 ) -> Iterator[T]:
-    """``fn(item)`` for every item on ``workers`` forked processes, results as they finish."""
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
-                               initializer=initializer, initargs=initargs)  # fmt: skip
+    """``fn(item)`` for every item on ``workers`` forked processes, results as they finish;
+    on ``pool`` when given (left running for the caller's next step), else on a pool of its own."""
+    own = pool is None
+    if pool is None:
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
+                                   initializer=initializer, initargs=initargs)  # fmt: skip
     try:
         pending = {pool.submit(fn, item) for item in items}
         while pending:
@@ -48,7 +52,8 @@ def unordered(
             "if memory is short"
         ) from None
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if own:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def fork_pool(workers: int) -> ProcessPoolExecutor:

@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from cxrguide.config import LungsPrepareConfig, save_yaml
 from cxrguide.data import cache, completion, manifest
+from cxrguide.data.completion import CONFIG_FILE, check_out_dir
 from cxrguide.data.imaging import fit_square, read_image, to_uint8
-from cxrguide.data.prepare import CONFIG_FILE, check_out_dir
 from cxrguide.data.sources.base import Rejection
 from cxrguide.data.workers import unordered
 from cxrguide.errors import ConfigError, CxrGuideError
