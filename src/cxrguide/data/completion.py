@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from cxrguide.config import load_yaml, to_dict
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_write_json
 
@@ -94,8 +95,6 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
                 f"{out}: folder is not empty and holds no {kind} run; choose an empty --out"
             )
         return False
-    from cxrguide.config import load_yaml, to_dict
-
     finished = is_complete(out) and all((out / n).exists() for n in outputs)
     try:
         saved = {k: v for k, v in load_yaml(config_file).items() if k != "workers"}
