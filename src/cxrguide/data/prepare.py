@@ -183,6 +183,9 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
             raise
         saved = None  # a config cut short by a kill: the run never got further
     wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    if saved is not None:  # a field added since (e.g. val_fraction): the folder had its default
+        defaults = to_dict(type(cfg)())
+        saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(wanted)}
     if saved != wanted:
         if finished:
             raise CxrGuideError(
@@ -432,7 +435,9 @@ def _split(cfg, records, kept, links) -> dict[int, str]:
     for stratum, n in totals.items():
         caps = manifest.quota_caps(*stratum) if cfg.quota == "paper" else None
         targets[stratum] = (
-            caps if caps is not None and caps.sum() == n else manifest.split_targets(n)
+            caps if caps is not None and caps.sum() == n
+            else manifest.split_targets(n, (1 - cfg.val_fraction - cfg.test_fraction,
+                                            cfg.val_fraction, cfg.test_fraction))
         )
     for g in groups.values():
         for stratum in g.strata:
