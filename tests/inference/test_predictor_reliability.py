@@ -22,6 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 T = 2.5
 W, B = np.array([0.5, 2.0, 1.0]), np.array([0.3, -0.1, -0.2])  # a vector scaling
 
+
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", RELIABILITY_FILE))
     shutil.copy(src / "model.pt", dst / "model.pt")
@@ -123,7 +124,10 @@ def test_onnx_backend_and_export_carry_the_temperature(runs, tmp_path):
     result = export_run(runs["fitted"], "onnx", tmp_path / "m.onnx")
     assert result.max_abs_diff < 1e-4  # parity against eager logits / T
     runner = OnnxRunner(tmp_path / "m.onnx")
-    assert float(runner.metadata["temperature"]) == T and runner.metadata["calibration"] == "temperature"
+    assert (
+        float(runner.metadata["temperature"]) == T
+        and runner.metadata["calibration"] == "temperature"
+    )
     x = squares[:, None].astype(np.float32)
     out = runner.outputs(x)
     assert "features" not in out
@@ -137,7 +141,9 @@ def test_serve_returns_the_fields(runs, tmp_path):
     from cxrguide.serve.app import create_app
 
     for name, calibrated in (("fitted", True), ("old", False)):
-        client = TestClient(create_app(Predictor(runs[name], backend="fp32")), base_url="http://localhost")
+        client = TestClient(
+            create_app(Predictor(runs[name], backend="fp32")), base_url="http://localhost"
+        )
         with client:
             path = film(tmp_path / f"{name}.png")
             reply = client.post("/v1/predict", files={"file": (path.name, path.read_bytes())})
