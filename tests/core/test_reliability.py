@@ -61,3 +61,17 @@ def test_inconsistent_vector_fields_are_one_line(tmp_path):
     save_reliability(tmp_path, Reliability(vector_scale=np.ones(3), calibration="vector"))
     with pytest.raises(CxrGuideError, match="vector_scale/vector_bias"):
         load_reliability(tmp_path)
+
+
+def test_l2_feature_norm_scores_unit_vectors_and_round_trips(tmp_path):
+    rel = Reliability(means=np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]), precision=np.eye(2),
+                      feature_norm="l2")  # fmt: skip
+    # (3, 0) -> (1, 0): on the first mean; (0, -2) -> (0, -1): 1 + 1 = 2 from (1, 0) and (-1, 0)
+    np.testing.assert_allclose(rel.ood_scores(np.array([[3.0, 0.0], [0.0, -2.0]])), [0.0, 2.0],
+                               atol=1e-6)  # fmt: skip
+    save_reliability(tmp_path, rel)
+    assert load_reliability(tmp_path).feature_norm == "l2"
+    assert (
+        Reliability(means=rel.means, precision=np.eye(2)).ood_scores(np.array([[3.0, 0.0]]))[0]
+        == 4.0
+    )

@@ -11,6 +11,8 @@ file's format and the arithmetic that applies it live here, once.
 - Mahalanobis OOD score (Lee et al. 2018): ``min_k (f - mu_k)^T P (f - mu_k)`` over the class
   means ``mu_k`` of the penultimate (pooled, gated) features of the train films and the
   precision ``P`` of their shared Ledoit-Wolf covariance. Higher = further from training data.
+  With ``feature_norm: l2`` (every fit since 2026-12-08) each feature vector is divided by its
+  L2 norm first, for the statistics and the scored film alike (docs/calibration.md).
 - Energy score (Liu et al. 2020): ``-logsumexp(logits)`` on the raw logits, a second opinion
   that needs no features (reported, never flags).
 - ``ood_threshold`` / ``energy_threshold``: the validation quantile at ``1 - false_flag_rate``;
@@ -52,6 +54,7 @@ class Reliability:
     ood_threshold: float | None = None
     energy_threshold: float | None = None
     confidence_threshold: float | None = None
+    feature_norm: str = "none"  # "l2": features scaled to unit length before the distance
     false_flag_rate: float = 0.05
     target_risk: float = 0.05
     n_train: int = 0
@@ -96,9 +99,16 @@ class Reliability:
         if not self.has_ood:
             return None
         w, centres = self._whitened()
-        z = np.asarray(features, np.float32) @ w  # one (D, D) product per film for all classes
+        z = self.prepare_features(features) @ w  # one (D, D) product per film for all classes
         d2 = ((z[:, None, :] - centres[None]) ** 2).sum(axis=2, dtype=np.float64)
         return d2.min(axis=1)
+
+    def prepare_features(self, features: np.ndarray) -> np.ndarray:
+        """Features as the statistics see them (unit length under ``feature_norm: l2``)."""
+        f = np.asarray(features, np.float32)
+        if self.feature_norm == "l2":
+            f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        return f
 
     def _whitened(self) -> tuple[np.ndarray, np.ndarray]:
         """``W`` with ``W W^T = P`` (Cholesky) and the class means mapped by it, computed once:
@@ -125,7 +135,7 @@ class Reliability:
         vec = None if self.vector_scale is None else [float(v) for v in self.vector_scale]
         bias = None if self.vector_bias is None else [float(v) for v in self.vector_bias]
         return {"temperature": self.temperature, "vector_scale": vec, "vector_bias": bias,
-                "calibration": self.calibration, "ood_threshold": self.ood_threshold,
+                "calibration": self.calibration, "feature_norm": self.feature_norm, "ood_threshold": self.ood_threshold,
                 "energy_threshold": self.energy_threshold,
                 "confidence_threshold": self.confidence_threshold,
                 "false_flag_rate": self.false_flag_rate, "target_risk": self.target_risk,
@@ -175,9 +185,11 @@ def load_reliability(run_dir: str | Path) -> Reliability | None:
         raise CxrGuideError(f"{path}: unreadable reliability statistics ({err})") from err
     known = set(Reliability.__dataclass_fields__) - {"means", "precision"}
     rel = Reliability(**{k: v for k, v in meta.items() if k in known})
-    if (rel.vector_scale is None) != (
-        rel.vector_bias is None
-    ) or rel.calibration not in CALIBRATIONS:
+    if (
+        (rel.vector_scale is None) != (rel.vector_bias is None)
+        or rel.calibration not in CALIBRATIONS
+        or rel.feature_norm not in ("none", "l2")
+    ):
         raise CxrGuideError(f"{path}: vector_scale/vector_bias/calibration are inconsistent")
     if rel.vector_scale is not None:
         rel.vector_scale = np.asarray(rel.vector_scale, np.float64)

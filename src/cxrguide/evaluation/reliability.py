@@ -10,7 +10,7 @@ over train.
 
 What is fitted (:class:`~cxrguide.core.reliability.Reliability`): the temperature and the
 vector scaling on validation logits (``calibration`` names the one applied), Mahalanobis class means + Ledoit-Wolf precision on train features, and from validation
-the OOD / energy thresholds at ``false_flag_rate`` and the ``--abstain`` confidence at
+the OOD / energy thresholds (features L2-normalised) at ``false_flag_rate`` and the ``--abstain`` confidence at
 ``target_risk``. With fewer than :data:`~cxrguide.core.reliability.MIN_VAL_FILMS` validation
 films there is no temperature and no threshold, with a stated warning.
 """
@@ -109,7 +109,9 @@ def fit_reliability(
     rel = Reliability(false_flag_rate=false_flag_rate, target_risk=target_risk,
                       calibration=method)  # fmt: skip
     _, f_train, y_train = split_outputs(model, info, run_dir, prepared, device, "train", batch_size)
-    rel.means, rel.precision = ood.fit_mahalanobis(f_train, y_train, len(CLASSES))
+    rel.feature_norm = "l2"  # chosen on an internal proxy (docs/calibration.md)
+    rel.means, rel.precision = ood.fit_mahalanobis(rel.prepare_features(f_train), y_train,
+                                                   len(CLASSES))  # fmt: skip
     rel.n_train = len(y_train)
     z_val, f_val, y_val = split_outputs(model, info, run_dir, prepared, device, "val", batch_size)
     rel.n_val = len(y_val)
