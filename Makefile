@@ -49,6 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/vulture  # dead code; paths, confidence and whitelist in pyproject.toml [tool.vulture]
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench

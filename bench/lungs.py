@@ -25,7 +25,7 @@ import torch
 from _common import add_quick, emit, interleave, load, spread, torch_threads
 from cxrguide.core.device import resolve_device
 from cxrguide.lungs.predict import segment_cache
-from cxrguide.lungs.train import load_lung_run, predict_batch
+from cxrguide.lungs.segmenter import load_lung_run, predict_batch
 from cxrguide.lungs.unet import DiceBCELoss, build_unet
 
 

@@ -131,3 +131,43 @@ def test_unexpected_error_is_one_line_exit_1_and_debug_shows_the_trace(monkeypat
     monkeypatch.setenv("CXRGUIDE_DEBUG", "1")
     with pytest.raises(KeyError, match="boom"):
         main(["synth", "--out", "x"])
+
+
+@pytest.fixture
+def cxrguide_logger():
+    """Put the ``cxrguide`` logger back as it was (the CLI routes it per process)."""
+    import logging
+
+    logger = logging.getLogger("cxrguide")
+    handlers, level = list(logger.handlers), logger.level
+    yield logger
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    "flags, shown", [([], ["info", "warning"]), (["--quiet"], ["warning"]),
+                     (["-v"], ["debug", "info", "warning"])]
+)  # fmt: skip
+def test_library_messages_go_to_stdout_warnings_to_stderr_at_the_flag_level(
+    flags, shown, cxrguide_logger, capsys
+):
+    from cxrguide.cli import build_parser, setup_logging
+    from cxrguide.config import GlobalConfig
+
+    args = build_parser().parse_args([*flags, "models"])
+    setup_logging(GlobalConfig(verbose=args.verbose, quiet=args.quiet))
+    setup_logging(GlobalConfig(verbose=args.verbose, quiet=args.quiet))  # again: not doubled
+    log = cxrguide_logger.getChild("training.somewhere")
+    log.debug("debug")
+    log.info("info")
+    log.warning("warning")
+    out, err = capsys.readouterr()
+    assert out.split() == [s for s in shown if s != "warning"]
+    assert err.split() == ["warning"]
+
+
+def test_verbose_and_quiet_together_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--verbose", "--quiet", "models"])
+    assert exc.value.code == 2 and "not allowed with" in capsys.readouterr().err

@@ -5,12 +5,17 @@ Each verb lives in its own module under :mod:`cxrguide.commands` and exposes
 wires them together and turns :class:`CxrGuideError` and OS errors (permissions, a file where a
 folder belongs, symlink loops, a full disk) into a one-line message naming the path, exit code 2.
 Anything else is a bug: one line and exit 1 (``CXRGUIDE_DEBUG=1`` shows the traceback).
+Library modules report through :mod:`logging` (``cxrguide.*`` loggers); this is the one place that
+routes them: info to stdout as plain lines (what the commands always printed), warnings and
+errors to stderr, ``--verbose``/``--quiet`` set the level.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import logging
 import os
 import pkgutil
 import sys
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxrguide import __version__, commands
+from cxrguide.config import GlobalConfig
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import os_error_message
 
@@ -34,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         "it all.",
     )
     parser.add_argument("--version", action="version", version=f"cxrguide {__version__}")
+    loudness = parser.add_mutually_exclusive_group()
+    for field in dataclasses.fields(GlobalConfig):  # one flag per field
+        flag = "--" + field.name.replace("_", "-")
+        loudness.add_argument(flag, *field.metadata.get("aliases", ()), dest=field.name,
+                              action="store_true", help=field.metadata["help"])  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -44,9 +55,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StdStream(logging.StreamHandler):
+    """A handler on whatever ``sys.stdout``/``sys.stderr`` is when a message comes (a test's
+    capture, a redirected stream), not the one it was created with."""
+
+    def __init__(self, name: str, *, level: int = logging.NOTSET, below: int | None = None) -> None:
+        super().__init__()
+        self._name = name
+        self.setLevel(level)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        if below is not None:
+            self.addFilter(lambda record: record.levelno < below)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return getattr(sys, self._name)
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def setup_logging(cfg: GlobalConfig) -> None:
+    """Route the ``cxrguide`` loggers (called again: replaced, not doubled)."""
+    logger = logging.getLogger("cxrguide")
+    for handler in [h for h in logger.handlers if isinstance(h, _StdStream)]:
+        logger.removeHandler(handler)
+    logger.addHandler(_StdStream("stdout", below=logging.WARNING))
+    logger.addHandler(_StdStream("stderr", level=logging.WARNING))
+    logger.setLevel(cfg.log_level())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(GlobalConfig(verbose=args.verbose, quiet=args.quiet))
     try:
         code = args.func(args)
     except CxrGuideError as err:

@@ -28,7 +28,8 @@ def test_report_from_a_folder_of_runs_with_an_explain_folder(runs, tmp_path, cap
     assert "<title>Tiny study</title>" in html
     for table in ("leaderboard-stage1", "leaderboard-stage2", "leaderboard-stage3", "models"):
         assert f'<table id="{table}">' in html
-    assert html.count("<img ") == 3 + 1 + 3  # panel rows, the explain figure, a reliability diagram per stage
+    # panel rows, the explain figure, a reliability diagram per stage
+    assert html.count("<img ") == 3 + 1 + 3
     assert "https://" not in html and "http://" not in html
 
 
@@ -39,4 +40,9 @@ def test_errors_are_one_line(runs, tmp_path, capsys):
                  "--tune", str(tmp_path / "nope")]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tuning folder not found (--tune)" in err
+    assert not (tmp_path / "r.html").exists()
+    assert main(["report", str(runs["stage1"]), "--out", str(tmp_path / "r.html"),
+                 "--sources", str(tmp_path)]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sources.json: cross-source study not found" in err
     assert not (tmp_path / "r.html").exists()

@@ -164,6 +164,55 @@ def test_report_embeds_an_explain_folder_instead_of_drawing(runs, tmp_path):
                      shortcut=tmp_path / "none_runs.csv")  # fmt: skip
 
 
+def _sources_study(folder: Path) -> Path:
+    """A `bench sources` folder: two variants, two held-out sources, one skipped."""
+    from cxrguide.evaluation.sources_summary import write_study
+
+    def variant(internal: list[float], external: list[float], probe: float) -> dict:
+        per = [{"source": s, "n": n, "internal_accuracy": i, "external_accuracy": e,
+                "external_ece": 0.2, "ood_auroc": None}
+               for s, n, i, e in zip(("A", "B"), (19, 20), internal, external, strict=True)]  # fmt: skip
+        return {"per_source": per, "mean_internal": float(np.mean(internal)),
+                "mean_external": float(np.mean(external)), "source_probe_accuracy": probe,
+                "source_probe_majority": 0.5, "worst_group_accuracy": 0.25}  # fmt: skip
+
+    study = {"variants": {"stage2": variant([0.9, 0.8], [0.4, 0.5], 0.95),
+                          "stage2-adv": variant([0.85, 0.8], [0.5, 0.55], 0.7)},
+             "skipped": [{"source": "C", "n": 3, "reason": "3 films, fewer than --min-films 50"}],
+             "timing": {"wall": 60.0}, "backbone": "efficientnet_lite0", "weights": "imagenet",
+             "size": 128, "seeds": [0], "protocol": "Leave one source out."}  # fmt: skip
+    folder.mkdir()
+    write_study(folder, study, pd.DataFrame())
+    return folder
+
+
+def test_report_has_the_cross_source_study_when_given(runs, tmp_path):
+    study = _sources_study(tmp_path / "sources")
+    (tmp_path / "figs").mkdir()
+    out = build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs",
+                       sources=study)  # fmt: skip
+    html = out.read_text()
+    page = Page(html)
+    assert page.tables["sources"] == [
+        ["stage2", "85.0", "45.0", "-40.0", "95.0 (50.0)", "25.0", "20.0", "n/a"],
+        ["stage2-adv", "82.5", "52.5", "-30.0", "70.0 (50.0)", "25.0", "20.0", "n/a"],
+    ]
+    assert page.tables["sources-per-source"] == [["A", "19", "90.0 -> 40.0", "85.0 -> 50.0"],
+                                                 ["B", "20", "80.0 -> 50.0", "80.0 -> 55.0"]]  # fmt: skip
+    assert 'href="#sources-section"' in html and "Skipped C (3 films)" in " ".join(page.text)
+    embedded = base64.b64encode((study / "sources.png").read_bytes()).decode("ascii")
+    assert f"data:image/png;base64,{embedded}" in page.links
+    # the sources.json file works as well as its folder; a folder without one fails in a line
+    again = build_report([runs["stage2"]], tmp_path / "r2.html", explain_dir=tmp_path / "figs",
+                         sources=study / "sources.json")  # fmt: skip
+    assert Page(again.read_text()).tables["sources"] == page.tables["sources"]
+    with pytest.raises(CxrGuideError, match="cross-source study not found"):
+        build_report([runs["stage2"]], tmp_path / "r3.html", sources=tmp_path / "figs")
+    assert "#sources-section" not in Page(
+        build_report([runs["stage2"]], tmp_path / "r4.html",
+                     explain_dir=tmp_path / "figs").read_text()).links  # fmt: skip
+
+
 def test_report_renders_in_headless_chromium(report, tmp_path):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install -y chromium)")

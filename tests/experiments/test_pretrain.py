@@ -14,6 +14,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.experiments import pretrain as P
 from cxrguide.models.weights import OFFLINE_ENV, WEIGHTS_ENV, file_sha256
 from cxrguide.models.zoo import create_model
+from tracking_testutils import assert_events_match_history
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +25,6 @@ TINY = dict(n=30, size=32, epochs=1, batch_size=8, workers=1)
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "weights"))
     monkeypatch.delenv(OFFLINE_ENV, raising=False)
-    monkeypatch.setattr(P, "DEFAULT_RECIPE", TINY)  # what --weights phantom builds, made tiny
     return tmp_path / "weights"
 
 
@@ -39,6 +39,8 @@ def test_pretrain_writes_body_and_card_and_runs_record_phantom_sha(tmp_path):
     assert {"torch", "timm", "cxrguide"} <= set(card["versions"])
     assert "not ImageNet" in result.body.with_suffix(".md").read_text()
     assert not list(out.glob(".phantom-*")) and not list(out.glob("*.tmp"))
+    run = out / "phantom-mobilenet_v2.run"  # the build's history.csv and TensorBoard events
+    assert set(assert_events_match_history(run)) == {"loss/train", "acc/train", "lr"}
     model = create_model("mobilenet_v2", str(result.body))
     assert model.weights_source == f"phantom:{result.sha256}"
     # reproducible: the same recipe gives the same body
@@ -49,7 +51,7 @@ def test_pretrain_writes_body_and_card_and_runs_record_phantom_sha(tmp_path):
 
 def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(cache):
     logs: list[str] = []
-    template, labels = P.resolve_phantom(["mobilenet_v2"], log=logs.append)
+    template, labels = P.resolve_phantom(["mobilenet_v2"], log=logs.append, recipe=TINY)
     body = cache / "phantom-mobilenet_v2.safetensors"
     assert template == str(cache / "phantom-{backbone}.safetensors")
     assert labels == {"mobilenet_v2": f"phantom:{file_sha256(body)}"}
@@ -58,7 +60,7 @@ def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(c
     assert model.weights_source == labels["mobilenet_v2"]
     assert create_model("mobilenet_v2", "phantom").weights_source == labels["mobilenet_v2"]
     logs.clear()
-    P.resolve_phantom(["mobilenet_v2"], log=logs.append)  # cached: nothing built
+    P.resolve_phantom(["mobilenet_v2"], log=logs.append, recipe=TINY)  # cached: nothing built
     assert not any("building" in line for line in logs)
     original = body.with_name("original.safetensors")
     original.write_bytes(body.read_bytes())
@@ -68,7 +70,7 @@ def test_weights_phantom_builds_once_then_verifies_and_rebuilds_a_corrupt_body(c
     with pytest.raises(CxrGuideError, match="SHA-256"):
         create_model("mobilenet_v2", "phantom")  # never silently used
     logs.clear()
-    _, again = P.resolve_phantom(["mobilenet_v2"], log=logs.append)
+    _, again = P.resolve_phantom(["mobilenet_v2"], log=logs.append, recipe=TINY)
     assert any("rebuilding" in line for line in logs)
     assert again == {"mobilenet_v2": f"phantom:{file_sha256(body)}"}  # the rebuilt file's own
     _assert_same_body(body, original)  # same recipe: the same body up to float rounding
@@ -101,6 +103,8 @@ def test_killed_build_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     assert not (tmp_path / "phantom-mobilenet_v2.safetensors").exists()
     assert (tmp_path / ".phantom-mobilenet_v2.work" / "last.pt").is_file()
     resumed = P.pretrain(cfg, progress=False)
+    scalars = assert_events_match_history(tmp_path / "phantom-mobilenet_v2.run")
+    assert [step for step, _ in scalars["loss/train"]] == [1, 2]  # each epoch once
     straight = P.pretrain(PretrainConfig(**{**cfg.__dict__, "out": tmp_path / "b"}), progress=False)
     _assert_same_body(resumed.body, straight.body)
 

@@ -15,7 +15,13 @@ from cxrguide.config import SourcesBenchConfig
 from cxrguide.config.bench import parse_source_variant
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
-from cxrguide.experiments.sources import EXTERNAL, eligible_sources, fold_name, fold_prepared
+from cxrguide.experiments.sources import (
+    EXTERNAL,
+    eligible_sources,
+    fold_name,
+    fold_prepared,
+    train_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,12 +58,23 @@ def test_skip_rule_and_folds(tmp_path):
 
 
 def test_variant_names():
-    assert parse_source_variant("stage1-group") == (1, None, True)
-    assert parse_source_variant("stage2") == (2, None, False)
-    assert parse_source_variant("lung-input") == (3, ["lung-input"], False)
-    assert parse_source_variant("gate+gain-group") == (3, ["gate", "gain"], True)
+    assert parse_source_variant("stage1-group") == (1, None, True, False)
+    assert parse_source_variant("stage2") == (2, None, False, False)
+    assert parse_source_variant("lung-input") == (3, ["lung-input"], False, False)
+    assert parse_source_variant("gate+gain-group") == (3, ["gate", "gain"], True, False)
+    assert parse_source_variant("stage2-adv") == (2, None, False, True)
+    assert parse_source_variant("gate+gain-adv-group") == (3, ["gate", "gain"], True, True)
+    assert parse_source_variant("gate+gain-group-adv") == (3, ["gate", "gain"], True, True)
     with pytest.raises(ConfigError, match="variants: 'eyes'"):
         SourcesBenchConfig(variants=["eyes"]).validate()
+    with pytest.raises(ConfigError, match="variants: 'stage1-adv': -adv needs a body"):
+        SourcesBenchConfig(variants=["stage1-adv"]).validate()
+    # -adv trains against the source column the study holds out by, at the configured weight
+    cfg = SourcesBenchConfig(by="site", adversary_weight=0.3)
+    adv = train_config(cfg, "stage2-adv-group", 0, Path("f"), Path("p"))
+    assert (adv.stage, adv.adversary, adv.adversary_weight, adv.group_by, adv.sampler) == (
+        2, "source", 0.3, "site", "group")  # fmt: skip
+    assert train_config(cfg, "stage2", 0, Path("f"), Path("p")).adversary == "none"
     quick = SourcesBenchConfig(seeds=[3, 4], quick=True)
     quick.validate()
     assert quick.variants == ["stage1", "stage1-group"] and quick.seeds == [3]

@@ -8,14 +8,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cxrguide.core.runs import run_identifier
 from cxrguide.errors import CxrGuideError
 from cxrguide.inference.export import (
     META_FILE,
     ExportModule,
-    area_matrix,
     example_inputs,
     export_run,
 )
@@ -24,15 +22,6 @@ from cxrguide.models.saved import load_run
 from inference_helpers import gated_run, tiny_run
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-
-
-@pytest.mark.parametrize(("n_in", "n_out"), [(64, 2), (224, 7), (299, 8), (300, 10), (13, 5)])
-def test_area_matrix_equals_area_interpolation(n_in, n_out):
-    a_rows, a_cols = area_matrix(n_in, n_out), area_matrix(n_in + 3, n_out + 1)
-    mask = (torch.rand(2, 1, n_in, n_in + 3) > 0.5).float()
-    expected = F.interpolate(mask, size=(n_out, n_out + 1), mode="area")
-    torch.testing.assert_close(a_rows @ mask @ a_cols.T, expected, atol=1e-6, rtol=0)
-    torch.testing.assert_close(a_rows.sum(1), torch.ones(n_out))
 
 
 def test_export_module_gate_equals_the_model_gate():

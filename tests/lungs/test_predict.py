@@ -140,7 +140,7 @@ def test_batch_size_zero_is_automatic_per_device():
     import torch
 
     from cxrguide.errors import ConfigError
-    from cxrguide.lungs.train import inference_batch
+    from cxrguide.lungs.segmenter import inference_batch
 
     assert inference_batch(0, torch.device("cpu")) == 4
     assert inference_batch(0, torch.device("cuda")) == 16

@@ -11,14 +11,10 @@ import torch
 from cxrguide.config import LungsEvaluateConfig, LungsPrepareConfig, LungsTrainConfig
 from cxrguide.errors import CxrGuideError
 from cxrguide.lungs.prepare import prepare_lungs
-from cxrguide.lungs.train import (
-    LungsDataset,
-    evaluate_lungs,
-    load_lung_run,
-    predict_batch,
-    train_lungs,
-)
+from cxrguide.lungs.segmenter import load_lung_run, predict_batch
+from cxrguide.lungs.train import LungsDataset, evaluate_lungs, train_lungs
 from lung_phantoms import prepared_lung_phantoms
+from tracking_testutils import assert_events_match_history
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,6 +80,7 @@ def test_short_cpu_training_segments_phantoms(trained):
     assert len(hist) == 5 and hist.val_dice.iloc[-1] > hist.val_dice.iloc[0]
     for name in ("config.yaml", "best.pt", "last.pt", "metrics.json", "per_image.csv"):
         assert (run / name).is_file()
+    assert {"dice/val", "loss/train", "lr"} <= set(assert_events_match_history(run))
     per = pd.read_csv(run / "per_image.csv")
     assert set(per.split) == {"val", "test"} and per.dice.between(0, 1).all()
     val = per[per.split == "val"]

@@ -136,13 +136,23 @@ def test_outside_the_dilated_lungs_does_not_change_the_prediction(inputs) -> Non
     assert not torch.allclose(plain, base, atol=1e-5)
 
 
-def test_early_gate_hooks_the_stages_up_to_stride_16_and_can_be_removed() -> None:
+def test_early_gate_hooks_the_stages_up_to_stride_16_only_during_a_call() -> None:
     model = create_model("mobilenet_v2", seed=0).eval()
     model.set_lung_inputs(("early", "last"))
-    assert len(model.early_modules()) == 4  # strides 2, 4, 8, 16 (not the stride-32 map)
-    assert sum(len(m._forward_hooks) for m in model.early_modules()) == 4
-    model.set_lung_inputs(("last",))
-    assert sum(len(m._forward_hooks) for m in model.early_modules()) == 0
+    stages = model.early_modules()
+    assert len(stages) == 4  # strides 2, 4, 8, 16 (not the stride-32 map)
+    during: list[int] = []
+    stages[0].register_forward_pre_hook(
+        lambda *_: during.append(sum(len(m._forward_hooks) for m in stages))
+    )
+    x, lung = torch.rand(1, 1, 64, 64), _lungs()
+    with torch.no_grad():
+        gated = model(x, lung)
+        assert during == [4]
+        assert sum(len(m._forward_hooks) for m in stages) == 0  # nothing kept between calls
+        model.set_lung_inputs(("last",))
+        assert not torch.allclose(model(x, lung), gated)
+    assert during == [4, 0]
     with pytest.raises(ValueError):
         model.set_lung_inputs(("nowhere",))
 

@@ -52,3 +52,12 @@ def test_killed_step_resumes_in_place_and_changed_step_starts_clean(tmp_path):
     assert seen == [True] and "[pipeline] train: running (resuming)" in logs
     StepRunner(tmp_path, log=logs.append).run("train", {"e": 6}, resumes)
     assert seen == [True, False]  # stale outputs of the old config were cleared
+
+
+def test_where_a_run_is_tracked_does_not_change_its_fingerprint():
+    from cxrguide.config import TrainConfig
+    from cxrguide.pipeline.steps import fingerprint
+
+    plain = fingerprint(TrainConfig(), ["prep"])
+    assert fingerprint(TrainConfig(mlflow="sqlite:///m.db"), ["prep"]) == plain
+    assert fingerprint(TrainConfig(lr=0.5), ["prep"]) != plain

@@ -5,6 +5,7 @@ evaluate and export; empty lung masks are skipped with a counted reason, never u
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_each_mode_trains_records_itself_and_is_applied_at_evaluation(
 
 
 def test_empty_lung_masks_are_skipped_and_counted_all_empty_refuses(
-    tiny_prepared, tmp_path, capsys
+    tiny_prepared, tmp_path, caplog
 ):
     from cxrguide.data.datasets import Prepared
 
@@ -77,8 +78,9 @@ def test_empty_lung_masks_are_skipped_and_counted_all_empty_refuses(
     masks[train[0]] = 0
     masks[test[0]] = 0
     np.save(prepared.lung_cache_path, masks)
-    rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", ["lung-input"]), score_split)
-    assert f"skipped 1 of {len(train)} train images (empty lung mask)" in capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="cxrguide"):
+        rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", ["lung-input"]), score_split)
+    assert f"skipped 1 of {len(train)} train images (empty lung mask)" in caplog.text
     metrics = json.loads((Path(rows[0]["run"]) / "metrics_test.json").read_text())
     assert metrics["skipped"] == {"empty lung mask": 1} and metrics["n"] == len(test) - 1
     masks[train] = 0

@@ -162,4 +162,4 @@ def test_fine_tune_without_settings_is_stage2_on_the_same_code_path(tiny_prepare
     saved = read_info(run)
     assert (saved.stage, saved.lung_gate, saved.attention) == (2, False, [])
     assert list(pd.read_csv(run / "history.csv").columns) == [
-        "epoch", "train_loss", "train_acc", "train_l2", "val_loss", "val_acc"]  # fmt: skip
+        "epoch", "train_loss", "train_acc", "train_l2", "val_loss", "val_acc", "lr"]  # fmt: skip

@@ -11,6 +11,7 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.saved import load_run
 from cxrguide.training import stages
+from tracking_testutils import assert_events_match_history
 
 
 def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
@@ -50,6 +51,9 @@ def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, 
     for name in ("config.yaml", "model.yaml", "model.pt", "history.csv", "metrics_test.json",
                  "metrics_val.json", "predictions_test.csv"):  # fmt: skip
         assert (run / name).exists(), name
+    scalars = assert_events_match_history(run)  # TensorBoard mirrors history.csv
+    assert {"loss/train", "loss/val", "acc/val", "lr"} <= set(scalars)
+    assert [v for _, v in scalars["lr"]] == pytest.approx([1e-2, 1e-2])
     assert len(list((tiny_prepared / "features").glob("*.npy"))) == 2
     # a second Stage I run on the same data reuses the cache: the body never runs again
     from cxrguide.models.classifier import CxrClassifier

@@ -3,7 +3,7 @@
 RUNS are run folders or folders holding runs. The page has the data table (Table 3), the model
 table (Table 2), leaderboards per stage with CIs and lung energy, per-class and per-source
 tables, confusion matrices, ROC and training curves, Grad-CAM galleries and the stage
-comparison, the shortcut benchmark and tuning plots when given, and how it was all made.
+comparison, the shortcut benchmark, the cross-source study and tuning plots when given, and how it was all made.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "drawing new ones")  # fmt: skip
     parser.add_argument("--shortcut", type=Path, default=None, metavar="FILE",
                         help="shortcut_runs.csv (or its folder) from 'cxrguide bench shortcut'")  # fmt: skip
+    parser.add_argument("--sources", type=Path, default=None, metavar="DIR",
+                        help="a 'cxrguide bench sources' folder (its sources.json and plot)")  # fmt: skip
     parser.add_argument("--tune", type=Path, default=None, metavar="DIR",
                         help="a 'cxrguide tune' output folder (its plots are embedded)")  # fmt: skip
     parser.add_argument("--split", default="test", help="split of the tables (default test)")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_group < 1:
         raise CxrGuideError("--per-group: must be at least 1")
     out = build_report(args.runs, args.out, explain_dir=args.explain, shortcut=args.shortcut,
-                       tune=args.tune, split=args.split, method=args.method,
+                       tune=args.tune, sources=args.sources, split=args.split, method=args.method,
                        gallery_per_group=args.per_group, device=args.device, title=args.title)  # fmt: skip
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)")
     return 0

@@ -11,6 +11,7 @@ configs. Everything is importable from ``cxrguide.config``.
 
 from cxrguide.config.audit import AuditConfig
 from cxrguide.config.bench import ShortcutBenchConfig, SourcesBenchConfig
+from cxrguide.config.cli import GlobalConfig
 from cxrguide.config.core import (
     add_config_flags,
     config_from_args,
@@ -34,6 +35,7 @@ from cxrguide.config.training import TrainConfig, TuneConfig
 __all__ = [
     "AuditConfig",
     "ExportConfig",
+    "GlobalConfig",
     "InspectConfig",
     "LungsEvaluateConfig",
     "LungsPredictConfig",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cxrguide.config.core import _f
 from cxrguide.errors import ConfigError
@@ -87,25 +87,40 @@ class ShortcutBenchConfig:
 
 
 GROUP_SUFFIX = "-group"  # a variant trained with batches balanced over class x source
+ADV_SUFFIX = "-adv"  # a variant trained against a source adversary (DANN, train --adversary)
 QUICK_VARIANTS = ["stage1", "stage1-group"]
 
 
-def parse_source_variant(name: str) -> tuple[int, list[str] | None, bool]:
-    """``"gate+gain-group"`` -> (3, ["gate", "gain"], True); ``"stage1"`` -> (1, None, False).
+class SourceVariant(NamedTuple):
+    stage: int
+    attention: list[str] | None
+    group: bool
+    adversary: bool = False
+
+
+def parse_source_variant(name: str) -> SourceVariant:
+    """``"gate+gain-group"`` -> (3, ["gate", "gain"], True, False); ``"stage1"`` -> (1, None,
+    False, False).
 
     ``stage1``: frozen body + head; ``stage2``: plain fine-tuning; anything else: Stage III
-    mechanisms joined by '+'. The suffix ``-group`` trains with class x source balanced batches.
+    mechanisms joined by '+'. Suffixes, in any order: ``-group`` trains with class x source
+    balanced batches, ``-adv`` against a source adversary (Stage II/III only: the body trains).
     """
     from cxrguide.config.training import parse_attention
 
-    base, group = (
-        (name[: -len(GROUP_SUFFIX)], True) if name.endswith(GROUP_SUFFIX) else (name, False)
-    )
+    base, group, adversary = name, False, False
+    while base.endswith((GROUP_SUFFIX, ADV_SUFFIX)):
+        if base.endswith(GROUP_SUFFIX):
+            base, group = base[: -len(GROUP_SUFFIX)], True
+        else:
+            base, adversary = base[: -len(ADV_SUFFIX)], True
     if base == "stage1":
-        return 1, None, group
+        if adversary:
+            raise ConfigError("-adv needs a body that trains (stage2 or Stage III), not stage1")
+        return SourceVariant(1, None, group, adversary)
     if base == "stage2":
-        return 2, None, group
-    return 3, parse_attention(base.split("+")), group
+        return SourceVariant(2, None, group, adversary)
+    return SourceVariant(3, parse_attention(base.split("+")), group, adversary)
 
 
 @dataclasses.dataclass
@@ -120,9 +135,7 @@ class SourcesBenchConfig:
         "source", "manifest column that names a film's source (phantoms: site = style)"
     )
     backbone: str = _f("efficientnet_lite0", "model for every run")
-    weights: str = _f(
-        "imagenet", "starting weights of every run: none | imagenet | phantom | PATH"
-    )
+    weights: str = _f("imagenet", "starting weights of every run: none | imagenet | phantom | PATH")
     size: int = _f(128, "model input side in px (the cache is resized to it)")
     seeds: list[int] = _f([0], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
@@ -130,7 +143,8 @@ class SourcesBenchConfig:
          "lung-input", "rrr"],
         "stage1 (frozen body + head), stage2 (fine-tuning), or Stage III mechanisms joined by "
         "'+' (gate, gain, external, early-gate, lung-input, rrr); suffix -group: batches "
-        "balanced over class x source; comma list",
+        "balanced over class x source; suffix -adv (stage2 and Stage III): a source adversary "
+        "behind gradient reversal (train --adversary source); comma list",
     )  # fmt: skip
     quick: bool = _f(False, f"a short study: variants {','.join(QUICK_VARIANTS)}, first seed")
     lungs: str = _f(
@@ -152,10 +166,15 @@ class SourcesBenchConfig:
         "frozen", "GAIN's BatchNorm on the erased pass (see train --gain-bn)"
     )
     rrr_weight: float = _f(0.01, "weight lambda of the rrr variant's input-gradient penalty")
+    adversary_weight: float = _f(
+        1.0, "-adv variants: reversal strength times DANN's ramp (train --adversary-weight)"
+    )
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
 
     def validate(self) -> None:
         self.variants = [v.strip() for item in self.variants for v in item.split(",") if v.strip()]
+        if self.adversary_weight < 0:
+            raise ConfigError("adversary_weight: must be >= 0")
         if self.quick:
             self.variants, self.seeds = list(QUICK_VARIANTS), self.seeds[:1]
         if not self.seeds or not self.variants:

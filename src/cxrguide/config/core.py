@@ -194,6 +194,17 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     return load_config(cls, getattr(args, "config", None), overrides)
 
 
+def mlflow_field() -> Any:
+    """``--mlflow URI`` of every training step (one help text; the run's tracking, not its
+    recipe: a resume may change it)."""
+    return _f(
+        None,
+        "MLflow tracking URI (e.g. sqlite:///mlflow.db or http://host:5000): log the per-epoch "
+        "scalars, the config and the run folder there too (needs the mlflow extra)",
+        metavar="URI",
+    )
+
+
 def _f(default: Any, help: str, **meta: Any) -> Any:
     if isinstance(default, list | dict):
         return dataclasses.field(

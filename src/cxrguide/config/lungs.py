@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from cxrguide.config.core import _f
+from cxrguide.config.core import _f, mlflow_field
 from cxrguide.errors import ConfigError
 
 # ---- lung segmentation (`cxrguide lungs ...`) -----------------------------------------------
@@ -72,6 +72,7 @@ class LungsTrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", "bf16 autocast (CPU/CUDA), fp16 (CUDA)")
     workers: int = _f(0, "data-loader worker processes")
     progress: bool = _f(True, "show progress bars and one line per epoch")
+    mlflow: str | None = mlflow_field()
 
     def validate(self) -> None:
         for name in ("batch_size", "max_epochs", "patience"):

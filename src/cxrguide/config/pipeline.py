@@ -27,6 +27,7 @@ class ReportOptions:
     """The pipeline's ``report:`` section (keyword options of the HTML report)."""
 
     shortcut: str | None = _f(None, "shortcut benchmark folder or table to include")
+    sources: str | None = _f(None, "'bench sources' study folder to include (cross-source study)")
     split: str = _f("test", "split the report's metrics come from")
     method: str = _f("gradcam", "CAM method of the galleries")
     gallery_per_group: int = _f(1, "images per gallery group")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from cxrguide.config.core import _f
+from cxrguide.config.core import _f, mlflow_field
 from cxrguide.errors import ConfigError
 
 # The default recipe is what ``--weights phantom`` builds on first use: small enough to build in
@@ -39,6 +39,7 @@ class PretrainConfig:
     threads: int = _f(0, "torch CPU threads (0: torch's default)")
     workers: int = _f(0, "processes drawing the phantoms (0: all cores)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    mlflow: str | None = mlflow_field()
 
     def validate(self) -> None:
         if self.n < 30:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
-from cxrguide.config.core import _f
+from cxrguide.config.core import _f, mlflow_field
 from cxrguide.config.weights import WeightsSpec
 from cxrguide.errors import ConfigError
 
@@ -75,7 +75,17 @@ class TrainConfig:
         "(class, source) cell of the training split drawn equally often; see --group-by)",
     )
     group_by: Literal["source", "site"] = _f(
-        "source", "--sampler group: the manifest column that names a film's source"
+        "source",
+        "--sampler group, --adversary source: the manifest column that names a film's source",
+    )
+    adversary: Literal["none", "source"] = _f(
+        "none",
+        "Stage II/III: a source classifier on the pooled features behind gradient reversal "
+        "(source: DANN, Ganin & Lempitsky 2015; the body learns features it cannot tell the "
+        "sources apart by) or none",
+    )
+    adversary_weight: float = _f(
+        1.0, "--adversary source: reversal strength, times DANN's ramp 2/(1+exp(-10p))-1"
     )
     patience: int = _f(10, "early stopping patience on val loss (epochs)")
     head_widths: list[int] = _f([128, 64], "hidden widths of the head")
@@ -100,6 +110,7 @@ class TrainConfig:
         False, "with --resume: continue with changed settings, recorded in config_changes.yaml"
     )
     progress: bool = _f(True, "progress bars (shown only on a terminal; --no-progress: never)")
+    mlflow: str | None = mlflow_field()
     attention: list[str] = _f(
         ["gate", "gain"],
         "Stage III: gate, gain, external, early-gate, lung-input, rrr; comma list "
@@ -131,6 +142,10 @@ class TrainConfig:
         self.attention = parse_attention(self.attention)
         if self.rrr_weight < 0 or not 0 <= self.lung_dilation <= 0.25:
             raise ConfigError("rrr_weight: must be >= 0; lung_dilation: between 0 and 0.25")
+        if self.adversary_weight < 0:
+            raise ConfigError("adversary_weight: must be >= 0")
+        if self.adversary != "none" and self.stage == 1:
+            raise ConfigError("adversary: needs a body that trains (--stage 2 or 3), not Stage 1")
         if self.gain_alpha < 0 or self.external_weight < 0 or self.gain_omega <= 0:
             raise ConfigError("gain_alpha/external_weight: must be >= 0; gain_omega: > 0")
         for name in ("max_epochs", "batch_size", "patience", "top"):

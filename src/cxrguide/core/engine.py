@@ -1,7 +1,8 @@
 """One small training loop for every stage (classifier heads, fine-tuning, GAIN, the U-Net).
 
 timm-style and plain: a ``Task`` turns a batch into a loss (and metric sums), the engine does
-the rest: device choice, optional AMP on CUDA, torchrun DDP, a tqdm bar, ``history.csv``,
+the rest: device choice, optional AMP on CUDA, torchrun DDP, a tqdm bar, ``history.csv`` (with
+the epoch's learning rate; mirrored to TensorBoard/MLflow by :mod:`.tracking`),
 an atomic ``last.pt`` every epoch (so a killed run resumes exactly where it stopped, RNG state
 included), ``best.pt`` on every val-loss improvement, early stopping that restores the best
 weights.
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from cxrguide.core.checkpoint import load_checkpoint, rng_state, set_rng_state
 from cxrguide.core.device import resolve_device
+from cxrguide.core.tracking import Tracker, run_params
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_open, atomic_save
 
@@ -58,6 +60,8 @@ class EngineConfig:
     grad_clip: float = 0.0
     progress: bool = True
     monitor: str = "loss"  # the val metric early stopping watches (lower is better)
+    track: bool = True  # TensorBoard event files in the run folder (core.tracking)
+    mlflow: str | None = None  # an MLflow tracking URI: the same scalars, params and artefacts
 
 
 @dataclass
@@ -273,45 +277,57 @@ def fit(
             return FitResult(best_epoch, best_value, len(history), state["stopped_early"], history)
 
     stopped_early = False
-    epoch = start
-    for epoch in range(start, cfg.max_epochs):
-        _set_epoch(train_loader, cfg.seed, epoch)
-        tr = _run_epoch(net, task, train_loader, device, cfg, train=True, optimizer=optimizer,
-                        scaler=scaler, desc=f"epoch {epoch + 1}/{cfg.max_epochs} train")  # fmt: skip
-        va = _run_epoch(net, task, val_loader, device, cfg, train=False, optimizer=None,
-                        scaler=None, desc=f"epoch {epoch + 1}/{cfg.max_epochs} val")  # fmt: skip
-        row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in tr.items()},
-               **{f"val_{k}": v for k, v in va.items()}}  # fmt: skip
-        history.append(row)
-        value = va[cfg.monitor]
-        if value < best_value:
-            best_value, best_epoch, bad = value, epoch + 1, 0
+    tracker = None
+    if cfg.track and is_main_process():
+        params = run_params(run_dir) if cfg.mlflow else None  # the run's config.yaml
+        tracker = Tracker(run_dir, start_epoch=start, mlflow=cfg.mlflow, params=params)
+    try:
+        for epoch in range(start, cfg.max_epochs):
+            _set_epoch(train_loader, cfg.seed, epoch)
+            lr = float(optimizer.param_groups[0]["lr"])
+            desc = f"epoch {epoch + 1}/{cfg.max_epochs}"
+            tr = _run_epoch(net, task, train_loader, device, cfg, train=True,
+                            optimizer=optimizer, scaler=scaler, desc=f"{desc} train")  # fmt: skip
+            va = _run_epoch(net, task, val_loader, device, cfg, train=False, optimizer=None,
+                            scaler=None, desc=f"{desc} val")  # fmt: skip
+            row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in tr.items()},
+                   **{f"val_{k}": v for k, v in va.items()}, "lr": lr}  # fmt: skip
+            history.append(row)
+            value = va[cfg.monitor]
+            if value < best_value:
+                best_value, best_epoch, bad = value, epoch + 1, 0
+                if is_main_process():
+                    _atomic_save({"model": model.state_dict(), "epoch": epoch + 1}, run_dir / BEST)
+            else:
+                bad += 1
+            stopped_early = bad >= cfg.patience
+            done = stopped_early or epoch + 1 == cfg.max_epochs
+            if tracker is not None:  # before the checkpoint: a resume purges what it re-runs
+                tracker.log(row)
             if is_main_process():
-                _atomic_save({"model": model.state_dict(), "epoch": epoch + 1}, run_dir / BEST)
-        else:
-            bad += 1
-        stopped_early = bad >= cfg.patience
-        done = stopped_early or epoch + 1 == cfg.max_epochs
-        if is_main_process():
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scaler": scaler.state_dict(), "epoch": epoch, "best_value": best_value,
-                          "best_epoch": best_epoch, "bad_epochs": bad, "history": history,
-                          "rng": rng_state(), "finished": done,
-                          "stopped_early": stopped_early}, last)  # fmt: skip
-            _write_history(run_dir / HISTORY, history)
-            if cfg.progress:
-                shown = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch")
-                tqdm.write(f"epoch {epoch + 1}: {shown}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
-        if stopped_early:
-            break
+                _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scaler": scaler.state_dict(), "epoch": epoch,
+                              "best_value": best_value, "best_epoch": best_epoch,
+                              "bad_epochs": bad, "history": history, "rng": rng_state(),
+                              "finished": done, "stopped_early": stopped_early}, last)  # fmt: skip
+                write_history(run_dir / HISTORY, history)
+                if cfg.progress:
+                    shown = ", ".join(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}"
+                                      for k, v in row.items() if k != "epoch")  # fmt: skip
+                    tqdm.write(f"epoch {epoch + 1}: {shown}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+            if stopped_early:
+                break
+    finally:
+        if tracker is not None:
+            tracker.close()
     if (run_dir / BEST).exists():
         load_weights(model, run_dir / BEST)
     return FitResult(best_epoch, best_value, len(history), stopped_early, history)
 
 
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
     keys = list(dict.fromkeys(k for row in history for k in row))
     with atomic_open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys)

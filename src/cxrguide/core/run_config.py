@@ -20,7 +20,7 @@ from cxrguide.files import atomic_write_text
 RUN_CONFIG, CHANGES = "config.yaml", "config_changes.yaml"
 # where / how fast a run executes and how it was selected: free to differ on resume
 RUNTIME_FIELDS = ("device", "workers", "resume", "resume_override", "progress", "backbone",
-                  "top", "from_run", "out")  # fmt: skip
+                  "top", "from_run", "out", "mlflow")  # fmt: skip
 
 
 def changed_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

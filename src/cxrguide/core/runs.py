@@ -8,7 +8,6 @@ once evaluated.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +67,6 @@ def read_info(run_dir: str | Path) -> RunInfo:
     if not path.exists():
         raise CxrGuideError(f"{run_dir}: not a trained run (no {MODEL_YAML}; train it first)")
     return from_dict(RunInfo, yaml.safe_load(path.read_text()), str(path))
-
-
-def with_changes(info: RunInfo, **changes) -> RunInfo:
-    return dataclasses.replace(info, **changes)
 
 
 def run_identifier(run: str | Path) -> str:

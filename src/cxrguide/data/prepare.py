@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -31,6 +32,8 @@ from cxrguide.data import cache, completion, manifest, near_index
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
 from cxrguide.data.workers import fork_map, fork_pool, unordered
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
+
+_log = logging.getLogger(__name__)
 
 CONFIG_FILE = "prepare_config.yaml"
 MANIFEST_COLUMNS = [
@@ -193,8 +196,11 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
                 "use another --out or delete the folder"
             )
         removed = completion.discard_unfinished(out)
-        print(
-            f"{out}: discarded an unfinished {kind} run with another config ({', '.join(removed)})"
+        _log.info(
+            "%s: discarded an unfinished %s run with another config (%s)",
+            out,
+            kind,
+            ", ".join(removed),
         )
         return False
     if finished:

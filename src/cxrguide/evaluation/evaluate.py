@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from cxrguide.evaluation.reliability_report import (
 from cxrguide.files import atomic_open, atomic_write_text
 from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
+
+_log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -183,5 +186,5 @@ def score_split(run_dir: Path, split: str, cfg: TrainConfig) -> dict[str, Any]:
     metrics = evaluate_run(run_dir, split, cfg.data, device=cfg.device, n_boot=200, progress=False,
                            calibration=cfg.calibration, false_flag_rate=cfg.false_flag_rate)  # fmt: skip
     if split == "test":  # what the model must beat, and any collapse, next to its accuracy
-        print("\n".join(f"  {run_dir.name} test {line}" for line in format_baselines(metrics)))
+        _log.info("\n".join(f"  {run_dir.name} test {line}" for line in format_baselines(metrics)))
     return metrics

@@ -4,7 +4,8 @@ The report is a single self-contained HTML page (CSS inline, every figure a base
 outside the page), so it reads offline and can be archived beside the runs. It gathers what the
 runs already wrote (``model.yaml``, ``config.yaml``, ``metrics_<split>.json``,
 ``predictions_<split>.csv``, ``history.csv``) and the prepared set's manifest, measures the
-backbones (Table 2), and draws Grad-CAM galleries unless an ``explain`` folder is given.
+backbones (Table 2), and draws Grad-CAM galleries unless an ``explain`` folder is given. A
+``bench sources`` folder adds the cross-source study (its tables and plot).
 """
 
 from __future__ import annotations
@@ -318,6 +319,7 @@ def build_report(
     explain_dir: str | Path | None = None,
     shortcut: str | Path | None = None,
     tune: str | Path | None = None,
+    sources: str | Path | None = None,
     split: str = "test",
     method: str = "gradcam",
     gallery_per_group: int = 1,
@@ -327,6 +329,9 @@ def build_report(
     """Write the report to ``out`` and return its path."""
     extra = shortcut_blocks(Path(shortcut)) if shortcut else None  # bad paths fail first
     tuning = tune_figures(Path(tune)) if tune else None
+    from cxrguide.evaluation import report_sections as rs
+
+    study = rs.sources_section(Path(sources)) if sources else None
     if explain_dir is not None and not Path(explain_dir).is_dir():
         raise CxrGuideError(f"{explain_dir}: explain folder not found (--explain)")
     records = sorted((load_record(p) for p in find_runs(runs)),
@@ -352,8 +357,6 @@ def build_report(
     else:
         cams, cam_note = auto_explain(records, split, method, gallery_per_group, device)
     random = [r.path.name for r in records if r.info.weights_source == "random"]
-    from cxrguide.evaluation import report_sections as rs
-
     warnings, data_extra, lungs = [], [], None
     for i, root in enumerate(dict.fromkeys(r.info.data for r in records if r.info.data)):
         blocks, audit_warnings = rs.audit_blocks(Path(root), i)
@@ -368,7 +371,7 @@ def build_report(
         title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         records=records, random=random, phantom=phantom, data=data_tables(records), models=model_table(records),
         results=results, cams=cams, cam_note=cam_note,
-        shortcut=extra, tune=tuning, provenance=provenance_table(records),
+        shortcut=extra, tune=tuning, sources=study, provenance=provenance_table(records),
         shortcut_split=shortcut_split_table(records),
         versions=versions(), split=split,
         configs=[(r.path.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],

@@ -213,3 +213,43 @@ def _mask_examples(prep: Path, folder: Path, rows: list[int], names: list[str]) 
     out = fig_b64(fig)
     plt.close(fig)
     return out
+
+
+def sources_section(path: Path) -> dict[str, Any]:
+    """The cross-source study of a ``bench sources`` folder (or its ``sources.json``): the
+    headline table per variant, internal -> external per held-out source, and ``sources.png``."""
+    import json
+
+    from cxrguide.errors import CxrGuideError
+    from cxrguide.evaluation.report_figures import png_b64
+    from cxrguide.evaluation.sources_summary import headline_rows, per_source_rows
+
+    folder = path.parent if path.suffix == ".json" else path
+    file = folder / "sources.json"
+    if not file.is_file():
+        raise CxrGuideError(f"{file}: cross-source study not found (--sources: a folder "
+                            "written by 'cxrguide bench sources')")  # fmt: skip
+    try:
+        study = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise CxrGuideError(f"{file}: not readable as JSON ({err})") from None
+    if not isinstance(study, dict) or not study.get("variants"):
+        raise CxrGuideError(f"{file}: no 'variants' (not a 'bench sources' result)")
+    try:
+        head, rows = headline_rows(study)
+        per_head, per_rows = per_source_rows(study)
+    except (KeyError, IndexError, TypeError) as err:
+        raise CxrGuideError(f"{file}: incomplete study (missing {err})") from None
+    caption = (f"{study.get('backbone', '?')}, weights {study.get('weights', '?')}, "
+               f"{study.get('size', '?')} px, seeds {study.get('seeds', '?')}: means over "
+               "held-out sources (%)")  # fmt: skip
+    plot = folder / "sources.png"
+    return {
+        "tables": [Table("sources", caption, head, rows, study.get("protocol", "")),
+                   Table("sources-per-source", "Accuracy (%) internal -> external per held-out "
+                         "source", per_head, per_rows)],
+        "figure": {"title": "Internal vs external accuracy per source and variant",
+                   "caption": str(plot), "src": png_b64(plot)} if plot.is_file() else None,
+        "notes": [f"Skipped {s['source']} ({s['n']} films): {s['reason']}."
+                  for s in study.get("skipped", [])],
+    }  # fmt: skip

@@ -85,6 +85,7 @@ transfer-learning results.</div>
   <a href="#data">Data</a>{% if lungs %}<a href="#lungs">Lungs</a>{% endif %}<a href="#models">Models</a>
   {% for s in results %}<a href="#{{ s.id }}">{{ s.name }}</a>{% endfor %}
   <a href="#visual">Grad-CAM</a>{% if shortcut %}<a href="#shortcut-section">Shortcut benchmark</a>{% endif %}
+  {% if sources %}<a href="#sources-section">Cross-source study</a>{% endif %}
   {% if tune is not none %}<a href="#tuning">Tuning</a>{% endif %}<a href="#how">How this was made</a>
 </nav>
 
@@ -145,6 +146,17 @@ predictions (most confident correct, most confident mistakes, borderline), not b
 {% for b in shortcut %}
   {% if b.heading %}<h3>{{ b.heading }}</h3>{% elif b.table %}{{ table(b.table) }}{% else %}<p>{{ b.text }}</p>{% endif %}
 {% endfor %}
+</section>
+{% endif %}
+
+{% if sources %}
+<section id="sources-section">
+<h2>Cross-source study</h2>
+<p>Does the model read lungs or hospitals? Each source is held out in turn: accuracy on its
+films when it was in training (internal) vs when it was not (external).</p>
+{% for t in sources.tables %}{{ table(t) }}{% endfor %}
+{% if sources.figure %}{{ figure(sources.figure) }}{% endif %}
+{% for n in sources.notes %}<p class="note">{{ n }}</p>{% endfor %}
 </section>
 {% endif %}
 

@@ -124,37 +124,51 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
 
 
-def markdown(study: dict[str, Any]) -> str:
-    """The report section: headline table per variant, then internal -> external per source."""
-    variants = study["variants"]
+def _num(x: float | None) -> float:
+    return float("nan") if x is None else float(x)  # sources.json stores NaN as null
+
+
+def headline_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, one row per variant): the study's headline figures, formatted."""
     head = ["variant", "internal", "external", "ext - int", "source probe (majority)",
             "worst group", "ECE external", "OOD AUROC"]  # fmt: skip
-    lines = [f"## Cross-source study ({study['backbone']}, weights {study['weights']}, "
-             f"{study['size']} px, seeds {study['seeds']})", "", study["protocol"], "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
-    for name, v in variants.items():
-        gap = v["mean_external"] - v["mean_internal"]
+    rows = []
+    for name, v in study["variants"].items():
+        gap = _num(v["mean_external"]) - _num(v["mean_internal"])
         ece_mean = _mean([p["external_ece"] for p in v["per_source"]])
         auroc = _mean([p["ood_auroc"] for p in v["per_source"]])
-        cells = [name, _pct(v["mean_internal"]), _pct(v["mean_external"]),
-                 "n/a" if not np.isfinite(gap) else f"{100 * gap:+.1f}",
-                 f"{_pct(v['source_probe_accuracy'])} ({_pct(v['source_probe_majority'])})",
-                 _pct(v["worst_group_accuracy"]), _pct(ece_mean),
-                 "n/a" if not np.isfinite(auroc) else f"{auroc:.3f}"]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    sources = [p["source"] for p in next(iter(variants.values()))["per_source"]]
-    lines += [
-        "",
-        "Accuracy (%) internal -> external per held-out source:",
-        "",
-        "| source | n | " + " | ".join(variants) + " |",
-        "|" + "---|" * (len(variants) + 2),
-    ]
-    for i, s in enumerate(sources):
+        rows.append([name, _pct(v["mean_internal"]), _pct(v["mean_external"]),
+                     "n/a" if not np.isfinite(gap) else f"{100 * gap:+.1f}",
+                     f"{_pct(v['source_probe_accuracy'])} ({_pct(v['source_probe_majority'])})",
+                     _pct(v["worst_group_accuracy"]), _pct(ece_mean),
+                     "n/a" if not np.isfinite(auroc) else f"{auroc:.3f}"])  # fmt: skip
+    return head, rows
+
+
+def per_source_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, one row per held-out source): accuracy (%) internal -> external per variant."""
+    variants = study["variants"]
+    first = next(iter(variants.values()))["per_source"]
+    rows = []
+    for i, p in enumerate(first):
         cells = [f"{_pct(v['per_source'][i]['internal_accuracy'])} -> "
                  f"{_pct(v['per_source'][i]['external_accuracy'])}" for v in variants.values()]  # fmt: skip
-        n = next(iter(variants.values()))["per_source"][i]["n"]
-        lines.append(f"| {s} | {n} | " + " | ".join(cells) + " |")
+        rows.append([p["source"], str(p["n"]), *cells])
+    return ["source", "n", *variants], rows
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+
+
+def markdown(study: dict[str, Any]) -> str:
+    """The report section: headline table per variant, then internal -> external per source."""
+    lines = [f"## Cross-source study ({study['backbone']}, weights {study['weights']}, "
+             f"{study['size']} px, seeds {study['seeds']})", "", study["protocol"], "",
+             *_md_table(*headline_rows(study)), "",
+             "Accuracy (%) internal -> external per held-out source:", "",
+             *_md_table(*per_source_rows(study))]  # fmt: skip
     for skip in study["skipped"]:
         lines.append(f"\nSkipped {skip['source']} ({skip['n']} films): {skip['reason']}.")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in study["timing"].items())

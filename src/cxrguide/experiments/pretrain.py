@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import logging
 import platform
 import shutil
 import sys
@@ -37,8 +38,11 @@ from cxrguide.config import SynthConfig
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.config.weights import WeightsSpec
 from cxrguide.core.checkpoint import load_checkpoint
+from cxrguide.core.engine import HISTORY, resolve_device, seed_everything, write_history
+from cxrguide.core.tracking import Tracker, finish_mlflow
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save, atomic_write_text
+from cxrguide.models.grid import feature_stages
 from cxrguide.models.weights import (
     OFFLINE_ENV,
     PHANTOM,
@@ -51,10 +55,14 @@ from cxrguide.models.weights import (
     weight_cache_dir,
 )
 
-# Fields of PretrainConfig that --weights phantom overrides when it builds a body (none: its
-# defaults are the recipe); tests shrink it.
-DEFAULT_RECIPE: dict = {}
+_log = logging.getLogger(__name__)
+
 ConfigT = TypeVar("ConfigT", bound=Any)  # a config dataclass with a ``weights`` field
+
+
+def phantom_run_dir(body: Path) -> Path:
+    """``phantom-<backbone>.run/`` beside the body: its build's history.csv and event files."""
+    return body.with_suffix(".run")
 
 
 @dataclass(frozen=True)
@@ -122,16 +130,12 @@ LESION_STRIDE = 8
 def lesion_tap(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
     """The body's last stage of stride <= :data:`LESION_STRIDE` and its channel count (timm's
     ``feature_info``)."""
-    info = getattr(model.body, "feature_info", None) or []
-    entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-    modules = dict(model.body.named_modules())
-    taps = [e for e in entries if e.get("reduction", 99) <= LESION_STRIDE
-            and e.get("module") in modules]  # fmt: skip
+    taps = feature_stages(model.body, LESION_STRIDE)
     if not taps:
         raise CxrGuideError(
             f"{model.name}: no stage of stride <= {LESION_STRIDE} to teach lesions on"
         )
-    return modules[taps[-1]["module"]], int(taps[-1]["num_chs"])
+    return taps[-1].module, taps[-1].channels
 
 
 def _lesion_loss(aux: torch.nn.Module, fmap: torch.Tensor, lesions: torch.Tensor) -> torch.Tensor:
@@ -147,8 +151,11 @@ def _lesion_loss(aux: torch.nn.Module, fmap: torch.Tensor, lesions: torch.Tensor
 
 
 def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
-           progress: bool) -> None:  # fmt: skip
-    """AdamW + one-cycle on the whole network (+ the stride-8 lesion head); resumable per epoch."""
+           progress: bool, run: Path, config: dict) -> list[dict[str, float]]:  # fmt: skip
+    """AdamW + one-cycle on the whole network (+ the stride-8 lesion head); resumable per epoch.
+
+    Returns the per-epoch history (train loss, accuracy, the epoch's starting learning rate), also
+    written to ``run`` as history.csv and TensorBoard events (``config``: the MLflow params)."""
     steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
     tapped: dict[str, torch.Tensor] = {}
     tap, channels = lesion_tap(model)
@@ -159,7 +166,7 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=max(8, cfg.epochs * steps_per_epoch), pct_start=0.25
     )  # (at least 8 steps: one-cycle needs a warm-up step; tiny test recipes have fewer)
-    start = 0
+    start, history = 0, []
     last = work / "last.pt"
     if last.is_file():
         state = load_checkpoint(last)
@@ -167,45 +174,55 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
         aux.load_state_dict(state["aux"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        start = state["epoch"]
+        start, history = state["epoch"], state.get("history", [])
         torch.set_rng_state(state["rng"])  # dropout masks continue as in an unbroken run
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch,
                desc=f"pretrain {model.name}", unit="step", disable=None if progress else True)  # fmt: skip
-    for epoch in range(start, cfg.epochs):
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        model.train()
-        seen, loss_sum, hits = 0, 0.0, 0
-        for idx in torch.from_numpy(train)[torch.randperm(len(train), generator=g)].split(
-            cfg.batch_size
-        ):
-            if len(idx) < 2:  # BatchNorm cannot train on one image
-                continue
-            limit = max(1, cfg.size // 16)
-            dy, dx = (int(v) for v in torch.randint(-limit, limit + 1, (2,), generator=g))
-            xb, lb = _shift(x[idx], dy, dx).to(device), _shift(lesions[idx], dy, dx).to(device)
-            yb = y[idx].to(device)
-            fmap = model.forward_features(xb)
-            logits = model.forward_head(fmap)
-            loss = F.cross_entropy(logits, yb)
-            if cfg.lesion_weight > 0:
-                loss = loss + cfg.lesion_weight * _lesion_loss(aux, tapped["map"], lb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            hits += int((logits.argmax(1) == yb).sum())
-            bar.update(1)
-            bar.set_postfix(
-                epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}"
-            )
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "epoch": epoch + 1, "aux": aux.state_dict(),
-                 "rng": torch.get_rng_state()}  # fmt: skip
-        atomic_save(lambda fh, s=state: torch.save(s, fh), last)
+    tracker = Tracker(run, start_epoch=start, mlflow=cfg.mlflow, params=config)
+    try:
+        for epoch in range(start, cfg.epochs):
+            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+            model.train()
+            seen, loss_sum, hits, lr = 0, 0.0, 0, float(opt.param_groups[0]["lr"])
+            for idx in torch.from_numpy(train)[torch.randperm(len(train), generator=g)].split(
+                cfg.batch_size
+            ):
+                if len(idx) < 2:  # BatchNorm cannot train on one image
+                    continue
+                limit = max(1, cfg.size // 16)
+                dy, dx = (int(v) for v in torch.randint(-limit, limit + 1, (2,), generator=g))
+                xb, lb = _shift(x[idx], dy, dx).to(device), _shift(lesions[idx], dy, dx).to(device)
+                yb = y[idx].to(device)
+                fmap = model.forward_features(xb)
+                logits = model.forward_head(fmap)
+                loss = F.cross_entropy(logits, yb)
+                if cfg.lesion_weight > 0:
+                    loss = loss + cfg.lesion_weight * _lesion_loss(aux, tapped["map"], lb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                seen += len(idx)
+                loss_sum += loss.item() * len(idx)
+                hits += int((logits.argmax(1) == yb).sum())
+                bar.update(1)
+                bar.set_postfix(
+                    epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}"
+                )
+            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
+                   "train_acc": hits / max(seen, 1), "lr": lr}  # fmt: skip
+            history.append(row)
+            tracker.log(row)  # before the checkpoint: a resume purges what it re-runs
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "epoch": epoch + 1, "aux": aux.state_dict(),
+                     "rng": torch.get_rng_state(), "history": history}  # fmt: skip
+            atomic_save(lambda fh, s=state: torch.save(s, fh), last)
+            write_history(run / HISTORY, history)
+    finally:
+        tracker.close()
     bar.close()
     hook.remove()
+    return history
 
 
 def _versions() -> dict[str, str]:
@@ -237,7 +254,6 @@ def _card_markdown(card: dict) -> str:
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     """Draw clean phantoms, train ``cfg.backbone`` on them, write body + card; returns both."""
-    from cxrguide.core.engine import resolve_device, seed_everything
     from cxrguide.models.zoo import create_model, get_spec
 
     name = get_spec(cfg.backbone).name
@@ -248,11 +264,15 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     body_path = phantom_body_file(name, folder)
     work = folder / f".phantom-{name}.work"
     recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in ("backbone", "out", "threads", "workers", "device")}  # fmt: skip
+              if k not in ("backbone", "out", "threads", "workers", "device",
+                           "mlflow")}  # fmt: skip
     if (work / "recipe.json").is_file() and json.loads(
         (work / "recipe.json").read_text()
     ) != recipe:
         shutil.rmtree(work)  # a killed build with another recipe: start over
+    run = phantom_run_dir(body_path)  # history.csv and TensorBoard events of the build
+    if not (work / "last.pt").is_file():
+        shutil.rmtree(run, ignore_errors=True)  # a fresh build: no curves of an earlier one
     work.mkdir(exist_ok=True)
     (work / "recipe.json").write_text(json.dumps(recipe))
     if cfg.threads:
@@ -262,7 +282,9 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     x, lesions, y, train, test = _phantoms(cfg)
     seed_everything(cfg.seed)
     model = create_model(name, "none", seed=cfg.seed).to(device)
-    _train(cfg, model, x, lesions, y, train, work, device, progress)
+    _train(
+        cfg, model, x, lesions, y, train, work, device, progress, run, {"backbone": name, **recipe}
+    )
     acc = accuracy(model, x[test], y[test], device)
     seconds = time.perf_counter() - t0
 
@@ -290,16 +312,20 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     for path, text in ((body_path.with_suffix(".md"), _card_markdown(card)),
                        (card_path, json.dumps(card, indent=2))):  # fmt: skip
         atomic_write_text(path, text)
+    finish_mlflow(run, cfg.mlflow, extra=(body_path, card_path))
     shutil.rmtree(work, ignore_errors=True)
     return PretrainResult(body_path, card_path, sha, acc, seconds)
 
 
-def ensure_phantom_body(backbone: str, log=print, progress: bool = True) -> tuple[Path, str]:
+def ensure_phantom_body(
+    backbone: str, log=_log.info, progress: bool = True, recipe: dict[str, Any] | None = None
+) -> tuple[Path, str]:
     """The cached phantom body of ``backbone`` and its label ``phantom:<sha256>``.
 
     Verified against its card on every use; a missing or corrupt one is (re)built with the
-    default recipe, with progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line
-    says what is missing and how to make it.
+    default recipe (:class:`PretrainConfig`'s defaults; ``recipe`` overrides fields of it), with
+    progress, unless ``$CXRGUIDE_OFFLINE`` forbids building: then one line says what is missing
+    and how to make it.
     """
     from cxrguide.models.zoo import get_spec
 
@@ -317,26 +343,28 @@ def ensure_phantom_body(backbone: str, log=print, progress: bool = True) -> tupl
         )
     log(f"phantom body for {name}: {'not cached' if missing else problem + ', rebuilding'}; "
         f"building it in {body.parent} (a few CPU minutes, once)")  # fmt: skip
-    recipe = PretrainConfig(backbone=name, out=body.parent, **DEFAULT_RECIPE)
-    result = pretrain(recipe, progress=progress)
+    cfg = PretrainConfig(backbone=name, out=body.parent, **(recipe or {}))
+    result = pretrain(cfg, progress=progress)
     log(f"phantom body for {name}: held-out clean accuracy {result.test_accuracy:.3f}, "
         f"{result.seconds:.0f} s, {result.body}")  # fmt: skip
     return result.body, f"{PHANTOM}:{result.sha256}"
 
 
-def resolve_phantom(backbones: list[str], log=print) -> tuple[str, dict[str, str]]:
+def resolve_phantom(
+    backbones: list[str], log=_log.info, recipe: dict[str, Any] | None = None
+) -> tuple[str, dict[str, str]]:
     """Every body of ``backbones`` built or verified; returns the file template
     (``.../phantom-{backbone}.safetensors``) and each backbone's ``phantom:<sha256>`` label."""
     folder, labels = weight_cache_dir(), {}
     for name in backbones:
-        body, labels[name] = ensure_phantom_body(name, log=log, progress=sys.stderr.isatty())
+        body, labels[name] = ensure_phantom_body(name, log, sys.stderr.isatty(), recipe)
         log(f"weights for {name}: {body} ({labels[name][:20]}...)")
         folder = body.parent
     return str(folder / "phantom-{backbone}.safetensors"), labels
 
 
 def resolve_bodies(
-    weights: str | WeightsSpec, backbones: list[str], log=print
+    weights: str | WeightsSpec, backbones: list[str], log=_log.info
 ) -> tuple[str, dict[str, str]]:
     """The one step entry points run on ``--weights`` before any training code: ``phantom``
     becomes the verified (built on first use) file template and each backbone's
@@ -349,11 +377,11 @@ def resolve_bodies(
     return resolve_phantom(backbones, log)
 
 
-def resolve_weights(weights: str | WeightsSpec, backbones: list[str], log=print) -> str:
+def resolve_weights(weights: str | WeightsSpec, backbones: list[str], log=_log.info) -> str:
     """``--weights`` as training code receives it (see :func:`resolve_bodies`)."""
     return resolve_bodies(weights, backbones, log)[0]
 
 
-def with_resolved_weights(cfg: ConfigT, backbones: list[str], log=print) -> ConfigT:
+def with_resolved_weights(cfg: ConfigT, backbones: list[str], log=_log.info) -> ConfigT:
     """A config (any dataclass with a ``weights`` field) with its weights resolved."""
     return dataclasses.replace(cfg, weights=resolve_weights(cfg.weights, backbones, log))

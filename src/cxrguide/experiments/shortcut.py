@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -63,6 +64,8 @@ from cxrguide.evaluation.marker import MARKER_PAD, SPLIT, marker_report
 from cxrguide.evaluation.shortcut_summary import summary_rows
 from cxrguide.files import atomic_path, atomic_write_json
 from cxrguide.models.saved import load_run
+
+_log = logging.getLogger(__name__)
 
 INPUT_MASK = "input-mask"  # plain fine-tuning on films multiplied by their lung masks
 PLAIN_VARIANTS = ("stage2", INPUT_MASK)
@@ -243,8 +246,9 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
     for seed in cfg.seeds:
         for variant in cfg.variants:
             r = run_variant(cfg, prepared, synth, seed, variant, out)
-            print(f"seed {seed} {variant:<20} test {r['test_accuracy']:.3f}  shortcut_test "
-                  f"{r['shortcut_accuracy']:.3f}  lung energy {r['lung_energy']:.3f}", flush=True)  # fmt: skip
+            _log.info(f"seed {seed} {variant:<20} test {r['test_accuracy']:.3f}  shortcut_test "
+                      f"{r['shortcut_accuracy']:.3f}  lung energy "
+                      f"{r['lung_energy']:.3f}")  # fmt: skip
             rows.append(r)
     frame = pd.DataFrame(rows)
     stem = "shortcut" if cfg.start == "scratch" else "shortcut_from_stage2"

@@ -19,7 +19,9 @@ Protocol (leave one source out; nothing is chosen on a held-out source):
   (:func:`~cxrguide.training.stages.stage1`, :func:`~cxrguide.training.finetune.fine_tune`);
   Stage II/III continue the fold's Stage I run for ``--max-epochs`` (Adam, the same budget
   for every variant). Suffix ``-group``: batches balanced over class x source (``train
-  --sampler group``), which removes the class-source correlation a model can exploit.
+  --sampler group``), which removes the class-source correlation a model can exploit. Suffix
+  ``-adv``: a source classifier on the pooled features behind gradient reversal (``train
+  --adversary source``, DANN), which attacks the source information itself.
 
 Reuse: the frozen body's pooled features are computed once per seed for every film and serve
 every Stage I run of every fold; the lung masks are predicted once into the prepared folder's
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -58,6 +61,8 @@ from cxrguide.evaluation.sources_summary import (
     write_study,
 )
 from cxrguide.files import atomic_write_json
+
+_log = logging.getLogger(__name__)
 
 EXTERNAL = "external"  # the held-out source's films in a fold's manifest
 ALL = "all"
@@ -145,7 +150,7 @@ class OutputScorer:
 def train_config(cfg: SourcesBenchConfig, variant: str, seed: int, folder: Path,
                  parent: Path | None) -> TrainConfig:  # fmt: skip
     """The run's TrainConfig: the study's budget, the variant's stage, mechanisms, sampler."""
-    stage, attention, group = parse_source_variant(variant)
+    stage, attention, group, adversary = parse_source_variant(variant)
     epochs = cfg.stage1_epochs if stage == 1 else cfg.max_epochs
     return TrainConfig(
         stage=stage, data=cfg.data, backbone=cfg.backbone, from_run=parent, out=folder,
@@ -154,6 +159,7 @@ def train_config(cfg: SourcesBenchConfig, variant: str, seed: int, folder: Path,
         augment=cfg.augment, seed=seed, device=cfg.device, resume=True, progress=False,
         attention=attention or ["gate", "gain"], gain_bn=cfg.gain_bn, rrr_weight=cfg.rrr_weight,
         sampler="group" if group else "none", group_by=cfg.by,
+        adversary="source" if adversary else "none", adversary_weight=cfg.adversary_weight,
     )  # fmt: skip
 
 
@@ -226,7 +232,8 @@ PROTOCOL = (
     "(15 bins, top label) and OOD AUROC (Mahalanobis, Ledoit-Wolf, fitted on the fold's train "
     "films; held-out films vs the other sources' test films) from the held-out runs. Stage "
     "II/III variants continue the fold's Stage I run; -group: batches balanced over class x "
-    "source. Accuracy in %, means over held-out sources."
+    "source; -adv: trained against a source classifier behind gradient reversal (DANN; the "
+    "held-out source is not among its classes). Accuracy in %, means over held-out sources."
 )
 
 
@@ -242,7 +249,7 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
     cfg = dataclasses.replace(cfg, data=prepared.root.resolve())
     held, skipped = eligible_sources(prepared, cfg.by, cfg.min_films, cfg.min_test)
     for s in skipped:
-        print(f"skipped {s['source']}: {s['reason']}", flush=True)
+        _log.info("skipped %s: %s", s["source"], s["reason"])
     timing, start = Timing(out / "timing.json"), time.perf_counter()
     device = resolve_device(cfg.device)
     ensure_lungs(cfg, prepared, timing)
@@ -263,9 +270,9 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
                 run = run_variant(cfg, fold, variant, seed, folder, parent, scorer, timing)
                 outputs[variant][held_out] = scorer.outputs(run)
                 m = scorer(run, EXTERNAL if held_out else "test", None)  # type: ignore[arg-type]
-                print(f"seed {seed} {variant:<16} {fold_name(held_out):<28} "
-                      f"{'external' if held_out else 'internal test'} accuracy "
-                      f"{m['accuracy']:.3f}", flush=True)  # fmt: skip
+                _log.info(f"seed {seed} {variant:<16} {fold_name(held_out):<28} "
+                          f"{'external' if held_out else 'internal test'} accuracy "
+                          f"{m['accuracy']:.3f}")  # fmt: skip
         t0 = time.perf_counter()
         for variant in cfg.variants:
             runs = outputs[variant]
@@ -281,7 +288,8 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
         "backbone": cfg.backbone, "weights": cfg.weights, "size": cfg.size,
         "seeds": list(cfg.seeds), "min_films": cfg.min_films, "min_test": cfg.min_test,
         "min_group": cfg.min_group, "stage1_epochs": cfg.stage1_epochs,
-        "max_epochs": cfg.max_epochs, "data": str(prepared.root), "protocol": PROTOCOL,
+        "max_epochs": cfg.max_epochs, "adversary_weight": cfg.adversary_weight,
+        "data": str(prepared.root), "protocol": PROTOCOL,
         "by_seed": {v: {str(s): {k: r[k] for k in ("mean_internal", "mean_external")}
                         for s, r in by_variant[v].items()} for v in cfg.variants},
     }  # fmt: skip

@@ -7,18 +7,16 @@ the run takes lung masks (``RunInfo.lung_gate``: the study's gate on the last ma
 blanked / the early feature maps gated outside the dilated lungs, ``RunInfo.lung_inputs``). It returns ``probabilities`` (softmax, class order
 :data:`~cxrguide.labels.CLASSES`) and ``logits``. The batch axis is dynamic; the side is fixed.
 
-Why the gate is rebuilt here: the model resizes the mask to the feature grid with area
-interpolation (adaptive average pooling), which the ONNX exporter cannot express when the grid
-does not divide the side (Inception at 299 px -> 8x8). :class:`ExportModule` does the same
-averaging as two constant matrix products, exact for every size, so the exported graph and the
-PyTorch model agree to float rounding.
+The last-map gate goes through :func:`~cxrguide.models.grid.mask_to_grid`, the model's own
+rule, written so that it exports for every size (average pooling where the grid divides the
+side, two constant matrix products where it does not: Inception at 299 px -> 8x8).
 
 The run's calibration (``reliability.safetensors``, :mod:`cxrguide.core.reliability`) travels in
 the graph: ``probabilities = softmax(w * logits + b)`` with ``w``, ``b`` constant buffers
 (temperature: ``w = 1 / T``, ``b = 0``; vector scaling: per class), ``logits`` are the network's
 raw outputs; the metadata properties ``calibration``, ``calibration_scale``, ``calibration_bias``
-and ``temperature`` state them (``none`` / "1.0" for a run without). The predictor's own export also returns ``features``, the pooled penultimate features its
-OOD score is computed on.
+and ``temperature`` state them (``none`` / "1.0" for a run without). The predictor's own
+export also returns ``features``, the pooled penultimate features its OOD score is computed on.
 
 Run facts (classes, input size, backbone, run id, gate) travel inside the file: ONNX metadata
 properties, or ``cxrguide.json`` among a TorchScript archive's extra files.
@@ -32,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,25 +44,13 @@ from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_path, user_cache_dir
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier
+from cxrguide.models.grid import mask_to_grid
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 18  # the lowest the torch.export based exporter writes natively
 PARITY_TOLERANCE = 1e-4
 META_FILE = "cxrguide.json"
 CACHE_ENV = "CXRGUIDE_CACHE_DIR"
-
-
-def area_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """``(n_out, n_in)`` averaging weights equal to 1-D adaptive average pooling.
-
-    Row ``i`` averages inputs ``floor(i * n_in / n_out)`` to ``ceil((i + 1) * n_in / n_out)``,
-    PyTorch's bin rule, so ``A_h @ M @ A_w.T`` equals ``F.interpolate(M, mode="area")``.
-    """
-    weights = torch.zeros(n_out, n_in, dtype=torch.float32)
-    for i in range(n_out):
-        start, end = (i * n_in) // n_out, math.ceil((i + 1) * n_in / n_out)
-        weights[i, start:end] = 1.0 / (end - start)
-    return weights
 
 
 class ExportModule(nn.Module):
@@ -77,17 +62,13 @@ class ExportModule(nn.Module):
         None): its affine map ``w * logits + b`` (temperature or vector scaling) goes in."""
         super().__init__()
         self.model = model
+        self.image_size = image_size
         self.lung_gate = lung_gate
         self.with_features = features  # a third output: pooled features (the predictor's OOD)
         w, b = (np.ones(len(CLASSES)), np.zeros(len(CLASSES))) if calibration is None \
             else calibration.affine()  # fmt: skip
         self.register_buffer("cal_scale", torch.tensor(w, dtype=torch.float32))
         self.register_buffer("cal_bias", torch.tensor(b, dtype=torch.float32))
-        with torch.no_grad():
-            probe = torch.zeros(1, 1, image_size, image_size, device=_device_of(model))
-            h, w = model.forward_features(probe).shape[-2:]
-        self.register_buffer("rows", area_matrix(image_size, int(h)))
-        self.register_buffer("cols", area_matrix(image_size, int(w)).T.contiguous())
 
     def forward(
         self, image: torch.Tensor, lung_mask: torch.Tensor | None = None
@@ -100,18 +81,13 @@ class ExportModule(nn.Module):
             # input blanking / early gates as the model does them; the last gate exportable
             features = self.model.lung_features(image, lung_mask, last=False)
             if "last" in self.model.lung_inputs:
-                grid = torch.matmul(torch.matmul(self.rows, lung_mask.to(features.dtype)),
-                                    self.cols)  # fmt: skip
-                features = features * grid
+                features = features * mask_to_grid(lung_mask.to(features.dtype),
+                                                   features.shape[-2:])  # fmt: skip
         logits = self.model.head(self.model.feature_tap(features))
         probs = torch.softmax(logits * self.cal_scale + self.cal_bias, dim=1)
         if self.with_features:
             return probs, logits, features.mean(dim=(2, 3))
         return probs, logits
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def example_inputs(
@@ -263,7 +239,7 @@ def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: in
 
     The reference is the classifier's own ``forward`` (with its area-interpolated gate), not
     :class:`ExportModule`, so the check also covers the rebuilt gate; its logits divided by the
-    exported temperature, so it covers that too. Batch of 3.
+    exported calibration (``w * logits + b``), so it covers that too. Batch of 3.
     """
     inputs = example_inputs(image_size, module.lung_gate, batch=3, seed=seed)
     with torch.no_grad():

@@ -4,8 +4,9 @@
   image + mask folders -> :class:`LungRecord` (paths only) -> :class:`LungMask` at the image's size.
 - :mod:`.prepare`: ``lungs prepare`` caches images and masks side by side.
 - :mod:`.unet`: the segmenter (MONAI BasicUNet; smp optional) and its loss.
+- :mod:`.segmenter`: a trained run loaded and run (the one mask rule), what train and predict share.
 - :mod:`.train`: ``lungs train`` / ``lungs evaluate``; :mod:`.predict`: masks for a prepared set
-  or a new film, with post-processing and quality flags; :mod:`.metrics`: Dice, IoU, HD95.
+  or new files; :mod:`.metrics`: post-processing, quality flags, Dice, IoU, HD95.
 
 Classification training, inference and serving use the public functions named here.
 """

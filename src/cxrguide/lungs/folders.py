@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrguide.data.imaging import fit_square
 from cxrguide.data.sources.base import Rejection
 from cxrguide.errors import ImageReadError, SourceLayoutError
 from cxrguide.lungs.records import LEFT, LUNG, RIGHT, LungMask, LungRecord
@@ -159,8 +158,3 @@ class MaskFolderSource:
             else:
                 pid = row.get("patient_id") or image.stem
                 yield self._record(image, [mask], pid)
-
-
-def mask_to_square(lung: np.ndarray, size: int) -> np.ndarray:
-    """Bool mask at image size -> uint8 0/255 at the cache size, aligned with the image cache."""
-    return fit_square(lung.astype(np.uint8) * 255, size, mask=True)

@@ -23,7 +23,6 @@ import torch
 from scipy import ndimage
 
 EMPTY_AREA = 0.005  # below this fraction of the film a mask counts as empty
-FLAGS = ("ok", "empty", "implausible")
 
 
 def postprocess(mask: np.ndarray, keep: int = 2) -> np.ndarray:

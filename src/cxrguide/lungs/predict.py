@@ -32,12 +32,10 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from cxrguide.config import LungsPredictConfig, load_yaml
-from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
-from cxrguide.core.runs import lung_run_path
 from cxrguide.data import cache
 from cxrguide.data.completion import require_complete
-from cxrguide.data.imaging import ImageInfo, fit_square, read_image, to_uint8
+from cxrguide.data.imaging import fit_square, read_image, to_uint8
 from cxrguide.data.transforms import resize_array
 from cxrguide.errors import ConfigError, CxrGuideError, ImageReadError
 from cxrguide.files import (
@@ -47,9 +45,18 @@ from cxrguide.files import (
     atomic_write_json,
     check_writable_dir,
 )
-from cxrguide.lungs.metrics import MaskQuality, content_fraction, postprocess, quality
+from cxrguide.lungs.metrics import MaskQuality, content_fraction
 from cxrguide.lungs.records import lung_cache_path
-from cxrguide.lungs.train import inference_batch, load_lung_run, predict_batch
+from cxrguide.lungs.segmenter import (  # noqa: F401  (FilmSegmenter & co: see below)
+    FilmSegmenter,
+    explicit_lung_run,
+    find_lung_run,
+    finish_mask,
+    inference_batch,
+    load_lung_run,
+    predict_batch,
+    run_checkpoint,
+)
 from cxrguide.lungs.unet import LungSegmenter
 
 QUALITY_FILE = "lung_quality.csv"
@@ -79,10 +86,6 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _checkpoint(run: Path) -> Path:
-    return run / engine.BEST if (run / engine.BEST).is_file() else run / engine.LAST
-
-
 def segment_cache(
     model: LungSegmenter,
     images: np.ndarray,
@@ -98,10 +101,9 @@ def segment_cache(
     for start in range(0, len(images), batch_size):
         probs = predict_batch(model, images[start : start + batch_size], model_size, device)
         for k, prob in enumerate(probs):
-            raw = prob >= threshold
-            final = postprocess(raw)
             content = contents[start + k] if contents is not None else 1.0
-            yield start + k, final, quality(raw, final, content, min_area, max_area)
+            _, final, q = finish_mask(prob, threshold, content, min_area, max_area)
+            yield start + k, final, q
 
 
 def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
@@ -159,7 +161,8 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
         writer.writerow(QUALITY_COLUMNS)
         writer.writerows(found)
     flags = dict(Counter(r[-1] for r in found))
-    checkpoint = _checkpoint(Path(cfg.run))
+    checkpoint = run_checkpoint(Path(cfg.run))
+    assert checkpoint is not None  # load_lung_run found it above
     provenance = {"run": str(Path(cfg.run).resolve()), "checkpoint": checkpoint.name,
                   "checkpoint_sha256": _sha256(checkpoint), "threshold": threshold,
                   "model_size": train_cfg.size, "size": size, "n": len(rows), "flags": flags,
@@ -232,9 +235,9 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
         squares = np.stack([fit_square(img, train_cfg.size) for _, img in loaded])
         probs = predict_batch(model, squares, train_cfg.size, device)
         for (path, img), prob in zip(loaded, probs, strict=True):
-            raw = unletterbox(prob, *img.shape) >= threshold
-            final = postprocess(raw)
-            result = ImagePrediction(path, quality(raw, final, 1.0, cfg.min_area, cfg.max_area))
+            _, final, q = finish_mask(unletterbox(prob, *img.shape), threshold, 1.0,
+                                      cfg.min_area, cfg.max_area)  # fmt: skip
+            result = ImagePrediction(path, q)
             stem = _unique_stem(Path(path), used)
             if cfg.out is not None:
                 result.mask_file = Path(cfg.out) / f"{stem}_lungs.png"
@@ -247,42 +250,5 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
     return sorted(results, key=lambda r: order.get(r.path, 0))
 
 
-def find_lung_run(value: str, run_dir: Path) -> Path:
-    """``RunInfo.lung_model``: a folder inside the run folder only (see ``lung_run_path``)."""
-    return lung_run_path(run_dir, value)
-
-
-def explicit_lung_run(path: str | Path) -> Path:
-    """A lung run the user named (``--lung-model``): any folder they trust."""
-    path = Path(path).expanduser()
-    if not (path / "config.yaml").is_file():
-        raise CxrGuideError(
-            f"{path}: not a lung model run (no config.yaml; give a 'cxrguide lungs train' run "
-            "to --lung-model)"
-        )
-    return path
-
-
-class FilmSegmenter:
-    """A lung run loaded once, segmenting letterboxed films: post-processed masks + quality.
-
-    What ``predict``, ``serve`` and the galleries of new files share (one post-processing rule).
-    """
-
-    def __init__(self, run: Path, device: torch.device) -> None:
-        self.run, self.device = run, device
-        net, self.cfg = load_lung_run(run)
-        self.model = net.to(device).eval()
-
-    def segment(
-        self, squares: np.ndarray, infos: list[ImageInfo]
-    ) -> tuple[np.ndarray, list[MaskQuality]]:
-        """``(B, S, S)`` films in [0, 1] -> bool masks ``(B, S, S)`` and their quality flags."""
-        probs = predict_batch(self.model, squares, self.cfg.size, self.device)
-        masks, flags = [], []
-        for prob, info in zip(probs, infos, strict=True):
-            raw = prob >= self.cfg.threshold
-            final = postprocess(raw)
-            masks.append(final)
-            flags.append(quality(raw, final, content_fraction(info.width, info.height)))
-        return np.stack(masks), flags
+# FilmSegmenter, explicit_lung_run and find_lung_run live in :mod:`.segmenter`; imported here
+# too while inference.predictor still imports them from this module.

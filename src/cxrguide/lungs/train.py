@@ -24,31 +24,33 @@ from torch.utils.data import Dataset
 from cxrguide.config import (
     LungsEvaluateConfig,
     LungsTrainConfig,
-    load_config,
     load_yaml,
     save_yaml,
     to_dict,
 )
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
+from cxrguide.core.tracking import finish_mlflow
 from cxrguide.data import cache
 from cxrguide.data.augment import CxrAugment
 from cxrguide.data.completion import require_complete
 from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_write_json
-from cxrguide.lungs.metrics import (
-    content_fraction,
-    postprocess,
-    quality,
-    segmentation_metrics,
-    summarize,
-)
+from cxrguide.lungs.metrics import content_fraction, segmentation_metrics, summarize
 from cxrguide.lungs.records import lung_cache_path
-from cxrguide.lungs.unet import DiceBCELoss, LungSegmenter, build_unet
+from cxrguide.lungs.segmenter import (
+    RUN_CONFIG,
+    build_segmenter,
+    finish_mask,
+    inference_batch,
+    load_lung_run,
+    predict_batch,
+)
+from cxrguide.lungs.unet import DiceBCELoss, LungSegmenter
 
-RUN_CONFIG, METRICS, PER_IMAGE = "config.yaml", "metrics.json", "per_image.csv"
-_RUNTIME_FIELDS = ("device", "progress", "workers")  # may change when a run is resumed
+METRICS, PER_IMAGE = "metrics.json", "per_image.csv"
+_RUNTIME_FIELDS = ("device", "progress", "workers", "mlflow")  # may change when a run is resumed
 
 
 def read_lung_set(prepared: str | Path) -> tuple[list[dict[str, str]], int]:
@@ -126,10 +128,6 @@ class LungsTrainResult:
     metrics: dict[str, Any]
 
 
-def _model_from(cfg: LungsTrainConfig, weights: bool = True) -> LungSegmenter:
-    return build_unet(cfg.arch, cfg.features, cfg.encoder, cfg.encoder_weights if weights else None)
-
-
 def _check_run_dir(run: Path, cfg: LungsTrainConfig) -> None:
     saved_file = run / RUN_CONFIG
     if not saved_file.exists():
@@ -170,12 +168,12 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
             f"{cfg.data}: needs train and val images (train {len(train_set)}, val {len(val_set)})"
         )
     engine.seed_everything(cfg.seed)
-    model = _model_from(cfg)
+    model = build_segmenter(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     task = LungTask(DiceBCELoss(cfg.dice_weight, cfg.bce_weight), cfg.threshold)
     ecfg = engine.EngineConfig(max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed,
                                device=cfg.device, precision=cfg.precision,
-                               progress=cfg.progress)  # fmt: skip
+                               progress=cfg.progress, mlflow=cfg.mlflow)  # fmt: skip
     loaders = [
         engine.make_loader(
             ds, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.workers
@@ -184,45 +182,8 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
     ]
     result = engine.fit(model, task, *loaders, optimizer, ecfg, run)
     metrics = evaluate_model(model, cfg, run, splits=("val", "test"))
+    finish_mlflow(run, cfg.mlflow)
     return LungsTrainResult(run, result, metrics)
-
-
-def load_lung_run(run: str | Path) -> tuple[LungSegmenter, LungsTrainConfig]:
-    """The model of a run folder with its best weights (last.pt if no best.pt yet)."""
-    run = Path(run)
-    if not (run / RUN_CONFIG).is_file():
-        raise CxrGuideError(f"{run}: not a run folder written by 'cxrguide lungs train'")
-    cfg = load_config(LungsTrainConfig, run / RUN_CONFIG)
-    checkpoint = next((run / f for f in (engine.BEST, engine.LAST) if (run / f).is_file()), None)
-    if checkpoint is None:
-        raise CxrGuideError(f"{run}: no best.pt or last.pt (training has not finished an epoch)")
-    model = _model_from(cfg, weights=False)  # weights come from the checkpoint: no download
-    engine.load_weights(model, checkpoint)
-    return model.eval(), cfg
-
-
-@torch.no_grad()
-def predict_batch(
-    model: LungSegmenter, images: np.ndarray, size: int, device: torch.device
-) -> np.ndarray:
-    """Lung probabilities (B, S, S) float32 for uint8 or [0, 1] float images (B, S, S).
-
-    Images are resized to the model's ``size`` and the probabilities back to S, both by the one
-    image rule (:mod:`cxrguide.data.transforms`: area shrinking, bilinear enlarging), so any
-    square cache size works with any model size.
-    """
-    arr = np.asarray(images)
-    x = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
-    x = x.to(device)[:, None]
-    side = x.shape[-1]
-    p = torch.sigmoid(model(resize_image(x, size)).float())
-    return resize_image(p, side)[:, 0].cpu().numpy()
-
-
-def inference_batch(batch_size: int, device: torch.device) -> int:
-    """``0`` -> 4 on CPU, 16 on CUDA. On CPU the U-Net gains nothing from larger batches and
-    loses at 16 (``bench/lungs.py``, 256 px, 2 cores: 10.5 masks/s at 16 vs 15-17 at 1-4)."""
-    return batch_size or (16 if device.type == "cuda" else 4)
 
 
 def evaluate_model(
@@ -248,10 +209,9 @@ def evaluate_model(
             x = torch.stack([im for im, _ in items])[:, 0].numpy()
             probs = predict_batch(model, x, cfg.size, dev)
             for k, (prob, (_, y)) in enumerate(zip(probs, items, strict=True)):
-                raw = prob >= cfg.threshold
-                final = postprocess(raw)
                 row = ds.rows[start + k]
-                q = quality(raw, final, content_fraction(row["width"], row["height"]))
+                content = content_fraction(row["width"], row["height"])
+                raw, final, q = finish_mask(prob, cfg.threshold, content)
                 preds.append(final), raws.append(raw), targets.append(y[0].numpy() > 0.5)
                 flags.append(q.flag)
         per = segmentation_metrics(np.stack(preds), np.stack(targets))
@@ -310,5 +270,5 @@ def describe(metrics: dict[str, Any]) -> str:
 
 __all__ = [
     "LungTask", "LungsDataset", "LungsTrainResult", "describe", "evaluate_lungs",
-    "evaluate_model", "load_lung_run", "predict_batch", "read_lung_set", "train_lungs",
+    "evaluate_model", "read_lung_set", "train_lungs",
 ]  # fmt: skip

@@ -23,18 +23,20 @@ Inception and ResNet V2; none for COVID-Net), so callers never deal with either.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrguide.models.grid import feature_stages, mask_to_grid
 from cxrguide.models.head import PaperHead
 
 
 def gate_features(features: torch.Tensor, lung_mask: torch.Tensor) -> torch.Tensor:
     """Multiply ``(B, C, h, w)`` features by a ``(B, 1, H, W)`` mask area-resized to ``(h, w)``.
 
-    Area interpolation keeps soft values: a feature cell half inside the lungs gets 0.5.
+    The mask lands on the grid by :func:`~cxrguide.models.grid.mask_to_grid` (soft values kept).
     """
     if lung_mask.dim() == 3:
         lung_mask = lung_mask.unsqueeze(1)
@@ -44,8 +46,7 @@ def gate_features(features: torch.Tensor, lung_mask: torch.Tensor) -> torch.Tens
         raise ValueError(
             f"lung_mask batch {lung_mask.shape[0]} != feature batch {features.shape[0]}"
         )
-    grid = F.interpolate(lung_mask.to(features.dtype), size=features.shape[-2:], mode="area")
-    return features * grid
+    return features * mask_to_grid(lung_mask.to(features.dtype), features.shape[-2:])
 
 
 LUNG_INPUTS = ("input", "early", "last")  # where a lung mask enters the network
@@ -57,17 +58,6 @@ def dilate_mask(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     if pixels <= 0:
         return mask
     return F.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels)
-
-
-def area_resize(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Area-resize a mask to ``size``: average pooling when the side divides (exportable)."""
-    h, w = int(size[0]), int(size[1])  # ints: static sizes in a traced / exported graph
-    H, W = int(mask.shape[-2]), int(mask.shape[-1])  # noqa: N806
-    if (h, w) == (H, W):
-        return mask
-    if H % h == 0 and W % w == 0:
-        return F.avg_pool2d(mask, (H // h, W // w))
-    return F.interpolate(mask, size=(h, w), mode="area")
 
 
 class CxrClassifier(nn.Module):
@@ -103,8 +93,6 @@ class CxrClassifier(nn.Module):
         self._body_frozen = False
         self.lung_inputs: tuple[str, ...] = ("last",)
         self.lung_dilation = 0.0  # fraction of the input side the mask grows by (input, early)
-        self._early_mask: torch.Tensor | None = None
-        self._early_hooks: list = []
 
     # --- where lung masks enter ----------------------------------------------------------
     def set_lung_inputs(self, inputs: Iterable[str], dilation: float = 0.0) -> CxrClassifier:
@@ -114,29 +102,36 @@ class CxrClassifier(nn.Module):
         inputs = tuple(m for m in LUNG_INPUTS if m in wanted)
         if unknown or dilation < 0:
             raise ValueError(f"lung inputs {sorted(unknown)} / dilation {dilation} invalid")
-        for handle in self._early_hooks:
-            handle.remove()
-        self._early_hooks = []
         if "early" in inputs:
-            self._early_hooks = [m.register_forward_hook(self._early_gate)
-                                 for m in self.early_modules()]  # fmt: skip
+            self.early_modules()  # a body without feature_info cannot take the early gate
         self.lung_inputs, self.lung_dilation = inputs, float(dilation)
         return self
 
     def early_modules(self) -> list[nn.Module]:
         """The body's stages of stride <= 16 (timm's ``feature_info``)."""
-        info = getattr(self.body, "feature_info", None)
-        if not info:
+        if not getattr(self.body, "feature_info", None):
             raise ValueError(f"{self.name}: no feature_info, so no early lung gate")
-        entries = info.get_dicts() if hasattr(info, "get_dicts") else list(info)
-        modules = dict(self.body.named_modules())
-        return [modules[e["module"]] for e in entries
-                if e.get("reduction", 99) <= EARLY_MAX_STRIDE and e.get("module") in modules]  # fmt: skip
+        return [stage.module for stage in feature_stages(self.body, EARLY_MAX_STRIDE)]
 
-    def _early_gate(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        if self._early_mask is None or not isinstance(output, torch.Tensor):
-            return output
-        return output * area_resize(self._early_mask.to(output.dtype), output.shape[-2:])
+    @contextmanager
+    def early_gates(self, wide: torch.Tensor) -> Iterator[None]:
+        """Gate every early stage's output by ``wide`` for the calls inside the block.
+
+        The hooks hold the mask in their closure and are removed on exit, so nothing of one
+        call stays on the module for the next.
+        """
+
+        def gate(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                return output
+            return output * mask_to_grid(wide.to(output.dtype), output.shape[-2:])
+
+        handles = [m.register_forward_hook(gate) for m in self.early_modules()]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def wide_mask(self, lung_mask: torch.Tensor, side: int) -> torch.Tensor:
         """The mask grown by ``lung_dilation`` of the side (what ``input``/``early`` use)."""
@@ -158,11 +153,12 @@ class CxrClassifier(nn.Module):
             wide = self.wide_mask(lung_mask, x.shape[-1])
         if "input" in self.lung_inputs:
             x = x * wide
-        self._early_mask = wide if "early" in self.lung_inputs else None
-        try:
+        if "early" in self.lung_inputs:
+            assert wide is not None
+            with self.early_gates(wide):
+                features = self.forward_features(x)
+        else:
             features = self.forward_features(x)
-        finally:
-            self._early_mask = None
         if last and "last" in self.lung_inputs:
             features = gate_features(features, lung_mask)
         return features

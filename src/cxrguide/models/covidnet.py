@@ -184,8 +184,3 @@ class CovidNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)
-
-
-def covidnet_cxr(variant: str) -> CovidNet:
-    """Build a randomly initialised COVID-Net CXR body (``"small"`` or ``"large"``)."""
-    return CovidNet(variant)

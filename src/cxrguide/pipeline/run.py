@@ -8,6 +8,7 @@ and continues from the run's last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ from cxrguide.config import (
 from cxrguide.config.pipeline import ExplainOptions, ReportOptions
 from cxrguide.errors import ConfigError
 from cxrguide.pipeline.steps import StepResult, StepRunner
+
+_log = logging.getLogger(__name__)
 
 
 def _section(cls: type, section: dict[str, Any], name: str, wiring: dict[str, Any],
@@ -99,7 +102,7 @@ def plan(cfg: PipelineConfig) -> _Plan:
                  s3, audit)  # fmt: skip
 
 
-def run_pipeline(cfg: PipelineConfig, log=print) -> dict[str, StepResult]:
+def run_pipeline(cfg: PipelineConfig, log=_log.info) -> dict[str, StepResult]:
     p = plan(cfg)  # every section checked before the first step
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +188,7 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
     from cxrguide.data.summary import summary_text
 
     result = prepare(cfg)
-    print(summary_text(result.out))
+    _log.info(summary_text(result.out))
     return {"folder": str(result.out), "images": result.n_images, "splits": result.split_counts}
 
 
@@ -194,7 +197,7 @@ def _audit(cfg: AuditConfig) -> dict[str, Any]:
 
     result = audit_prepared(cfg.data, cfg.out, seed=cfg.seed, probe_side=cfg.probe_side,
                             probe_margin=cfg.probe_margin, probe_max_images=cfg.probe_max_images)  # fmt: skip
-    print("\n".join(result.notes))
+    _log.info("\n".join(result.notes))
     return {"folder": str(result.out), "warnings": [w["code"] for w in result.audit["warnings"]]}
 
 

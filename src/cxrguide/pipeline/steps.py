@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -20,9 +21,14 @@ from typing import Any
 from cxrguide.config import to_dict
 from cxrguide.files import atomic_write_json
 
+_log = logging.getLogger(__name__)
+
 
 def fingerprint(config: Any, inputs: list[str]) -> str:
-    payload = json.dumps({"config": to_dict(config), "inputs": inputs}, sort_keys=True, default=str)
+    data = to_dict(config)
+    if isinstance(data, dict):  # where a run is tracked is not what it computes
+        data = {k: v for k, v in data.items() if k != "mlflow"}
+    payload = json.dumps({"config": data, "inputs": inputs}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -38,7 +44,7 @@ class StepResult:
 class StepRunner:
     """Runs steps in order under one output folder and remembers what each produced."""
 
-    def __init__(self, root: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, root: Path, log: Callable[[str], None] = _log.info) -> None:
         self.root = Path(root)
         self.state_dir = self.root / ".steps"
         self.state_dir.mkdir(parents=True, exist_ok=True)

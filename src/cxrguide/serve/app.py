@@ -7,22 +7,8 @@
   OpenAPI docs at ``/docs``, served with their Swagger UI assets from the ``fastapi-offline``
   package (``/docs-assets``), so the page works offline and loads nothing from a CDN.
 
-Hostile input: the body is read in chunks and refused (413) past ``max_upload_bytes`` before it
-is parsed, the multipart parser keeps the part in memory (never a spool file in the system temp
-folder), and the bytes go to a file with a random name in a private 0700 temp folder, read by
-:func:`~cxrguide.data.imaging.read_image`, which sniffs the format from content and checks the
-pixel count from the header before decoding (413 for too many pixels, 422 for anything
-unreadable), then deleted. The client's file name is only echoed back, never used as a path.
-The model is shared and the :class:`~cxrguide.inference.predictor.Predictor` serialises
-inference with a lock.
-
-Slow and greedy clients: at most ``max_concurrent`` uploads are received or held at once (more
-get 503 at once, never a queue a slow client can fill); each body must arrive within
-``body_timeout_s`` (408 otherwise), so four clients sending 1 byte/s hold four upload slots for
-at most that long and never the decoders; at most ``max_decodes`` images are decoded and labelled
-at once, each decoded at the model's input side (memory follows the model, not the header), and
-the C heap is trimmed after each (``malloc_trim``) so the memory goes back to the system. A
-client that disconnects mid-upload is logged in one line.
+Hostile input and slow or greedy clients: :mod:`cxrguide.serve.upload` (limits on size,
+time and concurrency); the answers' schema: :mod:`cxrguide.serve.schemas`.
 
 The front door (:mod:`cxrguide.serve.guard`): a ``Host`` allow-list (loopback names by
 default), cross-site writes refused, an optional bearer ``token`` on every ``/v1/*`` call, and
@@ -35,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ctypes
-import ctypes.util
 import io
-import logging
 import os
 import shutil
 import tempfile
@@ -54,21 +37,23 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from cxrguide.config.inference import CAM_METHODS, CamMethod
 from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.inference.predictor import Prediction, Predictor
 from cxrguide.inference.redact import Redactor
 from cxrguide.serve.guard import LOOPBACK_HOSTS, guard
-
-DISCLAIMER = (
-    "Research tool, not a diagnosis. Not a medical device; do not use it for patient care. "
-    "Any finding must be read by a qualified clinician."
+from cxrguide.serve.schemas import (
+    DISCLAIMER,
+    UPLOAD_BODY,
+    DicomSource,
+    DicomWritten,
+    PredictResponse,
+    to_response,
 )
-MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
+from cxrguide.serve.upload import file_part, read_body, safe_name, trim_heap
+
 STATIC = Path(__file__).with_name("static")
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
@@ -76,163 +61,6 @@ _PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-log = logging.getLogger("uvicorn.error")  # uvicorn's own format and level
-
-
-class LungInfo(BaseModel):
-    coverage: float  # lung area / film area after post-processing
-    quality: str  # ok | empty | implausible
-    lungs: int
-    components: int
-
-
-class ImageMeta(BaseModel):
-    format: str
-    width: int
-    height: int
-
-
-class DicomSource(BaseModel):
-    """A DICOM upload's identifiers (never the patient's name or ID)."""
-
-    StudyInstanceUID: str
-    SeriesInstanceUID: str
-    SOPInstanceUID: str
-    AccessionNumber: str
-
-
-class DicomWritten(BaseModel):
-    """What ``serve --dicom-out`` wrote for a DICOM upload (SOP Instance UIDs, no paths)."""
-
-    sr_sop_instance_uid: str | None = None
-    sc_sop_instance_uid: str | None = None
-    seg_sop_instance_uid: str | None = None  # the lung mask, when a lung model is in play
-    not_written: str | None = None  # why nothing was written (e.g. no StudyInstanceUID)
-
-
-class PredictResponse(BaseModel):
-    label: str
-    probabilities: dict[str, float]
-    lung: LungInfo | None
-    image: ImageMeta
-    reliable: bool  # False when any warning applies: do not read the label
-    warnings: list[str]  # lateral view, allowed non-radiograph, implausible lung mask
-    ood_score: float | None = None  # Mahalanobis distance to training films (null: run has none)
-    calibrated: bool = False  # probabilities calibrated (temperature or vector scaling)
-    filename: str | None
-    run_id: str
-    overlay_png_base64: str | None = None
-    cam_method: str | None = None
-    elapsed_ms: float
-    disclaimer: str = DISCLAIMER
-    dicom_source: DicomSource | None = None  # DICOM uploads only
-    dicom_written: DicomWritten | None = None  # DICOM uploads under serve --dicom-out
-
-
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "PNG, JPEG or DICOM chest X-ray",
-                        }
-                    },
-                }  # fmt: skip
-            }
-        },
-    }
-}
-
-
-def _safe_name(name: str | None) -> str | None:
-    """The client's file name for display only: last component, printable, at most 120 chars."""
-    if not name:
-        return None
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    clean = "".join(ch for ch in base if ch.isprintable())
-    return clean[:120] or None
-
-
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body within ``timeout_s`` (408) and ``limit`` (413); a disconnect: one line."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
-        raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
-    body = bytearray()
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limit + MULTIPART_OVERHEAD:
-                    raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
-    except TimeoutError:
-        client = request.client.host if request.client else "?"
-        log.warning("upload from %s timed out after %.0f s (%d bytes received)", client,
-                    timeout_s, len(body))  # fmt: skip
-        raise HTTPException(408, f"upload not received within {timeout_s:g} s") from None
-    except ClientDisconnect:
-        client = request.client.host if request.client else "?"
-        log.warning("client %s disconnected during the upload (%d bytes received)", client,
-                    len(body))  # fmt: skip
-        raise HTTPException(400, "client disconnected") from None
-    return bytes(body)
-
-
-def _trim_heap() -> None:
-    """Give freed decode buffers back to the OS (glibc keeps them in its arenas otherwise)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
-
-
-async def _file_part(request: Request, body: bytes, limit: int) -> tuple[bytes, str | None]:
-    """The bytes and client name of the one file part, parsed in memory."""
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    ctype = request.headers.get("content-type", "")
-    if not ctype.lower().startswith("multipart/form-data"):
-        raise HTTPException(415, "send the image as multipart/form-data with a part named 'file'")
-
-    async def stream():
-        yield body
-
-    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=8)
-    parser.spool_max_size = limit + MULTIPART_OVERHEAD  # stay in memory: no system temp files
-    try:
-        form = await parser.parse()
-    except MultiPartException as err:
-        raise HTTPException(400, f"bad multipart body: {err.message}") from None
-    try:
-        upload = form.get("file")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(400, "no file part named 'file' in the upload")
-        data = await upload.read()
-        name = upload.filename
-    finally:
-        await form.close()
-    if not data:
-        raise HTTPException(422, "empty file")
-    if len(data) > limit:
-        raise HTTPException(413, f"upload too large ({len(data):,} > limit {limit:,} bytes)")
-    return data, name
 
 
 def _png_base64(rgb: Any) -> str:
@@ -255,22 +83,6 @@ def _no_paths(value: Any) -> Any:
             kind, sep, rest = "", "", value
         return kind + sep + rest.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     return value
-
-
-def _response(pred: Prediction, predictor: Predictor, name: str | None, started: float,
-              overlay: str | None, method: str | None) -> PredictResponse:  # fmt: skip
-    lung = None
-    if pred.lung is not None:
-        lung = LungInfo(coverage=pred.lung.area_fraction, quality=pred.lung.flag,
-                        lungs=pred.lung.lungs, components=pred.lung.components)  # fmt: skip
-    return PredictResponse(
-        label=pred.label, probabilities=pred.probabilities, lung=lung,
-        image=ImageMeta(format=pred.info.format, width=pred.info.width, height=pred.info.height),
-        reliable=pred.reliable, warnings=pred.warnings, ood_score=pred.ood_score,
-        calibrated=pred.calibrated,
-        filename=name, run_id=predictor.run_id, overlay_png_base64=overlay,
-        cam_method=method, elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
-    )  # fmt: skip
 
 
 def _write_dicom(writer: Any, pred: Prediction) -> DicomWritten | None:
@@ -331,7 +143,7 @@ def create_app(
 
     def infer(data: bytes, name: str | None, cam: bool, method: str) -> PredictResponse:
         started = time.perf_counter()
-        name = _safe_name(name)
+        name = safe_name(name)
         if redact is not None and name is not None:
             name = redact(name)
         path = workdir / f"{uuid.uuid4().hex}.upload"
@@ -343,16 +155,17 @@ def create_app(
             pred = predictor.predict_file(path, source=name or "upload")
             overlay = _png_base64(predictor.cam(pred, method)) if cam else None
             written = _write_dicom(writer, pred)
-            response = _response(pred, predictor, name, started, overlay, method if cam else None)
+            response = to_response(pred, predictor.run_id, name, started, overlay,
+                                   method if cam else None)  # fmt: skip
             if pred.uids:
                 response.dicom_source = DicomSource(**pred.uids)
             response.dicom_written = written
             return response
         finally:
             path.unlink(missing_ok=True)
-            _trim_heap()
+            trim_heap()
 
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=_UPLOAD_BODY,
+    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=UPLOAD_BODY,
               responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})  # fmt: skip
     async def predict(
         request: Request,
@@ -365,8 +178,8 @@ def create_app(
                                 headers={"Retry-After": "5"})  # fmt: skip
         uploads["active"] += 1
         try:
-            body = await _read_body(request, max_upload_bytes, body_timeout_s)
-            data, name = await _file_part(request, body, max_upload_bytes)
+            body = await read_body(request, max_upload_bytes, body_timeout_s)
+            data, name = await file_part(request, body, max_upload_bytes)
             del body
             async with decoders:
                 return await run_in_threadpool(infer, data, name, cam, method)
@@ -421,3 +234,6 @@ def _local_docs(app: FastAPI) -> None:
             swagger_css_url="docs-assets/swagger-ui.css",
             swagger_favicon_url="docs-assets/favicon.png",
         )  # fmt: skip
+
+
+__all__ = ["DISCLAIMER", "create_app"]

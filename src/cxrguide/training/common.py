@@ -8,6 +8,7 @@ that evaluates a saved run, normally :func:`cxrguide.evaluation.evaluate.score_s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,16 @@ from cxrguide.config import TrainConfig, save_yaml
 from cxrguide.core import engine
 from cxrguide.core.run_config import claim_run_config
 from cxrguide.core.runs import RunInfo, read_info, save_run
+from cxrguide.core.tracking import finish_mlflow
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.models.classifier import CxrClassifier
 
 LEADERBOARD = "leaderboard_stage{stage}.csv"
 SCORED_SPLITS = ("val", "test")
 SHORTCUT_SPLIT = "shortcut_test"  # phantoms' markers at another class's place (cxrguide synth)
+
+_log = logging.getLogger(__name__)
 
 Scorer = Callable[[Path, str, TrainConfig], dict[str, Any]]
 """``(run folder, split, config) -> metrics`` with ``accuracy``, ``macro_f1``, ``macro_auc``."""
@@ -34,6 +39,7 @@ def engine_config(cfg: TrainConfig) -> engine.EngineConfig:
     return engine.EngineConfig(
         max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed, device=cfg.device,
         precision=cfg.precision, channels_last=cfg.channels_last, progress=cfg.progress,
+        mlflow=cfg.mlflow,
     )  # fmt: skip
 
 
@@ -63,14 +69,25 @@ def parents(cfg: TrainConfig) -> list[Path]:
     return [Path(r) for r in board["run"].head(cfg.top)]
 
 
-def run_dir(cfg: TrainConfig, name: str) -> Path:
-    """``OUT/stage<k>-<name>``; an existing run is continued only with ``--resume``."""
-    run = Path(cfg.out) / f"stage{cfg.stage}-{name}"
+def run_path(cfg: TrainConfig, name: str) -> Path:
+    """``OUT/stage<k>-<name>``: where a stage's run of one model lives (no side effects)."""
+    return Path(cfg.out) / f"stage{cfg.stage}-{name}"
+
+
+def effective_image_size(cfg: TrainConfig, model: CxrClassifier, parent_size: int = 0) -> int:
+    """The side a run trains at: ``--image-size``, else its parent run's, else the body's own."""
+    return cfg.image_size or parent_size or model.input_size[0]
+
+
+def claim_run(cfg: TrainConfig, name: str) -> Path:
+    """Take :func:`run_path` for this config: refuse an existing run unless ``--resume``, and
+    record the config first (a resume must match it)."""
+    run = run_path(cfg, name)
     if (run / engine.LAST).exists() and not cfg.resume:
         raise CxrGuideError(
             f"{run}: a run already exists; pass --resume to continue it or choose another --out"
         )
-    if engine.is_main_process():  # the record is written first; a resume must match it
+    if engine.is_main_process():
         claim_run_config(run, cfg, resume=cfg.resume, override=cfg.resume_override)
     return run
 
@@ -101,6 +118,7 @@ def finish_run(
         m = score(run, SHORTCUT_SPLIT, cfg)
         row[f"{SHORTCUT_SPLIT}_accuracy"] = m["accuracy"]
         shown += f", {SHORTCUT_SPLIT} accuracy {m['accuracy']:.3f}"
-    print(f"{run}: {shown}")
+    _log.info("%s: %s", run, shown)
+    finish_mlflow(run, cfg.mlflow)  # the finished folder (model, metrics) as the run's artefacts
     engine.barrier()
     return row

@@ -1,6 +1,8 @@
 """Stage II and III: the one fine-tuning path (Stage II is Stage III with no attention).
 
 Stage III adds guided attention (lung gate, GAIN attention mining, lung-mask supervision).
+``--adversary source`` adds a source classifier behind gradient reversal to either
+(:mod:`cxrguide.training.adversary`).
 
 ``cxrguide train --stage 3 --from RUN|LEADERBOARD --attention gate,gain[,external]`` fine-tunes
 Stage II runs (the study's order) with the mechanisms switched on; without ``--from`` it starts
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +44,11 @@ from cxrguide.models.saved import load_run
 from cxrguide.training.common import (
     Scorer,
     backbones,
+    claim_run,
+    effective_image_size,
     engine_config,
     finish_run,
     parents,
-    run_dir,
     sgd,
 )
 from cxrguide.training.objective import (
@@ -53,8 +57,11 @@ from cxrguide.training.objective import (
     dataset_labels,
     dataset_sources,
     train_loader,
+    with_adversary,
 )
 from cxrguide.training.tasks import Stage3Task
+
+_log = logging.getLogger(__name__)
 
 
 def settings_from(cfg: TrainConfig) -> GainSettings:
@@ -111,8 +118,8 @@ def rows_with_lungs(prepared: Prepared, split: str, why: str) -> np.ndarray:
             f"{why} needs lungs; check 'cxrguide lungs predict' (its quality flags)"
         )
     if not present.all():
-        print(f"{why}: skipped {int((~present).sum())} of {len(rows)} {split} images "
-              "(empty lung mask)")  # fmt: skip
+        _log.info("%s: skipped %d of %d %s images (empty lung mask)", why,
+                  int((~present).sum()), len(rows), split)  # fmt: skip
     return rows[present]
 
 
@@ -160,8 +167,8 @@ def fine_tune(
     model.unfreeze_body().train()
     if info.parent:  # the body starts from the parent's weights, whatever --weights says
         cfg = dataclasses.replace(cfg, weights=str(Path(info.parent) / "model.pt"))
-    run = run_dir(cfg, info.backbone)
-    size = cfg.image_size or info.image_size or model.input_size[0]
+    run = claim_run(cfg, info.backbone)
+    size = effective_image_size(cfg, model, info.image_size)
     augment = CxrAugment(hflip=cfg.hflip) if cfg.augment else None
     strict = settings is not None and settings.strict_lungs
     why = f"--attention {','.join(names)}"
@@ -180,6 +187,9 @@ def fine_tune(
     else:
         net = GuidedAttention(model, settings)
         task = Stage3Task(settings, cfg.l2, cfg.l2_scope, class_weights(cfg, labels))
+    loader = train_loader(cfg, train, labels, dataset_sources(cfg, prepared, train))
+    net, task = with_adversary(cfg, prepared, train, model, net, task,
+                               cfg.max_epochs * len(loader))  # fmt: skip
     if optimizer == "sgd":
         opt = sgd(net.parameters(), cfg.finetune_lr, cfg.momentum)
     elif optimizer == "adam":
@@ -187,8 +197,7 @@ def fine_tune(
     else:
         raise ConfigError(f"optimizer: {optimizer!r} is not one of sgd, adam")
     engine.fit(
-        net, task,
-        train_loader(cfg, train, labels, dataset_sources(cfg, prepared, train)),
+        net, task, loader,
         engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
         opt, engine_config(cfg), run, on_epoch_end=on_epoch_end,
     )  # fmt: skip
@@ -227,8 +236,8 @@ def stage3(
     model, info = _start(cfg, parent, backbone)
     if (parent is None and model.weights_source == "random" and settings.gain
             and settings.erased_bn == "frozen"):  # fmt: skip
-        print("Stage III from a random body: BatchNorm has no trained statistics to freeze; "
-              "GAIN uses --gain-bn clean")  # fmt: skip
+        _log.info("Stage III from a random body: BatchNorm has no trained statistics to freeze; "
+                  "GAIN uses --gain-bn clean")  # fmt: skip
         cfg = dataclasses.replace(cfg, gain_bn="clean")  # recorded in the run's config.yaml
         settings = dataclasses.replace(settings, erased_bn="clean")
     return fine_tune(cfg, model, info, prepared, settings, score)

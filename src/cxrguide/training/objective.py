@@ -1,19 +1,27 @@
 """What a classifier run optimises, from its config: the task (cross-entropy with optional class
-weights, L2 on the head or on every kernel) and the training loader (optional class- or class x source-balanced sampling).
+weights, L2 on the head or on every kernel, optionally an adversary against the source) and the
+training loader (optional class- or class x source-balanced sampling).
 
-Stage I, II and III all build their task and loader here, so ``--class-weights``, ``--sampler``
-and ``--l2-scope`` mean the same thing in every stage.
+Stage I, II and III all build their task and loader here, so ``--class-weights``, ``--sampler``,
+``--l2-scope`` and ``--adversary`` mean the same thing in every stage that trains a body.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrguide.config import TrainConfig
 from cxrguide.core import engine
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError
+from cxrguide.training.adversary import (
+    AdversarialNet,
+    AdversaryTask,
+    SourceAdversary,
+    source_codes,
+)
 from cxrguide.training.losses import (
     balanced_class_weights,
     balanced_sample_weights,
@@ -52,13 +60,34 @@ def train_loader(
                               num_workers=cfg.workers, sample_weights=weights)  # fmt: skip
 
 
+def source_names(cfg: TrainConfig, prepared: Prepared) -> np.ndarray:
+    """The ``--group-by`` column (a film's source) of every manifest row."""
+    if cfg.group_by not in prepared.manifest.columns:
+        raise ConfigError(f"group_by: {prepared.root}/manifest.csv has no {cfg.group_by!r} column")
+    return prepared.manifest[cfg.group_by].astype(str).to_numpy()
+
+
 def dataset_sources(cfg: TrainConfig, prepared: Prepared, dataset) -> np.ndarray | None:
     """The ``--group-by`` column of every training item (``sampler: group`` only, else None)."""
     if cfg.sampler != "group":
         return None
-    if cfg.group_by not in prepared.manifest.columns:
-        raise ConfigError(f"group_by: {prepared.root}/manifest.csv has no {cfg.group_by!r} column")
-    return prepared.manifest[cfg.group_by].astype(str).to_numpy()[np.asarray(dataset.rows)]
+    return source_names(cfg, prepared)[np.asarray(dataset.rows)]
+
+
+def with_adversary(
+    cfg: TrainConfig, prepared: Prepared, train, classifier, net: nn.Module, task, steps: int
+) -> tuple[nn.Module, object]:
+    """``(net, task)`` unchanged (``adversary: none``), or wrapped with a source adversary
+    (``source``: DANN on the pooled features, sources from the ``--group-by`` column of the
+    training rows; ``steps``: the run's training steps, the length of the reversal ramp)."""
+    if cfg.adversary == "none":
+        return net, task
+    codes, known = source_codes(source_names(cfg, prepared), np.asarray(train.rows))
+    print(f"adversary: {len(known)} training sources ({', '.join(known)}), "
+          f"weight {cfg.adversary_weight}")  # fmt: skip
+    adversary = SourceAdversary(classifier.num_features, len(known))
+    return (AdversarialNet(net, classifier, adversary),
+            AdversaryTask(task, codes, cfg.adversary_weight, steps))  # fmt: skip
 
 
 def dataset_labels(dataset) -> np.ndarray:

@@ -24,9 +24,10 @@ from cxrguide.training.common import (
     LEADERBOARD,
     Scorer,
     backbones,
+    claim_run,
+    effective_image_size,
     engine_config,
     finish_run,
-    run_dir,
     sgd,
 )
 from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
@@ -48,11 +49,11 @@ def stage1(
     """
     from cxrguide.models.zoo import create_model
 
-    run = run_dir(cfg, name)
+    run = claim_run(cfg, name)
     model = create_model(name, cfg.weights, head_widths=cfg.head_widths,
                          head_dropouts=cfg.head_dropouts, head_activation=cfg.activation,
                          seed=cfg.seed).freeze_body()  # fmt: skip
-    size = cfg.image_size or model.input_size[0]
+    size = effective_image_size(cfg, model)
     labels = CxrDataset(prepared, "train").labels
     device = resolve_device(cfg.device)
     ecfg = engine_config(cfg)

@@ -41,7 +41,7 @@ from cxrguide.config import TrainConfig, TuneConfig, from_dict, save_yaml, to_di
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_open
-from cxrguide.training.common import Scorer
+from cxrguide.training.common import Scorer, effective_image_size
 from cxrguide.training.tune_space import (  # noqa: F401  (re-exported: the module's API)
     SPACE_FIELDS,
     PerTrialSeededSampler,
@@ -231,7 +231,7 @@ def _warm_feature_cache(p: Plan) -> None:
     folder.mkdir(exist_ok=True)
     with open(folder / f".{p.backbone}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        pooled_features(model, p.prepared, b.image_size or model.input_size[0],
+        pooled_features(model, p.prepared, effective_image_size(b, model),
                         resolve_device(b.device), rows=stage1_rows(p.prepared),
                         batch_size=b.batch_size,
                         precision=b.precision, channels_last=b.channels_last)  # fmt: skip

@@ -27,5 +27,3 @@ __all__ = [
     "plan_dataset",
     "render_case",
 ]
-
-generate = generate_dataset  # short alias (bench/prepare.py)

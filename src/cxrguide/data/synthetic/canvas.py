@@ -202,8 +202,3 @@ def blur(a: np.ndarray, sigma: float) -> np.ndarray:
         Image.fromarray(s.astype(np.float32)).resize((w, h), Image.Resampling.BILINEAR),
         dtype=np.float32,
     )
-
-
-def smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3 - 2 * x)

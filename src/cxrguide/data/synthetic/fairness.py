@@ -14,6 +14,7 @@ Films are drawn in memory (no files); train/test is split by patient.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 import zlib
@@ -25,6 +26,8 @@ from cxrguide.config import SynthConfig
 from cxrguide.data.synthetic.generate import SHORTCUT_TEST, plan_dataset, resolve_workers
 from cxrguide.data.synthetic.render import CaseSpec, render_case
 from cxrguide.labels import CLASS_INDEX
+
+_log = logging.getLogger(__name__)
 
 
 def _image(job: tuple[CaseSpec, int]) -> np.ndarray:
@@ -170,7 +173,7 @@ def fairness_report(
     shortcut_rate: float = 0.95,
     workers: int = 0,
     threads: int = 0,
-    log=print,
+    log=_log.info,
 ) -> dict[str, float]:
     """Run the three checks; returns the numbers (accuracies in [0, 1], seconds)."""
     base = SynthConfig(n=n, size=size, seed=seed, shortcut_test=max(30, n // 5))
