@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 from pydicom.data import get_testdata_file
 from scipy.ndimage import gaussian_filter
@@ -28,7 +29,7 @@ from cxrguide.data.sources import Rejection, Source, SourceRecord, register
 from cxrguide.data.summary import count_table, summary_text
 from cxrguide.data.synthetic.generate import generate_dataset
 from cxrguide.data.workers import fork_pool
-from cxrguide.errors import CxrGuideError
+from cxrguide.errors import ConfigError, CxrGuideError
 
 
 @register
@@ -384,3 +385,22 @@ def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("cxrguide prepare: error: prepare: a worker process died"), err
+
+
+def test_val_fraction_sets_the_split_and_an_older_config_is_reused(folder, tmp_path):
+    out = tmp_path / "out"
+    prepare_mod.prepare(_cfg(folder, out, val_fraction=0.3, test_fraction=0.1))
+    m = pd.read_csv(out / "manifest.csv")
+    for _, g in m.groupby(["site", "label"]):  # 21 films a stratum: 6.3 val, 2.1 test
+        counts = g.split.value_counts()
+        assert abs(counts["val"] - 6.3) <= 1 and abs(counts["test"] - 2.1) <= 1
+    with pytest.raises(CxrGuideError, match="different config"):
+        prepare_mod.prepare(_cfg(folder, out))
+    old = tmp_path / "old"  # prepared before the fields existed: same as their defaults
+    prepare_mod.prepare(_cfg(folder, old))
+    saved = yaml.safe_load((old / "prepare_config.yaml").read_text())
+    del saved["val_fraction"], saved["test_fraction"]
+    (old / "prepare_config.yaml").write_text(yaml.safe_dump(saved))
+    assert prepare_mod.prepare(_cfg(folder, old)).reused
+    with pytest.raises(ConfigError, match="val_fraction"):
+        _cfg(folder, old, val_fraction=0.6, test_fraction=0.5).validate()

@@ -68,3 +68,28 @@ def test_confidence_threshold_meets_the_target_risk_on_validation():
     assert (~hit[answered]).mean() <= 0.1
     lower = conf >= np.sort(conf[~answered])[-1]  # one film more would break it
     assert (~hit[lower]).mean() > 0.1 or answered.all()
+
+
+def test_vector_scaling_meets_the_nll_optimality_conditions_exactly():
+    """At the NLL minimum of softmax(w * z + b) the gradient is zero: per class, the predicted
+    probabilities sum to the class count (bias) and sum_i z_ik (p_ik - y_ik) = 0 (scale)."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 2, (300, 3))
+    y = np.array([rng.choice(3, p=softmax((0.5 * row + [0.3, 0, -0.3])[None])[0])
+                  for row in z])  # fmt: skip
+    w, b = calibration.fit_vector_scaling(z, y)
+    p = softmax(z * w + b)
+    onehot = np.eye(3)[y]
+    np.testing.assert_allclose(p.sum(0), onehot.sum(0), atol=1e-5)
+    np.testing.assert_allclose((z * (p - onehot)).sum(0), 0, atol=1e-5)
+    assert b.sum() == pytest.approx(0, abs=1e-12)  # centred: the fit is unique
+    assert calibration.nll(y, p) <= calibration.nll(y, softmax(z)) - 0.05
+
+
+def test_ece_interval_brackets_and_repeats():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1, 1, 1], 90)
+    y = rng.integers(0, 3, 90)
+    lo, hi = calibration.ece_interval(y, probs, n_boot=200, seed=1)
+    assert lo < calibration.ece(y, probs) < hi
+    assert [lo, hi] == calibration.ece_interval(y, probs, n_boot=200, seed=1)

@@ -83,3 +83,23 @@ def test_small_validation_gives_a_warning_and_no_threshold(tmp_path_factory):
     assert metrics["ood"]["flagged_share"] is None and metrics["calibration"]["ece_after"] is None
     assert metrics["reliability_warnings"] and (run / RELIABILITY_FILE).is_file()
     assert np.isfinite(metrics["calibration"]["ece"])
+
+
+@pytest.mark.slow
+def test_evaluate_calibration_vector_refits_and_applies_it(fitted_run, tmp_path, capsys):
+    out = tmp_path / "vec"
+    code = main(["evaluate", str(fitted_run), "--calibration", "vector", "--false-flag-rate",
+                 "0.1", "--out", str(out), "--bootstrap", "0"])  # fmt: skip
+    assert code == 0
+    rel = load_reliability(fitted_run)
+    assert rel.method == "vector" and rel.vector_scale.shape == (3,) and rel.false_flag_rate == 0.1
+    cal = json.loads((out / "metrics_test.json").read_text())["calibration"]
+    assert cal["method"] == "vector" and cal["vector_scale"] == pytest.approx(rel.vector_scale)
+    assert cal["ece_after"] == pytest.approx(cal["ece_after_by_method"]["vector"])
+    assert set(cal["ece_after_by_method"]) == {"temperature", "vector"}
+    lo, hi = cal["ece_after_ci"]
+    assert lo <= cal["ece_after"] <= hi
+    table = pd.read_csv(out / "predictions_test.csv")  # the CSV holds the vector-scaled ones
+    assert "vector scaling" in capsys.readouterr().out
+    assert np.isfinite(table[[c for c in table.columns if c.startswith("p_")]].to_numpy()).all()
+    assert main(["evaluate", str(fitted_run), "--false-flag-rate", "2"]) == 2

@@ -15,7 +15,7 @@ from cxrguide.core.reliability import RELIABILITY_FILE, Reliability, save_reliab
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.evaluation.ood import fit_mahalanobis
 from cxrguide.evaluation.reliability import forward_split
-from cxrguide.inference.export import export_run
+from cxrguide.inference.export import ExportModule, export_run, run_metadata
 from cxrguide.inference.onnx_runtime import OnnxRunner
 from cxrguide.inference.predictor import Predictor
 from cxrguide.labels import CLASSES
@@ -24,6 +24,7 @@ from inference_helpers import film, tiny_prepared, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 T = 2.5
+W, B = np.array([0.5, 2.0, 1.0]), np.array([0.3, -0.1, -0.2])  # a vector scaling
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -47,7 +48,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     rel.means, rel.precision = fit_mahalanobis(feats, data.labels[rows], len(CLASSES))
     rel.ood_threshold = float(np.quantile(rel.ood_scores(feats), 0.9))
     save_reliability(fitted, rel)
-    return {"old": old, "fitted": fitted}
+    vector = _copy(src, root / "vector")
+    rel.vector_scale, rel.vector_bias, rel.calibration = W, B, "vector"
+    save_reliability(vector, rel)
+    return {"old": old, "fitted": fitted, "vector": vector}
 
 
 def test_an_old_run_predicts_with_one_warning(runs, tmp_path, caplog):
@@ -78,6 +82,24 @@ def test_fitted_run_scales_probabilities_and_scores_ood(runs, tmp_path):
                        for r in far)  # fmt: skip
 
 
+def test_vector_scaling_is_applied_by_predict_and_export(runs, tmp_path):
+    pred = Predictor(runs["vector"], backend="fp32")
+    squares = np.stack([pred.read(film(tmp_path / f"v{i}.png", seed=i))[0] for i in range(3)])
+    probs, logits, _ = pred.outputs(squares)
+    np.testing.assert_allclose(probs, softmax(logits.astype(np.float64) * W + B), atol=1e-6)
+    assert pred.describe()["calibration"] == "vector" and pred.calibrated
+    module = ExportModule(pred.model, 64, False, calibration=pred.reliability).eval()
+    with torch.no_grad():
+        p_mod = module(torch.from_numpy(squares[:, None].astype(np.float32)))[0].numpy()
+    np.testing.assert_allclose(p_mod, probs, atol=1e-5)  # the graph applies the same map
+    result = export_run(runs["vector"], "torchscript", tmp_path / "v.pt")
+    assert result.max_abs_diff < 1e-4  # parity against eager w * logits + b
+    meta = run_metadata(pred.info, pred.run_id, pred.reliability)
+    assert meta["calibration"] == "vector"
+    np.testing.assert_allclose([float(v) for v in meta["calibration_scale"].split(",")], W)
+    np.testing.assert_allclose([float(v) for v in meta["calibration_bias"].split(",")], B)
+
+
 def test_abstain_labels_unreliable_and_unsure_films(runs, tmp_path):
     pred = Predictor(runs["fitted"], backend="fp32", abstain=True)
     rows = [p.record(pred.run_id) for p in pred.predict_files([film(tmp_path / "a.png")])]
@@ -101,7 +123,10 @@ def test_onnx_backend_and_export_carry_the_temperature(runs, tmp_path):
     result = export_run(runs["fitted"], "onnx", tmp_path / "m.onnx")
     assert result.max_abs_diff < 1e-4  # parity against eager logits / T
     runner = OnnxRunner(tmp_path / "m.onnx")
-    assert float(runner.metadata["temperature"]) == T
+    assert (
+        float(runner.metadata["temperature"]) == T
+        and runner.metadata["calibration"] == "temperature"
+    )
     x = squares[:, None].astype(np.float32)
     out = runner.outputs(x)
     assert "features" not in out

@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--calibration", choices=("temperature", "vector"), default=None,
+                        help="calibration to apply (refits the run's statistics when it holds "
+                             "another; default: what the run holds)")  # fmt: skip
+    parser.add_argument("--false-flag-rate", type=float, default=None, metavar="RATE",
+                        help="share of validation films above the OOD threshold (refits when it "
+                             "differs; default: what the run holds, 0.05 when fitted afresh)")  # fmt: skip
     onnx = parser.add_argument_group("external ONNX model (instead of RUN)")
     onnx.add_argument("--onnx", type=Path, default=None, metavar="MODEL.onnx",
                       help="evaluate this 3-class ONNX model (e.g. a converted COVID-Net CXR-4A)")  # fmt: skip
@@ -70,9 +76,12 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:  # before the work: an unwritable place fails now, in one line
         check_writable_dir(args.out, "out")
 
+    if args.false_flag_rate is not None and not 0 < args.false_flag_rate < 1:
+        raise CxrGuideError("false_flag_rate: must be between 0 and 1")
     report = evaluate_run(args.run, args.split, args.data, device=args.device,
                           batch_size=args.batch_size, n_boot=args.bootstrap, seed=args.seed,
-                          out=args.out)  # fmt: skip
+                          out=args.out, calibration=args.calibration,
+                          false_flag_rate=args.false_flag_rate)  # fmt: skip
     print(f"{args.run} [{args.split}] {report['backbone']} stage {report['stage']}")
     print(format_report(report))
     print("\n".join(format_reliability(report)))

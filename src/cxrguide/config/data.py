@@ -146,6 +146,8 @@ class PrepareConfig:
     out: Path | None = _f(None, "output folder", metavar="DIR")
     size: int = _f(512, "side of the square decoded-image cache")
     seed: int = _f(0, "seed for the split and the quota sampling")
+    val_fraction: float = _f(0.1, "share of each source x class in the val split")
+    test_fraction: float = _f(0.1, "share of each source x class in the test split")
     quota: Literal["paper", "none"] = _f("none", "cap source x class at the study's Table 3 totals")
     near_duplicate_distance: int = _f(
         12, "max Hamming distance of 256-bit dHashes for near-duplicates"
@@ -175,6 +177,9 @@ class PrepareConfig:
     def validate(self) -> None:
         if not 32 <= self.size <= 2048:
             raise ConfigError("size: must be between 32 and 2048")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):  # fmt: skip
+            raise ConfigError("val_fraction/test_fraction: each in [0, 1), together below 1")
         for spec in self.source:
             parse_source_spec(spec)
         # the map in effect, not its file name, is the config: prepare_config.yaml and the

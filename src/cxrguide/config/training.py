@@ -95,6 +95,12 @@ class TrainConfig:
     hflip: bool = _f(False, "allow horizontal flips (off: anatomy is not symmetric)")
     feature_cache: bool = _f(True, "Stage I: train the head on cached body features")
     seed: int = _f(0, "random seed (same seed, same CPU, same result)")
+    calibration: Literal["temperature", "vector"] = _f(
+        "temperature", "calibration fitted on val and applied: one temperature or vector scaling"
+    )
+    false_flag_rate: float = _f(
+        0.05, "share of val films above the out-of-distribution threshold (docs/calibration.md)"
+    )
     precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", "bf16 autocast (CPU/CUDA), fp16 (CUDA)")
     channels_last: bool = _f(False, "channels-last memory format (faster convs on CUDA/AVX-512)")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
@@ -147,6 +153,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 1")
         if self.image_size and not 32 <= self.image_size <= 1024:
             raise ConfigError("image_size: must be 0 or between 32 and 1024")
+        if not 0 < self.false_flag_rate < 1:
+            raise ConfigError("false_flag_rate: must be between 0 and 1")
         if self.lr <= 0 or self.finetune_lr <= 0:
             raise ConfigError("lr: learning rates must be positive")
         if len(self.head_widths) != len(self.head_dropouts):

@@ -103,6 +103,9 @@ def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
             raise
         saved = None  # a config cut short by a kill: the run never got further
     wanted = {k: v for k, v in to_dict(cfg).items() if k != "workers"}
+    if saved is not None:  # a field added since (e.g. val_fraction): the folder had its default
+        defaults = to_dict(type(cfg)())
+        saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(wanted)}
     if saved != wanted:
         if finished:
             raise CxrGuideError(

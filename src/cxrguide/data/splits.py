@@ -75,7 +75,11 @@ def split(
     for stratum, n in totals.items():
         caps = manifest.quota_caps(*stratum) if cfg.quota == "paper" else None
         targets[stratum] = (
-            caps if caps is not None and caps.sum() == n else manifest.split_targets(n)
+            caps
+            if caps is not None and caps.sum() == n
+            else manifest.split_targets(
+                n, (1 - cfg.val_fraction - cfg.test_fraction, cfg.val_fraction, cfg.test_fraction)
+            )
         )
     for g in groups.values():
         for stratum in g.strata:

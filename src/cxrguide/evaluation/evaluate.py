@@ -69,6 +69,8 @@ def evaluate_run(
     progress: bool = True,
     attention_images: int = 0,
     out: str | Path | None = None,
+    calibration: str | None = None,
+    false_flag_rate: float | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics_<split>.json`` and ``predictions_<split>.csv`` into the run (or ``out``);
     return metrics. ``split="all"`` takes every film of the prepared folder.
@@ -94,7 +96,8 @@ def evaluate_run(
         raise CxrGuideError(f"{run_dir}: the run does not record its data; pass --data PREP")
     data = Path(data or info.data)
     prepared = Prepared.open(data)
-    rel = ensure_reliability(run_dir, model, info, dev, batch_size)
+    rel = ensure_reliability(run_dir, model, info, dev, batch_size, calibration=calibration,
+                             false_flag_rate=false_flag_rate)  # fmt: skip
     rows, skipped = split_rows(prepared, split), 0
     if info.strict_lungs:  # an empty mask would blank the film: skip and count, never guess
         present = np.array([bool(np.asarray(prepared.lungs()[r]).any()) for r in rows])
@@ -177,7 +180,8 @@ def write_results(
 def score_split(run_dir: Path, split: str, cfg: TrainConfig) -> dict[str, Any]:
     """The :data:`~cxrguide.training.common.Scorer` every training caller hands in: a finished
     run's metrics on ``split`` of its data (200 bootstrap resamples, quiet)."""
-    metrics = evaluate_run(run_dir, split, cfg.data, device=cfg.device, n_boot=200, progress=False)
+    metrics = evaluate_run(run_dir, split, cfg.data, device=cfg.device, n_boot=200, progress=False,
+                           calibration=cfg.calibration, false_flag_rate=cfg.false_flag_rate)  # fmt: skip
     if split == "test":  # what the model must beat, and any collapse, next to its accuracy
         _log.info("\n".join(f"  {run_dir.name} test {line}" for line in format_baselines(metrics)))
     return metrics

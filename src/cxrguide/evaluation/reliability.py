@@ -8,9 +8,9 @@ gets them at its next ``evaluate``. Stage I runs read their train / val features
 I feature cache (one pass for nothing when it is current); other runs need one forward pass
 over train.
 
-What is fitted (:class:`~cxrguide.core.reliability.Reliability`): the temperature on validation
-logits, Mahalanobis class means + Ledoit-Wolf precision on train features, and from validation
-the OOD / energy thresholds at ``false_flag_rate`` and the ``--abstain`` confidence at
+What is fitted (:class:`~cxrguide.core.reliability.Reliability`): the temperature and the
+vector scaling on validation logits (``calibration`` names the one applied), Mahalanobis class means + Ledoit-Wolf precision on train features, and from validation
+the OOD / energy thresholds (features L2-normalised) at ``false_flag_rate`` and the ``--abstain`` confidence at
 ``target_risk``. With fewer than :data:`~cxrguide.core.reliability.MIN_VAL_FILMS` validation
 films there is no temperature and no threshold, with a stated warning.
 """
@@ -101,12 +101,17 @@ def split_outputs(model, info, run_dir, prepared, device, split, batch_size):
 def fit_reliability(
     run_dir: Path, model: CxrClassifier, info: RunInfo, device: torch.device, *,
     batch_size: int = 32, false_flag_rate: float = 0.05, target_risk: float = 0.05,
+    method: str = "temperature",
 ) -> Reliability:  # fmt: skip
-    """Fit and save the run's statistics on its own train and val splits."""
+    """Fit and save the run's statistics on its own train and val splits (``method``: the
+    calibration applied; both are fitted)."""
     prepared = Prepared.open(info.data)
-    rel = Reliability(false_flag_rate=false_flag_rate, target_risk=target_risk)
+    rel = Reliability(false_flag_rate=false_flag_rate, target_risk=target_risk,
+                      calibration=method)  # fmt: skip
     _, f_train, y_train = split_outputs(model, info, run_dir, prepared, device, "train", batch_size)
-    rel.means, rel.precision = ood.fit_mahalanobis(f_train, y_train, len(CLASSES))
+    rel.feature_norm = "l2"  # chosen on an internal proxy (docs/calibration.md)
+    rel.means, rel.precision = ood.fit_mahalanobis(rel.prepare_features(f_train), y_train,
+                                                   len(CLASSES))  # fmt: skip
     rel.n_train = len(y_train)
     z_val, f_val, y_val = split_outputs(model, info, run_dir, prepared, device, "val", batch_size)
     rel.n_val = len(y_val)
@@ -116,6 +121,9 @@ def fit_reliability(
         _log.warning("%s: %s", run_dir, rel.warnings[-1])
     else:
         rel.temperature = calibration.fit_temperature(z_val, y_val)
+        rel.vector_scale, rel.vector_bias = calibration.fit_vector_scaling(
+            z_val, y_val, init_temperature=rel.temperature
+        )
         rel.ood_threshold = ood.threshold_at(rel.ood_scores(f_val), false_flag_rate)
         rel.energy_threshold = ood.threshold_at(energy_scores(z_val), false_flag_rate)
         rel.confidence_threshold = calibration.confidence_threshold(y_val, rel.scale(z_val),
@@ -125,17 +133,37 @@ def fit_reliability(
 
 
 def ensure_reliability(
-    run_dir: Path, model: CxrClassifier, info: RunInfo, device: torch.device, batch_size: int = 32
-) -> Reliability | None:
-    """The run's statistics, fitted now when missing and its own data is at hand (else None)."""
+    run_dir: Path, model: CxrClassifier, info: RunInfo, device: torch.device,
+    batch_size: int = 32, *, calibration: str | None = None, false_flag_rate: float | None = None,
+) -> Reliability | None:  # fmt: skip
+    """The run's statistics, fitted now when missing and its own data is at hand (else None);
+    refitted when ``calibration`` / ``false_flag_rate`` ask for other than what is stored."""
     rel = load_reliability(run_dir)
+    if rel is not None and not _asks_other(rel, calibration, false_flag_rate):
+        return rel
+    if rel is not None and info.data and is_complete(info.data):
+        return fit_reliability(run_dir, model, info, device, batch_size=batch_size,
+                               false_flag_rate=false_flag_rate or rel.false_flag_rate,
+                               target_risk=rel.target_risk,
+                               method=calibration or rel.calibration)  # fmt: skip
     if rel is not None:
+        _log.warning("%s: its prepared data %r is not at hand: keeping the stored statistics",
+                     run_dir, info.data)  # fmt: skip
         return rel
     if not info.data or not is_complete(info.data):
         _log.warning("%s: no reliability statistics and its prepared data %r is not at hand: "
                      "uncalibrated, no OOD score", run_dir, info.data)  # fmt: skip
         return None
-    return fit_reliability(run_dir, model, info, device, batch_size=batch_size)
+    return fit_reliability(run_dir, model, info, device, batch_size=batch_size,
+                           false_flag_rate=false_flag_rate or 0.05,
+                           method=calibration or "temperature")  # fmt: skip
+
+
+def _asks_other(rel: Reliability, calibration: str | None, false_flag_rate: float | None) -> bool:
+    other_cal = calibration is not None and (
+        calibration != rel.calibration or (calibration == "vector" and rel.vector_scale is None)
+    )
+    return other_cal or (false_flag_rate is not None and false_flag_rate != rel.false_flag_rate)
 
 
 def calibration_section(
@@ -144,19 +172,34 @@ def calibration_section(
     """``metrics.calibration``: ECE / Brier before (plain softmax) and after the temperature."""
     raw = softmax(np.asarray(logits, np.float64))
     out: dict[str, Any] = {
-        "ece": calibration.ece(y, raw), "ece_classwise": calibration.ece_classwise(y, raw),
+        "ece": calibration.ece(y, raw), "ece_ci": calibration.ece_interval(y, raw),
+        "ece_classwise": calibration.ece_classwise(y, raw),
         "brier": calibration.brier(y, raw), "nll": calibration.nll(y, raw),
         "temperature": None if rel is None else rel.temperature, "n_bins": calibration.N_BINS,
+        "method": None if rel is None else rel.method,
+        "vector_scale": None if rel is None or rel.vector_scale is None else rel.vector_scale.tolist(),
+        "vector_bias": None if rel is None or rel.vector_bias is None else rel.vector_bias.tolist(),
         "reliability": {"before": calibration.reliability_bins(y, raw)},
     }  # fmt: skip
     if rel is not None and rel.calibrated:
         after = rel.scale(logits)
         out.update(ece_after=calibration.ece(y, after),
+                   ece_after_ci=calibration.ece_interval(y, after),
                    ece_classwise_after=calibration.ece_classwise(y, after),
                    brier_after=calibration.brier(y, after), nll_after=calibration.nll(y, after))  # fmt: skip
         out["reliability"]["after"] = calibration.reliability_bins(y, after)
+        # ECE after each fitted map, whichever is applied: "before -> after" for both
+        out["ece_after_by_method"] = {m: calibration.ece(y, rel.scale(logits, m))
+                                      for m in ("temperature", "vector")
+                                      if m == "temperature" or rel.vector_scale is not None}  # fmt: skip
     else:
-        out.update(ece_after=None, ece_classwise_after=None, brier_after=None, nll_after=None)
+        out.update(
+            ece_after=None,
+            ece_after_ci=None,
+            ece_classwise_after=None,
+            brier_after=None,
+            nll_after=None,
+        )
     return out
 
 

@@ -83,7 +83,9 @@ def reliability_figure(section: dict[str, Any], path: Path, split: str) -> Path:
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
     shown = {"before": f"softmax (ECE {section['ece']:.3f})"}
     if section.get("ece_after") is not None:
-        shown["after"] = f"T = {section['temperature']:.2f} (ECE {section['ece_after']:.3f})"
+        how = ("vector scaling" if section.get("method") == "vector"
+               else f"T = {section['temperature']:.2f}")  # fmt: skip
+        shown["after"] = f"{how} (ECE {section['ece_after']:.3f})"
     for key, label in shown.items():
         bins = section["reliability"][key]
         pts = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
@@ -109,8 +111,10 @@ def format_reliability(report: dict[str, Any]) -> list[str]:
     if cal is None:
         return []
     t = cal.get("temperature")
+    how = "vector scaling" if cal.get("method") == "vector" else f"T {_f(t, '.2f')}"
+    ci = cal.get("ece_after_ci") or [None, None]
     lines = [f"calibration: ECE {_f(cal['ece'])} -> {_f(cal.get('ece_after'))} "
-             f"(T {_f(t, '.2f')}), classwise ECE {_f(cal['ece_classwise'])} -> "
+             f"(95% CI {_f(ci[0])}-{_f(ci[1])}; {how}), classwise ECE {_f(cal['ece_classwise'])} -> "
              f"{_f(cal.get('ece_classwise_after'))}, Brier {_f(cal['brier'])} -> "
              f"{_f(cal.get('brier_after'))}"]  # fmt: skip
     if ood and ood.get("flagged_share") is not None:

@@ -23,7 +23,8 @@ def reliability_table(stage_id: str, name: str, records: list, split: str) -> Ta
         if not cal:
             continue
         abstain = sel.get("abstain", {})
-        rows.append([r.path.name, _num(cal.get("temperature"), ".2f"),
+        how = "vector" if cal.get("method") == "vector" else _num(cal.get("temperature"), ".2f")
+        rows.append([r.path.name, how,
                      f"{_num(cal['ece'])} -> {_num(cal.get('ece_after'))}",
                      f"{_num(cal['ece_classwise'])} -> {_num(cal.get('ece_classwise_after'))}",
                      f"{_num(cal['brier'])} -> {_num(cal.get('brier_after'))}",
@@ -33,10 +34,10 @@ def reliability_table(stage_id: str, name: str, records: list, split: str) -> Ta
     if not rows:
         return None
     return Table(f"reliability-{stage_id}", f"{name}: calibration and reliability ({split})",
-                 ["run", "T", "ECE", "classwise ECE", "Brier", "AURC", "abstain coverage %",
+                 ["run", "T / vector", "ECE", "classwise ECE", "Brier", "AURC", "abstain coverage %",
                   "accuracy answered %", "OOD threshold", "flagged %", "OOD AUROC"], rows,
-                 "ECE: 15 equal-width bins, plain softmax -> temperature-scaled (T fitted on "
-                 "validation). AURC: area under the risk-coverage curve (lower is better). "
+                 "ECE: 15 equal-width bins, plain softmax -> calibrated (temperature T or vector "
+                 "scaling, fitted on validation). AURC: area under the risk-coverage curve (lower is better). "
                  "Abstain: films answered by 'predict --abstain' (not out of distribution, "
                  "confidence >= the validation threshold) and the accuracy on them. Flagged: "
                  "Mahalanobis score above the validation threshold (docs/calibration.md).")  # fmt: skip

@@ -12,11 +12,12 @@ The last-map gate goes through :func:`~cxrguide.models.grid.mask_to_grid`, the m
 rule, written so that it exports for every size (average pooling where the grid divides the
 side, two constant matrix products where it does not: Inception at 299 px -> 8x8).
 
-The run's temperature (``reliability.safetensors``, :mod:`cxrguide.core.reliability`) travels in
-the graph: ``probabilities = softmax(logits / T)`` with ``T`` a constant buffer, ``logits`` are the
-network's raw outputs, and the metadata property ``temperature`` states it ("1" for a run without
-one). The predictor's own export also returns ``features``, the pooled penultimate features its
-OOD score is computed on.
+The run's calibration (``reliability.safetensors``, :mod:`cxrguide.core.reliability`) travels in
+the graph: ``probabilities = softmax(w * logits + b)`` with ``w``, ``b`` constant buffers
+(temperature: ``w = 1 / T``, ``b = 0``; vector scaling: per class), ``logits`` are the network's
+raw outputs; the metadata properties ``calibration``, ``calibration_scale``, ``calibration_bias``
+and ``temperature`` state them (``none`` / "1.0" for a run without). The predictor's own
+export also returns ``features``, the pooled penultimate features its OOD score is computed on.
 
 Run facts (classes, input size, backbone, run id, gate) travel inside the file: ONNX metadata
 properties, or ``cxrguide.json`` among a TorchScript archive's extra files.
@@ -63,13 +64,18 @@ class ExportModule(nn.Module):
     """The classifier with softmax on top and an export-friendly lung gate."""
 
     def __init__(self, model: CxrClassifier, image_size: int, lung_gate: bool, *,
-                 temperature: float | None = None, features: bool = False) -> None:  # fmt: skip
+                 calibration: Any = None, features: bool = False) -> None:  # fmt: skip
+        """``calibration``: the run's :class:`~cxrguide.core.reliability.Reliability` (or
+        None): its affine map ``w * logits + b`` (temperature or vector scaling) goes in."""
         super().__init__()
         self.model = model
         self.image_size = image_size
         self.lung_gate = lung_gate
         self.with_features = features  # a third output: pooled features (the predictor's OOD)
-        self.register_buffer("temperature", torch.tensor(float(temperature or 1.0)))
+        w, b = (np.ones(len(CLASSES)), np.zeros(len(CLASSES))) if calibration is None \
+            else calibration.affine()  # fmt: skip
+        self.register_buffer("cal_scale", torch.tensor(w, dtype=torch.float32))
+        self.register_buffer("cal_bias", torch.tensor(b, dtype=torch.float32))
 
     def forward(
         self, image: torch.Tensor, lung_mask: torch.Tensor | None = None
@@ -85,7 +91,7 @@ class ExportModule(nn.Module):
                 features = features * mask_to_grid(lung_mask.to(features.dtype),
                                                    features.shape[-2:])  # fmt: skip
         logits = self.model.head(self.model.feature_tap(features))
-        probs = torch.softmax(logits / self.temperature, dim=1)
+        probs = torch.softmax(logits * self.cal_scale + self.cal_bias, dim=1)
         if self.with_features:
             return probs, logits, features.mean(dim=(2, 3))
         return probs, logits
@@ -106,13 +112,18 @@ def example_inputs(
     return image, mask
 
 
-def run_metadata(info: Any, run_id: str, temperature: float | None = None) -> dict[str, str]:
-    """String facts stored inside the exported file."""
-    return {"classes": ",".join(CLASSES), "image_size": str(info.image_size),
+def run_metadata(info: Any, run_id: str, rel: Any = None) -> dict[str, str]:
+    """String facts stored inside the exported file (``rel``: the run's reliability or None)."""
+    temperature = None if rel is None else rel.temperature
+    w, b = (None, None) if rel is None else rel.affine()
+    method = (rel.method if rel is not None else None) or "none"
+    return {"calibration": method,
+            "calibration_scale": "" if w is None else ",".join(repr(float(v)) for v in w),
+            "calibration_bias": "" if b is None else ",".join(repr(float(v)) for v in b),"classes": ",".join(CLASSES), "image_size": str(info.image_size),
             "backbone": info.backbone, "stage": str(info.stage), "run_id": run_id,
             "lung_gate": "1" if info.lung_gate else "0", "input": "gray [0,1] letterboxed",
             "outputs": "probabilities,logits", "temperature": repr(float(temperature or 1.0)),
-            "probabilities": "softmax(logits / temperature)"}  # fmt: skip
+            "probabilities": "softmax(logits * calibration_scale + calibration_bias)"}  # fmt: skip
 
 
 def export_onnx(
@@ -234,11 +245,11 @@ def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: in
 
     The reference is the classifier's own ``forward`` (with its area-interpolated gate), not
     :class:`ExportModule`, so the check also covers the rebuilt gate; its logits divided by the
-    exported temperature, so it covers that too. Batch of 3.
+    exported calibration (``w * logits + b``), so it covers that too. Batch of 3.
     """
     inputs = example_inputs(image_size, module.lung_gate, batch=3, seed=seed)
     with torch.no_grad():
-        logits = module.model(*inputs) / module.temperature
+        logits = module.model(*inputs) * module.cal_scale + module.cal_bias
         reference = torch.softmax(logits, dim=1).cpu().numpy()
     if fmt == "onnx":
         runner = OnnxRunner(path)
@@ -274,11 +285,10 @@ def export_run(
         raise CxrGuideError("int8: only with --format onnx")
     model, info = load_run(run, "cpu")
     rel = load_reliability(run)
-    temperature = None if rel is None else rel.temperature
     if rel is None:
         warn_missing(run)
-    module = ExportModule(model, info.image_size, info.lung_gate, temperature=temperature).eval()
-    meta = run_metadata(info, run_identifier(run), temperature)
+    module = ExportModule(model, info.image_size, info.lung_gate, calibration=rel).eval()
+    meta = run_metadata(info, run_identifier(run), rel)
     if int8:
         return _export_int8(module, info, run, out, meta, opset, calibration_films,
                             min_agreement, seed)  # fmt: skip

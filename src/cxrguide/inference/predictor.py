@@ -26,7 +26,8 @@ prediction carries ``warnings`` (lateral view, allowed non-radiograph, lung mask
 ``out_of_distribution``) and is ``reliable`` only without any.
 
 The run's reliability statistics (``reliability.safetensors``, :mod:`cxrguide.core.reliability`)
-are applied when present: probabilities are temperature-scaled (``calibrated``), each film gets
+are applied when present: probabilities are calibrated (``calibrated``: temperature or vector
+scaling, :meth:`~cxrguide.core.reliability.Reliability.scale`), each film gets
 the Mahalanobis ``ood_score`` of its pooled penultimate features (computed in the same forward
 pass; the ONNX export returns them as a third output) and ``out_of_distribution`` above the
 run's validation threshold. With ``abstain=True`` the label of an unreliable film, or of one
@@ -43,7 +44,6 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,13 @@ import torch
 
 from cxrguide.attention.cam import cam_map, cam_overlay
 from cxrguide.core.device import resolve_device
-from cxrguide.core.reliability import Reliability, energy_scores, load_reliability, warn_missing
+from cxrguide.core.reliability import (
+    Reliability,
+    energy_scores,
+    load_reliability,
+    softmax,
+    warn_missing,
+)
 from cxrguide.core.runs import RunInfo, run_identifier
 from cxrguide.data.imaging import (
     DEFAULT_DEADLINE_S,
@@ -69,6 +75,13 @@ from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
 from cxrguide.inference.film_cam import film_overlay
 from cxrguide.inference.onnx_runtime import OnnxRunner
 from cxrguide.inference.quantize import cached_int8
+from cxrguide.inference.results import (  # noqa: F401  (re-exported: the public API)
+    IMAGE_SUFFIXES,
+    Failure,
+    Prediction,
+    collect_inputs,
+    looks_like_image,
+)
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
 from cxrguide.lungs.predict import FilmSegmenter, explicit_lung_run, find_lung_run
@@ -76,9 +89,6 @@ from cxrguide.models.saved import load_run
 
 BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx", "onnx-int8")
 CPU_DEFAULT = "onnx"  # chosen with bench/inference.py (see the module docstring)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp",
-                  ".webp", ".jp2"}  # fmt: skip
-_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 
 
 def bf16_supported() -> bool:
@@ -99,118 +109,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if CPU_DEFAULT == "bf16" and not bf16_supported():
         return "channels_last"
     return CPU_DEFAULT
-
-
-def looks_like_image(path: Path) -> bool:
-    """Worth trying when met in a folder: a known suffix, or image/DICOM magic bytes."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    riff_webp = head[:4] == b"RIFF" and head[8:12] == b"WEBP"
-    return head.startswith(_MAGIC) or head[128:132] == b"DICM" or riff_webp
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An input that could not be labelled, and why."""
-
-    source: str
-    reason: str
-
-
-def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Failure]]:
-    """Files as given, folders walked recursively (image-looking files, hidden ones skipped)."""
-    files: list[Path] = []
-    failures: list[Failure] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and looks_like_image(p)
-            )  # fmt: skip
-            if not found:
-                failures.append(Failure(str(path), "folder holds no image files"))
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            failures.append(Failure(str(path), "file not found"))
-    return files, failures
-
-
-@dataclass
-class Prediction:
-    """One labelled image. ``image``/``mask`` are the model-side square (for Grad-CAM)."""
-
-    source: str
-    label: str
-    probabilities: dict[str, float]
-    lung: MaskQuality | None
-    info: ImageInfo
-    image: np.ndarray
-    mask: np.ndarray | None
-    uids: dict[str, str] = field(default_factory=dict)  # a DICOM's Study/Series/SOP/Accession
-    ood_score: float | None = None  # Mahalanobis distance to the training films (None: no stats)
-    ood_threshold: float | None = None  # the run's validation threshold (None: none fitted)
-    energy_score: float | None = None  # -logsumexp(logits): a second opinion, never flags
-    calibrated: bool = False  # probabilities temperature-scaled with the run's fitted T
-    confidence_threshold: float | None = None  # below it, --abstain does not answer
-    abstain_mode: bool = False  # predict --abstain: label "abstain" where not to be trusted
-
-    @property
-    def target(self) -> int:
-        return CLASSES.index(self.label)
-
-    @property
-    def warnings(self) -> list[str]:
-        """Why this label should not be trusted: the film or its lung mask is off."""
-        notes = list(self.info.warnings)
-        if self.lung is not None and self.lung.flag != "ok":
-            notes.append(f"lung mask {self.lung.flag} (coverage {self.lung.area_fraction:.2f}, "
-                         f"{self.lung.lungs} lung(s)): not a usable frontal chest film?")  # fmt: skip
-        if self.out_of_distribution:
-            notes.append(f"out_of_distribution (Mahalanobis {self.ood_score:.4g} > run threshold "
-                         f"{self.ood_threshold:.4g}): unlike the films the model was trained on")  # fmt: skip
-        return notes
-
-    @property
-    def out_of_distribution(self) -> bool:
-        return (self.ood_score is not None and self.ood_threshold is not None
-                and self.ood_score > self.ood_threshold)  # fmt: skip
-
-    @property
-    def abstained(self) -> bool:
-        """Under ``--abstain``: unreliable, or less confident than the run's threshold."""
-        low = (self.confidence_threshold is not None
-               and max(self.probabilities.values()) < self.confidence_threshold)  # fmt: skip
-        return self.abstain_mode and (not self.reliable or low)
-
-    @property
-    def reliable(self) -> bool:
-        return not self.warnings
-
-    def record(self, run_id: str) -> dict[str, Any]:
-        """Flat row for tables, CSV and JSON."""
-        row: dict[str, Any] = {"file": self.source,
-                               "label": "abstain" if self.abstained else self.label}  # fmt: skip
-        row.update({f"p_{name}": round(p, 6) for name, p in self.probabilities.items()})
-        row["lung_coverage"] = None if self.lung is None else self.lung.area_fraction
-        row["lung_quality"] = None if self.lung is None else self.lung.flag
-        row["reliable"] = self.reliable
-        row["warnings"] = "; ".join(self.warnings)
-        row["ood_score"] = None if self.ood_score is None else round(self.ood_score, 4)
-        row["calibrated"] = self.calibrated
-        if self.abstain_mode:
-            row["model_label"] = self.label
-        row["run_id"] = run_id
-        row.update(self.uids)  # DICOM inputs: the source UIDs (never the patient's name or ID)
-        return row
 
 
 class Predictor:
@@ -275,7 +173,7 @@ class Predictor:
         ``int8``: its INT8 version, calibrated and checked on the run's validation films."""
 
         module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate,
-                              temperature=self.temperature, features=True).eval()  # fmt: skip
+                              calibration=self.reliability, features=True).eval()  # fmt: skip
         try:
             path = cached_onnx(module, self.size, identity=f"{self.info!r}|features")
             if path is None:  # no writable cache folder: a private temp file
@@ -313,8 +211,12 @@ class Predictor:
     def temperature(self) -> float | None:
         return None if self.reliability is None else self.reliability.temperature
 
+    @property
+    def calibrated(self) -> bool:
+        return self.reliability is not None and self.reliability.calibrated
+
     def probabilities(self, squares: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
-        """Softmax ``(B, 3)`` (temperature-scaled when the run has T) for ``(B, S, S)`` inputs."""
+        """Softmax ``(B, 3)`` (calibrated when the run has a fit) for ``(B, S, S)`` inputs."""
         return self.outputs(squares, masks)[0]
 
     def outputs(
@@ -338,9 +240,9 @@ class Predictor:
                                   enabled=self.backend == "bf16")  # fmt: skip
         with torch.inference_mode(), autocast:
             logits, feats = self.model.logits_and_features(xt, mt)
-        logits = logits.float()
-        probs = torch.softmax(logits / (self.temperature or 1.0), dim=1)
-        return probs.cpu().numpy(), logits.cpu().numpy(), feats.float().cpu().numpy()
+        logits = logits.float().cpu().numpy()
+        probs = self.reliability.scale(logits) if self.reliability is not None else softmax(logits)
+        return probs.astype(np.float32), logits, feats.float().cpu().numpy()
 
     def predict_arrays(
         self, squares: np.ndarray, infos: list[ImageInfo], sources: list[str]
@@ -377,7 +279,7 @@ class Predictor:
                 None if masks is None else masks[k], uids=source_uids(infos[k]),
                 ood_score=None if scores is None else float(scores[i]),
                 ood_threshold=None if rel is None else rel.ood_threshold,
-                energy_score=float(energies[i]), calibrated=self.temperature is not None,
+                energy_score=float(energies[i]), calibrated=self.calibrated,
                 confidence_threshold=None if rel is None else rel.confidence_threshold,
                 abstain_mode=self.abstain,
             )  # fmt: skip
@@ -447,7 +349,8 @@ class Predictor:
             "lung_model": None if self.segmenter is None else self.segmenter.run.resolve().name,
             "attention": list(info.attention), "weights_source": _public(info.weights_source),
             "backend": self.backend, "device": str(self.device),
-            "calibrated": self.temperature is not None, "temperature": self.temperature,
+            "calibrated": self.calibrated, "temperature": self.temperature,
+            "calibration": None if self.reliability is None else self.reliability.method,
             "ood_threshold": None if self.reliability is None else self.reliability.ood_threshold,
             "training_data": training_summary(self.run_dir, info),
         }  # fmt: skip

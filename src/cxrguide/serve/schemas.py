@@ -54,7 +54,7 @@ class PredictResponse(BaseModel):
     reliable: bool  # False when any warning applies: do not read the label
     warnings: list[str]  # lateral view, allowed non-radiograph, implausible lung mask
     ood_score: float | None = None  # Mahalanobis distance to training films (null: run has none)
-    calibrated: bool = False  # probabilities temperature-scaled with the run's fitted T
+    calibrated: bool = False  # probabilities calibrated (temperature or vector scaling)
     filename: str | None
     run_id: str
     overlay_png_base64: str | None = None
