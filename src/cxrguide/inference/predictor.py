@@ -84,7 +84,7 @@ from cxrguide.inference.results import (  # noqa: F401  (re-exported: the public
 )
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
-from cxrguide.lungs.predict import FilmSegmenter, explicit_lung_run, find_lung_run
+from cxrguide.lungs.segmenter import FilmSegmenter, explicit_lung_run, find_lung_run
 from cxrguide.models.saved import load_run
 
 BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx", "onnx-int8")

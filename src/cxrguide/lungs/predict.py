@@ -47,10 +47,7 @@ from cxrguide.files import (
 )
 from cxrguide.lungs.metrics import MaskQuality, content_fraction
 from cxrguide.lungs.records import lung_cache_path
-from cxrguide.lungs.segmenter import (  # noqa: F401  (FilmSegmenter & co: see below)
-    FilmSegmenter,
-    explicit_lung_run,
-    find_lung_run,
+from cxrguide.lungs.segmenter import (
     finish_mask,
     inference_batch,
     load_lung_run,
@@ -249,6 +246,3 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
     order = {p: i for i, p in enumerate(map(str, cfg.images))}
     return sorted(results, key=lambda r: order.get(r.path, 0))
 
-
-# FilmSegmenter, explicit_lung_run and find_lung_run live in :mod:`.segmenter`; imported here
-# too while inference.predictor still imports them from this module.
