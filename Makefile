@@ -42,8 +42,9 @@ system-deps:
 	  fi; \
 	fi
 
+# Whole files per worker, longest first (tests/conftest.py; docs/development.md "Test suite").
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -n auto
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
