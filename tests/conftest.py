@@ -53,6 +53,17 @@ def one_thread_per_module() -> Iterator[None]:
     yield from _torch_threads(1)
 
 
+@pytest.fixture
+def no_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs scored for real minus the bootstrap CIs, for tests of plumbing: 200 resamples of
+    sklearn metrics per scored split were ~40% of the tiny pipeline test's time. The intervals
+    have their own tests (tests/evaluation/test_metrics.py, test_baselines.py)."""
+    from cxrguide.evaluation import evaluate as E
+
+    real = E.evaluate_run
+    monkeypatch.setattr(E, "evaluate_run", lambda *a, **k: real(*a, **{**k, "n_boot": 0}))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def export_cache(tmp_path_factory) -> Iterator[Path]:
     """ONNX exports cached for the run (not in ~/.cache): the ONNX backend's Predictors share
@@ -89,8 +100,9 @@ def export_cache(tmp_path_factory) -> Iterator[Path]:
 # Under xdist (`make test`: `--dist loadfile --no-loadscope-reorder`) the files go out longest
 # first, so that the two workers end together instead of one finishing a long file alone; a
 # file stays on one worker, so its module fixtures are built once. The seconds are the last
-# run's per file, from pytest's cache; a file it does not know yet counts `SLOW_GUESS` per
-# `slow` test. A run without xdist keeps pytest's order.
+# run's per file, from pytest's cache (read once by the controller and handed to every worker,
+# which must all collect the same order); a file not seen yet counts `SLOW_GUESS` per `slow`
+# test. A run without xdist keeps pytest's order.
 FILE_SECONDS = "cxrguide/file_seconds"
 SLOW_GUESS, TEST_GUESS = 30.0, 0.5
 _seconds: dict[str, float] = {}
@@ -100,12 +112,22 @@ def _file(nodeid: str) -> str:
     return nodeid.split("::", 1)[0]
 
 
+def _known_seconds(config: pytest.Config) -> dict[str, float]:
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    return cache.get(FILE_SECONDS, {}) if cache else {}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # xdist, in the controller, once per worker
+    node.workerinput[FILE_SECONDS] = _known_seconds(node.config)
+
+
 @pytest.hookimpl(trylast=True)  # after pytest's own fixture-scope reordering, which it keeps
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
         return
-    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
-    known = cache.get(FILE_SECONDS, {}) if cache else {}
+    known = workerinput.get(FILE_SECONDS, {})
     guess: dict[str, float] = {}
     for item in items:
         slow = item.get_closest_marker("slow") is not None
@@ -124,5 +146,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     if getattr(config, "cache", None) is None or hasattr(config, "workerinput") or not _seconds:
         return  # an xdist worker: the controller sees every report and writes once
-    known = config.cache.get(FILE_SECONDS, {})
-    config.cache.set(FILE_SECONDS, {**known, **{k: round(v, 2) for k, v in _seconds.items()}})
+    config.cache.set(
+        FILE_SECONDS, {**_known_seconds(config), **{k: round(v, 2) for k, v in _seconds.items()}}
+    )

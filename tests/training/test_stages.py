@@ -12,6 +12,8 @@ from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.saved import load_run
 from cxrguide.training import stages
 
+pytestmark = pytest.mark.usefixtures("no_bootstrap")  # the CIs: tests/evaluation
+
 
 def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
     base = dict(stage=1, data=prep, backbone="mobilenet_v2", out=out, weights="none",
