@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from cxr_testutils import make_prepared
+from cxrguide.evaluation import evaluate as E
+from cxrguide.inference import export as export_mod
 from inference_helpers import session_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +61,6 @@ def no_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs scored for real minus the bootstrap CIs, for tests of plumbing: 200 resamples of
     sklearn metrics per scored split were ~40% of the tiny pipeline test's time. The intervals
     have their own tests (tests/evaluation/test_metrics.py, test_baselines.py)."""
-    from cxrguide.evaluation import evaluate as E
-
     real = E.evaluate_run
     monkeypatch.setattr(E, "evaluate_run", lambda *a, **k: real(*a, **{**k, "n_boot": 0}))
 
@@ -69,10 +70,6 @@ def export_cache(tmp_path_factory) -> Iterator[Path]:
     """ONNX exports cached for the run (not in ~/.cache): the ONNX backend's Predictors share
     one export per model instead of ~15 s each. Under xdist both workers use one folder, and an
     export into it holds a per-model file lock, so the second worker reuses the first's file."""
-    from filelock import FileLock
-
-    from cxrguide.inference import export as export_mod
-
     root = session_root(tmp_path_factory)
     folder, locks = root / "export-cache", root / "export-locks"
     locks.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from filelock import FileLock
 from PIL import Image
 
 from cxr_testutils import make_prepared
@@ -37,8 +38,6 @@ def session_root(tmp_path_factory) -> Path:
 @contextmanager
 def building(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s build lock: one process builds an artefact, the others then reuse it."""
-    from filelock import FileLock
-
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         yield
