@@ -42,8 +42,10 @@ system-deps:
 	  fi; \
 	fi
 
+# Whole files per worker, longest first, one BLAS thread per worker (two workers on two cores;
+# docs/development.md "Test suite").
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -n auto
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -1,7 +1,9 @@
 """Tiny trained runs and image files for the inference, serve and export tests.
 
 Runs are built once per test session under pytest's base temp folder and reused by every test
-module that asks (``tiny_run``, ``lung_run``, ``gated_run``):
+module that asks (``tiny_run``, ``lung_run``, ``gated_run``); under pytest-xdist the workers share
+that folder and a file lock, so one worker builds each run and the other waits for it instead of
+training its own copy:
 
 - ``tiny_run``: a real Stage I run (``stages.train``: MobileNet V2, random body, 64 px, 1 epoch).
 - ``lung_run``: a small BasicUNet trained for a few epochs on lung phantoms (``lungs train``).
@@ -11,11 +13,15 @@ module that asks (``tiny_run``, ``lung_run``, ``gated_run``):
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import yaml
+from filelock import FileLock
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -29,38 +35,58 @@ from cxrguide.training.stages import train
 from lung_phantoms import phantom, prepared_lung_phantoms
 
 
+def session_root(tmp_path_factory) -> Path:
+    """This run's temp root: the session's base temp, or under xdist the folder above the
+    workers' base temps (``pytest-N/``, made for this run only), which every worker sees."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def building(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s build lock: one process builds an artefact, the others then reuse it."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        yield
+
+
 def _shared(tmp_path_factory) -> Path:
-    root = tmp_path_factory.getbasetemp() / "inference-shared"
+    root = session_root(tmp_path_factory) / "inference-shared"
     root.mkdir(exist_ok=True)
     return root
 
 
 def tiny_prepared(tmp_path_factory) -> Path:
     root = _shared(tmp_path_factory) / "prep"
-    if not (root / "manifest.csv").exists():
-        make_prepared(root)
+    with building(root):
+        if not (root / "summary.json").exists():  # written last: a finished folder
+            shutil.rmtree(root, ignore_errors=True)
+            make_prepared(root)
     return root
 
 
 def tiny_run(tmp_path_factory) -> Path:
     runs = _shared(tmp_path_factory) / "runs"
     run = runs / "stage1-mobilenet_v2"
-    if not (run / "model.pt").exists():
-        shutil.rmtree(runs, ignore_errors=True)
-        train(TrainConfig(stage=1, data=tiny_prepared(tmp_path_factory), backbone="mobilenet_v2",
-                          weights="none", image_size=64, max_epochs=1, batch_size=8, out=runs), score_split)  # fmt: skip
+    with building(runs):
+        if not (run / "model.pt").exists():
+            shutil.rmtree(run, ignore_errors=True)
+            cfg = TrainConfig(stage=1, data=tiny_prepared(tmp_path_factory), backbone="mobilenet_v2",
+                              weights="none", image_size=64, max_epochs=1, batch_size=8, out=runs)  # fmt: skip
+            train(cfg, score_split)
     return run
 
 
 def lung_run(tmp_path_factory) -> Path:
     root = _shared(tmp_path_factory) / "lungs"
     run = root / "run"
-    if not (run / "best.pt").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        prep = prepared_lung_phantoms(root, n=20, size=64)
-        cfg = LungsTrainConfig(data=prep, out=run, features=[4, 8, 16, 32, 64, 4], max_epochs=3,
-                               batch_size=4, lr=3e-3, progress=False)  # fmt: skip
-        train_lungs(cfg)
+    with building(root):
+        if not (run / "best.pt").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            prep = prepared_lung_phantoms(root, n=20, size=64)
+            cfg = LungsTrainConfig(data=prep, out=run, features=[4, 8, 16, 32, 64, 4],
+                                   max_epochs=3, batch_size=4, lr=3e-3, progress=False)  # fmt: skip
+            train_lungs(cfg)
     return run
 
 
@@ -69,13 +95,14 @@ def gated_run(tmp_path_factory) -> Path:
     src = tiny_run(tmp_path_factory)
     lungs = lung_run(tmp_path_factory)
     run = _shared(tmp_path_factory) / "runs" / "stage3-mobilenet_v2"
-    if not (run / "model.pt").exists():
-        run.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src / "model.pt", run / "model.pt")
-        info = yaml.safe_load((src / "model.yaml").read_text())
-        lung_model = bundle_lung_run(run, str(lungs))  # inside the run, as Stage III writes it
-        info.update(stage=3, parent=str(src), lung_gate=True, lung_model=lung_model)
-        (run / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+    with building(run):
+        if not (run / "model.yaml").exists():  # written last
+            run.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src / "model.pt", run / "model.pt")
+            info = yaml.safe_load((src / "model.yaml").read_text())
+            lung_model = bundle_lung_run(run, str(lungs))  # inside the run, as Stage III does
+            info.update(stage=3, parent=str(src), lung_gate=True, lung_model=lung_model)
+            (run / "model.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
     return run
 
 

@@ -65,6 +65,7 @@ def test_table_means_and_sds_per_variant():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_bootstrap")
 def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "b"

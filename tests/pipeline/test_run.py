@@ -27,6 +27,7 @@ from cxrguide.pipeline.run import plan, run_pipeline
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_bootstrap")
 def test_tiny_pipeline_end_to_end_then_reused(tmp_path):
     torch.set_num_threads(1)
     quick = {"image_size": 64, "max_epochs": 1, "batch_size": 8}
@@ -74,6 +75,7 @@ STEP_FUNCS = ["_synth", "_prepare", "_lungs_prepare", "_lungs_train", "_lungs_pr
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("no_bootstrap")
 def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
     """Kill right after each step's work, before its marker; each re-run reuses what finished,
     re-enters the killed step (which resumes inside) and goes one step further."""

@@ -24,7 +24,7 @@ from cxrguide.inference.export import export_run
 from cxrguide.models.saved import load_run
 from cxrguide.training import stages
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_bootstrap")  # CIs: tests/evaluation
 
 
 def _cfg(prep: Path, out: Path, attention: list[str]) -> TrainConfig:

@@ -25,7 +25,7 @@ from cxrguide.models.zoo import create_model
 from cxrguide.training import stages
 from cxrguide.training.finetune import fine_tune
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("one_thread", "no_bootstrap")  # CIs: tests/evaluation
 
 
 def _cfg(prep: Path | None, out: Path, **kw) -> TrainConfig:

@@ -18,6 +18,8 @@ from cxrguide.models.zoo import create_model
 from cxrguide.training import stages
 from tracking_testutils import assert_events_match_history
 
+pytestmark = pytest.mark.usefixtures("no_bootstrap")  # the CIs: tests/evaluation
+
 
 def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
     base = dict(stage=1, data=prep, backbone="mobilenet_v2", out=out, weights="none",
