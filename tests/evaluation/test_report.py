@@ -6,6 +6,7 @@ import base64
 import importlib.metadata
 import io
 import json
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -282,8 +283,25 @@ def test_report_sets_accuracy_beside_baselines_and_shows_every_warning(report, r
     )
 
 
-def test_report_shows_the_audit_rejections_and_lung_masks(runs, tmp_path):
+@pytest.fixture
+def scratch_prep(runs):
+    """The shared prepared folder, put back as it was afterwards: the test writes audit, rejection
+    and lung-quality files into it, which other modules' reports would otherwise show."""
     prep = runs["prep"]
+    before = {p: p.read_bytes() for p in prep.iterdir() if p.is_file()}
+    dirs = {p for p in prep.iterdir() if p.is_dir()}
+    yield prep
+    for p in prep.iterdir():
+        if p.is_dir() and p not in dirs:
+            shutil.rmtree(p)
+        elif p.is_file() and p not in before:
+            p.unlink()
+    for p, content in before.items():
+        p.write_bytes(content)
+
+
+def test_report_shows_the_audit_rejections_and_lung_masks(runs, scratch_prep, tmp_path):
+    prep = scratch_prep
     (prep / "summary.json").write_text("{}")
     audit = audit_prepared(prep, seed=0).audit
     (prep / "rejected.csv").write_text(

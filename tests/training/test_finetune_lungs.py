@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_bootstrap")  # CIs: tests
 def _cfg(prep: Path, out: Path, attention: list[str]) -> TrainConfig:
     return TrainConfig(stage=3, data=prep, backbone="mobilenet_v2", out=out, weights="none",
                        image_size=64, max_epochs=1, batch_size=4, seed=0, finetune_lr=1e-2,
-                       augment=False, attention=attention, rrr_weight=1.0,
+                       augment=False, attention=attention, rrr_weight=0.01,
                        lung_dilation=0.05)  # fmt: skip
 
 
@@ -51,7 +51,8 @@ def test_each_mode_trains_records_itself_and_is_applied_at_evaluation(
     hist = pd.read_csv(run / "history.csv")
     if mechanism == "rrr":
         assert (hist.train_rrr > 0).all() and hist.val_rrr.notna().all()
-        assert hist.val_loss.to_numpy() == pytest.approx((hist.val_ce + hist.val_rrr).to_numpy())
+        lam = 0.01  # _cfg's rrr_weight (1.0 diverged in one epoch at this learning rate)
+        assert hist.val_loss.to_numpy() == pytest.approx((hist.val_ce + lam * hist.val_rrr).to_numpy())
     model, _ = load_run(run)
     assert model.lung_inputs == tuple(inputs or ["last"])
     ds = CxrDataset(Prepared.open(tiny_prepared), "test", image_size=64, with_lungs=True)
