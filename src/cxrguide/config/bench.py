@@ -120,9 +120,7 @@ class SourcesBenchConfig:
         "source", "manifest column that names a film's source (phantoms: site = style)"
     )
     backbone: str = _f("efficientnet_lite0", "model for every run")
-    weights: str = _f(
-        "imagenet", "starting weights of every run: none | imagenet | phantom | PATH"
-    )
+    weights: str = _f("imagenet", "starting weights of every run: none | imagenet | phantom | PATH")
     size: int = _f(128, "model input side in px (the cache is resized to it)")
     seeds: list[int] = _f([0], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
@@ -137,6 +135,12 @@ class SourcesBenchConfig:
         "",
         "lung U-Net RUN for Stage III variants (masks predicted once into PREP's lung cache); "
         "empty: use the cache PREP already has",
+    )
+    folds: list[str] = _f(
+        [],
+        "train only these folds ('all' = the all-sources run, or held-out source names; comma "
+        "list): one process per fold on the same --out runs a study in parallel; sources.json "
+        "is written by a run over every fold (finished runs are reused)",
     )
     min_films: int = _f(50, "a source with fewer films is skipped (stated in the output)")
     min_test: int = _f(10, "a source needs this many films in the test split (internal accuracy)")
@@ -156,6 +160,7 @@ class SourcesBenchConfig:
 
     def validate(self) -> None:
         self.variants = [v.strip() for item in self.variants for v in item.split(",") if v.strip()]
+        self.folds = [f.strip() for item in self.folds for f in item.split(",") if f.strip()]
         if self.quick:
             self.variants, self.seeds = list(QUICK_VARIANTS), self.seeds[:1]
         if not self.seeds or not self.variants:
