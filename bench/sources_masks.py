@@ -101,7 +101,7 @@ def main() -> None:
         print()
         print(table.round(3).to_string())
         figures["accuracy_by_flag"] = {
-            f"{v}/{side}": {f"{k}_{mask}": table.loc[(v, side), (k, mask)]
+            f"{v}/{side}": {f"{k}_{mask}": float(table.loc[(v, side), (k, mask)])
                             for k in ("accuracy", "n") for mask in ("ok", "flagged")
                             if (k, mask) in table.columns}
             for v, side in table.index
