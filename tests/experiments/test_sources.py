@@ -130,3 +130,28 @@ def test_guided_variants_need_lung_masks(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "need lung masks" in err and "--lungs" in err
+
+
+def test_folds_in_parallel_processes_then_one_summary(tmp_path, capsys):
+    """--folds trains only the named folds and writes no sources.json; a run over every fold
+    reuses them; an unknown fold is one line, exit 2; timing adds up across invocations."""
+    prep, out = _multi_source(tmp_path / "prep"), tmp_path / "study"
+    args = ["bench", "sources", "--data", str(prep), "--out", str(out), "--size", "32",
+            "--min-films", "10", "--min-test", "2", "--stage1-epochs", "1", "--batch-size", "16",
+            "--min-group", "1", "--variants", "stage1", "--backbone", "mobilenet_v2",
+            "--weights", "none"]  # fmt: skip
+    assert main([*args, "--folds", "S9"]) == 2
+    assert "folds: S9: not a fold of this study (all, S0, S1, S2)" in capsys.readouterr().err
+    assert main([*args, "--folds", "S1,all"]) == 0
+    runs = out / "runs/seed0/stage1"
+    assert sorted(p.name for p in runs.iterdir()) == ["all", "holdout-S1"]
+    assert not (out / "sources.json").exists()
+    assert "rerun without --folds" in capsys.readouterr().out
+    model = runs / "holdout-S1/stage1-mobilenet_v2/model.pt"
+    stamp, first = model.stat().st_mtime_ns, json.loads((out / "timing.json").read_text())
+    assert main(args) == 0
+    study = json.loads((out / "sources.json").read_text())
+    assert model.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert [p["source"] for p in study["variants"]["stage1"]["per_source"]] == ["S0", "S1", "S2"]
+    assert study["timing"]["train:stage1"] > first["train:stage1"]  # S0, S2 added to S1 + all
+    assert study["timing"]["wall"] > first["wall"]

@@ -5,6 +5,7 @@ import pytest
 
 from cxrguide.lungs.metrics import (
     content_fraction,
+    flag_counts,
     postprocess,
     quality,
     segmentation_metrics,
@@ -68,3 +69,19 @@ def test_two_empty_masks_agree():
     z = np.zeros((1, 16, 16), bool)
     m = segmentation_metrics(z, z)
     assert m["dice"][0] == 1 and m["iou"][0] == 1 and np.isnan(m["hd95"][0])
+
+
+def test_flag_counts_per_group():
+    table = flag_counts(["ok", "empty", "implausible", "ok", "ok"], ["a", "a", "a", "b", "b"])
+    assert table.loc["a", ["n", "ok", "empty", "implausible"]].tolist() == [3, 1, 1, 1]
+    assert table.loc["b", ["n", "ok", "empty", "implausible"]].tolist() == [2, 2, 0, 0]
+    assert table.loc["all", "n"] == 5 and table.loc["all", "ok"] == 3
+    assert table.loc["a", "bad_share"] == pytest.approx(2 / 3, abs=1e-4)
+    assert table.loc["b", "bad_share"] == 0.0
+
+
+def test_flag_counts_rejects_unknown_flags_and_length_mismatch():
+    with pytest.raises(ValueError, match="unknown flag"):
+        flag_counts(["ok", "weird"], ["a", "a"])
+    with pytest.raises(ValueError, match="2 flags but 1 groups"):
+        flag_counts(["ok", "ok"], ["a"])

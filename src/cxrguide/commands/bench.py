@@ -79,7 +79,8 @@ def run_sources(args: argparse.Namespace) -> int:
         from cxrguide.experiments.pretrain import resolve_weights
 
         cfg = replace(cfg, weights=resolve_weights(cfg.weights, [cfg.backbone]))
-    md, _ = run_study(cfg)
+    md, study = run_study(cfg)
     print(md)
-    print(f"wrote {cfg.out}/sources.json, sources.csv, sources.md and sources.png")
+    if "partial" not in study:
+        print(f"wrote {cfg.out}/sources.json, sources.csv, sources.md and sources.png")
     return 0

@@ -150,6 +150,12 @@ class SourcesBenchConfig:
         "lung U-Net RUN for Stage III variants (masks predicted once into PREP's lung cache); "
         "empty: use the cache PREP already has",
     )
+    folds: list[str] = _f(
+        [],
+        "train only these folds ('all' = the all-sources run, or held-out source names; comma "
+        "list): one process per fold on the same --out runs a study in parallel; sources.json "
+        "is written by a run over every fold (finished runs are reused)",
+    )
     min_films: int = _f(50, "a source with fewer films is skipped (stated in the output)")
     min_test: int = _f(10, "a source needs this many films in the test split (internal accuracy)")
     min_group: int = _f(5, "worst-group accuracy: class x source groups with at least this many")
@@ -173,6 +179,7 @@ class SourcesBenchConfig:
         self.variants = [v.strip() for item in self.variants for v in item.split(",") if v.strip()]
         if self.adversary_weight < 0:
             raise ConfigError("adversary_weight: must be >= 0")
+        self.folds = [f.strip() for item in self.folds for f in item.split(",") if f.strip()]
         if self.quick:
             self.variants, self.seeds = list(QUICK_VARIANTS), self.seeds[:1]
         if not self.seeds or not self.variants:

@@ -33,6 +33,7 @@ over invocations.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import re
@@ -120,15 +121,24 @@ def fold_name(held_out: str | None) -> str:
 
 
 class Timing:
-    """Seconds per phase, added up over invocations in ``DIR/timing.json`` (kept on a kill)."""
+    """Seconds per phase, added up over invocations in ``DIR/timing.json`` (kept on a kill).
+
+    Every add re-reads the file under a lock, so processes running folds of one study in
+    parallel (``--folds``) add to the same totals instead of overwriting each other's."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self.seconds: dict[str, float] = self._read()
+
+    def _read(self) -> dict[str, float]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
 
     def add(self, phase: str, seconds: float) -> None:
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
-        atomic_write_json(self.path, self.seconds)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.seconds = self._read()
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+            atomic_write_json(self.path, self.seconds)
 
 
 class OutputScorer:
@@ -252,7 +262,13 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
     timing, start = Timing(out / "timing.json"), time.perf_counter()
     device = resolve_device(cfg.device)
     ensure_lungs(cfg, prepared, timing)
-    folds = {h: fold_prepared(prepared, cfg.by, h) for h in [None, *held]}
+    wanted = set(cfg.folds)
+    if wanted - {ALL, *held}:
+        raise ConfigError(f"folds: {', '.join(sorted(wanted - {ALL, *held}))}: not a fold of "
+                          f"this study ({', '.join([ALL, *held])})")  # fmt: skip
+    partial = bool(wanted) and wanted != {ALL, *held}
+    folds = {h: fold_prepared(prepared, cfg.by, h) for h in [None, *held]
+             if not wanted or (h or ALL) in wanted}  # fmt: skip
     by_variant: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in cfg.variants}
     for seed in cfg.seeds:
         t0 = time.perf_counter()
@@ -272,6 +288,8 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
                 _log.info(f"seed {seed} {variant:<16} {fold_name(held_out):<28} "
                           f"{'external' if held_out else 'internal test'} accuracy "
                           f"{m['accuracy']:.3f}")  # fmt: skip
+        if partial:  # the other folds' runs may still be training in other processes
+            continue
         t0 = time.perf_counter()
         for variant in cfg.variants:
             runs = outputs[variant]
@@ -281,6 +299,10 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
             )  # fmt: skip
         timing.add("summary", time.perf_counter() - t0)
     timing.add("wall", time.perf_counter() - start)  # every invocation, added up
+    if partial:
+        note = (f"folds {', '.join(sorted(wanted))} done; rerun without --folds for "
+                "sources.json (finished runs are reused)")  # fmt: skip
+        return note, {"partial": sorted(wanted), "timing": dict(timing.seconds)}
     study = {
         "variants": {v: combine_seeds(by_variant[v]) for v in cfg.variants},
         "skipped": skipped, "held_out": held, "by": cfg.by, "timing": dict(timing.seconds),
