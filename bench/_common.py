@@ -24,15 +24,22 @@ from PIL import Image
 
 
 def add_quick(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: a smoke run that finishes in ~3 minutes on 2 cores")  # fmt: skip
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: a smoke run that finishes in ~3 minutes on 2 cores",
+    )
 
 
 def load() -> dict[str, float]:
     """1/5/15-minute load averages and the core count (timings mean little without them)."""
     one, five, fifteen = os.getloadavg()
-    return {"load1": round(one, 2), "load5": round(five, 2), "load15": round(fifteen, 2),
-            "cpus": os.cpu_count() or 1}  # fmt: skip
+    return {
+        "load1": round(one, 2),
+        "load5": round(five, 2),
+        "load15": round(fifteen, 2),
+        "cpus": os.cpu_count() or 1,
+    }
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -42,12 +49,22 @@ def spread(values: list[float]) -> dict[str, float]:
         q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     else:
         q1 = q3 = xs[0]
-    return {"median": statistics.median(xs), "q1": q1, "q3": q3, "min": xs[0], "max": xs[-1],
-            "n": len(xs)}  # fmt: skip
+    return {
+        "median": statistics.median(xs),
+        "q1": q1,
+        "q3": q3,
+        "min": xs[0],
+        "max": xs[-1],
+        "n": len(xs),
+    }
 
 
-def interleave(variants: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,
-               sync: Callable[[], None] | None = None) -> dict[str, list[float]]:  # fmt: skip
+def interleave(
+    variants: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int = 1,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
     """Wall seconds of each variant over ``repeats`` rounds, round-robin within each round.
 
     The order inside a round rotates, so no variant always runs first (right after a cache-cold

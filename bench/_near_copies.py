@@ -50,6 +50,11 @@ def near_copies(img: np.ndarray) -> dict[str, np.ndarray]:
 
 def sample_films(shared: Path, every: int = 1) -> list[Path]:
     """Every ``every``-th film of the real samples (PNG / JPEG; not the V7 copies or masks)."""
-    files = sorted(p for p in shared.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")
-                   and "masks" not in p.parts and "V7" not in p.parts)  # fmt: skip
+    files = sorted(
+        p
+        for p in shared.rglob("*")
+        if p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        and "masks" not in p.parts
+        and "V7" not in p.parts
+    )
     return files[::every]

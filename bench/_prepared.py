@@ -23,8 +23,9 @@ def write_prepared(root: Path, n: int, size: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "cache").mkdir(exist_ok=True)
-    images = np.lib.format.open_memmap(root / f"cache/images_{size}.npy", mode="w+",
-                                       dtype=np.uint8, shape=(n, size, size))  # fmt: skip
+    images = np.lib.format.open_memmap(
+        root / f"cache/images_{size}.npy", mode="w+", dtype=np.uint8, shape=(n, size, size)
+    )
     yy, xx = np.mgrid[:size, :size]
     rows = []
     for i in range(n):
@@ -34,11 +35,24 @@ def write_prepared(root: Path, n: int, size: int, seed: int = 0) -> Path:
         img += 120 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 10) ** 2))
         images[i] = np.clip(img, 0, 255).astype(np.uint8)
         j = i // len(CLASSES)
-        rows.append({"image_id": f"bench:{i:06d}", "source": "bench", "site": f"site{j % 2}",
-                     "path": f"images/{i:06d}.png", "label": CLASSES[k],
-                     "patient_id": f"p{i}", "view": "PA", "view_recorded": 1,
-                     "finding": CLASSES[k], "sha256": "", "width": size, "height": size,
-                     "split": _SPLITS[j % len(_SPLITS)], "cache_index": i})  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"bench:{i:06d}",
+                "source": "bench",
+                "site": f"site{j % 2}",
+                "path": f"images/{i:06d}.png",
+                "label": CLASSES[k],
+                "patient_id": f"p{i}",
+                "view": "PA",
+                "view_recorded": 1,
+                "finding": CLASSES[k],
+                "sha256": "",
+                "width": size,
+                "height": size,
+                "split": _SPLITS[j % len(_SPLITS)],
+                "cache_index": i,
+            }
+        )
     images.flush()
     del images
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)

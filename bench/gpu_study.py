@@ -68,8 +68,9 @@ def write_data(root: Path, n: int, size: int, seed: int) -> Prepared:
     lungs = np.zeros((size, size), np.uint8)
     for side in (-1, 1):
         lungs[((xx - 0.5 - side * 0.2) / 0.15) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1] = 255
-    cache = np.lib.format.open_memmap(root / LUNG_CACHE.format(size=size), mode="w+",
-                                      dtype=np.uint8, shape=(n, size, size))  # fmt: skip
+    cache = np.lib.format.open_memmap(
+        root / LUNG_CACHE.format(size=size), mode="w+", dtype=np.uint8, shape=(n, size, size)
+    )
     cache[:] = lungs
     cache.flush()
     del cache
@@ -96,10 +97,16 @@ class GpuSampler:
             self.source = "pynvml"
         except Exception:  # not installed or no NVML: fall back to the CLI
             if shutil.which("nvidia-smi"):
-                cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                       "-i", str(index)]  # fmt: skip
-                self._read = lambda: float(subprocess.run(cmd, capture_output=True, text=True,
-                                                          timeout=5).stdout.strip())  # fmt: skip
+                cmd = [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    str(index),
+                ]
+                self._read = lambda: float(
+                    subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip()
+                )
                 self.source = "nvidia-smi"
 
     def __enter__(self) -> GpuSampler:
@@ -131,8 +138,9 @@ class GpuSampler:
         return out
 
 
-def loader(ds, batch_size: int, device: torch.device, workers: int, *, shuffle: bool,
-           seed: int) -> DataLoader:  # fmt: skip
+def loader(
+    ds, batch_size: int, device: torch.device, workers: int, *, shuffle: bool, seed: int
+) -> DataLoader:
     """Pinned memory and persistent, prefetching workers on CUDA; a DistributedSampler under
     torchrun. Order still depends only on (seed, epoch) (engine.fit reseeds it per epoch)."""
     extra: dict = {}
@@ -140,11 +148,23 @@ def loader(ds, batch_size: int, device: torch.device, workers: int, *, shuffle: 
         extra = {"persistent_workers": True, "prefetch_factor": 4}
     if engine.distributed():
         sampler = DistributedSampler(ds, shuffle=shuffle, seed=seed)
-        return DataLoader(ds, batch_size, sampler=sampler, num_workers=workers,
-                          pin_memory=device.type == "cuda", **extra)  # fmt: skip
-    return DataLoader(ds, batch_size, shuffle=shuffle, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed),
-                      pin_memory=device.type == "cuda", **extra)  # fmt: skip
+        return DataLoader(
+            ds,
+            batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            **extra,
+        )
+    return DataLoader(
+        ds,
+        batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=device.type == "cuda",
+        **extra,
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -166,32 +186,68 @@ def stage1(name: str, prepared: Prepared, args, device: torch.device, tmp: Path)
     with GpuSampler(device) as gpu:
         sync(device)
         t0 = time.perf_counter()
-        feats = pooled_features(model, prepared, size, device, rows=rows,
-                                batch_size=args.batch_size, precision=args.precision,
-                                channels_last=args.channels_last, progress=False,
-                                workers=args.workers)  # fmt: skip
+        feats = pooled_features(
+            model,
+            prepared,
+            size,
+            device,
+            rows=rows,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            channels_last=args.channels_last,
+            progress=False,
+            workers=args.workers,
+        )
         sync(device)
         seconds = time.perf_counter() - t0
     labels = CxrDataset(prepared, "train").labels
-    ecfg = engine.EngineConfig(max_epochs=args.head_epochs, patience=args.head_epochs,
-                               seed=args.seed, device=str(device), progress=False)  # fmt: skip
+    ecfg = engine.EngineConfig(
+        max_epochs=args.head_epochs,
+        patience=args.head_epochs,
+        seed=args.seed,
+        device=str(device),
+        progress=False,
+    )
     head = model.head.float()
     t0 = time.perf_counter()
-    engine.fit(head, FeatureTask(1e-3),
-               loader(FeatureDataset(feats, labels, prepared.rows("train")), 32, device, 0,
-                      shuffle=True, seed=args.seed),
-               loader(FeatureDataset(feats, labels, prepared.rows("val")), 32, device, 0,
-                      shuffle=False, seed=args.seed),
-               torch.optim.SGD(head.parameters(), lr=1e-4, momentum=0.9), ecfg,
-               tmp / f"stage1-{name}")  # fmt: skip
+    engine.fit(
+        head,
+        FeatureTask(1e-3),
+        loader(
+            FeatureDataset(feats, labels, prepared.rows("train")),
+            32,
+            device,
+            0,
+            shuffle=True,
+            seed=args.seed,
+        ),
+        loader(
+            FeatureDataset(feats, labels, prepared.rows("val")),
+            32,
+            device,
+            0,
+            shuffle=False,
+            seed=args.seed,
+        ),
+        torch.optim.SGD(head.parameters(), lr=1e-4, momentum=0.9),
+        ecfg,
+        tmp / f"stage1-{name}",
+    )
     head_epoch = (time.perf_counter() - t0) / args.head_epochs
     del model, feats
-    return {"backbone": name, "px": size, "images": len(rows), "img_s": len(rows) / seconds,
-            "head_epoch_s": head_epoch, **gpu.figures()}  # fmt: skip
+    return {
+        "backbone": name,
+        "px": size,
+        "images": len(rows),
+        "img_s": len(rows) / seconds,
+        "head_epoch_s": head_epoch,
+        **gpu.figures(),
+    }
 
 
-def fine_tune(stage: int, name: str, prepared: Prepared, args, device: torch.device,
-              tmp: Path) -> dict:  # fmt: skip
+def fine_tune(
+    stage: int, name: str, prepared: Prepared, args, device: torch.device, tmp: Path
+) -> dict:
     """``args.epochs`` of Stage II or III through engine.fit; steady epoch time and images/s."""
     size = args.size or get_spec(name).input_size[0]
     model = create_model(name, "none", seed=args.seed).unfreeze_body()
@@ -203,9 +259,15 @@ def fine_tune(stage: int, name: str, prepared: Prepared, args, device: torch.dev
     else:  # random body: BatchNorm has no statistics to freeze (as `train --stage 3` does)
         settings = GainSettings(gate=True, gain=True, erased_bn="clean")
         net, task = GuidedAttention(model, settings), Stage3Task(settings, 1e-3)
-    ecfg = engine.EngineConfig(max_epochs=args.epochs, patience=args.epochs, seed=args.seed,
-                               device=str(device), precision=args.precision,
-                               channels_last=args.channels_last, progress=False)  # fmt: skip
+    ecfg = engine.EngineConfig(
+        max_epochs=args.epochs,
+        patience=args.epochs,
+        seed=args.seed,
+        device=str(device),
+        precision=args.precision,
+        channels_last=args.channels_last,
+        progress=False,
+    )
     marks: list[float] = []
     digests: list[float] = []  # weights at each epoch end, before fit restores the best epoch
 
@@ -215,36 +277,53 @@ def fine_tune(stage: int, name: str, prepared: Prepared, args, device: torch.dev
 
     with GpuSampler(device) as gpu:
         t0 = time.perf_counter()
-        engine.fit(net, task,
-                   loader(train, args.batch_size, device, args.workers, shuffle=True,
-                          seed=args.seed),
-                   loader(val, args.batch_size, device, args.workers, shuffle=False,
-                          seed=args.seed),
-                   torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-4,
-                                   momentum=0.9),
-                   ecfg, tmp / f"stage{stage}-{name}", on_epoch_end=epoch_end)  # fmt: skip
+        engine.fit(
+            net,
+            task,
+            loader(train, args.batch_size, device, args.workers, shuffle=True, seed=args.seed),
+            loader(val, args.batch_size, device, args.workers, shuffle=False, seed=args.seed),
+            torch.optim.SGD(
+                [p for p in net.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+            ),
+            ecfg,
+            tmp / f"stage{stage}-{name}",
+            on_epoch_end=epoch_end,
+        )
     epochs = np.diff([t0, *marks])
     steady = float(np.median(epochs[1:] if len(epochs) > 1 else epochs))
     images = len(train) + len(val)
-    return {"backbone": name, "px": size, "train": len(train), "val": len(val),
-            "first_epoch_s": float(epochs[0]), "epoch_s": steady, "img_s": images / steady,
-            "weights": digests, **gpu.figures()}  # fmt: skip
+    return {
+        "backbone": name,
+        "px": size,
+        "train": len(train),
+        "val": len(val),
+        "first_epoch_s": float(epochs[0]),
+        "epoch_s": steady,
+        "img_s": images / steady,
+        "weights": digests,
+        **gpu.figures(),
+    }
 
 
 def _digest(model: torch.nn.Module) -> float:
     return float(sum(p.detach().float().abs().sum().item() for p in model.parameters()))
 
 
-def estimate_minutes(s1: list[dict], s2: list[dict], s3: list[dict], n: int,
-                     epochs: tuple[int, int, int]) -> dict:  # fmt: skip
+def estimate_minutes(
+    s1: list[dict], s2: list[dict], s3: list[dict], n: int, epochs: tuple[int, int, int]
+) -> dict:
     """The protocol on ``n`` images: Stage I features once per backbone plus its head epochs,
     Stage II/III epochs per top model, from the measured rates (train + val ~ 90 % of n)."""
     scale = n / max(1, s1[0]["images"] / 0.9) if s1 else 1.0
     one = sum(r["images"] * scale / r["img_s"] + epochs[0] * r["head_epoch_s"] * scale for r in s1)
     two = sum(epochs[1] * r["epoch_s"] * n * 0.9 / (r["train"] + r["val"]) for r in s2)
     three = sum(epochs[2] * r["epoch_s"] * n * 0.9 / (r["train"] + r["val"]) for r in s3)
-    return {"stage1": one / 60, "stage2": two / 60, "stage3": three / 60,
-            "total": (one + two + three) / 60}  # fmt: skip
+    return {
+        "stage1": one / 60,
+        "stage2": two / 60,
+        "stage3": three / 60,
+        "total": (one + two + three) / 60,
+    }
 
 
 def ddp_smoke(args, device: torch.device, prepared: Prepared, tmp: Path) -> dict:
@@ -256,9 +335,13 @@ def ddp_smoke(args, device: torch.device, prepared: Prepared, tmp: Path) -> dict
     every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
     gap = max(float((t - every[0]).abs().max()) for t in every)  # per epoch, over ranks
-    return {"backend": dist.get_backend(), "world_size": dist.get_world_size(),
-            "ranks_identical": gap <= 1e-6 * float(every[0].abs().max()),
-            "max_weight_sum_gap": gap, "stage2": row}  # fmt: skip
+    return {
+        "backend": dist.get_backend(),
+        "world_size": dist.get_world_size(),
+        "ranks_identical": gap <= 1e-6 * float(every[0].abs().max()),
+        "max_weight_sum_gap": gap,
+        "stage2": row,
+    }
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -268,8 +351,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--top", default=",".join(TOP4), help="Stage II/III models")
     ap.add_argument("--epochs", type=int, default=2, help="measured Stage II/III epochs (>= 2)")
     ap.add_argument("--head-epochs", type=int, default=3, help="measured Stage I head epochs")
-    ap.add_argument("--protocol-epochs", default="30,30,30",
-                    help="epoch budget of Stage I head, II, III for the protocol estimate")  # fmt: skip
+    ap.add_argument(
+        "--protocol-epochs",
+        default="30,30,30",
+        help="epoch budget of Stage I head, II, III for the protocol estimate",
+    )
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--size", type=int, default=0, help="input side (0: each Table-2 size)")
     ap.add_argument("--workers", type=int, default=-1, help="loader processes (-1: auto)")
@@ -277,8 +363,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | fp32 | bf16")
     ap.add_argument("--channels-last", default="auto", help="auto (on CUDA) | on | off")
     ap.add_argument("--ddp-smoke", action="store_true", help="under torchrun: DDP check only")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch CPU threads (0: default; 1 with --quick on a busy machine)")  # fmt: skip
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: default; 1 with --quick on a busy machine)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     add_quick(ap)
     args = ap.parse_args(argv)
@@ -305,17 +395,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 0:
         args.workers = min(16, os.cpu_count() or 1) if cuda else 0
     args.epochs = max(2, args.epochs)
-    names = ([n for n in list_models() if not n.startswith("covidnet")]
-             if args.backbones == "all" else [get_spec(b.strip()).name
-                                              for b in args.backbones.split(",")])  # fmt: skip
+    names = (
+        [n for n in list_models() if not n.startswith("covidnet")]
+        if args.backbones == "all"
+        else [get_spec(b.strip()).name for b in args.backbones.split(",")]
+    )
     args.top = [get_spec(b.strip()).name for b in args.top.split(",")]
     budget = tuple(int(e) for e in args.protocol_epochs.split(","))
     what = torch.cuda.get_device_name(device) if cuda else "CPU"
     rank0 = engine.is_main_process() and int(os.environ.get("RANK", "0")) == 0
     if rank0:
-        print(f"# {what} ({device}), torch {torch.__version__}, {args.precision}, channels-last "
-              f"{args.channels_last}, {args.workers} loader workers, batch {args.batch_size}; "
-              f"{args.n} phantoms; load {before}", flush=True)  # fmt: skip
+        print(
+            f"# {what} ({device}), torch {torch.__version__}, {args.precision}, channels-last "
+            f"{args.channels_last}, {args.workers} loader workers, batch {args.batch_size}; "
+            f"{args.n} phantoms; load {before}",
+            flush=True,
+        )
     cache_size = max([args.size or get_spec(n).input_size[0] for n in names + args.top])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -330,29 +425,49 @@ def main(argv: list[str] | None = None) -> int:
         s1 = []
         for name in names:
             s1.append(stage1(name, prepared, args, device, tmp))
-            print(f"stage I  {name:<20} {s1[-1]['px']:>4} px {s1[-1]['img_s']:8.1f} img/s "
-                  f"{_gpu(s1[-1])}", flush=True)  # fmt: skip
+            print(
+                f"stage I  {name:<20} {s1[-1]['px']:>4} px {s1[-1]['img_s']:8.1f} img/s "
+                f"{_gpu(s1[-1])}",
+                flush=True,
+            )
         s2, s3 = [], []
         for stage, rows in ((2, s2), (3, s3)):
             for name in args.top:
                 rows.append(fine_tune(stage, name, prepared, args, device, tmp))
                 r = rows[-1]
-                print(f"stage {'II' if stage == 2 else 'III':<3}{name:<20} {r['px']:>4} px "
-                      f"{r['img_s']:8.1f} img/s (epoch {r['epoch_s']:.1f} s, first "
-                      f"{r['first_epoch_s']:.1f} s) {_gpu(r)}", flush=True)  # fmt: skip
+                print(
+                    f"stage {'II' if stage == 2 else 'III':<3}{name:<20} {r['px']:>4} px "
+                    f"{r['img_s']:8.1f} img/s (epoch {r['epoch_s']:.1f} s, first "
+                    f"{r['first_epoch_s']:.1f} s) {_gpu(r)}",
+                    flush=True,
+                )
     est = estimate_minutes(s1, s2, s3, STUDY_IMAGES, budget)  # type: ignore[arg-type]
-    print(f"protocol estimate for {STUDY_IMAGES} images, epochs {budget}: stage I "
-          f"{est['stage1']:.1f} min, II {est['stage2']:.1f} min, III {est['stage3']:.1f} min, "
-          f"total {est['total']:.1f} min (goal on one H200: <= 10)")  # fmt: skip
+    print(
+        f"protocol estimate for {STUDY_IMAGES} images, epochs {budget}: stage I "
+        f"{est['stage1']:.1f} min, II {est['stage2']:.1f} min, III {est['stage3']:.1f} min, "
+        f"total {est['total']:.1f} min (goal on one H200: <= 10)"
+    )
     slim = [{k: v for k, v in r.items() if k != "weights"} for r in s2 + s3]
-    emit("gpu_study", {
-        "device": what, "precision": args.precision, "channels_last": args.channels_last,
-        "workers": args.workers, "batch": args.batch_size, "n": args.n,
-        "stage1": s1, "stage2": slim[: len(s2)], "stage3": slim[len(s2):],
-        "ratio_stage3_over_stage2_epoch": statistics.mean(
-            b["epoch_s"] / a["epoch_s"] for a, b in zip(s2, s3, strict=True)),
-        "protocol_epochs": list(budget), "protocol_minutes": est,
-    }, before)  # fmt: skip
+    emit(
+        "gpu_study",
+        {
+            "device": what,
+            "precision": args.precision,
+            "channels_last": args.channels_last,
+            "workers": args.workers,
+            "batch": args.batch_size,
+            "n": args.n,
+            "stage1": s1,
+            "stage2": slim[: len(s2)],
+            "stage3": slim[len(s2) :],
+            "ratio_stage3_over_stage2_epoch": statistics.mean(
+                b["epoch_s"] / a["epoch_s"] for a, b in zip(s2, s3, strict=True)
+            ),
+            "protocol_epochs": list(budget),
+            "protocol_minutes": est,
+        },
+        before,
+    )
     return 0
 
 

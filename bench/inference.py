@@ -81,8 +81,9 @@ def load_images(n: int, size: int, seed: int = 0) -> np.ndarray:
             continue
     while len(out) < n:
         yy, xx = np.mgrid[:size, :size] / size
-        lungs = sum(((xx - 0.5 - s * 0.2) / 0.15) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1
-                    for s in (-1, 1))  # fmt: skip
+        lungs = sum(
+            ((xx - 0.5 - s * 0.2) / 0.15) ** 2 + ((yy - 0.45) / 0.3) ** 2 <= 1 for s in (-1, 1)
+        )
         img = 0.6 - 0.35 * lungs + rng.normal(0, 0.05, (size, size))
         out.append(np.clip(img, 0, 1).astype(np.float32))
     return np.stack(out)
@@ -130,8 +131,10 @@ def bench_one(model, size: int, gate: bool, images: np.ndarray, args) -> dict[st
     x_all = torch.from_numpy(images)[:, None]
     mask_all = example_inputs(size, True, batch=len(images))[1] if gate else None
     b = args.batch
-    batches = [(x_all[i : i + b], None if mask_all is None else mask_all[i : i + b])
-               for i in range(0, len(x_all), b)]  # fmt: skip
+    batches = [
+        (x_all[i : i + b], None if mask_all is None else mask_all[i : i + b])
+        for i in range(0, len(x_all), b)
+    ]
     one = (x_all[:1], None if mask_all is None else mask_all[:1])
     with tempfile.TemporaryDirectory() as tmp:
         runs = {}
@@ -142,23 +145,29 @@ def bench_one(model, size: int, gate: bool, images: np.ndarray, args) -> dict[st
                 runs[path](*batches[0])
             runs[path](*one)
         probs = {p: np.concatenate([runs[p](x, m) for x, m in batches]) for p in args.paths}
-        per_image = interleave({p: (lambda r=r: [r(x, m) for x, m in batches])
-                                for p, r in runs.items()}, args.repeats, warmup=0)  # fmt: skip
-        latency = interleave({p: (lambda r=r: r(*one)) for p, r in runs.items()},
-                             args.latency_runs, warmup=0)  # fmt: skip
+        per_image = interleave(
+            {p: (lambda r=r: [r(x, m) for x, m in batches]) for p, r in runs.items()},
+            args.repeats,
+            warmup=0,
+        )
+        latency = interleave(
+            {p: (lambda r=r: r(*one)) for p, r in runs.items()}, args.latency_runs, warmup=0
+        )
     reference = probs["fp32"]
     top2 = np.sort(reference, 1)[:, -2:]
     results: dict[str, dict] = {}
     for path in args.paths:
         rate = spread([len(x_all) / t for t in per_image[path]])
         results[path] = {
-            "img_s": rate["median"], "img_s_q1": rate["q1"], "img_s_q3": rate["q3"],
+            "img_s": rate["median"],
+            "img_s_q1": rate["q1"],
+            "img_s_q3": rate["q3"],
             "latency_ms": 1000 * spread(latency[path])["median"],
             "agreement": float((probs[path].argmax(1) == reference.argmax(1)).mean()),
             "max_dp": float(np.abs(probs[path] - reference).max()),
             "fp32_margin": float(np.median(top2[:, 1] - top2[:, 0])),
             "fp32_classes": len(set(reference.argmax(1).tolist())),
-        }  # fmt: skip
+        }
     return results
 
 
@@ -171,11 +180,15 @@ def _int8_figures(table: dict[str, dict]) -> dict:
     top-1 agreement with eager fp32); {} when the INT8 path was not run."""
     if not all("onnx_int8" in t and "onnx" in t for t in table.values()):
         return {}
-    per = {name: {"int8_speedup": t["onnx_int8"]["img_s"] / t["fp32"]["img_s"],
-                  "int8_vs_onnx_fp32": t["onnx_int8"]["img_s"] / t["onnx"]["img_s"],
-                  "int8_latency_vs_onnx_fp32": t["onnx"]["latency_ms"] / t["onnx_int8"]["latency_ms"],
-                  "int8_agreement": t["onnx_int8"]["agreement"]}
-           for name, t in table.items()}  # fmt: skip
+    per = {
+        name: {
+            "int8_speedup": t["onnx_int8"]["img_s"] / t["fp32"]["img_s"],
+            "int8_vs_onnx_fp32": t["onnx_int8"]["img_s"] / t["onnx"]["img_s"],
+            "int8_latency_vs_onnx_fp32": t["onnx"]["latency_ms"] / t["onnx_int8"]["latency_ms"],
+            "int8_agreement": t["onnx_int8"]["agreement"],
+        }
+        for name, t in table.items()
+    }
     return {"int8": per, "cpu_flags": cpu_flags()}
 
 
@@ -197,13 +210,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=2, help="batches per timed pass")
     parser.add_argument("--size", type=int, default=0, help="input side (0: each backbone's own)")
-    parser.add_argument("--repeats", type=int, default=10,
-                        help="timed passes per path, interleaved round-robin (>= 10)")  # fmt: skip
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=10,
+        help="timed passes per path, interleaved round-robin (>= 10)",
+    )
     parser.add_argument("--latency-runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch/ORT threads (0: default)")
     parser.add_argument("--paths", default=",".join(PATHS))
-    parser.add_argument("--weights", default="none",
-                        help="none | imagenet (offline from $CXRGUIDE_WEIGHTS_DIR) for the bodies")  # fmt: skip
+    parser.add_argument(
+        "--weights",
+        default="none",
+        help="none | imagenet (offline from $CXRGUIDE_WEIGHTS_DIR) for the bodies",
+    )
     add_quick(parser)
     args = parser.parse_args(argv)
     if args.quick:  # one small backbone, 2 batches of 8 per pass
@@ -227,9 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             size = args.size or get_spec(name).input_size[0]
             jobs.append((name, None, size, False))
-    print(f"# {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x " f"{args.batches} x {args.repeats} "
-          f"(median over interleaved passes), latency median of {args.latency_runs}")  # fmt: skip
+    print(
+        f"# {os.cpu_count()} CPUs, torch {torch.__version__} threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}; batch {args.batch} x "
+        f"{args.batches} x {args.repeats} "
+        f"(median over interleaved passes), latency median of {args.latency_runs}"
+    )
     header = f"{'backbone':<20} {'px':>4} " + " ".join(f"{p:>28}" for p in args.paths)
     units = " ".join(f"{'img/s  b1 ms  agree  max|dp|':>28}" for _ in args.paths)
     print(f"{header}  fp32 top-1\n{'':<26}{units}  margin, classes")
@@ -240,35 +263,68 @@ def main(argv: list[str] | None = None) -> int:
         images = load_images(args.batch * args.batches, size)
         res = bench_one(model, size, gate, images, args)
         table[name] = res
-        cells = " ".join(f"{r['img_s']:>6.1f} {r['latency_ms']:>6.0f} {r['agreement']:>6.1%} "
-                         f"{r['max_dp']:>8.1e}" for r in res.values())  # fmt: skip
+        cells = " ".join(
+            f"{r['img_s']:>6.1f} {r['latency_ms']:>6.0f} {r['agreement']:>6.1%} {r['max_dp']:>8.1e}"
+            for r in res.values()
+        )
         ref = res["fp32"]
-        print(f"{name:<20} {size:>4} {cells}  {ref['fp32_margin']:.1e} {ref['fp32_classes']}",
-              flush=True)  # fmt: skip
+        print(
+            f"{name:<20} {size:>4} {cells}  {ref['fp32_margin']:.1e} {ref['fp32_classes']}",
+            flush=True,
+        )
         del model
-    speedups = {p: statistics.mean(t[p]["img_s"] / t["fp32"]["img_s"] for t in table.values())
-                for p in args.paths}  # fmt: skip
-    lat = {p: statistics.mean(t["fp32"]["latency_ms"] / t[p]["latency_ms"] for t in table.values())
-           for p in args.paths}  # fmt: skip
-    print("mean speed-up over eager fp32 (throughput / batch-1 latency): "
-          + ", ".join(f"{p} {speedups[p]:.2f}x / {lat[p]:.2f}x" for p in args.paths))  # fmt: skip
+    speedups = {
+        p: statistics.mean(t[p]["img_s"] / t["fp32"]["img_s"] for t in table.values())
+        for p in args.paths
+    }
+    lat = {
+        p: statistics.mean(t["fp32"]["latency_ms"] / t[p]["latency_ms"] for t in table.values())
+        for p in args.paths
+    }
+    print(
+        "mean speed-up over eager fp32 (throughput / batch-1 latency): "
+        + ", ".join(f"{p} {speedups[p]:.2f}x / {lat[p]:.2f}x" for p in args.paths)
+    )
     ok = [p for p in args.paths if all(t[p]["agreement"] >= 0.99 for t in table.values())]
     drift = {p: max(t[p]["max_dp"] for t in table.values()) for p in ok}
     by_rate, by_latency = max(ok, key=speedups.get), max(ok, key=lat.get)
-    print(f"with >= 99% top-1 agreement on every backbone: fastest throughput {by_rate} "
-          f"({speedups[by_rate]:.2f}x, max |dp| {drift[by_rate]:.1e}), fastest batch-1 "
-          f"{by_latency} ({lat[by_latency]:.2f}x, max |dp| {drift[by_latency]:.1e})")  # fmt: skip
-    emit("inference", {
-        "backbones": list(table), "batch": args.batch, "repeats": args.repeats,
-        "threads": torch.get_num_threads(),
-        **{f"speedup_{p}": speedups[p] for p in args.paths if p != "fp32"},
-        **{f"latency_speedup_{p}": lat[p] for p in args.paths if p != "fp32"},
-        "fastest_throughput": by_rate, "fastest_latency": by_latency,
-        **_int8_figures(table),
-        "per_backbone": {name: {p: {k: r[k] for k in ("img_s", "img_s_q1", "img_s_q3",
-                                                      "latency_ms", "agreement", "max_dp")}
-                                for p, r in res.items()} for name, res in table.items()},
-    }, before)  # fmt: skip
+    print(
+        f"with >= 99% top-1 agreement on every backbone: fastest throughput {by_rate} "
+        f"({speedups[by_rate]:.2f}x, max |dp| {drift[by_rate]:.1e}), fastest batch-1 "
+        f"{by_latency} ({lat[by_latency]:.2f}x, max |dp| {drift[by_latency]:.1e})"
+    )
+    emit(
+        "inference",
+        {
+            "backbones": list(table),
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+            **{f"speedup_{p}": speedups[p] for p in args.paths if p != "fp32"},
+            **{f"latency_speedup_{p}": lat[p] for p in args.paths if p != "fp32"},
+            "fastest_throughput": by_rate,
+            "fastest_latency": by_latency,
+            **_int8_figures(table),
+            "per_backbone": {
+                name: {
+                    p: {
+                        k: r[k]
+                        for k in (
+                            "img_s",
+                            "img_s_q1",
+                            "img_s_q3",
+                            "latency_ms",
+                            "agreement",
+                            "max_dp",
+                        )
+                    }
+                    for p, r in res.items()
+                }
+                for name, res in table.items()
+            },
+        },
+        before,
+    )
     return 0
 
 

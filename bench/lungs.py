@@ -92,13 +92,17 @@ def main() -> None:
         return lambda: sum(1 for _ in segment_cache(model, images, model_size, device, 0.5, batch))
 
     def net(batch: int):
-        return lambda: [predict_batch(model, images[i : i + batch], model_size, device)
-                        for i in range(0, args.n, batch)]  # fmt: skip
+        return lambda: [
+            predict_batch(model, images[i : i + batch], model_size, device)
+            for i in range(0, args.n, batch)
+        ]
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     modes = {f"batched ({args.batch_size})": args.batch_size, "one at a time": 1}
-    fns = {**{("predict", m): full(b) for m, b in modes.items()},
-           **{("net", m): net(b) for m, b in modes.items()}}  # fmt: skip
+    fns = {
+        **{("predict", m): full(b) for m, b in modes.items()},
+        **{("net", m): net(b) for m, b in modes.items()},
+    }
     times = interleave(fns, args.repeat, warmup=1, sync=sync)  # type: ignore[arg-type]
     rates = {k: spread([args.n / t for t in v]) for k, v in times.items()}
     rows = [(m, rates[("predict", m)]["median"], rates[("net", m)]["median"]) for m in modes]
@@ -110,12 +114,21 @@ def main() -> None:
         print(f"{label:<16}{full_rate:>20.1f}{net_rate:>21.1f}")
     (_, b_full, b_net), (_, o_full, o_net) = rows
     print(f"{'ratio':<16}{b_full / o_full:>19.2f}x{b_net / o_net:>20.2f}x")
-    emit("lungs", {"device": str(device), "n": args.n, "size": args.size,
-                   "batch": args.batch_size, "rounds": args.repeat,
-                   "masks_s_batched": rates[("predict", rows[0][0])],
-                   "masks_s_one": rates[("predict", rows[1][0])],
-                   "speedup_batched_predict": b_full / o_full,
-                   "speedup_batched_net": b_net / o_net}, before)  # fmt: skip
+    emit(
+        "lungs",
+        {
+            "device": str(device),
+            "n": args.n,
+            "size": args.size,
+            "batch": args.batch_size,
+            "rounds": args.repeat,
+            "masks_s_batched": rates[("predict", rows[0][0])],
+            "masks_s_one": rates[("predict", rows[1][0])],
+            "speedup_batched_predict": b_full / o_full,
+            "speedup_batched_net": b_net / o_net,
+        },
+        before,
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def _search(
 
     t0 = time.perf_counter()
     extra = near_index.candidate_pairs(thumbs) if mode == "crop_tolerant" else []
-    uf = manifest.duplicate_groups([""] * len(thumbs), hashes, 12,
-                                   None if mode == "dhash" else confirm, extra)  # fmt: skip
+    uf = manifest.duplicate_groups(
+        [""] * len(thumbs), hashes, 12, None if mode == "dhash" else confirm, extra
+    )
     return uf, calls, time.perf_counter() - t0
 
 
@@ -64,8 +65,10 @@ def false_pairs(n: int, size: int, seed: int) -> dict[str, float]:
     for mode in ("dhash", "confirmed", "crop_tolerant"):
         uf, calls, secs = _search(thumbs, hashes, mode)
         dropped = len(images) - len({uf[i] for i in range(len(images))})
-        print(f"  {mode:<14} {dropped} films dropped as duplicates, {calls} confirmations, "
-              f"{secs:.1f} s")  # fmt: skip
+        print(
+            f"  {mode:<14} {dropped} films dropped as duplicates, {calls} confirmations, "
+            f"{secs:.1f} s"
+        )
         figures[f"false_dropped_{mode}"] = dropped
         figures[f"seconds_{mode}"] = round(secs, 1)
         figures[f"confirmations_{mode}"] = calls
@@ -81,9 +84,11 @@ def false_pairs(n: int, size: int, seed: int) -> dict[str, float]:
         best += [(float(c.ravel()[t]), start + t // len(flat), t % len(flat)) for t in top]
     best = sorted(best, reverse=True)[:50]
     scores = [manifest.near_similarity(thumbs[i], thumbs[j]) for _, i, j in best]
-    print(f"  50 most alike pairs (raw corr {best[-1][0]:.3f}-{best[0][0]:.3f}): confirmation "
-          f"max {max(scores):.3f}, {sum(s >= manifest.NEAR_SIMILARITY for s in scores)} "
-          f"accepted (threshold {manifest.NEAR_SIMILARITY})")  # fmt: skip
+    print(
+        f"  50 most alike pairs (raw corr {best[-1][0]:.3f}-{best[0][0]:.3f}): confirmation "
+        f"max {max(scores):.3f}, {sum(s >= manifest.NEAR_SIMILARITY for s in scores)} "
+        f"accepted (threshold {manifest.NEAR_SIMILARITY})"
+    )
     figures["hardest_negative_score"] = round(max(scores), 4)
     return figures
 
@@ -97,8 +102,10 @@ def recall(shared: Path, every: int = 1) -> dict[str, float]:
         for name, copy in near_copies(img).items():
             copies[name].append((manifest.thumbnail(copy), manifest.dhash(copy)))
     n = len(films)
-    print(f"real near-copies of {n} sample films (each kind searched with the originals): "
-          "found by dHash + confirmation / with the crop-tolerant search")  # fmt: skip
+    print(
+        f"real near-copies of {n} sample films (each kind searched with the originals): "
+        "found by dHash + confirmation / with the crop-tolerant search"
+    )
     found: dict[str, dict[str, np.ndarray]] = {}
     for name in KINDS:
         thumbs = np.stack([t for t, _ in originals + copies[name]])
@@ -107,15 +114,18 @@ def recall(shared: Path, every: int = 1) -> dict[str, float]:
         for mode in ("confirmed", "crop_tolerant"):
             uf = _search(thumbs, hashes, mode, memo)[0]
             found[name][mode] = np.array([uf.connected(i, n + i) for i in range(n)])
-        print(f"  {name:<13} {found[name]['confirmed'].mean():6.1%} "
-              f"{found[name]['crop_tolerant'].mean():6.1%}")  # fmt: skip
+        print(
+            f"  {name:<13} {found[name]['confirmed'].mean():6.1%} "
+            f"{found[name]['crop_tolerant'].mean():6.1%}"
+        )
     figures: dict[str, float] = {"films": n}
     for mode in ("confirmed", "crop_tolerant"):
         r = np.concatenate([found[k][mode] for k in KINDS])
         figures[f"recall_{mode}"] = round(float(r.mean()), 4)
         print(f"  all kinds, {mode}: {r.mean():.2%} of {len(r)} copies")
-    figures.update({f"recall_{k}": round(float(found[k]["crop_tolerant"].mean()), 4)
-                    for k in KINDS})  # fmt: skip
+    figures.update(
+        {f"recall_{k}": round(float(found[k]["crop_tolerant"].mean()), 4) for k in KINDS}
+    )
     return figures
 
 

@@ -40,9 +40,16 @@ def _old(module: ExportModule, path: Path, size: int) -> None:
     names = ["image", "probabilities", "logits"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example_inputs(size, False), str(path), input_names=names[:1],
-                          output_names=names[1:], dynamic_axes={n: {0: "batch"} for n in names},
-                          opset_version=17, dynamo=False)  # fmt: skip
+        torch.onnx.export(
+            module,
+            example_inputs(size, False),
+            str(path),
+            input_names=names[:1],
+            output_names=names[1:],
+            dynamic_axes={n: {0: "batch"} for n in names},
+            opset_version=17,
+            dynamo=False,
+        )
 
 
 def _check(path: Path, x: torch.Tensor, reference: np.ndarray) -> tuple[float, float]:
@@ -71,8 +78,10 @@ def zoo(size: int) -> None:
                     continue
                 took = time.perf_counter() - start
                 diff = parity(module, path, "onnx", size)
-                print(f"{name:22s} gate={gate!s:5s} export {took:6.1f} s  max|dp| {diff:.1e}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"{name:22s} gate={gate!s:5s} export {took:6.1f} s  max|dp| {diff:.1e}",
+                    flush=True,
+                )
 
 
 def main() -> None:
@@ -95,8 +104,10 @@ def main() -> None:
     x = example_inputs(args.size, False, batch=8, seed=1)[0]
     with torch.no_grad():
         reference = torch.softmax(model(x), 1).numpy()
-    exporters = {"torch.export": lambda p: export_onnx(module, p, args.size), "torchscript":
-                 lambda p: _old(module, p, args.size)}  # fmt: skip
+    exporters = {
+        "torch.export": lambda p: export_onnx(module, p, args.size),
+        "torchscript": lambda p: _old(module, p, args.size),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             order = list(exporters) if r % 2 == 0 else list(exporters)[::-1]
@@ -109,13 +120,24 @@ def main() -> None:
                 took[name] = time.perf_counter() - start
                 diff, infer = _check(path, x, reference)
                 worst = max(worst, float(diff))
-                print(f"round {r + 1} {name:12s} export {took[name]:6.1f} s  ORT batch-8 "
-                      f"{1000 * infer:5.0f} ms  max|dp| {diff:.1e}  load {loadavg}", flush=True)  # fmt: skip
+                print(
+                    f"round {r + 1} {name:12s} export {took[name]:6.1f} s  ORT batch-8 "
+                    f"{1000 * infer:5.0f} ms  max|dp| {diff:.1e}  load {loadavg}",
+                    flush=True,
+                )
             ratios.append(took["torch.export"] / took["torchscript"])
             print(f"round {r + 1} new / old export time: {ratios[-1]:.1f}x", flush=True)
-    emit("onnx_export", {"backbone": args.backbone, "size": args.size, "rounds": args.rounds,
-                         "new_over_old_export_time": float(np.median(ratios)),
-                         "max_abs_prob_diff": worst}, before)  # fmt: skip
+    emit(
+        "onnx_export",
+        {
+            "backbone": args.backbone,
+            "size": args.size,
+            "rounds": args.rounds,
+            "new_over_old_export_time": float(np.median(ratios)),
+            "max_abs_prob_diff": worst,
+        },
+        before,
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def build_run(folder: Path, size: int) -> Path:
     rel = Reliability(
         temperature=1.5, confidence_threshold=0.5, n_val=60, n_train=60, feature_norm="l2"
     )  # as every fit since 2026-12-08: the per-film norm is timed too
-    rel.means, rel.precision = fit_mahalanobis(rel.prepare_features(feats.numpy()),
-                                               logits.argmax(1).numpy(), 3)  # fmt: skip
+    rel.means, rel.precision = fit_mahalanobis(
+        rel.prepare_features(feats.numpy()), logits.argmax(1).numpy(), 3
+    )
     rel.ood_threshold = float(np.quantile(rel.ood_scores(feats.numpy()), 0.95))
     save_reliability(folder, rel)
     return folder
@@ -73,9 +74,14 @@ def films(n: int, size: int) -> np.ndarray:
 
 def _pair(with_stats, without, x, infos, names, repeats: int, warmup: int) -> dict:
     """Interleaved wall seconds of the two predictors on the same films."""
-    return interleave({"with": partial(with_stats.predict_arrays, x, infos, names),
-                       "without": partial(without.predict_arrays, x, infos, names)},
-                      repeats, warmup=warmup)  # fmt: skip
+    return interleave(
+        {
+            "with": partial(with_stats.predict_arrays, x, infos, names),
+            "without": partial(without.predict_arrays, x, infos, names),
+        },
+        repeats,
+        warmup=warmup,
+    )
 
 
 def main() -> int:
@@ -100,16 +106,26 @@ def main() -> int:
         if not (run / RELIABILITY_FILE).is_file():
             sys.exit(f"{run}: no {RELIABILITY_FILE}; run 'cxrguide evaluate RUN' first")
         bare = tmp / "without"
-        shutil.copytree(run, bare, ignore=shutil.ignore_patterns(RELIABILITY_FILE, "last.pt",
-                                                                  "best.pt", "*.csv", "*.png"))  # fmt: skip
+        shutil.copytree(
+            run,
+            bare,
+            ignore=shutil.ignore_patterns(RELIABILITY_FILE, "last.pt", "best.pt", "*.csv", "*.png"),
+        )
         figures: dict = {"threads": threads, "run": "built" if args.run is None else str(run)}
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
             with_stats = Predictor(run, backend=backend)
             without = Predictor(bare, backend=backend)
             size = with_stats.size
             batch = films(args.batch, size)
-            info = ImageInfo(path="bench", format="PNG", width=size, height=size, bit_depth=8,
-                             photometric="L", view="PA")  # fmt: skip
+            info = ImageInfo(
+                path="bench",
+                format="PNG",
+                width=size,
+                height=size,
+                bit_depth=8,
+                photometric="L",
+                view="PA",
+            )
             infos = [info] * args.batch
             names = [f"f{i}" for i in range(args.batch)]
             for p in (with_stats, without):
@@ -119,12 +135,16 @@ def main() -> int:
             out = {}
             for label, times in (("batch1", one), (f"batch{args.batch}", many)):
                 w, wo = spread(times["with"]), spread(times["without"])
-                out[label] = {"with_ms": {k: v * 1000 if k != "n" else v for k, v in w.items()},
-                              "without_ms": {k: v * 1000 if k != "n" else v for k, v in wo.items()},
-                              "ood_overhead_ratio": w["median"] / wo["median"]}  # fmt: skip
-                print(f"{backend:>5} {label:>7}: with {w['median'] * 1000:.2f} ms, without "
-                      f"{wo['median'] * 1000:.2f} ms, ratio {w['median'] / wo['median']:.3f}",
-                      file=sys.stderr)  # fmt: skip
+                out[label] = {
+                    "with_ms": {k: v * 1000 if k != "n" else v for k, v in w.items()},
+                    "without_ms": {k: v * 1000 if k != "n" else v for k, v in wo.items()},
+                    "ood_overhead_ratio": w["median"] / wo["median"],
+                }
+                print(
+                    f"{backend:>5} {label:>7}: with {w['median'] * 1000:.2f} ms, without "
+                    f"{wo['median'] * 1000:.2f} ms, ratio {w['median'] / wo['median']:.3f}",
+                    file=sys.stderr,
+                )
             figures[backend] = out
             with_stats.close()
             without.close()

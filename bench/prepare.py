@@ -78,23 +78,36 @@ def same_outputs(a: Path, b: Path, cache_size: int) -> bool:
 def _scale_point(n: int, side: int, seed: int, workers: int, tmp: Path) -> dict:
     """Synth ``n`` phantoms and prepare them in a forked child; its time, CPU and peak RSS."""
 
-
-    generate_dataset(SynthConfig(out=tmp / f"syn{n}", n=n, size=side, seed=seed, workers=workers),
-                     progress=False)  # fmt: skip
+    generate_dataset(
+        SynthConfig(out=tmp / f"syn{n}", n=n, size=side, seed=seed, workers=workers), progress=False
+    )
     queue = mp.get_context("fork").SimpleQueue()
 
     def child() -> None:
-        cfg = PrepareConfig(source=[f"synthetic={tmp / f'syn{n}'}"], out=tmp / f"prep{n}",
-                            size=side, seed=seed, workers=workers)  # fmt: skip
+        cfg = PrepareConfig(
+            source=[f"synthetic={tmp / f'syn{n}'}"],
+            out=tmp / f"prep{n}",
+            size=side,
+            seed=seed,
+            workers=workers,
+        )
         t0 = time.perf_counter()
         result = prepare(cfg)
         seconds = time.perf_counter() - t0
         me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        queue.put({"n": n, "seconds": seconds, "images": result.n_images,
-                   "duplicates": result.n_duplicates,
-                   "cpu_parent": me.ru_utime + me.ru_stime, "cpu_workers": kids.ru_utime + kids.ru_stime,
-                   "rss_parent_mb": me.ru_maxrss / 1024, "rss_worker_mb": kids.ru_maxrss / 1024,
-                   "load1": round(os.getloadavg()[0], 1)})  # fmt: skip
+        queue.put(
+            {
+                "n": n,
+                "seconds": seconds,
+                "images": result.n_images,
+                "duplicates": result.n_duplicates,
+                "cpu_parent": me.ru_utime + me.ru_stime,
+                "cpu_workers": kids.ru_utime + kids.ru_stime,
+                "rss_parent_mb": me.ru_maxrss / 1024,
+                "rss_worker_mb": kids.ru_maxrss / 1024,
+                "load1": round(os.getloadavg()[0], 1),
+            }
+        )
 
     proc = mp.get_context("fork").Process(target=child)
     proc.start()
@@ -119,32 +132,41 @@ def scale(sizes: list[int], side: int, seed: int, workers: int) -> None:
         for n in sizes:
             point = _scale_point(n, side, seed, workers, Path(tmp))
             points.append(point)
-            print(f"{n} phantoms: {point['seconds']:.1f} s, CPU parent {point['cpu_parent']:.1f} "
-                  f"+ workers {point['cpu_workers']:.1f} s, peak RSS parent "
-                  f"{point['rss_parent_mb']:.0f} MB / worker {point['rss_worker_mb']:.0f} MB, "
-                  f"{point['duplicates']} duplicates, load {point['load1']}", flush=True)  # fmt: skip
+            print(
+                f"{n} phantoms: {point['seconds']:.1f} s, CPU parent {point['cpu_parent']:.1f} "
+                f"+ workers {point['cpu_workers']:.1f} s, peak RSS parent "
+                f"{point['rss_parent_mb']:.0f} MB / worker {point['rss_worker_mb']:.0f} MB, "
+                f"{point['duplicates']} duplicates, load {point['load1']}",
+                flush=True,
+            )
     ns = [p["n"] for p in points]
     fits = {}
     if len(points) >= 2:
-        fits = {"time_exponent": _exponent(ns, [p["seconds"] for p in points]),
-                "cpu_exponent": _exponent(ns, [p["cpu_parent"] + p["cpu_workers"] for p in points]),
-                "rss_exponent": _exponent(ns, [p["rss_parent_mb"] for p in points])}  # fmt: skip
-    print("\n| phantoms | s | CPU s (parent + workers) | peak RSS parent / worker (MB) | load |\n"
-          "|---|---|---|---|---|")  # fmt: skip
+        fits = {
+            "time_exponent": _exponent(ns, [p["seconds"] for p in points]),
+            "cpu_exponent": _exponent(ns, [p["cpu_parent"] + p["cpu_workers"] for p in points]),
+            "rss_exponent": _exponent(ns, [p["rss_parent_mb"] for p in points]),
+        }
+    print(
+        "\n| phantoms | s | CPU s (parent + workers) | peak RSS parent / worker (MB) | load |\n"
+        "|---|---|---|---|---|"
+    )
     for p in points:
-        print(f"| {p['n']:,} | {p['seconds']:.1f} | {p['cpu_parent']:.1f} + {p['cpu_workers']:.1f}"
-              f" | {p['rss_parent_mb']:.0f} / {p['rss_worker_mb']:.0f} | {p['load1']} |")  # fmt: skip
+        print(
+            f"| {p['n']:,} | {p['seconds']:.1f} | {p['cpu_parent']:.1f} + {p['cpu_workers']:.1f}"
+            f" | {p['rss_parent_mb']:.0f} / {p['rss_worker_mb']:.0f} | {p['load1']} |"
+        )
     emit("prepare_scale", {"side": side, "workers": workers, "points": points, **fits}, before)
 
 
 def _smooth_thumbs(n: int) -> np.ndarray:
     """``n`` distinct rank-normalised thumbnails of smooth random fields (seeded)."""
 
-
     def one(k: int) -> np.ndarray:
         r = np.random.default_rng(k)
-        return thumbnail(gaussian_filter(r.random((64, 64)), 4)
-                         + 0.05 * gaussian_filter(r.random((64, 64)), 1))  # fmt: skip
+        return thumbnail(
+            gaussian_filter(r.random((64, 64)), 4) + 0.05 * gaussian_filter(r.random((64, 64)), 1)
+        )
 
     return np.stack([one(k) for k in range(n)])
 
@@ -155,7 +177,6 @@ def _rss_kb() -> int:
 
 
 def index_memory(sizes: list[int], workers: int) -> None:
-
 
     before = load()
     points = []
@@ -173,20 +194,35 @@ def index_memory(sizes: list[int], workers: int) -> None:
         proc.start()
         proc.join()
         grown, n_pairs, seconds = queue.get()
-        points.append({"n": n, "peak_growth_mb": grown / 1024, "kb_per_film": grown / n,
-                       "pairs": n_pairs, "seconds": seconds,
-                       "load1": round(os.getloadavg()[0], 1)})  # fmt: skip
-        print(f"{n} films: peak RSS +{grown / 1024:.0f} MB ({grown / n:.1f} KB per film), "
-              f"{n_pairs} candidate pairs, {seconds:.0f} s, load {points[-1]['load1']}", flush=True)  # fmt: skip
+        points.append(
+            {
+                "n": n,
+                "peak_growth_mb": grown / 1024,
+                "kb_per_film": grown / n,
+                "pairs": n_pairs,
+                "seconds": seconds,
+                "load1": round(os.getloadavg()[0], 1),
+            }
+        )
+        print(
+            f"{n} films: peak RSS +{grown / 1024:.0f} MB ({grown / n:.1f} KB per film), "
+            f"{n_pairs} candidate pairs, {seconds:.0f} s, load {points[-1]['load1']}",
+            flush=True,
+        )
     fit = {}
     if len(points) >= 2:
         a, b = points[0], points[-1]
         slope = (b["peak_growth_mb"] - a["peak_growth_mb"]) * 1024 / (b["n"] - a["n"])
         fixed = a["peak_growth_mb"] - slope * a["n"] / 1024
-        fit = {"kb_per_film_slope": slope, "fixed_mb": fixed,
-               "extrapolated_50000_mb": fixed + slope * 50000 / 1024}  # fmt: skip
-        print(f"slope {slope:.1f} KB per film + {fixed:.0f} MB -> 50,000 films: "
-              f"{fit['extrapolated_50000_mb']:.0f} MB (extrapolated)")  # fmt: skip
+        fit = {
+            "kb_per_film_slope": slope,
+            "fixed_mb": fixed,
+            "extrapolated_50000_mb": fixed + slope * 50000 / 1024,
+        }
+        print(
+            f"slope {slope:.1f} KB per film + {fixed:.0f} MB -> 50,000 films: "
+            f"{fit['extrapolated_50000_mb']:.0f} MB (extrapolated)"
+        )
     emit("near_index_memory", {"workers": workers, "points": points, **fit}, before)
 
 
@@ -198,11 +234,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (--quick: 3)")
     parser.add_argument("--workers", type=int, default=0, help="the many-worker setting (0: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--scale", default="", help="comma-separated phantom counts: time and "
-                        "peak memory per size and their fitted exponents (--quick: 500,1000)")  # fmt: skip
+    parser.add_argument(
+        "--scale",
+        default="",
+        help="comma-separated phantom counts: time and "
+        "peak memory per size and their fitted exponents (--quick: 500,1000)",
+    )
     parser.add_argument("--scale-size", type=int, default=64, help="phantom side for --scale")
-    parser.add_argument("--index-memory", default="", help="comma-separated film counts: peak "
-                        "memory of the near-duplicate search alone (--quick: 1500,3000)")  # fmt: skip
+    parser.add_argument(
+        "--index-memory",
+        default="",
+        help="comma-separated film counts: peak "
+        "memory of the near-duplicate search alone (--quick: 1500,3000)",
+    )
     add_quick(parser)
     args = parser.parse_args()
     if args.index_memory:
@@ -221,21 +265,32 @@ def main() -> None:
         args.n, args.repeats = min(args.n, 2000), min(args.repeats, 3)
     many = args.workers or max(2, os.cpu_count() or 1)
     before = load()
-    print(f"# load {before}; {args.n} phantoms at {args.size} px -> cache {args.cache_size} px; "
-          f"1 vs {many} workers, {args.repeats} interleaved rounds after a warm-up")  # fmt: skip
+    print(
+        f"# load {before}; {args.n} phantoms at {args.size} px -> cache {args.cache_size} px; "
+        f"1 vs {many} workers, {args.repeats} interleaved rounds after a warm-up"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        generate_dataset(SynthConfig(out=tmp / "syn", n=args.n, size=args.size, seed=args.seed),
-                         progress=False)  # fmt: skip
+        generate_dataset(
+            SynthConfig(out=tmp / "syn", n=args.n, size=args.size, seed=args.seed), progress=False
+        )
         print(f"synth: {time.perf_counter() - t0:.1f} s")
         # warm-up, untimed: imports, the fork path and the page cache of the code, on 30 films
-        generate_dataset(SynthConfig(out=tmp / "warm", n=30, size=args.size, seed=args.seed + 1),
-                         progress=False)  # fmt: skip
+        generate_dataset(
+            SynthConfig(out=tmp / "warm", n=30, size=args.size, seed=args.seed + 1), progress=False
+        )
         for workers in (1, many):
-            prepare(PrepareConfig(source=[f"synthetic={tmp / 'warm'}"], out=tmp / f"warm{workers}",
-                                  size=args.cache_size, seed=args.seed, workers=workers))  # fmt: skip
+            prepare(
+                PrepareConfig(
+                    source=[f"synthetic={tmp / 'warm'}"],
+                    out=tmp / f"warm{workers}",
+                    size=args.cache_size,
+                    seed=args.seed,
+                    workers=workers,
+                )
+            )
         reference: Path | None = None
         identical = True
         times: dict[int, list[float]] = {1: [], many: []}
@@ -244,8 +299,13 @@ def main() -> None:
         for r in range(1, args.repeats + 1):
             for workers in (1, many) if r % 2 else (many, 1):
                 out = tmp / f"prep-{r}-{workers}"
-                cfg = PrepareConfig(source=[f"synthetic={tmp / 'syn'}"], out=out,
-                                    size=args.cache_size, seed=args.seed, workers=workers)  # fmt: skip
+                cfg = PrepareConfig(
+                    source=[f"synthetic={tmp / 'syn'}"],
+                    out=out,
+                    size=args.cache_size,
+                    seed=args.seed,
+                    workers=workers,
+                )
                 c0 = cpu_seconds()
                 t0 = time.perf_counter()
                 result = prepare(cfg)
@@ -259,9 +319,11 @@ def main() -> None:
                     shutil.rmtree(out)
                 times[workers].append(seconds)
                 cpu[workers].append((c1[0] - c0[0], c1[1] - c0[1]))
-                print(f"round {r} --workers {workers}: {seconds:.2f} s "
-                      f"({n_files / seconds:.0f} img/s), load {os.getloadavg()[0]:.1f}",
-                      flush=True)  # fmt: skip
+                print(
+                    f"round {r} --workers {workers}: {seconds:.2f} s "
+                    f"({n_files / seconds:.0f} img/s), load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
     one, all_ = spread(times[1]), spread(times[many])
     ratios = [a / b for a, b in zip(times[1], times[many], strict=True)]
     speedup = one["median"] / all_["median"]
@@ -270,22 +332,41 @@ def main() -> None:
     cpu_one = statistics.median(a + b for a, b in cpu[1])
     parent, kids = (statistics.median(x[i] for x in cpu[many]) for i in (0, 1))
     ideal = cpu_one / (parent + kids / many)
-    print(f"\n| workers | s (median) | img/s |\n|---|---|---|\n| 1 | {one['median']:.2f} | "
-          f"{n_files / one['median']:.0f} |\n| {many} | {all_['median']:.2f} | "
-          f"{n_files / all_['median']:.0f} |")  # fmt: skip
-    print(f"speed-up {many} workers / 1: {speedup:.2f}x (per-round ratios "
-          f"{min(ratios):.2f}-{max(ratios):.2f}); identical outputs: {identical}")  # fmt: skip
-    print(f"CPU s: 1 worker {cpu_one:.2f}; {many} workers: parent {parent:.2f} + workers "
-          f"{kids:.2f} -> idle-core bound {ideal:.2f}x (not measured)")  # fmt: skip
-    emit("prepare", {
-        "images": n_files, "workers": many, "rounds": args.repeats,
-        "seconds_1": one, f"seconds_{many}": all_,
-        "img_s_1": n_files / one["median"], f"img_s_{many}": n_files / all_["median"],
-        "speedup": speedup, "round_ratio_min": min(ratios), "round_ratio_max": max(ratios),
-        "round_ratio_median": statistics.median(ratios), "identical_outputs": identical,
-        "cpu_s_1": cpu_one, f"cpu_s_{many}_parent": parent, f"cpu_s_{many}_workers": kids,
-        "idle_core_bound_ratio": ideal,
-    }, before)  # fmt: skip
+    print(
+        f"\n| workers | s (median) | img/s |\n|---|---|---|\n| 1 | {one['median']:.2f} | "
+        f"{n_files / one['median']:.0f} |\n| {many} | {all_['median']:.2f} | "
+        f"{n_files / all_['median']:.0f} |"
+    )
+    print(
+        f"speed-up {many} workers / 1: {speedup:.2f}x (per-round ratios "
+        f"{min(ratios):.2f}-{max(ratios):.2f}); identical outputs: {identical}"
+    )
+    print(
+        f"CPU s: 1 worker {cpu_one:.2f}; {many} workers: parent {parent:.2f} + workers "
+        f"{kids:.2f} -> idle-core bound {ideal:.2f}x (not measured)"
+    )
+    emit(
+        "prepare",
+        {
+            "images": n_files,
+            "workers": many,
+            "rounds": args.repeats,
+            "seconds_1": one,
+            f"seconds_{many}": all_,
+            "img_s_1": n_files / one["median"],
+            f"img_s_{many}": n_files / all_["median"],
+            "speedup": speedup,
+            "round_ratio_min": min(ratios),
+            "round_ratio_max": max(ratios),
+            "round_ratio_median": statistics.median(ratios),
+            "identical_outputs": identical,
+            "cpu_s_1": cpu_one,
+            f"cpu_s_{many}_parent": parent,
+            f"cpu_s_{many}_workers": kids,
+            "idle_core_bound_ratio": ideal,
+        },
+        before,
+    )
     if not identical:
         raise SystemExit("prepare wrote different outputs with 1 and many workers")
 

@@ -53,12 +53,26 @@ def start(run: str, body_timeout: float) -> tuple[subprocess.Popen, str, list[st
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "cxrguide", "serve", run, "--port", str(port), "--backend",
-           "fp32", "--threads", "1", "--body-timeout-s", str(body_timeout)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrguide",
+        "serve",
+        run,
+        "--port",
+        str(port),
+        "--backend",
+        "fp32",
+        "--threads",
+        "1",
+        "--body-timeout-s",
+        str(body_timeout),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
-                     daemon=True).start()  # fmt: skip
+    threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True
+    ).start()
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -92,8 +106,10 @@ def memory(url: str, pid: int, bombs: int) -> None:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    workers = [threading.Thread(target=lambda: codes.append(post(url, "bomb.png", bomb)[0]))
-               for _ in range(bombs)]  # fmt: skip
+    workers = [
+        threading.Thread(target=lambda: codes.append(post(url, "bomb.png", bomb)[0]))
+        for _ in range(bombs)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -103,14 +119,18 @@ def memory(url: str, pid: int, bombs: int) -> None:
     sampler.join()
     after = rss_mb(pid)
     print(f"memory: {bombs} x {len(bomb) / 1024:.0f} KB palette PNG (6300x6300), status {codes}")
-    print(f"  RSS before {before:.0f} MB, peak {peak:.0f} MB (+{peak - before:.0f} MB), "
-          f"after {after:.0f} MB (+{after - before:.0f} MB); goal: peak growth < 1536 MB")  # fmt: skip
+    print(
+        f"  RSS before {before:.0f} MB, peak {peak:.0f} MB (+{peak - before:.0f} MB), "
+        f"after {after:.0f} MB (+{after - before:.0f} MB); goal: peak growth < 1536 MB"
+    )
 
 
 def slow_client(host: str, port: int, results: list, headers_too: bool, body: int = 2000) -> None:
     """The upload at 1 byte/s (``headers_too``: from the first header byte) until answered."""
-    head = (f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data;"
-            f" boundary=b\r\nContent-Length: {body}\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data;"
+        f" boundary=b\r\nContent-Length: {body}\r\n\r\n"
+    ).encode()
     with socket.create_connection((host, port)) as s:
         stream = head + b"x" * body if headers_too else b"x" * body
         if not headers_too:
@@ -142,17 +162,22 @@ def slow(url: str, n: int, headers_too: bool) -> None:
     alone = min(post(url, "a.png", image)[1] for _ in range(3))
     host, port = url.removeprefix("http://").split(":")
     results: list = []
-    threads = [threading.Thread(target=slow_client, args=(host, int(port), results, headers_too))
-               for _ in range(n)]  # fmt: skip
+    threads = [
+        threading.Thread(target=slow_client, args=(host, int(port), results, headers_too))
+        for _ in range(n)
+    ]
     for t in threads:
         t.start()
     time.sleep(3)  # the slow uploads are under way
     busy = [post(url, "b.png", image) for _ in range(3)]
     worst = max(t for _, t in busy)
     what = "headers and body" if headers_too else "body"
-    print(f"slow clients: {n} sending their {what} at 1 byte/s; normal " f"request alone {alone:.2f} s, during "
-          f"{worst:.2f} s (status {[c for c, _ in busy]}), delay {worst - alone:+.2f} s; "
-          "goal: <= 5 s")  # fmt: skip
+    print(
+        f"slow clients: {n} sending their {what} at 1 byte/s; normal "
+        f"request alone {alone:.2f} s, during "
+        f"{worst:.2f} s (status {[c for c, _ in busy]}), delay {worst - alone:+.2f} s; "
+        "goal: <= 5 s"
+    )
     for t in threads:
         t.join()
     print(
@@ -166,8 +191,10 @@ def disconnect(url: str, lines: list[str]) -> None:
     start_line = len(lines)
     for _ in range(3):
         with socket.create_connection((host, int(port))) as s:
-            s.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/"
-                      "form-data; boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r\n".encode())  # fmt: skip
+            s.sendall(
+                f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/"
+                "form-data; boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r\n".encode()
+            )
             time.sleep(0.3)
     time.sleep(1.5)
     new = [ln.rstrip() for ln in lines[start_line:] if ln.strip()]

@@ -60,8 +60,19 @@ def start_server(args: argparse.Namespace, backend: str) -> tuple[subprocess.Pop
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "cxrguide", "serve", str(args.run), "--port", str(port),
-           "--backend", backend, "--log-level", "warning"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrguide",
+        "serve",
+        str(args.run),
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+        "--log-level",
+        "warning",
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -116,10 +127,16 @@ def slice_load(url: str, name: str, data: bytes, clients: int, seconds: float, c
         t.join()
     elapsed = time.monotonic() - started
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
-    return {"requests": len(latencies), "errors": len(errors), "first_error": errors[:1],
-            "rps": len(latencies) / elapsed, "p50": float(np.percentile(lat, 50)),
-            "p95": float(np.percentile(lat, 95)), "p99": float(np.percentile(lat, 99)),
-            "elapsed": elapsed}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[:1],
+        "rps": len(latencies) / elapsed,
+        "p50": float(np.percentile(lat, 50)),
+        "p95": float(np.percentile(lat, 95)),
+        "p99": float(np.percentile(lat, 99)),
+        "elapsed": elapsed,
+    }
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -172,13 +189,16 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 shift = r % len(order)
                 for b in order[shift:] + order[:shift]:
-                    slices[b].append(slice_load(servers[b], name, data, args.clients,
-                                                args.seconds, args.cam))  # fmt: skip
+                    slices[b].append(
+                        slice_load(servers[b], name, data, args.clients, args.seconds, args.cam)
+                    )
         finally:
             for proc in procs:
                 stop_server(proc)
-    print(f"# load {before}; image {name} ({len(data):,} bytes), cam {'on' if args.cam else 'off'}"
-          f"; {args.clients} clients, {args.rounds} rounds x {args.seconds:g} s per backend")  # fmt: skip
+    print(
+        f"# load {before}; image {name} ({len(data):,} bytes), cam {'on' if args.cam else 'off'}"
+        f"; {args.clients} clients, {args.rounds} rounds x {args.seconds:g} s per backend"
+    )
     figures: dict = {"rounds": args.rounds, "clients": args.clients, "seconds": args.seconds}
     errors = 0
     for b, res in slices.items():
@@ -186,23 +206,38 @@ def main(argv: list[str] | None = None) -> int:
         p50, p95 = spread([s["p50"] for s in res]), spread([s["p95"] for s in res])
         n_err = sum(s["errors"] for s in res)
         errors += n_err
-        print(f"{info[b].get('backend', b):<14} {rps['median']:7.2f} req/s (IQR {rps['q1']:.2f}-"
-              f"{rps['q3']:.2f}), p50 {p50['median']:.0f} ms, p95 {p95['median']:.0f} ms, "
-              f"{sum(s['requests'] for s in res)} requests, errors {n_err}")  # fmt: skip
+        print(
+            f"{info[b].get('backend', b):<14} {rps['median']:7.2f} req/s (IQR {rps['q1']:.2f}-"
+            f"{rps['q3']:.2f}), p50 {p50['median']:.0f} ms, p95 {p95['median']:.0f} ms, "
+            f"{sum(s['requests'] for s in res)} requests, errors {n_err}"
+        )
         for s in res:
             for err in s["first_error"][:1]:
                 print(f"  first error: {err}")
-        figures[b] = {"backend": info[b].get("backend"), "rps": rps, "p50_ms": p50,
-                      "p95_ms": p95, "errors": n_err}  # fmt: skip
+        figures[b] = {
+            "backend": info[b].get("backend"),
+            "rps": rps,
+            "p50_ms": p50,
+            "p95_ms": p95,
+            "errors": n_err,
+        }
     if "onnx" in slices and "fp32" in slices:
         ratio = figures["onnx"]["rps"]["median"] / figures["fp32"]["rps"]["median"]
-        per_round = [a["rps"] / b["rps"] for a, b in zip(slices["onnx"], slices["fp32"],
-                                                         strict=True) if b["rps"] > 0]  # fmt: skip
+        per_round = [
+            a["rps"] / b["rps"]
+            for a, b in zip(slices["onnx"], slices["fp32"], strict=True)
+            if b["rps"] > 0
+        ]
         per_round = per_round or [float("nan")]
-        figures.update(speedup_onnx_over_fp32=ratio, round_ratio_min=min(per_round),
-                       round_ratio_max=max(per_round))  # fmt: skip
-        print(f"throughput ratio onnx / fp32 (eager): {ratio:.2f}x "
-              f"(per round {min(per_round):.2f}-{max(per_round):.2f})")  # fmt: skip
+        figures.update(
+            speedup_onnx_over_fp32=ratio,
+            round_ratio_min=min(per_round),
+            round_ratio_max=max(per_round),
+        )
+        print(
+            f"throughput ratio onnx / fp32 (eager): {ratio:.2f}x "
+            f"(per round {min(per_round):.2f}-{max(per_round):.2f})"
+        )
     emit("serve_load", figures, before)
     return 1 if errors else 0
 

@@ -20,8 +20,22 @@ from cxrguide.cli import build_parser
 from cxrguide.config import ShortcutBenchConfig, config_from_args
 from cxrguide.experiments.shortcut import run_benchmark
 
-QUICK = ["--n", "60", "--size", "64", "--shortcut-test", "12", "--seeds", "0",
-         "--variants", "stage2,gate+gain", "--max-epochs", "1", "--finetune-epochs", "1"]  # fmt: skip
+QUICK = [
+    "--n",
+    "60",
+    "--size",
+    "64",
+    "--shortcut-test",
+    "12",
+    "--seeds",
+    "0",
+    "--variants",
+    "stage2,gate+gain",
+    "--max-epochs",
+    "1",
+    "--finetune-epochs",
+    "1",
+]
 
 
 def main(argv: list[str]) -> int:
@@ -39,8 +53,17 @@ def main(argv: list[str]) -> int:
         print(md)
     cols = ["test_accuracy", "shortcut_accuracy", "follows_marker", "lung_energy", "minutes"]
     means = frame.groupby("variant")[[c for c in cols if c in frame]].mean()
-    emit("shortcut", {"quick": quick, "n": cfg.n, "size": cfg.size, "seeds": cfg.seeds,
-                      "variants": means.to_dict(orient="index")}, before)  # fmt: skip
+    emit(
+        "shortcut",
+        {
+            "quick": quick,
+            "n": cfg.n,
+            "size": cfg.size,
+            "seeds": cfg.seeds,
+            "variants": means.to_dict(orient="index"),
+        },
+        before,
+    )
     return 0
 
 

@@ -34,8 +34,9 @@ def _accuracy(outputs: RunOutputs, labels: np.ndarray, rows: np.ndarray) -> tupl
     return float((probs.argmax(1) == labels[scored]).mean()), len(scored)
 
 
-def accuracy_by_flag(study: Path, prepared: Prepared, flags: np.ndarray, by: str,
-                     seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def accuracy_by_flag(
+    study: Path, prepared: Prepared, flags: np.ndarray, by: str, seed: int = 0
+) -> pd.DataFrame:
     """One row per (variant, side, mask): accuracy and films scored, side internal|external.
 
     ``mask`` is ``ok`` or ``flagged`` (empty or implausible). Films a lung-input / early-gate run
@@ -57,8 +58,16 @@ def accuracy_by_flag(study: Path, prepared: Prepared, flags: np.ndarray, by: str
                 side, films = "external", np.array([_safe(s) == held for s in sources])
             for mask, pick in (("ok", flags == "ok"), ("flagged", flags != "ok")):
                 acc, n = _accuracy(out, labels, np.flatnonzero(films & pick))
-                rows.append({"variant": vdir.name, "fold": fold.name, "side": side,
-                             "mask": mask, "accuracy": acc, "n": n})  # fmt: skip
+                rows.append(
+                    {
+                        "variant": vdir.name,
+                        "fold": fold.name,
+                        "side": side,
+                        "mask": mask,
+                        "accuracy": acc,
+                        "n": n,
+                    }
+                )
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise SystemExit(f"{study}/runs/seed{seed}: no scored runs ({OUTPUTS})")
@@ -100,11 +109,14 @@ def main() -> None:
         print()
         print(table.round(3).to_string())
         figures["accuracy_by_flag"] = {
-            f"{v}/{side}": {f"{k}_{mask}": float(table.loc[(v, side), (k, mask)])
-                            for k in ("accuracy", "n") for mask in ("ok", "flagged")
-                            if (k, mask) in table.columns}
+            f"{v}/{side}": {
+                f"{k}_{mask}": float(table.loc[(v, side), (k, mask)])
+                for k in ("accuracy", "n")
+                for mask in ("ok", "flagged")
+                if (k, mask) in table.columns
+            }
             for v, side in table.index
-        }  # fmt: skip
+        }
     emit("sources_masks", figures, before)
 
 

@@ -45,11 +45,20 @@ from cxrguide.training.features import pooled_features
 
 
 def stage1_run(name: str, weights: str, prepared: Prepared, args, out: Path, bf16: bool) -> dict:
-    cfg = TrainConfig(stage=1, data=prepared.root, backbone=name, weights=weights,
-                      out=out / ("bf16" if bf16 else "fp32"), image_size=args.size,
-                      max_epochs=args.epochs, patience=args.epochs, lr=args.lr,
-                      precision="bf16" if bf16 else "fp32", channels_last=bf16,
-                      seed=args.seed)  # fmt: skip
+    cfg = TrainConfig(
+        stage=1,
+        data=prepared.root,
+        backbone=name,
+        weights=weights,
+        out=out / ("bf16" if bf16 else "fp32"),
+        image_size=args.size,
+        max_epochs=args.epochs,
+        patience=args.epochs,
+        lr=args.lr,
+        precision="bf16" if bf16 else "fp32",
+        channels_last=bf16,
+        seed=args.seed,
+    )
     t0 = time.perf_counter()
     row = stages.stage1(cfg, name, prepared, score_split)
     run = Path(row["run"])
@@ -60,8 +69,10 @@ def stage1_run(name: str, weights: str, prepared: Prepared, args, out: Path, bf1
 def phantom_prepared(out: Path, n: int, size: int, seed: int, shortcut_rate: float) -> Prepared:
     """Synthetic films -> prepared folder under ``out`` (both reused when present)."""
     synth = (out / "synth").resolve()
-    generate_dataset(SynthConfig(out=synth, n=n, size=size, seed=seed,
-                                 shortcut_rate=shortcut_rate), progress=False)  # fmt: skip
+    generate_dataset(
+        SynthConfig(out=synth, n=n, size=size, seed=seed, shortcut_rate=shortcut_rate),
+        progress=False,
+    )
     prepare(PrepareConfig(source=[f"synthetic={synth}"], out=out / "prep", size=size, seed=seed))
     return Prepared.open(out / "prep")
 
@@ -74,8 +85,11 @@ def main() -> None:
     ap.add_argument("--body-epochs", type=int, default=8, help="'cxrguide pretrain' epochs")
     ap.add_argument("--body-n", type=int, default=3600, help="'cxrguide pretrain' phantoms")
     ap.add_argument("--shortcut-rate", type=float, default=0.95, help="synthetic marker rate")
-    ap.add_argument("--weights", default="none",
-                    help="'none': train a body first; 'imagenet' or PATH: use those weights")  # fmt: skip
+    ap.add_argument(
+        "--weights",
+        default="none",
+        help="'none': train a body first; 'imagenet' or PATH: use those weights",
+    )
     ap.add_argument("--epochs", type=int, default=30, help="Stage I epochs (no early stop)")
     ap.add_argument("--lr", type=float, default=1e-2, help="Stage I SGD learning rate")
     ap.add_argument("--seed", type=int, default=0)
@@ -85,12 +99,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.size, args.backbones, args.body_epochs, args.body_n, args.epochs = (
-            90, 64, "mobilenet_v2", 1, 60, 3)  # fmt: skip
+            90,
+            64,
+            "mobilenet_v2",
+            1,
+            60,
+            3,
+        )
     before = load()
     if args.threads or args.quick:  # --quick on a busy machine: 1 thread
         torch_threads(args.threads)
-    print(f"load average before: {os.getloadavg()[0]:.2f}, torch threads "
-          f"{torch.get_num_threads()}, {args.n} phantoms at {args.size} px, seed {args.seed}")  # fmt: skip
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f}, torch threads "
+        f"{torch.get_num_threads()}, {args.n} phantoms at {args.size} px, seed {args.seed}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or tmp)
@@ -98,9 +120,18 @@ def main() -> None:
         for raw in args.backbones.split(","):
             name = get_spec(raw.strip()).name
             if args.weights == "none":
-                body = pretrain(PretrainConfig(backbone=name, out=out / "bodies", size=args.size,
-                                               n=args.body_n, epochs=args.body_epochs,
-                                               seed=args.seed + 1001, workers=1), progress=False)  # fmt: skip
+                body = pretrain(
+                    PretrainConfig(
+                        backbone=name,
+                        out=out / "bodies",
+                        size=args.size,
+                        n=args.body_n,
+                        epochs=args.body_epochs,
+                        seed=args.seed + 1001,
+                        workers=1,
+                    ),
+                    progress=False,
+                )
                 print(f"  body {name}: held-out clean accuracy {body.test_accuracy:.3f}")
                 weights = str(body.body)
             else:
@@ -108,25 +139,39 @@ def main() -> None:
             fp32 = stage1_run(name, weights, prepared, args, out / name, bf16=False)
             bf16 = stage1_run(name, weights, prepared, args, out / name, bf16=True)
             model = create_model(name, weights).freeze_body()
-            feats = {p: np.asarray(pooled_features(model, prepared, args.size,
-                                                   torch.device("cpu"), precision=p,
-                                                   progress=False)) for p in ("fp32", "bf16")}  # fmt: skip
+            feats = {
+                p: np.asarray(
+                    pooled_features(
+                        model, prepared, args.size, torch.device("cpu"), precision=p, progress=False
+                    )
+                )
+                for p in ("fp32", "bf16")
+            }
             a, b = feats["fp32"], feats["bf16"]
             cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
             probs = [c for c in fp32["pred"].columns if c.startswith("p_")]
-            rows.append({
-                "backbone": name,
-                "fp32 val": fp32["val_accuracy"], "bf16 val": bf16["val_accuracy"],
-                "fp32 test": fp32["test_accuracy"], "bf16 test": bf16["test_accuracy"],
-                "fp32 F1": fp32["test_macro_f1"], "bf16 F1": bf16["test_macro_f1"],
-                "agree": float((fp32["pred"]["predicted"] == bf16["pred"]["predicted"]).mean()),
-                "max |dp|": float(np.abs(fp32["pred"][probs].to_numpy()
-                                         - bf16["pred"][probs].to_numpy()).max()),
-                "cos mean": float(cos.mean()),
-                "cos min": float(cos.min()),
-                "cos>=0.99": float((cos >= 0.99).mean()),
-                "s fp32": fp32["seconds"], "s bf16": bf16["seconds"],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "backbone": name,
+                    "fp32 val": fp32["val_accuracy"],
+                    "bf16 val": bf16["val_accuracy"],
+                    "fp32 test": fp32["test_accuracy"],
+                    "bf16 test": bf16["test_accuracy"],
+                    "fp32 F1": fp32["test_macro_f1"],
+                    "bf16 F1": bf16["test_macro_f1"],
+                    "agree": float((fp32["pred"]["predicted"] == bf16["pred"]["predicted"]).mean()),
+                    "max |dp|": float(
+                        np.abs(
+                            fp32["pred"][probs].to_numpy() - bf16["pred"][probs].to_numpy()
+                        ).max()
+                    ),
+                    "cos mean": float(cos.mean()),
+                    "cos min": float(cos.min()),
+                    "cos>=0.99": float((cos >= 0.99).mean()),
+                    "s fp32": fp32["seconds"],
+                    "s bf16": bf16["seconds"],
+                }
+            )
     table = pd.DataFrame(rows)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(4).to_string(index=False))
@@ -136,13 +181,21 @@ def main() -> None:
         f"{100 * table['agree'].min():.1f}%; worst feature cosine {table['cos min'].min():.5f}"
     )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
-    emit("stage1_bf16_head", {
-        "n": args.n, "size": args.size, "epochs": args.epochs,
-        "max_test_accuracy_gap": float(worst), "min_agreement": float(table["agree"].min()),
-        "min_feature_cosine": float(table["cos min"].min()),
-        "per_backbone": {r["backbone"]: {k: v for k, v in r.items() if k != "backbone"}
-                         for r in rows},
-    }, before)  # fmt: skip
+    emit(
+        "stage1_bf16_head",
+        {
+            "n": args.n,
+            "size": args.size,
+            "epochs": args.epochs,
+            "max_test_accuracy_gap": float(worst),
+            "min_agreement": float(table["agree"].min()),
+            "min_feature_cosine": float(table["cos min"].min()),
+            "per_backbone": {
+                r["backbone"]: {k: v for k, v in r.items() if k != "backbone"} for r in rows
+            },
+        },
+        before,
+    )
 
 
 if __name__ == "__main__":

@@ -71,9 +71,13 @@ def main() -> None:
     parser.add_argument("--weights", default="none", help="none | imagenet | PATH")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads (0: torch's default, one per core); use 1 "
-                             "when other jobs load the CPU (see bench/README.md)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default, one per core); use 1 "
+        "when other jobs load the CPU (see bench/README.md)",
+    )
     add_quick(parser)
     args = parser.parse_args()
     if args.quick:
@@ -81,44 +85,73 @@ def main() -> None:
     before = load()
     if args.threads or args.quick:  # --quick on a busy machine: 1 thread
         torch_threads(args.threads)
-    print(f"load average before: {os.getloadavg()[0]:.2f} (1 min), torch threads "
-          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f} (1 min), torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} CPUs"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         prepared = Prepared.open(write_prepared(tmp / "prep", args.n, args.size, args.seed))
         counts = prepared.manifest["split"].value_counts().to_dict()
-        base = TrainConfig(stage=1, data=prepared.root, backbone=args.backbone, out=tmp / "runs",
-                           weights=args.weights, image_size=args.size, max_epochs=args.epochs,
-                           patience=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                           device="cpu")  # fmt: skip
+        base = TrainConfig(
+            stage=1,
+            data=prepared.root,
+            backbone=args.backbone,
+            out=tmp / "runs",
+            weights=args.weights,
+            image_size=args.size,
+            max_epochs=args.epochs,
+            patience=args.epochs,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device="cpu",
+        )
         results = {}
         for mode, cached in (("feature cache", True), ("recompute body", False)):
             cfg = dataclasses.replace(base, feature_cache=cached, out=tmp / mode.replace(" ", "_"))
             results[mode] = run_once(cfg, prepared)
             print(f"  {mode}: {results[mode][0]:.1f} s")
         (t_cache, m_cache, r_cache), (t_body, m_body, r_body) = results.values()
-        diff = max((a - b).abs().max().item() for a, b in
-                   zip(m_cache.head.state_dict().values(), m_body.head.state_dict().values(),
-                       strict=True))  # fmt: skip
+        diff = max(
+            (a - b).abs().max().item()
+            for a, b in zip(
+                m_cache.head.state_dict().values(), m_body.head.state_dict().values(), strict=True
+            )
+        )
         loss_a = pd.read_csv(r_cache / "history.csv").val_loss.to_numpy()
         loss_b = pd.read_csv(r_body / "history.csv").val_loss.to_numpy()
         loss_diff = float(abs(loss_a - loss_b).max())
 
-    print(f"\nStage I, {args.backbone} at {args.size} px, weights {args.weights}, "
-          f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}")  # fmt: skip
-    print(f"images: {args.n} (train {counts.get('train', 0)}, val {counts.get('val', 0)}, "
-          f"test {counts.get('test', 0)})")  # fmt: skip
+    print(
+        f"\nStage I, {args.backbone} at {args.size} px, weights {args.weights}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, seed {args.seed}"
+    )
+    print(
+        f"images: {args.n} (train {counts.get('train', 0)}, val {counts.get('val', 0)}, "
+        f"test {counts.get('test', 0)})"
+    )
     print(f"{'mode':<16} {'wall s':>8} {'s/epoch':>8}")
     for mode, (seconds, _, _) in results.items():
         print(f"{mode:<16} {seconds:8.1f} {seconds / args.epochs:8.3f}")
     print(f"speed-up (recompute / cache): {t_body / t_cache:.1f}x   (target >= 20x)")
     print(f"max |head weight difference|: {diff:.2e}, max |val loss difference|: {loss_diff:.2e}")
     print(f"load average after: {os.getloadavg()[0]:.2f} (1 min)")
-    emit("stage1_cache", {"backbone": args.backbone, "size": args.size, "n": args.n,
-                          "epochs": args.epochs, "seconds_cache": t_cache,
-                          "seconds_recompute": t_body, "speedup_cache": t_body / t_cache,
-                          "max_head_diff": diff, "max_val_loss_diff": loss_diff}, before)  # fmt: skip
+    emit(
+        "stage1_cache",
+        {
+            "backbone": args.backbone,
+            "size": args.size,
+            "n": args.n,
+            "epochs": args.epochs,
+            "seconds_cache": t_cache,
+            "seconds_recompute": t_body,
+            "speedup_cache": t_body / t_cache,
+            "max_head_diff": diff,
+            "max_val_loss_diff": loss_diff,
+        },
+        before,
+    )
     assert diff < 1e-4 and loss_diff < 1e-4, "the two Stage I runs trained different heads"
 
 

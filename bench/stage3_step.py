@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="CPU threads (0: torch's default; 1 is steadier on a shared machine)")  # fmt: skip
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads (0: torch's default; 1 is steadier on a shared machine)",
+    )
     add_quick(ap)
     args = ap.parse_args(argv)
     if args.quick:
@@ -89,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     batch = {"image": torch.rand(n, 1, s, s), "label": torch.arange(n) % 3, "lung": lung}
     batch = {k: v.to(device) for k, v in batch.items()}
     model = create_model(args.backbone, "none", seed=0).to(device)
-    print(f"{args.backbone} {s}px batch {n} on {device} ({args.precision}, "
-          f"{torch.get_num_threads()} threads); median of {args.steps} interleaved steps after "
-          f"{args.warmup} warm-up")  # fmt: skip
+    print(
+        f"{args.backbone} {s}px batch {n} on {device} ({args.precision}, "
+        f"{torch.get_num_threads()} threads); median of {args.steps} interleaved steps after "
+        f"{args.warmup} warm-up"
+    )
     variants = {
         "stage II": (model, ClassifierTask(1e-3)),
         "stage III gate+gain (exact)": GainSettings(gate=True, gain=True),
@@ -126,16 +132,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     for mode in ("early-gate", "lung-input", "rrr"):
         r = ratios[f"stage III {mode}"]
-        print(f"ratio stage III {mode} / stage II: {r:.2f}x "
-              f"({'within' if r <= 2.5 else 'ABOVE'} the 2.5x target)")  # fmt: skip
-    emit("stage3_step", {
-        "backbone": args.backbone, "size": args.size, "batch": n, "device": str(device),
-        "steps": args.steps, "ms_per_step": {k: spread([1000 * t for t in st.times])
-                                             for k, st in steppers.items()},
-        "ratio_stage3_over_stage2": main_ratio,
-        **{f"ratio_{k.replace('stage III ', 's3_').replace(' ', '_')}": v
-           for k, v in ratios.items() if k != "stage II"},
-    }, before)  # fmt: skip
+        print(
+            f"ratio stage III {mode} / stage II: {r:.2f}x "
+            f"({'within' if r <= 2.5 else 'ABOVE'} the 2.5x target)"
+        )
+    emit(
+        "stage3_step",
+        {
+            "backbone": args.backbone,
+            "size": args.size,
+            "batch": n,
+            "device": str(device),
+            "steps": args.steps,
+            "ms_per_step": {k: spread([1000 * t for t in st.times]) for k, st in steppers.items()},
+            "ratio_stage3_over_stage2": main_ratio,
+            **{
+                f"ratio_{k.replace('stage III ', 's3_').replace(' ', '_')}": v
+                for k, v in ratios.items()
+                if k != "stage II"
+            },
+        },
+        before,
+    )
     return 0
 
 

@@ -71,9 +71,18 @@ def main() -> None:
             same &= filecmp.cmpfiles(one / sub, many / sub, names, shallow=False)[0] == names
         print(f"identical output for 1 and {workers} workers: {same}")
     one, many = rates["draw + write, 1 worker"], rates[f"draw + write, {workers} workers"]
-    emit("synth", {"n": n, "size": args.size, "workers": workers,
-                   "img_s": {k.replace(", ", "_").replace(" ", "_"): v for k, v in rates.items()},
-                   "speedup_workers": many / one, "identical_outputs": bool(same)}, before)  # fmt: skip
+    emit(
+        "synth",
+        {
+            "n": n,
+            "size": args.size,
+            "workers": workers,
+            "img_s": {k.replace(", ", "_").replace(" ", "_"): v for k, v in rates.items()},
+            "speedup_workers": many / one,
+            "identical_outputs": bool(same),
+        },
+        before,
+    )
 
 
 if __name__ == "__main__":

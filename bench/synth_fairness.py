@@ -60,8 +60,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(numbers, fh, indent=2)
-    emit("synth_fairness", {k: v for k, v in numbers.items() if k not in ("json", "quick")},
-         before)  # fmt: skip
+    emit("synth_fairness", {k: v for k, v in numbers.items() if k not in ("json", "quick")}, before)
 
 
 if __name__ == "__main__":

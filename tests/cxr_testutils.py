@@ -34,11 +34,23 @@ def make_prepared(root: Path, n_per_class: int = 12, size: int = 64, seed: int =
             img += 120 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 10) ** 2))
             images.append(np.clip(img, 0, 255).astype(np.uint8))
             image_id = f"synthetic:images/{label}-{i}.png"
-            rows.append({"image_id": image_id, "source": "synthetic", "site": f"site{i % 2}",
-                         "path": f"images/{label}-{i}.png", "label": label,
-                         "patient_id": f"p{k}-{i}", "view": "PA", "view_recorded": 1,
-                         "finding": label, "sha256": "", "width": size, "height": size,
-                         "split": splits[i % len(splits)]})  # fmt: skip
+            rows.append(
+                {
+                    "image_id": image_id,
+                    "source": "synthetic",
+                    "site": f"site{i % 2}",
+                    "path": f"images/{label}-{i}.png",
+                    "label": label,
+                    "patient_id": f"p{k}-{i}",
+                    "view": "PA",
+                    "view_recorded": 1,
+                    "finding": label,
+                    "sha256": "",
+                    "width": size,
+                    "height": size,
+                    "split": splits[i % len(splits)],
+                }
+            )
     root.mkdir(parents=True, exist_ok=True)
     manifest = pd.DataFrame(rows).sort_values("image_id").reset_index(drop=True)
     manifest["cache_index"] = range(len(manifest))
@@ -116,9 +128,15 @@ def chest_like(height: int = 300, width: int = 260, seed: int = 0, top: int = 23
     return np.clip(img, 0, top).round().astype(np.uint8)
 
 
-def dicom_film(path: Path, arr, photometric: str = "MONOCHROME2", bits: int | None = None,
-               sop_class: str = "1.2.840.10008.5.1.4.1.1.1.1", modality: str | None = "DX",
-               **tags) -> Path:  # fmt: skip
+def dicom_film(
+    path: Path,
+    arr,
+    photometric: str = "MONOCHROME2",
+    bits: int | None = None,
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.1.1",
+    modality: str | None = "DX",
+    **tags,
+) -> Path:
     """A native (uncompressed) single-frame DICOM of ``arr`` with extra ``tags`` (pydicom)."""
 
     ds = Dataset()
@@ -150,6 +168,7 @@ def png_bomb(path: Path, side: int = 256, megabytes: float = 2.0) -> Path:
     block = raw.compress(b"\x00" * (1 << 20)) + raw.flush(zlib.Z_FULL_FLUSH)
     body += block * int(megabytes * (1 << 20) / len(block)) + b"\x03\x00" + b"\x00" * 4
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body)
-                     + chunk(b"IEND", b""))  # fmt: skip
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+    )
     return path

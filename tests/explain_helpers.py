@@ -29,14 +29,26 @@ def tiny_runs(base: Path) -> dict[str, Path]:
     try:
         prep = make_prepared(base / "prep")
         write_lung_cache(prep)
-        common = dict(data=prep, backbone="mobilenet_v2", weights="none", image_size=64,
-                      max_epochs=1, batch_size=8, out=base / "runs", seed=0)  # fmt: skip
+        common = dict(
+            data=prep,
+            backbone="mobilenet_v2",
+            weights="none",
+            image_size=64,
+            max_epochs=1,
+            batch_size=8,
+            out=base / "runs",
+            seed=0,
+        )
         s1 = Path(train(TrainConfig(stage=1, **common), score_split)[0]["run"])
         s2 = Path(
             train(TrainConfig(stage=2, from_run=s1, augment=False, **common), score_split)[0]["run"]
         )
-        s3 = Path(train(TrainConfig(stage=3, from_run=s2, augment=False, attention=["gate"],
-                                    **common), score_split)[0]["run"])  # fmt: skip
+        s3 = Path(
+            train(
+                TrainConfig(stage=3, from_run=s2, augment=False, attention=["gate"], **common),
+                score_split,
+            )[0]["run"]
+        )
     finally:
         torch.set_num_threads(threads)
     runs = {"prep": prep, "stage1": s1, "stage2": s2, "stage3": s3}

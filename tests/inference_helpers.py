@@ -71,8 +71,16 @@ def tiny_run(tmp_path_factory) -> Path:
     with building(runs):
         if not (run / "model.pt").exists():
             shutil.rmtree(run, ignore_errors=True)
-            cfg = TrainConfig(stage=1, data=tiny_prepared(tmp_path_factory), backbone="mobilenet_v2",
-                              weights="none", image_size=64, max_epochs=1, batch_size=8, out=runs)  # fmt: skip
+            cfg = TrainConfig(
+                stage=1,
+                data=tiny_prepared(tmp_path_factory),
+                backbone="mobilenet_v2",
+                weights="none",
+                image_size=64,
+                max_epochs=1,
+                batch_size=8,
+                out=runs,
+            )
             train(cfg, score_split)
     return run
 
@@ -84,8 +92,15 @@ def lung_run(tmp_path_factory) -> Path:
         if not (run / "best.pt").exists():
             shutil.rmtree(root, ignore_errors=True)
             prep = prepared_lung_phantoms(root, n=20, size=64)
-            cfg = LungsTrainConfig(data=prep, out=run, features=[4, 8, 16, 32, 64, 4],
-                                   max_epochs=3, batch_size=4, lr=3e-3, progress=False)  # fmt: skip
+            cfg = LungsTrainConfig(
+                data=prep,
+                out=run,
+                features=[4, 8, 16, 32, 64, 4],
+                max_epochs=3,
+                batch_size=4,
+                lr=3e-3,
+                progress=False,
+            )
             train_lungs(cfg)
     return run
 
@@ -123,8 +138,9 @@ def film(path: Path, width: int = 80, height: int = 96, seed: int = 0) -> Path:
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "PAT-0042-SECRET"}
 
 
-def study_film(path: Path, width: int = 80, height: int = 96, seed: int = 0, *,
-               monochrome1: bool = False) -> Path:  # fmt: skip
+def study_film(
+    path: Path, width: int = 80, height: int = 96, seed: int = 0, *, monochrome1: bool = False
+) -> Path:
     """A phantom film as a DICOM a PACS would send: DX, patient, study, series and instance
     UIDs, an accession number (the patient's name and ID must never reach a result table)."""
 

@@ -58,14 +58,20 @@ def write_phantoms(root: Path, n: int = 24, size: int = 64, seed: int = 0) -> Pa
         Image.fromarray(img).save(root / "images" / f"{image_id}.png")
         Image.fromarray(mask).save(root / "masks" / f"{image_id}.png")
         ann = {
-            "image": {"width": width, "height": height, "filename": f"{image_id}.png",
-                      "original_filename": f"{image_id}.png"},
+            "image": {
+                "width": width,
+                "height": height,
+                "filename": f"{image_id}.png",
+                "original_filename": f"{image_id}.png",
+            },
             "annotations": [
-                *({"name": k, "polygon": {"path": [{"x": x, "y": y} for x, y in v]}}
-                  for k, v in polys.items()),
+                *(
+                    {"name": k, "polygon": {"path": [{"x": x, "y": y} for x, y in v]}}
+                    for k, v in polys.items()
+                ),
                 {"name": f"PatientID:{pid}", "tag": {}},
             ],
-        }  # fmt: skip
+        }
         (root / "annotations" / f"{image_id}.json").write_text(json.dumps(ann))
         rows.append([image_id, f"images/{image_id}.png", f"masks/{image_id}.png", "Normal", pid])
     with (root / "metadata.csv").open("w", newline="") as fh:

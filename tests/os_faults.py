@@ -54,9 +54,15 @@ def deny_writes(monkeypatch, folder: Path) -> None:
     def src_or_dst(src, dst, *args, **kwargs):
         return dst if inside(dst) else (src if inside(src) else None)
 
-    for name, check in (("mkdir", path_arg), ("unlink", path_arg), ("remove", path_arg),
-                        ("rmdir", path_arg), ("open", os_open_for_write),
-                        ("replace", src_or_dst), ("rename", src_or_dst)):  # fmt: skip
+    for name, check in (
+        ("mkdir", path_arg),
+        ("unlink", path_arg),
+        ("remove", path_arg),
+        ("rmdir", path_arg),
+        ("open", os_open_for_write),
+        ("replace", src_or_dst),
+        ("rename", src_or_dst),
+    ):
         monkeypatch.setattr(os, name, guard(getattr(os, name), check))
     monkeypatch.setattr(builtins, "open", guard(builtins.open, open_for_write))
     monkeypatch.setattr(io, "open", guard(io.open, open_for_write))

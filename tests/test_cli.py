@@ -69,7 +69,7 @@ def _out_commands(tmp_path: Path) -> dict[str, list[str]]:
             "32",
             "--max-epochs",
             "1",
-        ],  # fmt: skip
+        ],
     }
 
 
@@ -108,8 +108,12 @@ def test_unwritable_out_for_real(tmp_path, capsys):
     try:
         for verb, args in commands.items():
             out = locked / "new"
-            proc = subprocess.run([*prefix, sys.executable, "-m", "cxrguide", *args, "--out",
-                                   str(out)], capture_output=True, text=True, env=env)  # fmt: skip
+            proc = subprocess.run(
+                [*prefix, sys.executable, "-m", "cxrguide", *args, "--out", str(out)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             assert proc.returncode == 2, proc.stderr
             assert proc.stderr == f"cxrguide {verb}: error: {out}: Permission denied\n"
     finally:
@@ -145,9 +149,9 @@ def cxrguide_logger():
 
 
 @pytest.mark.parametrize(
-    "flags, shown", [([], ["info", "warning"]), (["--quiet"], ["warning"]),
-                     (["-v"], ["debug", "info", "warning"])]
-)  # fmt: skip
+    "flags, shown",
+    [([], ["info", "warning"]), (["--quiet"], ["warning"]), (["-v"], ["debug", "info", "warning"])],
+)
 def test_library_messages_go_to_stdout_warnings_to_stderr_at_the_flag_level(
     flags, shown, cxrguide_logger, capsys
 ):

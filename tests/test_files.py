@@ -19,8 +19,11 @@ def test_a_planted_tmp_symlink_is_not_followed(tmp_path):
     files.atomic_write_json(out, {"a": 1})
     assert victim.read_text() == "keep me" and out.read_text().strip().startswith("{")
     assert not out.is_symlink() and (tmp_path / "report.json.tmp").is_symlink()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.json.tmp",
-                                                          "victim.txt"]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "report.json",
+        "report.json.tmp",
+        "victim.txt",
+    ]
     mode = stat.S_IMODE(out.stat().st_mode)
     assert mode == 0o666 & ~files._UMASK  # what open() would have given it, not mkstemp's 0600
 

@@ -43,8 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     loudness = parser.add_mutually_exclusive_group()
     for field in dataclasses.fields(GlobalConfig):  # one flag per field
         flag = "--" + field.name.replace("_", "-")
-        loudness.add_argument(flag, *field.metadata.get("aliases", ()), dest=field.name,
-                              action="store_true", help=field.metadata["help"])  # fmt: skip
+        loudness.add_argument(
+            flag,
+            *field.metadata.get("aliases", ()),
+            dest=field.name,
+            action="store_true",
+            help=field.metadata["help"],
+        )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -96,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cxrguide {args.command}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a folder not writable, a file where a folder belongs, a full disk
-        fallback = next((getattr(args, k) for k in ("out", "output", "cam") if getattr(args, k, None)),
-                        None)  # fmt: skip
+        fallback = next(
+            (getattr(args, k) for k in ("out", "output", "cam") if getattr(args, k, None)), None
+        )
         print(f"cxrguide {args.command}: error: {os_error_message(err, fallback)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -109,8 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = next(iter(traceback.extract_tb(err.__traceback__)[-1:]), None)
         at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
         msg = " ".join(str(err).split())[:200]
-        print(f"cxrguide {args.command}: internal error: {type(err).__name__}{at}: {msg} "
-              f"(set {DEBUG_ENV}=1 for the traceback; please report it)", file=sys.stderr)  # fmt: skip
+        print(
+            f"cxrguide {args.command}: internal error: {type(err).__name__}{at}: {msg} "
+            f"(set {DEBUG_ENV}=1 for the traceback; please report it)",
+            file=sys.stderr,
+        )
         return 1
     return int(code or 0)
 

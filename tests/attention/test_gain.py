@@ -127,8 +127,9 @@ def test_forward_terms_and_gradients():
 @pytest.mark.parametrize("second_order", [True, False])
 def test_second_order_switch_decides_whether_cam_weights_carry_gradient(second_order):
     model = create_model("mobilenet_v2", "none", seed=0).train()
-    net = GuidedAttention(model, GainSettings(gate=False, gain=False, external=True,
-                                              second_order=second_order))  # fmt: skip
+    net = GuidedAttention(
+        model, GainSettings(gate=False, gain=False, external=True, second_order=second_order)
+    )
     x, y, lung = _batch()
     net(x, y, lung)["ext"].backward()
     head = model.head.fc.weight.grad
@@ -196,8 +197,9 @@ def test_input_gradient_penalty_is_zero_without_gradient_outside_and_positive_wi
 def test_rrr_term_in_the_wrapper(names, zero):
     """A network that blanks the film outside the grown mask has no gradient there: R is 0."""
     x, y, lung = _batch()
-    net = GuidedAttention(create_model("mobilenet_v2", "none", seed=0),
-                          GainSettings.from_names(names, rrr_weight=1.0))  # fmt: skip
+    net = GuidedAttention(
+        create_model("mobilenet_v2", "none", seed=0), GainSettings.from_names(names, rrr_weight=1.0)
+    )
     out = net.train()(x, y, lung)
     assert (out["rrr"].item() == 0.0) is zero
     assert out["rrr"].item() >= 0 and out["rrr"].requires_grad

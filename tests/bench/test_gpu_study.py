@@ -50,8 +50,19 @@ def test_protocol_estimate_scales_measured_rates_to_the_study():
 
 @pytest.mark.slow
 def test_ddp_smoke_under_torchrun_gloo_keeps_ranks_identical():
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", str(BENCH / "gpu_study.py"), "--ddp-smoke", "--quick", "--size", "32"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(BENCH / "gpu_study.py"),
+        "--ddp-smoke",
+        "--quick",
+        "--size",
+        "32",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     fig = _json(done.stdout)

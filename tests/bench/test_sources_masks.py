@@ -24,9 +24,13 @@ def _probs(labels: list[int], right: list[bool]) -> np.ndarray:
 
 
 def test_accuracy_by_flag_internal_and_external(tmp_path):
-    m = pd.DataFrame({"source": ["A", "A", "A", "A", "B", "B", "B", "B"],
-                      "split": ["train", "test", "test", "test", "train", "test", "test", "train"],
-                      "label": ["Normal"] * 4 + ["COVID-19"] * 4})  # fmt: skip
+    m = pd.DataFrame(
+        {
+            "source": ["A", "A", "A", "A", "B", "B", "B", "B"],
+            "split": ["train", "test", "test", "test", "train", "test", "test", "train"],
+            "label": ["Normal"] * 4 + ["COVID-19"] * 4,
+        }
+    )
     prepared = Prepared(tmp_path, m, 16)
     flags = np.array(["ok", "ok", "implausible", "empty", "ok", "ok", "ok", "implausible"])
     y = [0, 0, 0, 0, 2, 2, 2, 2]
@@ -56,8 +60,9 @@ def test_accuracy_by_flag_internal_and_external(tmp_path):
 
 def test_no_scored_runs_is_one_line(tmp_path):
     (tmp_path / "study/runs/seed0/stage2/all").mkdir(parents=True)
-    prepared = Prepared(tmp_path, pd.DataFrame({"source": ["A"], "split": ["test"],
-                                                "label": ["Normal"]}), 16)  # fmt: skip
+    prepared = Prepared(
+        tmp_path, pd.DataFrame({"source": ["A"], "split": ["test"], "label": ["Normal"]}), 16
+    )
     with pytest.raises(SystemExit, match="no scored runs"):
         sources_masks.accuracy_by_flag(tmp_path / "study", prepared, np.array(["ok"]), "source")
 

@@ -33,8 +33,26 @@ def test_audit_with_a_lung_run_predicts_masks_beside_the_audit_not_into_prep(tmp
     lp = prepared_lung_phantoms(tmp_path, n=16, size=32)
     run = tmp_path / "lungrun"
     widths = [a for w in (4, 8, 8, 16, 16, 4) for a in ("--features", str(w))]
-    assert main(["lungs", "train", "--data", str(lp), "--out", str(run), *widths,
-                 "--max-epochs", "1", "--batch-size", "4", "--no-progress", "--no-augment"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lungs",
+                "train",
+                "--data",
+                str(lp),
+                "--out",
+                str(run),
+                *widths,
+                "--max-epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-progress",
+                "--no-augment",
+            ]
+        )
+        == 0
+    )
     prep = finished(make_prepared(tmp_path / "prep"))
     capsys.readouterr()
     assert main(["audit", str(prep), "--lungs", str(run), "--device", "cpu"]) == 0

@@ -21,8 +21,22 @@ from cxrguide.experiments import shortcut
 
 def test_parser_is_a_group_with_shortcut(capsys):
     parser = build_parser()
-    args = parser.parse_args(["bench", "shortcut", "--out", "b", "--seeds", "3", "--seeds",
-                              "4", "--variants", "stage2,gate+gain", "--size", "96"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "bench",
+            "shortcut",
+            "--out",
+            "b",
+            "--seeds",
+            "3",
+            "--seeds",
+            "4",
+            "--variants",
+            "stage2,gate+gain",
+            "--size",
+            "96",
+        ]
+    )
     cfg = config_from_args(ShortcutBenchConfig, args)
     assert (cfg.seeds, cfg.variants, cfg.size) == ([3, 4], ["stage2", "gate+gain"], 96)
     assert args.func is not None
@@ -48,14 +62,34 @@ def test_parser_is_a_group_with_shortcut(capsys):
 
 
 def test_table_means_and_sds_per_variant():
-    rows = pd.DataFrame([
-        {"variant": "stage2", "seed": 0, "test_accuracy": 0.9, "shortcut_accuracy": 0.1,
-         "follows_marker": 0.8, "lung_energy": 0.4, "lung_pointing": 0.5, "marker_energy": 0.2,
-         "lesion_energy": np.nan, "minutes": 1.0},
-        {"variant": "stage2", "seed": 1, "test_accuracy": 0.8, "shortcut_accuracy": 0.3,
-         "follows_marker": 0.6, "lung_energy": 0.6, "lung_pointing": 0.5, "marker_energy": 0.0,
-         "lesion_energy": np.nan, "minutes": 3.0},
-    ])  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            {
+                "variant": "stage2",
+                "seed": 0,
+                "test_accuracy": 0.9,
+                "shortcut_accuracy": 0.1,
+                "follows_marker": 0.8,
+                "lung_energy": 0.4,
+                "lung_pointing": 0.5,
+                "marker_energy": 0.2,
+                "lesion_energy": np.nan,
+                "minutes": 1.0,
+            },
+            {
+                "variant": "stage2",
+                "seed": 1,
+                "test_accuracy": 0.8,
+                "shortcut_accuracy": 0.3,
+                "follows_marker": 0.6,
+                "lung_energy": 0.6,
+                "lung_pointing": 0.5,
+                "marker_energy": 0.0,
+                "lesion_energy": np.nan,
+                "minutes": 3.0,
+            },
+        ]
+    )
     md = shortcut.table(rows, ["stage2", "gain"]).splitlines()
     assert md[0].startswith("| variant | seeds | test acc | shortcut_test acc")
     assert len(md) == 3  # header, rule, stage2 (no gain rows)
@@ -69,18 +103,47 @@ def test_table_means_and_sds_per_variant():
 def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     torch.set_num_threads(1)
     out = tmp_path / "b"
-    code = main(["bench", "shortcut", "--out", str(out), "--n", "45", "--shortcut-test", "9",
-                 "--size", "64", "--seeds", "0", "--variants", "stage2,gate+gain+external",
-                 "--max-epochs", "1", "--batch-size", "8", "--workers", "1",
-                 "--start", "scratch"])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "shortcut",
+            "--out",
+            str(out),
+            "--n",
+            "45",
+            "--shortcut-test",
+            "9",
+            "--size",
+            "64",
+            "--seeds",
+            "0",
+            "--variants",
+            "stage2,gate+gain+external",
+            "--max-epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+            "--start",
+            "scratch",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "| stage2 | 1 |" in printed and "| gate+gain+external | 1 |" in printed
     assert (out / "shortcut.md").read_text().strip() in printed
     rows = pd.read_csv(out / "shortcut_runs.csv")
     assert list(rows.variant) == ["stage2", "gate+gain+external"]
-    for col in ("test_accuracy", "shortcut_accuracy", "follows_marker", "lung_energy",
-                "marker_energy", "erased_accuracy", "marker_saliency"):  # fmt: skip
+    for col in (
+        "test_accuracy",
+        "shortcut_accuracy",
+        "follows_marker",
+        "lung_energy",
+        "marker_energy",
+        "erased_accuracy",
+        "marker_saliency",
+    ):
         assert rows[col].between(0, 1).all(), col
     # the ground-truth lung cache matches the generator's masks, letterboxed, row by row
 
@@ -93,16 +156,66 @@ def test_tiny_benchmark_end_to_end(tmp_path, capsys):
     info = json.loads((out / "runs/seed0/gate+gain+external" / shortcut.RESULT).read_text())
     assert info["variant"] == "gate+gain+external"
     # a rerun reuses every finished run
-    assert main(["bench", "shortcut", "--out", str(out), "--n", "45", "--shortcut-test", "9",
-                 "--size", "64", "--seeds", "0", "--variants", "stage2",
-                 "--max-epochs", "1", "--batch-size", "8", "--workers", "1",
-                 "--start", "scratch"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "shortcut",
+                "--out",
+                str(out),
+                "--n",
+                "45",
+                "--shortcut-test",
+                "9",
+                "--size",
+                "64",
+                "--seeds",
+                "0",
+                "--variants",
+                "stage2",
+                "--max-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--workers",
+                "1",
+                "--start",
+                "scratch",
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(out / "shortcut_runs.csv").minutes.iloc[0] == rows.minutes.iloc[0]
     # the study's order: variants continue the seed's Stage II run
-    assert main(["bench", "shortcut", "--out", str(out), "--n", "45", "--shortcut-test", "9",
-                 "--size", "64", "--seeds", "0", "--variants", "gate+gain@eval,input-mask",
-                 "--finetune-epochs", "1", "--max-epochs", "1", "--batch-size", "8",
-                 "--workers", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "shortcut",
+                "--out",
+                str(out),
+                "--n",
+                "45",
+                "--shortcut-test",
+                "9",
+                "--size",
+                "64",
+                "--seeds",
+                "0",
+                "--variants",
+                "gate+gain@eval,input-mask",
+                "--finetune-epochs",
+                "1",
+                "--max-epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (
         "continues the seed's 1-epoch Stage II run" in (out / "shortcut_from_stage2.md").read_text()
     )

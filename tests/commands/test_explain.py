@@ -23,13 +23,41 @@ def test_gallery_and_chosen_images(runs, tmp_path, capsys):
     film = tmp_path / "film.png"
     Image.fromarray((np.random.default_rng(0).random((90, 120)) * 255).astype(np.uint8)).save(film)
     out = tmp_path / "figs"
-    assert main(["explain", str(runs["stage2"]), "--out", str(out), "--per-group", "1",
-                 "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                str(runs["stage2"]),
+                "--out",
+                str(out),
+                "--per-group",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     for name in ("gallery_normal.png", "gallery_pneumonia.png", "gallery_covid-19.png"):
         assert (out / name).is_file() and f"{out / name}: Stage II mobilenet_v2" in printed
-    assert main(["explain", str(runs["stage2"]), str(film), "synthetic:images/Normal-10.png",
-                 "--out", str(out), "--method", "eigencam", "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                str(runs["stage2"]),
+                str(film),
+                "synthetic:images/Normal-10.png",
+                "--out",
+                str(out),
+                "--method",
+                "eigencam",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     index = json.loads((out / "explain.json").read_text())
     images = next(f for f in index["figures"] if f["file"] == "images.png")
     assert images["method"] == "eigencam" and "Eigen-CAM" in images["caption"]
@@ -42,8 +70,17 @@ def test_gallery_and_chosen_images(runs, tmp_path, capsys):
 
 def test_compare_three_stages(runs, tmp_path, capsys):
     out = tmp_path / "cmp"
-    args = ["explain", "--compare", *(str(runs[f"stage{k}"]) for k in (1, 2, 3)),
-            "--out", str(out), "--device", "cpu", "--per-class", "1"]  # fmt: skip
+    args = [
+        "explain",
+        "--compare",
+        *(str(runs[f"stage{k}"]) for k in (1, 2, 3)),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--per-class",
+        "1",
+    ]
     assert main(args) == 0
     assert "compare.png: The same films across runs" in capsys.readouterr().out
     (fig,) = json.loads((out / "explain.json").read_text())["figures"]
@@ -65,8 +102,12 @@ def test_compare_three_stages(runs, tmp_path, capsys):
     ],
 )
 def test_errors_are_one_line(runs, tmp_path, capsys, args, message):
-    names = {"RUN1": runs["stage1"], "RUN2": runs["stage2"], "STAGE2": runs["stage2"],
-             "NOWHERE": tmp_path / "nowhere"}  # fmt: skip
+    names = {
+        "RUN1": runs["stage1"],
+        "RUN2": runs["stage2"],
+        "STAGE2": runs["stage2"],
+        "NOWHERE": tmp_path / "nowhere",
+    }
     argv = ["explain", *(str(names.get(a, a)) for a in args)]
     if "--compare" not in args:
         argv += ["--out", str(tmp_path / "o")]

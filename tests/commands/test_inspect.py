@@ -126,7 +126,11 @@ def test_model_input_saved_is_what_predict_sees_and_png_matches_dicom(tmp_path, 
         np.testing.assert_array_equal(saved[name], model_input(path, 224)[0])  # exactly
     assert np.abs(saved["png"] - saved["dcm"]).max() <= 1 / 255 + 1e-6
     # --save needs one file, a .png name, and never the input itself
-    assert main(["inspect", str(png), str(m1), "--model-input", "64", "--save",
-                 str(tmp_path / "x.png")]) == 2  # fmt: skip
+    assert (
+        main(
+            ["inspect", str(png), str(m1), "--model-input", "64", "--save", str(tmp_path / "x.png")]
+        )
+        == 2
+    )
     assert main(["inspect", str(png), "--model-input", "64", "--save", str(png)]) == 2
     assert "expected a new .png file name" in capsys.readouterr().err

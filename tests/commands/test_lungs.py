@@ -18,16 +18,45 @@ def test_prepare_train_evaluate_predict_from_the_command_line(tmp_path, tiny_pre
     assert main(["lungs", "prepare", "--source", f"v7={ph}", "--out", prep, "--size", "32"]) == 0
     assert "prepared: 20 images" in capsys.readouterr().out
     widths = [a for w in (4, 8, 8, 16, 16, 4) for a in ("--features", str(w))]
-    code = main(["lungs", "train", "--data", prep, "--out", run, *widths, "--max-epochs", "2",
-                 "--batch-size", "4", "--no-progress", "--no-augment"])  # fmt: skip
+    code = main(
+        [
+            "lungs",
+            "train",
+            "--data",
+            prep,
+            "--out",
+            run,
+            *widths,
+            "--max-epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--no-progress",
+            "--no-augment",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "trained: 2 epochs" in out and "test: n=" in out
     assert main(["lungs", "evaluate", run, "--splits", "val"]) == 0
     assert "val: n=" in capsys.readouterr().out
     assert json.loads((tmp_path / "run/metrics.json").read_text())["val"]["n"] >= 1
 
-    assert main(["lungs", "predict", run, "--data", str(tiny_prepared), "--batch-size", "8",
-                 "--overlay", str(tmp_path / "prep_ov")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lungs",
+                "predict",
+                run,
+                "--data",
+                str(tiny_prepared),
+                "--batch-size",
+                "8",
+                "--overlay",
+                str(tmp_path / "prep_ov"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "masks: 36 images" in out and f"overlays: 36 -> {tmp_path / 'prep_ov'}" in out
     assert len(list((tmp_path / "prep_ov").glob("*_overlay.png"))) == 36

@@ -61,9 +61,20 @@ def test_csv_and_table_with_the_fp32_backend(run, inputs, capsys, tmp_path):
     args = ["predict", str(run), *map(str, files), "--backend", "fp32", "--no-progress"]
     assert main([*args, "--csv", "--output", str(out)]) == 0
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert list(rows[0]) == ["file", "label", "p_Normal", "p_Pneumonia", "p_COVID-19",
-                             "lung_coverage", "lung_quality", "reliable", "warnings", "ood_score",
-                             "calibrated", "run_id"]  # fmt: skip
+    assert list(rows[0]) == [
+        "file",
+        "label",
+        "p_Normal",
+        "p_Pneumonia",
+        "p_COVID-19",
+        "lung_coverage",
+        "lung_quality",
+        "reliable",
+        "warnings",
+        "ood_score",
+        "calibrated",
+        "run_id",
+    ]
     for r in rows:
         got = {c: float(r[f"p_{c}"]) for c in CLASSES}
         assert got == pytest.approx(expected[r["file"]], abs=1e-5)
@@ -79,8 +90,18 @@ def test_bad_files_are_listed_and_give_exit_2(run, inputs, tmp_path, capsys):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(tiny)
-    code = main(["predict", str(run), str(inputs / "a.png"), str(bad), str(tiny),
-                 str(tmp_path / "missing.dcm"), "--json", "--no-progress"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(run),
+            str(inputs / "a.png"),
+            str(bad),
+            str(tiny),
+            str(tmp_path / "missing.dcm"),
+            "--json",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     captured = capsys.readouterr()
     assert [r["file"] for r in json.loads(captured.out)] == [str(inputs / "a.png")]
@@ -106,8 +127,20 @@ def test_cam_overlays_and_lung_columns_for_a_gated_run(tmp_path_factory, inputs,
     same_stem = tmp_path / "other"
     same_stem.mkdir()
     film(same_stem / "a.png", seed=9)
-    code = main(["predict", str(run), str(inputs / "a.png"), str(same_stem / "a.png"), "--cam",
-                 str(cams), "--json", "--no-progress", "--backend", "fp32"])  # fmt: skip
+    code = main(
+        [
+            "predict",
+            str(run),
+            str(inputs / "a.png"),
+            str(same_stem / "a.png"),
+            "--cam",
+            str(cams),
+            "--json",
+            "--no-progress",
+            "--backend",
+            "fp32",
+        ]
+    )
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert sorted(p.name for p in cams.iterdir()) == ["a_2_cam.png", "a_cam.png"]
@@ -137,8 +170,16 @@ def test_redact_paths_hides_file_names_everywhere(run, tmp_path, capsys, monkeyp
     bad = tmp_path / "Doe_John" / "MRN12345_broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     out, cams = tmp_path / "out.csv", tmp_path / "cams"
-    common = ["predict", str(run), str(patient), str(bad), "--redact-paths", "--no-progress",
-              "--backend", "fp32"]  # fmt: skip
+    common = [
+        "predict",
+        str(run),
+        str(patient),
+        str(bad),
+        "--redact-paths",
+        "--no-progress",
+        "--backend",
+        "fp32",
+    ]
     assert main([*common, "--redact-salt", "pepper", "--csv", str(out), "--cam", str(cams)]) == 2
     err = capsys.readouterr().err
     hashed = Redactor("pepper")
@@ -167,14 +208,30 @@ def test_dicom_out_and_uids_in_csv_and_json(run, inputs, tmp_path, capsys):
     a = study_film(tmp_path / "a.dcm", seed=4)
     b = study_film(tmp_path / "b.dcm", width=120, height=90, seed=5)
     out = tmp_path / "dicom"
-    args = ["predict", str(run), str(a), str(b), str(inputs / "a.png"), "--no-progress",
-            "--backend", "fp32", "--dicom-out", str(out)]  # fmt: skip
+    args = [
+        "predict",
+        str(run),
+        str(a),
+        str(b),
+        str(inputs / "a.png"),
+        "--no-progress",
+        "--backend",
+        "fp32",
+        "--dicom-out",
+        str(out),
+    ]
     assert main([*args, "--csv"]) == 0
     text = capsys.readouterr().out
     assert PATIENT["PatientID"] not in text and "Doe" not in text
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0])[-6:] == ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                                  "AccessionNumber", "dicom_sr", "dicom_sc"]  # fmt: skip
+    assert list(rows[0])[-6:] == [
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "AccessionNumber",
+        "dicom_sr",
+        "dicom_sc",
+    ]
     for row, path in zip(rows[:2], (a, b), strict=True):
         source = pydicom.dcmread(path, stop_before_pixels=True)
         assert row["SOPInstanceUID"] == source.SOPInstanceUID

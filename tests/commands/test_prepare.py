@@ -44,8 +44,18 @@ def byo(tmp_path: Path) -> dict[str, Path]:
 
 def test_folder_and_table_sources_prepare_and_audit(byo, tmp_path, capsys):
     out = tmp_path / "prep"
-    argv = ["prepare", "--source", f"folder={byo['a']}", "--source", f"folder:kids-b={byo['b']}",
-            "--source", f"table:covid={byo['table']}", "--out", str(out), *PREP]  # fmt: skip
+    argv = [
+        "prepare",
+        "--source",
+        f"folder={byo['a']}",
+        "--source",
+        f"folder:kids-b={byo['b']}",
+        "--source",
+        f"table:covid={byo['table']}",
+        "--out",
+        str(out),
+        *PREP,
+    ]
     assert main(argv) == 0
     m = pd.read_csv(out / "manifest.csv", dtype=str)
     assert m.groupby("source").size().to_dict() == {"covid": 12, "kids": 12, "kids-b": 12}
@@ -56,8 +66,10 @@ def test_folder_and_table_sources_prepare_and_audit(byo, tmp_path, capsys):
     assert set(m[m.source == "kids"].patient_id) >= {"kids:normal-0", "kids:pneumonia-5"}
     rejected = pd.read_csv(out / "rejected.csv")
     reasons = {(r.source, r.path): (r.stage, r.reason) for r in rejected.itertuples()}
-    assert reasons[("kids", "TB/tb-0.png")] == ("metadata", "unmapped label 'TB' (not in the "
-                                                "label map; see --label-map)")  # fmt: skip
+    assert reasons[("kids", "TB/tb-0.png")] == (
+        "metadata",
+        "unmapped label 'TB' (not in the label map; see --label-map)",
+    )
     assert reasons[("covid", "films/none.png")] == ("metadata", "file not found")
     assert reasons[("kids", "NORMAL/broken.png")][0] == "image"
     assert reasons[("kids", "PNEUMONIA/notes.txt")][0] == "image"
@@ -76,8 +88,16 @@ def test_folder_and_table_sources_prepare_and_audit(byo, tmp_path, capsys):
 def test_label_map_file_is_applied_and_a_changed_map_is_a_changed_config(byo, tmp_path, capsys):
     out, label_map = tmp_path / "prep", tmp_path / "map.yaml"
     label_map.write_text("TB: Pneumonia\nPNEUMONIA: null\n")
-    argv = ["prepare", "--source", f"folder={byo['a']}", "--label-map", str(label_map),
-            "--out", str(out), *PREP]  # fmt: skip
+    argv = [
+        "prepare",
+        "--source",
+        f"folder={byo['a']}",
+        "--label-map",
+        str(label_map),
+        "--out",
+        str(out),
+        *PREP,
+    ]
     assert main(argv) == 0
     m = pd.read_csv(out / "manifest.csv")
     assert m.groupby("finding").label.first().to_dict() == {"NORMAL": "Normal", "TB": "Pneumonia"}
@@ -101,9 +121,11 @@ def test_label_map_file_is_applied_and_a_changed_map_is_a_changed_config(byo, tm
     ],
 )
 def test_bad_sources_are_one_line_and_exit_2(tmp_path, capsys, spec, message):
-    paths = {"empty": tmp_path / "empty",
-             "nolabel": write_csv(tmp_path / "a.csv", ["file", "class"], [["x.png", "Normal"]]),
-             "nofile": write_csv(tmp_path / "b.csv", ["image", "label"], [["x.png", "Normal"]])}  # fmt: skip
+    paths = {
+        "empty": tmp_path / "empty",
+        "nolabel": write_csv(tmp_path / "a.csv", ["file", "class"], [["x.png", "Normal"]]),
+        "nofile": write_csv(tmp_path / "b.csv", ["image", "label"], [["x.png", "Normal"]]),
+    }
     paths["empty"].mkdir()
     argv = ["prepare", "--source", spec.format(**paths), "--out", str(tmp_path / "o"), *PREP]
     assert main(argv) == 2
@@ -114,15 +136,27 @@ def test_bad_sources_are_one_line_and_exit_2(tmp_path, capsys, spec, message):
 
 def test_bad_label_map_is_one_line_and_exit_2(byo, tmp_path, capsys):
     (tmp_path / "map.yaml").write_text("TB: tuberculosis\n")
-    argv = ["prepare", "--source", f"folder={byo['a']}", "--label-map",
-            str(tmp_path / "map.yaml"), "--out", str(tmp_path / "o"), *PREP]  # fmt: skip
+    argv = [
+        "prepare",
+        "--source",
+        f"folder={byo['a']}",
+        "--label-map",
+        str(tmp_path / "map.yaml"),
+        "--out",
+        str(tmp_path / "o"),
+        *PREP,
+    ]
     assert main(argv) == 2
     assert "'TB' maps to 'tuberculosis', not one of Normal" in capsys.readouterr().err
 
 
 # ---- the real films -----------------------------------------------------------------------------
-ORIGINS = {"Kermany-pediatric-CXR": 743, "NIH-ChestX-ray8": 560, "HMH-COVID19": 123,
-           "COVID-CXNet": 351}  # fmt: skip
+ORIGINS = {
+    "Kermany-pediatric-CXR": 743,
+    "NIH-ChestX-ray8": 560,
+    "HMH-COVID19": 123,
+    "COVID-CXNet": 351,
+}
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +187,28 @@ def test_real_external_films_scan_and_a_subset_prepares(external, tmp_path, caps
         if origin == "HMH-COVID19":
             picked[["file", "label", "patient_id"]].to_csv(sub / origin / "labels.csv", index=False)
     out = tmp_path / "prep"
-    argv = ["prepare", "--source", f"folder={sub / 'Kermany-pediatric-CXR'}",
-            "--source", f"folder={sub / 'NIH-ChestX-ray8'}",
-            "--source", f"table={sub / 'HMH-COVID19/labels.csv'}",
-            "--source", f"folder:cxnet={sub / 'COVID-CXNet'}", "--out", str(out), *PREP]  # fmt: skip
+    argv = [
+        "prepare",
+        "--source",
+        f"folder={sub / 'Kermany-pediatric-CXR'}",
+        "--source",
+        f"folder={sub / 'NIH-ChestX-ray8'}",
+        "--source",
+        f"table={sub / 'HMH-COVID19/labels.csv'}",
+        "--source",
+        f"folder:cxnet={sub / 'COVID-CXNet'}",
+        "--out",
+        str(out),
+        *PREP,
+    ]
     assert main(argv) == 0
     m = pd.read_csv(out / "manifest.csv", dtype=str)
     assert m.groupby("source").size().to_dict() == {
-        "HMH-COVID19": 6, "Kermany-pediatric-CXR": 12, "NIH-ChestX-ray8": 12, "cxnet": 6}  # fmt: skip
+        "HMH-COVID19": 6,
+        "Kermany-pediatric-CXR": 12,
+        "NIH-ChestX-ray8": 12,
+        "cxnet": 6,
+    }
     hmh = m[m.source == "HMH-COVID19"]
     assert hmh.patient_id.str.startswith("HMH-COVID19:").all()
     assert (hmh.groupby("patient_id").split.nunique() == 1).all()

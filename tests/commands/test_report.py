@@ -17,11 +17,33 @@ def runs(tmp_path_factory):
 
 def test_report_from_a_folder_of_runs_with_an_explain_folder(runs, tmp_path, capsys):
     figs = tmp_path / "figs"
-    assert main(["explain", str(runs["stage1"]), "synthetic:images/COVID-19-10.png",
-                 "--out", str(figs), "--device", "cpu"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "explain",
+                str(runs["stage1"]),
+                "synthetic:images/COVID-19-10.png",
+                "--out",
+                str(figs),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "site" / "report.html"
-    code = main(["report", str(runs["stage1"].parent), "--out", str(out), "--explain", str(figs),
-                 "--title", "Tiny study"])  # fmt: skip
+    code = main(
+        [
+            "report",
+            str(runs["stage1"].parent),
+            "--out",
+            str(out),
+            "--explain",
+            str(figs),
+            "--title",
+            "Tiny study",
+        ]
+    )
     assert code == 0
     assert f"wrote {out} (" in capsys.readouterr().out
     html = out.read_text()
@@ -36,13 +58,35 @@ def test_report_from_a_folder_of_runs_with_an_explain_folder(runs, tmp_path, cap
 def test_errors_are_one_line(runs, tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html")]) == 2
     assert "no such run folder" in capsys.readouterr().err
-    assert main(["report", str(runs["stage1"]), "--out", str(tmp_path / "r.html"),
-                 "--tune", str(tmp_path / "nope")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "report",
+                str(runs["stage1"]),
+                "--out",
+                str(tmp_path / "r.html"),
+                "--tune",
+                str(tmp_path / "nope"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tuning folder not found (--tune)" in err
     assert not (tmp_path / "r.html").exists()
-    assert main(["report", str(runs["stage1"]), "--out", str(tmp_path / "r.html"),
-                 "--sources", str(tmp_path)]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "report",
+                str(runs["stage1"]),
+                "--out",
+                str(tmp_path / "r.html"),
+                "--sources",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "sources.json: cross-source study not found" in err
     assert not (tmp_path / "r.html").exists()

@@ -35,10 +35,26 @@ def test_serve_process_answers_and_cleans_up(tmp_path_factory, tmp_path):
     env = {**os.environ, "TMPDIR": str(systmp), "CXRGUIDE_TOKEN": token}
     auth = {"Authorization": f"Bearer {token}"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cxrguide", "serve", str(run), "--port", str(port),
-         "--backend", "fp32", "--log-level", "warning", "--threads", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cxrguide",
+            "serve",
+            str(run),
+            "--port",
+            str(port),
+            "--backend",
+            "fp32",
+            "--log-level",
+            "warning",
+            "--threads",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -56,8 +72,12 @@ def test_serve_process_answers_and_cleans_up(tmp_path_factory, tmp_path):
         assert "server" not in health.headers and health.headers["x-frame-options"] == "DENY"
         assert [p.name for p in systmp.iterdir()][0].startswith("cxrguide-serve-")
         image = film(tmp_path / "f.png").read_bytes()
-        r = httpx.post(base + "/v1/predict", files={"file": ("f.png", image, "image/png")},
-                       headers=auth, timeout=120)  # fmt: skip
+        r = httpx.post(
+            base + "/v1/predict",
+            files={"file": ("f.png", image, "image/png")},
+            headers=auth,
+            timeout=120,
+        )
         assert r.status_code == 200 and r.json()["label"] in CLASSES
         assert httpx.get(base + "/", timeout=10).status_code == 200
     finally:

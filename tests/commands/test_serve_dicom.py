@@ -37,20 +37,46 @@ def test_serve_with_a_dicom_port(tmp_path_factory, tmp_path):
     run = tiny_run(tmp_path_factory)
     port, dicom_port, out = _free_port(), _free_port(), tmp_path / "results"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cxrguide", "serve", str(run), "--port", str(port), "--backend",
-         "fp32", "--threads", "1", "--log-level", "warning", "--dicom-port", str(dicom_port),
-         "--dicom-out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cxrguide",
+            "serve",
+            str(run),
+            "--port",
+            str(port),
+            "--backend",
+            "fp32",
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+            "--dicom-port",
+            str(dicom_port),
+            "--dicom-out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
-        while subprocess.run(["echoscu", "127.0.0.1", str(dicom_port)],
-                             capture_output=True).returncode != 0:  # fmt: skip
+        while (
+            subprocess.run(
+                ["echoscu", "127.0.0.1", str(dicom_port)], capture_output=True
+            ).returncode
+            != 0
+        ):
             assert proc.poll() is None and time.monotonic() < deadline, "listener did not come up"
             time.sleep(0.5)
         source = study_film(tmp_path / "film.dcm")
-        sent = subprocess.run(["storescu", "127.0.0.1", str(dicom_port), str(source)],
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        sent = subprocess.run(
+            ["storescu", "127.0.0.1", str(dicom_port), str(source)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert sent.returncode == 0, sent.stderr
         (sr_path,) = out.glob("SR_*.dcm")
         assert pydicom.dcmread(sr_path).StudyInstanceUID == pydicom.dcmread(source).StudyInstanceUID

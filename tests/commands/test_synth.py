@@ -13,9 +13,27 @@ def test_every_config_field_is_a_flag():
 
 def test_synth_writes_dataset_and_preview_and_prints_summary(tmp_path, capsys):
     out, sheet = tmp_path / "syn", tmp_path / "sheet.png"
-    argv = ["synth", "--out", str(out), "--n", "6", "--size", "48", "--seed", "3",
-            "--shortcut-rate", "1.0", "--styles", "2", "--shortcut-test", "3",
-            "--workers", "1", "--preview", str(sheet)]  # fmt: skip
+    argv = [
+        "synth",
+        "--out",
+        str(out),
+        "--n",
+        "6",
+        "--size",
+        "48",
+        "--seed",
+        "3",
+        "--shortcut-rate",
+        "1.0",
+        "--styles",
+        "2",
+        "--shortcut-test",
+        "3",
+        "--workers",
+        "1",
+        "--preview",
+        str(sheet),
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "9 images in" in text and "main: Normal 2, Pneumonia 2, COVID-19 2" in text

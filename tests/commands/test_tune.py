@@ -29,10 +29,38 @@ INITDB = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 def _tune(prep: Path, out: Path, *extra: str) -> list[str]:
     """A tiny Stage I search: random-init MobileNet V2 at 64 px, head trained on cached features."""
-    return ["tune", "--data", str(prep), "--backbone", "mobilenet_v2", "--weights", "none",
-            "--image-size", "64", "--max-epochs", "2", "--batch-size", "8", "--lr", "0.01",
-            "--lr-range", "0.001", "--lr-range", "0.1", "--batch-sizes", "4", "--batch-sizes", "8",
-            "--startup-trials", "1", "--seed", "0", "--out", str(out), *extra]  # fmt: skip
+    return [
+        "tune",
+        "--data",
+        str(prep),
+        "--backbone",
+        "mobilenet_v2",
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        "--max-epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--lr-range",
+        "0.001",
+        "--lr-range",
+        "0.1",
+        "--batch-sizes",
+        "4",
+        "--batch-sizes",
+        "8",
+        "--startup-trials",
+        "1",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 # `cxrguide` in a fresh process, with trial evaluation minus bootstrap CIs and Grad-CAM metrics
@@ -53,7 +81,9 @@ def _spawn(args: list[str], **kw) -> subprocess.Popen:
 
 def _exported(path: Path) -> TrainConfig:
     """Read the file the way `cxrguide train --config FILE` does."""
-    return config_from_args(TrainConfig, build_parser().parse_args(["train", "--config", str(path)]))  # fmt: skip
+    return config_from_args(
+        TrainConfig, build_parser().parse_args(["train", "--config", str(path)])
+    )
 
 
 @pytest.fixture
@@ -118,7 +148,12 @@ def test_killed_run_resumes_its_study_then_show_and_export(
     assert fresh.state == TrialState.COMPLETE and not (out / "trial-0001").exists()
     capsys.readouterr()
     best_yaml = tmp_path / "best.yaml"
-    assert main(["tune", "--show", "stage1-mobilenet_v2", "--out", str(out), "--export", str(best_yaml)]) == 0  # fmt: skip
+    assert (
+        main(
+            ["tune", "--show", "stage1-mobilenet_v2", "--out", str(out), "--export", str(best_yaml)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     best = max((retry, fresh), key=lambda t: (t.value, -t.number))
     assert f"best: trial {best.number}, val accuracy {best.value:.4f}" in printed
@@ -144,7 +179,9 @@ def _free_port() -> int:
 def postgres_url():
     """A throw-away PostgreSQL server on a loopback port (Debian's postgresql package)."""
     if not INITDB:
-        pytest.skip("no PostgreSQL server: /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)")  # fmt: skip
+        pytest.skip(
+            "no PostgreSQL server: /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)"
+        )
     pytest.importorskip("psycopg2", reason="no PostgreSQL driver (pip install psycopg2-binary)")
     bindir = Path(INITDB[-1]).parent
     root = Path(tempfile.mkdtemp(prefix="cxrpg-"))  # short path: it also holds the socket
@@ -160,16 +197,47 @@ def postgres_url():
         prefix = ["runuser", "-u", "postgres", "--"]
     root.chmod(0o700)
     data, port = root / "data", _free_port()
-    subprocess.run([*prefix, bindir / "initdb", "-D", data, "-U", "cxr", "--auth=trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            *prefix,
+            bindir / "initdb",
+            "-D",
+            data,
+            "-U",
+            "cxr",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+    )
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*prefix, bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-w",
-                    "-t", "60", "-o", options, "start"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            *prefix,
+            bindir / "pg_ctl",
+            "-D",
+            data,
+            "-l",
+            root / "server.log",
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg2://cxr@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"],
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*prefix, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -185,9 +253,15 @@ def test_two_workers_share_one_postgres_study(tiny_prepared, tmp_path, postgres_
         "--total-trials",
         "4",
     ]
-    workers = [_spawn(_tune(tiny_prepared, tmp_path / f"worker{i}", *shared),
-                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(2)]  # fmt: skip
+    workers = [
+        _spawn(
+            _tune(tiny_prepared, tmp_path / f"worker{i}", *shared),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     logs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
     study = optuna.load_study(study_name="shared", storage=postgres_url)
@@ -201,7 +275,9 @@ def test_two_workers_share_one_postgres_study(tiny_prepared, tmp_path, postgres_
     runs = [Path(t.user_attrs["run"]) for t in trials]
     assert len(set(runs)) == len(runs) and all((r / "model.pt").exists() for r in runs)
     for t, run in zip(trials, runs, strict=True):
-        assert json.loads((run / "metrics_val.json").read_text())["accuracy"] == pytest.approx(t.value)  # fmt: skip
+        assert json.loads((run / "metrics_val.json").read_text())["accuracy"] == pytest.approx(
+            t.value
+        )
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == len(trials)
     assert trials[0].params["lr"] == 0.01  # the configured first trial, queued once
     assert sum(t.user_attrs.get("origin") == "configured" for t in trials) == 1
@@ -209,8 +285,22 @@ def test_two_workers_share_one_postgres_study(tiny_prepared, tmp_path, postgres_
     capsys.readouterr()
     best_yaml = tmp_path / "best.yaml"
     report = tmp_path / "report"
-    assert main(["tune", "--show", "shared", "--storage", postgres_url, "--out", str(report),
-                 "--export", str(best_yaml)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "tune",
+                "--show",
+                "shared",
+                "--storage",
+                postgres_url,
+                "--out",
+                str(report),
+                "--export",
+                str(best_yaml),
+            ]
+        )
+        == 0
+    )
     assert f"best: trial {best.number}, val accuracy {best.value:.4f}" in capsys.readouterr().out
     assert _exported(best_yaml).lr == best.params["lr"]
     assert (report / "optimization_history.png").exists()

@@ -43,10 +43,15 @@ def test_predict_serve_explain_refuse_a_planted_run(gated_copy, tmp_path, capsys
     assert payload_works(planted, marker)
     image = str(film(tmp_path / "f.png"))
     _refused(capsys, ["predict", str(gated_copy), image, "--backend", "fp32"], planted, marker)
-    _refused(capsys, ["serve", str(gated_copy), "--port", "0", "--backend", "fp32"], planted,
-             marker)  # fmt: skip
-    _refused(capsys, ["explain", str(gated_copy), image, "--out", str(tmp_path / "x"),
-                      "--device", "cpu"], planted, marker)  # fmt: skip
+    _refused(
+        capsys, ["serve", str(gated_copy), "--port", "0", "--backend", "fp32"], planted, marker
+    )
+    _refused(
+        capsys,
+        ["explain", str(gated_copy), image, "--out", str(tmp_path / "x"), "--device", "cpu"],
+        planted,
+        marker,
+    )
 
 
 def test_lungs_predict_refuses_a_planted_lung_run(tmp_path_factory, tmp_path, capsys):
@@ -64,9 +69,26 @@ def test_train_resume_refuses_a_planted_last_pt(tmp_path_factory, tmp_path, caps
     shutil.copytree(tiny_run(tmp_path_factory).parent, out)
     marker = tmp_path / "pwned"
     planted = plant(out / "stage1-mobilenet_v2/last.pt", marker)
-    args = ["train", "--stage", "1", "--data", str(prep), "--backbone", "mobilenet_v2",
-            "--weights", "none", "--image-size", "64", "--max-epochs", "1", "--batch-size", "8",
-            "--out", str(out), "--resume"]  # fmt: skip
+    args = [
+        "train",
+        "--stage",
+        "1",
+        "--data",
+        str(prep),
+        "--backbone",
+        "mobilenet_v2",
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        "--max-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--resume",
+    ]
     _refused(capsys, args, planted, marker)
 
 
@@ -86,13 +108,31 @@ def test_tune_replay_refuses_a_planted_trial_checkpoint(tmp_path):
 
 def test_pretrain_resume_refuses_a_planted_work_checkpoint(tmp_path, capsys):
     out = tmp_path / "bodies"
-    args = ["pretrain", "--backbone", "mobilenet_v2", "--out", str(out), "--n", "30", "--size",
-            "32", "--epochs", "1", "--batch-size", "8", "--workers", "1"]  # fmt: skip
+    args = [
+        "pretrain",
+        "--backbone",
+        "mobilenet_v2",
+        "--out",
+        str(out),
+        "--n",
+        "30",
+        "--size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "1",
+    ]
     cfg = config_from_args(PretrainConfig, build_parser().parse_args(args))
     work = out / ".phantom-mobilenet_v2.work"
     work.mkdir(parents=True)
-    recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in ("backbone", "out", "threads", "workers", "device")}  # fmt: skip
+    recipe = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("backbone", "out", "threads", "workers", "device")
+    }
     (work / "recipe.json").write_text(json.dumps(recipe, default=str))
     marker = tmp_path / "pwned"
     planted = plant(work / "last.pt", marker)

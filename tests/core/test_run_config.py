@@ -21,8 +21,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(stage=1, data=prep, backbone="mobilenet_v2", out=out, weights="none",
-                image_size=64, max_epochs=2, batch_size=8, seed=0, lr=1e-2)  # fmt: skip
+    base = dict(
+        stage=1,
+        data=prep,
+        backbone="mobilenet_v2",
+        out=out,
+        weights="none",
+        image_size=64,
+        max_epochs=2,
+        batch_size=8,
+        seed=0,
+        lr=1e-2,
+    )
     return TrainConfig(**{**base, **kw})
 
 

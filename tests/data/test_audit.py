@@ -52,8 +52,9 @@ def noise(n: int, seed: int = 0) -> np.ndarray:
 def confounded_rows() -> list[tuple[str, str, str]]:
     """crd: COVID only; rsna: Normal / Pneumonia; ieee: mostly COVID; one single-image source."""
     rows = [("crd", "COVID-19", s) for s in ["train"] * 16 + ["val"] * 2 + ["test"] * 2]
-    rows += [("rsna", c, s) for c in ("Normal", "Pneumonia")
-             for s in ["train"] * 8 + ["val"] + ["test"]]  # fmt: skip
+    rows += [
+        ("rsna", c, s) for c in ("Normal", "Pneumonia") for s in ["train"] * 8 + ["val"] + ["test"]
+    ]
     rows += [("ieee", c, "train") for c in ["COVID-19"] * 6 + ["Pneumonia"]]  # no test rows
     rows += [("lonely", "Normal", "train")]
     return rows
@@ -75,8 +76,12 @@ def test_class_source_table_and_every_confounding_warning():
     single = {(w["source"], w["class"]) for w in warnings if w["code"] == "single_class_source"}
     assert single == {("crd", "COVID-19"), ("lonely", "Normal")}
     tied = [w for w in warnings if w["code"] == "source_predicts_class"]
-    assert [w["criterion"] for w in tied] == ["cramers_v", "class_from_one_source",
-                                             "class_from_one_source", "source_prior_gain"]  # fmt: skip
+    assert [w["criterion"] for w in tied] == [
+        "cramers_v",
+        "class_from_one_source",
+        "class_from_one_source",
+        "source_prior_gain",
+    ]
     # rsna holds 10 of 11 Normal and 10 of 11 Pneumonia films (91% >= 90%)
     assert [(w["sources"], w["classes"]) for w in tied[1:3]] == [
         (["rsna"], ["Normal"]),
@@ -87,8 +92,12 @@ def test_class_source_table_and_every_confounding_warning():
 
 
 def test_a_balanced_set_raises_no_confounding_warning():
-    rows = [(s, c, sp) for s in ("a", "b") for c in ("Normal", "Pneumonia", "COVID-19")
-            for sp in ("train", "train", "test")]  # fmt: skip
+    rows = [
+        (s, c, sp)
+        for s in ("a", "b")
+        for c in ("Normal", "Pneumonia", "COVID-19")
+        for sp in ("train", "train", "test")
+    ]
     m = pd.DataFrame(rows, columns=["site", "label", "split"])
     table = class_source_table(m)
     assert confounding_warnings(table, cramers_v(m), source_prior_check(m)) == []
@@ -113,8 +122,14 @@ def test_audit_writes_json_and_markdown_and_skips_the_probe_without_masks(tmp_pa
 
 def test_outside_lung_probe_finds_a_class_marker_and_not_plain_noise(tmp_path):
     n = 90
-    rows = [("a" if i % 2 else "b", ("Normal", "Pneumonia", "COVID-19")[i % 3],
-             "train" if i % 5 else "test") for i in range(n)]  # fmt: skip
+    rows = [
+        (
+            "a" if i % 2 else "b",
+            ("Normal", "Pneumonia", "COVID-19")[i % 3],
+            "train" if i % 5 else "test",
+        )
+        for i in range(n)
+    ]
     clean = noise(n, seed=1)
     marked = clean.copy()
     for i, (_, label, _) in enumerate(rows):  # a bright tag in a corner, one corner per class
@@ -180,16 +195,19 @@ def marked_by_chance(tmp_path: Path, n: int = 90) -> tuple[Path, list[str], list
 
 def write_predictions(path: Path, prep: Path, true: list[str], predicted: list[str]) -> Path:
     ids = pd.read_csv(prep / "manifest.csv")["image_id"]
-    pd.DataFrame({"image_id": ids, "source": "a", "true": true, "predicted": predicted,
-                  "p_Normal": 0.3}).to_csv(path, index=False)  # fmt: skip
+    pd.DataFrame(
+        {"image_id": ids, "source": "a", "true": true, "predicted": predicted, "p_Normal": 0.3}
+    ).to_csv(path, index=False)
     return path
 
 
 def test_the_probe_tells_a_tag_following_model_and_not_a_random_one(tmp_path):
     prep, true, tags = marked_by_chance(tmp_path)
     follows = write_predictions(tmp_path / "follows.csv", prep, true, tags)
-    coin = [("Normal", "Pneumonia", "COVID-19")[k]
-            for k in np.random.default_rng(3).integers(0, 3, len(true))]  # fmt: skip
+    coin = [
+        ("Normal", "Pneumonia", "COVID-19")[k]
+        for k in np.random.default_rng(3).integers(0, 3, len(true))
+    ]
     random = write_predictions(tmp_path / "random.csv", prep, true, coin)
     result = audit_prepared(prep, tmp_path / "a", predictions=[follows])
     probe = result.audit["outside_lung_probe"]

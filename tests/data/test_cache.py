@@ -22,6 +22,11 @@ def test_no_space_is_an_os_error_naming_the_cache_file(tmp_path):
             print(err.filename)
         print(sorted(p.name for p in (Path({str(tmp_path)!r}) / "cache").iterdir()))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={"PYTHONPATH": ":".join(sys.path)}, check=True).stdout.split("\n")  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": ":".join(sys.path)},
+        check=True,
+    ).stdout.split("\n")
     assert out[0] == str(tmp_path / "cache/images_512.npy") and out[1] == "[]"

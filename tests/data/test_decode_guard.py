@@ -42,8 +42,12 @@ def _png(width: int, height: int, rows: np.ndarray) -> bytes:
     """An 8-bit gray PNG whose (complete, valid) zlib stream holds only ``rows``."""
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw))
-            + _chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(raw))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _reason(path, **kw) -> str:

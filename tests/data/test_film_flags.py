@@ -26,15 +26,24 @@ def test_plain_radiograph_has_no_warnings(tmp_path):
     assert _codes(dicom_film(tmp_path / "a.dcm", FILM, PatientOrientation=["L", "F"])) == []
 
 
-@pytest.mark.parametrize(("tags", "code", "text"), [
-    ({"BurnedInAnnotation": "YES"}, "burned_in_annotation", "text is burned into the pixels"),
-    ({"PatientOrientation": ["R", "F"]}, "mirrored", "PatientOrientation R\\F puts the patient's "
-                                                     "left on the left"),
-    ({"PatientOrientation": ["L", "H"]}, "mirrored", "head at the bottom"),
-    ({"LossyImageCompression": "01", "LossyImageCompressionRatio": 623}, "lossy_compressed",
-     "lossy compression, ratio 623:1"),
-    ({"ViewPosition": "LL"}, "lateral", "lateral view (LL)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("tags", "code", "text"),
+    [
+        ({"BurnedInAnnotation": "YES"}, "burned_in_annotation", "text is burned into the pixels"),
+        (
+            {"PatientOrientation": ["R", "F"]},
+            "mirrored",
+            "PatientOrientation R\\F puts the patient's left on the left",
+        ),
+        ({"PatientOrientation": ["L", "H"]}, "mirrored", "head at the bottom"),
+        (
+            {"LossyImageCompression": "01", "LossyImageCompressionRatio": 623},
+            "lossy_compressed",
+            "lossy compression, ratio 623:1",
+        ),
+        ({"ViewPosition": "LL"}, "lateral", "lateral view (LL)"),
+    ],
+)
 def test_each_header_warning(tmp_path, tags, code, text):
     info = read_image(dicom_film(tmp_path / "f.dcm", FILM, **tags))[1]
     assert info.warning_codes == [code]
@@ -42,16 +51,19 @@ def test_each_header_warning(tmp_path, tags, code, text):
 
 
 def test_ordinary_lossy_ratio_is_not_flagged(tmp_path):
-    path = dicom_film(tmp_path / "f.dcm", FILM, LossyImageCompression="01",
-                      LossyImageCompressionRatio=8)  # fmt: skip
+    path = dicom_film(
+        tmp_path / "f.dcm", FILM, LossyImageCompression="01", LossyImageCompressionRatio=8
+    )
     assert _codes(path) == []  # what the public JPEG training sets are
 
 
 def test_secondary_capture_without_modality_or_with_ot_is_read_with_no_modality(tmp_path):
-    bare = dicom_film(tmp_path / "sc.dcm", FILM, sop_class=SecondaryCaptureImageStorage,
-                      modality=None)  # fmt: skip
-    ot = dicom_film(tmp_path / "ot.dcm", FILM, sop_class=SecondaryCaptureImageStorage,
-                    modality="OT")  # fmt: skip
+    bare = dicom_film(
+        tmp_path / "sc.dcm", FILM, sop_class=SecondaryCaptureImageStorage, modality=None
+    )
+    ot = dicom_film(
+        tmp_path / "ot.dcm", FILM, sop_class=SecondaryCaptureImageStorage, modality="OT"
+    )
     assert _codes(bare) == _codes(ot) == ["no_modality"]
     other_ot = dicom_film(tmp_path / "x.dcm", FILM, modality="OT")  # OT outside a capture
     with pytest.raises(ImageReadError, match="modality OT is not a radiograph"):

@@ -54,8 +54,9 @@ def j2k_dicom(path: Path, stream: bytes, rows: int = 256, cols: int = 256, **tag
 def _j2k(side: int, codec_format: int = 0) -> bytes:
     arr = np.zeros((side, side), np.uint16)
     arr[0, 0] = 4095  # a trivial image: compresses to ~1 KB at any size
-    return openjpeg.encode(arr, bits_stored=12, compression_ratios=[1000],
-                           codec_format=codec_format)  # fmt: skip
+    return openjpeg.encode(
+        arr, bits_stored=12, compression_ratios=[1000], codec_format=codec_format
+    )
 
 
 @pytest.mark.slow  # a subprocess (fresh memory figures) and a 6000x6000 encode: ~5 s
@@ -76,8 +77,9 @@ def test_huge_j2k_codestream_behind_a_small_header_refused_with_little_memory(tm
             print(err.reason)
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         check=True, timeout=120).stdout.splitlines()  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    ).stdout.splitlines()
     assert out[0] == (
         "the JPEG 2000 frame is 6000x6000 but the DICOM header says 256x256 (refused before "
         "decoding)"
@@ -123,7 +125,12 @@ def test_frame_header_reads_jpeg_jpeg_ls_and_jp2():
     assert jp2[4:8] == b"jP  "
     head = frame_header(jp2)
     assert (head.width, head.height, head.components, head.precision, head.codec) == (
-        300, 300, 1, 12, "JPEG 2000")  # fmt: skip
+        300,
+        300,
+        1,
+        12,
+        "JPEG 2000",
+    )
     jpeg_ls = pytest.importorskip("jpeg_ls")
     stream = bytes(jpeg_ls.encode(np.zeros((40, 50), np.uint16) + 3))
     head = frame_header(stream)

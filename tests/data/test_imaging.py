@@ -177,9 +177,15 @@ def test_dicom_rescale_applied_before_window(tmp_path):
     # stored 0..1000 -> slope 2, intercept -1000 -> -1000..1000; window [-500, 500] in those units
     arr = np.linspace(0, 1000, 96 * 80).reshape(96, 80).round().astype(np.uint16)
     path = _dicom(
-        tmp_path / "ct.dcm", arr, "MONOCHROME2", 12,
-        RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=0, WindowWidth=1000,
-    )  # fmt: skip
+        tmp_path / "ct.dcm",
+        arr,
+        "MONOCHROME2",
+        12,
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+        WindowCenter=0,
+        WindowWidth=1000,
+    )
     img, _ = read_image(path)
     hu = arr * 2.0 - 1000.0
     expected = np.clip((hu + 0.5) / 999.0 + 0.5, 0.0, 1.0)  # DICOM linear window, then min-max

@@ -66,8 +66,7 @@ def test_padding_masked_then_background_even_under_monochrome1(tmp_path):
     stored[:, -30:] = 0
     inverted = (4095 - stored).astype(np.uint16)  # MONOCHROME1: low = white
     inverted[stored == 0] = 0  # padding value 0 in the inverted film too
-    dcm = dicom_film(tmp_path / "pad.dcm", inverted, "MONOCHROME1", bits=12,
-                     PixelPaddingValue=0)  # fmt: skip
+    dcm = dicom_film(tmp_path / "pad.dcm", inverted, "MONOCHROME1", bits=12, PixelPaddingValue=0)
     gray, _ = read_image(dcm)
     assert (gray[:, :30] == 0).all() and (gray[:, -30:] == 0).all()  # air, not bone-white
     inner = valid[:, 30:-30].astype(np.float64)
@@ -83,8 +82,9 @@ def test_padding_range_limit(tmp_path):
     arr = chest_like().astype(np.uint16) * 16 + 500
     arr[:10] = 7  # padding band 5..9
     arr[10:20] = 5
-    dcm = dicom_film(tmp_path / "r.dcm", arr, bits=12, PixelPaddingValue=9,
-                     PixelPaddingRangeLimit=5)  # fmt: skip
+    dcm = dicom_film(
+        tmp_path / "r.dcm", arr, bits=12, PixelPaddingValue=9, PixelPaddingRangeLimit=5
+    )
     gray, _ = read_image(dcm)
     assert (gray[:20] == 0).all() and gray[20:].max() == 1.0
 
@@ -105,8 +105,9 @@ def test_contrast_does_not_depend_on_the_decode_size(tmp_path):
 def test_prepare_cache_and_predict_input_agree(tmp_path):
     """``prepare`` decodes at 512, the dataset resizes; ``predict`` decodes at the model's side."""
     arr = chest_like(1100, 950, seed=3).astype(np.uint16) * 16 + 37
-    dcm = dicom_film(tmp_path / "film.dcm", arr, "MONOCHROME1", bits=12, WindowCenter=2000,
-                     WindowWidth=3000)  # fmt: skip
+    dcm = dicom_film(
+        tmp_path / "film.dcm", arr, "MONOCHROME1", bits=12, WindowCenter=2000, WindowWidth=3000
+    )
     row, square, _ = prepare_mod._decode((0, str(dcm), 512, ReaderConfig().limits))
     assert row["ok"] == 1 and square.shape == (512, 512)
     for size in SIZES:

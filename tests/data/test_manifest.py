@@ -78,8 +78,12 @@ def test_close_pairs_match_pairwise_hamming():
     packed[17, 0] ^= 0x0F  # ... and 4 bits from 9
     words = packed.view(np.uint64)
     for distance in (0, 4, 12, 130):
-        want = [(a, c) for a in range(40) for c in range(a + 1, 40)
-                if manifest.hamming(packed[a], packed[c]) <= distance]  # fmt: skip
+        want = [
+            (a, c)
+            for a in range(40)
+            for c in range(a + 1, 40)
+            if manifest.hamming(packed[a], packed[c]) <= distance
+        ]
         assert sorted(manifest._close_pairs(words, distance, block=7)) == want
 
 
@@ -171,8 +175,22 @@ def test_duplicate_groups_are_those_of_the_former_union_find():
     """scipy's DisjointSet replaced a hand-written union-find: same groups, same order (the
     expected lists were produced by the union-find on this input)."""
     sha, hashes = _fixed_hashes()
-    singles = [[0], [1, 10, 19], [2, 11], [3], [4], [5, 14], [6, 15], [7], [8], [9, 18], [12],
-               [13], [16], [17]]  # fmt: skip
+    singles = [
+        [0],
+        [1, 10, 19],
+        [2, 11],
+        [3],
+        [4],
+        [5, 14],
+        [6, 15],
+        [7],
+        [8],
+        [9, 18],
+        [12],
+        [13],
+        [16],
+        [17],
+    ]
     expected = {
         -1: singles,
         0: singles,
@@ -190,7 +208,7 @@ def test_duplicate_groups_are_those_of_the_former_union_find():
             [13],
             [16],
             [17],
-        ],  # fmt: skip
+        ],
         8: [[0], [1, 10, 16, 19], [2, 5, 11, 14, 17], [3, 6, 9, 12, 15, 18], [4], [7], [8], [13]],
     }
     for distance, groups in expected.items():
@@ -225,8 +243,10 @@ def test_the_most_alike_distinct_phantoms_are_not_confirmed():
     sim = flat @ flat.T
     np.fill_diagonal(sim, -1)
     hardest = np.argsort(-np.triu(sim, 1).ravel())[:25]  # most alike pairs, not random ones
-    scores = [manifest.near_similarity(thumbs[i], thumbs[j])
-              for i, j in zip(*np.unravel_index(hardest, sim.shape), strict=True)]  # fmt: skip
+    scores = [
+        manifest.near_similarity(thumbs[i], thumbs[j])
+        for i, j in zip(*np.unravel_index(hardest, sim.shape), strict=True)
+    ]
     assert max(scores) < manifest.NEAR_SIMILARITY
 
 

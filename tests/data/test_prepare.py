@@ -48,8 +48,15 @@ class CsvFolderSource(Source):
             if not (self.root / row["path"]).exists():
                 yield Rejection(self.kind, row["path"], "file not found")
                 continue
-            yield SourceRecord(self.kind, self.root, row["path"], row["label"],
-                               f"t:{row['patient']}", "PA", site=row["site"])  # fmt: skip
+            yield SourceRecord(
+                self.kind,
+                self.root,
+                row["path"],
+                row["label"],
+                f"t:{row['patient']}",
+                "PA",
+                site=row["site"],
+            )
 
 
 def _image(seed: int, size: int = 96) -> np.ndarray:
@@ -184,12 +191,18 @@ def test_summary_table_counts(folder, tmp_path):
 
 # ---- crash safety: a kill after any step, then the same command again --------------------------
 KILL_POINTS = [  # (object holding the step, its name, which call): prepare's steps in order
-    (prepare_mod, "save_yaml", 1), (prepare_mod, "_decode_all", 1),
-    (prepare_mod, "_deduplicate", 1), (prepare_mod.splits, "apply_quota", 1), (prepare_mod.splits, "split", 1),
-    (prepare_mod, "_write_manifest", 1), (prepare_mod.cache, "gather", 1),
-    (prepare_mod, "_write_csv", 1), (prepare_mod, "_write_csv", 2),
-    (prepare_mod.completion, "mark_complete", 1), (prepare_mod.shutil, "rmtree", 1),
-]  # fmt: skip
+    (prepare_mod, "save_yaml", 1),
+    (prepare_mod, "_decode_all", 1),
+    (prepare_mod, "_deduplicate", 1),
+    (prepare_mod.splits, "apply_quota", 1),
+    (prepare_mod.splits, "split", 1),
+    (prepare_mod, "_write_manifest", 1),
+    (prepare_mod.cache, "gather", 1),
+    (prepare_mod, "_write_csv", 1),
+    (prepare_mod, "_write_csv", 2),
+    (prepare_mod.completion, "mark_complete", 1),
+    (prepare_mod.shutil, "rmtree", 1),
+]
 
 
 def _kill_after(monkeypatch, owner, name: str, nth: int) -> None:
@@ -205,10 +218,14 @@ def _kill_after(monkeypatch, owner, name: str, nth: int) -> None:
     monkeypatch.setattr(owner, name, step)
 
 
-@pytest.mark.parametrize(("owner", "name", "nth"), KILL_POINTS,
-                         ids=[f"{n}{'#2' if k > 1 else ''}" for _, n, k in KILL_POINTS])  # fmt: skip
-def test_kill_after_any_step_is_refused_then_rerun_completes(folder, tmp_path, monkeypatch,
-                                                             owner, name, nth):  # fmt: skip
+@pytest.mark.parametrize(
+    ("owner", "name", "nth"),
+    KILL_POINTS,
+    ids=[f"{n}{'#2' if k > 1 else ''}" for _, n, k in KILL_POINTS],
+)
+def test_kill_after_any_step_is_refused_then_rerun_completes(
+    folder, tmp_path, monkeypatch, owner, name, nth
+):
 
     out = tmp_path / "out"
     with monkeypatch.context() as m:
@@ -231,8 +248,11 @@ def test_kill_after_any_step_is_refused_then_rerun_completes(folder, tmp_path, m
 def test_failed_run_leftovers_do_not_block_a_corrected_run(folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
     with monkeypatch.context() as m:  # a run with another size that fails while scanning
-        m.setattr(CsvFolderSource, "scan", lambda self: (_ for _ in ()).throw(
-            CxrGuideError("labels.csv: broken")))  # fmt: skip
+        m.setattr(
+            CsvFolderSource,
+            "scan",
+            lambda self: (_ for _ in ()).throw(CxrGuideError("labels.csv: broken")),
+        )
         with pytest.raises(CxrGuideError, match="broken"):
             prepare_mod.prepare(_cfg(folder, out, size=96))
     assert (out / "prepare_config.yaml").exists()
@@ -262,8 +282,17 @@ def test_sigkill_after_manifest_then_rerun_completes(tmp_path, capsys):
         "p._write_manifest = dying\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    argv = ["prepare", "--source", f"synthetic={synth}", "--out", str(out), "--size", "64",
-            "--workers", "1"]  # fmt: skip
+    argv = [
+        "prepare",
+        "--source",
+        f"synthetic={synth}",
+        "--out",
+        str(out),
+        "--size",
+        "64",
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     killed = subprocess.run([sys.executable, "-c", script, *argv], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL and (out / "manifest.csv").exists()
@@ -288,8 +317,9 @@ def test_file_under_two_patients_and_sources_named(folder, tmp_path):
     manifest = pd.read_csv(out / "manifest.csv")
     assert set(manifest.root) == {str(folder)}  # which folder each row came from
     with pytest.raises(CxrGuideError, match="given twice"):
-        prepare_mod.prepare(_cfg(folder, tmp_path / "b", source=[f"testfolder={folder}",
-                                                                 f"testfolder={folder}/"]))  # fmt: skip
+        prepare_mod.prepare(
+            _cfg(folder, tmp_path / "b", source=[f"testfolder={folder}", f"testfolder={folder}/"])
+        )
 
 
 def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
@@ -306,10 +336,17 @@ def test_non_radiograph_dicom_rejected_with_its_modality(folder, tmp_path):
 
 
 def test_warning_codes_in_the_manifest_and_for_processing_rejected(folder, tmp_path):
-    dicom_film(folder / "img/burn.dcm", chest_like(120, 100, seed=7), BurnedInAnnotation="YES",
-               PatientOrientation=["R", "F"])  # fmt: skip
-    dicom_film(folder / "img/raw.dcm", chest_like(120, 100, seed=8),
-               PresentationIntentType="FOR PROCESSING")  # fmt: skip
+    dicom_film(
+        folder / "img/burn.dcm",
+        chest_like(120, 100, seed=7),
+        BurnedInAnnotation="YES",
+        PatientOrientation=["R", "F"],
+    )
+    dicom_film(
+        folder / "img/raw.dcm",
+        chest_like(120, 100, seed=8),
+        PresentationIntentType="FOR PROCESSING",
+    )
     with (folder / "labels.csv").open("a", newline="") as fh:
         csv.writer(fh).writerow(("img/burn.dcm", "Normal", "burn-patient", "siteA"))
         csv.writer(fh).writerow(("img/raw.dcm", "Normal", "raw-patient", "siteA"))
@@ -318,8 +355,9 @@ def test_warning_codes_in_the_manifest_and_for_processing_rejected(folder, tmp_p
     assert m.loc["img/burn.dcm", "warnings"] == "burned_in_annotation;mirrored"
     assert m.loc["img/0000.png", "warnings"] == ""
     rejected = pd.read_csv(out / "rejected.csv").set_index("path")
-    assert rejected.loc["img/raw.dcm", "reason"].endswith("pass --allow-for-processing to read "
-                                                         "it anyway")  # fmt: skip
+    assert rejected.loc["img/raw.dcm", "reason"].endswith(
+        "pass --allow-for-processing to read it anyway"
+    )
 
 
 def test_dicom_with_a_cut_jpeg_frame_rejected(folder, tmp_path):
@@ -359,8 +397,14 @@ def test_parallel_gather_matches_a_serial_one(tmp_path):
     assert np.array_equal(one, src[rows]) and np.array_equal(two, src[rows])
     np.save(tmp_path / "src.npy", src)  # prepare's one pool: the workers open the files by name
     with fork_pool(2) as pool:
-        cache.gather(cache.open_readonly(tmp_path / "src.npy"), rows, tmp_path / "three.npy",
-                     chunk=4, workers=2, pool=pool)  # fmt: skip
+        cache.gather(
+            cache.open_readonly(tmp_path / "src.npy"),
+            rows,
+            tmp_path / "three.npy",
+            chunk=4,
+            workers=2,
+            pool=pool,
+        )
     assert np.array_equal(np.load(tmp_path / "three.npy"), src[rows])
 
 
@@ -378,8 +422,19 @@ def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, mon
     monkeypatch.setattr(prepare_mod, "_decode", dies_on_the_planted_file)
     signal.alarm(120)  # a hang fails the test instead of stalling the suite
     try:
-        code = main(["prepare", "--source", f"testfolder={folder}", "--out",
-                     str(tmp_path / "out"), "--size", "64", "--workers", "2"])  # fmt: skip
+        code = main(
+            [
+                "prepare",
+                "--source",
+                f"testfolder={folder}",
+                "--out",
+                str(tmp_path / "out"),
+                "--size",
+                "64",
+                "--workers",
+                "2",
+            ]
+        )
     finally:
         signal.alarm(0)
     err = capsys.readouterr().err.strip()

@@ -67,8 +67,9 @@ def test_report_aligns_cams_with_each_rows_lung_mask(tiny_prepared, monkeypatch,
     monkeypatch.setattr(am, "model_cam", fake_cam)
     monkeypatch.setattr(am, "DataLoader", loader)
     prep = Prepared.open(tiny_prepared)
-    rep = am.attention_report(torch.nn.Identity(), prep, "test", 64, torch.device("cpu"), batch_size=4,
-                              progress=False)  # fmt: skip
+    rep = am.attention_report(
+        torch.nn.Identity(), prep, "test", 64, torch.device("cpu"), batch_size=4, progress=False
+    )
     lungs = rep["lungs"]
     assert rep["images"] == 6 and lungs["empty_cams"] == 0
     assert lungs["energy"]["mean"] == pytest.approx(1.0 if inside else 0.0)
@@ -83,8 +84,9 @@ def test_report_skips_with_a_note_without_masks_and_scores_a_real_model(tiny_pre
     rep = am.attention_report(model, prep, "test", 64, torch.device("cpu"), progress=False)
     assert "lungs predict" in rep["lungs"]["skipped"] and "images" not in rep
     _lungs(tiny_prepared)
-    rep = am.attention_report(model, prep, "train", 64, torch.device("cpu"), max_images=5,
-                              progress=False)  # fmt: skip
+    rep = am.attention_report(
+        model, prep, "train", 64, torch.device("cpu"), max_images=5, progress=False
+    )
     e = rep["lungs"]["energy"]
     assert rep["images"] == 5 and e["n"] + rep["lungs"]["empty_cams"] == 5
     assert 0 <= e["min"] <= e["q25"] <= e["median"] <= e["q75"] <= e["max"] <= 1
@@ -123,8 +125,19 @@ def test_evaluate_puts_lung_energy_next_to_accuracy(tiny_prepared, tmp_path):
     yy, xx = np.mgrid[:size, :size]
     lung = (((yy - 32) / 24) ** 2 + ((xx - 32) / 20) ** 2 <= 1).astype(np.uint8) * 255
     np.save(tiny_prepared / f"cache/lungs_{size}.npy", np.repeat(lung[None], n, axis=0))
-    row = train(TrainConfig(stage=1, data=tiny_prepared, backbone="mobilenet_v2", weights="none",
-                            image_size=64, max_epochs=1, batch_size=8, out=tmp_path), score_split)[0]  # fmt: skip
+    row = train(
+        TrainConfig(
+            stage=1,
+            data=tiny_prepared,
+            backbone="mobilenet_v2",
+            weights="none",
+            image_size=64,
+            max_epochs=1,
+            batch_size=8,
+            out=tmp_path,
+        ),
+        score_split,
+    )[0]
     report = evaluate_run(row["run"], "test", n_boot=10, progress=False)
     saved = json.loads((tmp_path / "stage1-mobilenet_v2/metrics_test.json").read_text())
     energy = report["attention"]["lungs"]["energy"]

@@ -97,8 +97,13 @@ def test_a_skilled_model_gets_no_warning():
     n = 200
     sites = np.array(["A", "B"] * (n // 2))
     y = rng.integers(0, 3, n)
-    manifest = pd.DataFrame({"site": sites, "label": [("Normal", "Pneumonia", "COVID-19")[k]
-                                                       for k in y], "split": "train"})  # fmt: skip
+    manifest = pd.DataFrame(
+        {
+            "site": sites,
+            "label": [("Normal", "Pneumonia", "COVID-19")[k] for k in y],
+            "split": "train",
+        }
+    )
     report = _report(y, y, sites, manifest)
     assert report["warnings"] == []
     assert report["baselines"]["majority"]["margin_ci95"][0] > 0.5

@@ -75,8 +75,7 @@ def test_vector_scaling_meets_the_nll_optimality_conditions_exactly():
     probabilities sum to the class count (bias) and sum_i z_ik (p_ik - y_ik) = 0 (scale)."""
     rng = np.random.default_rng(3)
     z = rng.normal(0, 2, (300, 3))
-    y = np.array([rng.choice(3, p=softmax((0.5 * row + [0.3, 0, -0.3])[None])[0])
-                  for row in z])  # fmt: skip
+    y = np.array([rng.choice(3, p=softmax((0.5 * row + [0.3, 0, -0.3])[None])[0]) for row in z])
     w, b = calibration.fit_vector_scaling(z, y)
     p = softmax(z * w + b)
     onehot = np.eye(3)[y]

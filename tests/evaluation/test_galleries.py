@@ -46,18 +46,24 @@ def _predictions(rows: list[tuple[str, str, list[float]]]) -> pd.DataFrame:
 
 
 def test_select_gallery_groups_by_confidence_and_margin():
-    preds = _predictions([
-        ("a", "Normal", [0.90, 0.05, 0.05]),  # correct, most confident
-        ("b", "Normal", [0.60, 0.30, 0.10]),  # correct
-        ("c", "Normal", [0.40, 0.38, 0.22]),  # correct but borderline (margin .02)
-        ("d", "Normal", [0.10, 0.85, 0.05]),  # confident mistake
-        ("e", "Normal", [0.30, 0.38, 0.32]),  # mistake, margin .06
-        ("f", "COVID-19", [0.20, 0.10, 0.70]),
-    ])  # fmt: skip
+    preds = _predictions(
+        [
+            ("a", "Normal", [0.90, 0.05, 0.05]),  # correct, most confident
+            ("b", "Normal", [0.60, 0.30, 0.10]),  # correct
+            ("c", "Normal", [0.40, 0.38, 0.22]),  # correct but borderline (margin .02)
+            ("d", "Normal", [0.10, 0.85, 0.05]),  # confident mistake
+            ("e", "Normal", [0.30, 0.38, 0.32]),  # mistake, margin .06
+            ("f", "COVID-19", [0.20, 0.10, 0.70]),
+        ]
+    )
     one = select_gallery(preds, per_group=1)
     picked = {(r.true, r.group): r.image_id for r in one.itertuples()}
-    assert picked == {("Normal", "correct"): "a", ("Normal", "mistake"): "d",
-                      ("Normal", "borderline"): "c", ("COVID-19", "correct"): "f"}  # fmt: skip
+    assert picked == {
+        ("Normal", "correct"): "a",
+        ("Normal", "mistake"): "d",
+        ("Normal", "borderline"): "c",
+        ("COVID-19", "correct"): "f",
+    }
     two = select_gallery(preds, per_group=2)
     normal = two[two.true == "Normal"]
     assert list(normal[normal.group == "correct"].image_id) == ["a", "b"]
@@ -68,11 +74,21 @@ def test_select_gallery_groups_by_confidence_and_margin():
 
 
 def test_select_compare_follows_the_last_run_on_common_images():
-    first = _predictions([("a", "Normal", [0.9, 0.05, 0.05]), ("b", "Normal", [0.2, 0.7, 0.1]),
-                          ("c", "Pneumonia", [0.3, 0.6, 0.1])])  # fmt: skip
-    last = _predictions([("a", "Normal", [0.4, 0.5, 0.1]), ("b", "Normal", [0.8, 0.1, 0.1]),
-                         ("c", "Pneumonia", [0.2, 0.7, 0.1]),
-                         ("z", "Normal", [0.99, 0.0, 0.01])])  # z: only in the last run  # fmt: skip
+    first = _predictions(
+        [
+            ("a", "Normal", [0.9, 0.05, 0.05]),
+            ("b", "Normal", [0.2, 0.7, 0.1]),
+            ("c", "Pneumonia", [0.3, 0.6, 0.1]),
+        ]
+    )
+    last = _predictions(
+        [
+            ("a", "Normal", [0.4, 0.5, 0.1]),
+            ("b", "Normal", [0.8, 0.1, 0.1]),
+            ("c", "Pneumonia", [0.2, 0.7, 0.1]),
+            ("z", "Normal", [0.99, 0.0, 0.01]),
+        ]
+    )  # z: only in the last run
     assert select_compare([first, last], per_class=1) == ["b", "c"]
     assert select_compare([first, last], per_class=5) == ["b", "a", "c"]
 
@@ -170,8 +186,9 @@ def test_compare_runs_puts_the_same_films_under_each_stage(runs, tmp_path):
         assert [r["run"] for r in item["runs"]] == [str(s) for s in stages]
         for r, p in zip(item["runs"], preds, strict=True):
             assert r["predicted"] == p.loc[item["image"], "predicted"]
-            assert r["probability"] == pytest.approx(p.loc[item["image"], f"p_{r['predicted']}"],
-                                                     abs=1e-4)  # fmt: skip
+            assert r["probability"] == pytest.approx(
+                p.loc[item["image"], f"p_{r['predicted']}"], abs=1e-4
+            )
     png = np.asarray(Image.open(tmp_path / "compare.png").convert("RGB"))
     assert png.shape[1] >= 4 * 200 and png.shape[0] >= 3 * 200  # film + 3 runs, 3 films
     with pytest.raises(CxrGuideError, match="at least two runs"):

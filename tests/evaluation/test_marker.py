@@ -20,11 +20,24 @@ def test_paint_out_fills_the_box_with_its_surroundings():
 
 
 def test_format_report_puts_the_marker_figures_and_the_warning_next_to_lung_energy():
-    report = {"n": 3, "accuracy": 1.0, "macro_f1": 1.0, "macro_auc": 1.0, "per_class": {},
-              "confusion_matrix": [], "lung_energy": 0.5, "skipped": {"empty lung mask": 2},
-              "shortcut": {"split": "shortcut_test", "n": 9, "accuracy": 0.25,
-                           "follows_marker": 0.625, "erased_accuracy": 0.5,
-                           "note": LUNG_ENERGY_NOTE}}  # fmt: skip
+    report = {
+        "n": 3,
+        "accuracy": 1.0,
+        "macro_f1": 1.0,
+        "macro_auc": 1.0,
+        "per_class": {},
+        "confusion_matrix": [],
+        "lung_energy": 0.5,
+        "skipped": {"empty lung mask": 2},
+        "shortcut": {
+            "split": "shortcut_test",
+            "n": 9,
+            "accuracy": 0.25,
+            "follows_marker": 0.625,
+            "erased_accuracy": 0.5,
+            "note": LUNG_ENERGY_NOTE,
+        },
+    }
     text = format_report(report)
     assert "Grad-CAM energy in the lungs  50.0%" in text
     assert "follows the marker  62.5%, marker painted out  50.0%" in text

@@ -57,8 +57,15 @@ class NhwcRgbWrapper(nn.Module):
 
 def _export(module: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> Path:
     axes = {"image": {0: "batch"}, "out": {0: "batch"}} if dynamic_batch else None
-    torch.onnx.export(module.eval(), (example,), str(path), input_names=["image"],
-                      output_names=["out"], dynamic_axes=axes, dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        module.eval(),
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["out"],
+        dynamic_axes=axes,
+        dynamo=False,
+    )
     return path
 
 
@@ -69,13 +76,21 @@ def setup(tmp_path_factory):
     model = create_model("mobilenet_v2", "none", seed=0).eval()
     nchw = _export(model, torch.rand(2, 1, SIZE, SIZE), root / "mnv2.onnx", dynamic_batch=True)
     # fixed batch of 4: the 6 test images go in as 4 + 2 padded
-    nhwc = _export(NhwcRgbWrapper(model), torch.rand(4, SIZE, SIZE, 3), root / "nhwc.onnx",
-                   dynamic_batch=False)  # fmt: skip
+    nhwc = _export(
+        NhwcRgbWrapper(model), torch.rand(4, SIZE, SIZE, 3), root / "nhwc.onnx", dynamic_batch=False
+    )
     prepared = Prepared.open(prep)
     dataset = CxrDataset(prepared, "test", image_size=SIZE)
     probs, rows = predict_split(model, dataset, torch.device("cpu"), batch_size=4, progress=False)
-    return {"root": root, "prep": prep, "nchw": nchw, "nhwc": nhwc, "torch_probs": probs,
-            "rows": rows, "prepared": prepared}  # fmt: skip
+    return {
+        "root": root,
+        "prep": prep,
+        "nchw": nchw,
+        "nhwc": nhwc,
+        "torch_probs": probs,
+        "rows": rows,
+        "prepared": prepared,
+    }
 
 
 def _probs(out: Path, split: str = "test") -> pd.DataFrame:
@@ -83,8 +98,17 @@ def _probs(out: Path, split: str = "test") -> pd.DataFrame:
 
 
 def test_cli_onnx_matches_pytorch_and_writes_metrics(setup, capsys):
-    code = main(["evaluate", "--onnx", str(setup["nchw"]), "--data", str(setup["prep"]),
-                 "--bootstrap", "20"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--onnx",
+            str(setup["nchw"]),
+            "--data",
+            str(setup["prep"]),
+            "--bootstrap",
+            "20",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     out = setup["root"] / "mnv2_eval"  # default: <stem>_eval beside the model
     table = _probs(out)
@@ -96,24 +120,43 @@ def test_cli_onnx_matches_pytorch_and_writes_metrics(setup, capsys):
     assert 0 <= metrics["accuracy"] <= 1 and metrics["macro_auc"] is not None
     assert metrics["onnx"]["layout"] == "nchw" and metrics["onnx"]["channels"] == 1
     assert metrics["onnx"]["output_kind"] == "logits"
-    expected_acc = float((setup["torch_probs"].argmax(1) == table.true.map(
-        {c: i for i, c in enumerate(CLASSES)}).to_numpy()).mean())  # fmt: skip
+    expected_acc = float(
+        (
+            setup["torch_probs"].argmax(1)
+            == table.true.map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+        ).mean()
+    )
     assert metrics["accuracy"] == pytest.approx(expected_acc)
     assert "accuracy" in capsys.readouterr().out
 
 
 def test_nhwc_rgb_probability_model_with_fixed_batch_and_class_order(setup, tmp_path):
-    report = evaluate_onnx(setup["nhwc"], setup["prep"], "test", tmp_path / "o",
-                           normalize="imagenet", classes="COVID-19,Normal,Pneumonia",
-                           n_boot=10, progress=False)  # fmt: skip
+    report = evaluate_onnx(
+        setup["nhwc"],
+        setup["prep"],
+        "test",
+        tmp_path / "o",
+        normalize="imagenet",
+        classes="COVID-19,Normal,Pneumonia",
+        n_boot=10,
+        progress=False,
+    )
     feed = report["onnx"]
     assert (feed["layout"], feed["channels"], feed["height"], feed["batch"]) == ("nhwc", 3, 64, 4)
     assert feed["output_kind"] == "probabilities"  # no second softmax
-    np.testing.assert_allclose(_probs(tmp_path / "o")[PROBS].to_numpy(), setup["torch_probs"],
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        _probs(tmp_path / "o")[PROBS].to_numpy(), setup["torch_probs"], atol=1e-4
+    )
     # a wrong class order is visible: the columns come out permuted
-    evaluate_onnx(setup["nhwc"], setup["prep"], "test", tmp_path / "w", normalize="imagenet",
-                  n_boot=10, progress=False)  # fmt: skip
+    evaluate_onnx(
+        setup["nhwc"],
+        setup["prep"],
+        "test",
+        tmp_path / "w",
+        normalize="imagenet",
+        n_boot=10,
+        progress=False,
+    )
     wrong = _probs(tmp_path / "w")[PROBS].to_numpy()
     np.testing.assert_allclose(wrong, setup["torch_probs"][:, [2, 0, 1]], atol=1e-4)
 
@@ -141,20 +184,23 @@ def test_graph_without_one_image_input_or_3_wide_output(setup, tmp_path, capsys)
     flat = _graph_model(tmp_path / "flat.onnx", [("x", ["N", 3, 8, 8])], ["N", 192], "Flatten")
     with pytest.raises(CxrGuideError, match=r"flat\.onnx: no 3-wide"):
         evaluate_onnx(flat, setup["prep"], progress=False)
-    two = _graph_model(tmp_path / "two.onnx", [("a", ["N", 3, 8, 8]), ("b", ["N", 3, 8, 8])],
-                       ["N", 192], "Flatten")  # fmt: skip
+    two = _graph_model(
+        tmp_path / "two.onnx", [("a", ["N", 3, 8, 8]), ("b", ["N", 3, 8, 8])], ["N", 192], "Flatten"
+    )
     assert main(["evaluate", "--onnx", str(two), "--data", str(setup["prep"])]) == 2
     assert "2 inputs (a, b)" in capsys.readouterr().err
 
 
 def test_pooling_graph_with_dynamic_size_uses_override(setup, tmp_path):
     # mean over H, W of a 3-channel image: dynamic spatial dims, 3 channels, probabilities-free
-    gap = _graph_model(tmp_path / "gap.onnx", [("x", ["N", 3, "H", "W"])], ["N", 3, 1, 1],
-                       "GlobalAveragePool")  # fmt: skip
+    gap = _graph_model(
+        tmp_path / "gap.onnx", [("x", ["N", 3, "H", "W"])], ["N", 3, 1, 1], "GlobalAveragePool"
+    )
     with pytest.raises(CxrGuideError, match="no 3-wide"):
         evaluate_onnx(gap, setup["prep"], progress=False)  # rank-4 output is not (batch, 3)
-    report = evaluate_onnx(gap, setup["prep"], "test", tmp_path / "g", size=32,
-                           output="y", n_boot=5, progress=False)  # fmt: skip
+    report = evaluate_onnx(
+        gap, setup["prep"], "test", tmp_path / "g", size=32, output="y", n_boot=5, progress=False
+    )
     assert (report["onnx"]["height"], report["onnx"]["width"]) == (32, 32)
     probs = _probs(tmp_path / "g")[PROBS].to_numpy()
     assert np.allclose(probs, 1 / 3, atol=1e-6)  # equal channel means -> uniform softmax
@@ -167,8 +213,7 @@ def test_resolve_input_rules():
     assert (a.layout, a.channels, a.height, a.width, a.batch) == ("nhwc", 3, 480, 480, 1)
     b = resolve_input(p, "x", ["N", "C", "H", "W"], "tensor(float)", **kw)
     assert (b.layout, b.channels, b.height, b.batch) == ("nchw", 3, 100, None)
-    c = resolve_input(p, "x", ["N", 240, 240, "C"], "tensor(float16)",
-                      **{**kw, "channels": 1})  # fmt: skip
+    c = resolve_input(p, "x", ["N", 240, 240, "C"], "tensor(float16)", **{**kw, "channels": 1})
     assert (c.layout, c.channels, c.height, c.dtype) == ("nhwc", 1, 240, "float16")
     with pytest.raises(CxrGuideError, match="fixes input size 480x480, not 224"):
         resolve_input(p, "x", [1, 480, 480, 3], "tensor(float)", **{**kw, "size": 224})
@@ -211,8 +256,9 @@ def gated(tmp_path_factory):
     prep = make_prepared(root / "prep", size=SIZE)
     masks = write_lung_cache(prep, size=SIZE)
     model = create_model("mobilenet_v2", "none", seed=0).eval()
-    path = export_onnx(ExportModule(model, GATED, lung_gate=True).eval(), root / "stage3.onnx",
-                       GATED)  # fmt: skip
+    path = export_onnx(
+        ExportModule(model, GATED, lung_gate=True).eval(), root / "stage3.onnx", GATED
+    )
     prepared = Prepared.open(prep)
     dataset = CxrDataset(prepared, "test", image_size=GATED)
     image = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
@@ -220,14 +266,31 @@ def gated(tmp_path_factory):
     with torch.no_grad():
         expected = torch.softmax(model(image, lung), 1).numpy()
         ungated = torch.softmax(model(image), 1).numpy()
-    return {"root": root, "prep": prep, "onnx": path, "expected": expected, "ungated": ungated,
-            "ids": list(prepared.manifest.image_id.iloc[dataset.rows])}  # fmt: skip
+    return {
+        "root": root,
+        "prep": prep,
+        "onnx": path,
+        "expected": expected,
+        "ungated": ungated,
+        "ids": list(prepared.manifest.image_id.iloc[dataset.rows]),
+    }
 
 
 def test_gated_export_is_fed_the_lung_cache(gated, capsys):
     out = gated["root"] / "eval"
-    code = main(["evaluate", "--onnx", str(gated["onnx"]), "--data", str(gated["prep"]),
-                 "--out", str(out), "--bootstrap", "10"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--onnx",
+            str(gated["onnx"]),
+            "--data",
+            str(gated["prep"]),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "10",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     table = _probs(out)
     assert list(table.image_id) == gated["ids"]
@@ -241,8 +304,17 @@ def test_gated_export_is_fed_the_lung_cache(gated, capsys):
 
 
 def test_gated_export_on_a_set_without_lung_masks_is_one_line_exit_2(gated, setup, capsys):
-    code = main(["evaluate", "--onnx", str(gated["onnx"]), "--data", str(setup["prep"]),
-                 "--out", str(gated["root"] / "none")])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            "--onnx",
+            str(gated["onnx"]),
+            "--data",
+            str(setup["prep"]),
+            "--out",
+            str(gated["root"] / "none"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"lungs_{SIZE}.npy: no lung masks" in err and "stage3.onnx" in err
@@ -260,8 +332,9 @@ class CovidNetSignature(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        yy, xx = torch.meshgrid(torch.arange(self.SIDE) / self.SIDE,
-                                torch.arange(self.SIDE) / self.SIDE, indexing="ij")  # fmt: skip
+        yy, xx = torch.meshgrid(
+            torch.arange(self.SIDE) / self.SIDE, torch.arange(self.SIDE) / self.SIDE, indexing="ij"
+        )
         regions = []
         for k in range(3):
             cy, cx = 0.3 + 0.2 * k, 0.35 + 0.15 * k
@@ -286,22 +359,35 @@ def test_covidnet_signature_scored_by_the_readme_command(setup, tmp_path, capsys
     model = CovidNetSignature().eval()
     side = CovidNetSignature.SIDE
     path = tmp_path / "COVIDNet-CXR4-A.onnx"
-    torch.onnx.export(model, (torch.rand(2, side, side, 3),), str(path),
-                      input_names=["input_1:0"], output_names=["norm_dense_1/Softmax:0"],
-                      dynamic_axes={"input_1:0": {0: "N"}, "norm_dense_1/Softmax:0": {0: "N"}},
-                      dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (torch.rand(2, side, side, 3),),
+        str(path),
+        input_names=["input_1:0"],
+        output_names=["norm_dense_1/Softmax:0"],
+        dynamic_axes={"input_1:0": {0: "N"}, "norm_dense_1/Softmax:0": {0: "N"}},
+        dynamo=False,
+    )
     readme = _readme_covidnet_command()
 
     def argv(out: str, swap: dict[str, str] | None = None) -> list[str]:
-        swap = (swap or {}) | {"COVIDNet-CXR4-A.onnx": str(path), "prepared": str(setup["prep"]),
-                 "covidnet-cxr4a_eval": str(tmp_path / out)}  # fmt: skip
+        swap = (swap or {}) | {
+            "COVIDNet-CXR4-A.onnx": str(path),
+            "prepared": str(setup["prep"]),
+            "covidnet-cxr4a_eval": str(tmp_path / out),
+        }
         return [swap.get(a, a) for a in readme] + ["--bootstrap", "20"]
 
     assert main(argv("eval")) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "eval" / "metrics_test.json").read_text())
     feed = report["onnx"]
     assert (feed["name"], feed["layout"], feed["channels"], feed["height"], feed["width"]) == (
-        "input_1:0", "nhwc", 3, side, side)  # fmt: skip
+        "input_1:0",
+        "nhwc",
+        3,
+        side,
+        side,
+    )
     assert (feed["output"], feed["output_kind"]) == ("norm_dense_1/Softmax:0", "probabilities")
     assert report["n"] == 6 and report["accuracy"] == 1.0  # the blobs are read in the right order
     # the reference: the same images, resized by torch here, through the PyTorch model

@@ -27,8 +27,20 @@ def fitted_run(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("reliability")
     prep = make_prepared(root / "prep", n_per_class=48)
-    train(TrainConfig(stage=1, data=prep, backbone="mobilenet_v2", weights="none", image_size=64,
-                      max_epochs=2, batch_size=16, out=root / "runs", progress=False), score_split)  # fmt: skip
+    train(
+        TrainConfig(
+            stage=1,
+            data=prep,
+            backbone="mobilenet_v2",
+            weights="none",
+            image_size=64,
+            max_epochs=2,
+            batch_size=16,
+            out=root / "runs",
+            progress=False,
+        ),
+        score_split,
+    )
     return root / "runs" / "stage1-mobilenet_v2"
 
 
@@ -60,8 +72,20 @@ def test_statistics_are_fitted_when_training_finishes(fitted_run):
 def test_evaluate_other_data_all_films_writes_auroc(fitted_run, tmp_path, capsys):
     other = make_prepared(tmp_path / "other", n_per_class=4, size=48, seed=7)
     out = tmp_path / "out"
-    code = main(["evaluate", str(fitted_run), "--data", str(other), "--split", "all",
-                 "--out", str(out), "--bootstrap", "0"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            str(fitted_run),
+            "--data",
+            str(other),
+            "--split",
+            "all",
+            "--out",
+            str(out),
+            "--bootstrap",
+            "0",
+        ]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics_all.json").read_text())
     assert metrics["n"] == 12 and metrics["split"] == "all"
@@ -88,8 +112,20 @@ def test_small_validation_gives_a_warning_and_no_threshold(tmp_path_factory):
 @pytest.mark.slow
 def test_evaluate_calibration_vector_refits_and_applies_it(fitted_run, tmp_path, capsys):
     out = tmp_path / "vec"
-    code = main(["evaluate", str(fitted_run), "--calibration", "vector", "--false-flag-rate",
-                 "0.1", "--out", str(out), "--bootstrap", "0"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            str(fitted_run),
+            "--calibration",
+            "vector",
+            "--false-flag-rate",
+            "0.1",
+            "--out",
+            str(out),
+            "--bootstrap",
+            "0",
+        ]
+    )
     assert code == 0
     rel = load_reliability(fitted_run)
     assert rel.method == "vector" and rel.vector_scale.shape == (3,) and rel.false_flag_rate == 0.1

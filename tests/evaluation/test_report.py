@@ -35,8 +35,15 @@ from explain_helpers import tiny_runs
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class Page(HTMLParser):
@@ -90,15 +97,24 @@ def extras(tmp_path_factory) -> dict[str, Path]:
     """A shortcut table as `bench shortcut` writes it and a tuning folder with Optuna plots."""
 
     root = tmp_path_factory.mktemp("extras")
-    rows = pd.DataFrame({"variant": ["stage2", "stage2", "gate"], "test_accuracy": [0.9, 0.8, 0.85],
-                         "shortcut_accuracy": [0.1, 0.2, 0.6], "follows_marker": [0.9, 0.8, 0.3],
-                         "lung_energy": [0.3, 0.4, 0.8], "lung_pointing": [0.2, 0.3, 0.9],
-                         "marker_energy": [0.5, 0.4, 0.1], "lesion_energy": [0.1, 0.1, 0.2],
-                         "minutes": [1.0, 1.2, 2.0]})  # fmt: skip
+    rows = pd.DataFrame(
+        {
+            "variant": ["stage2", "stage2", "gate"],
+            "test_accuracy": [0.9, 0.8, 0.85],
+            "shortcut_accuracy": [0.1, 0.2, 0.6],
+            "follows_marker": [0.9, 0.8, 0.3],
+            "lung_energy": [0.3, 0.4, 0.8],
+            "lung_pointing": [0.2, 0.3, 0.9],
+            "marker_energy": [0.5, 0.4, 0.1],
+            "lesion_energy": [0.1, 0.1, 0.2],
+            "minutes": [1.0, 1.2, 2.0],
+        }
+    )
     rows.to_csv(root / "shortcut_runs.csv", index=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", study_name="tiny",
-                                sampler=optuna.samplers.RandomSampler(seed=0))  # fmt: skip
+    study = optuna.create_study(
+        direction="maximize", study_name="tiny", sampler=optuna.samplers.RandomSampler(seed=0)
+    )
     study.optimize(lambda t: -((t.suggest_float("lr", 0, 1) - 0.3) ** 2), n_trials=4)
     (root / "tune").mkdir()
     plot_history(study, root / "tune/optimization_history.png")
@@ -108,8 +124,9 @@ def extras(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def report(runs, extras, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "report.html"
-    return build_report([runs["stage1"].parent], out, shortcut=extras["shortcut"],
-                        tune=extras["tune"], device="cpu")  # fmt: skip
+    return build_report(
+        [runs["stage1"].parent], out, shortcut=extras["shortcut"], tune=extras["tune"], device="cpu"
+    )
 
 
 def test_find_runs_takes_run_folders_and_folders_of_runs(runs, tmp_path):
@@ -130,8 +147,9 @@ def test_report_holds_the_studys_tables_and_only_embedded_figures(report, runs):
     t = page.tables
     # Table 3: 2 sites x 3 classes + total; 24 / 6 / 6 images
     assert len(t["data-0"]) == 7 and t["data-0"][-1] == ["all", "all", "24", "6", "6", "36"]
-    assert t["models"] == [["MobileNet V2", "64x64", "2x2x1280", "2.40", "2.43", "0.025",
-                            "7x7x1280", "2.6"]]  # fmt: skip
+    assert t["models"] == [
+        ["MobileNet V2", "64x64", "2x2x1280", "2.40", "2.43", "0.025", "7x7x1280", "2.6"]
+    ]
     for stage in (1, 2, 3):
         run = runs[f"stage{stage}"]
         metrics = json.loads((run / "metrics_test.json").read_text())
@@ -161,8 +179,7 @@ def test_report_holds_the_studys_tables_and_only_embedded_figures(report, runs):
 
 
 def test_report_embeds_an_explain_folder_instead_of_drawing(runs, tmp_path):
-    explain_run(runs["stage2"], tmp_path / "figs", ["synthetic:images/Normal-10.png"],
-                device="cpu")  # fmt: skip
+    explain_run(runs["stage2"], tmp_path / "figs", ["synthetic:images/Normal-10.png"], device="cpu")
     out = build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs")
     page = Page(out.read_text())
     assert page.images == 3  # the run's panels, the one explain figure, its reliability diagram
@@ -170,26 +187,51 @@ def test_report_embeds_an_explain_folder_instead_of_drawing(runs, tmp_path):
     with pytest.raises(CxrGuideError, match="explain folder not found"):
         build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "nope")
     with pytest.raises(CxrGuideError, match="shortcut benchmark file not found"):
-        build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs",
-                     shortcut=tmp_path / "none_runs.csv")  # fmt: skip
+        build_report(
+            [runs["stage2"]],
+            tmp_path / "r.html",
+            explain_dir=tmp_path / "figs",
+            shortcut=tmp_path / "none_runs.csv",
+        )
 
 
 def _sources_study(folder: Path) -> Path:
     """A `bench sources` folder: two variants, two held-out sources, one skipped."""
 
     def variant(internal: list[float], external: list[float], probe: float) -> dict:
-        per = [{"source": s, "n": n, "internal_accuracy": i, "external_accuracy": e,
-                "external_ece": 0.2, "ood_auroc": None}
-               for s, n, i, e in zip(("A", "B"), (19, 20), internal, external, strict=True)]  # fmt: skip
-        return {"per_source": per, "mean_internal": float(np.mean(internal)),
-                "mean_external": float(np.mean(external)), "source_probe_accuracy": probe,
-                "source_probe_majority": 0.5, "worst_group_accuracy": 0.25}  # fmt: skip
+        per = [
+            {
+                "source": s,
+                "n": n,
+                "internal_accuracy": i,
+                "external_accuracy": e,
+                "external_ece": 0.2,
+                "ood_auroc": None,
+            }
+            for s, n, i, e in zip(("A", "B"), (19, 20), internal, external, strict=True)
+        ]
+        return {
+            "per_source": per,
+            "mean_internal": float(np.mean(internal)),
+            "mean_external": float(np.mean(external)),
+            "source_probe_accuracy": probe,
+            "source_probe_majority": 0.5,
+            "worst_group_accuracy": 0.25,
+        }
 
-    study = {"variants": {"stage2": variant([0.9, 0.8], [0.4, 0.5], 0.95),
-                          "stage2-adv": variant([0.85, 0.8], [0.5, 0.55], 0.7)},
-             "skipped": [{"source": "C", "n": 3, "reason": "3 films, fewer than --min-films 50"}],
-             "timing": {"wall": 60.0}, "backbone": "efficientnet_lite0", "weights": "imagenet",
-             "size": 128, "seeds": [0], "protocol": "Leave one source out."}  # fmt: skip
+    study = {
+        "variants": {
+            "stage2": variant([0.9, 0.8], [0.4, 0.5], 0.95),
+            "stage2-adv": variant([0.85, 0.8], [0.5, 0.55], 0.7),
+        },
+        "skipped": [{"source": "C", "n": 3, "reason": "3 films, fewer than --min-films 50"}],
+        "timing": {"wall": 60.0},
+        "backbone": "efficientnet_lite0",
+        "weights": "imagenet",
+        "size": 128,
+        "seeds": [0],
+        "protocol": "Leave one source out.",
+    }
     folder.mkdir()
     write_study(folder, study, pd.DataFrame())
     return folder
@@ -198,28 +240,40 @@ def _sources_study(folder: Path) -> Path:
 def test_report_has_the_cross_source_study_when_given(runs, tmp_path):
     study = _sources_study(tmp_path / "sources")
     (tmp_path / "figs").mkdir()
-    out = build_report([runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs",
-                       sources=study)  # fmt: skip
+    out = build_report(
+        [runs["stage2"]], tmp_path / "r.html", explain_dir=tmp_path / "figs", sources=study
+    )
     html = out.read_text()
     page = Page(html)
     assert page.tables["sources"] == [
         ["stage2", "85.0", "45.0", "-40.0", "95.0 (50.0)", "25.0", "20.0", "n/a"],
         ["stage2-adv", "82.5", "52.5", "-30.0", "70.0 (50.0)", "25.0", "20.0", "n/a"],
     ]
-    assert page.tables["sources-per-source"] == [["A", "19", "90.0 -> 40.0", "85.0 -> 50.0"],
-                                                 ["B", "20", "80.0 -> 50.0", "80.0 -> 55.0"]]  # fmt: skip
+    assert page.tables["sources-per-source"] == [
+        ["A", "19", "90.0 -> 40.0", "85.0 -> 50.0"],
+        ["B", "20", "80.0 -> 50.0", "80.0 -> 55.0"],
+    ]
     assert 'href="#sources-section"' in html and "Skipped C (3 films)" in " ".join(page.text)
     embedded = base64.b64encode((study / "sources.png").read_bytes()).decode("ascii")
     assert f"data:image/png;base64,{embedded}" in page.links
     # the sources.json file works as well as its folder; a folder without one fails in a line
-    again = build_report([runs["stage2"]], tmp_path / "r2.html", explain_dir=tmp_path / "figs",
-                         sources=study / "sources.json")  # fmt: skip
+    again = build_report(
+        [runs["stage2"]],
+        tmp_path / "r2.html",
+        explain_dir=tmp_path / "figs",
+        sources=study / "sources.json",
+    )
     assert Page(again.read_text()).tables["sources"] == page.tables["sources"]
     with pytest.raises(CxrGuideError, match="cross-source study not found"):
         build_report([runs["stage2"]], tmp_path / "r3.html", sources=tmp_path / "figs")
-    assert "#sources-section" not in Page(
-        build_report([runs["stage2"]], tmp_path / "r4.html",
-                     explain_dir=tmp_path / "figs").read_text()).links  # fmt: skip
+    assert (
+        "#sources-section"
+        not in Page(
+            build_report(
+                [runs["stage2"]], tmp_path / "r4.html", explain_dir=tmp_path / "figs"
+            ).read_text()
+        ).links
+    )
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
@@ -313,13 +367,24 @@ def test_report_shows_the_audit_rejections_and_lung_masks(runs, scratch_prep, tm
     manifest = pd.read_csv(prep / "manifest.csv")
     flags = ["ok"] * len(manifest)
     flags[3] = "implausible"
-    pd.DataFrame({"image_id": manifest.image_id, "area_fraction": 0.3, "components": 2,
-                  "lungs": 2, "flag": flags}).to_csv(prep / "lung_quality.csv", index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "image_id": manifest.image_id,
+            "area_fraction": 0.3,
+            "components": 2,
+            "lungs": 2,
+            "flag": flags,
+        }
+    ).to_csv(prep / "lung_quality.csv", index=False)
     out = build_report([runs["stage1"]], tmp_path / "r.html", explain_dir=tmp_path)
     page = Page(out.read_text())
     t = page.tables
-    assert t["rejected-0"][0] == ["radiography", "metadata",
-                                  "class folder not selected (--radiography-classes)", "2"]  # fmt: skip
+    assert t["rejected-0"][0] == [
+        "radiography",
+        "metadata",
+        "class folder not selected (--radiography-classes)",
+        "2",
+    ]
     assert t["audit-0-0"][0][0] == "site0" and t["audit-0-0"][0][-1] == "18"
     assert t["lungs-quality"] == [["ok", "35", "97.2"], ["implausible", "1", "2.8"]]
     text = " ".join(" ".join(page.text).split())
@@ -343,8 +408,12 @@ def test_shortcut_split_table_and_provenance_show_scope_and_phantom(tmp_path):
     table = shortcut_split_table([record(2, 0.97, 0.20), record(1, 0.85, 0.84)])
     assert [r[0] for r in table.rows] == ["Stage I", "Stage II"]
     assert table.rows[1][3:] == ["97.0", "20.0", "+77.0"]
-    prov = provenance_table([record(2, 0.9, None, l2=0.001, l2_scope="head", sampler="balanced"),
-                             record(1, 0.9, None, l2=0.001)])  # fmt: skip
+    prov = provenance_table(
+        [
+            record(2, 0.9, None, l2=0.001, l2_scope="head", sampler="balanced"),
+            record(1, 0.9, None, l2=0.001),
+        ]
+    )
     col = prov.header.index("L2 (lambda on scope)")
     assert [r[col] for r in prov.rows] == ["0.001 on head", "0.001 on all"]  # old runs: all
     assert prov.rows[0][col + 1] == "none / balanced"

@@ -13,8 +13,13 @@ from cxrguide.evaluation.report_figures import render_grid
 
 def test_a_failed_write_keeps_the_old_figure_and_leaves_no_temp(tmp_path, monkeypatch):
     rgb = np.zeros((8, 8, 3), np.uint8)
-    path = render_grid([[rgb, (rgb, "x", "red")]], tmp_path / "images.png", title="t",
-                       caption="c", row_labels=["r"])  # fmt: skip
+    path = render_grid(
+        [[rgb, (rgb, "x", "red")]],
+        tmp_path / "images.png",
+        title="t",
+        caption="c",
+        row_labels=["r"],
+    )
     before = path.read_bytes()
     assert before.startswith(b"\x89PNG")
 

@@ -6,9 +6,15 @@ from cxrguide.evaluation.shortcut_summary import read_runs, summary_rows
 
 
 def _runs() -> pd.DataFrame:
-    return pd.DataFrame({"variant": ["stage2", "gate", "stage2"], "seed": [0, 0, 1],
-                         "test_accuracy": [0.9, 0.85, 0.8], "shortcut_accuracy": [0.1, 0.6, 0.3],
-                         "minutes": [1.0, 2.0, 1.5]})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "variant": ["stage2", "gate", "stage2"],
+            "seed": [0, 0, 1],
+            "test_accuracy": [0.9, 0.85, 0.8],
+            "shortcut_accuracy": [0.1, 0.6, 0.3],
+            "minutes": [1.0, 2.0, 1.5],
+        }
+    )
 
 
 def test_one_row_per_variant_mean_and_sd_over_seeds():

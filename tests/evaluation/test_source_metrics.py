@@ -51,8 +51,9 @@ def test_source_probe_reads_a_separable_source_and_reports_the_majority():
     assert acc == 1.0 and majority == 0.6  # majority: always "A" (fit's most frequent)
     same = source_probe(fit, ["A"] * 40, test, ["A"] * 10)
     assert same == (1.0, 1.0)  # one source: nothing to probe
-    noise_acc, _ = source_probe(rng.normal(0, 1, (40, 4)), fit_src, rng.normal(0, 1, (10, 4)),
-                                test_src)  # fmt: skip
+    noise_acc, _ = source_probe(
+        rng.normal(0, 1, (40, 4)), fit_src, rng.normal(0, 1, (10, 4)), test_src
+    )
     assert noise_acc < 1.0
 
 

@@ -23,9 +23,14 @@ LABELS = ("Normal", "Pneumonia")
 
 def _prepared() -> Prepared:
     """40 films: A rows 0-19, B rows 20-39; row % 10: 0-5 train, 6-7 val, 8-9 test."""
-    rows = [{"source": "A" if i < 20 else "B", "label": LABELS[i % 2],
-             "split": "train" if i % 10 < 6 else "val" if i % 10 < 8 else "test"}
-            for i in range(40)]  # fmt: skip
+    rows = [
+        {
+            "source": "A" if i < 20 else "B",
+            "label": LABELS[i % 2],
+            "split": "train" if i % 10 < 6 else "val" if i % 10 < 8 else "test",
+        }
+        for i in range(40)
+    ]
     return Prepared(Path("."), pd.DataFrame(rows), 32)
 
 
@@ -43,10 +48,12 @@ def _summary(seed: int = 0, shift: float = 0.0):
     internal = _outputs(everything, {8}, source_feats)
     # fold A misses row 0 (say, an empty lung mask under lung-input): 19 films scored
     fold_a = _outputs(everything[1:], {1, 2, 3, 4}, rng.normal(0, 1, (40, 3)))
-    fold_b = _outputs(everything, set(range(20, 30)) - ({21} if shift else set()),
-                      rng.normal(0, 1, (40, 3)))  # fmt: skip
-    return prepared, variant_summary(prepared, "source", ["A", "B"], internal,
-                                     {"A": fold_a, "B": fold_b}, min_group=1)  # fmt: skip
+    fold_b = _outputs(
+        everything, set(range(20, 30)) - ({21} if shift else set()), rng.normal(0, 1, (40, 3))
+    )
+    return prepared, variant_summary(
+        prepared, "source", ["A", "B"], internal, {"A": fold_a, "B": fold_b}, min_group=1
+    )
 
 
 def test_variant_summary_by_hand():
@@ -72,8 +79,9 @@ def test_combine_seeds_means_every_figure_and_keeps_means_consistent():
     both = combine_seeds({0: s0, 1: s1})
     b = both["per_source"][1]
     assert b["external_accuracy"] == pytest.approx((0.5 + 0.55) / 2)
-    assert both["mean_external"] == pytest.approx(np.mean([p["external_accuracy"]
-                                                           for p in both["per_source"]]))  # fmt: skip
+    assert both["mean_external"] == pytest.approx(
+        np.mean([p["external_accuracy"] for p in both["per_source"]])
+    )
     assert both["mean_external"] == pytest.approx((s0["mean_external"] + s1["mean_external"]) / 2)
     assert both["mean_external_sd"] == pytest.approx(0.0125)
     assert both["seeds"] == [0, 1] and both["worst_group"] is None
@@ -91,13 +99,21 @@ def test_split_metrics_on_scored_rows_only():
 def test_write_study_files_are_strict_json_csv_markdown_and_plot(tmp_path):
     _, s = _summary()
     s["per_source"][0]["ood_auroc"] = float("nan")  # an undefined figure -> null
-    study = {"variants": {"stage1": combine_seeds({0: s})}, "skipped": [
-        {"source": "C", "n": 3, "reason": "3 films, fewer than --min-films 50"}],
-        "timing": {"features": 1.0}, "backbone": "mobilenet_v2", "weights": "none",
-        "size": 32, "seeds": [0], "protocol": "Leave one source out."}  # fmt: skip
+    study = {
+        "variants": {"stage1": combine_seeds({0: s})},
+        "skipped": [{"source": "C", "n": 3, "reason": "3 films, fewer than --min-films 50"}],
+        "timing": {"features": 1.0},
+        "backbone": "mobilenet_v2",
+        "weights": "none",
+        "size": 32,
+        "seeds": [0],
+        "protocol": "Leave one source out.",
+    }
     md = write_study(tmp_path, study, runs_frame({"stage1": {0: s}}))
-    loaded = json.loads((tmp_path / "sources.json").read_text(),
-                        parse_constant=lambda c: pytest.fail(f"{c} in JSON"))  # fmt: skip
+    loaded = json.loads(
+        (tmp_path / "sources.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"{c} in JSON"),
+    )
     assert loaded["variants"]["stage1"]["per_source"][0]["ood_auroc"] is None
     frame = pd.read_csv(tmp_path / "sources.csv")
     assert list(frame.source) == ["A", "B"] and set(frame.variant) == {"stage1"}

@@ -48,8 +48,9 @@ def test_pretrain_writes_body_and_card_and_runs_record_phantom_sha(tmp_path):
     model = create_model("mobilenet_v2", str(result.body))
     assert model.weights_source == f"phantom:{result.sha256}"
     # reproducible: the same recipe gives the same body
-    again = P.pretrain(PretrainConfig(backbone="mobilenet_v2", out=tmp_path / "b2", **TINY),
-                       progress=False)  # fmt: skip
+    again = P.pretrain(
+        PretrainConfig(backbone="mobilenet_v2", out=tmp_path / "b2", **TINY), progress=False
+    )
     _assert_same_body(again.body, result.body)
 
 
@@ -151,14 +152,20 @@ def test_the_body_file_header_is_the_same_in_every_process(tmp_path):
     """The file's SHA-256 is the body's provenance label: its safetensors header (tensor table
     and metadata) must not vary between processes, as a metadata map of two keys did."""
 
-    code = ("import sys; from cxrguide.config.pretrain import PretrainConfig; "
-            "from cxrguide.experiments.pretrain import pretrain; "
-            f"pretrain(PretrainConfig(out=sys.argv[1], **{TINY!r}), progress=False)")  # fmt: skip
+    code = (
+        "import sys; from cxrguide.config.pretrain import PretrainConfig; "
+        "from cxrguide.experiments.pretrain import pretrain; "
+        f"pretrain(PretrainConfig(out=sys.argv[1], **{TINY!r}), progress=False)"
+    )
     headers = set()
     for k in range(3):
         out = tmp_path / f"b{k}"
-        subprocess.run([sys.executable, "-c", code, str(out)], check=True, capture_output=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-c", code, str(out)],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         raw = (out / "phantom-mobilenet_v2.safetensors").read_bytes()
         headers.add(raw[: 8 + struct.unpack("<Q", raw[:8])[0]])
     assert len(headers) == 1

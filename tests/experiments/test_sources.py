@@ -47,8 +47,9 @@ def test_skip_rule_and_folds(tmp_path):
     with pytest.raises(CxrGuideError, match="no source has enough films"):
         eligible_sources(prepared, "source", 1000, 1)
     with pytest.raises(CxrGuideError, match="one site only"):
-        eligible_sources(Prepared(prepared.root, prepared.manifest.assign(site="x"), 32),
-                         "site", 1, 1)  # fmt: skip
+        eligible_sources(
+            Prepared(prepared.root, prepared.manifest.assign(site="x"), 32), "site", 1, 1
+        )
     fold = fold_prepared(prepared, "source", "S1")
     s1 = prepared.manifest.source == "S1"
     assert (fold.manifest.split[s1] == EXTERNAL).all()
@@ -73,7 +74,12 @@ def test_variant_names():
     cfg = SourcesBenchConfig(by="site", adversary_weight=0.3)
     adv = train_config(cfg, "stage2-adv-group", 0, Path("f"), Path("p"))
     assert (adv.stage, adv.adversary, adv.adversary_weight, adv.group_by, adv.sampler) == (
-        2, "source", 0.3, "site", "group")  # fmt: skip
+        2,
+        "source",
+        0.3,
+        "site",
+        "group",
+    )
     assert train_config(cfg, "stage2", 0, Path("f"), Path("p")).adversary == "none"
     quick = SourcesBenchConfig(seeds=[3, 4], quick=True)
     quick.validate()
@@ -82,10 +88,31 @@ def test_variant_names():
 
 def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     prep, out = _multi_source(tmp_path / "prep"), tmp_path / "study"
-    args = ["bench", "sources", "--data", str(prep), "--out", str(out), "--size", "32",
-            "--min-films", "10", "--min-test", "2", "--stage1-epochs", "2",
-            "--batch-size", "16", "--min-group", "1", "--quick",
-            "--backbone", "mobilenet_v2", "--weights", "none"]  # fmt: skip
+    args = [
+        "bench",
+        "sources",
+        "--data",
+        str(prep),
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--min-films",
+        "10",
+        "--min-test",
+        "2",
+        "--stage1-epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--min-group",
+        "1",
+        "--quick",
+        "--backbone",
+        "mobilenet_v2",
+        "--weights",
+        "none",
+    ]
     assert main(args) == 0
     study = json.loads((out / "sources.json").read_text())
     assert set(study["variants"]) == {"stage1", "stage1-group"}
@@ -95,8 +122,14 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
         assert [p["source"] for p in per] == ["S0", "S1", "S2"]
         assert [p["n"] for p in per] == [24, 24, 24]
         for p in per:
-            assert set(p) >= {"source", "n", "internal_accuracy", "external_accuracy",
-                              "external_ece", "ood_auroc"}  # fmt: skip
+            assert set(p) >= {
+                "source",
+                "n",
+                "internal_accuracy",
+                "external_accuracy",
+                "external_ece",
+                "ood_auroc",
+            }
             assert 0 <= p["external_accuracy"] <= 1 and 0 <= p["internal_accuracy"] <= 1
         assert v["mean_internal"] == pytest.approx(np.mean([p["internal_accuracy"] for p in per]))
         assert v["mean_external"] == pytest.approx(np.mean([p["external_accuracy"] for p in per]))
@@ -124,9 +157,26 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
 
 def test_guided_variants_need_lung_masks(tmp_path, capsys):
     prep = _multi_source(tmp_path / "prep")
-    code = main(["bench", "sources", "--data", str(prep), "--out", str(tmp_path / "s"),
-                 "--min-films", "10", "--min-test", "2", "--variants", "stage1,lung-input",
-                 "--backbone", "mobilenet_v2", "--weights", "none"])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "sources",
+            "--data",
+            str(prep),
+            "--out",
+            str(tmp_path / "s"),
+            "--min-films",
+            "10",
+            "--min-test",
+            "2",
+            "--variants",
+            "stage1,lung-input",
+            "--backbone",
+            "mobilenet_v2",
+            "--weights",
+            "none",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "need lung masks" in err and "--lungs" in err
@@ -136,10 +186,32 @@ def test_folds_in_parallel_processes_then_one_summary(tmp_path, capsys):
     """--folds trains only the named folds and writes no sources.json; a run over every fold
     reuses them; an unknown fold is one line, exit 2; timing adds up across invocations."""
     prep, out = _multi_source(tmp_path / "prep"), tmp_path / "study"
-    args = ["bench", "sources", "--data", str(prep), "--out", str(out), "--size", "32",
-            "--min-films", "10", "--min-test", "2", "--stage1-epochs", "1", "--batch-size", "16",
-            "--min-group", "1", "--variants", "stage1", "--backbone", "mobilenet_v2",
-            "--weights", "none"]  # fmt: skip
+    args = [
+        "bench",
+        "sources",
+        "--data",
+        str(prep),
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--min-films",
+        "10",
+        "--min-test",
+        "2",
+        "--stage1-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--min-group",
+        "1",
+        "--variants",
+        "stage1",
+        "--backbone",
+        "mobilenet_v2",
+        "--weights",
+        "none",
+    ]
     assert main([*args, "--folds", "S9"]) == 2
     assert "folds: S9: not a fold of this study (all, S0, S1, S2)" in capsys.readouterr().err
     assert main([*args, "--folds", "S1,all"]) == 0

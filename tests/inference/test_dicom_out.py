@@ -58,12 +58,20 @@ def test_sr_references_the_film_and_holds_the_probabilities(written, predictor):
     assert series.SeriesInstanceUID == source.SeriesInstanceUID
     assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     items = list(_items(sr))
-    probs = {i.ConceptNameCodeSequence[0].CodeMeaning.removeprefix("Probability of "):
-             float(i.MeasuredValueSequence[0].NumericValue) for i in items if i.ValueType == "NUM"}  # fmt: skip
+    probs = {
+        i.ConceptNameCodeSequence[0].CodeMeaning.removeprefix("Probability of "): float(
+            i.MeasuredValueSequence[0].NumericValue
+        )
+        for i in items
+        if i.ValueType == "NUM"
+    }
     assert list(probs) == list(CLASSES)
     assert probs == pytest.approx(prediction.probabilities, abs=1e-9)
-    coded = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0]
-             for i in items if i.ValueType == "CODE"}  # fmt: skip
+    coded = {
+        i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0]
+        for i in items
+        if i.ValueType == "CODE"
+    }
     assert coded["Predicted class"].CodeValue == CLASS_CODES[prediction.label][0]
     images = [i for i in items if i.ValueType == "IMAGE"]
     assert images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
@@ -89,13 +97,15 @@ def test_sc_is_the_overlay_in_the_film_geometry_in_the_same_study(written):
 @pytest.mark.skipif(shutil.which("dsrdump") is None, reason="dcmtk's dsrdump not installed")
 def test_dcmtk_reads_the_sr_and_the_sc(written):
     _, prediction, result = written
-    out = subprocess.run(["dsrdump", str(result.sr_path)], capture_output=True, text=True,
-                         timeout=30)  # fmt: skip
+    out = subprocess.run(
+        ["dsrdump", str(result.sr_path)], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0 and "E:" not in out.stderr, out.stderr
     assert "Verification Flag   : UNVERIFIED" in out.stdout
     assert f'NUM:(,,"Probability of {prediction.label}")' in out.stdout
-    dump = subprocess.run(["dcmdump", str(result.sc_path)], capture_output=True, text=True,
-                          timeout=30)  # fmt: skip
+    dump = subprocess.run(
+        ["dcmdump", str(result.sc_path)], capture_output=True, text=True, timeout=30
+    )
     assert dump.returncode == 0 and "SecondaryCaptureImageStorage" in dump.stdout
 
 

@@ -124,8 +124,9 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
     sidecar = first.with_suffix(".sha256")  # no temp left behind; the hash beside the file
     assert sorted(p.name for p in first.parent.iterdir()) == [first.name, sidecar.name]
     image = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))
-    np.testing.assert_allclose(OnnxRunner(first)(image.numpy()), _reference(run, image, None),
-                               atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        OnnxRunner(first)(image.numpy()), _reference(run, image, None), atol=1e-4
+    )
 
     def no_export(*args, **kwargs):
         raise AssertionError("exported again")
@@ -164,8 +165,9 @@ def test_onnx_cache_exports_once_per_model_and_refuses_nothing_when_unwritable(
     predictor = Predictor(run, backend="onnx")  # falls back to a private temp file
     try:
         assert predictor._tmp is not None and written[-1].parent == Path(predictor._tmp.name)
-        np.testing.assert_allclose(predictor.probabilities(image[:, 0].numpy()),
-                                   _reference(run, image, None), atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            predictor.probabilities(image[:, 0].numpy()), _reference(run, image, None), atol=1e-4
+        )
     finally:
         predictor.close()
 

@@ -23,8 +23,15 @@ class _Tiny(nn.Module):
 
 
 def _export(module: nn.Module, path, inputs: list[str], outputs: list[str]) -> None:
-    torch.onnx.export(module.eval(), (torch.rand(2, 1, 8, 8),), str(path), input_names=inputs,
-                      output_names=outputs, dynamic_axes={inputs[0]: {0: "b"}}, dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        module.eval(),
+        (torch.rand(2, 1, 8, 8),),
+        str(path),
+        input_names=inputs,
+        output_names=outputs,
+        dynamic_axes={inputs[0]: {0: "b"}},
+        dynamo=False,
+    )
 
 
 def test_runner_returns_the_probabilities_output(tmp_path):

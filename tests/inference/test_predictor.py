@@ -93,8 +93,10 @@ def test_collect_inputs_walks_folders_and_reports_missing(tmp_path):
     files, failures = collect_inputs([root, tmp_path / "nope.png", root / "empty"])
     names = [f.relative_to(root).as_posix() for f in files]
     assert names == ["a/b/scan", "a/two.jpg", "one.png"]
-    assert failures == [Failure(str(tmp_path / "nope.png"), "file not found"),
-                        Failure(str(root / "empty"), "folder holds no image files")]  # fmt: skip
+    assert failures == [
+        Failure(str(tmp_path / "nope.png"), "file not found"),
+        Failure(str(root / "empty"), "folder holds no image files"),
+    ]
 
 
 def test_bad_files_come_out_in_order_with_reasons(run, tmp_path):
@@ -140,8 +142,9 @@ def test_gated_run_needs_and_uses_its_lung_model(tmp_path_factory, tmp_path):
     assert np.abs(gated_p - plain_p).max() > 1e-4  # the mask really entered the forward pass
     onnx = Predictor(gated, backend="onnx")
     try:
-        np.testing.assert_allclose(onnx.probabilities(pred.image[None], pred.mask[None]),
-                                   gated_p[None], atol=1e-4)  # fmt: skip
+        np.testing.assert_allclose(
+            onnx.probabilities(pred.image[None], pred.mask[None]), gated_p[None], atol=1e-4
+        )
     finally:
         onnx.close()
 
@@ -159,8 +162,9 @@ def test_gated_run_needs_and_uses_its_lung_model(tmp_path_factory, tmp_path):
     assert Predictor(moved, lung_model=lung_run(tmp_path_factory), backend="fp32").info.lung_gate
 
 
-def test_ungated_run_with_a_lung_model_reports_coverage_only(run, predictor, tmp_path_factory,
-                                                             tmp_path):  # fmt: skip
+def test_ungated_run_with_a_lung_model_reports_coverage_only(
+    run, predictor, tmp_path_factory, tmp_path
+):
     with_lungs = Predictor(run, backend="fp32", lung_model=lung_run(tmp_path_factory))
     path = film(tmp_path / "f.png")
     a, b = with_lungs.predict_file(path), predictor.predict_file(path)
@@ -219,11 +223,13 @@ def test_unreliable_when_lung_mask_implausible_or_film_lateral():
     probs = {"Normal": 0.8, "Pneumonia": 0.1, "COVID-19": 0.1}
     ok = Prediction("a", "Normal", probs, MaskQuality(0.3, 2, 2, "ok"), frontal, None, None)
     assert ok.reliable and ok.record("r")["warnings"] == ""
-    odd = Prediction("a", "Normal", probs, MaskQuality(0.9, 5, 1, "implausible"), frontal,
-                     None, None)  # fmt: skip
+    odd = Prediction(
+        "a", "Normal", probs, MaskQuality(0.9, 5, 1, "implausible"), frontal, None, None
+    )
     assert not odd.reliable and odd.record("r")["reliable"] is False
-    assert odd.warnings == ["lung mask implausible (coverage 0.90, 1 lung(s)): not a usable "
-                            "frontal chest film?"]  # fmt: skip
+    assert odd.warnings == [
+        "lung mask implausible (coverage 0.90, 1 lung(s)): not a usable frontal chest film?"
+    ]
     lateral = ImageInfo("b.dcm", "DICOM", 100, 100, 12, "MONOCHROME2", "LL", "CR")
     side = Prediction("b", "COVID-19", probs, None, lateral, None, None)
     assert not side.reliable and "lateral view (LL)" in side.warnings[0]
@@ -278,7 +284,7 @@ def test_png_and_same_pixel_dicoms_get_the_same_probabilities(predictor, tmp_pat
                 "MONOCHROME1",
                 BurnedInAnnotation="YES",
             ),
-        ),  # fmt: skip
+        ),
         ("f16.png", dicom_film(tmp_path / "a16.dcm", wide, bits=12)),
         ("pad.png", dicom_film(tmp_path / "pad.dcm", padded, bits=12, PixelPaddingValue=0)),
     ]

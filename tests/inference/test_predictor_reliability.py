@@ -69,8 +69,9 @@ def test_fitted_run_scales_probabilities_and_scores_ood(runs, tmp_path):
     squares = np.stack([pred.read(film(tmp_path / f"f{i}.png", seed=i))[0] for i in range(4)])
     probs, logits, _ = pred.outputs(squares)
     np.testing.assert_allclose(probs, softmax(logits.astype(np.float64) / T), atol=1e-6)
-    np.testing.assert_allclose(plain.probabilities(squares), softmax(logits.astype(np.float64)),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        plain.probabilities(squares), softmax(logits.astype(np.float64)), atol=1e-6
+    )
     results = pred.predict_arrays(squares, [pred.read(tmp_path / "f0.png")[1]] * 4, ["x"] * 4)
     for r in results:
         row = r.record(pred.run_id)
@@ -78,8 +79,9 @@ def test_fitted_run_scales_probabilities_and_scores_ood(runs, tmp_path):
         assert r.out_of_distribution == (r.ood_score > pred.reliability.ood_threshold)
     # synthetic films look nothing like the blob phantoms the run was trained on
     far = [r for r in results if r.out_of_distribution]
-    assert far and all(not r.reliable and r.warnings[-1].startswith("out_of_distribution")
-                       for r in far)  # fmt: skip
+    assert far and all(
+        not r.reliable and r.warnings[-1].startswith("out_of_distribution") for r in far
+    )
 
 
 def test_vector_scaling_is_applied_by_predict_and_export(runs, tmp_path):

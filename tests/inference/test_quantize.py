@@ -58,8 +58,20 @@ def test_int8_refused_below_the_agreement_leaves_no_file(exports, tmp_path, monk
 
 
 def test_int8_only_for_onnx(exports, tmp_path, capsys):
-    assert main(["export", str(exports["run"]), "--format", "torchscript", "--int8",
-                 "--out", str(tmp_path / "m.pt")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                str(exports["run"]),
+                "--format",
+                "torchscript",
+                "--int8",
+                "--out",
+                str(tmp_path / "m.pt"),
+            ]
+        )
+        == 2
+    )
     assert "int8: only with --format onnx" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 

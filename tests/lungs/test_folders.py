@@ -25,8 +25,12 @@ def _split(items):
 def test_synth_layout_uses_metadata_patients(tmp_path):
     root = write_phantoms(tmp_path / "ph", n=4, size=48)
     recs, rejected = _split(MaskFolderSource(root).scan())
-    assert not rejected and [r.patient_id for r in recs] == ["masks:0", "masks:0", "masks:1",
-                                                             "masks:1"]  # fmt: skip
+    assert not rejected and [r.patient_id for r in recs] == [
+        "masks:0",
+        "masks:0",
+        "masks:1",
+        "masks:1",
+    ]
     published = np.asarray(Image.open(root / "masks/ph000.png"))
     mask = load_mask(recs[0], 48, 48)
     assert np.array_equal(mask.lung, published > 0)  # 128 and 255 are both lung

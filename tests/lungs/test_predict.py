@@ -26,8 +26,15 @@ def run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lungs")
     prep = prepared_lung_phantoms(root, n=30, size=48)
-    cfg = LungsTrainConfig(data=prep, out=root / "run", features=[4, 8, 16, 32, 64, 4],
-                           max_epochs=5, batch_size=4, lr=3e-3, progress=False)  # fmt: skip
+    cfg = LungsTrainConfig(
+        data=prep,
+        out=root / "run",
+        features=[4, 8, 16, 32, 64, 4],
+        max_epochs=5,
+        batch_size=4,
+        lr=3e-3,
+        progress=False,
+    )
     return train_lungs(cfg).run
 
 
@@ -38,9 +45,17 @@ def _classifier_prep(root: Path, phantoms: Path, size: int = 64) -> Path:
     for k, f in enumerate(files):
         img = np.asarray(Image.open(f))
         images.append(fit_square(img, size))
-        rows.append({"image_id": f"synthetic:images/{f.name}", "path": f"images/{f.name}",
-                     "label": "Normal", "width": img.shape[1], "height": img.shape[0],
-                     "split": "train", "cache_index": k})  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"synthetic:images/{f.name}",
+                "path": f"images/{f.name}",
+                "label": "Normal",
+                "width": img.shape[1],
+                "height": img.shape[0],
+                "split": "train",
+                "cache_index": k,
+            }
+        )
     root.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     (root / "prepare_config.yaml").write_text(yaml.safe_dump({"size": size}))

@@ -30,8 +30,9 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def _cfg(prepared, out, **kw) -> LungsTrainConfig:
-    base = dict(data=prepared, out=out, features=TINY, max_epochs=5, batch_size=4, lr=3e-3,
-                progress=False)  # fmt: skip
+    base = dict(
+        data=prepared, out=out, features=TINY, max_epochs=5, batch_size=4, lr=3e-3, progress=False
+    )
     return LungsTrainConfig(**{**base, **kw})
 
 

@@ -34,10 +34,14 @@ HOLE = _pts((5, 5), (8, 5), (8, 8), (5, 8))  # 4 x 4
 
 def _doc(*annotations, width=20, height=16):
     return {
-        "image": {"width": width, "height": height, "filename": "a.png",
-                  "original_filename": "orig-7.jpg"},
+        "image": {
+            "width": width,
+            "height": height,
+            "filename": "a.png",
+            "original_filename": "orig-7.jpg",
+        },
         "annotations": list(annotations),
-    }  # fmt: skip
+    }
 
 
 def test_rasterize_fills_polygon_with_its_outline():
@@ -65,10 +69,12 @@ def test_complex_polygon_holes_are_even_odd_and_sides_kept():
 def test_darwin_2_paths_and_unsided_lung():
     doc = {
         "version": "2.0",
-        "item": {"name": "b.png", "slots": [{"width": 20, "height": 16,
-                                             "source_files": [{"file_name": "b.png"}]}]},
+        "item": {
+            "name": "b.png",
+            "slots": [{"width": 20, "height": 16, "source_files": [{"file_name": "b.png"}]}],
+        },
         "annotations": [{"name": "Lung", "polygon": {"paths": [SQUARE]}}],
-    }  # fmt: skip
+    }
     ann = parse_darwin(doc)
     assert (ann.filename, ann.width, ann.height) == ("b.png", 20, 16)
     mask = darwin_mask(ann)

@@ -27,8 +27,12 @@ def test_pepx_is_projection_expansion_depthwise_projection_extension() -> None:
     convs = _convs(block)
     assert [c.kernel_size for c in convs] == [(1, 1), (1, 1), (3, 3), (1, 1), (1, 1)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [
-        (64, 64), (64, 128), (128, 128), (128, 64), (64, 256)
-    ]  # fmt: skip
+        (64, 64),
+        (64, 128),
+        (128, 128),
+        (128, 64),
+        (64, 256),
+    ]
     assert convs[2].groups == 128  # depthwise
     assert block(torch.randn(1, 64, 5, 5)).shape == (1, 256, 5, 5)
 
@@ -67,8 +71,11 @@ def test_layout_and_final_map(variant: str) -> None:
     assert [s.blocks[-1].extend[0].out_channels for s in net.stages] == [256, 512, 1024, 2048]
     assert net.num_features == 2048
     assert net.forward_features(torch.zeros(1, 3, 224, 224, device="meta")).shape == (
-        1, 2048, 7, 7,
-    )  # fmt: skip
+        1,
+        2048,
+        7,
+        7,
+    )
     assert net.pretrained_cfg["mean"] == (0.0, 0.0, 0.0)
 
 

@@ -95,10 +95,16 @@ def test_a_changed_file_is_refused(monkeypatch) -> None:
 
 
 def test_mapping_checks_count_and_shapes() -> None:
-    target = {"a.weight": torch.zeros(2, 3), "bn.num_batches_tracked": torch.tensor(0),
-              "b.bias": torch.zeros(4)}  # fmt: skip
-    source = {"x.w": torch.ones(2, 3), "x.num_batches_tracked": torch.tensor(9),
-              "y.b": torch.ones(4)}  # fmt: skip
+    target = {
+        "a.weight": torch.zeros(2, 3),
+        "bn.num_batches_tracked": torch.tensor(0),
+        "b.bias": torch.zeros(4),
+    }
+    source = {
+        "x.w": torch.ones(2, 3),
+        "x.num_batches_tracked": torch.tensor(9),
+        "y.b": torch.ones(4),
+    }
     mapped = map_in_order(source, target, "src.pth")
     assert list(mapped) == ["a.weight", "b.bias"] and torch.equal(mapped["b.bias"], torch.ones(4))
     with pytest.raises(CxrGuideError, match=r"src.pth: y.b \(5,\) does not fit b.bias \(4,\)"):

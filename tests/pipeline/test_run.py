@@ -51,18 +51,22 @@ def test_tiny_pipeline_end_to_end_then_reused(tmp_path):
     again = run_pipeline(cfg, log=logs.append)
     assert {r.status for r in again.values()} == {"reused"}
     # a changed Stage III section re-runs Stage III and what follows, nothing before it
-    changed = run_pipeline(PipelineConfig(**{**cfg.__dict__, "stage3": {**cfg.stage3, "gain_alpha": 0.5}}),
-                           log=logs.append)  # fmt: skip
+    changed = run_pipeline(
+        PipelineConfig(**{**cfg.__dict__, "stage3": {**cfg.stage3, "gain_alpha": 0.5}}),
+        log=logs.append,
+    )
     ran = {name for name, r in changed.items() if r.status == "ran"}
     assert ran == {"stage3", "explain", "report"}
 
 
 def test_every_section_is_checked_before_the_first_step(tmp_path):
-    bad = [("stage2", {"lr": "fast"}, r"pipeline\.stage2\.lr: expected a number"),
-           ("stage3", {"attention": ["gate", "nope"]}, "nope"),
-           ("report", {"titel": "x"}, r"pipeline\.report: unknown field\(s\) titel"),
-           ("explain", {"method": "magic"}, r"pipeline\.explain\.method: 'magic'"),
-           ("tune", {"trials": 2, "sampler": "grid"}, r"pipeline\.tune\.sampler")]  # fmt: skip
+    bad = [
+        ("stage2", {"lr": "fast"}, r"pipeline\.stage2\.lr: expected a number"),
+        ("stage3", {"attention": ["gate", "nope"]}, "nope"),
+        ("report", {"titel": "x"}, r"pipeline\.report: unknown field\(s\) titel"),
+        ("explain", {"method": "magic"}, r"pipeline\.explain\.method: 'magic'"),
+        ("tune", {"trials": 2, "sampler": "grid"}, r"pipeline\.tune\.sampler"),
+    ]
     for section, value, message in bad:
         cfg = PipelineConfig(out=tmp_path / section, **{section: value})
         with pytest.raises(ConfigError, match=message):
@@ -70,8 +74,19 @@ def test_every_section_is_checked_before_the_first_step(tmp_path):
         assert not (tmp_path / section).exists()  # nothing ran, nothing was written
 
 
-STEP_FUNCS = ["_synth", "_prepare", "_lungs_prepare", "_lungs_train", "_lungs_predict", "_audit",
-              "_train", "_train", "_train", "_explain", "_report"]  # fmt: skip
+STEP_FUNCS = [
+    "_synth",
+    "_prepare",
+    "_lungs_prepare",
+    "_lungs_train",
+    "_lungs_predict",
+    "_audit",
+    "_train",
+    "_train",
+    "_train",
+    "_explain",
+    "_report",
+]
 
 
 @pytest.mark.slow
@@ -83,14 +98,29 @@ def test_killed_after_every_step_resumes_and_completes(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     quick = {"image_size": 64, "max_epochs": 1, "batch_size": 8}
     cfg = PipelineConfig(
-        out=tmp_path / "qs", synth={"n": 45, "size": 64, "workers": 1},
-        prepare={"size": 64, "workers": 1}, lungs_prepare={"size": 64, "workers": 1},
+        out=tmp_path / "qs",
+        synth={"n": 45, "size": 64, "workers": 1},
+        prepare={"size": 64, "workers": 1},
+        lungs_prepare={"size": 64, "workers": 1},
         lungs={"features": [4, 8, 16, 32, 64, 4], "max_epochs": 1, "batch_size": 8},
         stage1={**quick, "backbone": "mobilenet_v2", "weights": "none"},
-        stage2={"top": 1, **quick}, stage3={"top": 1, **quick}, explain={"per_group": 1},
-    )  # fmt: skip
-    names = ["synth", "prepare", "lungs_prepare", "lungs_train", "lungs_predict", "audit",
-             "stage1", "stage2", "stage3", "explain", "report"]  # fmt: skip
+        stage2={"top": 1, **quick},
+        stage3={"top": 1, **quick},
+        explain={"per_group": 1},
+    )
+    names = [
+        "synth",
+        "prepare",
+        "lungs_prepare",
+        "lungs_train",
+        "lungs_predict",
+        "audit",
+        "stage1",
+        "stage2",
+        "stage3",
+        "explain",
+        "report",
+    ]
     for k, func in enumerate(STEP_FUNCS):
         # calls in this run: the step killed last time (run again) and this one
         nth = 2 if k and STEP_FUNCS[k - 1] == func else 1
@@ -141,10 +171,16 @@ def test_phantom_weights_resolve_to_verified_files_before_stage1(monkeypatch):
 def test_the_shipped_pipeline_configs_are_valid():
     for name in ("quickstart.yaml", "real-data.yaml"):
         cfg = load_config(PipelineConfig, Path(__file__).parents[2] / "configs" / name)
-        for cls, section in ((SynthConfig, cfg.synth), (PrepareConfig, cfg.prepare),
-                             (LungsPrepareConfig, cfg.lungs_prepare), (LungsTrainConfig, cfg.lungs),
-                             (TrainConfig, cfg.stage1), (TrainConfig, cfg.stage2),
-                             (TrainConfig, cfg.stage3), (TuneConfig, cfg.tune)):  # fmt: skip
+        for cls, section in (
+            (SynthConfig, cfg.synth),
+            (PrepareConfig, cfg.prepare),
+            (LungsPrepareConfig, cfg.lungs_prepare),
+            (LungsTrainConfig, cfg.lungs),
+            (TrainConfig, cfg.stage1),
+            (TrainConfig, cfg.stage2),
+            (TrainConfig, cfg.stage3),
+            (TuneConfig, cfg.tune),
+        ):
             if section is not cfg.tune or cfg.tune.get("trials", 0) > 0:  # trials 0: no tuning
                 from_dict(cls, section, f"{name}")
     real = load_config(PipelineConfig, Path(__file__).parents[2] / "configs/real-data.yaml")
@@ -158,17 +194,26 @@ def test_the_shipped_pipeline_configs_are_valid():
 
 def test_sources_and_label_map_reach_prepare(tmp_path):
     (tmp_path / "map.yaml").write_text("healthy: Normal\n")
-    cfg = PipelineConfig(out=tmp_path / "p", sources=["folder:kids=/d/kids", "table=/d/t.csv"],
-                         label_map=tmp_path / "map.yaml")  # fmt: skip
+    cfg = PipelineConfig(
+        out=tmp_path / "p",
+        sources=["folder:kids=/d/kids", "table=/d/t.csv"],
+        label_map=tmp_path / "map.yaml",
+    )
     prep = plan(cfg).prepare
     assert prep.source == ["folder:kids=/d/kids", "table=/d/t.csv"]
     assert prep.label_map == {"healthy": "Normal"}  # the map in effect joins the fingerprint
-    inline = plan(PipelineConfig(out=tmp_path / "q", sources=["folder=/d"],
-                                 label_map={"sick": "Pneumonia"})).prepare  # fmt: skip
+    inline = plan(
+        PipelineConfig(out=tmp_path / "q", sources=["folder=/d"], label_map={"sick": "Pneumonia"})
+    ).prepare
     assert inline.label_map == {"sick": "Pneumonia"}
     with pytest.raises(ConfigError, match="give label_map once"):
-        plan(PipelineConfig(out=tmp_path / "r", label_map={"a": "Normal"},
-                            prepare={"label_map": {"b": "Normal"}}))  # fmt: skip
+        plan(
+            PipelineConfig(
+                out=tmp_path / "r",
+                label_map={"a": "Normal"},
+                prepare={"label_map": {"b": "Normal"}},
+            )
+        )
     with pytest.raises(ConfigError, match="'a' maps to 'sick'"):
         plan(PipelineConfig(out=tmp_path / "s", label_map={"a": "sick"}))
     with pytest.raises(ConfigError, match="folder:a b=/d"):

@@ -64,8 +64,10 @@ def test_predict_png_matches_the_predictor(client, predictor, tmp_path):
 
 
 def test_overlay_is_a_png_of_the_model_input(client, tmp_path):
-    r = client.post("/v1/predict?cam=true&method=gradcam%2B%2B",
-                    files={"file": ("f.png", _png(tmp_path), "image/png")})  # fmt: skip
+    r = client.post(
+        "/v1/predict?cam=true&method=gradcam%2B%2B",
+        files={"file": ("f.png", _png(tmp_path), "image/png")},
+    )
     assert r.status_code == 200 and r.json()["cam_method"] == "gradcam++"
     overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["overlay_png_base64"])))
     assert overlay.format == "PNG" and overlay.size == (64, 64) and overlay.mode == "RGB"
@@ -133,11 +135,15 @@ def test_malformed_requests(client):
     assert r.status_code in (400, 415)
     r = client.post("/v1/predict", files={"other": ("a.png", b"x", "image/png")})
     assert r.status_code == 400 and "no file part named 'file'" in r.json()["detail"]
-    r = client.post("/v1/predict", content=b"--zz\r\ngarbage", headers={
-        "content-type": "multipart/form-data; boundary=zz"})  # fmt: skip
+    r = client.post(
+        "/v1/predict",
+        content=b"--zz\r\ngarbage",
+        headers={"content-type": "multipart/form-data; boundary=zz"},
+    )
     assert r.status_code == 400 and "no file part" in r.json()["detail"]
-    r = client.post("/v1/predict", content=b"--zz\r\n", headers={
-        "content-type": "multipart/form-data"})  # fmt: skip
+    r = client.post(
+        "/v1/predict", content=b"--zz\r\n", headers={"content-type": "multipart/form-data"}
+    )
     assert r.status_code == 400 and r.json()["detail"].startswith("bad multipart body: Missing")
     r = client.post("/v1/predict?method=scorecam", files={"file": ("a.png", b"x", "image/png")})
     assert r.status_code == 422

@@ -23,13 +23,18 @@ def test_dicom_upload_gets_uids_and_writes_sr_and_sc(predictor, tmp_path):
             "/v1/predict",
             files={"file": ("a.png", film(tmp_path / "a.png").read_bytes(), "image/png")},
         )
-        bare = client.post("/v1/predict", files={"file": ("b.dcm", film(tmp_path / "b.dcm").read_bytes(), "application/dicom")})  # fmt: skip
+        bare = client.post(
+            "/v1/predict",
+            files={"file": ("b.dcm", film(tmp_path / "b.dcm").read_bytes(), "application/dicom")},
+        )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["dicom_source"] == {"StudyInstanceUID": ds.StudyInstanceUID,
-                                    "SeriesInstanceUID": ds.SeriesInstanceUID,
-                                    "SOPInstanceUID": ds.SOPInstanceUID,
-                                    "AccessionNumber": ds.AccessionNumber}  # fmt: skip
+    assert body["dicom_source"] == {
+        "StudyInstanceUID": ds.StudyInstanceUID,
+        "SeriesInstanceUID": ds.SeriesInstanceUID,
+        "SOPInstanceUID": ds.SOPInstanceUID,
+        "AccessionNumber": ds.AccessionNumber,
+    }
     assert "Doe" not in r.text and PATIENT["PatientID"] not in r.text
     written = body["dicom_written"]
     sr = pydicom.dcmread(out / f"SR_{written['sr_sop_instance_uid']}.dcm")

@@ -34,8 +34,9 @@ def served(predictor, **kwargs) -> Iterator[tuple[str, int]]:
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(predictor, **kwargs), log_level="critical",
-                                           timeout_keep_alive=2))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(predictor, **kwargs), log_level="critical", timeout_keep_alive=2)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -53,8 +54,10 @@ def served(predictor, **kwargs) -> Iterator[tuple[str, int]]:
 def _slow_upload(host: str, port: int) -> socket.socket:
     """A client that announced a 5000-byte upload and sent 4 bytes of it."""
     s = socket.create_connection((host, port))
-    s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
-              b"boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r")  # fmt: skip
+    s.sendall(
+        b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+        b"boundary=b\r\nContent-Length: 5000\r\n\r\n--b\r"
+    )
     return s
 
 
@@ -111,8 +114,11 @@ def test_slow_uploads_time_out_and_do_not_block_others(predictor, tmp_path):
         slow = [_slow_upload(host, port) for _ in range(2)]
         time.sleep(0.3)
         t0 = time.monotonic()
-        r = httpx.post(f"http://{host}:{port}/v1/predict",
-                       files={"file": ("f.png", image, "image/png")}, timeout=60)  # fmt: skip
+        r = httpx.post(
+            f"http://{host}:{port}/v1/predict",
+            files={"file": ("f.png", image, "image/png")},
+            timeout=60,
+        )
         assert r.status_code == 200 and time.monotonic() - t0 < 1.4  # before the slow ones end
         for s in slow:
             s.settimeout(10)
@@ -126,8 +132,11 @@ def test_upload_cap_answers_503_at_once(predictor, tmp_path):
         slow = _slow_upload(host, port)
         time.sleep(0.3)
         t0 = time.monotonic()
-        r = httpx.post(f"http://{host}:{port}/v1/predict",
-                       files={"file": ("f.png", image, "image/png")}, timeout=60)  # fmt: skip
+        r = httpx.post(
+            f"http://{host}:{port}/v1/predict",
+            files={"file": ("f.png", image, "image/png")},
+            timeout=60,
+        )
         assert r.status_code == 503 and "busy" in r.json()["detail"]
         assert time.monotonic() - t0 < 2 and r.headers["retry-after"] == "5"
         slow.close()
@@ -136,8 +145,9 @@ def test_upload_cap_answers_503_at_once(predictor, tmp_path):
 def test_header_timeout_closes_a_silent_connection(predictor):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(predictor), log_level="critical",
-                            http=header_timeout_protocol(0.5))  # fmt: skip
+    config = uvicorn.Config(
+        create_app(predictor), log_level="critical", http=header_timeout_protocol(0.5)
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -36,29 +36,36 @@ def _upload(image: bytes) -> dict:
 
 
 def test_every_v1_call_needs_the_token(locked, image):
-    for method, path, kw in [("GET", "/v1/model", {}), ("GET", "/v1/health", {}),
-                             ("POST", "/v1/predict", _upload(image))]:  # fmt: skip
+    for method, path, kw in [
+        ("GET", "/v1/model", {}),
+        ("GET", "/v1/health", {}),
+        ("POST", "/v1/predict", _upload(image)),
+    ]:
         r = locked.request(method, path, **kw)
         assert r.status_code == 401, path
         assert r.headers["www-authenticate"] == 'Bearer realm="cxrguide"'
         assert "Authorization: Bearer" in r.json()["detail"]
-        r = locked.request(method, path, headers={"Authorization": "Bearer " + TOKEN[:-1] + "X"},
-                           **kw)  # fmt: skip
+        r = locked.request(
+            method, path, headers={"Authorization": "Bearer " + TOKEN[:-1] + "X"}, **kw
+        )
         assert r.status_code == 401 and r.json()["detail"] == "wrong token"
         assert 'error="invalid_token"' in r.headers["www-authenticate"]
         r = locked.request(method, path, headers={"Authorization": "Basic " + TOKEN}, **kw)
         assert r.status_code == 401
         r = locked.request(method, path, headers={"Authorization": "bearer " + TOKEN}, **kw)
         assert r.status_code == 200, path
-    assert locked.post("/v1/predict", headers={"Authorization": f"Bearer {TOKEN}"},
-                       **_upload(image)).json()["label"]  # fmt: skip
+    assert locked.post(
+        "/v1/predict", headers={"Authorization": f"Bearer {TOKEN}"}, **_upload(image)
+    ).json()["label"]
     # the page and the API description stay open; the description says /v1 needs a bearer
     assert locked.get("/").status_code == 200
     spec = locked.get("/openapi.json").json()
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert spec["paths"]["/v1/predict"]["post"]["security"] == [{"bearer": []}]
-    assert locked.get("/v1/model", headers={"Authorization": f"Bearer {TOKEN}"}).json()[
-        "auth"] == "bearer"  # fmt: skip
+    assert (
+        locked.get("/v1/model", headers={"Authorization": f"Bearer {TOKEN}"}).json()["auth"]
+        == "bearer"
+    )
 
 
 def test_refused_before_the_body_is_read(predictor):
@@ -71,8 +78,13 @@ def test_refused_before_the_body_is_read(predictor):
 
 def test_host_header_allow_list(open_client):
     """DNS rebinding: a page on attacker.example that resolves to 127.0.0.1 gets 400."""
-    for host in ("attacker.example", "attacker.example:8000", "localhost.attacker.example",
-                 "127.0.0.2", "[::2]"):  # fmt: skip
+    for host in (
+        "attacker.example",
+        "attacker.example:8000",
+        "localhost.attacker.example",
+        "127.0.0.2",
+        "[::2]",
+    ):
         r = open_client.get("/v1/health", headers={"Host": host})
         assert r.status_code == 400, host
         assert r.headers["x-frame-options"] == "DENY"
@@ -88,8 +100,12 @@ def test_allowed_hosts_add_the_bound_host_and_extras(predictor):
     assert allowed_hosts("fe80::1")[-1] == allowed_hosts("[FE80::1]")[-1] == "[fe80::1]"
     hosts = allowed_hosts("0.0.0.0", ["cxr.example.org", "*.lab.example"])
     with TestClient(create_app(predictor, allowed_hosts=hosts), base_url=LOCAL) as c:
-        for host, status in [("cxr.example.org", 200), ("a.lab.example", 200),
-                             ("attacker.example", 400), ("localhost:1", 200)]:  # fmt: skip
+        for host, status in [
+            ("cxr.example.org", 200),
+            ("a.lab.example", 200),
+            ("attacker.example", 400),
+            ("localhost:1", 200),
+        ]:
             assert c.get("/v1/health", headers={"Host": host}).status_code == status, host
 
 
@@ -110,8 +126,11 @@ def test_cross_site_posts_are_refused(open_client, image, headers):
 
 
 def test_same_origin_and_non_browser_posts_pass(open_client, image):
-    for headers in ({}, {"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"},
-                    {"Sec-Fetch-Site": "none"}):  # fmt: skip
+    for headers in (
+        {},
+        {"Origin": LOCAL, "Sec-Fetch-Site": "same-origin"},
+        {"Sec-Fetch-Site": "none"},
+    ):
         assert open_client.post("/v1/predict", headers=headers, **_upload(image)).status_code == 200
     # a cross-site GET of the page (a link) is fine: only writes are refused
     assert open_client.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
@@ -152,8 +171,12 @@ def test_a_real_server_with_a_token(predictor, image, serve):
     with serve(create_app(predictor, token=TOKEN)) as url:
         r = httpx.post(url + "/v1/predict", timeout=60, **_upload(image))
         assert r.status_code == 401 and "server" not in r.headers
-        r = httpx.post(url + "/v1/predict", headers={"Authorization": f"Bearer {TOKEN}"},
-                       timeout=60, **_upload(image))  # fmt: skip
+        r = httpx.post(
+            url + "/v1/predict",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=60,
+            **_upload(image),
+        )
         assert r.status_code == 200 and r.json()["label"]
         r = httpx.get(url + "/v1/health", headers={"Host": "attacker.example"}, timeout=30)
         assert r.status_code == 400

@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.skipif(
         shutil.which("storescu") is None,
         reason="dcmtk (storescu/echoscu) not installed: make system-deps",
-    ),  # fmt: skip
+    ),
     pytest.mark.usefixtures("one_thread_per_module"),
 ]
 
@@ -94,8 +94,11 @@ def test_results_are_sent_back_to_the_return_node(listen, tmp_path):
     back = tmp_path / "returned"
     back.mkdir()
     port = free_port()
-    node = subprocess.Popen(["storescp", "-aet", "RET", "-od", str(back), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    node = subprocess.Popen(
+        ["storescp", "-aet", "RET", "-od", str(back), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         time.sleep(0.5)
         listener, out = listen(return_to=f"RET@127.0.0.1:{port}")

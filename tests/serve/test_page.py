@@ -12,8 +12,15 @@ from cxrguide.serve.app import create_app
 from inference_helpers import film
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +45,9 @@ def test_upload_shows_label_probabilities_and_heatmap(browser, live_server, pred
     page.wait_for_function("() => document.getElementById('model').textContent.includes('@')")
     assert predictor.run_id in page.inner_text("#model")
     page.set_input_files("#file", str(path))
-    page.wait_for_function("() => document.getElementById('label').textContent.length > 0",
-                           timeout=120_000)  # fmt: skip
+    page.wait_for_function(
+        "() => document.getElementById('label').textContent.length > 0", timeout=120_000
+    )
     assert page.inner_text("#label") == expected.label
     shown = {
         row.get_attribute("data-cls"): row.inner_text() for row in page.query_selector_all(".bar")
@@ -91,15 +99,17 @@ def test_page_asks_for_the_token_once(browser, predictor, serve, tmp_path):
         page.wait_for_selector("#keyform.shown")
         page.fill("#token", "wrong-token-0123456789")
         page.click("#usetoken")
-        page.wait_for_function("() => document.getElementById('keynote').textContent"
-                               ".includes('refused')")  # fmt: skip
+        page.wait_for_function(
+            "() => document.getElementById('keynote').textContent.includes('refused')"
+        )
         page.fill("#token", token)
         page.click("#usetoken")
         page.wait_for_function("() => document.getElementById('model').textContent.includes('@')")
         assert page.get_attribute("#keyform", "class") == ""
         page.set_input_files("#file", str(path))
-        page.wait_for_function("() => document.getElementById('label').textContent.length > 0",
-                               timeout=120_000)  # fmt: skip
+        page.wait_for_function(
+            "() => document.getElementById('label').textContent.length > 0", timeout=120_000
+        )
         assert page.inner_text("#label") == predictor.predict_file(path).label
         page.reload()  # the tab keeps the token: not asked again
         page.wait_for_function("() => document.getElementById('model').textContent.includes('@')")

@@ -69,11 +69,25 @@ def test_adversary_config_is_checked():
 def test_stage2_with_adversary_writes_its_loss_and_ramp_to_history(tmp_path, monkeypatch):
     root = make_prepared(tmp_path / "prep", n_per_class=12, size=32)
     saved = {}
-    monkeypatch.setattr(finetune, "finish_run",
-                        lambda run, cfg, model, info, score: saved.update(model=model, run=run))  # fmt: skip
-    cfg = TrainConfig(stage=2, data=root, backbone="mobilenet_v2", out=tmp_path / "runs",
-                      weights="none", image_size=32, max_epochs=1, batch_size=4, seed=0,
-                      adversary="source", group_by="site", progress=False)  # fmt: skip
+    monkeypatch.setattr(
+        finetune,
+        "finish_run",
+        lambda run, cfg, model, info, score: saved.update(model=model, run=run),
+    )
+    cfg = TrainConfig(
+        stage=2,
+        data=root,
+        backbone="mobilenet_v2",
+        out=tmp_path / "runs",
+        weights="none",
+        image_size=32,
+        max_epochs=1,
+        batch_size=4,
+        seed=0,
+        adversary="source",
+        group_by="site",
+        progress=False,
+    )
     model, info = finetune._start(cfg, None, "mobilenet_v2")
     finetune.fine_tune(cfg, model, info, Prepared.open(root), None, None, optimizer="adam")
     hist = pd.read_csv(saved["run"] / "history.csv")
@@ -92,8 +106,9 @@ def test_stage2_with_adversary_writes_its_loss_and_ramp_to_history(tmp_path, mon
 class _TinyBody(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(),
-                                 nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU())  # fmt: skip
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU()
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -115,9 +130,12 @@ def _planted(n: int = 160):
     rng = np.random.default_rng(0)
     y, s = rng.integers(0, 3, n), rng.integers(0, 2, n)
     yy, xx = np.mgrid[:16, :16]
-    films = [rng.normal(0.3, 0.05, (16, 16)) + 0.25 * src
-             + 0.4 * np.exp(-((yy - 4 - 4 * k) ** 2 + (xx - 4 - 4 * k) ** 2) / 8)
-             for k, src in zip(y, s, strict=True)]  # fmt: skip
+    films = [
+        rng.normal(0.3, 0.05, (16, 16))
+        + 0.25 * src
+        + 0.4 * np.exp(-((yy - 4 - 4 * k) ** 2 + (xx - 4 - 4 * k) ** 2) / 8)
+        for k, src in zip(y, s, strict=True)
+    ]
     return (
         torch.tensor(np.array(films), dtype=torch.float32)[:, None],
         torch.tensor(y),
@@ -133,9 +151,15 @@ def _adversary_accuracy(weight: float, out: Path, epochs: int = 10) -> list[floa
     task = AdversaryTask(ClassifierTask(0.0), s, weight, total_steps=epochs * 8)
     train = engine.make_loader(_Films(x[:120], y[:120]), 16, shuffle=True, seed=0)
     val = engine.make_loader(_Films(x[120:], y[120:], 120), 40, shuffle=False, seed=0)
-    result = engine.fit(net, task, train, val, torch.optim.Adam(net.parameters(), 1e-2),
-                        engine.EngineConfig(max_epochs=epochs, patience=epochs, progress=False),
-                        out)  # fmt: skip
+    result = engine.fit(
+        net,
+        task,
+        train,
+        val,
+        torch.optim.Adam(net.parameters(), 1e-2),
+        engine.EngineConfig(max_epochs=epochs, patience=epochs, progress=False),
+        out,
+    )
     return [row["train_adv_acc"] for row in result.history]
 
 

@@ -41,8 +41,11 @@ def test_stage1_rows_then_the_rest_match_one_full_pass(tiny_prepared, counted):
     n = len(prepared.manifest)
     assert 0 < len(used) < n and set(prepared.rows("test")).isdisjoint(used)
 
-    part = np.array(features.pooled_features(model, prepared, SIZE, cpu, rows=used,
-                                             batch_size=8, progress=False))  # fmt: skip
+    part = np.array(
+        features.pooled_features(
+            model, prepared, SIZE, cpu, rows=used, batch_size=8, progress=False
+        )
+    )
     assert sum(counted) == len(used)  # the test split never went through the body
     assert np.abs(part[used]).sum(1).min() > 0
     assert np.abs(part[prepared.rows("test")]).sum() == 0
@@ -51,8 +54,9 @@ def test_stage1_rows_then_the_rest_match_one_full_pass(tiny_prepared, counted):
     again = features.pooled_features(model, prepared, SIZE, cpu, rows=used, progress=False)
     assert counted == [] and np.array_equal(np.asarray(again)[used], part[used])
 
-    full = np.array(features.pooled_features(model, prepared, SIZE, cpu, batch_size=8,
-                                             progress=False))  # fmt: skip
+    full = np.array(
+        features.pooled_features(model, prepared, SIZE, cpu, batch_size=8, progress=False)
+    )
     assert sum(counted) == n - len(used)  # only the missing rows ran
     finals = [p for p in (prepared.root / "features").glob("*.npy") if ".partial" not in p.name]
     assert len(finals) == 1 and not list((prepared.root / "features").glob("*.rows"))
@@ -82,14 +86,17 @@ def test_fill_resumes_from_the_row_mask(tiny_prepared, counted, monkeypatch):
 
     monkeypatch.setattr(CxrClassifier, "forward_features", dying)
     with pytest.raises(KeyboardInterrupt):
-        features.pooled_features(model, prepared, SIZE, torch.device("cpu"), batch_size=4,
-                                 progress=False)  # fmt: skip
+        features.pooled_features(
+            model, prepared, SIZE, torch.device("cpu"), batch_size=4, progress=False
+        )
     assert len(list((prepared.root / "features").glob("*.rows"))) == 1
     seen: list[int] = []
-    monkeypatch.setattr(CxrClassifier, "forward_features",
-                        lambda self, x: seen.append(len(x)) or real(self, x))  # fmt: skip
-    features.pooled_features(model, prepared, SIZE, torch.device("cpu"), batch_size=4,
-                             progress=False)  # fmt: skip
+    monkeypatch.setattr(
+        CxrClassifier, "forward_features", lambda self, x: seen.append(len(x)) or real(self, x)
+    )
+    features.pooled_features(
+        model, prepared, SIZE, torch.device("cpu"), batch_size=4, progress=False
+    )
     assert sum(seen) == len(prepared.manifest) - 4  # the first batch was kept
 
 

@@ -28,10 +28,22 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_bootstrap")  # CIs: tests
 
 
 def _cfg(prep: Path, out: Path, attention: list[str]) -> TrainConfig:
-    return TrainConfig(stage=3, data=prep, backbone="mobilenet_v2", out=out, weights="none",
-                       image_size=64, max_epochs=1, batch_size=4, seed=0, finetune_lr=1e-2,
-                       augment=False, attention=attention, rrr_weight=0.01,
-                       lung_dilation=0.05)  # fmt: skip
+    return TrainConfig(
+        stage=3,
+        data=prep,
+        backbone="mobilenet_v2",
+        out=out,
+        weights="none",
+        image_size=64,
+        max_epochs=1,
+        batch_size=4,
+        seed=0,
+        finetune_lr=1e-2,
+        augment=False,
+        attention=attention,
+        rrr_weight=0.01,
+        lung_dilation=0.05,
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,7 +64,9 @@ def test_each_mode_trains_records_itself_and_is_applied_at_evaluation(
     if mechanism == "rrr":
         assert (hist.train_rrr > 0).all() and hist.val_rrr.notna().all()
         lam = 0.01  # _cfg's rrr_weight (1.0 diverged in one epoch at this learning rate)
-        assert hist.val_loss.to_numpy() == pytest.approx((hist.val_ce + lam * hist.val_rrr).to_numpy())
+        assert hist.val_loss.to_numpy() == pytest.approx(
+            (hist.val_ce + lam * hist.val_rrr).to_numpy()
+        )
     model, _ = load_run(run)
     assert model.lung_inputs == tuple(inputs or ["last"])
     ds = CxrDataset(Prepared.open(tiny_prepared), "test", image_size=64, with_lungs=True)
@@ -89,9 +103,23 @@ def test_empty_lung_masks_are_skipped_and_counted_all_empty_refuses(
 
 def test_cli_accepts_the_new_mechanisms_and_their_constants(tmp_path):
     parser = build_parser()
-    args = parser.parse_args(["train", "--stage", "3", "--from", str(tmp_path), "--attention",
-                              "rrr,lung-input", "--attention", "early-gate", "--rrr-weight",
-                              "0.5", "--lung-dilation", "0.05"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "train",
+            "--stage",
+            "3",
+            "--from",
+            str(tmp_path),
+            "--attention",
+            "rrr,lung-input",
+            "--attention",
+            "early-gate",
+            "--rrr-weight",
+            "0.5",
+            "--lung-dilation",
+            "0.05",
+        ]
+    )
     cfg = config_from_args(TrainConfig, args)
     assert cfg.attention == ["early-gate", "lung-input", "rrr"]
     assert (cfg.rrr_weight, cfg.lung_dilation) == (0.5, 0.05)

@@ -31,8 +31,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_l2_scope_head_covers_the_head_kernels_only():
     model = create_model("mobilenet_v2", "none", seed=0)
-    head = sum(float(m.weight.detach().pow(2).sum()) for m in model.head.modules()
-               if isinstance(m, nn.Linear))  # fmt: skip
+    head = sum(
+        float(m.weight.detach().pow(2).sum())
+        for m in model.head.modules()
+        if isinstance(m, nn.Linear)
+    )
     every = sum(float(p.detach().pow(2).sum()) for p in model.parameters() if p.ndim > 1)
     assert l2_penalty(model, 1e-3, "head").item() == pytest.approx(1e-3 * head, rel=1e-5)
     assert l2_penalty(model, 1e-3, "all").item() == pytest.approx(1e-3 * every, rel=1e-5)
@@ -70,8 +73,18 @@ def test_balanced_sampler_draws_classes_equally_and_reproducibly():
 
 
 def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(stage=1, data=prep, backbone="mobilenet_v2", out=out, weights="none",
-                image_size=64, max_epochs=1, batch_size=8, seed=0, lr=1e-2)  # fmt: skip
+    base = dict(
+        stage=1,
+        data=prep,
+        backbone="mobilenet_v2",
+        out=out,
+        weights="none",
+        image_size=64,
+        max_epochs=1,
+        batch_size=8,
+        seed=0,
+        lr=1e-2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -81,9 +94,21 @@ def test_history_logs_l2_apart_from_cross_entropy(tiny_prepared, tmp_path):
     l2 = {}
     for scope in ("head", "all"):
         out = tmp_path / scope
-        row = stages.train(_cfg(tiny_prepared, out, stage=2, from_run=board, top=1, l2_scope=scope,
-                                class_weights="balanced", sampler="balanced", data=None,
-                                augment=False), score_split)[0]  # fmt: skip
+        row = stages.train(
+            _cfg(
+                tiny_prepared,
+                out,
+                stage=2,
+                from_run=board,
+                top=1,
+                l2_scope=scope,
+                class_weights="balanced",
+                sampler="balanced",
+                data=None,
+                augment=False,
+            ),
+            score_split,
+        )[0]
         hist = pd.read_csv(Path(row["run"]) / "history.csv")
         assert {"train_loss", "train_l2", "val_loss"} <= set(hist.columns)
         # train_loss is the cross-entropy alone: about ln 3 for a barely trained 3-class model

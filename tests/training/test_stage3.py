@@ -29,9 +29,19 @@ pytestmark = pytest.mark.usefixtures("one_thread", "no_bootstrap")  # CIs: tests
 
 
 def _cfg(prep: Path | None, out: Path, **kw) -> TrainConfig:
-    base = dict(stage=3, data=prep, backbone="mobilenet_v2", out=out, weights="none",
-                image_size=64, max_epochs=1, batch_size=4, seed=0, finetune_lr=1e-2,
-                augment=False)  # fmt: skip
+    base = dict(
+        stage=3,
+        data=prep,
+        backbone="mobilenet_v2",
+        out=out,
+        weights="none",
+        image_size=64,
+        max_epochs=1,
+        batch_size=4,
+        seed=0,
+        finetune_lr=1e-2,
+        augment=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -80,20 +90,38 @@ def _bns(model: torch.nn.Module) -> list:
 def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, tmp_path):
     parent = tmp_path / "runs/stage2-mobilenet_v2"
     model = create_model("mobilenet_v2", "none", seed=5)
-    save_run(parent, model, RunInfo("mobilenet_v2", 2, 64, [128, 64], [0.1, 0.05], "elu",
-                                    "random", data=str(tiny_prepared)))  # fmt: skip
-    rows = stages.train(_cfg(None, tmp_path / "runs", from_run=parent, attention=["gain"],
-                             gain_second_order=False, finetune_lr=1e-3), score_split)  # fmt: skip
+    save_run(
+        parent,
+        model,
+        RunInfo(
+            "mobilenet_v2", 2, 64, [128, 64], [0.1, 0.05], "elu", "random", data=str(tiny_prepared)
+        ),
+    )
+    rows = stages.train(
+        _cfg(
+            None,
+            tmp_path / "runs",
+            from_run=parent,
+            attention=["gain"],
+            gain_second_order=False,
+            finetune_lr=1e-3,
+        ),
+        score_split,
+    )
     trained, info = load_run(rows[0]["run"])
     assert info.parent == str(parent) and info.attention == ["gain"]
     saved = yaml.safe_load((Path(rows[0]["run"]) / "config.yaml").read_text())
     assert saved["gain_bn"] == "frozen"  # a parent run's statistics are kept
     for key in ("running_mean", "running_var"):  # ... and never moved
-        assert all(torch.equal(getattr(a, key), getattr(b, key))
-                   for a, b in zip(_bns(model), _bns(trained), strict=True))  # fmt: skip
+        assert all(
+            torch.equal(getattr(a, key), getattr(b, key))
+            for a, b in zip(_bns(model), _bns(trained), strict=True)
+        )
     assert not info.lung_gate and info.lung_model == ""
-    moved = [not torch.equal(a, b) for a, b in
-             zip(model.body.parameters(), trained.body.parameters(), strict=True)]  # fmt: skip
+    moved = [
+        not torch.equal(a, b)
+        for a, b in zip(model.body.parameters(), trained.body.parameters(), strict=True)
+    ]
     assert any(moved)  # the body was fine-tuned
     metrics = json.loads((Path(rows[0]["run"]) / "metrics_val.json").read_text())
     assert "lungs predict" in metrics["attention"]["lungs"]["skipped"]
@@ -112,10 +140,24 @@ def test_stage3_needs_the_lung_cache_for_the_gate(tiny_prepared, tmp_path):
 
 def test_cli_flags_for_stage3(tmp_path):
     parser = build_parser()
-    args = parser.parse_args(["train", "--stage", "3", "--from", str(tmp_path),
-                              "--attention", "gain,external", "--attention", "gate",
-                              "--gain-alpha", "0.5", "--no-gain-second-order",
-                              "--lung-model", "lungrun"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "train",
+            "--stage",
+            "3",
+            "--from",
+            str(tmp_path),
+            "--attention",
+            "gain,external",
+            "--attention",
+            "gate",
+            "--gain-alpha",
+            "0.5",
+            "--no-gain-second-order",
+            "--lung-model",
+            "lungrun",
+        ]
+    )
     cfg = config_from_args(TrainConfig, args)
     assert cfg.attention == ["gate", "gain", "external"]
     assert (cfg.stage, cfg.gain_alpha, cfg.gain_second_order) == (3, 0.5, False)
@@ -132,12 +174,41 @@ def test_stage3_gain_under_torchrun_gloo(tiny_prepared, tmp_path):
 
     write_lung_cache(tiny_prepared)
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "cxrguide", "train", "--stage", "3", "--data", str(tiny_prepared),
-           "--weights", "none", "--image-size", "64", "--batch-size", "4", "--max-epochs", "1",
-           "--attention", "gate,gain,external", "--no-augment", "--out", str(out)]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cxrguide",
+        "train",
+        "--stage",
+        "3",
+        "--data",
+        str(tiny_prepared),
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--max-epochs",
+        "1",
+        "--attention",
+        "gate,gain,external",
+        "--no-augment",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     hist = pd.read_csv(out / "stage3-mobilenet_v2/history.csv")
     assert hist.train_am.notna().all() and hist.val_loss.notna().all()
@@ -151,11 +222,25 @@ def test_fine_tune_without_settings_is_stage2_on_the_same_code_path(tiny_prepare
     cfg = _cfg(tiny_prepared, tmp_path / "runs", stage=2, finetune_lr=1e-3)
     with pytest.raises(ConfigError, match="optimizer"):
         fine_tune(cfg, start, info, prepared, None, score_split, optimizer="lbfgs")
-    row = fine_tune(cfg, create_model("mobilenet_v2", "none", seed=2), info, prepared, None,
-                    score_split, optimizer="adam")  # fmt: skip
+    row = fine_tune(
+        cfg,
+        create_model("mobilenet_v2", "none", seed=2),
+        info,
+        prepared,
+        None,
+        score_split,
+        optimizer="adam",
+    )
     run = Path(row["run"])
     assert run.name == "stage2-mobilenet_v2"
     saved = read_info(run)
     assert (saved.stage, saved.lung_gate, saved.attention) == (2, False, [])
     assert list(pd.read_csv(run / "history.csv").columns) == [
-        "epoch", "train_loss", "train_acc", "train_l2", "val_loss", "val_acc", "lr"]  # fmt: skip
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "train_l2",
+        "val_loss",
+        "val_acc",
+        "lr",
+    ]

@@ -22,8 +22,18 @@ pytestmark = pytest.mark.usefixtures("no_bootstrap")  # the CIs: tests/evaluatio
 
 
 def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(stage=1, data=prep, backbone="mobilenet_v2", out=out, weights="none",
-                image_size=64, max_epochs=2, batch_size=8, seed=0, lr=1e-2)  # fmt: skip
+    base = dict(
+        stage=1,
+        data=prep,
+        backbone="mobilenet_v2",
+        out=out,
+        weights="none",
+        image_size=64,
+        max_epochs=2,
+        batch_size=8,
+        seed=0,
+        lr=1e-2,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -54,8 +64,15 @@ def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, 
     )
     assert board.val_accuracy.is_monotonic_decreasing
     run = tmp_path / "runs/stage1-mobilenet_v2"
-    for name in ("config.yaml", "model.yaml", "model.pt", "history.csv", "metrics_test.json",
-                 "metrics_val.json", "predictions_test.csv"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "model.yaml",
+        "model.pt",
+        "history.csv",
+        "metrics_test.json",
+        "metrics_val.json",
+        "predictions_test.csv",
+    ):
         assert (run / name).exists(), name
     scalars = assert_events_match_history(run)  # TensorBoard mirrors history.csv
     assert {"loss/train", "loss/val", "acc/val", "lr"} <= set(scalars)
@@ -86,8 +103,19 @@ def test_existing_run_needs_resume(tiny_prepared, tmp_path):
 def test_stage2_fine_tunes_body_of_the_best_run(tiny_prepared, tmp_path):
     stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=1), score_split)
     board = tmp_path / "runs/leaderboard_stage1.csv"
-    rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", stage=2, from_run=board, top=1,
-                             max_epochs=1, finetune_lr=1e-2, data=None), score_split)  # fmt: skip
+    rows = stages.train(
+        _cfg(
+            tiny_prepared,
+            tmp_path / "runs",
+            stage=2,
+            from_run=board,
+            top=1,
+            max_epochs=1,
+            finetune_lr=1e-2,
+            data=None,
+        ),
+        score_split,
+    )
     s1, _ = load_run(tmp_path / "runs/stage1-mobilenet_v2")
     s2, info = load_run(rows[0]["run"])
     assert info.stage == 2 and info.parent.endswith("stage1-mobilenet_v2")

@@ -36,10 +36,24 @@ def fast_eval(monkeypatch):
 
 
 def _cfg(prep: Path, out: Path, **kw) -> TuneConfig:
-    base = dict(stage=1, data=prep, backbone="mobilenet_v2", out=out, weights="none",
-                image_size=64, max_epochs=2, batch_size=8, lr=1e-2, seed=0, trials=2,
-                startup_trials=1, prune_warmup=1, lr_range=[1e-3, 1e-1], batch_sizes=[4, 8],
-                heartbeat=0)  # fmt: skip
+    base = dict(
+        stage=1,
+        data=prep,
+        backbone="mobilenet_v2",
+        out=out,
+        weights="none",
+        image_size=64,
+        max_epochs=2,
+        batch_size=8,
+        lr=1e-2,
+        seed=0,
+        trials=2,
+        startup_trials=1,
+        prune_warmup=1,
+        lr_range=[1e-3, 1e-1],
+        batch_sizes=[4, 8],
+        heartbeat=0,
+    )
     return TuneConfig(**{**base, **kw})
 
 
@@ -53,8 +67,17 @@ def test_first_trial_is_the_configured_point_and_maps_back_to_a_train_config():
     study.enqueue_trial(T.first_params(cfg))
     trial = study.ask()
     params = T.suggest(trial, cfg)
-    assert params == {"lr": 1e-4, "l2": 1e-3, "momentum": 0.9, "batch_size": 32, "width_1": 128,
-                      "dropout_1": 0.10, "width_2": 64, "dropout_2": 0.05, "activation": "elu"}  # fmt: skip
+    assert params == {
+        "lr": 1e-4,
+        "l2": 1e-3,
+        "momentum": 0.9,
+        "batch_size": 32,
+        "width_1": 128,
+        "dropout_1": 0.10,
+        "width_2": 64,
+        "dropout_2": 0.05,
+        "activation": "elu",
+    }
     base = T.train_config(cfg)
     assert type(base) is TrainConfig and T.apply_params(base, params) == base
     other = T.apply_params(base, {**params, "width_1": 300, "dropout_2": 0.3, "lr": 0.05})
@@ -70,10 +93,16 @@ def test_first_trial_is_the_configured_point_and_maps_back_to_a_train_config():
 
 @pytest.mark.parametrize(
     "kw, match",
-    [(dict(lr=0.5), "lr_range"), (dict(batch_size=12), "batch_sizes"),
-     (dict(head_widths=[1024, 64]), "width_range"), (dict(activation="tanh", activations=["elu"]), "activations"),
-     (dict(lr_range=[0.1, 0.01]), "lr_range"), (dict(stage=3), "stage"), (dict(trials=0), "trials")],
-)  # fmt: skip
+    [
+        (dict(lr=0.5), "lr_range"),
+        (dict(batch_size=12), "batch_sizes"),
+        (dict(head_widths=[1024, 64]), "width_range"),
+        (dict(activation="tanh", activations=["elu"]), "activations"),
+        (dict(lr_range=[0.1, 0.01]), "lr_range"),
+        (dict(stage=3), "stage"),
+        (dict(trials=0), "trials"),
+    ],
+)
 def test_config_rejects_a_first_trial_outside_the_space(kw, match):
     with pytest.raises(ConfigError, match=match):
         TuneConfig(**kw).validate()
@@ -86,8 +115,9 @@ def test_sampler_is_reproducible(kind):
     cfg = TuneConfig(startup_trials=2)
 
     def run() -> list[dict]:
-        study = optuna.create_study(direction="maximize",
-                                    sampler=T.PerTrialSeededSampler(kind, 7, 2))  # fmt: skip
+        study = optuna.create_study(
+            direction="maximize", sampler=T.PerTrialSeededSampler(kind, 7, 2)
+        )
         study.optimize(lambda t: -abs(T.suggest(t, cfg)["lr"] - 1e-3), n_trials=5)
         return [t.params for t in _trials(study)]
 
@@ -100,8 +130,15 @@ def test_workers_sharing_a_seed_draw_different_points(tmp_path):
     cfg = TuneConfig()
     # two workers on one storage, both seeded 7, each asking while the other's trial runs
     url = f"sqlite:///{tmp_path / 's.db'}"
-    a, b = (optuna.create_study(storage=url, study_name="s", load_if_exists=True,
-                                sampler=T.PerTrialSeededSampler("tpe", 7, 2)) for _ in range(2))  # fmt: skip
+    a, b = (
+        optuna.create_study(
+            storage=url,
+            study_name="s",
+            load_if_exists=True,
+            sampler=T.PerTrialSeededSampler("tpe", 7, 2),
+        )
+        for _ in range(2)
+    )
     ta, tb = a.ask(), b.ask()
     assert T.suggest(ta, cfg) != T.suggest(tb, cfg)
     # a plain per-process seed would have made both workers propose the same point
@@ -154,17 +191,26 @@ def test_pruner_stops_a_trailing_trial_after_its_epoch(tiny_prepared, tmp_path):
     study, _ = T.open_study(T.plan(cfg))
     # an earlier trial that was perfect at every epoch: anything below it is pruned
     dist = optuna.distributions
-    study.add_trial(optuna.trial.create_trial(
-        params=T.first_params(cfg), value=1.0, intermediate_values={1: 1.0, 2: 1.0, 3: 1.0},
-        distributions={"lr": dist.FloatDistribution(1e-3, 1e-1, log=True),
-                       "l2": dist.FloatDistribution(1e-6, 1e-1, log=True),
-                       "momentum": dist.FloatDistribution(0.0, 0.99),
-                       "batch_size": dist.CategoricalDistribution([4, 8]),
-                       "width_1": dist.IntDistribution(16, 512, log=True),
-                       "width_2": dist.IntDistribution(16, 512, log=True),
-                       "dropout_1": dist.FloatDistribution(0.0, 0.5),
-                       "dropout_2": dist.FloatDistribution(0.0, 0.5),
-                       "activation": dist.CategoricalDistribution(["elu", "relu", "gelu", "silu", "leaky_relu"])}))  # fmt: skip
+    study.add_trial(
+        optuna.trial.create_trial(
+            params=T.first_params(cfg),
+            value=1.0,
+            intermediate_values={1: 1.0, 2: 1.0, 3: 1.0},
+            distributions={
+                "lr": dist.FloatDistribution(1e-3, 1e-1, log=True),
+                "l2": dist.FloatDistribution(1e-6, 1e-1, log=True),
+                "momentum": dist.FloatDistribution(0.0, 0.99),
+                "batch_size": dist.CategoricalDistribution([4, 8]),
+                "width_1": dist.IntDistribution(16, 512, log=True),
+                "width_2": dist.IntDistribution(16, 512, log=True),
+                "dropout_1": dist.FloatDistribution(0.0, 0.5),
+                "dropout_2": dist.FloatDistribution(0.0, 0.5),
+                "activation": dist.CategoricalDistribution(
+                    ["elu", "relu", "gelu", "silu", "leaky_relu"]
+                ),
+            },
+        )
+    )
     study, out = T.tune(cfg, score_split)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert len(pruned) == 1 and list(pruned[0].intermediate_values) == [1]
@@ -206,8 +252,12 @@ def test_trial_of_a_dead_worker_is_failed_and_queued_to_resume_its_folder(tmp_pa
     assert lost.state == TrialState.FAIL and "ended during the trial" in lost.user_attrs["error"]
     assert other.state == TrialState.RUNNING  # another host: left to its heartbeat
     assert retry.state == TrialState.WAITING
-    assert retry.user_attrs == {"retry_of": 0, "attempt": 2, "resume_dir": "/x/trial-0000",
-                                "resume_host": T.HOST}  # fmt: skip
+    assert retry.user_attrs == {
+        "retry_of": 0,
+        "attempt": 2,
+        "resume_dir": "/x/trial-0000",
+        "resume_host": T.HOST,
+    }
     assert T.finished_count(study) == 1  # the retried failure no longer counts, its retry runs
     assert T.recover_dead_trials(study, storage, retries=1) == []  # nothing twice
     # a retry that dies too is not queued a third time (retries=1)
@@ -229,11 +279,29 @@ def test_joining_a_study_with_another_search_space_is_refused(tiny_prepared, tmp
 
 
 def test_stage2_tunes_the_fine_tuning_optimiser_of_a_stage1_run(tiny_prepared, tmp_path, fast_eval):
-    stages.train(TrainConfig(data=tiny_prepared, out=tmp_path / "runs", weights="none",
-                             image_size=64, max_epochs=1, batch_size=8, lr=1e-2), score_split)  # fmt: skip
+    stages.train(
+        TrainConfig(
+            data=tiny_prepared,
+            out=tmp_path / "runs",
+            weights="none",
+            image_size=64,
+            max_epochs=1,
+            batch_size=8,
+            lr=1e-2,
+        ),
+        score_split,
+    )
     parent = tmp_path / "runs/stage1-mobilenet_v2"
-    cfg = _cfg(None, tmp_path / "s2", stage=2, from_run=parent, trials=1, max_epochs=1,
-               finetune_lr=1e-2, backbone="ignored")  # fmt: skip
+    cfg = _cfg(
+        None,
+        tmp_path / "s2",
+        stage=2,
+        from_run=parent,
+        trials=1,
+        max_epochs=1,
+        finetune_lr=1e-2,
+        backbone="ignored",
+    )
     study, out = T.tune(cfg, fast_eval)
     (trial,) = study.trials
     assert study.study_name == "stage2-mobilenet_v2" and trial.state == TrialState.COMPLETE

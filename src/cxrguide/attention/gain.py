@@ -79,15 +79,28 @@ class GainSettings:
     @classmethod
     def from_names(cls, names: Iterable[str], **kw) -> GainSettings:
         names = parse_attention(names)
-        return cls(gate="gate" in names, gain="gain" in names, external="external" in names,
-                   early_gate="early-gate" in names, lung_input="lung-input" in names,
-                   rrr="rrr" in names, **kw)  # fmt: skip
+        return cls(
+            gate="gate" in names,
+            gain="gain" in names,
+            external="external" in names,
+            early_gate="early-gate" in names,
+            lung_input="lung-input" in names,
+            rrr="rrr" in names,
+            **kw,
+        )
 
     @property
     def lung_inputs(self) -> tuple[str, ...]:
         """Where the network itself applies the lung mask (``CxrClassifier.LUNG_INPUTS``)."""
-        return tuple(name for name, on in (("input", self.lung_input),
-                                           ("early", self.early_gate), ("last", self.gate)) if on)  # fmt: skip
+        return tuple(
+            name
+            for name, on in (
+                ("input", self.lung_input),
+                ("early", self.early_gate),
+                ("last", self.gate),
+            )
+            if on
+        )
 
     @property
     def needs_lungs(self) -> bool:
@@ -128,9 +141,13 @@ def external_loss(cam: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
 
 
 def input_gradient_penalty(
-    images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, outside: torch.Tensor,
-    *, create_graph: bool,
-) -> torch.Tensor:  # fmt: skip
+    images: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    outside: torch.Tensor,
+    *,
+    create_graph: bool,
+) -> torch.Tensor:
     """R = mean over images of sum over pixels of (outside * d log p_y / d x)^2.
 
     ``images`` must require grad and ``logits`` be computed from them; ``outside`` is 1 where
@@ -142,8 +159,9 @@ def input_gradient_penalty(
 
 
 def _training_bn(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]  # fmt: skip
+    return [
+        m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    ]
 
 
 @contextmanager
@@ -269,8 +287,9 @@ class GuidedAttention(nn.Module):
                 feats = feats.detach().requires_grad_()
             logits = self.model.forward_head(feats)
             scores = logits.gather(1, labels.view(-1, 1)).squeeze(1)
-            cam = grad_cam(feats, scores, tuple(images.shape[-2:]),
-                           create_graph=train and s.second_order)  # fmt: skip
+            cam = grad_cam(
+                feats, scores, tuple(images.shape[-2:]), create_graph=train and s.second_order
+            )
         if not train:
             logits, cam = logits.detach(), cam.detach()
         out = {"logits": logits, "cam": cam, "am": zero, "ext": zero}

@@ -24,8 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "classifier on the films with the lungs blanked out, and per-source image statistics. "
         "Writes audit.json and audit.md (default PREP/audit/) and prints a summary.",
     )
-    parser.add_argument("data", type=Path, metavar="PREP", nargs="?", default=None,
-                        help="a folder written by 'cxrguide prepare'")  # fmt: skip
+    parser.add_argument(
+        "data",
+        type=Path,
+        metavar="PREP",
+        nargs="?",
+        default=None,
+        help="a folder written by 'cxrguide prepare'",
+    )
     add_config_flags(parser, AuditConfig, exclude=("data",))
     parser.set_defaults(func=run)
 
@@ -49,10 +55,16 @@ def run(args: argparse.Namespace) -> int:
     read_predictions(cfg.predictions)
     out = Path(cfg.out) if cfg.out else Path(cfg.data) / "audit"
     masks = lung_masks_from_run(cfg, out) if cfg.lungs else None
-    result = audit_prepared(cfg.data, out, lung_masks=masks, seed=cfg.seed,
-                            probe_side=cfg.probe_side, probe_margin=cfg.probe_margin,
-                            probe_max_images=cfg.probe_max_images,
-                            predictions=cfg.predictions)  # fmt: skip
+    result = audit_prepared(
+        cfg.data,
+        out,
+        lung_masks=masks,
+        seed=cfg.seed,
+        probe_side=cfg.probe_side,
+        probe_margin=cfg.probe_margin,
+        probe_max_images=cfg.probe_max_images,
+        predictions=cfg.predictions,
+    )
     print("\n".join(result.notes))
     print(f"wrote {result.out}/audit.json and audit.md")
     return 0

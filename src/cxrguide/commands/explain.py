@@ -27,23 +27,56 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'cxrguide explain --compare runs/stage1-vgg16 runs/stage2-vgg16 runs/stage3-vgg16 "
         "--out figs'.",
     )
-    parser.add_argument("paths", nargs="*", metavar="RUN [IMAGES...]",
-                        help="the run folder, then optional image files or image ids "
-                             "(with --compare: only the images)")  # fmt: skip
-    parser.add_argument("--compare", nargs="+", type=Path, metavar="RUN", default=None,
-                        help="two or more runs (e.g. Stage I, II, III) drawn side by side")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="output folder (default: RUN/explain; required with --compare)")  # fmt: skip
-    parser.add_argument("--method", choices=METHODS, default="gradcam",
-                        help="CAM method (default gradcam; scorecam is slow: one forward pass "
-                             "per feature channel)")  # fmt: skip
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="RUN [IMAGES...]",
+        help="the run folder, then optional image files or image ids "
+        "(with --compare: only the images)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        default=None,
+        help="two or more runs (e.g. Stage I, II, III) drawn side by side",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: RUN/explain; required with --compare)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="gradcam",
+        help="CAM method (default gradcam; scorecam is slow: one forward pass per feature channel)",
+    )
     parser.add_argument("--split", default="test", help="split whose predictions pick the cases")
-    parser.add_argument("--per-group", type=int, default=3, metavar="N",
-                        help="images per class and group in a gallery (default 3)")  # fmt: skip
-    parser.add_argument("--per-class", type=int, default=1, metavar="N",
-                        help="images per class in the --compare figure (default 1)")  # fmt: skip
-    parser.add_argument("--data", type=Path, default=None, metavar="PREP",
-                        help="prepared folder (default: the one the run was trained on)")  # fmt: skip
+    parser.add_argument(
+        "--per-group",
+        type=int,
+        default=3,
+        metavar="N",
+        help="images per class and group in a gallery (default 3)",
+    )
+    parser.add_argument(
+        "--per-class",
+        type=int,
+        default=1,
+        metavar="N",
+        help="images per class in the --compare figure (default 1)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="PREP",
+        help="prepared folder (default: the one the run was trained on)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.set_defaults(func=run)
 
@@ -57,9 +90,16 @@ def run(args: argparse.Namespace) -> int:
     if args.compare is not None:
         if args.out is None:
             raise CxrGuideError("explain --compare: give --out DIR")
-        index = compare_runs(args.compare, args.out, args.paths, split=args.split,
-                             method=args.method, per_class=args.per_class, data=args.data,
-                             device=args.device)  # fmt: skip
+        index = compare_runs(
+            args.compare,
+            args.out,
+            args.paths,
+            split=args.split,
+            method=args.method,
+            per_class=args.per_class,
+            data=args.data,
+            device=args.device,
+        )
         written = ["compare.png"]
     else:
         if not args.paths:
@@ -67,8 +107,16 @@ def run(args: argparse.Namespace) -> int:
         run_dir, images = Path(args.paths[0]), args.paths[1:]
         out = args.out or run_dir / "explain"
         args.out = out
-        index = explain_run(run_dir, out, images, split=args.split, method=args.method,
-                            per_group=args.per_group, data=args.data, device=args.device)  # fmt: skip
+        index = explain_run(
+            run_dir,
+            out,
+            images,
+            split=args.split,
+            method=args.method,
+            per_group=args.per_group,
+            data=args.data,
+            device=args.device,
+        )
         written = ["images.png"] if images else None
     for fig in index["figures"]:
         if written is None or fig["file"] in written:

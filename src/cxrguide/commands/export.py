@@ -32,16 +32,28 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(ExportConfig, args)
     if cfg.run is None or cfg.out is None:
         raise ConfigError("export: give RUN and --out FILE")
-    result = export_run(cfg.run, cfg.format, cfg.out, opset=cfg.opset, check=cfg.check,
-                        int8=cfg.int8, calibration_films=cfg.calibration_films,
-                        min_agreement=cfg.min_agreement, seed=cfg.seed)  # fmt: skip
+    result = export_run(
+        cfg.run,
+        cfg.format,
+        cfg.out,
+        opset=cfg.opset,
+        check=cfg.check,
+        int8=cfg.int8,
+        calibration_films=cfg.calibration_films,
+        min_agreement=cfg.min_agreement,
+        seed=cfg.seed,
+    )
     if result.agreement is not None:
-        check = (f"top-1 agreement with fp32 {result.agreement:.1%} on validation films, "
-                 f"max |dp| {result.max_abs_diff:.1e}")  # fmt: skip
+        check = (
+            f"top-1 agreement with fp32 {result.agreement:.1%} on validation films, "
+            f"max |dp| {result.max_abs_diff:.1e}"
+        )
     elif result.max_abs_diff is None:
         check = "not checked"
     else:
         check = f"max |dp| vs PyTorch {result.max_abs_diff:.1e}"
-    print(f"wrote {result.path} ({result.format}; inputs {', '.join(result.inputs)}; "
-          f"outputs probabilities, logits; {check})")  # fmt: skip
+    print(
+        f"wrote {result.path} ({result.format}; inputs {', '.join(result.inputs)}; "
+        f"outputs probabilities, logits; {check})"
+    )
     return 0

@@ -56,8 +56,10 @@ def run(args: argparse.Namespace) -> int:
         notes = "".join(f"; warning: {w}" for w in info.warnings)
         line = f"{path}: {info.describe()} OK{notes}"
         if cfg.model_input:
-            line += (f"; model input {cfg.model_input}x{cfg.model_input} mean "
-                     f"{float(square.mean()):.4f} (intensity: {info.intensity})")  # fmt: skip
+            line += (
+                f"; model input {cfg.model_input}x{cfg.model_input} mean "
+                f"{float(square.mean()):.4f} (intensity: {info.intensity})"
+            )
             if cfg.save is not None:
                 _save_png(square, cfg.save)
                 line += f", saved {cfg.save}"

@@ -42,10 +42,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("run", type=Path, metavar="RUN", help="run folder from 'cxrguide train'")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     add_config_flags(parser, PredictConfig, exclude=("run", "inputs"))
-    parser.add_argument("--json", action=_FormatFile, nargs="?", metavar="FILE.json",
-                        help="same as --format json [--output FILE.json]")  # fmt: skip
-    parser.add_argument("--csv", action=_FormatFile, nargs="?", metavar="FILE.csv",
-                        help="same as --format csv [--output FILE.csv]")  # fmt: skip
+    parser.add_argument(
+        "--json",
+        action=_FormatFile,
+        nargs="?",
+        metavar="FILE.json",
+        help="same as --format json [--output FILE.json]",
+    )
+    parser.add_argument(
+        "--csv",
+        action=_FormatFile,
+        nargs="?",
+        metavar="FILE.csv",
+        help="same as --format csv [--output FILE.csv]",
+    )
     parser.set_defaults(func=run)
 
 
@@ -87,9 +97,18 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         from cxrguide.inference.dicom_ids import UID_KEYS
 
         buf = io.StringIO()
-        columns = ["file", "label", *[f"p_{c}" for c in CLASSES], "lung_coverage",
-                   "lung_quality", "reliable", "warnings", "ood_score", "calibrated",
-                   "run_id"]  # fmt: skip
+        columns = [
+            "file",
+            "label",
+            *[f"p_{c}" for c in CLASSES],
+            "lung_coverage",
+            "lung_quality",
+            "reliable",
+            "warnings",
+            "ood_score",
+            "calibrated",
+            "run_id",
+        ]
         # only when some row has them
         extra = ["model_label", "cam", *UID_KEYS, "dicom_sr", "dicom_sc", "dicom_seg"]
         columns += [k for k in extra if any(k in r for r in rows)]
@@ -106,8 +125,10 @@ def format_rows(rows: list[dict[str, Any]], fmt: str) -> str:
         name = r["file"] if len(r["file"]) <= width else "..." + r["file"][-(width - 3) :]
         probs = " ".join(f"{r[f'p_{c}']:>9.3f}" for c in CLASSES)
         lung = "-" if r["lung_coverage"] is None else f"{r['lung_coverage']:.2f}"
-        lines.append(f"{name:<{width}}  {r['label']:<10} {probs}  {lung:>6} "
-                     f"{r['lung_quality'] or '-':<11} {'yes' if r['reliable'] else 'NO'}")  # fmt: skip
+        lines.append(
+            f"{name:<{width}}  {r['label']:<10} {probs}  {lung:>6} "
+            f"{r['lung_quality'] or '-':<11} {'yes' if r['reliable'] else 'NO'}"
+        )
     for r in rows:
         if r["warnings"]:
             lines.append(f"unreliable {r['file']}: {r['warnings']}")
@@ -137,11 +158,17 @@ def run(args: argparse.Namespace) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     files, failures = collect_inputs(cfg.inputs)
-    predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
-                          lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
-                          allow_modality=cfg.allow_modality,
-                          allow_for_processing=cfg.allow_for_processing,
-                          decode_timeout_s=cfg.decode_timeout_s, abstain=cfg.abstain)  # fmt: skip
+    predictor = Predictor(
+        cfg.run,
+        device=cfg.device,
+        backend=cfg.backend,
+        lung_model=cfg.lung_model,
+        max_pixels=cfg.max_pixels,
+        allow_modality=cfg.allow_modality,
+        allow_for_processing=cfg.allow_for_processing,
+        decode_timeout_s=cfg.decode_timeout_s,
+        abstain=cfg.abstain,
+    )
     if cfg.cam is not None:
         cfg.cam.mkdir(parents=True, exist_ok=True)
     writer = None
@@ -155,8 +182,9 @@ def run(args: argparse.Namespace) -> int:
     shown = redact or str
     unwritten: list[str] = []  # labelled, but no SR could be written (e.g. no StudyInstanceUID)
     try:
-        bar = tqdm(total=len(files), desc="predict", unit="img", disable=not cfg.progress,
-                   file=sys.stderr)  # fmt: skip
+        bar = tqdm(
+            total=len(files), desc="predict", unit="img", disable=not cfg.progress, file=sys.stderr
+        )
         for result in predictor.predict_files(files, cfg.batch_size):
             bar.update()
             if isinstance(result, Failure):
@@ -187,8 +215,11 @@ def run(args: argparse.Namespace) -> int:
     text = format_rows(rows, cfg.format)
     if cfg.abstain and rows:
         answered = sum(r["label"] != "abstain" for r in rows)
-        print(f"--abstain: answered {answered} of {len(rows)} films (coverage "
-              f"{answered / len(rows):.1%})", file=sys.stderr)  # fmt: skip
+        print(
+            f"--abstain: answered {answered} of {len(rows)} films (coverage "
+            f"{answered / len(rows):.1%})",
+            file=sys.stderr,
+        )
     if cfg.output is not None:
         atomic_write_text(cfg.output, text)
     else:
@@ -199,6 +230,5 @@ def run(args: argparse.Namespace) -> int:
     for note in unwritten:
         print(note, file=sys.stderr)
     if failures:
-        print(f"{len(failures)} input(s) could not be used; {len(rows)} labelled",
-              file=sys.stderr)  # fmt: skip
+        print(f"{len(failures)} input(s) could not be used; {len(rows)} labelled", file=sys.stderr)
     return 2 if failures or unwritten else 0

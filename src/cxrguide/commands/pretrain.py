@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(PretrainConfig, args)
     result = pretrain(cfg)
-    print(f"{result.body}: held-out clean accuracy {result.test_accuracy:.3f} "
-          f"({result.seconds:.0f} s); card {result.card}; label phantom:{result.sha256}")  # fmt: skip
+    print(
+        f"{result.body}: held-out clean accuracy {result.test_accuracy:.3f} "
+        f"({result.seconds:.0f} s); card {result.card}; label phantom:{result.sha256}"
+    )
     return 0

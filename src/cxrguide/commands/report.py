@@ -3,7 +3,8 @@
 RUNS are run folders or folders holding runs. The page has the data table (Table 3), the model
 table (Table 2), leaderboards per stage with CIs and lung energy, per-class and per-source
 tables, confusion matrices, ROC and training curves, Grad-CAM galleries and the stage
-comparison, the shortcut benchmark, the cross-source study and tuning plots when given, and how it was all made.
+comparison, the shortcut benchmark, the cross-source study and tuning plots when given, and
+how it was all made.
 """
 
 from __future__ import annotations
@@ -24,24 +25,59 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with every figure embedded. Grad-CAM figures come from --explain DIR, else a few are "
         "drawn now (best run of the last stage, and its backbone across stages).",
     )
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUNS",
-                        help="run folders, or folders holding them (searched for model.yaml)")  # fmt: skip
-    parser.add_argument("--out", type=Path, default=Path("report.html"), metavar="FILE",
-                        help="the HTML file to write (default report.html)")  # fmt: skip
-    parser.add_argument("--explain", type=Path, default=None, metavar="DIR",
-                        help="embed the figures of a 'cxrguide explain' folder instead of "
-                             "drawing new ones")  # fmt: skip
-    parser.add_argument("--shortcut", type=Path, default=None, metavar="FILE",
-                        help="shortcut_runs.csv (or its folder) from 'cxrguide bench shortcut'")  # fmt: skip
-    parser.add_argument("--sources", type=Path, default=None, metavar="DIR",
-                        help="a 'cxrguide bench sources' folder (its sources.json and plot)")  # fmt: skip
-    parser.add_argument("--tune", type=Path, default=None, metavar="DIR",
-                        help="a 'cxrguide tune' output folder (its plots are embedded)")  # fmt: skip
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="RUNS",
+        help="run folders, or folders holding them (searched for model.yaml)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report.html"),
+        metavar="FILE",
+        help="the HTML file to write (default report.html)",
+    )
+    parser.add_argument(
+        "--explain",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="embed the figures of a 'cxrguide explain' folder instead of drawing new ones",
+    )
+    parser.add_argument(
+        "--shortcut",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="shortcut_runs.csv (or its folder) from 'cxrguide bench shortcut'",
+    )
+    parser.add_argument(
+        "--sources",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a 'cxrguide bench sources' folder (its sources.json and plot)",
+    )
+    parser.add_argument(
+        "--tune",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a 'cxrguide tune' output folder (its plots are embedded)",
+    )
     parser.add_argument("--split", default="test", help="split of the tables (default test)")
-    parser.add_argument("--method", choices=METHODS, default="gradcam",
-                        help="CAM method for the figures drawn now")  # fmt: skip
-    parser.add_argument("--per-group", type=int, default=1, metavar="N",
-                        help="gallery images per class and group when drawn now (default 1)")  # fmt: skip
+    parser.add_argument(
+        "--method", choices=METHODS, default="gradcam", help="CAM method for the figures drawn now"
+    )
+    parser.add_argument(
+        "--per-group",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gallery images per class and group when drawn now (default 1)",
+    )
     parser.add_argument("--title", default="cxrguide report", help="page title")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.set_defaults(func=run)
@@ -52,8 +88,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.per_group < 1:
         raise CxrGuideError("--per-group: must be at least 1")
-    out = build_report(args.runs, args.out, explain_dir=args.explain, shortcut=args.shortcut,
-                       tune=args.tune, sources=args.sources, split=args.split, method=args.method,
-                       gallery_per_group=args.per_group, device=args.device, title=args.title)  # fmt: skip
+    out = build_report(
+        args.runs,
+        args.out,
+        explain_dir=args.explain,
+        shortcut=args.shortcut,
+        tune=args.tune,
+        sources=args.sources,
+        split=args.split,
+        method=args.method,
+        gallery_per_group=args.per_group,
+        device=args.device,
+        title=args.title,
+    )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, self-contained)")
     return 0

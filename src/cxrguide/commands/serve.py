@@ -74,8 +74,13 @@ def _start_listener(cfg: ServeConfig, predictor, sock: socket.socket):  # noqa: 
     from cxrguide.inference.dicom_out import DicomWriter
     from cxrguide.serve.pacs import DEFAULT_AE_TITLE, PacsListener
 
-    listener = PacsListener(DicomWriter(predictor, cfg.dicom_out), cfg.host, cfg.dicom_port,
-                            ae_title=cfg.dicom_aet, return_to=cfg.dicom_return)  # fmt: skip
+    listener = PacsListener(
+        DicomWriter(predictor, cfg.dicom_out),
+        cfg.host,
+        cfg.dicom_port,
+        ae_title=cfg.dicom_aet,
+        return_to=cfg.dicom_return,
+    )
     try:
         port = listener.start()
     except BaseException:
@@ -83,9 +88,12 @@ def _start_listener(cfg: ServeConfig, predictor, sock: socket.socket):  # noqa: 
         predictor.close()
         raise
     back = f"; results sent back to {cfg.dicom_return}" if cfg.dicom_return else ""
-    print(f"DICOM C-STORE/C-ECHO on {cfg.host}:{port}, AE title "
-          f"{cfg.dicom_aet or DEFAULT_AE_TITLE + ' (any called AE accepted)'}; SR + SC into "
-          f"{cfg.dicom_out}{back}", flush=True)  # fmt: skip
+    print(
+        f"DICOM C-STORE/C-ECHO on {cfg.host}:{port}, AE title "
+        f"{cfg.dicom_aet or DEFAULT_AE_TITLE + ' (any called AE accepted)'}; SR + SC into "
+        f"{cfg.dicom_out}{back}",
+        flush=True,
+    )
     return listener
 
 
@@ -105,37 +113,52 @@ def run(args: argparse.Namespace) -> int:
     token = cfg.token or os.environ.get(TOKEN_ENV, "")
     check_token(token, "token" if cfg.token else TOKEN_ENV)
     if not token and not cfg.insecure and not is_loopback(cfg.host):
-        raise ConfigError(f"--host {cfg.host} opens the server to the network: give --token "
-                          f"(or {TOKEN_ENV}), or --insecure to serve without one")  # fmt: skip
+        raise ConfigError(
+            f"--host {cfg.host} opens the server to the network: give --token "
+            f"(or {TOKEN_ENV}), or --insecure to serve without one"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     sock = bind(cfg.host, cfg.port)
     try:
-        predictor = Predictor(cfg.run, device=cfg.device, backend=cfg.backend,
-                              lung_model=cfg.lung_model, max_pixels=cfg.max_pixels,
-                              allow_modality=cfg.allow_modality,
-                              allow_for_processing=cfg.allow_for_processing,
-                              decode_timeout_s=cfg.decode_timeout_s)  # fmt: skip
+        predictor = Predictor(
+            cfg.run,
+            device=cfg.device,
+            backend=cfg.backend,
+            lung_model=cfg.lung_model,
+            max_pixels=cfg.max_pixels,
+            allow_modality=cfg.allow_modality,
+            allow_for_processing=cfg.allow_for_processing,
+            decode_timeout_s=cfg.decode_timeout_s,
+        )
     except BaseException:
         sock.close()
         raise
     if cfg.dicom_out is not None:
         check_writable_dir(cfg.dicom_out, "dicom-out")
-    app = create_app(predictor, max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
-                     max_concurrent=cfg.max_concurrent, max_decodes=cfg.max_decodes,
-                     body_timeout_s=cfg.body_timeout_s, token=token or None,
-                     allowed_hosts=allowed_hosts(cfg.host, cfg.allowed_host),
-                     redact=redactor(cfg.redact_paths, cfg.redact_salt or None),
-                     dicom_out=cfg.dicom_out)  # fmt: skip
+    app = create_app(
+        predictor,
+        max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
+        max_concurrent=cfg.max_concurrent,
+        max_decodes=cfg.max_decodes,
+        body_timeout_s=cfg.body_timeout_s,
+        token=token or None,
+        allowed_hosts=allowed_hosts(cfg.host, cfg.allowed_host),
+        redact=redactor(cfg.redact_paths, cfg.redact_salt or None),
+        dicom_out=cfg.dicom_out,
+    )
     listener = None
     if cfg.dicom_port is not None:
         listener = _start_listener(cfg, predictor, sock)
     config = uvicorn_config(app, cfg)
     host, port = sock.getsockname()[:2]
     key = "token required" if token else "NO TOKEN: anyone who can reach it" if cfg.insecure else ""
-    print(f"serving {predictor.run_id} ({predictor.info.backbone}, backend {predictor.backend}) "
-          f"on http://{host}:{port}/ (API docs at /docs{'; ' + key if key else ''}); "
-          "research tool, not a diagnosis", flush=True)  # fmt: skip
+    print(
+        f"serving {predictor.run_id} ({predictor.info.backbone}, backend {predictor.backend}) "
+        f"on http://{host}:{port}/ (API docs at /docs{'; ' + key if key else ''}); "
+        "research tool, not a diagnosis",
+        flush=True,
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:

@@ -36,9 +36,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = with_resolved_weights(cfg, backbones(cfg))
     rows = train(cfg, score_split)
     if is_main_process():
-        print(f"stage {cfg.stage}: {len(rows)} run(s); leaderboard "
-              f"{cfg.out / LEADERBOARD.format(stage=cfg.stage)}")  # fmt: skip
+        print(
+            f"stage {cfg.stage}: {len(rows)} run(s); leaderboard "
+            f"{cfg.out / LEADERBOARD.format(stage=cfg.stage)}"
+        )
         for r in sorted(rows, key=lambda r: -r["val_accuracy"]):
-            print(f"  {r['backbone']:<22} val {r['val_accuracy']:.3f}  test {r['test_accuracy']:.3f}"
-                  f"  {r['run']}")  # fmt: skip
+            print(
+                f"  {r['backbone']:<22} val {r['val_accuracy']:.3f}  test {r['test_accuracy']:.3f}"
+                f"  {r['run']}"
+            )
     return 0

@@ -7,8 +7,24 @@ from pathlib import Path
 
 from cxrguide.config import TuneConfig, add_config_flags, config_from_args
 
-SHOWN = ["trial", "state", "value", "epochs", "lr", "l2", "momentum", "batch_size", "width_1",
-         "width_2", "dropout_1", "dropout_2", "activation", "duration_s", "retry_of", "error"]  # fmt: skip
+SHOWN = [
+    "trial",
+    "state",
+    "value",
+    "epochs",
+    "lr",
+    "l2",
+    "momentum",
+    "batch_size",
+    "width_1",
+    "width_2",
+    "dropout_1",
+    "dropout_2",
+    "activation",
+    "duration_s",
+    "retry_of",
+    "error",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,9 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "is a run folder OUT/trial-NNNN/stage<k>-<backbone>.",
     )
     add_config_flags(parser, TuneConfig, exclude=("resume", "top"))
-    parser.add_argument("--show", metavar="STUDY", help="summarise an existing study instead of tuning")  # fmt: skip
-    parser.add_argument("--export", type=Path, metavar="FILE.yaml",
-                        help="write the best trial as a 'train --config' file")  # fmt: skip
+    parser.add_argument(
+        "--show", metavar="STUDY", help="summarise an existing study instead of tuning"
+    )
+    parser.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE.yaml",
+        help="write the best trial as a 'train --config' file",
+    )
     parser.set_defaults(func=run)
 
 
@@ -48,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     files = tuning.summarize(study, out)
     frame = tuning.trials_frame(study)
     states = frame.state.value_counts().items() if len(frame) else []
-    print(f"study {study.study_name}: {len(frame)} trial(s) "
-          f"({', '.join(f'{n} {s}' for s, n in states) or 'none run yet'})")  # fmt: skip
+    print(
+        f"study {study.study_name}: {len(frame)} trial(s) "
+        f"({', '.join(f'{n} {s}' for s, n in states) or 'none run yet'})"
+    )
     best = tuning.best_trial(study)
     if best is not None:
         print(f"best: trial {best.number}, val accuracy {best.value:.4f}")

@@ -14,16 +14,23 @@ class AuditConfig:
     """Class x source table, confounding warnings, outside-lung probe, per-source statistics."""
 
     data: Path | None = _f(None, "a folder written by 'cxrguide prepare'", metavar="PREP")
-    lungs: Path | None = _f(None, "lung run ('cxrguide lungs train') whose masks the "
-                            "outside-lung probe uses (default: PREP's lung cache)", metavar="RUN")  # fmt: skip
+    lungs: Path | None = _f(
+        None,
+        "lung run ('cxrguide lungs train') whose masks the "
+        "outside-lung probe uses (default: PREP's lung cache)",
+        metavar="RUN",
+    )
     out: Path | None = _f(None, "output folder (default: PREP/audit)", metavar="DIR")
     seed: int = _f(0, "seed of the probe's subset and cross-validation folds")
     probe_side: int = _f(24, "side of the probe's thumbnail of the lung-blanked film")
     probe_margin: float = _f(0.04, "widen the blanked lung box by this share of the side")
     probe_max_images: int = _f(4000, "probe at most this many films (seeded subset)")
-    predictions: list[Path] = _f([], "a run's predictions_<split>.csv, repeatable: the probe "
-                                 "also predicts the model's answers from outside the lungs",
-                                 metavar="CSV")  # fmt: skip
+    predictions: list[Path] = _f(
+        [],
+        "a run's predictions_<split>.csv, repeatable: the probe "
+        "also predicts the model's answers from outside the lungs",
+        metavar="CSV",
+    )
     device: str = _f("auto", "--lungs: device for the lung masks (auto | cpu | cuda)")
 
     def validate(self) -> None:

@@ -137,13 +137,21 @@ class SourcesBenchConfig:
     size: int = _f(128, "model input side in px (the cache is resized to it)")
     seeds: list[int] = _f([0], "training seed (initialisation, batch order); repeatable")
     variants: list[str] = _f(
-        ["stage1", "stage1-group", "stage2", "stage2-group", "gate+gain", "early-gate",
-         "lung-input", "rrr"],
+        [
+            "stage1",
+            "stage1-group",
+            "stage2",
+            "stage2-group",
+            "gate+gain",
+            "early-gate",
+            "lung-input",
+            "rrr",
+        ],
         "stage1 (frozen body + head), stage2 (fine-tuning), or Stage III mechanisms joined by "
         "'+' (gate, gain, external, early-gate, lung-input, rrr); suffix -group: batches "
         "balanced over class x source; suffix -adv (stage2 and Stage III): a source adversary "
         "behind gradient reversal (train --adversary source); comma list",
-    )  # fmt: skip
+    )
     quick: bool = _f(False, f"a short study: variants {','.join(QUICK_VARIANTS)}, first seed")
     lungs: str = _f(
         "",

@@ -89,18 +89,22 @@ class ReaderConfig:
     @property
     def limits(self) -> dict:
         """The reader's keyword arguments (:func:`cxrguide.data.imaging.read_image`)."""
-        return {"max_pixels": self.max_pixels, "min_side": self.min_side,
-                "allow_modality": tuple(self.allow_modality),
-                "allow_for_processing": self.allow_for_processing,
-                "deadline_s": self.decode_timeout_s}  # fmt: skip
+        return {
+            "max_pixels": self.max_pixels,
+            "min_side": self.min_side,
+            "allow_modality": tuple(self.allow_modality),
+            "allow_for_processing": self.allow_for_processing,
+            "deadline_s": self.decode_timeout_s,
+        }
 
 
 @dataclasses.dataclass
 class InspectConfig(ReaderConfig):
     """`cxrguide inspect FILE...`: the reader's verdict per file; optionally the model's input."""
 
-    model_input: int = _f(0, "also build the SIZE x SIZE square a model of that input side sees",
-                          metavar="SIZE")  # fmt: skip
+    model_input: int = _f(
+        0, "also build the SIZE x SIZE square a model of that input side sees", metavar="SIZE"
+    )
     save: Path | None = _f(None, "write that square as an 8-bit PNG (one FILE)", metavar="OUT.png")
 
     def validate(self) -> None:
@@ -177,8 +181,11 @@ class PrepareConfig:
     def validate(self) -> None:
         if not 32 <= self.size <= 2048:
             raise ConfigError("size: must be between 32 and 2048")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1):  # fmt: skip
+        if not (
+            0 <= self.val_fraction < 1
+            and 0 <= self.test_fraction < 1
+            and self.val_fraction + self.test_fraction < 1
+        ):
             raise ConfigError("val_fraction/test_fraction: each in [0, 1), together below 1")
         for spec in self.source:
             parse_source_spec(spec)
@@ -188,7 +195,10 @@ class PrepareConfig:
 
     @property
     def reader(self) -> ReaderConfig:
-        return ReaderConfig(max_pixels=self.max_pixels, min_side=self.min_side,
-                            allow_modality=list(self.allow_modality),
-                            allow_for_processing=self.allow_for_processing,
-                            decode_timeout_s=self.decode_timeout_s)  # fmt: skip
+        return ReaderConfig(
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            allow_modality=list(self.allow_modality),
+            allow_for_processing=self.allow_for_processing,
+            decode_timeout_s=self.decode_timeout_s,
+        )

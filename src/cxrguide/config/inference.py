@@ -20,9 +20,14 @@ Backend = Literal["auto", "fp32", "channels_last", "bf16", "onnx", "onnx-int8"]
 # theirs): name -> label in figures. The library class is the name in pytorch-grad-cam's
 # spelling (gradcam++ -> GradCAMPlusPlus). Gradient-based ones are fast enough for every image;
 # Score-CAM needs one forward pass per feature channel, so only explain/report offer it.
-CAM_METHODS: dict[str, str] = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++",
-                               "xgradcam": "XGrad-CAM", "hirescam": "HiRes-CAM",
-                               "layercam": "Layer-CAM", "eigencam": "Eigen-CAM"}  # fmt: skip
+CAM_METHODS: dict[str, str] = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "hirescam": "HiRes-CAM",
+    "layercam": "Layer-CAM",
+    "eigencam": "Eigen-CAM",
+}
 SLOW_CAM_METHODS: dict[str, str] = {"scorecam": "Score-CAM"}
 CamMethod = Literal[tuple(CAM_METHODS)]  # type: ignore[valid-type]  # the names as a type
 _REDACT_HELP = "replace file names in the output by a salted hash (file-<16 hex>)"
@@ -36,8 +41,10 @@ def check_token(token: str, where: str = "token") -> None:
     if not token:
         return
     if len(token) < MIN_TOKEN_CHARS:
-        raise ConfigError(f"{where}: at least {MIN_TOKEN_CHARS} characters (e.g. python -c "
-                          "'import secrets; print(secrets.token_urlsafe(32))')")  # fmt: skip
+        raise ConfigError(
+            f"{where}: at least {MIN_TOKEN_CHARS} characters (e.g. python -c "
+            "'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     if not (token.isascii() and token.isprintable()) or " " in token:
         raise ConfigError(f"{where}: printable ASCII without spaces")
 
@@ -50,16 +57,24 @@ class PredictConfig:
     inputs: list[str] = _f([], "image files or folders (folders are searched recursively)")
     format: Literal["table", "json", "csv"] = _f("table", "output format (--json, --csv)")
     output: Path | None = _f(None, "write the results here instead of stdout", metavar="FILE")
-    cam: Path | None = _f(None, "write Grad-CAM overlay PNGs (each film's own size) into this folder", metavar="DIR")  # fmt: skip
+    cam: Path | None = _f(
+        None, "write Grad-CAM overlay PNGs (each film's own size) into this folder", metavar="DIR"
+    )
     cam_method: CamMethod = _f("gradcam", "CAM method for --cam")
     redact_paths: bool = _f(False, _REDACT_HELP)
     redact_salt: str = _f("", _SALT_HELP, metavar="SALT")
-    dicom_out: Path | None = _f(None, "per DICOM input, write a DICOM SR (probabilities) and a "
-                                "Grad-CAM Secondary Capture into this folder", metavar="DIR")  # fmt: skip
+    dicom_out: Path | None = _f(
+        None,
+        "per DICOM input, write a DICOM SR (probabilities) and a "
+        "Grad-CAM Secondary Capture into this folder",
+        metavar="DIR",
+    )
     batch_size: int = _f(16, "images per forward pass")
     backend: Backend = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
+    lung_model: Path | None = _f(
+        None, "lung segmenter run (default: the run's own, if any)", metavar="RUN"
+    )
     max_pixels: int = _f(64_000_000, "refuse images with more pixels (decompression-bomb guard)")
     allow_modality: list[str] = _f(
         [],
@@ -117,8 +132,12 @@ class ServeConfig:
     run: Path | None = _f(None, "run folder written by 'cxrguide train'", metavar="RUN")
     host: str = _f("127.0.0.1", "interface to listen on (0.0.0.0 exposes it to the network)")
     port: int = _f(8000, "TCP port")
-    token: str = _f("", "bearer token every /v1/* call must send (default: $CXRGUIDE_TOKEN; "
-                    "at least 16 characters)", metavar="TOKEN")  # fmt: skip
+    token: str = _f(
+        "",
+        "bearer token every /v1/* call must send (default: $CXRGUIDE_TOKEN; "
+        "at least 16 characters)",
+        metavar="TOKEN",
+    )
     allowed_host: list[str] = _f(
         [],
         "Host header names to accept besides loopback and --host (e.g. the name a reverse proxy "
@@ -130,7 +149,9 @@ class ServeConfig:
     redact_salt: str = _f("", _SALT_HELP, metavar="SALT")
     backend: Backend = _f("auto", _BACKEND_HELP)
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
-    lung_model: Path | None = _f(None, "lung segmenter run (default: the run's own, if any)", metavar="RUN")  # fmt: skip
+    lung_model: Path | None = _f(
+        None, "lung segmenter run (default: the run's own, if any)", metavar="RUN"
+    )
     max_upload_mb: float = _f(32.0, "refuse uploads larger than this many MiB")
     max_pixels: int = _f(40_000_000, "refuse images with more pixels (checked before decoding)")
     allow_modality: list[str] = _f(
@@ -149,14 +170,24 @@ class ServeConfig:
     keep_alive_s: float = _f(5.0, "close idle keep-alive connections after this many seconds")
     max_connections: int = _f(64, "open connections at once (more get 503)")
     threads: int = _f(0, "CPU threads for inference (0: the library default)")
-    dicom_out: Path | None = _f(None, "per DICOM input, write a DICOM SR (probabilities) and a "
-                                "Grad-CAM Secondary Capture into this folder", metavar="DIR")  # fmt: skip
-    dicom_port: int | None = _f(None, "also listen for DICOM C-STORE / C-ECHO on this TCP port "
-                                "(results go to --dicom-out)", metavar="PORT")  # fmt: skip
+    dicom_out: Path | None = _f(
+        None,
+        "per DICOM input, write a DICOM SR (probabilities) and a "
+        "Grad-CAM Secondary Capture into this folder",
+        metavar="DIR",
+    )
+    dicom_port: int | None = _f(
+        None,
+        "also listen for DICOM C-STORE / C-ECHO on this TCP port (results go to --dicom-out)",
+        metavar="PORT",
+    )
     dicom_aet: str = _f("", "answer only this called AE title (default: any)", metavar="AET")
-    dicom_return: str = _f("", "send each SR + SC back by C-STORE to AE@host:port",
-                           metavar="AE@HOST:PORT")  # fmt: skip
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = _f("info", "uvicorn log level")  # fmt: skip
+    dicom_return: str = _f(
+        "", "send each SR + SC back by C-STORE to AE@host:port", metavar="AE@HOST:PORT"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = _f(
+        "info", "uvicorn log level"
+    )
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -189,7 +220,8 @@ def parse_peer(text: str) -> tuple[str, str, int]:
     """``AE@host:port`` -> (AE title, host, port); one-line error naming the field."""
     ae, at, address = text.partition("@")
     host, colon, port = address.rpartition(":")
-    if not (at and colon and ae and host and port.isdigit() and 0 < int(port) <= 65535
-            and len(ae) <= 16):  # fmt: skip
+    if not (
+        at and colon and ae and host and port.isdigit() and 0 < int(port) <= 65535 and len(ae) <= 16
+    ):
         raise ConfigError(f"dicom_return: {text!r} is not AE@host:port (e.g. PACS@10.0.0.5:104)")
     return ae, host.strip("[]"), int(port)

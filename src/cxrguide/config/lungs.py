@@ -16,7 +16,11 @@ from cxrguide.errors import ConfigError
 class LungsPrepareConfig:
     """`cxrguide lungs prepare`: lung annotations -> image + mask cache with a patient split."""
 
-    source: list[str] = _f([], "v7=DIR (Darwin JSON) or masks=DIR (image + mask folders), repeatable", metavar="KIND=PATH")  # fmt: skip
+    source: list[str] = _f(
+        [],
+        "v7=DIR (Darwin JSON) or masks=DIR (image + mask folders), repeatable",
+        metavar="KIND=PATH",
+    )
     out: Path | None = _f(None, "output folder", metavar="DIR")
     size: int = _f(256, "side of the square image and mask caches")
     seed: int = _f(0, "seed for the patient-grouped split")
@@ -46,11 +50,17 @@ class LungsTrainConfig:
     """`cxrguide lungs train`: a U-Net on a `lungs prepare` folder (Dice + BCE loss)."""
 
     data: Path | None = _f(None, "folder written by 'cxrguide lungs prepare'", metavar="DIR")
-    out: Path | None = _f(None, "run folder (resumes when it holds an unfinished run)", metavar="RUN")  # fmt: skip
-    arch: Literal["basicunet", "smp"] = _f("basicunet", "MONAI BasicUNet, or segmentation-models-pytorch Unet")  # fmt: skip
+    out: Path | None = _f(
+        None, "run folder (resumes when it holds an unfinished run)", metavar="RUN"
+    )
+    arch: Literal["basicunet", "smp"] = _f(
+        "basicunet", "MONAI BasicUNet, or segmentation-models-pytorch Unet"
+    )
     features: list[int] = _f([16, 32, 64, 128, 256, 16], "BasicUNet widths (6 values)")
     encoder: str = _f("resnet34", "smp encoder name (arch smp)")
-    encoder_weights: str | None = _f(None, "smp encoder weights: a local file, or 'imagenet' (downloads)")  # fmt: skip
+    encoder_weights: str | None = _f(
+        None, "smp encoder weights: a local file, or 'imagenet' (downloads)"
+    )
     size: int = _f(0, "training side in px (0: the prepared cache size)", aliases=("--image-size",))
     batch_size: int = _f(8, "batch size")
     max_epochs: int = _f(40, "maximum epochs (early stopping usually ends sooner)")
@@ -59,7 +69,11 @@ class LungsTrainConfig:
     weight_decay: float = _f(1e-4, "AdamW weight decay")
     dice_weight: float = _f(1.0, "weight of the soft Dice loss")
     bce_weight: float = _f(1.0, "weight of the binary cross-entropy loss")
-    augment: bool = _f(True, "random affine + brightness/contrast (the one augmenter, " "data/augment.py); image and mask move together")  # fmt: skip
+    augment: bool = _f(
+        True,
+        "random affine + brightness/contrast (the one augmenter, "
+        "data/augment.py); image and mask move together",
+    )
     rotate: float = _f(10.0, "max rotation in degrees")
     zoom: float = _f(0.1, "max relative zoom in or out")
     shift: float = _f(0.06, "max shift as a fraction of the side")
@@ -115,10 +129,20 @@ class LungsPredictConfig:
     """`cxrguide lungs predict RUN --data PREP | IMAGE...`: post-processed lung masks."""
 
     run: Path | None = _f(None, "run folder written by 'cxrguide lungs train'", metavar="RUN")
-    data: Path | None = _f(None, "a classifier folder written by 'cxrguide prepare'", metavar="PREP")  # fmt: skip
+    data: Path | None = _f(
+        None, "a classifier folder written by 'cxrguide prepare'", metavar="PREP"
+    )
     images: list[str] = _f([], "image files to segment (instead of --data)")
-    out: Path | None = _f(None, "--data: folder for the mask cache (default PREP/cache); images: mask PNGs", metavar="DIR")  # fmt: skip
-    overlay: Path | None = _f(None, "also write overlay PNGs here (--data: one per manifest row, <row>_<stem>_overlay.png)", metavar="DIR")  # fmt: skip
+    out: Path | None = _f(
+        None,
+        "--data: folder for the mask cache (default PREP/cache); images: mask PNGs",
+        metavar="DIR",
+    )
+    overlay: Path | None = _f(
+        None,
+        "also write overlay PNGs here (--data: one per manifest row, <row>_<stem>_overlay.png)",
+        metavar="DIR",
+    )
     batch_size: int = _f(0, _AUTO_BATCH)
     threshold: float | None = _f(None, "probability threshold (default: the run's)")
     min_area: float = _f(0.05, "lung area below this fraction of the image is implausible")

@@ -18,9 +18,11 @@ class PretrainConfig:
 
     backbone: str = _f("mobilenet_v2", "model name (see 'cxrguide models')")
     out: Path | None = _f(
-        None, "folder for the body and its card (default: the weight cache that --weights "
-        "phantom reads: $CXRGUIDE_WEIGHTS_DIR, else ~/.cache/cxrguide/weights)", metavar="DIR"
-    )  # fmt: skip
+        None,
+        "folder for the body and its card (default: the weight cache that --weights "
+        "phantom reads: $CXRGUIDE_WEIGHTS_DIR, else ~/.cache/cxrguide/weights)",
+        metavar="DIR",
+    )
     n: int = _f(
         3600, "clean phantoms drawn (4 in 5 for training, 1 in 5 held out, split by patient)"
     )

@@ -49,7 +49,9 @@ class TrainConfig:
     out: Path = _f(Path("runs"), "folder that receives one run folder per model", metavar="RUNS")
     weights: str = _f(
         "imagenet",
-        "imagenet | phantom | none | PATH (ImageNet needs the hub or a " "local file; phantom: a body trained on clean phantoms, built on " "first use; {backbone} in PATH: the model name)",
+        "imagenet | phantom | none | PATH (ImageNet needs the hub or a "
+        "local file; phantom: a body trained on clean phantoms, built on "
+        "first use; {backbone} in PATH: the model name)",
     )
     image_size: int = _f(0, "input side in px (0: the backbone's own Table 2 size)")
     max_epochs: int = _f(100, "maximum epochs (early stopping usually ends sooner)")
@@ -179,22 +181,38 @@ class TuneConfig(TrainConfig):
     values), so a `train` YAML works as ``--config`` and an exported best.yaml is a `train` YAML.
     """
 
-    out: Path | None = _f(None, "tune folder: trial runs, plots, study.db (default runs/tune-STUDY)", metavar="DIR")  # fmt: skip
+    out: Path | None = _f(
+        None, "tune folder: trial runs, plots, study.db (default runs/tune-STUDY)", metavar="DIR"
+    )
     trials: int = _f(20, "trials this command runs (a killed trial's retry counts as one)")
     total_trials: int = _f(
         0, "stop once the study holds this many finished trials over all workers (0: no cap)"
     )
-    storage: str | None = _f(None, "SQLAlchemy URL of the study, e.g. postgresql://u:p@host/db (default sqlite:///OUT/study.db)", metavar="URL")  # fmt: skip
+    storage: str | None = _f(
+        None,
+        "SQLAlchemy URL of the study, e.g. postgresql://u:p@host/db (default sqlite:///OUT/study.db)",
+        metavar="URL",
+    )
     study: str | None = _f(None, "study name (default stage<k>-<backbone>)", metavar="NAME")
-    sampler: Literal["tpe", "gp", "random"] = _f("tpe", "multivariate TPE, Gaussian process, or random search")  # fmt: skip
+    sampler: Literal["tpe", "gp", "random"] = _f(
+        "tpe", "multivariate TPE, Gaussian process, or random search"
+    )
     batch_sampler: Literal["none", "balanced"] = _f(
         "none", "training batches of every trial: shuffled or class-balanced (train's --sampler)"
     )
     startup_trials: int = _f(5, "random trials before the sampler models the results")
-    pruner: Literal["median", "hyperband", "none"] = _f("median", "stop trials whose per-epoch val accuracy trails the others")  # fmt: skip
+    pruner: Literal["median", "hyperband", "none"] = _f(
+        "median", "stop trials whose per-epoch val accuracy trails the others"
+    )
     prune_warmup: int = _f(2, "epochs a trial always runs before it may be pruned")
-    paper_first: bool = _f(True, "enqueue the configured values (the paper's by default) as the first trial")  # fmt: skip
-    lr_range: list[float] = _f([1e-6, 1e-1], "learning-rate LOW and HIGH, log scale (Stage 2 tunes " "finetune_lr); LOW HIGH or the flag twice")  # fmt: skip
+    paper_first: bool = _f(
+        True, "enqueue the configured values (the paper's by default) as the first trial"
+    )
+    lr_range: list[float] = _f(
+        [1e-6, 1e-1],
+        "learning-rate LOW and HIGH, log scale (Stage 2 tunes "
+        "finetune_lr); LOW HIGH or the flag twice",
+    )
     l2_range: list[float] = _f(
         [1e-6, 1e-1], "L2 lambda LOW and HIGH, log scale; LOW HIGH or the flag twice"
     )
@@ -202,18 +220,38 @@ class TuneConfig(TrainConfig):
         [0.0, 0.99], "SGD momentum LOW and HIGH; LOW HIGH or the flag twice"
     )
     batch_sizes: list[int] = _f([8, 16, 32, 64], "batch sizes to try; flag repeated")
-    width_range: list[int] = _f([16, 512], "Stage 1: LOW and HIGH width of each hidden head layer, log " "scale; LOW HIGH or the flag twice")  # fmt: skip
-    dropout_range: list[float] = _f([0.0, 0.5], "Stage 1: LOW and HIGH dropout after each hidden layer; LOW HIGH or the flag twice")  # fmt: skip
-    activations: list[str] = _f(["elu", "relu", "gelu", "silu", "leaky_relu"], "Stage 1: head activations to try; flag repeated")  # fmt: skip
-    heartbeat: int = _f(60, "seconds between a running trial's liveness marks; one silent " "for twice that is retried (0: off)")  # fmt: skip
+    width_range: list[int] = _f(
+        [16, 512],
+        "Stage 1: LOW and HIGH width of each hidden head layer, log "
+        "scale; LOW HIGH or the flag twice",
+    )
+    dropout_range: list[float] = _f(
+        [0.0, 0.5],
+        "Stage 1: LOW and HIGH dropout after each hidden layer; LOW HIGH or the flag twice",
+    )
+    activations: list[str] = _f(
+        ["elu", "relu", "gelu", "silu", "leaky_relu"],
+        "Stage 1: head activations to try; flag repeated",
+    )
+    heartbeat: int = _f(
+        60,
+        "seconds between a running trial's liveness marks; one silent "
+        "for twice that is retried (0: off)",
+    )
     retries: int = _f(1, "how often a trial whose worker died is run again")
 
     def validate(self) -> None:
         super().validate()
         if self.stage not in (1, 2):
             raise ConfigError(f"stage: tune searches Stage 1 or 2, not {self.stage}")
-        for name in ("trials", "startup_trials", "prune_warmup", "heartbeat", "retries",
-                     "total_trials"):  # fmt: skip
+        for name in (
+            "trials",
+            "startup_trials",
+            "prune_warmup",
+            "heartbeat",
+            "retries",
+            "total_trials",
+        ):
             if getattr(self, name) < (1 if name == "trials" else 0):
                 raise ConfigError(f"{name}: must be >= {1 if name == 'trials' else 0}")
         for name in ("lr_range", "l2_range", "momentum_range", "width_range", "dropout_range"):
@@ -237,11 +275,17 @@ class TuneConfig(TrainConfig):
         _in(self.l2, self.l2_range, "l2_range", "l2")
         _in(self.momentum, self.momentum_range, "momentum_range", "momentum")
         if self.batch_size not in self.batch_sizes:
-            raise ConfigError(f"batch_size: the first trial's {self.batch_size} is not in " f"batch_sizes {self.batch_sizes}")  # fmt: skip
+            raise ConfigError(
+                f"batch_size: the first trial's {self.batch_size} is not in "
+                f"batch_sizes {self.batch_sizes}"
+            )
         if self.stage == 1:
             for w in self.head_widths:
                 _in(w, self.width_range, "width_range", "head_widths")
             for d in self.head_dropouts:
                 _in(d, self.dropout_range, "dropout_range", "head_dropouts")
             if self.activation not in self.activations:
-                raise ConfigError(f"activation: the first trial's {self.activation!r} is not in " f"activations {self.activations}")  # fmt: skip
+                raise ConfigError(
+                    f"activation: the first trial's {self.activation!r} is not in "
+                    f"activations {self.activations}"
+                )

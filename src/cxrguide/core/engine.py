@@ -286,12 +286,34 @@ def fit(
             _set_epoch(train_loader, cfg.seed, epoch)
             lr = float(optimizer.param_groups[0]["lr"])
             desc = f"epoch {epoch + 1}/{cfg.max_epochs}"
-            tr = _run_epoch(net, task, train_loader, device, cfg, train=True,
-                            optimizer=optimizer, scaler=scaler, desc=f"{desc} train")  # fmt: skip
-            va = _run_epoch(net, task, val_loader, device, cfg, train=False, optimizer=None,
-                            scaler=None, desc=f"{desc} val")  # fmt: skip
-            row = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in tr.items()},
-                   **{f"val_{k}": v for k, v in va.items()}, "lr": lr}  # fmt: skip
+            tr = _run_epoch(
+                net,
+                task,
+                train_loader,
+                device,
+                cfg,
+                train=True,
+                optimizer=optimizer,
+                scaler=scaler,
+                desc=f"{desc} train",
+            )
+            va = _run_epoch(
+                net,
+                task,
+                val_loader,
+                device,
+                cfg,
+                train=False,
+                optimizer=None,
+                scaler=None,
+                desc=f"{desc} val",
+            )
+            row = {
+                "epoch": epoch + 1,
+                **{f"train_{k}": v for k, v in tr.items()},
+                **{f"val_{k}": v for k, v in va.items()},
+                "lr": lr,
+            }
             history.append(row)
             value = va[cfg.monitor]
             if value < best_value:
@@ -305,15 +327,29 @@ def fit(
             if tracker is not None:  # before the checkpoint: a resume purges what it re-runs
                 tracker.log(row)
             if is_main_process():
-                _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scaler": scaler.state_dict(), "epoch": epoch,
-                              "best_value": best_value, "best_epoch": best_epoch,
-                              "bad_epochs": bad, "history": history, "rng": rng_state(),
-                              "finished": done, "stopped_early": stopped_early}, last)  # fmt: skip
+                _atomic_save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "epoch": epoch,
+                        "best_value": best_value,
+                        "best_epoch": best_epoch,
+                        "bad_epochs": bad,
+                        "history": history,
+                        "rng": rng_state(),
+                        "finished": done,
+                        "stopped_early": stopped_early,
+                    },
+                    last,
+                )
                 write_history(run_dir / HISTORY, history)
                 if cfg.progress:
-                    shown = ", ".join(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}"
-                                      for k, v in row.items() if k != "epoch")  # fmt: skip
+                    shown = ", ".join(
+                        f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}"
+                        for k, v in row.items()
+                        if k != "epoch"
+                    )
                     tqdm.write(f"epoch {epoch + 1}: {shown}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, row)

@@ -82,8 +82,10 @@ class Reliability:
         method = self.method if method is None else method
         k = len(self.vector_scale) if self.vector_scale is not None else len(CLASSES)
         if method == "vector" and self.vector_scale is not None:
-            return (np.asarray(self.vector_scale, np.float64),
-                    np.asarray(self.vector_bias, np.float64))  # fmt: skip
+            return (
+                np.asarray(self.vector_scale, np.float64),
+                np.asarray(self.vector_bias, np.float64),
+            )
         t = self.temperature if method == "temperature" and self.temperature else 1.0
         return np.full(k, 1.0 / t), np.zeros(k)
 
@@ -137,12 +139,21 @@ class Reliability:
     def metadata(self) -> dict:
         vec = None if self.vector_scale is None else [float(v) for v in self.vector_scale]
         bias = None if self.vector_bias is None else [float(v) for v in self.vector_bias]
-        return {"temperature": self.temperature, "vector_scale": vec, "vector_bias": bias,
-                "calibration": self.calibration, "feature_norm": self.feature_norm, "ood_threshold": self.ood_threshold,
-                "energy_threshold": self.energy_threshold,
-                "confidence_threshold": self.confidence_threshold,
-                "false_flag_rate": self.false_flag_rate, "target_risk": self.target_risk,
-                "n_train": self.n_train, "n_val": self.n_val, "warnings": self.warnings}  # fmt: skip
+        return {
+            "temperature": self.temperature,
+            "vector_scale": vec,
+            "vector_bias": bias,
+            "calibration": self.calibration,
+            "feature_norm": self.feature_norm,
+            "ood_threshold": self.ood_threshold,
+            "energy_threshold": self.energy_threshold,
+            "confidence_threshold": self.confidence_threshold,
+            "false_flag_rate": self.false_flag_rate,
+            "target_risk": self.target_risk,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "warnings": self.warnings,
+        }
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -196,17 +207,22 @@ def load_reliability(run_dir: str | Path) -> Reliability | None:
         rel.vector_scale = np.asarray(rel.vector_scale, np.float64)
         rel.vector_bias = np.asarray(rel.vector_bias, np.float64)
     rel.means, rel.precision = arrays.get("means"), arrays.get("precision")
-    if rel.means is not None and (rel.precision is None or rel.means.ndim != 2
-                                  or rel.precision.shape != (rel.means.shape[1],) * 2):  # fmt: skip
+    if rel.means is not None and (
+        rel.precision is None
+        or rel.means.ndim != 2
+        or rel.precision.shape != (rel.means.shape[1],) * 2
+    ):
         raise CxrGuideError(f"{path}: means/precision shapes do not match")
     return rel
 
 
 def describe_missing(run_dir: str | Path) -> str:
     """The one warning line for a run without statistics."""
-    return (f"{run_dir}: no {RELIABILITY_FILE} (run trained before calibration/OOD existed): "
-            f"probabilities are uncalibrated and ood_score is null; "
-            f"'cxrguide evaluate RUN' fits them")  # fmt: skip
+    return (
+        f"{run_dir}: no {RELIABILITY_FILE} (run trained before calibration/OOD existed): "
+        f"probabilities are uncalibrated and ood_score is null; "
+        f"'cxrguide evaluate RUN' fits them"
+    )
 
 
 def warn_missing(run_dir: str | Path) -> None:

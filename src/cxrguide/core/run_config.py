@@ -19,8 +19,18 @@ from cxrguide.files import atomic_write_text
 
 RUN_CONFIG, CHANGES = "config.yaml", "config_changes.yaml"
 # where / how fast a run executes and how it was selected: free to differ on resume
-RUNTIME_FIELDS = ("device", "workers", "resume", "resume_override", "progress", "backbone",
-                  "top", "from_run", "out", "mlflow")  # fmt: skip
+RUNTIME_FIELDS = (
+    "device",
+    "workers",
+    "resume",
+    "resume_override",
+    "progress",
+    "backbone",
+    "top",
+    "from_run",
+    "out",
+    "mlflow",
+)
 
 
 def changed_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
@@ -60,8 +70,12 @@ def _record(path: Path, diff: dict[str, tuple[Any, Any]]) -> None:
     if path.is_file():
         history = yaml.safe_load(path.read_text(encoding="utf-8")) or []
     epochs = _epochs_done(path.parent)
-    history.append({"resumed_after_epoch": epochs,
-                    "changed": {k: {"from": a, "to": b} for k, a, b in _rows(diff)}})  # fmt: skip
+    history.append(
+        {
+            "resumed_after_epoch": epochs,
+            "changed": {k: {"from": a, "to": b} for k, a, b in _rows(diff)},
+        }
+    )
     atomic_write_text(path, yaml.safe_dump(history, sort_keys=False))
 
 

@@ -91,9 +91,11 @@ def bundle_lung_run(run_dir: Path, source: str) -> str:
     """
 
     src = Path(source) if source else None
-    ckpt = None if src is None else next(
-        (src / f for f in (LUNG_WEIGHTS, "last.pt") if (src / f).is_file()), None
-    )  # fmt: skip
+    ckpt = (
+        None
+        if src is None
+        else next((src / f for f in (LUNG_WEIGHTS, "last.pt") if (src / f).is_file()), None)
+    )
     if src is None or ckpt is None or not (src / LUNG_CONFIG).is_file():
         return source
     state = load_checkpoint(ckpt)

@@ -93,8 +93,9 @@ class MlflowRun:
                 return
             exp = self.client.get_experiment_by_name(EXPERIMENT)
             exp_id = exp.experiment_id if exp else self.client.create_experiment(EXPERIMENT)
-            run = self.client.create_run(exp_id, run_name=run_dir.name,
-                                         tags={"run_dir": str(run_dir.resolve())})  # fmt: skip
+            run = self.client.create_run(
+                exp_id, run_name=run_dir.name, tags={"run_dir": str(run_dir.resolve())}
+            )
             self.run_id = run.info.run_id
             flat = [Param(k, v[:6000]) for k, v in sorted(flatten(params).items())]
             for chunk in _chunks(flat):

@@ -86,8 +86,9 @@ def open_finished(prep: Path) -> tuple[pd.DataFrame, int]:
         raise CxrGuideError(f"{prep}: no such folder (give a folder written by 'cxrguide prepare')")
     missing = [name for name in _FINISHED if not (prep / name).is_file()]
     if missing:
-        raise CxrGuideError(f"{prep}: not a finished 'cxrguide prepare' folder ({missing[0]} "
-                            "missing)")  # fmt: skip
+        raise CxrGuideError(
+            f"{prep}: not a finished 'cxrguide prepare' folder ({missing[0]} missing)"
+        )
     manifest = pd.read_csv(prep / "manifest.csv", dtype=str, keep_default_na=False)
     need = {"site", "label", "split", "width", "height"} - set(manifest.columns)
     if need:
@@ -113,8 +114,9 @@ def read_predictions(paths: list[Path] | tuple[Path, ...]) -> pd.DataFrame:
             ) from None
         need = [c for c in ("image_id", "predicted") if c not in table.columns]
         if need:
-            raise CxrGuideError(f"{path}: column {need[0]!r} missing (give a run's "
-                                "predictions_<split>.csv)")  # fmt: skip
+            raise CxrGuideError(
+                f"{path}: column {need[0]!r} missing (give a run's predictions_<split>.csv)"
+            )
         frames.append(table[["image_id", "predicted"]].assign(file=str(path)))
     if not frames:
         return pd.DataFrame(columns=["image_id", "predicted", "file"])
@@ -135,7 +137,7 @@ def class_source_table(manifest: pd.DataFrame) -> dict[str, dict[str, Any]]:
             "share_of_source": {c: float(row[c] / n) for c in CLASSES},
             "share_of_class": {
                 c: (float(row[c] / class_totals[c]) if class_totals[c] else None) for c in CLASSES
-            },  # fmt: skip
+            },
         }
     return table
 
@@ -162,51 +164,88 @@ def source_prior_check(manifest: pd.DataFrame) -> dict[str, Any]:
     y = scored["label"].map(CLASS_INDEX).to_numpy()
     major, prior = apply_source_rules(rules, scored["site"].astype(str).to_numpy())
     acc_major, acc_prior = float((major == y).mean()), float((prior == y).mean())
-    return {"scored_on": where, "n": int(len(y)), "majority_class": rules["majority"],
-            "majority_accuracy": acc_major, "source_prior_accuracy": acc_prior,
-            "gain": acc_prior - acc_major, "rule": rules["source_prior"]}  # fmt: skip
+    return {
+        "scored_on": where,
+        "n": int(len(y)),
+        "majority_class": rules["majority"],
+        "majority_accuracy": acc_major,
+        "source_prior_accuracy": acc_prior,
+        "gain": acc_prior - acc_major,
+        "rule": rules["source_prior"],
+    }
 
 
-def confounding_warnings(table: dict[str, dict[str, Any]], v: float | None,
-                         prior: dict[str, Any]) -> list[dict[str, Any]]:  # fmt: skip
+def confounding_warnings(
+    table: dict[str, dict[str, Any]], v: float | None, prior: dict[str, Any]
+) -> list[dict[str, Any]]:
     """``single_class_source`` and ``source_predicts_class`` (thresholds in the docstring)."""
     out: list[dict[str, Any]] = []
     for site, t in table.items():
         present = [c for c in CLASSES if t["counts"][c]]
         if len(present) == 1:
-            out.append({"code": "single_class_source", "source": site, "class": present[0],
-                        "message": f"source {site} contributes only {present[0]} images "
-                                   f"({t['n']}): a model can score on it by recognising the "
-                                   "source"})  # fmt: skip
+            out.append(
+                {
+                    "code": "single_class_source",
+                    "source": site,
+                    "class": present[0],
+                    "message": f"source {site} contributes only {present[0]} images "
+                    f"({t['n']}): a model can score on it by recognising the "
+                    "source",
+                }
+            )
     if v is not None and v >= CRAMERS_V:
-        out.append({"code": "source_predicts_class", "criterion": "cramers_v", "value": v,
-                    "threshold": CRAMERS_V, "sources": sorted(table), "classes": list(CLASSES),
-                    "message": f"source and class are associated: Cramer's V {v:.2f} >= "
-                               f"{CRAMERS_V}"})  # fmt: skip
+        out.append(
+            {
+                "code": "source_predicts_class",
+                "criterion": "cramers_v",
+                "value": v,
+                "threshold": CRAMERS_V,
+                "sources": sorted(table),
+                "classes": list(CLASSES),
+                "message": f"source and class are associated: Cramer's V {v:.2f} >= {CRAMERS_V}",
+            }
+        )
     if len(table) > 1:
         for c in CLASSES:
-            shares = {s: t["share_of_class"][c] for s, t in table.items()
-                      if t["share_of_class"][c] is not None}  # fmt: skip
+            shares = {
+                s: t["share_of_class"][c]
+                for s, t in table.items()
+                if t["share_of_class"][c] is not None
+            }
             if not shares:
                 continue
             site = max(shares, key=lambda s: shares[s])
             if shares[site] >= ONE_SOURCE_SHARE:
-                out.append({"code": "source_predicts_class", "criterion": "class_from_one_source",
-                            "value": shares[site], "threshold": ONE_SOURCE_SHARE,
-                            "sources": [site], "classes": [c],
-                            "message": f"{100 * shares[site]:.0f}% of the {c} images come from "
-                                       f"{site}: for this class, source and label are one"})  # fmt: skip
+                out.append(
+                    {
+                        "code": "source_predicts_class",
+                        "criterion": "class_from_one_source",
+                        "value": shares[site],
+                        "threshold": ONE_SOURCE_SHARE,
+                        "sources": [site],
+                        "classes": [c],
+                        "message": f"{100 * shares[site]:.0f}% of the {c} images come from "
+                        f"{site}: for this class, source and label are one",
+                    }
+                )
     gain = prior.get("gain")
     if gain is not None and gain >= SOURCE_PRIOR_GAIN:
         tied = sorted(s for s, c in prior["rule"].items() if c != prior["majority_class"])
-        out.append({"code": "source_predicts_class", "criterion": "source_prior_gain",
-                    "value": gain, "threshold": SOURCE_PRIOR_GAIN, "sources": tied,
-                    "classes": sorted({prior["rule"][s] for s in tied}),
-                    "message": f"guessing each source's most common class scores "
-                               f"{100 * prior['source_prior_accuracy']:.1f}% on {prior['scored_on']}"
-                               f", {100 * gain:.1f} points above the majority class "
-                               f"({100 * prior['majority_accuracy']:.1f}%) with no image "
-                               "at all"})  # fmt: skip
+        out.append(
+            {
+                "code": "source_predicts_class",
+                "criterion": "source_prior_gain",
+                "value": gain,
+                "threshold": SOURCE_PRIOR_GAIN,
+                "sources": tied,
+                "classes": sorted({prior["rule"][s] for s in tied}),
+                "message": f"guessing each source's most common class scores "
+                f"{100 * prior['source_prior_accuracy']:.1f}% on {prior['scored_on']}"
+                f", {100 * gain:.1f} points above the majority class "
+                f"({100 * prior['majority_accuracy']:.1f}%) with no image "
+                "at all",
+            }
+        )
     return out
 
 
@@ -270,17 +309,19 @@ def image_statistics(prep: Path, manifest: pd.DataFrame, size: int) -> dict[str,
         idx = np.flatnonzero(sel)
         out[site] = {
             "n": int(sel.sum()),
-            "width_median": float(np.median(w[sel])), "height_median": float(np.median(h[sel])),
+            "width_median": float(np.median(w[sel])),
+            "height_median": float(np.median(h[sel])),
             "width_range": [float(w[sel].min()), float(w[sel].max())],
             "height_range": [float(h[sel].min()), float(h[sel].max())],
             "format": dict(Counter(formats[k] for k in idx)),
             "bit_depth": dict(Counter(depths[k] for k in idx)),
             "photometric": dict(Counter(photometric[k] for k in idx)),
             "letterbox_share": float(letterbox[sel].mean()),
-            "intensity_mean": float(means[sel].mean()), "intensity_std": float(stds[sel].mean()),
+            "intensity_mean": float(means[sel].mean()),
+            "intensity_std": float(stds[sel].mean()),
             "near_black_share": float(dark[sel].mean()),
             "near_white_share": float(bright[sel].mean()),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -312,16 +353,34 @@ def audit_prepared(
     prior = source_prior_check(manifest)
     warnings = confounding_warnings(table, v, prior)
     masks_path = Path(lung_masks) if lung_masks else prep / f"cache/lungs_{size}.npy"
-    probe = outside_lung_probe(prep, manifest, size, masks_path, seed=seed, side=probe_side,
-                               margin=probe_margin, max_images=probe_max_images,
-                               predictions=answers)  # fmt: skip
+    probe = outside_lung_probe(
+        prep,
+        manifest,
+        size,
+        masks_path,
+        seed=seed,
+        side=probe_side,
+        margin=probe_margin,
+        max_images=probe_max_images,
+        predictions=answers,
+    )
     warnings += probe_warnings(probe)
-    audit = {"prepared": str(prep), "images": int(len(manifest)), "seed": seed,
-             "thresholds": {"cramers_v": CRAMERS_V, "class_from_one_source": ONE_SOURCE_SHARE,
-                            "source_prior_gain": SOURCE_PRIOR_GAIN},
-             "class_by_source": table, "cramers_v": v, "source_prior": prior,
-             "outside_lung_probe": probe, "image_stats": image_statistics(prep, manifest, size),
-             "warnings": warnings}  # fmt: skip
+    audit = {
+        "prepared": str(prep),
+        "images": int(len(manifest)),
+        "seed": seed,
+        "thresholds": {
+            "cramers_v": CRAMERS_V,
+            "class_from_one_source": ONE_SOURCE_SHARE,
+            "source_prior_gain": SOURCE_PRIOR_GAIN,
+        },
+        "class_by_source": table,
+        "cramers_v": v,
+        "source_prior": prior,
+        "outside_lung_probe": probe,
+        "image_stats": image_statistics(prep, manifest, size),
+        "warnings": warnings,
+    }
     out.mkdir(parents=True, exist_ok=True)
     for name, text in ((AUDIT_JSON, json.dumps(audit, indent=2)), (AUDIT_MD, markdown(audit))):
         atomic_write_text(out / name, text)  # a half-written audit is never taken as finished

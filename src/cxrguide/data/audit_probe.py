@@ -82,9 +82,15 @@ def cross_validated(x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int)
     ci = binomtest(k, n).proportion_ci(method="wilson")
     baseline = float(counts.max() / n)
     acc = k / n
-    return {"n": n, "folds": folds, "accuracy": acc, "ci95": [float(ci.low), float(ci.high)],
-            "majority_share": baseline, "majority": str(values[np.argmax(counts)]),
-            "signal": bool(ci.low > baseline and acc - baseline >= MIN_GAIN)}  # fmt: skip
+    return {
+        "n": n,
+        "folds": folds,
+        "accuracy": acc,
+        "ci95": [float(ci.low), float(ci.high)],
+        "majority_share": baseline,
+        "majority": str(values[np.argmax(counts)]),
+        "signal": bool(ci.low > baseline and acc - baseline >= MIN_GAIN),
+    }
 
 
 def outside_lung_probe(
@@ -102,12 +108,16 @@ def outside_lung_probe(
     """The probe's report (``class``, ``source`` and, given ``predictions`` (image_id,
     predicted, file), ``predictions`` targets), or ``skipped`` with the reason."""
     if not masks_path.is_file():
-        return {"skipped": f"no lung masks at {masks_path} (give --lungs RUN, or run 'cxrguide "
-                           f"lungs predict RUN --data {prep}' first)"}  # fmt: skip
+        return {
+            "skipped": f"no lung masks at {masks_path} (give --lungs RUN, or run 'cxrguide "
+            f"lungs predict RUN --data {prep}' first)"
+        }
     masks = cache.open_readonly(masks_path)
     if masks.shape[0] != len(manifest) or masks.shape[1:] != (size, size):
-        return {"skipped": f"{masks_path}: {masks.shape[0]} masks of {masks.shape[1]} px do not "
-                           f"match the {len(manifest)} images of {size} px"}  # fmt: skip
+        return {
+            "skipped": f"{masks_path}: {masks.shape[0]} masks of {masks.shape[1]} px do not "
+            f"match the {len(manifest)} images of {size} px"
+        }
     images = cache.open_readonly(cache.image_cache_path(prep, size))
     rows = np.arange(len(manifest))
     if len(rows) > max_images:
@@ -120,10 +130,14 @@ def outside_lung_probe(
         features[i] = None if blanked is None else probe_features(img, blanked, side)
     kept = [int(i) for i in rows if features[int(i)] is not None]
     feats = [features[i] for i in kept]
-    report: dict[str, Any] = {"masks": str(masks_path), "images": len(kept),
-                              "empty_masks": int(len(rows) - len(kept)), "side": side,
-                              "margin": margin, "model": "logistic regression (C=0.05), "
-                              f"{N_FOLDS}-fold patient-grouped CV"}  # fmt: skip
+    report: dict[str, Any] = {
+        "masks": str(masks_path),
+        "images": len(kept),
+        "empty_masks": int(len(rows) - len(kept)),
+        "side": side,
+        "margin": margin,
+        "model": f"logistic regression (C=0.05), {N_FOLDS}-fold patient-grouped CV",
+    }
     if len(kept) < 2 * N_FOLDS:
         report["skipped"] = f"only {len(kept)} films with a lung mask"
         return report
@@ -133,8 +147,9 @@ def outside_lung_probe(
     for target, column in (("class", "label"), ("source", "site")):
         report[target] = cross_validated(x, sub[column].astype(str).to_numpy(), groups, seed)
     if predictions is not None:
-        report["predictions"] = predictions_target(manifest, predictions, predicted_rows,
-                                                   features, seed)  # fmt: skip
+        report["predictions"] = predictions_target(
+            manifest, predictions, predicted_rows, features, seed
+        )
     return report
 
 
@@ -143,21 +158,34 @@ def _predicted_rows(manifest: pd.DataFrame, predictions: pd.DataFrame | None) ->
     if predictions is None:
         return {}
     where = dict(zip(manifest["image_id"].astype(str), range(len(manifest)), strict=True))
-    return {where[i]: str(p) for i, p in zip(predictions["image_id"].astype(str),
-                                             predictions["predicted"], strict=True) if i in where}  # fmt: skip
+    return {
+        where[i]: str(p)
+        for i, p in zip(predictions["image_id"].astype(str), predictions["predicted"], strict=True)
+        if i in where
+    }
 
 
-def predictions_target(manifest: pd.DataFrame, predictions: pd.DataFrame, rows: dict[int, str],
-                       features: dict[int, np.ndarray | None], seed: int) -> dict[str, Any]:  # fmt: skip
+def predictions_target(
+    manifest: pd.DataFrame,
+    predictions: pd.DataFrame,
+    rows: dict[int, str],
+    features: dict[int, np.ndarray | None],
+    seed: int,
+) -> dict[str, Any]:
     """The probe on the model's answers and, same films and folds, on the true class."""
     files = sorted(set(predictions["file"].astype(str)))
-    report: dict[str, Any] = {"files": files, "rows": int(len(predictions)),
-                              "not_in_prep": int(len(predictions) - len(rows))}  # fmt: skip
+    report: dict[str, Any] = {
+        "files": files,
+        "rows": int(len(predictions)),
+        "not_in_prep": int(len(predictions) - len(rows)),
+    }
     kept = [i for i in sorted(rows) if features[i] is not None]
     report["empty_masks"] = len(rows) - len(kept)
     if len(kept) < 2 * N_FOLDS:
-        report["skipped"] = (f"only {len(kept)} of the {len(predictions)} predicted films are in "
-                             f"PREP with a lung mask (the probe needs >= {2 * N_FOLDS})")  # fmt: skip
+        report["skipped"] = (
+            f"only {len(kept)} of the {len(predictions)} predicted films are in "
+            f"PREP with a lung mask (the probe needs >= {2 * N_FOLDS})"
+        )
         return report
     answers = np.array([rows[i] for i in kept])
     truth = manifest["label"].astype(str).to_numpy()[kept]
@@ -178,27 +206,43 @@ def probe_warnings(probe: dict[str, Any]) -> list[dict[str, Any]]:
     for target in ("class", "source"):
         r = probe.get(target, {})
         if r.get("signal"):
-            out.append({"code": "outside_lung_signal", "target": target,
-                        "accuracy": r["accuracy"], "majority_share": r["majority_share"],
-                        "message": f"with the lungs blanked out, a small classifier tells the "
-                                   f"{target} at {100 * r['accuracy']:.1f}% (95% CI "
-                                   f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) against "
-                                   f"{100 * r['majority_share']:.1f}% by guessing the most "
-                                   f"common {target}: the films carry {target} cues outside the "
-                                   "lungs"})  # fmt: skip
+            out.append(
+                {
+                    "code": "outside_lung_signal",
+                    "target": target,
+                    "accuracy": r["accuracy"],
+                    "majority_share": r["majority_share"],
+                    "message": f"with the lungs blanked out, a small classifier tells the "
+                    f"{target} at {100 * r['accuracy']:.1f}% (95% CI "
+                    f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) against "
+                    f"{100 * r['majority_share']:.1f}% by guessing the most "
+                    f"common {target}: the films carry {target} cues outside the "
+                    "lungs",
+                }
+            )
     r = probe.get("predictions", {})
     if r.get("signal"):
         truth = r.get("true_class", {}).get("accuracy")
-        versus = ("" if truth is None else f"; it tells the true class of the same films at "
-                  f"{100 * truth:.1f}%")  # fmt: skip
-        out.append({"code": "predictions_follow_outside_lung", "target": "predictions",
-                    "files": r["files"], "accuracy": r["accuracy"],
-                    "majority_share": r["majority_share"], "true_class_accuracy": truth,
-                    "message": f"with the lungs blanked out, a small classifier agrees with the "
-                               f"model's answers ({', '.join(r['files'])}) on "
-                               f"{100 * r['accuracy']:.1f}% of {r['n']} films (95% CI "
-                               f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) against "
-                               f"{100 * r['majority_share']:.1f}% by always guessing the "
-                               f"model's most common answer{versus}: the model's decisions can "
-                               "be told from outside the lungs"})  # fmt: skip
+        versus = (
+            ""
+            if truth is None
+            else f"; it tells the true class of the same films at {100 * truth:.1f}%"
+        )
+        out.append(
+            {
+                "code": "predictions_follow_outside_lung",
+                "target": "predictions",
+                "files": r["files"],
+                "accuracy": r["accuracy"],
+                "majority_share": r["majority_share"],
+                "true_class_accuracy": truth,
+                "message": f"with the lungs blanked out, a small classifier agrees with the "
+                f"model's answers ({', '.join(r['files'])}) on "
+                f"{100 * r['accuracy']:.1f}% of {r['n']} films (95% CI "
+                f"{100 * r['ci95'][0]:.1f}-{100 * r['ci95'][1]:.1f}) against "
+                f"{100 * r['majority_share']:.1f}% by always guessing the "
+                f"model's most common answer{versus}: the model's decisions can "
+                "be told from outside the lungs",
+            }
+        )
     return out

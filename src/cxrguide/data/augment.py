@@ -41,13 +41,19 @@ class CxrAugment:
     def __post_init__(self) -> None:
         from torchvision.transforms import v2
 
-        geometric = [v2.RandomAffine(degrees=self.rotate, translate=(self.shift, self.shift),
-                                     scale=(1 - self.zoom, 1 + self.zoom),
-                                     interpolation=v2.InterpolationMode.BILINEAR)]  # fmt: skip
+        geometric = [
+            v2.RandomAffine(
+                degrees=self.rotate,
+                translate=(self.shift, self.shift),
+                scale=(1 - self.zoom, 1 + self.zoom),
+                interpolation=v2.InterpolationMode.BILINEAR,
+            )
+        ]
         if self.hflip:
             geometric.append(v2.RandomHorizontalFlip())
-        photometric = v2.ColorJitter(brightness=self.brightness or None,
-                                     contrast=self.contrast or None)  # fmt: skip
+        photometric = v2.ColorJitter(
+            brightness=self.brightness or None, contrast=self.contrast or None
+        )
         object.__setattr__(self, "_transforms", (v2.Compose(geometric), photometric))
 
     def __call__(

@@ -49,8 +49,14 @@ def open_writable(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r+")
 
 
-def gather(src: np.ndarray, rows: list[int], dst_path: Path, chunk: int = 256,
-           workers: int = 1, pool: Executor | None = None) -> None:  # fmt: skip
+def gather(
+    src: np.ndarray,
+    rows: list[int],
+    dst_path: Path,
+    chunk: int = 256,
+    workers: int = 1,
+    pool: Executor | None = None,
+) -> None:
     """Copy ``src[rows]`` into a new cache file, in chunks (constant memory).
 
     With ``workers`` > 1 the output is split into contiguous row ranges copied by forked
@@ -68,8 +74,10 @@ def gather(src: np.ndarray, rows: list[int], dst_path: Path, chunk: int = 256,
     bounds = np.linspace(0, len(rows), workers + 1).astype(int).tolist()
     if pool is not None:
         name = str(src.filename)  # type: ignore[attr-defined]
-        spans = [(name, rows, str(dst_path), lo, hi, chunk)
-                 for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
+        spans = [
+            (name, rows, str(dst_path), lo, hi, chunk)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
         list(pool.map(_gather_span, spans))
         return
     global _gather_job
@@ -97,8 +105,7 @@ def _gather_span(span: tuple[str, list[int], str, int, int, int]) -> None:
     _copy(open_readonly(src), rows, open_writable(Path(dst)), lo, hi, chunk)
 
 
-def _copy(src: np.ndarray, rows: list[int], dst: np.ndarray, lo: int, hi: int,
-          chunk: int) -> None:  # fmt: skip
+def _copy(src: np.ndarray, rows: list[int], dst: np.ndarray, lo: int, hi: int, chunk: int) -> None:
     for start in range(lo, hi, chunk):
         part = rows[start : min(start + chunk, hi)]
         dst[start : start + len(part)] = src[part]

@@ -24,8 +24,16 @@ SUMMARY = "summary.json"
 CONFIG_FILE = "prepare_config.yaml"  # the config a prepared folder was made with
 # what prepare / lungs prepare write besides .work (their resumable decode cache): an unfinished
 # run's leftovers are these and only these are discarded before a re-run with another config
-OUTPUTS = ("manifest.csv", "rejected.csv", "duplicates.csv", SUMMARY, "cache", "features",
-           "lung_quality.csv", "prepare_config.yaml")  # fmt: skip
+OUTPUTS = (
+    "manifest.csv",
+    "rejected.csv",
+    "duplicates.csv",
+    SUMMARY,
+    "cache",
+    "features",
+    "lung_quality.csv",
+    "prepare_config.yaml",
+)
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -77,8 +85,9 @@ def discard_unfinished(folder: Path) -> list[str]:
     return removed
 
 
-def check_out_dir(out: Path, cfg: Any, kind: str = "prepare",
-                  outputs: tuple[str, ...] = ("manifest.csv",)) -> bool:  # fmt: skip
+def check_out_dir(
+    out: Path, cfg: Any, kind: str = "prepare", outputs: tuple[str, ...] = ("manifest.csv",)
+) -> bool:
     """True when ``out`` holds this exact, finished preparation (``cfg`` saved as CONFIG_FILE,
     every file of ``outputs`` and the completion marker written); refuse to clobber anything
     else. An unfinished run's leftovers with another config are discarded (its ``.work`` decode

@@ -50,8 +50,15 @@ _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2}  # baseline, extended, progressive (Huffman)
 # DICOM transfer syntaxes whose frames are 8/12-bit Huffman JPEG (baseline, extended)
 _DICOM_HUFFMAN_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
-          (0, 1, 1, 2))  # fmt: skip
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
 
 
 class DecodeRefusal(Exception):

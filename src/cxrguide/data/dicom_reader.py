@@ -110,8 +110,14 @@ def _compressed_bytes(ds: Any) -> int | None:
     return len(value) if isinstance(value, bytes | bytearray) else None
 
 
-def dicom_info(path: Path, ds: Any, max_pixels: int, min_side: int,
-               modalities: frozenset[str], allow_for_processing: bool) -> ImageInfo:  # fmt: skip
+def dicom_info(
+    path: Path,
+    ds: Any,
+    max_pixels: int,
+    min_side: int,
+    modalities: frozenset[str],
+    allow_for_processing: bool,
+) -> ImageInfo:
     """The header's facts and warnings, or a refusal (see the module docstring)."""
     if not any(tag in ds for tag in _PIXEL_TAGS):
         if _has_pixel_tag(path):
@@ -135,8 +141,18 @@ def dicom_info(path: Path, ds: Any, max_pixels: int, min_side: int,
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 0)
     view = str(ds.get("ViewPosition", "") or "").strip().upper()
     flags = film_flags.dicom_warnings(ds, modality, _compressed_bytes(ds))
-    return ImageInfo(str(path), "DICOM", int(cols), int(rows), bits, photometric, view, modality,
-                     flags=tuple(flags), dicom=DicomRef.of(ds))  # fmt: skip
+    return ImageInfo(
+        str(path),
+        "DICOM",
+        int(cols),
+        int(rows),
+        bits,
+        photometric,
+        view,
+        modality,
+        flags=tuple(flags),
+        dicom=DicomRef.of(ds),
+    )
 
 
 def _padding(ds: Any, bits: int) -> intensity.Band | None:
@@ -186,19 +202,29 @@ def dicom_rule(ds: Any, photometric: str, rgb: bool) -> intensity.Rule:
 
         return intensity.Rule(modality=luminance, eight_bit=0 < bits <= 8)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    identity = "ModalityLUTSequence" not in ds and float(slope if slope is not None else 1) == 1 \
-        and float(intercept if intercept is not None else 0) == 0  # fmt: skip
+    identity = (
+        "ModalityLUTSequence" not in ds
+        and float(slope if slope is not None else 1) == 1
+        and float(intercept if intercept is not None else 0) == 0
+    )
     modality = None if identity else (lambda b: apply_modality_lut(b, ds))
     signed = int(ds.get("PixelRepresentation") or 0) == 1
     return intensity.Rule(
-        modality=modality, padding=_padding(ds, bits), display=_display(ds),
+        modality=modality,
+        padding=_padding(ds, bits),
+        display=_display(ds),
         eight_bit=identity and not signed and 0 < bits <= 8,
         invert=photometric == "MONOCHROME1",
-    )  # fmt: skip
+    )
 
 
-def dicom_pixels(ds: Any, info: ImageInfo, target: int | None, check=None,  # noqa: ANN001
-                 square: int | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:  # fmt: skip
+def dicom_pixels(
+    ds: Any,
+    info: ImageInfo,
+    target: int | None,
+    check=None,  # noqa: ANN001
+    square: int | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Stored values -> [0, 1] by the rule, block-averaged to ``target`` (and the letterboxed
     ``square``, see :func:`cxrguide.data.intensity.normalise`); and the rule's name."""
     factor = reduce_factor(info.width, info.height, target)

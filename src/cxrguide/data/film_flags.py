@@ -26,13 +26,23 @@ from cxrguide.errors import Remedy
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG")
 LATERAL_VIEWS = {"LL", "RL", "LATERAL", "LAT", "L", "R", "LLAT", "RLAT"}
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # and .7.1-.7.4, the multi-frame kinds
-_FOR_PROCESSING_CLASSES = {"1.2.840.10008.5.1.4.1.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.2.1",
-                           "1.2.840.10008.5.1.4.1.1.1.3.1"}  # fmt: skip  # DX, mammo, intra-oral
+_FOR_PROCESSING_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.1.3.1",
+}  # DX, mammo, intra-oral
 _LOSSY_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 81)}  # JPEG 8/12-bit, JPEG-LS near
 # Ordinary JPEG (up to ~20:1) is what the public training sets are made of: flagged only above.
 LOSSY_WARN_RATIO = 20.0
-CODES = ("lateral", "non_radiograph", "no_modality", "for_processing", "lossy_compressed",
-         "burned_in_annotation", "mirrored")  # fmt: skip
+CODES = (
+    "lateral",
+    "non_radiograph",
+    "no_modality",
+    "for_processing",
+    "lossy_compressed",
+    "burned_in_annotation",
+    "mirrored",
+)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,7 @@ from typing import Any, BinaryIO
 from pydicom.encaps import generate_frames
 
 # JPEG frame headers: SOF0-3, 5-7, 9-11, 13-15 and JPEG-LS SOF55 (0xF7)
-SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF,
-               0xF7}  # fmt: skip
+SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 _JPEG_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81)}
 _J2K_SYNTAXES = {f"1.2.840.10008.1.2.4.{n}" for n in (90, 91, 92, 93, 201, 202, 203)}
 _J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
@@ -111,8 +110,9 @@ def frame_header(data: bytes) -> FrameHeader:
     """The header of a JPEG, JPEG-LS or JPEG 2000 (codestream or jp2) stream; ``ValueError``."""
     if data.startswith(b"\xff\xd8"):
         width, height, precision, marker, components = _jpeg_sof(io.BytesIO(data))
-        return FrameHeader(width, height, components, precision,
-                           "JPEG-LS" if marker == 0xF7 else "JPEG")  # fmt: skip
+        return FrameHeader(
+            width, height, components, precision, "JPEG-LS" if marker == 0xF7 else "JPEG"
+        )
     if data.startswith(_JP2_SIGNATURE):
         data = _jp2_codestream(data)
     if data.startswith(_J2K_SOC_SIZ):

@@ -26,8 +26,19 @@ class DicomRef:
         def text(keyword: str) -> str:
             return str(ds.get(keyword, "") or "").strip()
 
-        return cls(*(text(k) for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-                                       "SOPClassUID", "AccessionNumber", "FrameOfReferenceUID")))  # fmt: skip
+        return cls(
+            *(
+                text(k)
+                for k in (
+                    "StudyInstanceUID",
+                    "SeriesInstanceUID",
+                    "SOPInstanceUID",
+                    "SOPClassUID",
+                    "AccessionNumber",
+                    "FrameOfReferenceUID",
+                )
+            )
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +83,15 @@ def short(err: BaseException) -> str:
     return text if len(text) <= 100 else text[:97] + "..."
 
 
-_TRUNCATION_WORDS = ("truncat", "less than", "end of file", "eof", "too short", "shorter",
-                     "unpack requires a buffer")  # fmt: skip
+_TRUNCATION_WORDS = (
+    "truncat",
+    "less than",
+    "end of file",
+    "eof",
+    "too short",
+    "shorter",
+    "unpack requires a buffer",
+)
 
 
 def is_truncation(err: BaseException) -> bool:

@@ -45,8 +45,20 @@ from cxrguide.data.image_info import DicomRef, ImageInfo, check_size, fail, is_t
 from cxrguide.data.transforms import resize_array, resize_mask_array, sparse_weights
 from cxrguide.errors import ImageReadError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "MIN_SIDE", "DicomRef", "ImageInfo", "Letterbox", "fit_square",
-           "letterbox", "model_input", "probe", "read_film", "read_image", "to_uint8"]  # fmt: skip
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "MIN_SIDE",
+    "DicomRef",
+    "ImageInfo",
+    "Letterbox",
+    "fit_square",
+    "letterbox",
+    "model_input",
+    "probe",
+    "read_film",
+    "read_image",
+    "to_uint8",
+]
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 64
@@ -138,9 +150,13 @@ def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[
 
 
 def _open(
-    path: str | Path, max_pixels: int, min_side: int, deferred: bool,
-    allow_modality: list[str] | tuple[str, ...] | None = None, allow_for_processing: bool = False,
-) -> tuple[ImageInfo, Any]:  # fmt: skip
+    path: str | Path,
+    max_pixels: int,
+    min_side: int,
+    deferred: bool,
+    allow_modality: list[str] | tuple[str, ...] | None = None,
+    allow_for_processing: bool = False,
+) -> tuple[ImageInfo, Any]:
     path = Path(path)
     head = _read_head(path)
     if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
@@ -151,8 +167,9 @@ def _open(
             modalities = normalise_modalities(allow_modality)
             with warnings.catch_warnings():  # pydicom warns on bad values as it converts them
                 warnings.simplefilter("ignore")
-                info = dicom.dicom_info(path, ds, max_pixels, min_side, modalities,
-                                        allow_for_processing)  # fmt: skip
+                info = dicom.dicom_info(
+                    path, ds, max_pixels, min_side, modalities, allow_for_processing
+                )
                 return info, ds
         except ImageReadError:
             raise
@@ -162,9 +179,12 @@ def _open(
 
 
 def probe(
-    path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE,
-    allow_modality: list[str] | tuple[str, ...] | None = None, allow_for_processing: bool = False,
-) -> ImageInfo:  # fmt: skip
+    path: str | Path,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = MIN_SIDE,
+    allow_modality: list[str] | tuple[str, ...] | None = None,
+    allow_for_processing: bool = False,
+) -> ImageInfo:
     """Header-only look at a file: format, size, depth, view; refuses what cannot be used."""
     info, handle = _open(path, max_pixels, min_side, True, allow_modality, allow_for_processing)
     if isinstance(handle, Image.Image):
@@ -181,8 +201,9 @@ def _shape_fits(shape: tuple[int, ...], info: ImageInfo, target: int | None) -> 
     return max(h, w) >= min(target or 0, max(info.width, info.height)) and aspect_error < 0.05
 
 
-def _decode(handle: Any, info: ImageInfo, target: int | None, deadline: guard.Deadline,
-            square: int | None):  # fmt: skip
+def _decode(
+    handle: Any, info: ImageInfo, target: int | None, deadline: guard.Deadline, square: int | None
+):
     """The pixels of an opened file (Pillow image or pydicom dataset), the letterboxed square
     when asked for, and the info to report."""
     path = Path(info.path)
@@ -220,9 +241,15 @@ def read_image(
     block-averaged by the largest integer factor that keeps it (``info`` keeps the file's size).
     ``deadline_s``: refuse the file when decoding takes longer (None: no limit).
     """
-    gray, _, info = read_film(path, max_pixels, min_side, allow_modality=allow_modality,
-                              allow_for_processing=allow_for_processing, target=target,
-                              deadline_s=deadline_s)  # fmt: skip
+    gray, _, info = read_film(
+        path,
+        max_pixels,
+        min_side,
+        allow_modality=allow_modality,
+        allow_for_processing=allow_for_processing,
+        target=target,
+        deadline_s=deadline_s,
+    )
     return gray, info
 
 

@@ -116,9 +116,12 @@ class _Square:
 
 
 def normalise(
-    arr: np.ndarray, rule: Rule, factor: int = 1, check: Callable[[], None] | None = None,
+    arr: np.ndarray,
+    rule: Rule,
+    factor: int = 1,
+    check: Callable[[], None] | None = None,
     square: int | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Stored values (HxW, or HxWx3 with a luminance ``modality``) -> float32 [0, 1], the rule
     applied at full resolution, then block-averaged by ``factor``; with ``square``, also the
     letterboxed ``square x square`` float32 input built from the same full-resolution pixels

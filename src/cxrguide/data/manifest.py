@@ -113,12 +113,17 @@ def near_similarity(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.astype(np.float32) / 255, b.astype(np.float32) / 255
     m = slice(4, a.shape[0] - 4)  # borders move under registration
     ab, bb = ndimage.gaussian_filter(a, 1.0), ndimage.gaussian_filter(b, 1.0)
-    fit = optimize.minimize(lambda p: -_corr(ab[m, m], _warp(bb, p)[m, m]), [1, 1, 0, 0],
-                            method="Powell", bounds=[(0.85, 1.18), (0.85, 1.18), (-6, 6), (-6, 6)],
-                            options={"xtol": 1e-3, "ftol": 1e-5})  # fmt: skip
+    fit = optimize.minimize(
+        lambda p: -_corr(ab[m, m], _warp(bb, p)[m, m]),
+        [1, 1, 0, 0],
+        method="Powell",
+        bounds=[(0.85, 1.18), (0.85, 1.18), (-6, 6), (-6, 6)],
+        options={"xtol": 1e-3, "ftol": 1e-5},
+    )
     wb = _warp(b, fit.x)
-    detail = _corr((a - ndimage.gaussian_filter(a, 1.5))[m, m],
-                   (wb - ndimage.gaussian_filter(wb, 1.5))[m, m])  # fmt: skip
+    detail = _corr(
+        (a - ndimage.gaussian_filter(a, 1.5))[m, m], (wb - ndimage.gaussian_filter(wb, 1.5))[m, m]
+    )
     return min(detail, (-float(fit.fun) - 0.9) * 10)  # both the detail and the shape must agree
 
 
@@ -158,8 +163,10 @@ def dhash_pairs(hashes: Sequence[np.ndarray | None], distance: int) -> list[tupl
         starts, stops = np.r_[0, cuts], np.r_[cuts, len(order)]
         for lo, hi in zip(starts[stops - starts > 1], stops[stops - starts > 1], strict=True):
             members = order[lo:hi]
-            out.extend((int(present[members[a]]), int(present[members[c]]))
-                       for a, c in _close_pairs(words[members], distance))  # fmt: skip
+            out.extend(
+                (int(present[members[a]]), int(present[members[c]]))
+                for a, c in _close_pairs(words[members], distance)
+            )
     return out
 
 

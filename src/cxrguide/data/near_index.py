@@ -46,8 +46,9 @@ BAND_COS = 0.96
 FINE_COS = 0.984
 FINE_SIDE = 32
 PCA_DIMS = 24
-_REFINE = [(ds, dx, dy) for ds in (0.99, 1.0, 1.01) for dx in (-0.01, 0, 0.01)
-           for dy in (-0.01, 0, 0.01)]  # fmt: skip
+_REFINE = [
+    (ds, dx, dy) for ds in (0.99, 1.0, 1.01) for dx in (-0.01, 0, 0.01) for dy in (-0.01, 0, 0.01)
+]
 
 
 BLOCK = 1024  # films per radius-query block (and per fill of the views)
@@ -62,8 +63,12 @@ def view_boxes() -> list[tuple[float, float, float, float]]:
     half = 0.5 - MARGIN
     boxes = [(MARGIN, MARGIN, 1 - MARGIN, 1 - MARGIN)]
     for sx, sy, dx, dy in itertools.product(SCALES, SCALES, SHIFTS, SHIFTS):
-        box = (0.5 + dx - half * sx, 0.5 + dy - half * sy, 0.5 + dx + half * sx,
-               0.5 + dy + half * sy)  # fmt: skip
+        box = (
+            0.5 + dx - half * sx,
+            0.5 + dy - half * sy,
+            0.5 + dx + half * sx,
+            0.5 + dy + half * sy,
+        )
         if box not in boxes:
             boxes.append(box)
     return boxes
@@ -78,8 +83,10 @@ def views(thumb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     low = ndimage.gaussian_filter(t, 1.5)
     band = low - ndimage.gaussian_filter(t, 6.0)
     boxes = view_boxes()
-    return (_sample(low, boxes, VIEW_SIDE).astype(np.float16),
-            _sample(band, boxes, VIEW_SIDE).astype(np.float16))  # fmt: skip
+    return (
+        _sample(low, boxes, VIEW_SIDE).astype(np.float16),
+        _sample(band, boxes, VIEW_SIDE).astype(np.float16),
+    )
 
 
 def _best_views(stack: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -109,9 +116,14 @@ def _sample(img: np.ndarray, boxes: list[tuple[float, ...]], side: int = FINE_SI
     zero-mean and unit length: (len(boxes), side * side) float32."""
 
     im, n = Image.fromarray(img), img.shape[0]
-    v = np.stack([np.asarray(im.resize((side, side), Image.Resampling.BILINEAR,
-                                       box=tuple(f * n for f in box))).ravel()
-                  for box in boxes]).astype(np.float32)  # fmt: skip
+    v = np.stack(
+        [
+            np.asarray(
+                im.resize((side, side), Image.Resampling.BILINEAR, box=tuple(f * n for f in box))
+            ).ravel()
+            for box in boxes
+        ]
+    ).astype(np.float32)
     v -= v.mean(1, keepdims=True)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-6)
 
@@ -119,8 +131,10 @@ def _sample(img: np.ndarray, boxes: list[tuple[float, ...]], side: int = FINE_SI
 def _refined(box: tuple[float, ...]) -> list[tuple[float, ...]]:
     left, top, right, bottom = box
     cx, cy, hw, hh = (left + right) / 2, (top + bottom) / 2, (right - left) / 2, (bottom - top) / 2
-    return [(cx + dx - hw * ds, cy + dy - hh * ds, cx + dx + hw * ds, cy + dy + hh * ds)
-            for ds, dx, dy in _REFINE]  # fmt: skip
+    return [
+        (cx + dx - hw * ds, cy + dy - hh * ds, cx + dx + hw * ds, cy + dy + hh * ds)
+        for ds, dx, dy in _REFINE
+    ]
 
 
 def _chunks(pairs: np.ndarray, size: int) -> list[np.ndarray]:
@@ -156,8 +170,9 @@ def _all_views(
     return low, band
 
 
-def _close_pairs(low: np.ndarray, full: np.ndarray, proj: np.ndarray, queries: np.ndarray,
-                 workers: int) -> np.ndarray:  # fmt: skip
+def _close_pairs(
+    low: np.ndarray, full: np.ndarray, proj: np.ndarray, queries: np.ndarray, workers: int
+) -> np.ndarray:
     """(film, other film) rows, each film's full view within :data:`LOW_COS` of some view of
     the other: the KD-trees' radius query over the projections (a superset), then the exact
     cosine; a :data:`BLOCK` of query films at a time on ``workers`` threads (the tree and numpy
@@ -232,8 +247,12 @@ def candidate_pairs(
         return _search(thumbs, chunk, workers, pool)
 
 
-def _search(thumbs: np.ndarray, chunk: int, workers: int, pool: Executor | None,
-            ) -> list[tuple[int, int]]:  # fmt: skip
+def _search(
+    thumbs: np.ndarray,
+    chunk: int,
+    workers: int,
+    pool: Executor | None,
+) -> list[tuple[int, int]]:
     """:func:`candidate_pairs` of two or more thumbnails."""
     n = len(thumbs)
     low, band = _all_views(thumbs, workers, pool)
@@ -257,8 +276,9 @@ def _search(thumbs: np.ndarray, chunk: int, workers: int, pool: Executor | None,
     parts = [_best_views(low, p[:, 0], p[:, 1]) for p in _chunks(pairs, chunk)]
     a_side = np.concatenate([part[1] for part in parts])
     view = np.concatenate([part[2] for part in parts])
-    tasks = [(thumbs[a], thumbs[b], v) if a_has else (thumbs[b], thumbs[a], v)
-             for (a, b), a_has, v in zip(pairs.tolist(), a_side.tolist(), view.tolist(),
-                                         strict=True)]  # fmt: skip
+    tasks = [
+        (thumbs[a], thumbs[b], v) if a_has else (thumbs[b], thumbs[a], v)
+        for (a, b), a_has, v in zip(pairs.tolist(), a_side.tolist(), view.tolist(), strict=True)
+    ]
     matched = fork_map(_fine_match, tasks, workers, min_items=PARALLEL_MIN // 4, pool=pool)
     return [tuple(p) for p, ok in zip(pairs.tolist(), matched, strict=True) if ok]

@@ -37,11 +37,35 @@ from cxrguide.data.workers import fork_map, fork_pool, unordered
 from cxrguide.errors import ConfigError, ImageReadError
 
 MANIFEST_COLUMNS = [
-    "image_id", "source", "site", "path", "label", "patient_id", "view", "view_recorded",
-    "finding", "sha256", "width", "height", "split", "cache_index", "root", "warnings",
-]  # fmt: skip
-DUPLICATE_COLUMNS = ["image_id", "source", "path", "label", "duplicate_of", "kept_label", "match",
-                     "distance", "patient_id", "kept_patient_id"]  # fmt: skip
+    "image_id",
+    "source",
+    "site",
+    "path",
+    "label",
+    "patient_id",
+    "view",
+    "view_recorded",
+    "finding",
+    "sha256",
+    "width",
+    "height",
+    "split",
+    "cache_index",
+    "root",
+    "warnings",
+]
+DUPLICATE_COLUMNS = [
+    "image_id",
+    "source",
+    "path",
+    "label",
+    "duplicate_of",
+    "kept_label",
+    "match",
+    "distance",
+    "patient_id",
+    "kept_patient_id",
+]
 DECODED_COLUMNS = [
     "idx",
     "ok",
@@ -55,8 +79,15 @@ DECODED_COLUMNS = [
     "warnings",
 ]
 THUMBS = "thumbs.npy"  # in .work/: near-duplicate thumbnails, row = record index
-REVIEW_COLUMNS = ["image_id", "label", "other_id", "other_label", "distance", "similarity",
-                  "decision"]  # fmt: skip  # fmt: skip
+REVIEW_COLUMNS = [
+    "image_id",
+    "label",
+    "other_id",
+    "other_label",
+    "distance",
+    "similarity",
+    "decision",
+]
 NON_FRONTAL = {"LL", "RL", "LATERAL", "L", "LAT"}
 
 
@@ -73,8 +104,9 @@ class PrepareResult:
 
 def source_options(cfg: PrepareConfig) -> SourceOptions:
     """What the source kinds take from prepare's config (radiography classes, the label map)."""
-    return SourceOptions(radiography_classes=tuple(cfg.radiography_classes),
-                         label_map=dict(cfg.label_map or {}))  # fmt: skip
+    return SourceOptions(
+        radiography_classes=tuple(cfg.radiography_classes), label_map=dict(cfg.label_map or {})
+    )
 
 
 def _decode(
@@ -85,8 +117,18 @@ def _decode(
     reader's limits (:attr:`cxrguide.config.ReaderConfig.limits`)."""
 
     idx, path, size, limits = task
-    row = {"idx": idx, "ok": 0, "reason": "", "sha256": "", "dhash": "", "width": 0,
-           "height": 0, "format": "", "view": "", "warnings": ""}  # fmt: skip
+    row = {
+        "idx": idx,
+        "ok": 0,
+        "reason": "",
+        "sha256": "",
+        "dhash": "",
+        "width": 0,
+        "height": 0,
+        "format": "",
+        "view": "",
+        "warnings": "",
+    }
     try:
         img, square, info = read_film(path, target=size, square=size, **limits)
         with open(path, "rb") as fh:
@@ -97,8 +139,14 @@ def _decode(
     except OSError as err:
         row["reason"] = f"cannot read file ({err.strerror or err})"
         return row, None, None
-    row.update(ok=1, width=info.width, height=info.height, format=info.format, view=info.view,
-               warnings=";".join(info.warning_codes))  # fmt: skip
+    row.update(
+        ok=1,
+        width=info.width,
+        height=info.height,
+        format=info.format,
+        view=info.view,
+        warnings=";".join(info.warning_codes),
+    )
     row["dhash"] = manifest.dhash(img).tobytes().hex()
     return row, to_uint8(square), manifest.thumbnail(img)
 
@@ -158,8 +206,9 @@ def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
     return h.hexdigest()
 
 
-def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path,
-                pool: Executor | None = None) -> list[dict]:  # fmt: skip
+def _decode_all(
+    cfg: PrepareConfig, records: list[SourceRecord], work: Path, pool: Executor | None = None
+) -> list[dict]:
     """Decode every record into ``work``; resumable (rows already decoded are skipped)."""
     fingerprint = _fingerprint(cfg, records)
     fp_file, log_file, arr_file = work / "fingerprint", work / "decoded.csv", work / "decoded.npy"
@@ -188,8 +237,9 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path,
     with log_file.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
         bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img", disable=None)
-        for rows in _decoded_rows(todo, workers, (str(arr_file), str(work / THUMBS)), pixels,
-                                  thumbs, pool):  # fmt: skip
+        for rows in _decoded_rows(
+            todo, workers, (str(arr_file), str(work / THUMBS)), pixels, thumbs, pool
+        ):
             writer.writerows(rows)
             fh.flush()
             for row in rows:
@@ -202,13 +252,24 @@ def _decode_all(cfg: PrepareConfig, records: list[SourceRecord], work: Path,
     return [done[i] for i in range(len(records))]
 
 
-def _decoded_rows(todo: list, workers: int, caches: tuple[str, str], pixels: np.ndarray,
-                  thumbs: np.ndarray, pool: Executor | None):  # fmt: skip
+def _decoded_rows(
+    todo: list,
+    workers: int,
+    caches: tuple[str, str],
+    pixels: np.ndarray,
+    thumbs: np.ndarray,
+    pool: Executor | None,
+):
     """Log rows of decoded items (a chunk per pool result, one by one in process), each one's
     pixels already in the work cache. A killed worker: one line (``data.workers``), no hang."""
     if workers > 1 and len(todo) > 1:
-        yield from unordered(partial(_decode_chunk, caches), _chunks(todo, workers), workers,
-                             what="prepare", pool=pool)  # fmt: skip
+        yield from unordered(
+            partial(_decode_chunk, caches),
+            _chunks(todo, workers),
+            workers,
+            what="prepare",
+            pool=pool,
+        )
         return
     for task in todo:
         yield [_store(_decode(task), pixels, thumbs)]
@@ -221,8 +282,14 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     sources = open_sources(cfg.source, source_options(cfg))
     if check_out_dir(out, cfg):
         summary = completion.read_summary(out)
-        return PrepareResult(out, summary["images"], summary["splits"], summary["rejected"],
-                             summary["duplicates"], reused=True)  # fmt: skip
+        return PrepareResult(
+            out,
+            summary["images"],
+            summary["splits"],
+            summary["rejected"],
+            summary["duplicates"],
+            reused=True,
+        )
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / CONFIG_FILE)
     # one pool for every parallel step (decode, near-duplicate search, confirmations, gather):
@@ -268,13 +335,23 @@ def _prepare(cfg: PrepareConfig, out: Path, sources: list, pool: Executor | None
 
     rows = sorted(kept, key=lambda i: _image_id(records[i]))
     _write_manifest(out, records, decoded, views, rows, split_of)
-    cache.gather(cache.open_readonly(out / ".work/decoded.npy"), rows,
-                 cache.image_cache_path(out, cfg.size), workers=_workers(cfg), pool=pool)  # fmt: skip
+    cache.gather(
+        cache.open_readonly(out / ".work/decoded.npy"),
+        rows,
+        cache.image_cache_path(out, cfg.size),
+        workers=_workers(cfg),
+        pool=pool,
+    )
     _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
     _write_csv(out / "duplicates.csv", DUPLICATE_COLUMNS, duplicates)
     split_counts = dict(Counter(split_of[i] for i in rows))
-    summary = {"images": len(rows), "splits": split_counts, "rejected": len(rejected),
-               "duplicates": len(duplicates), "size": cfg.size}  # fmt: skip
+    summary = {
+        "images": len(rows),
+        "splits": split_counts,
+        "rejected": len(rejected),
+        "duplicates": len(duplicates),
+        "size": cfg.size,
+    }
     completion.mark_complete(out, summary)  # last: the folder is finished only now
     shutil.rmtree(out / ".work", ignore_errors=True)
     return PrepareResult(out, len(rows), split_counts, len(rejected), len(duplicates))
@@ -283,8 +360,9 @@ def _prepare(cfg: PrepareConfig, out: Path, sources: list, pool: Executor | None
 _image_id = splits.image_id
 
 
-def _deduplicate(cfg, records, decoded, ok,
-                 pool: Executor | None = None) -> tuple[list[int], list[tuple], list[tuple]]:  # fmt: skip
+def _deduplicate(
+    cfg, records, decoded, ok, pool: Executor | None = None
+) -> tuple[list[int], list[tuple], list[tuple]]:
     """Keep one image per duplicate group (most original source, then largest); log the rest.
 
     Returns the kept record indices, the duplicates.csv rows and (dropped, survivor) links, so
@@ -301,8 +379,13 @@ def _deduplicate(cfg, records, decoded, ok,
     def prefetch(pairs: list[tuple[int, int]]) -> None:
         """Score the next undecided candidates on the workers (the registration is slow)."""
         items = [(thumbs[ok[a]], thumbs[ok[b]]) for a, b in pairs]
-        scores.update(zip(pairs, fork_map(manifest.near_similarity, items, workers,
-                                          min_items=4, pool=pool), strict=True))  # fmt: skip
+        scores.update(
+            zip(
+                pairs,
+                fork_map(manifest.near_similarity, items, workers, min_items=4, pool=pool),
+                strict=True,
+            )
+        )
 
     def confirm(a: int, b: int) -> bool:
         """A dHash candidate is a duplicate only if the thumbnails agree (manifest docs)."""
@@ -312,9 +395,17 @@ def _deduplicate(cfg, records, decoded, ok,
             sim = manifest.near_similarity(thumbs[ok[a]], thumbs[ok[b]])
         same = sim >= manifest.NEAR_SIMILARITY
         if not same or ra.label != rb.label:  # distinct films, or a label conflict: for review
-            review.append((_image_id(ra), ra.label, _image_id(rb), rb.label,
-                           manifest.hamming(hashes[a], hashes[b]), round(sim, 4),
-                           "duplicate" if same else "distinct (kept both)"))  # fmt: skip
+            review.append(
+                (
+                    _image_id(ra),
+                    ra.label,
+                    _image_id(rb),
+                    rb.label,
+                    manifest.hamming(hashes[a], hashes[b]),
+                    round(sim, 4),
+                    "duplicate" if same else "distinct (kept both)",
+                )
+            )
         return same
 
     crop_tolerant = []  # the dHash misses crops of a few percent: a thumbnail search adds them
@@ -322,26 +413,48 @@ def _deduplicate(cfg, records, decoded, ok,
         crop_tolerant = near_index.candidate_pairs(
             np.asarray(thumbs[np.asarray(ok, dtype=int)]), workers=workers, pool=pool
         )
-    uf = manifest.duplicate_groups(sha, hashes, cfg.near_duplicate_distance, confirm,
-                                   crop_tolerant, prefetch=prefetch if pool else None)  # fmt: skip
+    uf = manifest.duplicate_groups(
+        sha,
+        hashes,
+        cfg.near_duplicate_distance,
+        confirm,
+        crop_tolerant,
+        prefetch=prefetch if pool else None,
+    )
     _write_csv(Path(cfg.out) / "near_duplicates_review.csv", REVIEW_COLUMNS, review)
     kept: list[int] = []
     dropped: list[tuple] = []
     links: list[tuple[int, int]] = []
     for members in manifest.components(uf, range(len(ok))).values():
         pos = {ok[m]: m for m in members}
-        idx = sorted(pos, key=lambda i: manifest.keep_order_key(
-            records[i].source, int(decoded[i]["width"]) * int(decoded[i]["height"]),
-            _image_id(records[i])))  # fmt: skip
+        idx = sorted(
+            pos,
+            key=lambda i: manifest.keep_order_key(
+                records[i].source,
+                int(decoded[i]["width"]) * int(decoded[i]["height"]),
+                _image_id(records[i]),
+            ),
+        )
         keep = idx[0]
         kept.append(keep)
         for i in idx[1:]:
             exact = decoded[i]["sha256"] == decoded[keep]["sha256"]
             dist = 0 if exact else manifest.hamming(hashes[pos[i]], hashes[pos[keep]])
             r = records[i]
-            dropped.append((_image_id(r), r.source, r.path, r.label, _image_id(records[keep]),
-                            records[keep].label, "exact" if exact else "near", dist,
-                            r.patient_id, records[keep].patient_id))  # fmt: skip
+            dropped.append(
+                (
+                    _image_id(r),
+                    r.source,
+                    r.path,
+                    r.label,
+                    _image_id(records[keep]),
+                    records[keep].label,
+                    "exact" if exact else "near",
+                    dist,
+                    r.patient_id,
+                    records[keep].patient_id,
+                )
+            )
             links.append((i, keep))
     return sorted(kept), dropped, links
 
@@ -352,10 +465,26 @@ def _write_manifest(out, records, decoded, views, rows, split_of) -> None:
         writer.writerow(MANIFEST_COLUMNS)
         for k, i in enumerate(rows):
             r, d = records[i], decoded[i]
-            writer.writerow([_image_id(r), r.source, r.stratum_site, r.path, r.label,
-                             r.patient_id, views[i], int(bool(r.view or d["view"])), r.finding,
-                             d["sha256"], d["width"], d["height"], split_of[i], k,
-                             str(r.root), d.get("warnings", "")])  # fmt: skip
+            writer.writerow(
+                [
+                    _image_id(r),
+                    r.source,
+                    r.stratum_site,
+                    r.path,
+                    r.label,
+                    r.patient_id,
+                    views[i],
+                    int(bool(r.view or d["view"])),
+                    r.finding,
+                    d["sha256"],
+                    d["width"],
+                    d["height"],
+                    split_of[i],
+                    k,
+                    str(r.root),
+                    d.get("warnings", ""),
+                ]
+            )
 
 
 def _write_csv(path: Path, header: list[str], rows: list[tuple]) -> None:

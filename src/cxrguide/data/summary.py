@@ -10,8 +10,13 @@ from cxrguide.data.completion import require_complete
 from cxrguide.errors import CxrGuideError
 from cxrguide.labels import CLASSES, SPLITS
 
-STUDY_NAMES = {"ieee8023": "CCXRD", "actualmed": "ACCXRD", "figure1": "FCCXRD",
-               "radiography": "CRD", "rsna": "RSNAPDD"}  # fmt: skip
+STUDY_NAMES = {
+    "ieee8023": "CCXRD",
+    "actualmed": "ACCXRD",
+    "figure1": "FCCXRD",
+    "radiography": "CRD",
+    "rsna": "RSNAPDD",
+}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -65,6 +70,8 @@ def summary_text(prepared: str | Path) -> str:
     kinds = Counter(r["match"] for r in dups)
     conflicts = sum(r["label"] != r["kept_label"] for r in dups)
     text += f"\nrejected: {len(rejected)} ({stages})"
-    text += (f"\nduplicates dropped: {len(dups)} (exact {kinds['exact']}, near {kinds['near']}; "
-             f"label conflicts {conflicts})")  # fmt: skip
+    text += (
+        f"\nduplicates dropped: {len(dups)} (exact {kinds['exact']}, near {kinds['near']}; "
+        f"label conflicts {conflicts})"
+    )
     return text

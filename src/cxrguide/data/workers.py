@@ -37,8 +37,9 @@ def unordered(
     on ``pool`` when given (left running for the caller's next step), else on a pool of its own."""
     own = pool is None
     if pool is None:
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
-                                   initializer=initializer, initargs=initargs)  # fmt: skip
+        pool = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("fork"), initializer=initializer, initargs=initargs
+        )
     try:
         pending = {pool.submit(fn, item) for item in items}
         while pending:
@@ -62,9 +63,13 @@ def fork_pool(workers: int) -> ProcessPoolExecutor:
 
 
 def fork_map(
-    func: Callable[..., T], items: Sequence[Any], workers: int, *, min_items: int = 2,
+    func: Callable[..., T],
+    items: Sequence[Any],
+    workers: int,
+    *,
+    min_items: int = 2,
     pool: ProcessPoolExecutor | None = None,
-) -> list[T]:  # fmt: skip
+) -> list[T]:
     """``[func(*item) for item in items]``, on ``pool`` (or ``workers`` new processes) when
     there are at least ``min_items`` items and more than one worker."""
     if workers <= 1 or len(items) < min_items:

@@ -60,21 +60,36 @@ def summarize(values: np.ndarray) -> dict[str, float]:
     if len(v) == 0:
         return {"n": 0}
     q = np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9])
-    return {"n": int(len(v)), "mean": float(v.mean()), "std": float(v.std()),
-            "min": float(v.min()), "q10": float(q[0]), "q25": float(q[1]),
-            "median": float(q[2]), "q75": float(q[3]), "q90": float(q[4]),
-            "max": float(v.max())}  # fmt: skip
+    return {
+        "n": int(len(v)),
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "q10": float(q[0]),
+        "q25": float(q[1]),
+        "median": float(q[2]),
+        "q75": float(q[3]),
+        "q90": float(q[4]),
+        "max": float(v.max()),
+    }
 
 
 def _region_report(
     energy: np.ndarray, points: np.ndarray, labels: np.ndarray, source: str
 ) -> dict[str, Any]:
     found = np.isfinite(points)
-    by_class = {name: summarize(energy[labels == k]).get("mean", float("nan"))
-                for k, name in enumerate(CLASSES) if (labels == k).any()}  # fmt: skip
-    return {"source": source, "energy": summarize(energy),
-            "pointing_game": float(points[found].mean()) if found.any() else float("nan"),
-            "empty_cams": int((~found).sum()), "energy_mean_by_class": by_class}  # fmt: skip
+    by_class = {
+        name: summarize(energy[labels == k]).get("mean", float("nan"))
+        for k, name in enumerate(CLASSES)
+        if (labels == k).any()
+    }
+    return {
+        "source": source,
+        "energy": summarize(energy),
+        "pointing_game": float(points[found].mean()) if found.any() else float("nan"),
+        "empty_cams": int((~found).sum()),
+        "energy_mean_by_class": by_class,
+    }
 
 
 def lesion_roots(prepared: Prepared) -> dict[str, Path]:
@@ -132,8 +147,10 @@ def attention_report(
     roots = lesion_roots(prepared)
     report: dict[str, Any] = {"target": "predicted class", "image_size": image_size}
     if not has_lungs:
-        report["lungs"] = {"skipped": f"no lung masks at {prepared.lung_cache_path} (run "
-                                      f"'cxrguide lungs predict RUN --data {prepared.root}')"}  # fmt: skip
+        report["lungs"] = {
+            "skipped": f"no lung masks at {prepared.lung_cache_path} (run "
+            f"'cxrguide lungs predict RUN --data {prepared.root}')"
+        }
         if lung_gate:
             return report
     if not has_lungs and not roots:
@@ -167,13 +184,15 @@ def attention_report(
     y = np.concatenate(labels)
     report["images"] = int(len(y))
     if has_lungs:
-        report["lungs"] = _region_report(np.concatenate(lung_e), np.concatenate(lung_p), y,
-                                         str(prepared.lung_cache_path))  # fmt: skip
+        report["lungs"] = _region_report(
+            np.concatenate(lung_e), np.concatenate(lung_p), y, str(prepared.lung_cache_path)
+        )
         report["lungs"]["area_share"] = float(np.concatenate(lung_area).mean())
     if roots:
         if les_e:
-            report["lesions"] = _region_report(np.array(les_e), np.array(les_p), y[les_rows],
-                                               "synthetic lesion masks")  # fmt: skip
+            report["lesions"] = _region_report(
+                np.array(les_e), np.array(les_p), y[les_rows], "synthetic lesion masks"
+            )
         else:
             report["lesions"] = {"skipped": f"no {split} image has a lesion mask"}
     else:

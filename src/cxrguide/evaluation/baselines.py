@@ -76,8 +76,12 @@ def baseline_report(
     out: dict[str, Any] = {}
     for k in boot:
         acc = float(correct[k].mean()) if len(y) else float("nan")
-        out[k] = {"accuracy": acc, "ci95": _ci(boot[k]), "margin": model_acc - acc,
-                  "margin_ci95": _ci(margins[k])}  # fmt: skip
+        out[k] = {
+            "accuracy": acc,
+            "ci95": _ci(boot[k]),
+            "margin": model_acc - acc,
+            "margin_ci95": _ci(margins[k]),
+        }
     out["majority"]["class"] = rules["majority"]
     out["source_prior"]["rule"] = rules["source_prior"]
     unseen = sorted({str(s) for s in sites} - set(rules["source_prior"]))
@@ -113,9 +117,16 @@ def evaluation_warnings(report: dict[str, Any], pred: np.ndarray) -> list[dict[s
         share = counts[top] / n
         if share >= SINGLE_CLASS_SHARE:
             collapsed = True
-            warnings.append({"code": "single_class_predictions", "message": (
-                f"{counts[top]} of {n} predictions ({100 * share:.0f}%) are " f"{CLASSES[top]}: the "
-                "model has collapsed to one class; its accuracy is that class's share")})  # fmt: skip
+            warnings.append(
+                {
+                    "code": "single_class_predictions",
+                    "message": (
+                        f"{counts[top]} of {n} predictions ({100 * share:.0f}%) are "
+                        f"{CLASSES[top]}: the "
+                        "model has collapsed to one class; its accuracy is that class's share"
+                    ),
+                }
+            )
     base = report.get("baselines", {})
     better = base.get("better")
     if better and n:
@@ -123,16 +134,31 @@ def evaluation_warnings(report: dict[str, Any], pred: np.ndarray) -> list[dict[s
         bar = b["ci95"][1] if b.get("ci95") else b["accuracy"]
         if report["accuracy"] <= bar:
             name = "majority-class" if better == "majority" else "source-prior"
-            warnings.append({"code": "below_baseline", "message": (
-                f"accuracy {100 * report['accuracy']:.1f}% is not above the " f"{name} baseline "
-                f"({100 * b['accuracy']:.1f}%, 95% CI upper " f"{100 * bar:.1f}%): the model shows "
-                "no skill beyond the class or source mix")})  # fmt: skip
+            warnings.append(
+                {
+                    "code": "below_baseline",
+                    "message": (
+                        f"accuracy {100 * report['accuracy']:.1f}% is not above the "
+                        f"{name} baseline "
+                        f"({100 * b['accuracy']:.1f}%, 95% CI upper "
+                        f"{100 * bar:.1f}%): the model shows "
+                        "no skill beyond the class or source mix"
+                    ),
+                }
+            )
     lungs = report.get("attention", {}).get("lungs", {})
     if collapsed and "energy" in lungs:
-        warnings.append({"code": "attention_uninformative", "message": (
-            "lung energy and pointing game are computed for a model " "whose predictions do not "
-            "vary: they show where a constant model's Grad-CAM falls, not that it looks at "
-            "disease")})  # fmt: skip
+        warnings.append(
+            {
+                "code": "attention_uninformative",
+                "message": (
+                    "lung energy and pointing game are computed for a model "
+                    "whose predictions do not "
+                    "vary: they show where a constant model's Grad-CAM falls, not that it looks at "
+                    "disease"
+                ),
+            }
+        )
     return warnings
 
 

@@ -59,8 +59,11 @@ def ece_interval(
 def ece_classwise(y: np.ndarray, probs: np.ndarray, n_bins: int = N_BINS) -> float:
     """Mean over classes of the ECE of ``p_k`` as the probability of ``y == k``."""
     probs, y = np.asarray(probs, np.float64), np.asarray(y)
-    return float(np.mean([_bin_ece(probs[:, k], (y == k).astype(float), n_bins)
-                          for k in range(probs.shape[1])]))  # fmt: skip
+    return float(
+        np.mean(
+            [_bin_ece(probs[:, k], (y == k).astype(float), n_bins) for k in range(probs.shape[1])]
+        )
+    )
 
 
 def brier(y: np.ndarray, probs: np.ndarray) -> float:
@@ -116,8 +119,14 @@ def fit_vector_scaling(
     k = z.shape[1]
     w = torch.full((k,), 1.0 / init_temperature, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(k, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-10,
-                            tolerance_change=1e-14, line_search_fn="strong_wolfe")  # fmt: skip
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -165,12 +174,19 @@ def selective_section(
     coverage, risk, aurc = risk_coverage(y, probs)
     grid = np.linspace(1.0 / len(y), 1.0, points)
     at = np.clip(np.searchsorted(coverage, grid - 1e-12), 0, len(y) - 1)
-    out: dict[str, Any] = {"aurc": aurc, "curve": {"coverage": [float(c) for c in coverage[at]],
-                                                   "risk": [float(r) for r in risk[at]]}}  # fmt: skip
+    out: dict[str, Any] = {
+        "aurc": aurc,
+        "curve": {
+            "coverage": [float(c) for c in coverage[at]],
+            "risk": [float(r) for r in risk[at]],
+        },
+    }
     if answered is not None:
         answered = np.asarray(answered, bool)
         hit = np.asarray(probs).argmax(1) == np.asarray(y)
-        out["abstain"] = {"coverage": float(answered.mean()),
-                          "accuracy_answered": float(hit[answered].mean()) if answered.any() else None,
-                          "accuracy_all": float(hit.mean())}  # fmt: skip
+        out["abstain"] = {
+            "coverage": float(answered.mean()),
+            "accuracy_answered": float(hit[answered].mean()) if answered.any() else None,
+            "accuracy_all": float(hit.mean()),
+        }
     return out

@@ -96,21 +96,36 @@ def evaluate_run(
         raise CxrGuideError(f"{run_dir}: the run does not record its data; pass --data PREP")
     data = Path(data or info.data)
     prepared = Prepared.open(data)
-    rel = ensure_reliability(run_dir, model, info, dev, batch_size, calibration=calibration,
-                             false_flag_rate=false_flag_rate)  # fmt: skip
+    rel = ensure_reliability(
+        run_dir,
+        model,
+        info,
+        dev,
+        batch_size,
+        calibration=calibration,
+        false_flag_rate=false_flag_rate,
+    )
     rows, skipped = split_rows(prepared, split), 0
     if info.strict_lungs:  # an empty mask would blank the film: skip and count, never guess
         present = np.array([bool(np.asarray(prepared.lungs()[r]).any()) for r in rows])
         if not present.any():
-            raise CxrGuideError(f"{prepared.lung_cache_path}: every {split} image has an empty "
-                                f"lung mask and {run_dir} needs lungs ({info.mask_inputs})")  # fmt: skip
+            raise CxrGuideError(
+                f"{prepared.lung_cache_path}: every {split} image has an empty "
+                f"lung mask and {run_dir} needs lungs ({info.mask_inputs})"
+            )
         rows, skipped = rows[present], int((~present).sum())
-    dataset = CxrDataset(prepared, rows=rows, image_size=info.image_size,
-                         with_lungs=info.lung_gate)  # fmt: skip
-    logits, feats, rows = forward_split(model, dataset, dev, batch_size=batch_size,
-                                        use_lungs=info.lung_gate, progress=progress)  # fmt: skip
-    extra = dict(run=str(run_dir), split=split, data=str(data), backbone=info.backbone,
-                 stage=info.stage, weights_source=info.weights_source)  # fmt: skip
+    dataset = CxrDataset(prepared, rows=rows, image_size=info.image_size, with_lungs=info.lung_gate)
+    logits, feats, rows = forward_split(
+        model, dataset, dev, batch_size=batch_size, use_lungs=info.lung_gate, progress=progress
+    )
+    extra = dict(
+        run=str(run_dir),
+        split=split,
+        data=str(data),
+        backbone=info.backbone,
+        stage=info.stage,
+        weights_source=info.weights_source,
+    )
     y = dataset.labels[rows]
     probs, reliability_extra, columns = reliability_report(
         run_dir, model, info, dev, prepared, y, logits, feats, rel, batch_size=batch_size
@@ -120,9 +135,17 @@ def evaluate_run(
         extra["skipped"] = {"empty lung mask": skipped}
     if attention_images >= 0 and split != ALL:
         extra["attention"] = attention_report(
-            model, prepared, split, info.image_size, dev, lung_gate=info.lung_gate,
-            batch_size=batch_size, max_images=attention_images, seed=seed, progress=progress,
-        )  # fmt: skip
+            model,
+            prepared,
+            split,
+            info.image_size,
+            dev,
+            lung_gate=info.lung_gate,
+            batch_size=batch_size,
+            max_images=attention_images,
+            seed=seed,
+            progress=progress,
+        )
         lungs = extra["attention"].get("lungs", {})
         if "energy" in lungs:  # headline figures next to accuracy (None: no masks, see "skipped")
             extra["lung_energy"] = lungs["energy"].get("mean")
@@ -132,8 +155,18 @@ def evaluate_run(
             if section is not None:
                 extra["shortcut"] = section
     target = Path(out) if out is not None else run_dir
-    report = write_results(target, split, prepared, rows, y, probs, n_boot=n_boot, seed=seed,
-                           extra=extra, columns=columns)  # fmt: skip
+    report = write_results(
+        target,
+        split,
+        prepared,
+        rows,
+        y,
+        probs,
+        n_boot=n_boot,
+        seed=seed,
+        extra=extra,
+        columns=columns,
+    )
     reliability_figure(report["calibration"], target / f"reliability_{split}.png", split)
     return report
 
@@ -164,10 +197,14 @@ def write_results(
     add_baselines(report, y, probs, sites, prepared.manifest, n_boot=n_boot, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / f"metrics_{split}.json", json.dumps(report, indent=2))
-    table = pd.DataFrame({"image_id": manifest["image_id"].to_numpy(),
-                          "source": manifest["site"].to_numpy(),
-                          "true": [CLASSES[k] for k in y],
-                          "predicted": [CLASSES[k] for k in probs.argmax(1)]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "image_id": manifest["image_id"].to_numpy(),
+            "source": manifest["site"].to_numpy(),
+            "true": [CLASSES[k] for k in y],
+            "predicted": [CLASSES[k] for k in probs.argmax(1)],
+        }
+    )
     for k, name in enumerate(CLASSES):
         table[f"p_{name}"] = probs[:, k]
     for name, values in (columns or {}).items():  # per-film extras (ood_score, ...)
@@ -180,8 +217,16 @@ def write_results(
 def score_split(run_dir: Path, split: str, cfg: TrainConfig) -> dict[str, Any]:
     """The :data:`~cxrguide.training.common.Scorer` every training caller hands in: a finished
     run's metrics on ``split`` of its data (200 bootstrap resamples, quiet)."""
-    metrics = evaluate_run(run_dir, split, cfg.data, device=cfg.device, n_boot=200, progress=False,
-                           calibration=cfg.calibration, false_flag_rate=cfg.false_flag_rate)  # fmt: skip
+    metrics = evaluate_run(
+        run_dir,
+        split,
+        cfg.data,
+        device=cfg.device,
+        n_boot=200,
+        progress=False,
+        calibration=cfg.calibration,
+        false_flag_rate=cfg.false_flag_rate,
+    )
     if split == "test":  # what the model must beat, and any collapse, next to its accuracy
         _log.info("\n".join(f"  {run_dir.name} test {line}" for line in format_baselines(metrics)))
     return metrics

@@ -47,8 +47,11 @@ from cxrguide.models.saved import load_run
 
 METHOD_NAMES = {**CAM_METHODS, **SLOW_CAM_METHODS}
 METHODS = tuple(METHOD_NAMES)
-GROUPS = {"correct": "most confident correct", "mistake": "most confident mistakes",
-          "borderline": "borderline (smallest top-2 margin)"}  # fmt: skip
+GROUPS = {
+    "correct": "most confident correct",
+    "mistake": "most confident mistakes",
+    "borderline": "borderline (smallest top-2 margin)",
+}
 INDEX = "explain.json"
 STAGE_NAMES = {1: "Stage I", 2: "Stage II", 3: "Stage III"}
 
@@ -97,9 +100,13 @@ class Panel:
     overlay: np.ndarray  # RGB uint8 at the run's input size
 
     def record(self) -> dict[str, Any]:
-        return {"image": self.sample.key, "true": self.sample.true, "predicted": self.predicted,
-                "probability": round(self.probability, 4),
-                "probabilities": {k: round(v, 4) for k, v in self.probs.items()}}  # fmt: skip
+        return {
+            "image": self.sample.key,
+            "true": self.sample.true,
+            "predicted": self.predicted,
+            "probability": round(self.probability, 4),
+            "probabilities": {k: round(v, 4) for k, v in self.probs.items()},
+        }
 
 
 class RunExplainer:
@@ -130,8 +137,11 @@ class RunExplainer:
             )
         device = next(self.model.parameters()).device
         x = torch.from_numpy(image)[None, None].to(device)
-        gate = torch.from_numpy(lung.astype(np.float32))[None, None].to(device) if (
-            self.info.lung_gate) else None  # fmt: skip
+        gate = (
+            torch.from_numpy(lung.astype(np.float32))[None, None].to(device)
+            if (self.info.lung_gate)
+            else None
+        )
         with torch.no_grad():
             logits = self.model(x) if gate is None else self.model(x, gate)
         p = torch.softmax(logits.float(), 1)[0].cpu().numpy()
@@ -140,8 +150,13 @@ class RunExplainer:
         rgb = heat_overlay(image, heat)
         if lung is not None:
             rgb = draw_contour(rgb, lung, width=max(1, size // 160))
-        return Panel(sample, CLASSES[k], float(p[k]),
-                     {c: float(v) for c, v in zip(CLASSES, p, strict=True)}, rgb)  # fmt: skip
+        return Panel(
+            sample,
+            CLASSES[k],
+            float(p[k]),
+            {c: float(v) for c, v in zip(CLASSES, p, strict=True)},
+            rgb,
+        )
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -211,8 +226,14 @@ def explain_run(
     explainer = RunExplainer(run, method, device)
     prepared = _prepared_of(explainer.info, data)
     how = f"{METHOD_NAMES[method]} of the predicted class; {lung_note(prepared)}"
-    meta = {"kind": "gallery", "run": str(run), "backbone": explainer.info.backbone,
-            "stage": explainer.info.stage, "method": method, "split": split}  # fmt: skip
+    meta = {
+        "kind": "gallery",
+        "run": str(run),
+        "backbone": explainer.info.backbone,
+        "stage": explainer.info.stage,
+        "method": method,
+        "split": split,
+    }
     figures = []
     if images:
         panels = [explainer.panel(s) for s in resolve_images(images, prepared, run, device)]
@@ -221,11 +242,23 @@ def explain_run(
         name = "images.png"
         if any(p.sample.lung is None for p in panels) and "magenta" in how:
             how += " (images without a contour have no lung mask)"
-        render_grid(grid, out / name, title=f"{explainer.label}: chosen images", caption=how,
-                    row_labels=[""] * len(grid))  # fmt: skip
-        figures.append({**meta, "kind": "images", "file": name, "title": f"{explainer.label}: "
-                        "chosen images", "caption": how,
-                        "items": [p.record() for p in panels]})  # fmt: skip
+        render_grid(
+            grid,
+            out / name,
+            title=f"{explainer.label}: chosen images",
+            caption=how,
+            row_labels=[""] * len(grid),
+        )
+        figures.append(
+            {
+                **meta,
+                "kind": "images",
+                "file": name,
+                "title": f"{explainer.label}: chosen images",
+                "caption": how,
+                "items": [p.record() for p in panels],
+            }
+        )
         return update_index(out, figures)
     if prepared is None:
         raise CxrGuideError(f"{run}: the run records no prepared data; pass --data PREP")
@@ -244,10 +277,19 @@ def explain_run(
         name = f"gallery_{label.lower()}.png"
         title = f"{explainer.label}, {split} split: true class {label}"
         caption = f"Rows: {'; '.join(GROUPS.values())}. {how}"
-        render_grid(grid, out / name, title=title, caption=caption,
-                    row_labels=list(GROUPS.values()))  # fmt: skip
-        figures.append({**meta, "file": name, "title": title, "caption": caption,
-                        "class": label, "items": items})  # fmt: skip
+        render_grid(
+            grid, out / name, title=title, caption=caption, row_labels=list(GROUPS.values())
+        )
+        figures.append(
+            {
+                **meta,
+                "file": name,
+                "title": title,
+                "caption": caption,
+                "class": label,
+                "items": items,
+            }
+        )
     return update_index(out, figures)
 
 
@@ -284,16 +326,31 @@ def compare_runs(
     for sample in samples:
         panels = [e.panel(sample) for e in explainers]
         grid.append([gray_with_contour(sample), *_cells(panels)])
-        items.append({"image": sample.key, "true": sample.true,
-                      "runs": [{"run": str(e.run), **p.record()}
-                               for e, p in zip(explainers, panels, strict=True)]})  # fmt: skip
+        items.append(
+            {
+                "image": sample.key,
+                "true": sample.true,
+                "runs": [
+                    {"run": str(e.run), **p.record()}
+                    for e, p in zip(explainers, panels, strict=True)
+                ],
+            }
+        )
     labels = [f"true {s.true or '?'}\n{source_of(s.key)}{short_name(s.key, 18)}" for s in samples]
     cols = ["image", *(e.label for e in explainers)]
     title = "The same films across runs: " + " vs ".join(e.label for e in explainers)
     caption = f"{METHOD_NAMES[method]} of each run's predicted class; {lung_note(prepared)}"
-    render_grid(grid, Path(out) / name, title=title, caption=caption, row_labels=labels,
-                col_labels=cols)  # fmt: skip
-    figure = {"kind": "compare", "file": name, "title": title, "caption": caption,
-              "method": method, "split": split, "runs": [str(r) for r in runs],
-              "items": items}  # fmt: skip
+    render_grid(
+        grid, Path(out) / name, title=title, caption=caption, row_labels=labels, col_labels=cols
+    )
+    figure = {
+        "kind": "compare",
+        "file": name,
+        "title": title,
+        "caption": caption,
+        "method": method,
+        "split": split,
+        "runs": [str(r) for r in runs],
+        "items": items,
+    }
     return update_index(Path(out), [figure])

@@ -96,10 +96,15 @@ def marker_scores(
         for j, row in enumerate(batch["index"].tolist()):
             m = meta.loc[Path(prepared.manifest.path[row]).stem]
             follows.append(CLASSES[int(pred[j])] == m["marker_target_class"])
-            x0, y0, x1, y1 = (int(round(float(m[k]) * scale)) for k in
-                              ("marker_x0", "marker_y0", "marker_x1", "marker_y1"))  # fmt: skip
-            boxes[j, max(0, y0 - MARKER_PAD) : y1 + MARKER_PAD,
-                  max(0, x0 - MARKER_PAD) : x1 + MARKER_PAD] = True  # fmt: skip
+            x0, y0, x1, y1 = (
+                int(round(float(m[k]) * scale))
+                for k in ("marker_x0", "marker_y0", "marker_x1", "marker_y1")
+            )
+            boxes[
+                j,
+                max(0, y0 - MARKER_PAD) : y1 + MARKER_PAD,
+                max(0, x0 - MARKER_PAD) : x1 + MARKER_PAD,
+            ] = True
         energy.append(energy_share(cam, boxes))
         with torch.enable_grad():
             x = images.detach().requires_grad_()
@@ -111,11 +116,14 @@ def marker_scores(
         right.append((pred.cpu() == batch["label"]).numpy())
         erased_right.append((painted.cpu() == batch["label"]).numpy())
     e, g = np.concatenate(energy), np.concatenate(saliency)
-    return {"n": int(len(follows)), "accuracy": float(np.mean(np.concatenate(right))),
-            "follows_marker": float(np.mean(follows)),
-            "erased_accuracy": float(np.mean(np.concatenate(erased_right))),
-            "marker_energy": float(np.nanmean(e)) if np.isfinite(e).any() else float("nan"),
-            "marker_saliency": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan")}  # fmt: skip
+    return {
+        "n": int(len(follows)),
+        "accuracy": float(np.mean(np.concatenate(right))),
+        "follows_marker": float(np.mean(follows)),
+        "erased_accuracy": float(np.mean(np.concatenate(erased_right))),
+        "marker_energy": float(np.nanmean(e)) if np.isfinite(e).any() else float("nan"),
+        "marker_saliency": float(np.nanmean(g)) if np.isfinite(g).any() else float("nan"),
+    }
 
 
 def marker_report(run: Path, prepared: Prepared, synth: Path, device: torch.device) -> dict:
@@ -123,8 +131,10 @@ def marker_report(run: Path, prepared: Prepared, synth: Path, device: torch.devi
     model, info = load_run(run, device)
     meta = pd.read_csv(synth / "metadata.csv", keep_default_na=False).set_index("image_id")
     scores = marker_scores(model, info, prepared, meta, device)
-    return {k: scores[k] for k in ("follows_marker", "erased_accuracy", "marker_energy",
-                                   "marker_saliency")}  # fmt: skip
+    return {
+        k: scores[k]
+        for k in ("follows_marker", "erased_accuracy", "marker_energy", "marker_saliency")
+    }
 
 
 def shortcut_section(

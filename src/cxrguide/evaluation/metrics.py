@@ -104,10 +104,13 @@ def classification_report(
     report["ci95"] = bootstrap_ci(y, probs, n_boot=n_boot, seed=seed)
     if groups is not None:
         report["per_source"] = {
-            str(g): {k: v for k, v in point_metrics(y[groups == g], probs[groups == g]).items()
-                     if k in ("n", "accuracy", "macro_f1", "macro_auc", "confusion_matrix")}
+            str(g): {
+                k: v
+                for k, v in point_metrics(y[groups == g], probs[groups == g]).items()
+                if k in ("n", "accuracy", "macro_f1", "macro_auc", "confusion_matrix")
+            }
             for g in sorted(set(groups.tolist()))
-        }  # fmt: skip
+        }
     return report
 
 
@@ -135,9 +138,11 @@ def format_report(report: dict[str, Any]) -> str:
     for source, m in report.get("per_source", {}).items():
         ci = m.get("accuracy_ci95")
         mix = "/".join(str(v) for v in m.get("class_counts", {}).values())
-        lines.append(f"  {source:<24} n={m['n']:<5} accuracy {pct(m['accuracy'])}%"
-                     + (f" (95% CI {pct(ci[0])}-{pct(ci[1])})" if ci else "")
-                     + (f"  true N/P/C {mix}" if mix else ""))  # fmt: skip
+        lines.append(
+            f"  {source:<24} n={m['n']:<5} accuracy {pct(m['accuracy'])}%"
+            + (f" (95% CI {pct(ci[0])}-{pct(ci[1])})" if ci else "")
+            + (f"  true N/P/C {mix}" if mix else "")
+        )
     for reason, count in report.get("skipped", {}).items():
         lines.append(f"skipped {count} image(s): {reason}")
     if report.get("lung_energy") is not None:

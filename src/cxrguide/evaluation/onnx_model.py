@@ -47,11 +47,14 @@ LAYOUTS = ("nchw", "nhwc")
 NORMALIZATIONS = ("none", "imagenet", "minus1to1")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-           "tensor(double)": np.float64}  # fmt: skip
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 MASK_INPUT = "lung_mask"  # the second input of a gated (Stage III) 'cxrguide export'
-_CLASS_ALIASES = {"normal": "Normal", "pneumonia": "Pneumonia", "covid19": "COVID-19",
-                  "covid": "COVID-19"}  # fmt: skip
+_CLASS_ALIASES = {
+    "normal": "Normal",
+    "pneumonia": "Pneumonia",
+    "covid19": "COVID-19",
+    "covid": "COVID-19",
+}
 
 
 def parse_classes(classes: str | Sequence[str]) -> tuple[str, ...]:
@@ -153,8 +156,16 @@ def resolve_input(
             if fixed is not None and fixed != size:
                 raise CxrGuideError(f"{path}: the graph fixes input size {h}x{w}, not {size}")
     side = size or default_size
-    return OnnxInput(name, layout, channels, h or side, w or side, dims[0], normalize,
-                     np.dtype(_DTYPES[type_name]).name)  # fmt: skip
+    return OnnxInput(
+        name,
+        layout,
+        channels,
+        h or side,
+        w or side,
+        dims[0],
+        normalize,
+        np.dtype(_DTYPES[type_name]).name,
+    )
 
 
 class OnnxClassifier:
@@ -185,16 +196,32 @@ class OnnxClassifier:
                 f"(plus {MASK_INPUT!r} for a gated 'cxrguide export')"
             )
         inp = images[0]
-        self.input = resolve_input(self.path, inp.name, inp.shape, inp.type, size=size,
-                                   layout=layout, channels=channels, normalize=normalize,
-                                   default_size=default_size)  # fmt: skip
+        self.input = resolve_input(
+            self.path,
+            inp.name,
+            inp.shape,
+            inp.type,
+            size=size,
+            layout=layout,
+            channels=channels,
+            normalize=normalize,
+            default_size=default_size,
+        )
         # the lung mask: one channel, no normalisation, the image's side unless the graph fixes it
         self.mask: OnnxInput | None = None
         if masks:
             m = masks[0]
-            self.mask = resolve_input(self.path, m.name, m.shape, m.type, size=None, layout=None,
-                                      channels=1, normalize="none",
-                                      default_size=self.input.height)  # fmt: skip
+            self.mask = resolve_input(
+                self.path,
+                m.name,
+                m.shape,
+                m.type,
+                size=None,
+                layout=None,
+                channels=1,
+                normalize="none",
+                default_size=self.input.height,
+            )
         self.output = self._pick_output(output)
 
     def _pick_output(self, name: str | None) -> str:
@@ -254,8 +281,10 @@ class OnnxClassifier:
             chunk = {name: x[lo:hi] for name, x in feed.items()}
             n = min(hi, total) - lo
             if step is not None and n < step:
-                chunk = {name: np.concatenate([x, np.zeros((step - n, *x.shape[1:]), x.dtype)])
-                         for name, x in chunk.items()}  # fmt: skip
+                chunk = {
+                    name: np.concatenate([x, np.zeros((step - n, *x.shape[1:]), x.dtype)])
+                    for name, x in chunk.items()
+                }
             rows = step if step is not None else n
             try:
                 y = self.session.run([self.output], chunk)[0]
@@ -272,8 +301,12 @@ class OnnxClassifier:
 
     def describe(self) -> dict[str, Any]:
         mask = self.mask.name if self.mask is not None else None
-        return {**asdict(self.input), "output": self.output, "classes": list(self.classes),
-                "lung_mask_input": mask}  # fmt: skip
+        return {
+            **asdict(self.input),
+            "output": self.output,
+            "classes": list(self.classes),
+            "lung_mask_input": mask,
+        }
 
 
 def to_probabilities(raw: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, str]:
@@ -283,8 +316,9 @@ def to_probabilities(raw: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarra
     """
     if not np.isfinite(raw).all():
         raise CxrGuideError("ONNX model outputs contain NaN or infinity")
-    is_prob = (raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6
-               and np.allclose(raw.sum(1), 1.0, atol=1e-3))  # fmt: skip
+    is_prob = (
+        raw.min() >= -1e-6 and raw.max() <= 1 + 1e-6 and np.allclose(raw.sum(1), 1.0, atol=1e-3)
+    )
     if is_prob:
         probs, kind = np.clip(raw, 0, None), "probabilities"
         probs = probs / probs.sum(1, keepdims=True)
@@ -329,9 +363,16 @@ def evaluate_onnx(
 
     model_path = Path(model_path)
     prepared = Prepared.open(data)
-    model = OnnxClassifier(model_path, size=size, layout=layout, channels=channels,
-                           normalize=normalize, classes=classes, output=output,
-                           default_size=prepared.size)  # fmt: skip
+    model = OnnxClassifier(
+        model_path,
+        size=size,
+        layout=layout,
+        channels=channels,
+        normalize=normalize,
+        classes=classes,
+        output=output,
+        default_size=prepared.size,
+    )
     spec = model.input
     with_lungs = model.mask is not None
     if with_lungs and not prepared.lung_cache_path.exists():
@@ -344,18 +385,30 @@ def evaluate_onnx(
     dataset = CxrDataset(prepared, split, image_size=side, with_lungs=with_lungs)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     raw, rows = [], []
-    for batch in tqdm(loader, desc="predict onnx", unit="batch", disable=not progress,
-                      leave=False):  # fmt: skip
+    for batch in tqdm(loader, desc="predict onnx", unit="batch", disable=not progress, leave=False):
         raw.append(model.raw_outputs(batch["image"], batch.get("lung")))
         rows.append(batch["index"].numpy())
     probs, kind = to_probabilities(np.concatenate(raw), model.classes)
     row_index = np.concatenate(rows)
     out_dir = Path(out) if out is not None else default_out_dir(model_path)
     lung_masks = str(prepared.lung_cache_path) if with_lungs else None
-    extra = dict(run=str(model_path), split=split, data=str(prepared.root),
-                 backbone=f"onnx:{model_path.stem}", stage="external",
-                 weights_source=f"file:{model_path}",
-                 onnx={**model.describe(), "output_kind": kind,
-                       "lung_masks": lung_masks})  # fmt: skip
-    return write_results(out_dir, split, prepared, row_index, dataset.labels[row_index], probs,
-                         n_boot=n_boot, seed=seed, extra=extra)  # fmt: skip
+    extra = dict(
+        run=str(model_path),
+        split=split,
+        data=str(prepared.root),
+        backbone=f"onnx:{model_path.stem}",
+        stage="external",
+        weights_source=f"file:{model_path}",
+        onnx={**model.describe(), "output_kind": kind, "lung_masks": lung_masks},
+    )
+    return write_results(
+        out_dir,
+        split,
+        prepared,
+        row_index,
+        dataset.labels[row_index],
+        probs,
+        n_boot=n_boot,
+        seed=seed,
+        extra=extra,
+    )

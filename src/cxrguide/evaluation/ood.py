@@ -21,8 +21,9 @@ def fit_mahalanobis(
     f = np.asarray(features, np.float64)
     y = np.asarray(y)
     overall = f.mean(axis=0)
-    means = np.stack([f[y == k].mean(axis=0) if (y == k).any() else overall
-                      for k in range(n_classes)])  # fmt: skip
+    means = np.stack(
+        [f[y == k].mean(axis=0) if (y == k).any() else overall for k in range(n_classes)]
+    )
     centred = f - means[y]
     cov = LedoitWolf(assume_centered=True).fit(centred)
     return means, cov.precision_
@@ -30,8 +31,9 @@ def fit_mahalanobis(
 
 def threshold_at(scores: np.ndarray, false_flag_rate: float) -> float:
     """The smallest validation score with at most ``false_flag_rate`` of validation above it."""
-    return float(np.quantile(np.asarray(scores, np.float64), 1.0 - false_flag_rate,
-                             method="higher"))  # fmt: skip
+    return float(
+        np.quantile(np.asarray(scores, np.float64), 1.0 - false_flag_rate, method="higher")
+    )
 
 
 def auroc(internal: np.ndarray, other: np.ndarray) -> float | None:

@@ -32,10 +32,18 @@ def _other_data(prepared: Prepared, info: RunInfo) -> bool:
 
 
 def reliability_report(
-    run_dir: Path, model: CxrClassifier, info: RunInfo, device: torch.device, prepared: Prepared,
-    y: np.ndarray, logits: np.ndarray, feats: np.ndarray, rel: Reliability | None, *,
+    run_dir: Path,
+    model: CxrClassifier,
+    info: RunInfo,
+    device: torch.device,
+    prepared: Prepared,
+    y: np.ndarray,
+    logits: np.ndarray,
+    feats: np.ndarray,
+    rel: Reliability | None,
+    *,
     batch_size: int = 32,
-) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
+) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
     """(calibrated probabilities, metrics sections, per-film prediction columns)."""
     probs = rel.scale(logits) if rel is not None else softmax(np.asarray(logits, np.float64))
     scores = None if rel is None else rel.ood_scores(feats)
@@ -59,9 +67,10 @@ def reliability_report(
         "calibration": calibration_section(y, logits, rel),
         "ood": ood_section(rel, scores, energies, reference),
         "selective": selective,
-        "reliability_warnings": list(rel.warnings) if rel is not None
+        "reliability_warnings": list(rel.warnings)
+        if rel is not None
         else ["no reliability statistics: uncalibrated, no OOD score"],
-    }  # fmt: skip
+    }
     columns: dict[str, np.ndarray] = {"energy_score": energies}
     if scores is not None:
         columns["ood_score"] = scores
@@ -83,17 +92,28 @@ def reliability_figure(section: dict[str, Any], path: Path, split: str) -> Path:
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
     shown = {"before": f"softmax (ECE {section['ece']:.3f})"}
     if section.get("ece_after") is not None:
-        how = ("vector scaling" if section.get("method") == "vector"
-               else f"T = {section['temperature']:.2f}")  # fmt: skip
+        how = (
+            "vector scaling"
+            if section.get("method") == "vector"
+            else f"T = {section['temperature']:.2f}"
+        )
         shown["after"] = f"{how} (ECE {section['ece_after']:.3f})"
     for key, label in shown.items():
         bins = section["reliability"][key]
-        pts = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
-               if c is not None]  # fmt: skip
+        pts = [
+            (c, a)
+            for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
+            if c is not None
+        ]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o", lw=1.5, label=label)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy",
-           title=f"reliability, {split}")  # fmt: skip
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top probability)",
+        ylabel="accuracy",
+        title=f"reliability, {split}",
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     atomic_save(lambda fh: fig.savefig(fh, format="png"), path)
@@ -113,13 +133,17 @@ def format_reliability(report: dict[str, Any]) -> list[str]:
     t = cal.get("temperature")
     how = "vector scaling" if cal.get("method") == "vector" else f"T {_f(t, '.2f')}"
     ci = cal.get("ece_after_ci") or [None, None]
-    lines = [f"calibration: ECE {_f(cal['ece'])} -> {_f(cal.get('ece_after'))} "
-             f"(95% CI {_f(ci[0])}-{_f(ci[1])}; {how}), classwise ECE {_f(cal['ece_classwise'])} -> "
-             f"{_f(cal.get('ece_classwise_after'))}, Brier {_f(cal['brier'])} -> "
-             f"{_f(cal.get('brier_after'))}"]  # fmt: skip
+    lines = [
+        f"calibration: ECE {_f(cal['ece'])} -> {_f(cal.get('ece_after'))} "
+        f"(95% CI {_f(ci[0])}-{_f(ci[1])}; {how}), classwise ECE {_f(cal['ece_classwise'])} -> "
+        f"{_f(cal.get('ece_classwise_after'))}, Brier {_f(cal['brier'])} -> "
+        f"{_f(cal.get('brier_after'))}"
+    ]
     if ood and ood.get("flagged_share") is not None:
-        line = (f"out-of-distribution: {ood['flagged_share']:.1%} flagged (Mahalanobis > "
-                f"{ood['threshold']:.4g}, {ood['false_flag_rate']:.0%} of validation)")  # fmt: skip
+        line = (
+            f"out-of-distribution: {ood['flagged_share']:.1%} flagged (Mahalanobis > "
+            f"{ood['threshold']:.4g}, {ood['false_flag_rate']:.0%} of validation)"
+        )
         if ood.get("auroc") is not None:
             line += (
                 f", AUROC vs own test {ood['auroc']:.3f} (energy {_f(ood['energy'].get('auroc'))})"
@@ -129,8 +153,10 @@ def format_reliability(report: dict[str, Any]) -> list[str]:
         line = f"selective: AURC {sel['aurc']:.4f}"
         if "abstain" in sel:
             a = sel["abstain"]
-            line += (f"; --abstain answers {a['coverage']:.1%} with accuracy "
-                     f"{_f(a['accuracy_answered'])} (all films {a['accuracy_all']:.3f})")  # fmt: skip
+            line += (
+                f"; --abstain answers {a['coverage']:.1%} with accuracy "
+                f"{_f(a['accuracy_answered'])} (all films {a['accuracy_all']:.3f})"
+            )
         lines.append(line)
     lines += [f"warning: {w}" for w in report.get("reliability_warnings", [])]
     return lines

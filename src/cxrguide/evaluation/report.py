@@ -80,15 +80,19 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 def load_record(path: Path) -> RunRecord:
     info = read_info(path)
-    config = yaml.safe_load((path / "config.yaml").read_text()) if (
-        path / "config.yaml").is_file() else {}  # fmt: skip
+    config = (
+        yaml.safe_load((path / "config.yaml").read_text())
+        if (path / "config.yaml").is_file()
+        else {}
+    )
     rec = RunRecord(path, info, config or {})
     for split in ("val", "test", SHORTCUT_SPLIT):
         if (path / f"metrics_{split}.json").is_file():
             rec.metrics[split] = json.loads((path / f"metrics_{split}.json").read_text())
         if (path / f"predictions_{split}.csv").is_file():
-            rec.predictions[split] = pd.read_csv(path / f"predictions_{split}.csv",
-                                                 keep_default_na=False)  # fmt: skip
+            rec.predictions[split] = pd.read_csv(
+                path / f"predictions_{split}.csv", keep_default_na=False
+            )
     if (path / "history.csv").is_file():
         rec.history = pd.read_csv(path / "history.csv")
     return rec
@@ -114,8 +118,15 @@ def data_tables(records: list[RunRecord]) -> list[Table]:
     for i, root in enumerate(roots):
         prep = Path(root)
         if not is_complete(prep) or not (prep / "manifest.csv").is_file():
-            tables.append(Table(f"data-{i}", f"Prepared set {prep}", [], [],
-                                f"{prep}: no finished preparation: counts unavailable"))  # fmt: skip
+            tables.append(
+                Table(
+                    f"data-{i}",
+                    f"Prepared set {prep}",
+                    [],
+                    [],
+                    f"{prep}: no finished preparation: counts unavailable",
+                )
+            )
             continue
         header, rows = count_table(prep)
         rejected = read_rows(prep / "rejected.csv") if (prep / "rejected.csv").exists() else []
@@ -124,29 +135,55 @@ def data_tables(records: list[RunRecord]) -> list[Table]:
         why = ", ".join(f"{k} {v}" for k, v in stages.items()) or "none"
         exact = sum(r["match"] == "exact" for r in dups)
         conflicts = sum(r["label"] != r["kept_label"] for r in dups)
-        note = (f"Rejected: {len(rejected)} ({why}). Duplicates dropped: {len(dups)} (exact "
-                f"{exact}, near {len(dups) - exact}; label conflicts {conflicts}).")  # fmt: skip
+        note = (
+            f"Rejected: {len(rejected)} ({why}). Duplicates dropped: {len(dups)} (exact "
+            f"{exact}, near {len(dups) - exact}; label conflicts {conflicts})."
+        )
         if not (prep / "rejected.csv").exists():
             note = "No rejected.csv / duplicates.csv in this folder (not written by prepare)."
-        tables.append(Table(f"data-{i}", "Images per source, class and split", header, rows,
-                            f"Prepared set {prep}. {note}"))  # fmt: skip
+        tables.append(
+            Table(
+                f"data-{i}",
+                "Images per source, class and split",
+                header,
+                rows,
+                f"Prepared set {prep}. {note}",
+            )
+        )
     return tables
 
 
 def model_table(records: list[RunRecord]) -> Table:
     """Table 2 for the backbones of the runs, measured at the size each run used."""
 
-    header = ["model", "input", "feature map (h x w x c)", "params (M)", "Keras params (M)",
-              "MACs (G)", "study: feature map", "study: params (M)"]  # fmt: skip
+    header = [
+        "model",
+        "input",
+        "feature map (h x w x c)",
+        "params (M)",
+        "Keras params (M)",
+        "MACs (G)",
+        "study: feature map",
+        "study: params (M)",
+    ]
     rows = []
     for name, size in dict.fromkeys((r.info.backbone, r.info.image_size) for r in records):
         m = measure_model(name, (size, size))
         pfm = "x".join(map(str, m.paper_feature_map)) if m.paper_feature_map else "n/a"
         fm = "x".join(map(str, m.feature_map))
         row = m.as_row()
-        rows.append([m.paper_name, f"{size}x{size}", fm, f"{row['params_m']:.2f}",
-                     f"{row['keras_params_m']:.2f}", f"{row['macs_g']:.3f}", pfm,
-                     "n/a" if m.paper_params_m is None else f"{m.paper_params_m:.1f}"])  # fmt: skip
+        rows.append(
+            [
+                m.paper_name,
+                f"{size}x{size}",
+                fm,
+                f"{row['params_m']:.2f}",
+                f"{row['keras_params_m']:.2f}",
+                f"{row['macs_g']:.3f}",
+                pfm,
+                "n/a" if m.paper_params_m is None else f"{m.paper_params_m:.1f}",
+            ]
+        )
     note = (
         "Measured on the built network with the study's head; MACs count convolutions and "
         "matrix products of one image. The study's columns are at its own input sizes."
@@ -164,40 +201,99 @@ def stage_tables(stage: int, records: list[RunRecord], split: str) -> list[Table
         m = r.metrics.get(split, {})
         ci = m.get("ci95", {})
         energy, pointing = attention_cells(m)
-        board.append([str(rank), r.path.name, r.info.backbone, r.info.weights_source,
-                      pct(r.value("val", "accuracy")), with_ci(m.get("accuracy"), ci.get("accuracy")),
-                      with_ci(m.get("macro_f1"), ci.get("macro_f1")),
-                      with_ci(m.get("macro_auc"), ci.get("macro_auc")), energy, pointing,
-                      rs.lung_area(m)])  # fmt: skip
+        board.append(
+            [
+                str(rank),
+                r.path.name,
+                r.info.backbone,
+                r.info.weights_source,
+                pct(r.value("val", "accuracy")),
+                with_ci(m.get("accuracy"), ci.get("accuracy")),
+                with_ci(m.get("macro_f1"), ci.get("macro_f1")),
+                with_ci(m.get("macro_auc"), ci.get("macro_auc")),
+                energy,
+                pointing,
+                rs.lung_area(m),
+            ]
+        )
         for cls in CLASSES:
             c = m.get("per_class", {}).get(cls)
             if c:
-                per_class.append([r.path.name, cls, pct(c["precision"]), pct(c["recall"]),
-                                  pct(c["specificity"]), pct(c["f1"]), pct(c["auc"]),
-                                  str(c["support"])])  # fmt: skip
+                per_class.append(
+                    [
+                        r.path.name,
+                        cls,
+                        pct(c["precision"]),
+                        pct(c["recall"]),
+                        pct(c["specificity"]),
+                        pct(c["f1"]),
+                        pct(c["auc"]),
+                        str(c["support"]),
+                    ]
+                )
         for source, s in m.get("per_source", {}).items():
-            per_source.append([r.path.name, source, str(s["n"]), rs.class_mix(s),
-                               pct(s["accuracy"]), rs.wilson(s), pct(s["macro_f1"]),
-                               pct(s["macro_auc"])])  # fmt: skip
+            per_source.append(
+                [
+                    r.path.name,
+                    source,
+                    str(s["n"]),
+                    rs.class_mix(s),
+                    pct(s["accuracy"]),
+                    rs.wilson(s),
+                    pct(s["macro_f1"]),
+                    pct(s["macro_auc"]),
+                ]
+            )
 
     calibration = reliability_table(f"stage{stage}", name, records, split)
     return [
-        Table(f"leaderboard-stage{stage}", f"{name} leaderboard ({split}; sorted by validation "
-              "accuracy; %, 95% bootstrap CI in brackets)",
-              ["#", "run", "backbone", "weights", "val acc", f"{split} acc", "macro F1",
-               "macro AUC", "lung energy", "pointing game", "lung area (chance)"], board,
-              "Lung energy: share of the predicted class's Grad-CAM inside the lung masks; its "
-              "chance level is the lungs' area share (last column); pointing game: peak inside "
-              "the lungs."),
+        Table(
+            f"leaderboard-stage{stage}",
+            f"{name} leaderboard ({split}; sorted by validation "
+            "accuracy; %, 95% bootstrap CI in brackets)",
+            [
+                "#",
+                "run",
+                "backbone",
+                "weights",
+                "val acc",
+                f"{split} acc",
+                "macro F1",
+                "macro AUC",
+                "lung energy",
+                "pointing game",
+                "lung area (chance)",
+            ],
+            board,
+            "Lung energy: share of the predicted class's Grad-CAM inside the lung masks; its "
+            "chance level is the lungs' area share (last column); pointing game: peak inside "
+            "the lungs.",
+        ),
         rs.baseline_table(f"stage{stage}", name, records, split),
-        Table(f"per-class-stage{stage}", f"{name}: per class ({split}, %)",
-              ["run", "class", "precision", "recall", "specificity", "F1", "AUC", "n"], per_class),
-        Table(f"per-source-stage{stage}", f"{name}: per source ({split}, %)",
-              ["run", "source", "n", "true N/P/C", "accuracy", "95% CI (Wilson)", "macro F1",
-               "macro AUC"], per_source,
-              "True N/P/C: the source's Normal / Pneumonia / COVID-19 images in the split. The "
-              "Wilson interval stays wide for small n: a handful of films proves little."),
-    ] + ([calibration] if calibration else [])  # fmt: skip
+        Table(
+            f"per-class-stage{stage}",
+            f"{name}: per class ({split}, %)",
+            ["run", "class", "precision", "recall", "specificity", "F1", "AUC", "n"],
+            per_class,
+        ),
+        Table(
+            f"per-source-stage{stage}",
+            f"{name}: per source ({split}, %)",
+            [
+                "run",
+                "source",
+                "n",
+                "true N/P/C",
+                "accuracy",
+                "95% CI (Wilson)",
+                "macro F1",
+                "macro AUC",
+            ],
+            per_source,
+            "True N/P/C: the source's Normal / Pneumonia / COVID-19 images in the split. The "
+            "Wilson interval stays wide for small n: a handful of films proves little.",
+        ),
+    ] + ([calibration] if calibration else [])
 
 
 def shortcut_split_table(records: list[RunRecord]) -> Table | None:
@@ -212,17 +308,28 @@ def shortcut_split_table(records: list[RunRecord]) -> Table | None:
             continue
         test = r.value("test", "accuracy")
         gap = "n/a" if test is None else f"{100 * (test - shortcut):+.1f}"
-        rows.append([STAGE_NAMES.get(r.info.stage, f"Stage {r.info.stage}"), r.path.name,
-                     r.info.weights_source, pct(test), pct(shortcut), gap])  # fmt: skip
+        rows.append(
+            [
+                STAGE_NAMES.get(r.info.stage, f"Stage {r.info.stage}"),
+                r.path.name,
+                r.info.weights_source,
+                pct(test),
+                pct(shortcut),
+                gap,
+            ]
+        )
     if not rows:
         return None
-    return Table("shortcut-split", "Test vs shortcut_test accuracy per stage (%)",
-                 ["stage", "run", "weights", "test acc", "shortcut_test acc",
-                  "test - shortcut_test"], rows,
-                 "Test films carry their class's marker at the rate the data was drawn with; "
-                 "shortcut_test moves every marker to another class's place. A frozen body that "
-                 "learnt clean films ignores the marker (small gap); fine-tuning can learn it "
-                 "(large gap); guidance aims to shrink the gap again. Chance is 33.3%.")  # fmt: skip
+    return Table(
+        "shortcut-split",
+        "Test vs shortcut_test accuracy per stage (%)",
+        ["stage", "run", "weights", "test acc", "shortcut_test acc", "test - shortcut_test"],
+        rows,
+        "Test films carry their class's marker at the rate the data was drawn with; "
+        "shortcut_test moves every marker to another class's place. A frozen body that "
+        "learnt clean films ignores the marker (small gap); fine-tuning can learn it "
+        "(large gap); guidance aims to shrink the gap again. Chance is 33.3%.",
+    )
 
 
 # --- optional inputs ----------------------------------------------------------------------------
@@ -235,10 +342,15 @@ def shortcut_blocks(path: Path) -> list[dict[str, Any]]:
 def tune_figures(folder: Path) -> list[dict[str, str]]:
     if not folder.is_dir():
         raise CxrGuideError(f"{folder}: tuning folder not found (--tune)")
-    names = {"optimization_history.png": "Optimisation history",
-             "param_importances.png": "Hyper-parameter importances"}  # fmt: skip
-    return [{"title": t, "caption": str(folder / f), "src": png_b64(folder / f)}
-            for f, t in names.items() if (folder / f).is_file()]  # fmt: skip
+    names = {
+        "optimization_history.png": "Optimisation history",
+        "param_importances.png": "Hyper-parameter importances",
+    }
+    return [
+        {"title": t, "caption": str(folder / f), "src": png_b64(folder / f)}
+        for f, t in names.items()
+        if (folder / f).is_file()
+    ]
 
 
 def explain_figures(folder: Path) -> list[dict[str, str]]:
@@ -247,14 +359,20 @@ def explain_figures(folder: Path) -> list[dict[str, str]]:
     for index in sorted(folder.rglob(INDEX)):
         for f in json.loads(index.read_text()).get("figures", []):
             if (index.parent / f["file"]).is_file():
-                figures.append({"title": f.get("title", f["file"]), "caption": f.get("caption", ""),
-                                "src": png_b64(index.parent / f["file"]),
-                                "wide": f.get("kind") == "compare"})  # fmt: skip
+                figures.append(
+                    {
+                        "title": f.get("title", f["file"]),
+                        "caption": f.get("caption", ""),
+                        "src": png_b64(index.parent / f["file"]),
+                        "wide": f.get("kind") == "compare",
+                    }
+                )
     return figures
 
 
-def auto_explain(records: list[RunRecord], split: str, method: str, per_group: int,
-                 device: str) -> tuple[list[dict[str, str]], str]:  # fmt: skip
+def auto_explain(
+    records: list[RunRecord], split: str, method: str, per_group: int, device: str
+) -> tuple[list[dict[str, str]], str]:
     """Galleries of the best run of the last stage and the stage comparison of its backbone."""
     best = lambda rs: max(rs, key=lambda r: r.value("val", "accuracy") or -1.0)  # noqa: E731
     top = best([r for r in records if r.info.stage == max(x.info.stage for x in records)])
@@ -265,11 +383,13 @@ def auto_explain(records: list[RunRecord], split: str, method: str, per_group: i
         chain.append(best(mine or same))
     with tempfile.TemporaryDirectory(prefix="cxrguide-report-") as tmp:
         try:
-            explain_run(top.path, tmp, split=split, method=method, per_group=per_group,
-                        device=device)  # fmt: skip
+            explain_run(
+                top.path, tmp, split=split, method=method, per_group=per_group, device=device
+            )
             if len(chain) > 1:
-                compare_runs([r.path for r in chain], tmp, split=split, method=method,
-                             device=device)  # fmt: skip
+                compare_runs(
+                    [r.path for r in chain], tmp, split=split, method=method, device=device
+                )
         except CxrGuideError as err:
             return explain_figures(Path(tmp)), f"Grad-CAM figures incomplete: {err}"
         return explain_figures(Path(tmp)), ""
@@ -295,20 +415,49 @@ def provenance_table(records: list[RunRecord]) -> Table:
         # runs from before l2_scope existed penalised every trainable kernel
         l2 = f"{c.get('l2', 'n/a')} on {c.get('l2_scope', 'all')}"
         balance = f"{c.get('class_weights', 'none')} / {c.get('sampler', 'none')}"
-        rows.append([r.path.name, str(r.info.stage), r.info.backbone, r.info.weights_source,
-                     str(c.get("seed", "n/a")), str(r.info.image_size),
-                     str(c.get("max_epochs", "n/a")), str(lr), str(c.get("batch_size", "n/a")),
-                     l2, balance, ", ".join(r.info.attention) or "none",
-                     r.info.lung_model or "none",
-                     Path(r.info.parent).name if r.info.parent else "none"])  # fmt: skip
-    return Table("provenance", "Runs: how each was trained",
-                 ["run", "stage", "backbone", "weights", "seed", "input", "max epochs", "lr",
-                  "batch", "L2 (lambda on scope)", "class weights / sampler", "attention",
-                  "lung model", "parent"], rows,
-                 "L2 scope 'head': the head's Dense kernels (the study's Keras semantics); 'all': "
-                 "every trainable kernel of body and head. Class weights 'balanced': each "
-                 "image's loss times N / (K n_class); sampler 'balanced': classes drawn equally "
-                 "often.")  # fmt: skip
+        rows.append(
+            [
+                r.path.name,
+                str(r.info.stage),
+                r.info.backbone,
+                r.info.weights_source,
+                str(c.get("seed", "n/a")),
+                str(r.info.image_size),
+                str(c.get("max_epochs", "n/a")),
+                str(lr),
+                str(c.get("batch_size", "n/a")),
+                l2,
+                balance,
+                ", ".join(r.info.attention) or "none",
+                r.info.lung_model or "none",
+                Path(r.info.parent).name if r.info.parent else "none",
+            ]
+        )
+    return Table(
+        "provenance",
+        "Runs: how each was trained",
+        [
+            "run",
+            "stage",
+            "backbone",
+            "weights",
+            "seed",
+            "input",
+            "max epochs",
+            "lr",
+            "batch",
+            "L2 (lambda on scope)",
+            "class weights / sampler",
+            "attention",
+            "lung model",
+            "parent",
+        ],
+        rows,
+        "L2 scope 'head': the head's Dense kernels (the study's Keras semantics); 'all': "
+        "every trainable kernel of body and head. Class weights 'balanced': each "
+        "image's loss times N / (K n_class); sampler 'balanced': classes drawn equally "
+        "often.",
+    )
 
 
 def build_report(
@@ -332,20 +481,37 @@ def build_report(
     study = rs.sources_section(Path(sources)) if sources else None
     if explain_dir is not None and not Path(explain_dir).is_dir():
         raise CxrGuideError(f"{explain_dir}: explain folder not found (--explain)")
-    records = sorted((load_record(p) for p in find_runs(runs)),
-                     key=lambda r: (r.info.stage, r.info.backbone, str(r.path)))  # fmt: skip
+    records = sorted(
+        (load_record(p) for p in find_runs(runs)),
+        key=lambda r: (r.info.stage, r.info.backbone, str(r.path)),
+    )
     stages = sorted({r.info.stage for r in records})
     results = []
     for stage in stages:
         mine = [r for r in records if r.info.stage == stage]
-        figures = [{"title": r.label, "caption": str(r.path),
-                    "src": run_figure(r.label, r.metrics.get(split, {}).get("confusion_matrix"),
-                                      r.predictions.get(split), r.history, split)}
-                   for r in mine]  # fmt: skip
+        figures = [
+            {
+                "title": r.label,
+                "caption": str(r.path),
+                "src": run_figure(
+                    r.label,
+                    r.metrics.get(split, {}).get("confusion_matrix"),
+                    r.predictions.get(split),
+                    r.history,
+                    split,
+                ),
+            }
+            for r in mine
+        ]
         figures += reliability_figures(mine, split)
-        results.append({"name": STAGE_NAMES.get(stage, f"Stage {stage}"), "id": f"stage{stage}",
-                        "tables": stage_tables(stage, mine, split),
-                        "figures": [f for f in figures if f["src"]]})  # fmt: skip
+        results.append(
+            {
+                "name": STAGE_NAMES.get(stage, f"Stage {stage}"),
+                "id": f"stage{stage}",
+                "tables": stage_tables(stage, mine, split),
+                "figures": [f for f in figures if f["src"]],
+            }
+        )
     if explain_dir is not None:
         cams, cam_note = explain_figures(Path(explain_dir)), ""
         if not cams:
@@ -357,21 +523,35 @@ def build_report(
     for i, root in enumerate(dict.fromkeys(r.info.data for r in records if r.info.data)):
         blocks, audit_warnings = rs.audit_blocks(Path(root), i)
         warnings += audit_warnings
-        data_extra.append({"rejected": rs.rejected_table(Path(root), f"rejected-{i}"),
-                           "audit": blocks})  # fmt: skip
+        data_extra.append(
+            {"rejected": rs.rejected_table(Path(root), f"rejected-{i}"), "audit": blocks}
+        )
         lungs = lungs or rs.lung_section(records, Path(root))
     warnings += rs.run_warnings(records, split)
     phantom = [r.path.name for r in records if r.info.weights_source.startswith("phantom:")]
     html = TEMPLATE.render(
-        warnings=warnings, data_extra=data_extra, lungs=lungs,
-        title=title, generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        records=records, random=random, phantom=phantom, data=data_tables(records), models=model_table(records),
-        results=results, cams=cams, cam_note=cam_note,
-        shortcut=extra, tune=tuning, sources=study, provenance=provenance_table(records),
+        warnings=warnings,
+        data_extra=data_extra,
+        lungs=lungs,
+        title=title,
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        records=records,
+        random=random,
+        phantom=phantom,
+        data=data_tables(records),
+        models=model_table(records),
+        results=results,
+        cams=cams,
+        cam_note=cam_note,
+        shortcut=extra,
+        tune=tuning,
+        sources=study,
+        provenance=provenance_table(records),
         shortcut_split=shortcut_split_table(records),
-        versions=versions(), split=split,
+        versions=versions(),
+        split=split,
         configs=[(r.path.name, yaml.safe_dump(r.config, sort_keys=False)) for r in records],
-    )  # fmt: skip
+    )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, html)

@@ -41,8 +41,15 @@ def _confusion(ax: Any, matrix: list[list[int]], title: str) -> None:
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, f"{int(cm[i, j])}\n{100 * share[i, j]:.0f}%", ha="center", va="center",
-                    fontsize=8, color="white" if share[i, j] > 0.6 else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}\n{100 * share[i, j]:.0f}%",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(len(CLASSES)), CLASSES, fontsize=8)
     ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=8)
     ax.set_xlabel("predicted")
@@ -107,8 +114,15 @@ def run_figure(
     """One row of panels for a run: confusion matrix, ROC curves, training curves."""
     from matplotlib.figure import Figure
 
-    panels = [p for p, ok in (("cm", matrix is not None), ("roc", predictions is not None),
-                              ("hist", history is not None and len(history) > 0)) if ok]  # fmt: skip
+    panels = [
+        p
+        for p, ok in (
+            ("cm", matrix is not None),
+            ("roc", predictions is not None),
+            ("hist", history is not None and len(history) > 0),
+        )
+        if ok
+    ]
     if not panels:
         return None
     fig = Figure(figsize=(4.2 * len(panels), 3.8), dpi=90)
@@ -165,9 +179,17 @@ def render_grid(
                 for spine in ax.spines.values():
                     spine.set_color("#dddddd")
             if i == 0 and col_labels is not None:  # bold column head above the prediction
-                ax.annotate(col_labels[j], (0.5, 1.0), xycoords="axes fraction",
-                            xytext=(0, 19 if ax.get_title() else 5), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=9, fontweight="bold")  # fmt: skip
+                ax.annotate(
+                    col_labels[j],
+                    (0.5, 1.0),
+                    xycoords="axes fraction",
+                    xytext=(0, 19 if ax.get_title() else 5),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=9,
+                    fontweight="bold",
+                )
             if j == 0:
                 ax.set_ylabel(row_labels[i], fontsize=9)
     fig.suptitle("\n".join(title_lines), fontsize=11)

@@ -24,23 +24,47 @@ def reliability_table(stage_id: str, name: str, records: list, split: str) -> Ta
             continue
         abstain = sel.get("abstain", {})
         how = "vector" if cal.get("method") == "vector" else _num(cal.get("temperature"), ".2f")
-        rows.append([r.path.name, how,
-                     f"{_num(cal['ece'])} -> {_num(cal.get('ece_after'))}",
-                     f"{_num(cal['ece_classwise'])} -> {_num(cal.get('ece_classwise_after'))}",
-                     f"{_num(cal['brier'])} -> {_num(cal.get('brier_after'))}",
-                     _num(sel.get("aurc"), ".4f"), pct(abstain.get("coverage")),
-                     pct(abstain.get("accuracy_answered")), _num(ood.get("threshold"), ".4g"),
-                     pct(ood.get("flagged_share")), _num(ood.get("auroc"))])  # fmt: skip
+        rows.append(
+            [
+                r.path.name,
+                how,
+                f"{_num(cal['ece'])} -> {_num(cal.get('ece_after'))}",
+                f"{_num(cal['ece_classwise'])} -> {_num(cal.get('ece_classwise_after'))}",
+                f"{_num(cal['brier'])} -> {_num(cal.get('brier_after'))}",
+                _num(sel.get("aurc"), ".4f"),
+                pct(abstain.get("coverage")),
+                pct(abstain.get("accuracy_answered")),
+                _num(ood.get("threshold"), ".4g"),
+                pct(ood.get("flagged_share")),
+                _num(ood.get("auroc")),
+            ]
+        )
     if not rows:
         return None
-    return Table(f"reliability-{stage_id}", f"{name}: calibration and reliability ({split})",
-                 ["run", "T / vector", "ECE", "classwise ECE", "Brier", "AURC", "abstain coverage %",
-                  "accuracy answered %", "OOD threshold", "flagged %", "OOD AUROC"], rows,
-                 "ECE: 15 equal-width bins, plain softmax -> calibrated (temperature T or vector "
-                 "scaling, fitted on validation). AURC: area under the risk-coverage curve (lower is better). "
-                 "Abstain: films answered by 'predict --abstain' (not out of distribution, "
-                 "confidence >= the validation threshold) and the accuracy on them. Flagged: "
-                 "Mahalanobis score above the validation threshold (docs/calibration.md).")  # fmt: skip
+    return Table(
+        f"reliability-{stage_id}",
+        f"{name}: calibration and reliability ({split})",
+        [
+            "run",
+            "T / vector",
+            "ECE",
+            "classwise ECE",
+            "Brier",
+            "AURC",
+            "abstain coverage %",
+            "accuracy answered %",
+            "OOD threshold",
+            "flagged %",
+            "OOD AUROC",
+        ],
+        rows,
+        "ECE: 15 equal-width bins, plain softmax -> calibrated (temperature T or vector "
+        "scaling, fitted on validation). AURC: area under the risk-coverage curve "
+        "(lower is better). "
+        "Abstain: films answered by 'predict --abstain' (not out of distribution, "
+        "confidence >= the validation threshold) and the accuracy on them. Flagged: "
+        "Mahalanobis score above the validation threshold (docs/calibration.md).",
+    )
 
 
 def reliability_figures(records: list, split: str) -> list[dict[str, Any]]:
@@ -49,6 +73,7 @@ def reliability_figures(records: list, split: str) -> list[dict[str, Any]]:
     for r in records:
         path = r.path / f"reliability_{split}.png"
         if path.is_file():
-            out.append({"title": f"{r.label}: reliability", "caption": str(path),
-                        "src": png_b64(path)})  # fmt: skip
+            out.append(
+                {"title": f"{r.label}: reliability", "caption": str(path), "src": png_b64(path)}
+            )
     return out

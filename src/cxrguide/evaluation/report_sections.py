@@ -40,21 +40,26 @@ def baseline_table(stage_id: str, name: str, records: list, split: str) -> Table
         if not maj or not pri:
             rows.append([r.path.name, pct(m.get("accuracy")), "n/a", "n/a", "n/a", "n/a"])
             continue
-        rows.append([
-            r.path.name, with_ci(m.get("accuracy"), m.get("ci95", {}).get("accuracy")),
-            f"{with_ci(maj['accuracy'], maj.get('ci95'))} ({maj['class']})",
-            margin(maj["margin"], maj.get("margin_ci95")),
-            with_ci(pri["accuracy"], pri.get("ci95")),
-            margin(pri["margin"], pri.get("margin_ci95")),
-        ])  # fmt: skip
+        rows.append(
+            [
+                r.path.name,
+                with_ci(m.get("accuracy"), m.get("ci95", {}).get("accuracy")),
+                f"{with_ci(maj['accuracy'], maj.get('ci95'))} ({maj['class']})",
+                margin(maj["margin"], maj.get("margin_ci95")),
+                with_ci(pri["accuracy"], pri.get("ci95")),
+                margin(pri["margin"], pri.get("margin_ci95")),
+            ]
+        )
     return Table(
-        f"baselines-{stage_id}", f"{name}: accuracy against baselines ({split}, %)",
-        ["run", f"{split} acc", "majority class", "margin", "source prior", "margin"], rows,
+        f"baselines-{stage_id}",
+        f"{name}: accuracy against baselines ({split}, %)",
+        ["run", f"{split} acc", "majority class", "margin", "source prior", "margin"],
+        rows,
         "Majority class: the train split's most common class for every image. Source prior: "
         "each source's most common train class (DeGrave et al. 2021: mixed-source COVID data "
         "lets a model learn the source). Margins are accuracy points with paired bootstrap 95% "
         "CIs; a margin whose interval includes 0 shows no skill beyond the class mix.",
-    )  # fmt: skip
+    )
 
 
 def run_warnings(records: list, split: str) -> list[dict[str, str]]:
@@ -90,10 +95,17 @@ def rejected_table(prep: Path, table_id: str) -> Table | None:
     counts = Counter(
         (r["source"], r["stage"], r["reason"]) for r in read_rows(prep / "rejected.csv")
     )
-    rows = [[s, st, why, str(n)] for (s, st, why), n in
-            sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]  # fmt: skip
-    return Table(table_id, "Rejected images by reason", ["source", "stage", "reason", "n"], rows,
-                 "" if rows else "Nothing was rejected.")  # fmt: skip
+    rows = [
+        [s, st, why, str(n)]
+        for (s, st, why), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return Table(
+        table_id,
+        "Rejected images by reason",
+        ["source", "stage", "reason", "n"],
+        rows,
+        "" if rows else "Nothing was rejected.",
+    )
 
 
 def audit_blocks(prep: Path, index: int) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -115,10 +127,12 @@ def audit_blocks(prep: Path, index: int) -> tuple[list[dict[str, Any]], list[dic
                 "8-bit intensity of the content; black / white: pixels <= 5 / >= 250",
                 *stats_rows(audit),
             )
-        },  # fmt: skip
+        },
     ]
-    warnings = [{"where": f"data audit ({prep.name})", "code": w["code"],
-                 "message": w["message"]} for w in audit.get("warnings", [])]  # fmt: skip
+    warnings = [
+        {"where": f"data audit ({prep.name})", "code": w["code"], "message": w["message"]}
+        for w in audit.get("warnings", [])
+    ]
     return blocks, warnings
 
 
@@ -132,8 +146,10 @@ def _lung_run(records: list, prep: Path) -> Path | None:
                 return lung_run_path(r.path, r.info.lung_model)
             except CxrGuideError:
                 continue
-    for prov in [*sorted((prep / "cache").glob("lungs_*.json")),
-                 *sorted((prep / "audit/lungs").glob("lungs_*.json"))]:  # fmt: skip
+    for prov in [
+        *sorted((prep / "cache").glob("lungs_*.json")),
+        *sorted((prep / "audit/lungs").glob("lungs_*.json")),
+    ]:
         run = json.loads(prov.read_text()).get("run")
         if run and Path(run).is_dir():
             return Path(run)
@@ -156,29 +172,51 @@ def lung_section(records: list, prep: Path, examples: int = 4) -> dict[str, Any]
         for split in ("val", "test"):
             s = m.get(split, {})
             if s.get("n"):
-                rows.append([split, str(s["n"]), f"{s['dice_mean']:.3f}", f"{s['dice_min']:.3f}",
-                             f"{s['iou_mean']:.3f}", f"{s['hd95_px_mean']:.1f}"])  # fmt: skip
-        tables.append(Table("lungs-metrics", f"Lung model {run.name}: Dice on its own splits",
-                            ["split", "n", "Dice", "Dice min", "IoU", "HD95 (px)"], rows,
-                            "Measured on the lung data set's held-out films; the classifier's "
-                            "films have no lung ground truth."))  # fmt: skip
+                rows.append(
+                    [
+                        split,
+                        str(s["n"]),
+                        f"{s['dice_mean']:.3f}",
+                        f"{s['dice_min']:.3f}",
+                        f"{s['iou_mean']:.3f}",
+                        f"{s['hd95_px_mean']:.1f}",
+                    ]
+                )
+        tables.append(
+            Table(
+                "lungs-metrics",
+                f"Lung model {run.name}: Dice on its own splits",
+                ["split", "n", "Dice", "Dice min", "IoU", "HD95 (px)"],
+                rows,
+                "Measured on the lung data set's held-out films; the classifier's "
+                "films have no lung ground truth.",
+            )
+        )
     elif run is not None:
         notes.append(f"{run}: no metrics.json (run 'cxrguide lungs evaluate {run}').")
     if quality.is_file():
         q = pd.read_csv(quality, keep_default_na=False)
         counts = q["flag"].value_counts()
-        tables.append(Table("lungs-quality", "Predicted masks on the prepared set",
-                            ["flag", "n", "share"],
-                            [[f, str(n), pct(n / len(q))] for f, n in counts.items()],
-                            "implausible: lung area outside the plausible range or not two "
-                            "lungs; empty: no lung found. Such masks mislead lung energy."))  # fmt: skip
+        tables.append(
+            Table(
+                "lungs-quality",
+                "Predicted masks on the prepared set",
+                ["flag", "n", "share"],
+                [[f, str(n), pct(n / len(q))] for f, n in counts.items()],
+                "implausible: lung area outside the plausible range or not two "
+                "lungs; empty: no lung found. Such masks mislead lung energy.",
+            )
+        )
         bad = [i for i, f in enumerate(q["flag"]) if f != "ok"][:examples]
         if bad:
-            figures.append({"title": f"Implausible or empty lung masks ({len(bad)} of "
-                                     f"{int((q['flag'] != 'ok').sum())})",
-                            "caption": ", ".join(q["image_id"].iloc[bad]),
-                            "src": _mask_examples(prep, folder, bad,
-                                                  list(q["image_id"].iloc[bad]))})  # fmt: skip
+            figures.append(
+                {
+                    "title": f"Implausible or empty lung masks ({len(bad)} of "
+                    f"{int((q['flag'] != 'ok').sum())})",
+                    "caption": ", ".join(q["image_id"].iloc[bad]),
+                    "src": _mask_examples(prep, folder, bad, list(q["image_id"].iloc[bad])),
+                }
+            )
     return {"tables": tables, "figures": [f for f in figures if f["src"]], "notes": notes}
 
 
@@ -222,8 +260,10 @@ def sources_section(path: Path) -> dict[str, Any]:
     folder = path.parent if path.suffix == ".json" else path
     file = folder / "sources.json"
     if not file.is_file():
-        raise CxrGuideError(f"{file}: cross-source study not found (--sources: a folder "
-                            "written by 'cxrguide bench sources')")  # fmt: skip
+        raise CxrGuideError(
+            f"{file}: cross-source study not found (--sources: a folder "
+            "written by 'cxrguide bench sources')"
+        )
     try:
         study = json.loads(file.read_text())
     except (OSError, ValueError) as err:
@@ -235,16 +275,31 @@ def sources_section(path: Path) -> dict[str, Any]:
         per_head, per_rows = per_source_rows(study)
     except (KeyError, IndexError, TypeError) as err:
         raise CxrGuideError(f"{file}: incomplete study (missing {err})") from None
-    caption = (f"{study.get('backbone', '?')}, weights {study.get('weights', '?')}, "
-               f"{study.get('size', '?')} px, seeds {study.get('seeds', '?')}: means over "
-               "held-out sources (%)")  # fmt: skip
+    caption = (
+        f"{study.get('backbone', '?')}, weights {study.get('weights', '?')}, "
+        f"{study.get('size', '?')} px, seeds {study.get('seeds', '?')}: means over "
+        "held-out sources (%)"
+    )
     plot = folder / "sources.png"
     return {
-        "tables": [Table("sources", caption, head, rows, study.get("protocol", "")),
-                   Table("sources-per-source", "Accuracy (%) internal -> external per held-out "
-                         "source", per_head, per_rows)],
-        "figure": {"title": "Internal vs external accuracy per source and variant",
-                   "caption": str(plot), "src": png_b64(plot)} if plot.is_file() else None,
-        "notes": [f"Skipped {s['source']} ({s['n']} films): {s['reason']}."
-                  for s in study.get("skipped", [])],
-    }  # fmt: skip
+        "tables": [
+            Table("sources", caption, head, rows, study.get("protocol", "")),
+            Table(
+                "sources-per-source",
+                "Accuracy (%) internal -> external per held-out source",
+                per_head,
+                per_rows,
+            ),
+        ],
+        "figure": {
+            "title": "Internal vs external accuracy per source and variant",
+            "caption": str(plot),
+            "src": png_b64(plot),
+        }
+        if plot.is_file()
+        else None,
+        "notes": [
+            f"Skipped {s['source']} ({s['n']} films): {s['reason']}."
+            for s in study.get("skipped", [])
+        ],
+    }

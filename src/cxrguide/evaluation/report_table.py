@@ -20,8 +20,9 @@ class Table:
         def number(c: str) -> bool:
             return c in ("", "n/a") or c[0].isdigit() or (c[0] in "-+." and c[1:2].isdigit())
 
-        return [not all(number(r[i]) for r in self.rows if i < len(r))
-                for i in range(len(self.header))]  # fmt: skip
+        return [
+            not all(number(r[i]) for r in self.rows if i < len(r)) for i in range(len(self.header))
+        ]
 
 
 def pct(v: float | None) -> str:

@@ -88,15 +88,23 @@ def compute_outputs(
             if info.strict_lungs:  # an empty mask would blank the film: leave it out
                 lungs = prepared.lungs()
                 rows = rows[[bool(np.asarray(lungs[r]).any()) for r in rows]]
-            dataset = CxrDataset(prepared, rows=rows, image_size=info.image_size,
-                                 with_lungs=info.lung_gate)  # fmt: skip
-            prob, rows = predict_split(model, dataset, device, batch_size=batch_size,
-                                       use_lungs=info.lung_gate, progress=False)  # fmt: skip
+            dataset = CxrDataset(
+                prepared, rows=rows, image_size=info.image_size, with_lungs=info.lung_gate
+            )
+            prob, rows = predict_split(
+                model,
+                dataset,
+                device,
+                batch_size=batch_size,
+                use_lungs=info.lung_gate,
+                progress=False,
+            )
     finally:
         hook.remove()
     feats = np.concatenate(captured) if captured else np.zeros((0, model.head.fc.in_features))
-    return RunOutputs(np.asarray(rows, dtype=np.int64), prob.astype(np.float32),
-                      feats.astype(np.float32))  # fmt: skip
+    return RunOutputs(
+        np.asarray(rows, dtype=np.int64), prob.astype(np.float32), feats.astype(np.float32)
+    )
 
 
 def split_metrics(outputs: RunOutputs, labels: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
@@ -110,6 +118,9 @@ def split_metrics(outputs: RunOutputs, labels: np.ndarray, rows: np.ndarray) -> 
         auc = float(roc_auc_score(y, probs, multi_class="ovr", labels=[0, 1, 2]))
     except ValueError:  # a class missing from these films
         auc = float("nan")
-    return {"accuracy": float((pred == y).mean()),
-            "macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y))),
-            "macro_auc": auc, "n": int(len(y))}  # fmt: skip
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y))),
+        "macro_auc": auc,
+        "n": int(len(y)),
+    }

@@ -26,8 +26,14 @@ from cxrguide.evaluation.source_outputs import RunOutputs, labels_of
 from cxrguide.files import atomic_write_json, atomic_write_text
 
 PER_SOURCE = ("internal_accuracy", "external_accuracy", "external_ece", "ood_auroc")
-HEADLINE = ("mean_internal", "mean_external", "source_probe_accuracy", "source_probe_majority",
-            "worst_group_accuracy", "internal_test_accuracy")  # fmt: skip
+HEADLINE = (
+    "mean_internal",
+    "mean_external",
+    "source_probe_accuracy",
+    "source_probe_majority",
+    "worst_group_accuracy",
+    "internal_test_accuracy",
+)
 
 
 def _accuracy(y: np.ndarray, probs: np.ndarray) -> float:
@@ -67,13 +73,17 @@ def variant_summary(
         rows_ex, probs_ex, feats_ex = fold.take(np.flatnonzero(sources == s))
         rows_fit, _, feats_fit = fold.take(train[sources[train] != s])
         _, _, feats_int = fold.take(test[sources[test] != s])
-        per_source.append({
-            "source": s, "n": int(len(rows_ex)), "internal_n": int(len(rows_in)),
-            "internal_accuracy": _accuracy(labels[rows_in], probs_in),
-            "external_accuracy": _accuracy(labels[rows_ex], probs_ex),
-            "external_ece": ece(probs_ex, labels[rows_ex]),
-            "ood_auroc": mahalanobis_auroc(feats_fit, labels[rows_fit], feats_int, feats_ex),
-        })  # fmt: skip
+        per_source.append(
+            {
+                "source": s,
+                "n": int(len(rows_ex)),
+                "internal_n": int(len(rows_in)),
+                "internal_accuracy": _accuracy(labels[rows_in], probs_in),
+                "external_accuracy": _accuracy(labels[rows_ex], probs_ex),
+                "external_ece": ece(probs_ex, labels[rows_ex]),
+                "ood_auroc": mahalanobis_auroc(feats_fit, labels[rows_fit], feats_int, feats_ex),
+            }
+        )
     rows_fit, _, feats_fit = internal.take(train)
     rows_t, probs_t, feats_t = internal.take(test)
     probe, majority = source_probe(feats_fit, sources[rows_fit], feats_t, sources[rows_t], seed)
@@ -82,10 +92,12 @@ def variant_summary(
         "per_source": per_source,
         "mean_internal": _mean([p["internal_accuracy"] for p in per_source]),
         "mean_external": _mean([p["external_accuracy"] for p in per_source]),
-        "source_probe_accuracy": probe, "source_probe_majority": majority,
-        "worst_group_accuracy": worst["accuracy"], "worst_group": worst["group"],
+        "source_probe_accuracy": probe,
+        "source_probe_majority": majority,
+        "worst_group_accuracy": worst["accuracy"],
+        "worst_group": worst["group"],
         "internal_test_accuracy": _accuracy(labels[rows_t], probs_t),
-    }  # fmt: skip
+    }
 
 
 def combine_seeds(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
@@ -115,8 +127,9 @@ def runs_frame(by_variant: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame
     for variant, seeds in by_variant.items():
         for seed, summary in seeds.items():
             for p in summary["per_source"]:
-                rows.append({"variant": variant, "seed": seed, **p,
-                             **{k: summary[k] for k in HEADLINE}})  # fmt: skip
+                rows.append(
+                    {"variant": variant, "seed": seed, **p, **{k: summary[k] for k in HEADLINE}}
+                )
     return pd.DataFrame(rows)
 
 
@@ -130,18 +143,33 @@ def _num(x: float | None) -> float:
 
 def headline_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, one row per variant): the study's headline figures, formatted."""
-    head = ["variant", "internal", "external", "ext - int", "source probe (majority)",
-            "worst group", "ECE external", "OOD AUROC"]  # fmt: skip
+    head = [
+        "variant",
+        "internal",
+        "external",
+        "ext - int",
+        "source probe (majority)",
+        "worst group",
+        "ECE external",
+        "OOD AUROC",
+    ]
     rows = []
     for name, v in study["variants"].items():
         gap = _num(v["mean_external"]) - _num(v["mean_internal"])
         ece_mean = _mean([p["external_ece"] for p in v["per_source"]])
         auroc = _mean([p["ood_auroc"] for p in v["per_source"]])
-        rows.append([name, _pct(v["mean_internal"]), _pct(v["mean_external"]),
-                     "n/a" if not np.isfinite(gap) else f"{100 * gap:+.1f}",
-                     f"{_pct(v['source_probe_accuracy'])} ({_pct(v['source_probe_majority'])})",
-                     _pct(v["worst_group_accuracy"]), _pct(ece_mean),
-                     "n/a" if not np.isfinite(auroc) else f"{auroc:.3f}"])  # fmt: skip
+        rows.append(
+            [
+                name,
+                _pct(v["mean_internal"]),
+                _pct(v["mean_external"]),
+                "n/a" if not np.isfinite(gap) else f"{100 * gap:+.1f}",
+                f"{_pct(v['source_probe_accuracy'])} ({_pct(v['source_probe_majority'])})",
+                _pct(v["worst_group_accuracy"]),
+                _pct(ece_mean),
+                "n/a" if not np.isfinite(auroc) else f"{auroc:.3f}",
+            ]
+        )
     return head, rows
 
 
@@ -151,24 +179,37 @@ def per_source_rows(study: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     first = next(iter(variants.values()))["per_source"]
     rows = []
     for i, p in enumerate(first):
-        cells = [f"{_pct(v['per_source'][i]['internal_accuracy'])} -> "
-                 f"{_pct(v['per_source'][i]['external_accuracy'])}" for v in variants.values()]  # fmt: skip
+        cells = [
+            f"{_pct(v['per_source'][i]['internal_accuracy'])} -> "
+            f"{_pct(v['per_source'][i]['external_accuracy'])}"
+            for v in variants.values()
+        ]
         rows.append([p["source"], str(p["n"]), *cells])
     return ["source", "n", *variants], rows
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
 
 
 def markdown(study: dict[str, Any]) -> str:
     """The report section: headline table per variant, then internal -> external per source."""
-    lines = [f"## Cross-source study ({study['backbone']}, weights {study['weights']}, "
-             f"{study['size']} px, seeds {study['seeds']})", "", study["protocol"], "",
-             *_md_table(*headline_rows(study)), "",
-             "Accuracy (%) internal -> external per held-out source:", "",
-             *_md_table(*per_source_rows(study))]  # fmt: skip
+    lines = [
+        f"## Cross-source study ({study['backbone']}, weights {study['weights']}, "
+        f"{study['size']} px, seeds {study['seeds']})",
+        "",
+        study["protocol"],
+        "",
+        *_md_table(*headline_rows(study)),
+        "",
+        "Accuracy (%) internal -> external per held-out source:",
+        "",
+        *_md_table(*per_source_rows(study)),
+    ]
     for skip in study["skipped"]:
         lines.append(f"\nSkipped {skip['source']} ({skip['n']} films): {skip['reason']}.")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in study["timing"].items())
@@ -187,16 +228,32 @@ def plot(study: dict[str, Any], path: Path) -> None:
     markers = "osD^vP*Xh<>"
     for k, (name, v) in enumerate(study["variants"].items()):
         for i, p in enumerate(v["per_source"]):
-            ax.scatter(p["internal_accuracy"], p["external_accuracy"], color=f"C{k % 10}",
-                       marker=markers[i % len(markers)], s=50,
-                       label=name if i == 0 else None)  # fmt: skip
+            ax.scatter(
+                p["internal_accuracy"],
+                p["external_accuracy"],
+                color=f"C{k % 10}",
+                marker=markers[i % len(markers)],
+                s=50,
+                label=name if i == 0 else None,
+            )
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="internal accuracy (source in training)",
-           ylabel="external accuracy (source held out)", title="Leave one source out")  # fmt: skip
+    ax.set(
+        xlim=(0, 1.02),
+        ylim=(0, 1.02),
+        xlabel="internal accuracy (source in training)",
+        ylabel="external accuracy (source held out)",
+        title="Leave one source out",
+    )
     sources = [p["source"] for p in next(iter(study["variants"].values()))["per_source"]]
-    ax.text(0.02, 0.98, "markers: " + ", ".join(f"{markers[i % len(markers)]} {s}"
-            for i, s in enumerate(sources)), transform=ax.transAxes, va="top",
-            fontsize=7, wrap=True)  # fmt: skip
+    ax.text(
+        0.02,
+        0.98,
+        "markers: " + ", ".join(f"{markers[i % len(markers)]} {s}" for i, s in enumerate(sources)),
+        transform=ax.transAxes,
+        va="top",
+        fontsize=7,
+        wrap=True,
+    )
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

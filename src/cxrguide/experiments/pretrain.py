@@ -120,8 +120,10 @@ def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 @torch.no_grad()
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
     model.eval()
-    hits = sum(int((model(x[i : i + 128].to(device)).argmax(1).cpu() == y[i : i + 128]).sum())
-               for i in range(0, len(x), 128))  # fmt: skip
+    hits = sum(
+        int((model(x[i : i + 128].to(device)).argmax(1).cpu() == y[i : i + 128]).sum())
+        for i in range(0, len(x), 128)
+    )
     return hits / max(1, len(x))
 
 
@@ -153,8 +155,19 @@ def _lesion_loss(aux: torch.nn.Module, fmap: torch.Tensor, lesions: torch.Tensor
     return F.binary_cross_entropy_with_logits(aux(fmap).float(), target)
 
 
-def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
-           progress: bool, run: Path, config: dict) -> list[dict[str, float]]:  # fmt: skip
+def _train(
+    cfg: PretrainConfig,
+    model,
+    x,
+    lesions,
+    y,
+    train,
+    work: Path,
+    device,
+    progress: bool,
+    run: Path,
+    config: dict,
+) -> list[dict[str, float]]:
     """AdamW + one-cycle on the whole network (+ the stride-8 lesion head); resumable per epoch.
 
     Returns the per-epoch history (train loss, accuracy, the epoch's starting learning rate), also
@@ -179,8 +192,13 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"], state.get("history", [])
         torch.set_rng_state(state["rng"])  # dropout masks continue as in an unbroken run
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=start * steps_per_epoch,
-               desc=f"pretrain {model.name}", unit="step", disable=None if progress else True)  # fmt: skip
+    bar = tqdm(
+        total=cfg.epochs * steps_per_epoch,
+        initial=start * steps_per_epoch,
+        desc=f"pretrain {model.name}",
+        unit="step",
+        disable=None if progress else True,
+    )
     tracker = Tracker(run, start_epoch=start, mlflow=cfg.mlflow, params=config)
     try:
         for epoch in range(start, cfg.epochs):
@@ -212,13 +230,23 @@ def _train(cfg: PretrainConfig, model, x, lesions, y, train, work: Path, device,
                 bar.set_postfix(
                     epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}"
                 )
-            row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                   "train_acc": hits / max(seen, 1), "lr": lr}  # fmt: skip
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_acc": hits / max(seen, 1),
+                "lr": lr,
+            }
             history.append(row)
             tracker.log(row)  # before the checkpoint: a resume purges what it re-runs
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "scheduler": sched.state_dict(), "epoch": epoch + 1, "aux": aux.state_dict(),
-                     "rng": torch.get_rng_state(), "history": history}  # fmt: skip
+            state = {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "aux": aux.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+            }
             atomic_save(lambda fh, s=state: torch.save(s, fh), last)
             write_history(run / HISTORY, history)
     finally:
@@ -237,20 +265,26 @@ def _versions() -> dict[str, str]:
 
 def _card_markdown(card: dict) -> str:
     r = card["recipe"]
-    return "\n".join([
-        f"# Phantom-pretrained {card['backbone']} body (not ImageNet)", "",
-        f"- Trained on: {card['trained_on']}",
-        f"- Held-out clean phantoms: accuracy {card['test_accuracy']:.3f} on "
-        f"{card['test_images']} films (patients never seen in training; chance 0.333)",
-        f"- Recipe: {r['n']} films at {r['size']} px, {r['epochs']} " "epochs, AdamW one-cycle peak "
-        f"lr {r['lr']}, batch {r['batch_size']}, random shifts; seed {r['seed']}",
-        f"- Built in {card['seconds']:.0f} s on {card['device']}",
-        f"- File: {card['file']} (SHA-256 {card['sha256']}); runs record it as "
-        f"`phantom:{card['sha256']}`",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in card['versions'].items())}",
-        "", "Use: `--weights phantom` (this cache) or `--weights FILE`. It stands in for ImageNet "
-        "features offline; it says nothing about real chest X-rays.", "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"# Phantom-pretrained {card['backbone']} body (not ImageNet)",
+            "",
+            f"- Trained on: {card['trained_on']}",
+            f"- Held-out clean phantoms: accuracy {card['test_accuracy']:.3f} on "
+            f"{card['test_images']} films (patients never seen in training; chance 0.333)",
+            f"- Recipe: {r['n']} films at {r['size']} px, {r['epochs']} "
+            "epochs, AdamW one-cycle peak "
+            f"lr {r['lr']}, batch {r['batch_size']}, random shifts; seed {r['seed']}",
+            f"- Built in {card['seconds']:.0f} s on {card['device']}",
+            f"- File: {card['file']} (SHA-256 {card['sha256']}); runs record it as "
+            f"`phantom:{card['sha256']}`",
+            f"- Versions: {', '.join(f'{k} {v}' for k, v in card['versions'].items())}",
+            "",
+            "Use: `--weights phantom` (this cache) or `--weights FILE`. It stands in for ImageNet "
+            "features offline; it says nothing about real chest X-rays.",
+            "",
+        ]
+    )
 
 
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
@@ -263,9 +297,11 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     folder.mkdir(parents=True, exist_ok=True)
     body_path = phantom_body_file(name, folder)
     work = folder / f".phantom-{name}.work"
-    recipe = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in ("backbone", "out", "threads", "workers", "device",
-                           "mlflow")}  # fmt: skip
+    recipe = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("backbone", "out", "threads", "workers", "device", "mlflow")
+    }
     if (work / "recipe.json").is_file() and json.loads(
         (work / "recipe.json").read_text()
     ) != recipe:
@@ -296,19 +332,29 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     atomic_save(lambda fh: fh.write(blob), body_path)
     sha = file_sha256(body_path)
     card = {
-        "kind": "phantom-pretrained body", "backbone": name, "file": body_path.name,
-        "sha256": sha, "label": f"{PHANTOM}:{sha}",
+        "kind": "phantom-pretrained body",
+        "backbone": name,
+        "file": body_path.name,
+        "sha256": sha,
+        "label": f"{PHANTOM}:{sha}",
         "trained_on": f"{len(train)} clean synthetic chest X-ray phantoms (cxrguide synth, "
-                      f"seed {cfg.seed}, no class-specific markers, 3 classes balanced): class "
-                      "labels, and the phantoms' exact lesion masks as an auxiliary target "
-                      f"(weight {cfg.lesion_weight})",
-        "test_accuracy": acc, "test_images": len(test), "train_images": len(train),
-        "recipe": recipe, "seconds": seconds, "device": str(device),
-        "versions": _versions(), "platform": platform.platform(),
-    }  # fmt: skip
+        f"seed {cfg.seed}, no class-specific markers, 3 classes balanced): class "
+        "labels, and the phantoms' exact lesion masks as an auxiliary target "
+        f"(weight {cfg.lesion_weight})",
+        "test_accuracy": acc,
+        "test_images": len(test),
+        "train_images": len(train),
+        "recipe": recipe,
+        "seconds": seconds,
+        "device": str(device),
+        "versions": _versions(),
+        "platform": platform.platform(),
+    }
     card_path = phantom_card_file(body_path)
-    for path, text in ((body_path.with_suffix(".md"), _card_markdown(card)),
-                       (card_path, json.dumps(card, indent=2))):  # fmt: skip
+    for path, text in (
+        (body_path.with_suffix(".md"), _card_markdown(card)),
+        (card_path, json.dumps(card, indent=2)),
+    ):
         atomic_write_text(path, text)
     finish_mlflow(run, cfg.mlflow, extra=(body_path, card_path))
     shutil.rmtree(work, ignore_errors=True)
@@ -338,12 +384,16 @@ def ensure_phantom_body(
             f"{problem}; {OFFLINE_ENV} is set, so it is not built: run 'cxrguide pretrain "
             f"--backbone {name}' where building is allowed, or unset {OFFLINE_ENV}"
         )
-    log(f"phantom body for {name}: {'not cached' if missing else problem + ', rebuilding'}; "
-        f"building it in {body.parent} (a few CPU minutes, once)")  # fmt: skip
+    log(
+        f"phantom body for {name}: {'not cached' if missing else problem + ', rebuilding'}; "
+        f"building it in {body.parent} (a few CPU minutes, once)"
+    )
     cfg = PretrainConfig(backbone=name, out=body.parent, **(recipe or {}))
     result = pretrain(cfg, progress=progress)
-    log(f"phantom body for {name}: held-out clean accuracy {result.test_accuracy:.3f}, "
-        f"{result.seconds:.0f} s, {result.body}")  # fmt: skip
+    log(
+        f"phantom body for {name}: held-out clean accuracy {result.test_accuracy:.3f}, "
+        f"{result.seconds:.0f} s, {result.body}"
+    )
     return result.body, f"{PHANTOM}:{result.sha256}"
 
 

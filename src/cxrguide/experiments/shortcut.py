@@ -81,11 +81,27 @@ def make_data(cfg: ShortcutBenchConfig, out: Path) -> Prepared:
     from cxrguide.data.synthetic import generate_dataset
 
     synth, prep = out / "synth", out / "prep"
-    generate_dataset(SynthConfig(out=synth, n=cfg.n, size=cfg.size, seed=cfg.synth_seed,
-                                 shortcut_rate=cfg.shortcut_rate, shortcut_test=cfg.shortcut_test,
-                                 workers=cfg.workers), progress=False)  # fmt: skip
-    prepare(PrepareConfig(source=[f"synthetic={synth.resolve()}"], out=prep, size=cfg.size,
-                          seed=cfg.synth_seed, workers=cfg.workers))  # fmt: skip
+    generate_dataset(
+        SynthConfig(
+            out=synth,
+            n=cfg.n,
+            size=cfg.size,
+            seed=cfg.synth_seed,
+            shortcut_rate=cfg.shortcut_rate,
+            shortcut_test=cfg.shortcut_test,
+            workers=cfg.workers,
+        ),
+        progress=False,
+    )
+    prepare(
+        PrepareConfig(
+            source=[f"synthetic={synth.resolve()}"],
+            out=prep,
+            size=cfg.size,
+            seed=cfg.synth_seed,
+            workers=cfg.workers,
+        )
+    )
     prepared = Prepared.open(prep)
     if not prepared.lung_cache_path.exists():
         if cfg.lungs == "truth":
@@ -141,8 +157,11 @@ def _initial_run(cfg: ShortcutBenchConfig, folder: Path, seed: int) -> Path:
 
     if not (folder / "model.yaml").exists():
         model = create_model(cfg.backbone, cfg.weights, seed=seed)
-        save_run(folder, model, RunInfo(model.name, 0, cfg.size, [128, 64], [0.10, 0.05],
-                                        "elu", model.weights_source))  # fmt: skip
+        save_run(
+            folder,
+            model,
+            RunInfo(model.name, 0, cfg.size, [128, 64], [0.10, 0.05], "elu", model.weights_source),
+        )
     return folder
 
 
@@ -163,8 +182,9 @@ def run_variant(
     from cxrguide.evaluation.evaluate import evaluate_run, score_split
 
     if cfg.start == "stage2":  # continue this seed's Stage II run (scratch protocol) instead
-        first = run_variant(dataclasses.replace(cfg, start="scratch"), prepared, synth, seed,
-                            "stage2", out)  # fmt: skip
+        first = run_variant(
+            dataclasses.replace(cfg, start="scratch"), prepared, synth, seed, "stage2", out
+        )
         parent, epochs = Path(first["run"]), cfg.finetune_epochs
         folder = out / "runs" / f"seed{seed}" / "from-stage2" / variant
     else:
@@ -182,13 +202,27 @@ def run_variant(
             done.write_text(json.dumps(result, indent=2))
         return result
     tcfg = TrainConfig(
-        stage=2 if attention is None else 3, data=data.root, backbone=cfg.backbone,
-        from_run=parent, out=folder, weights=cfg.weights, image_size=cfg.size,
-        max_epochs=epochs, patience=epochs, batch_size=cfg.batch_size,
-        finetune_lr=cfg.lr, momentum=cfg.momentum, l2=cfg.l2, augment=cfg.augment, seed=seed,
-        device=cfg.device, resume=True, attention=attention or ["gate", "gain"], gain_bn=gain_bn,
+        stage=2 if attention is None else 3,
+        data=data.root,
+        backbone=cfg.backbone,
+        from_run=parent,
+        out=folder,
+        weights=cfg.weights,
+        image_size=cfg.size,
+        max_epochs=epochs,
+        patience=epochs,
+        batch_size=cfg.batch_size,
+        finetune_lr=cfg.lr,
+        momentum=cfg.momentum,
+        l2=cfg.l2,
+        augment=cfg.augment,
+        seed=seed,
+        device=cfg.device,
+        resume=True,
+        attention=attention or ["gate", "gain"],
+        gain_bn=gain_bn,
         rrr_weight=cfg.rrr_weight,
-    )  # fmt: skip
+    )
     t0 = time.perf_counter()
     model, info = load_run(parent)
     info = dataclasses.replace(info, parent=str(parent))
@@ -197,20 +231,24 @@ def run_variant(
     minutes = (time.perf_counter() - t0) / 60
     run = Path(row["run"])
     test = json.loads((run / "metrics_test.json").read_text())
-    shortcut = evaluate_run(run, SPLIT, data.root, device=cfg.device, n_boot=0,
-                            progress=False)  # fmt: skip
+    shortcut = evaluate_run(run, SPLIT, data.root, device=cfg.device, n_boot=0, progress=False)
     markers = test.get("shortcut") or marker_report(run, data, synth, device)  # evaluate's own
     lungs = test["attention"]["lungs"]
     lesions = test["attention"].get("lesions", {})
-    result = {"variant": variant, "seed": seed, "run": str(run),
-              "val_accuracy": row["val_accuracy"], "test_accuracy": row["test_accuracy"],
-              "shortcut_accuracy": shortcut["accuracy"],
-              **{k: markers[k] for k in sorted(MARKER_KEYS)},
-              "lung_energy": lungs["energy"].get("mean", float("nan")),
-              "lung_pointing": lungs["pointing_game"],
-              "shortcut_lung_energy": shortcut["attention"]["lungs"]["energy"].get("mean"),
-              "lesion_energy": lesions.get("energy", {}).get("mean", float("nan")),
-              "minutes": minutes}  # fmt: skip
+    result = {
+        "variant": variant,
+        "seed": seed,
+        "run": str(run),
+        "val_accuracy": row["val_accuracy"],
+        "test_accuracy": row["test_accuracy"],
+        "shortcut_accuracy": shortcut["accuracy"],
+        **{k: markers[k] for k in sorted(MARKER_KEYS)},
+        "lung_energy": lungs["energy"].get("mean", float("nan")),
+        "lung_pointing": lungs["pointing_game"],
+        "shortcut_lung_energy": shortcut["attention"]["lungs"]["energy"].get("mean"),
+        "lesion_energy": lesions.get("energy", {}).get("mean", float("nan")),
+        "minutes": minutes,
+    }
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -246,9 +284,11 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
     for seed in cfg.seeds:
         for variant in cfg.variants:
             r = run_variant(cfg, prepared, synth, seed, variant, out)
-            _log.info(f"seed {seed} {variant:<20} test {r['test_accuracy']:.3f}  shortcut_test "
-                      f"{r['shortcut_accuracy']:.3f}  lung energy "
-                      f"{r['lung_energy']:.3f}")  # fmt: skip
+            _log.info(
+                f"seed {seed} {variant:<20} test {r['test_accuracy']:.3f}  shortcut_test "
+                f"{r['shortcut_accuracy']:.3f}  lung energy "
+                f"{r['lung_energy']:.3f}"
+            )
             rows.append(r)
     frame = pd.DataFrame(rows)
     stem = "shortcut" if cfg.start == "scratch" else "shortcut_from_stage2"
@@ -258,29 +298,39 @@ def run_benchmark(cfg: ShortcutBenchConfig) -> tuple[str, pd.DataFrame]:
     box = _marker_area(prepared, synth)
     total = (time.perf_counter() - t0) / 60
     spent = frame["minutes"].sum()
-    md = "\n".join([
-        f"## Shortcut benchmark ({cfg.backbone}, weights {cfg.weights}, {cfg.size} px)", "",
-        f"Synthetic phantoms, shortcut rate {cfg.shortcut_rate}; images per split: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f". Seeds {cfg.seeds}; "
-        + (f"every run: {cfg.max_epochs} epochs from the same seeded random start"
-           if cfg.start == "scratch" else
-           f"every run continues the seed's {cfg.max_epochs}-epoch Stage II run for "
-           f"{cfg.finetune_epochs} more epochs")
-        + f", batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}"
-        + (f" momentum {cfg.momentum}" if cfg.optimizer == "sgd" else "")
-        + f", L2 {cfg.l2}, augmentation {'on' if cfg.augment else 'off'}, best "
-        f"validation epoch kept. Lung masks: "
-        + ("the generator's exact masks" if cfg.lungs == "truth" else f"U-Net run {cfg.lungs}")
-        + ". Mean ± sd over seeds, in %. Chance is 33.3%; a model that only reads the marker "
-        "scores ~0% on shortcut_test and follows the marker ~100%. A map that ignores anatomy "
-        f"puts about {100 * area:.0f}% of its energy in the lungs (their area share); the "
-        f"marker box covers {100 * box:.1f}% of a film, so a larger " "share of the input gradient "
-        "there means the prediction depends on the marker, whatever the Grad-CAM shows. "
-        "'marker painted out': the box filled with its surroundings.", "",
-        table(frame, cfg.variants), "",
-        f"The runs took {spent:.1f} min in all (sum of min/run; this " f"invocation {total:.1f} min, "
-        f"finished runs are reused) on {resolve_device(cfg.device)} "
-        f"({torch.get_num_threads()} threads).",
-    ])  # fmt: skip
+    md = "\n".join(
+        [
+            f"## Shortcut benchmark ({cfg.backbone}, weights {cfg.weights}, {cfg.size} px)",
+            "",
+            f"Synthetic phantoms, shortcut rate {cfg.shortcut_rate}; images per split: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            + f". Seeds {cfg.seeds}; "
+            + (
+                f"every run: {cfg.max_epochs} epochs from the same seeded random start"
+                if cfg.start == "scratch"
+                else f"every run continues the seed's {cfg.max_epochs}-epoch Stage II run for "
+                f"{cfg.finetune_epochs} more epochs"
+            )
+            + f", batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}"
+            + (f" momentum {cfg.momentum}" if cfg.optimizer == "sgd" else "")
+            + f", L2 {cfg.l2}, augmentation {'on' if cfg.augment else 'off'}, best "
+            f"validation epoch kept. Lung masks: "
+            + ("the generator's exact masks" if cfg.lungs == "truth" else f"U-Net run {cfg.lungs}")
+            + ". Mean ± sd over seeds, in %. Chance is 33.3%; a model that only reads the marker "
+            "scores ~0% on shortcut_test and follows the marker ~100%. A map that ignores anatomy "
+            f"puts about {100 * area:.0f}% of its energy in the lungs (their area share); the "
+            f"marker box covers {100 * box:.1f}% of a film, so a larger "
+            "share of the input gradient "
+            "there means the prediction depends on the marker, whatever the Grad-CAM shows. "
+            "'marker painted out': the box filled with its surroundings.",
+            "",
+            table(frame, cfg.variants),
+            "",
+            f"The runs took {spent:.1f} min in all (sum of min/run; this "
+            f"invocation {total:.1f} min, "
+            f"finished runs are reused) on {resolve_device(cfg.device)} "
+            f"({torch.get_num_threads()} threads).",
+        ]
+    )
     (out / f"{stem}.md").write_text(md + "\n")
     return md, frame

@@ -102,8 +102,10 @@ def eligible_sources(
             continue
         skipped.append({"source": source, "n": n, "reason": reason})
     if not held:
-        raise CxrGuideError(f"{prepared.root}: no {by} has enough films to hold out; " + "; ".join(
-            f"{s['source']}: {s['reason']}" for s in skipped))  # fmt: skip
+        raise CxrGuideError(
+            f"{prepared.root}: no {by} has enough films to hold out; "
+            + "; ".join(f"{s['source']}: {s['reason']}" for s in skipped)
+        )
     return held, skipped
 
 
@@ -163,24 +165,51 @@ class OutputScorer:
         return split_metrics(self.outputs(Path(run)), self.labels, self.prepared.rows(split))
 
 
-def train_config(cfg: SourcesBenchConfig, variant: str, seed: int, folder: Path,
-                 parent: Path | None) -> TrainConfig:  # fmt: skip
+def train_config(
+    cfg: SourcesBenchConfig, variant: str, seed: int, folder: Path, parent: Path | None
+) -> TrainConfig:
     """The run's TrainConfig: the study's budget, the variant's stage, mechanisms, sampler."""
     stage, attention, group, adversary = parse_source_variant(variant)
     epochs = cfg.stage1_epochs if stage == 1 else cfg.max_epochs
     return TrainConfig(
-        stage=stage, data=cfg.data, backbone=cfg.backbone, from_run=parent, out=folder,
-        weights=cfg.weights, image_size=cfg.size, max_epochs=epochs, patience=epochs,
-        batch_size=cfg.batch_size, lr=cfg.stage1_lr, finetune_lr=cfg.lr, l2=cfg.l2,
-        augment=cfg.augment, seed=seed, device=cfg.device, resume=True, progress=False,
-        attention=attention or ["gate", "gain"], gain_bn=cfg.gain_bn, rrr_weight=cfg.rrr_weight,
-        sampler="group" if group else "none", group_by=cfg.by,
-        adversary="source" if adversary else "none", adversary_weight=cfg.adversary_weight,
-    )  # fmt: skip
+        stage=stage,
+        data=cfg.data,
+        backbone=cfg.backbone,
+        from_run=parent,
+        out=folder,
+        weights=cfg.weights,
+        image_size=cfg.size,
+        max_epochs=epochs,
+        patience=epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.stage1_lr,
+        finetune_lr=cfg.lr,
+        l2=cfg.l2,
+        augment=cfg.augment,
+        seed=seed,
+        device=cfg.device,
+        resume=True,
+        progress=False,
+        attention=attention or ["gate", "gain"],
+        gain_bn=cfg.gain_bn,
+        rrr_weight=cfg.rrr_weight,
+        sampler="group" if group else "none",
+        group_by=cfg.by,
+        adversary="source" if adversary else "none",
+        adversary_weight=cfg.adversary_weight,
+    )
 
 
-def run_variant(cfg: SourcesBenchConfig, fold: Prepared, variant: str, seed: int, folder: Path,
-                parent: Path | None, scorer: OutputScorer, timing: Timing) -> Path:  # fmt: skip
+def run_variant(
+    cfg: SourcesBenchConfig,
+    fold: Prepared,
+    variant: str,
+    seed: int,
+    folder: Path,
+    parent: Path | None,
+    scorer: OutputScorer,
+    timing: Timing,
+) -> Path:
     """Train (or reuse) one variant on one fold; returns the run folder (outputs saved)."""
 
     tcfg = train_config(cfg, variant, seed, folder, parent)
@@ -218,8 +247,7 @@ def ensure_lungs(cfg: SourcesBenchConfig, prepared: Prepared, timing: Timing) ->
         )
 
     t0 = time.perf_counter()
-    predict_prepared(LungsPredictConfig(run=Path(cfg.lungs), data=prepared.root,
-                                        device=cfg.device))  # fmt: skip
+    predict_prepared(LungsPredictConfig(run=Path(cfg.lungs), data=prepared.root, device=cfg.device))
     timing.add("lungs", time.perf_counter() - t0)
 
 
@@ -227,8 +255,9 @@ def body_features(cfg: SourcesBenchConfig, prepared: Prepared, seed: int, device
     """The frozen body's pooled features of every film (the Stage I cache, filled once)."""
 
     model = create_model(cfg.backbone, cfg.weights, seed=seed)
-    return pooled_features(model, prepared, cfg.size, device, batch_size=cfg.batch_size,
-                           progress=False)  # fmt: skip
+    return pooled_features(
+        model, prepared, cfg.size, device, batch_size=cfg.batch_size, progress=False
+    )
 
 
 PROTOCOL = (
@@ -264,11 +293,16 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
     ensure_lungs(cfg, prepared, timing)
     wanted = set(cfg.folds)
     if wanted - {ALL, *held}:
-        raise ConfigError(f"folds: {', '.join(sorted(wanted - {ALL, *held}))}: not a fold of "
-                          f"this study ({', '.join([ALL, *held])})")  # fmt: skip
+        raise ConfigError(
+            f"folds: {', '.join(sorted(wanted - {ALL, *held}))}: not a fold of "
+            f"this study ({', '.join([ALL, *held])})"
+        )
     partial = bool(wanted) and wanted != {ALL, *held}
-    folds = {h: fold_prepared(prepared, cfg.by, h) for h in [None, *held]
-             if not wanted or (h or ALL) in wanted}  # fmt: skip
+    folds = {
+        h: fold_prepared(prepared, cfg.by, h)
+        for h in [None, *held]
+        if not wanted or (h or ALL) in wanted
+    }
     by_variant: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in cfg.variants}
     for seed in cfg.seeds:
         t0 = time.perf_counter()
@@ -278,41 +312,73 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
         for held_out, fold in folds.items():
             scorer = OutputScorer(fold, device, features, timing)
             base = out / "runs" / f"seed{seed}"
-            parent = run_variant(cfg, fold, "stage1", seed, base / "stage1" / fold_name(held_out),
-                                 None, scorer, timing)  # fmt: skip
+            parent = run_variant(
+                cfg,
+                fold,
+                "stage1",
+                seed,
+                base / "stage1" / fold_name(held_out),
+                None,
+                scorer,
+                timing,
+            )
             for variant in cfg.variants:
                 folder = base / variant / fold_name(held_out)
                 run = run_variant(cfg, fold, variant, seed, folder, parent, scorer, timing)
                 outputs[variant][held_out] = scorer.outputs(run)
                 m = scorer(run, EXTERNAL if held_out else "test", None)  # type: ignore[arg-type]
-                _log.info(f"seed {seed} {variant:<16} {fold_name(held_out):<28} "
-                          f"{'external' if held_out else 'internal test'} accuracy "
-                          f"{m['accuracy']:.3f}")  # fmt: skip
+                _log.info(
+                    f"seed {seed} {variant:<16} {fold_name(held_out):<28} "
+                    f"{'external' if held_out else 'internal test'} accuracy "
+                    f"{m['accuracy']:.3f}"
+                )
         if partial:  # the other folds' runs may still be training in other processes
             continue
         t0 = time.perf_counter()
         for variant in cfg.variants:
             runs = outputs[variant]
             by_variant[variant][seed] = variant_summary(
-                prepared, cfg.by, held, runs[None], {h: runs[h] for h in held},
-                min_group=cfg.min_group, seed=seed,
-            )  # fmt: skip
+                prepared,
+                cfg.by,
+                held,
+                runs[None],
+                {h: runs[h] for h in held},
+                min_group=cfg.min_group,
+                seed=seed,
+            )
         timing.add("summary", time.perf_counter() - t0)
     timing.add("wall", time.perf_counter() - start)  # every invocation, added up
     if partial:
-        note = (f"folds {', '.join(sorted(wanted))} done; rerun without --folds for "
-                "sources.json (finished runs are reused)")  # fmt: skip
+        note = (
+            f"folds {', '.join(sorted(wanted))} done; rerun without --folds for "
+            "sources.json (finished runs are reused)"
+        )
         return note, {"partial": sorted(wanted), "timing": dict(timing.seconds)}
     study = {
         "variants": {v: combine_seeds(by_variant[v]) for v in cfg.variants},
-        "skipped": skipped, "held_out": held, "by": cfg.by, "timing": dict(timing.seconds),
-        "backbone": cfg.backbone, "weights": cfg.weights, "size": cfg.size,
-        "seeds": list(cfg.seeds), "min_films": cfg.min_films, "min_test": cfg.min_test,
-        "min_group": cfg.min_group, "stage1_epochs": cfg.stage1_epochs,
-        "max_epochs": cfg.max_epochs, "adversary_weight": cfg.adversary_weight,
-        "data": str(prepared.root), "protocol": PROTOCOL,
-        "by_seed": {v: {str(s): {k: r[k] for k in ("mean_internal", "mean_external")}
-                        for s, r in by_variant[v].items()} for v in cfg.variants},
-    }  # fmt: skip
+        "skipped": skipped,
+        "held_out": held,
+        "by": cfg.by,
+        "timing": dict(timing.seconds),
+        "backbone": cfg.backbone,
+        "weights": cfg.weights,
+        "size": cfg.size,
+        "seeds": list(cfg.seeds),
+        "min_films": cfg.min_films,
+        "min_test": cfg.min_test,
+        "min_group": cfg.min_group,
+        "stage1_epochs": cfg.stage1_epochs,
+        "max_epochs": cfg.max_epochs,
+        "adversary_weight": cfg.adversary_weight,
+        "data": str(prepared.root),
+        "protocol": PROTOCOL,
+        "by_seed": {
+            v: {
+                str(s): {k: r[k] for k in ("mean_internal", "mean_external")}
+                for s, r in by_variant[v].items()
+            }
+            for v in cfg.variants
+        },
+    }
     md = write_study(out, study, runs_frame(by_variant))
     return md, study

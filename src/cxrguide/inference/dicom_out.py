@@ -48,8 +48,12 @@ _SCHEME = "99CXRG"  # private coding scheme ("99" prefix) for what SNOMED/DCM do
 CLASS_CODES = {
     "Normal": ("17621005", "SCT", "Normal"),
     "Pneumonia": ("233604007", "SCT", "Pneumonia"),
-    "COVID-19": ("840539006", "SCT", "Disease caused by severe acute respiratory syndrome coronavirus 2"),
-}  # fmt: skip
+    "COVID-19": (
+        "840539006",
+        "SCT",
+        "Disease caused by severe acute respiratory syndrome coronavirus 2",
+    ),
+}
 PROCEDURE = ("399208008", "SCT", "Plain chest X-ray")
 
 
@@ -90,67 +94,92 @@ def _equipment(model: ModelFacts) -> Any:
     import highdicom as hd
 
     return hd.ContributingEquipment(
-        manufacturer="cxrguide", purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer="cxrguide",
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
         manufacturer_model_name=f"cxrguide {model.backbone}"[:64],
-        software_versions=model.version, device_serial_number=model.run_id[:64],
+        software_versions=model.version,
+        device_serial_number=model.run_id[:64],
         contribution_description=DISCLAIMER,
-    )  # fmt: skip
+    )
 
 
 def _text(name: Any, value: str) -> Any:
     import highdicom as hd
 
-    return hd.sr.TextContentItem(name=name, value=value[:1024],
-                                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)  # fmt: skip
+    return hd.sr.TextContentItem(
+        name=name, value=value[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
 
 
-def structured_report(source: Any, probabilities: dict[str, float], label: str,
-                      cautions: list[str], model: ModelFacts) -> Any:  # fmt: skip
+def structured_report(
+    source: Any, probabilities: dict[str, float], label: str, cautions: list[str], model: ModelFacts
+) -> Any:
     """The TID 1500 Comprehensive SR for one classified film (highdicom validates it)."""
     import highdicom as hd
 
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=_model_uid(model.run_id), name=f"cxrguide {model.backbone}"[:64],
-            manufacturer_name="cxrguide", model_name=model.backbone[:64],
+            uid=_model_uid(model.run_id),
+            name=f"cxrguide {model.backbone}"[:64],
+            manufacturer_name="cxrguide",
+            model_name=model.backbone[:64],
         ),
-    )  # fmt: skip
+    )
     algorithm = hd.sr.AlgorithmIdentification(
-        name=f"cxrguide {model.backbone}", version=model.version,
-        parameters=[f"run_id={model.run_id}", f"backbone={model.backbone}",
-                    f"weights={model.weights_source}", f"stage={model.stage}"],
-    )  # fmt: skip
+        name=f"cxrguide {model.backbone}",
+        version=model.version,
+        parameters=[
+            f"run_id={model.run_id}",
+            f"backbone={model.backbone}",
+            f"weights={model.weights_source}",
+            f"stage={model.stage}",
+        ],
+    )
     unit = _code("1", "UCUM", "no units")
     measurements = [
-        hd.sr.Measurement(name=_code(f"P-{i}", _SCHEME, f"Probability of {name}"),
-                          value=float(probabilities[name]), unit=unit)
+        hd.sr.Measurement(
+            name=_code(f"P-{i}", _SCHEME, f"Probability of {name}"),
+            value=float(probabilities[name]),
+            unit=unit,
+        )
         for i, name in enumerate(CLASSES)
-    ]  # fmt: skip
+    ]
     predicted = hd.sr.QualitativeEvaluation(
         name=_code("PRED", _SCHEME, "Predicted class"), value=_code(*CLASS_CODES[label])
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
-                                                     identifier="cxrguide classification"),
-        algorithm_id=algorithm, measurements=measurements,
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier="cxrguide classification"
+        ),
+        algorithm_id=algorithm,
+        measurements=measurements,
         qualitative_evaluations=[predicted],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
-    )  # fmt: skip
+    )
     items = group[0].ContentSequence
     items.append(_text(codes.DCM.Comment, DISCLAIMER))
     for caution in cautions:  # the prediction's warnings (lateral view, lung mask, ...)
         items.append(_text(_code("WARN", _SCHEME, "Warning"), caution))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=_code(*PROCEDURE), imaging_measurements=[group],
-    )  # fmt: skip
+        procedure_reported=_code(*PROCEDURE),
+        imaging_measurements=[group],
+    )
     return hd.sr.ComprehensiveSR(
-        evidence=[source], content=report[0], series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="cxrguide", is_complete=True, is_final=False, is_verified=False,
-        contributing_equipment=[_equipment(model)], series_description=SERIES_DESCRIPTION,
-    )  # fmt: skip
+        evidence=[source],
+        content=report[0],
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="cxrguide",
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        contributing_equipment=[_equipment(model)],
+        series_description=SERIES_DESCRIPTION,
+    )
 
 
 def secondary_capture(source: Any, rgb: np.ndarray, model: ModelFacts) -> Any:
@@ -161,13 +190,20 @@ def secondary_capture(source: Any, rgb: np.ndarray, model: ModelFacts) -> Any:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"secondary_capture expects RGB uint8 (H, W, 3), got {rgb.shape}")
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=("L", "F"),  # replaced below
+        ref_dataset=source,
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=("L", "F"),  # replaced below
         series_instance_uid=generate_uid(),
-        series_number=SC_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
-        manufacturer="cxrguide", transfer_syntax_uid="1.2.840.10008.1.2.1",
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="cxrguide",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
         contributing_equipment=[_equipment(model)],
-    )  # fmt: skip
+    )
     # same rows and columns as the film, so its orientation verbatim (Type 2: empty if unknown)
     sc.PatientOrientation = source.get("PatientOrientation", "")
     sc.SeriesDescription = f"Grad-CAM {SERIES_DESCRIPTION}"[:64]
@@ -182,23 +218,32 @@ def lung_segmentation(source: Any, lungs: np.ndarray, model: ModelFacts, lung_mo
     import highdicom as hd
 
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=f"cxrguide lungs {lung_model}"[:64], version=model.version,
+        name=f"cxrguide lungs {lung_model}"[:64],
+        version=model.version,
         family=codes.cid7162.ArtificialIntelligence,
-    )  # fmt: skip
+    )
     segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Lungs", segmented_property_category=codes.SCT.Organ,
+        segment_number=1,
+        segment_label="Lungs",
+        segmented_property_category=codes.SCT.Organ,
         segmented_property_type=codes.SCT.Lung,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
-    )  # fmt: skip
+    )
     seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=lungs[None].astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
-        series_instance_uid=generate_uid(), series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="cxrguide",
+        source_images=[source],
+        pixel_array=lungs[None].astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[segment],
+        series_instance_uid=generate_uid(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="cxrguide",
         manufacturer_model_name=f"cxrguide lungs {lung_model}"[:64],
-        software_versions=model.version, device_serial_number=model.run_id[:64],
-    )  # fmt: skip
+        software_versions=model.version,
+        device_serial_number=model.run_id[:64],
+    )
     seg.SeriesDescription = f"Lungs {SERIES_DESCRIPTION}"[:64]
     return seg
 
@@ -218,14 +263,25 @@ class DicomWriter:
     """SR + SC for each DICOM prediction of one predictor, into one folder (the CLI, the REST
     server and the PACS listener share it). Non-DICOM predictions get nothing (``None``)."""
 
-    def __init__(self, predictor: Predictor, out_dir: Path, *, cam_method: str = "gradcam",
-                 overlay: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        predictor: Predictor,
+        out_dir: Path,
+        *,
+        cam_method: str = "gradcam",
+        overlay: bool = True,
+    ) -> None:
 
         self.predictor, self.out_dir = predictor, Path(out_dir)
         self.cam_method, self.overlay = cam_method, overlay
         info = predictor.info
-        self.model = ModelFacts(predictor.run_id, info.backbone, _public(info.weights_source),
-                                int(info.stage), cxrguide.__version__)  # fmt: skip
+        self.model = ModelFacts(
+            predictor.run_id,
+            info.backbone,
+            _public(info.weights_source),
+            int(info.stage),
+            cxrguide.__version__,
+        )
 
     def write(self, prediction: Prediction) -> DicomResult | None:
         """The SR (first), SC and SEG of one DICOM prediction; a header highdicom cannot build
@@ -245,8 +301,9 @@ class DicomWriter:
     def _write(self, prediction: Prediction) -> DicomResult:
         source = read_header(prediction.info.path)
         check_source(source)  # before the CAM: refuse in one line, fast
-        sr = structured_report(source, prediction.probabilities, prediction.label,
-                               prediction.warnings, self.model)  # fmt: skip
+        sr = structured_report(
+            source, prediction.probabilities, prediction.label, prediction.warnings, self.model
+        )
         sr_path = self.out_dir / f"SR_{sr.SOPInstanceUID}.dcm"
         _save(sr, sr_path)  # the SR first: the answer a PACS waits for
         result = DicomResult(sr_path, str(sr.SOPInstanceUID), None, None)
@@ -259,8 +316,9 @@ class DicomWriter:
         if prediction.mask is not None and self.predictor.segmenter is not None:
             info = prediction.info
             lungs = unfit_square(np.asarray(prediction.mask), info.height, info.width, mask=True)
-            seg = lung_segmentation(source, lungs, self.model,
-                                    self.predictor.segmenter.run.resolve().name)  # fmt: skip
+            seg = lung_segmentation(
+                source, lungs, self.model, self.predictor.segmenter.run.resolve().name
+            )
             seg_path = self.out_dir / f"SEG_{seg.SOPInstanceUID}.dcm"
             _save(seg, seg_path)
             result = dataclasses.replace(result, seg_path=seg_path, seg_uid=str(seg.SOPInstanceUID))

@@ -63,8 +63,15 @@ CACHE_ENV = "CXRGUIDE_CACHE_DIR"
 class ExportModule(nn.Module):
     """The classifier with softmax on top and an export-friendly lung gate."""
 
-    def __init__(self, model: CxrClassifier, image_size: int, lung_gate: bool, *,
-                 calibration: Any = None, features: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: CxrClassifier,
+        image_size: int,
+        lung_gate: bool,
+        *,
+        calibration: Any = None,
+        features: bool = False,
+    ) -> None:
         """``calibration``: the run's :class:`~cxrguide.core.reliability.Reliability` (or
         None): its affine map ``w * logits + b`` (temperature or vector scaling) goes in."""
         super().__init__()
@@ -72,8 +79,11 @@ class ExportModule(nn.Module):
         self.image_size = image_size
         self.lung_gate = lung_gate
         self.with_features = features  # a third output: pooled features (the predictor's OOD)
-        w, b = (np.ones(len(CLASSES)), np.zeros(len(CLASSES))) if calibration is None \
-            else calibration.affine()  # fmt: skip
+        w, b = (
+            (np.ones(len(CLASSES)), np.zeros(len(CLASSES)))
+            if calibration is None
+            else calibration.affine()
+        )
         self.register_buffer("cal_scale", torch.tensor(w, dtype=torch.float32))
         self.register_buffer("cal_bias", torch.tensor(b, dtype=torch.float32))
 
@@ -88,8 +98,9 @@ class ExportModule(nn.Module):
             # input blanking / early gates as the model does them; the last gate exportable
             features = self.model.lung_features(image, lung_mask, last=False)
             if "last" in self.model.lung_inputs:
-                features = features * mask_to_grid(lung_mask.to(features.dtype),
-                                                   features.shape[-2:])  # fmt: skip
+                features = features * mask_to_grid(
+                    lung_mask.to(features.dtype), features.shape[-2:]
+                )
         logits = self.model.head(self.model.feature_tap(features))
         probs = torch.softmax(logits * self.cal_scale + self.cal_bias, dim=1)
         if self.with_features:
@@ -105,8 +116,9 @@ def example_inputs(
     image = torch.rand(batch, 1, image_size, image_size, generator=gen)
     if not lung_gate:
         return (image,)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, image_size), torch.linspace(-1, 1, image_size),
-                            indexing="ij")  # fmt: skip
+    yy, xx = torch.meshgrid(
+        torch.linspace(-1, 1, image_size), torch.linspace(-1, 1, image_size), indexing="ij"
+    )
     lungs = ((xx.abs() - 0.45) / 0.3) ** 2 + (yy / 0.7) ** 2 <= 1
     mask = lungs.float().expand(batch, 1, -1, -1).clone()
     return image, mask
@@ -117,19 +129,31 @@ def run_metadata(info: Any, run_id: str, rel: Any = None) -> dict[str, str]:
     temperature = None if rel is None else rel.temperature
     w, b = (None, None) if rel is None else rel.affine()
     method = (rel.method if rel is not None else None) or "none"
-    return {"calibration": method,
-            "calibration_scale": "" if w is None else ",".join(repr(float(v)) for v in w),
-            "calibration_bias": "" if b is None else ",".join(repr(float(v)) for v in b),"classes": ",".join(CLASSES), "image_size": str(info.image_size),
-            "backbone": info.backbone, "stage": str(info.stage), "run_id": run_id,
-            "lung_gate": "1" if info.lung_gate else "0", "input": "gray [0,1] letterboxed",
-            "outputs": "probabilities,logits", "temperature": repr(float(temperature or 1.0)),
-            "probabilities": "softmax(logits * calibration_scale + calibration_bias)"}  # fmt: skip
+    return {
+        "calibration": method,
+        "calibration_scale": "" if w is None else ",".join(repr(float(v)) for v in w),
+        "calibration_bias": "" if b is None else ",".join(repr(float(v)) for v in b),
+        "classes": ",".join(CLASSES),
+        "image_size": str(info.image_size),
+        "backbone": info.backbone,
+        "stage": str(info.stage),
+        "run_id": run_id,
+        "lung_gate": "1" if info.lung_gate else "0",
+        "input": "gray [0,1] letterboxed",
+        "outputs": "probabilities,logits",
+        "temperature": repr(float(temperature or 1.0)),
+        "probabilities": "softmax(logits * calibration_scale + calibration_bias)",
+    }
 
 
 def export_onnx(
-    module: ExportModule, path: Path, image_size: int, *, opset: int = DEFAULT_OPSET,
+    module: ExportModule,
+    path: Path,
+    image_size: int,
+    *,
+    opset: int = DEFAULT_OPSET,
     metadata: dict[str, str] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ``module`` as ONNX (dynamic batch) with ``metadata`` properties.
 
     Uses the ``torch.export`` based exporter (``dynamo=True``, needs ``onnxscript``); the
@@ -144,10 +168,16 @@ def export_onnx(
     outputs = ["probabilities", "logits"] + (["features"] if module.with_features else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # axis-renaming and deprecation chatter
-        program = torch.onnx.export(module.eval(), inputs, input_names=names,
-                                    output_names=outputs,
-                                    dynamic_shapes=shapes, opset_version=opset, dynamo=True,
-                                    verbose=False)  # fmt: skip
+        program = torch.onnx.export(
+            module.eval(),
+            inputs,
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=shapes,
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
     proto = program.model_proto
     for key, value in (metadata or {}).items():
         entry = proto.metadata_props.add()
@@ -178,9 +208,13 @@ def export_key(module: ExportModule, image_size: int, opset: int, identity: str 
 
 
 def cached_onnx(
-    module: ExportModule, image_size: int, *, identity: str = "", opset: int = DEFAULT_OPSET,
+    module: ExportModule,
+    image_size: int,
+    *,
+    identity: str = "",
+    opset: int = DEFAULT_OPSET,
     folder: Path | None = None,
-) -> Path | None:  # fmt: skip
+) -> Path | None:
     """``module`` as ONNX from the per-user cache, exported on a miss; None if it is unwritable.
 
     Why: the torch.export based exporter needs ~30 s for MobileNet V2 at 224 px where the
@@ -264,9 +298,17 @@ def parity(module: ExportModule, path: Path, fmt: str, image_size: int, seed: in
 
 
 def export_run(
-    run: str | Path, fmt: str, out: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True,
-    int8: bool = False, calibration_films: int = 64, min_agreement: float = 0.99, seed: int = 0,
-) -> ExportResult:  # fmt: skip
+    run: str | Path,
+    fmt: str,
+    out: str | Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    check: bool = True,
+    int8: bool = False,
+    calibration_films: int = 64,
+    min_agreement: float = 0.99,
+    seed: int = 0,
+) -> ExportResult:
     """Export a run folder's classifier; with ``check`` fail unless parity is within 1e-4.
 
     ``int8``: the checked fp32 graph statically quantized on the run's validation films
@@ -290,8 +332,9 @@ def export_run(
     module = ExportModule(model, info.image_size, info.lung_gate, calibration=rel).eval()
     meta = run_metadata(info, run_identifier(run), rel)
     if int8:
-        return _export_int8(module, info, run, out, meta, opset, calibration_films,
-                            min_agreement, seed)  # fmt: skip
+        return _export_int8(
+            module, info, run, out, meta, opset, calibration_films, min_agreement, seed
+        )
     with atomic_path(out) as tmp:  # a file that fails its parity check never reaches --out
         if fmt == "onnx":
             export_onnx(module, tmp, info.image_size, opset=opset, metadata=meta)
@@ -309,9 +352,16 @@ def export_run(
 
 
 def _export_int8(
-    module: ExportModule, info: Any, run: str | Path, out: Path, meta: dict[str, str],
-    opset: int, calibration_films: int, min_agreement: float, seed: int,
-) -> ExportResult:  # fmt: skip
+    module: ExportModule,
+    info: Any,
+    run: str | Path,
+    out: Path,
+    meta: dict[str, str],
+    opset: int,
+    calibration_films: int,
+    min_agreement: float,
+    seed: int,
+) -> ExportResult:
     """fp32 export (parity-checked) in a temp folder, then the checked INT8 file at ``out``."""
 
     calibration, check = validation_feeds(run, info, calibration_films, seed)
@@ -319,9 +369,11 @@ def _export_int8(
         fp32 = export_onnx(module, Path(tmp) / "fp32.onnx", info.image_size, opset=opset)
         diff = parity(module, fp32, "onnx", info.image_size)
         if diff > PARITY_TOLERANCE:
-            raise CxrGuideError(f"{run}: the fp32 ONNX graph differs from PyTorch by {diff:.2e}; "
-                                "not quantizing it")  # fmt: skip
-        result = quantize_checked(fp32, out, calibration, check, min_agreement=min_agreement,
-                                  metadata=meta)  # fmt: skip
+            raise CxrGuideError(
+                f"{run}: the fp32 ONNX graph differs from PyTorch by {diff:.2e}; not quantizing it"
+            )
+        result = quantize_checked(
+            fp32, out, calibration, check, min_agreement=min_agreement, metadata=meta
+        )
     names = ["image", "lung_mask"] if info.lung_gate else ["image"]
     return ExportResult(out, "onnx-int8", names, result.max_abs_diff, result.agreement)

@@ -172,8 +172,13 @@ class Predictor:
         """The run as ONNX, from the export cache (exported once per run and tool versions);
         ``int8``: its INT8 version, calibrated and checked on the run's validation films."""
 
-        module = ExportModule(self.model.cpu(), self.size, self.info.lung_gate,
-                              calibration=self.reliability, features=True).eval()  # fmt: skip
+        module = ExportModule(
+            self.model.cpu(),
+            self.size,
+            self.info.lung_gate,
+            calibration=self.reliability,
+            features=True,
+        ).eval()
         try:
             path = cached_onnx(module, self.size, identity=f"{self.info!r}|features")
             if path is None:  # no writable cache folder: a private temp file
@@ -194,10 +199,15 @@ class Predictor:
     # --- the steps ------------------------------------------------------------------------
     def read(self, path: str | Path) -> tuple[np.ndarray, ImageInfo]:
         """Decode a file (limits checked before decoding) and letterbox it to the input side."""
-        return model_input(path, self.size, max_pixels=self.max_pixels, min_side=self.min_side,
-                           allow_modality=self.allow_modality,
-                           allow_for_processing=self.allow_for_processing,
-                           deadline_s=self.decode_timeout_s)  # fmt: skip
+        return model_input(
+            path,
+            self.size,
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            allow_modality=self.allow_modality,
+            allow_for_processing=self.allow_for_processing,
+            deadline_s=self.decode_timeout_s,
+        )
 
     def segment(
         self, squares: np.ndarray, infos: list[ImageInfo]
@@ -236,8 +246,9 @@ class Predictor:
         mt = None if m is None else torch.from_numpy(m).to(self.device)
         if self.backend in ("channels_last", "bf16"):
             xt = xt.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                  enabled=self.backend == "bf16")  # fmt: skip
+        autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.backend == "bf16"
+        )
         with torch.inference_mode(), autocast:
             logits, feats = self.model.logits_and_features(xt, mt)
         logits = logits.float().cpu().numpy()
@@ -259,8 +270,9 @@ class Predictor:
             if self.info.strict_lungs and masks is not None:
                 keep = np.flatnonzero(np.asarray(masks).reshape(len(masks), -1).any(axis=1))
             if len(keep):
-                probs, logits, feats = self.outputs(squares[keep],
-                                                    None if masks is None else masks[keep])  # fmt: skip
+                probs, logits, feats = self.outputs(
+                    squares[keep], None if masks is None else masks[keep]
+                )
             else:
                 probs, logits, feats = (np.zeros((0, len(CLASSES))),) * 3
             rel = self.reliability
@@ -270,19 +282,24 @@ class Predictor:
         out: list[Prediction | Failure] = [
             Failure(sources[k], "empty lung mask: this run classifies from the lungs only")
             for k in range(len(squares))
-        ]  # fmt: skip
+        ]
         for i, (k, p) in enumerate(zip(keep.tolist(), probs, strict=True)):
             out[k] = Prediction(
-                sources[k], CLASSES[int(np.argmax(p))],
+                sources[k],
+                CLASSES[int(np.argmax(p))],
                 {name: float(p[j]) for j, name in enumerate(CLASSES)},
-                None if flags is None else flags[k], infos[k], squares[k],
-                None if masks is None else masks[k], uids=source_uids(infos[k]),
+                None if flags is None else flags[k],
+                infos[k],
+                squares[k],
+                None if masks is None else masks[k],
+                uids=source_uids(infos[k]),
                 ood_score=None if scores is None else float(scores[i]),
                 ood_threshold=None if rel is None else rel.ood_threshold,
-                energy_score=float(energies[i]), calibrated=self.calibrated,
+                energy_score=float(energies[i]),
+                calibrated=self.calibrated,
                 confidence_threshold=None if rel is None else rel.confidence_threshold,
                 abstain_mode=self.abstain,
-            )  # fmt: skip
+            )
         return out
 
     def predict_file(self, path: str | Path, source: str | None = None) -> Prediction:
@@ -302,8 +319,13 @@ class Predictor:
 
         def flush() -> Iterator[Prediction | Failure]:
             ok = [q for q in queue if not isinstance(q, Failure)]
-            done = iter(self.predict_arrays(np.stack([q[1] for q in ok]), [q[2] for q in ok],
-                                            [q[0] for q in ok]) if ok else [])  # fmt: skip
+            done = iter(
+                self.predict_arrays(
+                    np.stack([q[1] for q in ok]), [q[2] for q in ok], [q[0] for q in ok]
+                )
+                if ok
+                else []
+            )
             for q in queue:
                 yield q if isinstance(q, Failure) else next(done)
             queue.clear()
@@ -322,21 +344,36 @@ class Predictor:
         """RGB uint8 Grad-CAM overlay (heatmap + lung contour) for a prediction."""
 
         with self._lock:
-            return cam_overlay(self.model, prediction.image,
-                               prediction.target if target is None else target,
-                               prediction.mask, method, gate=self.info.lung_gate)  # fmt: skip
+            return cam_overlay(
+                self.model,
+                prediction.image,
+                prediction.target if target is None else target,
+                prediction.mask,
+                method,
+                gate=self.info.lung_gate,
+            )
 
-    def film_cam(self, prediction: Prediction, method: str = "gradcam",
-                 target: int | None = None) -> np.ndarray:  # fmt: skip
+    def film_cam(
+        self, prediction: Prediction, method: str = "gradcam", target: int | None = None
+    ) -> np.ndarray:
         """The overlay in the film's own geometry (its rows and columns, letterbox undone),
         drawn over the film re-read at full resolution; see :mod:`cxrguide.inference.film_cam`."""
 
         with self._lock:
-            heat = cam_map(self.model, prediction.image,
-                           prediction.target if target is None else target, prediction.mask,
-                           method, gate=self.info.lung_gate)  # fmt: skip
-        film, _ = read_image(prediction.info.path, max_pixels=self.max_pixels,
-                             min_side=self.min_side, allow_modality=self.allow_modality)  # fmt: skip
+            heat = cam_map(
+                self.model,
+                prediction.image,
+                prediction.target if target is None else target,
+                prediction.mask,
+                method,
+                gate=self.info.lung_gate,
+            )
+        film, _ = read_image(
+            prediction.info.path,
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            allow_modality=self.allow_modality,
+        )
         return film_overlay(film, heat, prediction.mask)
 
     # --- description ------------------------------------------------------------------------
@@ -344,16 +381,23 @@ class Predictor:
         """What ``GET /v1/model`` reports: run, network, input, lung model, training data."""
         info: RunInfo = self.info
         return {
-            "run_id": self.run_id, "backbone": info.backbone, "stage": info.stage,
-            "classes": list(CLASSES), "image_size": self.size, "lung_gate": info.lung_gate,
+            "run_id": self.run_id,
+            "backbone": info.backbone,
+            "stage": info.stage,
+            "classes": list(CLASSES),
+            "image_size": self.size,
+            "lung_gate": info.lung_gate,
             "lung_model": None if self.segmenter is None else self.segmenter.run.resolve().name,
-            "attention": list(info.attention), "weights_source": _public(info.weights_source),
-            "backend": self.backend, "device": str(self.device),
-            "calibrated": self.calibrated, "temperature": self.temperature,
+            "attention": list(info.attention),
+            "weights_source": _public(info.weights_source),
+            "backend": self.backend,
+            "device": str(self.device),
+            "calibrated": self.calibrated,
+            "temperature": self.temperature,
             "calibration": None if self.reliability is None else self.reliability.method,
             "ood_threshold": None if self.reliability is None else self.reliability.ood_threshold,
             "training_data": training_summary(self.run_dir, info),
-        }  # fmt: skip
+        }
 
 
 def _public(source: str) -> str:
@@ -381,6 +425,7 @@ def training_summary(run_dir: Path, info: RunInfo) -> dict[str, Any]:
         path = run_dir / f"metrics_{split}.json"
         if path.is_file():
             m = json.loads(path.read_text())
-            summary[f"{split}_metrics"] = {k: m.get(k) for k in ("n", "accuracy", "macro_f1",
-                                                                  "macro_auc")}  # fmt: skip
+            summary[f"{split}_metrics"] = {
+                k: m.get(k) for k in ("n", "accuracy", "macro_f1", "macro_auc")
+            }
     return summary

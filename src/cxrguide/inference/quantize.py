@@ -41,17 +41,22 @@ class Int8Result:
 
 
 def validation_feeds(
-    run_dir: str | Path, info: RunInfo, n_calibration: int = CALIBRATION_FILMS, seed: int = 0,
+    run_dir: str | Path,
+    info: RunInfo,
+    n_calibration: int = CALIBRATION_FILMS,
+    seed: int = 0,
     batch: int = 16,
-) -> tuple[list[Feed], list[Feed]]:  # fmt: skip
+) -> tuple[list[Feed], list[Feed]]:
     """Calibration and check batches from the run's validation split, as the model sees them.
 
     The calibration films are a seeded sample of at most ``n_calibration``; the agreement check
     uses the validation films left over, or all of them when fewer than 20 are left.
     """
     if not info.data:
-        raise CxrGuideError(f"{run_dir}: the run does not record its prepared data, which INT8 "
-                            "calibration needs (its validation films)")  # fmt: skip
+        raise CxrGuideError(
+            f"{run_dir}: the run does not record its prepared data, which INT8 "
+            "calibration needs (its validation films)"
+        )
     prepared = Prepared.open(info.data)
     rows = prepared.rows("val")
     if len(rows) == 0:
@@ -64,8 +69,7 @@ def validation_feeds(
 
 
 def _feeds(prepared: Prepared, rows: np.ndarray, info: RunInfo, batch: int) -> list[Feed]:
-    dataset = CxrDataset(prepared, rows=rows, image_size=info.image_size,
-                         with_lungs=info.lung_gate)  # fmt: skip
+    dataset = CxrDataset(prepared, rows=rows, image_size=info.image_size, with_lungs=info.lung_gate)
     feeds: list[Feed] = []
     for start in range(0, len(rows), batch):
         items = [dataset[i] for i in range(start, min(start + batch, len(rows)))]
@@ -98,9 +102,15 @@ def quantize_onnx(fp32: Path, out: Path, calibration: list[Feed]) -> Path:
         prepared = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32), str(prepared))
         quantize_static(
-            str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
-        )  # fmt: skip
+            str(prepared),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+        )
     return out
 
 
@@ -117,9 +127,14 @@ def agreement(fp32: Path, int8: Path, feeds: list[Feed], threads: int = 0) -> tu
 
 
 def quantize_checked(
-    fp32: Path, out: Path, calibration: list[Feed], check: list[Feed], *,
-    min_agreement: float = MIN_AGREEMENT, metadata: dict[str, str] | None = None,
-) -> Int8Result:  # fmt: skip
+    fp32: Path,
+    out: Path,
+    calibration: list[Feed],
+    check: list[Feed],
+    *,
+    min_agreement: float = MIN_AGREEMENT,
+    metadata: dict[str, str] | None = None,
+) -> Int8Result:
     """Quantize, measure agreement, and keep ``out`` only when it agrees well enough.
 
     The file is written under a temp name in ``out``'s folder and renamed when accepted, so a
@@ -140,8 +155,11 @@ def quantize_checked(
                 f"(< {min_agreement:.0%}); not written. Use the fp32 ONNX export instead"
             )
         proto = onnx.load(str(tmp))
-        facts = dict(metadata or {}) | {"precision": "int8", "int8_agreement": f"{agree:.6f}",
-                                        "int8_check_films": str(n_check)}  # fmt: skip
+        facts = dict(metadata or {}) | {
+            "precision": "int8",
+            "int8_agreement": f"{agree:.6f}",
+            "int8_check_films": str(n_check),
+        }
         del proto.metadata_props[:]
         for key, value in facts.items():
             entry = proto.metadata_props.add()
@@ -161,9 +179,14 @@ def int8_key(fp32: Path, n_calibration: int, seed: int) -> str:
 
 
 def cached_int8(
-    fp32: Path, run_dir: str | Path, info: RunInfo, *, n_calibration: int = CALIBRATION_FILMS,
-    seed: int = 0, min_agreement: float = MIN_AGREEMENT,
-) -> Path:  # fmt: skip
+    fp32: Path,
+    run_dir: str | Path,
+    info: RunInfo,
+    *,
+    n_calibration: int = CALIBRATION_FILMS,
+    seed: int = 0,
+    min_agreement: float = MIN_AGREEMENT,
+) -> Path:
     """The INT8 file beside its fp32 parent in the export cache, quantized on a miss.
 
     A cached file is reused only when its recorded agreement still meets ``min_agreement``.

@@ -23,8 +23,19 @@ from cxrguide.data.imaging import ImageInfo
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".dic", ".tif", ".tiff", ".bmp",
-                  ".webp", ".jp2"}  # fmt: skip
+IMAGE_SUFFIXES = {
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".dcm",
+    ".dicom",
+    ".dic",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".webp",
+    ".jp2",
+}
 _MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 
 
@@ -57,10 +68,12 @@ def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Failu
         path = Path(item)
         if path.is_dir():
             found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 and looks_like_image(p)
-            )  # fmt: skip
+            )
             if not found:
                 failures.append(Failure(str(path), "folder holds no image files"))
             files.extend(found)
@@ -99,23 +112,32 @@ class Prediction:
         """Why this label should not be trusted: the film or its lung mask is off."""
         notes = list(self.info.warnings)
         if self.lung is not None and self.lung.flag != "ok":
-            notes.append(f"lung mask {self.lung.flag} (coverage {self.lung.area_fraction:.2f}, "
-                         f"{self.lung.lungs} lung(s)): not a usable frontal chest film?")  # fmt: skip
+            notes.append(
+                f"lung mask {self.lung.flag} (coverage {self.lung.area_fraction:.2f}, "
+                f"{self.lung.lungs} lung(s)): not a usable frontal chest film?"
+            )
         if self.out_of_distribution:
-            notes.append(f"out_of_distribution (Mahalanobis {self.ood_score:.4g} > run threshold "
-                         f"{self.ood_threshold:.4g}): unlike the films the model was trained on")  # fmt: skip
+            notes.append(
+                f"out_of_distribution (Mahalanobis {self.ood_score:.4g} > run threshold "
+                f"{self.ood_threshold:.4g}): unlike the films the model was trained on"
+            )
         return notes
 
     @property
     def out_of_distribution(self) -> bool:
-        return (self.ood_score is not None and self.ood_threshold is not None
-                and self.ood_score > self.ood_threshold)  # fmt: skip
+        return (
+            self.ood_score is not None
+            and self.ood_threshold is not None
+            and self.ood_score > self.ood_threshold
+        )
 
     @property
     def abstained(self) -> bool:
         """Under ``--abstain``: unreliable, or less confident than the run's threshold."""
-        low = (self.confidence_threshold is not None
-               and max(self.probabilities.values()) < self.confidence_threshold)  # fmt: skip
+        low = (
+            self.confidence_threshold is not None
+            and max(self.probabilities.values()) < self.confidence_threshold
+        )
         return self.abstain_mode and (not self.reliable or low)
 
     @property
@@ -124,8 +146,10 @@ class Prediction:
 
     def record(self, run_id: str) -> dict[str, Any]:
         """Flat row for tables, CSV and JSON."""
-        row: dict[str, Any] = {"file": self.source,
-                               "label": "abstain" if self.abstained else self.label}  # fmt: skip
+        row: dict[str, Any] = {
+            "file": self.source,
+            "label": "abstain" if self.abstained else self.label,
+        }
         row.update({f"p_{name}": round(p, 6) for name, p in self.probabilities.items()})
         row["lung_coverage"] = None if self.lung is None else self.lung.area_fraction
         row["lung_quality"] = None if self.lung is None else self.lung.flag

@@ -141,8 +141,17 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     batch = inference_batch(cfg.batch_size, device)
     with atomic_path(masks_path) as tmp:
         masks = cache.create(tmp, max(len(rows), 1), size)
-        for i, final, q in segment_cache(model, images, train_cfg.size, device, threshold,
-                                         batch, contents, cfg.min_area, cfg.max_area):  # fmt: skip
+        for i, final, q in segment_cache(
+            model,
+            images,
+            train_cfg.size,
+            device,
+            threshold,
+            batch,
+            contents,
+            cfg.min_area,
+            cfg.max_area,
+        ):
             masks[i] = final.astype(np.uint8) * 255
             if overlays is not None:
                 picture = Image.fromarray(overlay(np.asarray(images[i]), final))
@@ -160,10 +169,18 @@ def predict_prepared(cfg: LungsPredictConfig) -> PreparedPrediction:
     flags = dict(Counter(r[-1] for r in found))
     checkpoint = run_checkpoint(Path(cfg.run))
     assert checkpoint is not None  # load_lung_run found it above
-    provenance = {"run": str(Path(cfg.run).resolve()), "checkpoint": checkpoint.name,
-                  "checkpoint_sha256": _sha256(checkpoint), "threshold": threshold,
-                  "model_size": train_cfg.size, "size": size, "n": len(rows), "flags": flags,
-                  "min_area": cfg.min_area, "max_area": cfg.max_area}  # fmt: skip
+    provenance = {
+        "run": str(Path(cfg.run).resolve()),
+        "checkpoint": checkpoint.name,
+        "checkpoint_sha256": _sha256(checkpoint),
+        "threshold": threshold,
+        "model_size": train_cfg.size,
+        "size": size,
+        "n": len(rows),
+        "flags": flags,
+        "min_area": cfg.min_area,
+        "max_area": cfg.max_area,
+    }
     atomic_write_json(masks_path.with_suffix(".json"), provenance)
     return PreparedPrediction(masks_path, quality_path, len(rows), flags, overlays)
 
@@ -232,8 +249,9 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
         squares = np.stack([fit_square(img, train_cfg.size) for _, img in loaded])
         probs = predict_batch(model, squares, train_cfg.size, device)
         for (path, img), prob in zip(loaded, probs, strict=True):
-            _, final, q = finish_mask(unletterbox(prob, *img.shape), threshold, 1.0,
-                                      cfg.min_area, cfg.max_area)  # fmt: skip
+            _, final, q = finish_mask(
+                unletterbox(prob, *img.shape), threshold, 1.0, cfg.min_area, cfg.max_area
+            )
             result = ImagePrediction(path, q)
             stem = _unique_stem(Path(path), used)
             if cfg.out is not None:
@@ -245,4 +263,3 @@ def predict_images(cfg: LungsPredictConfig) -> list[ImagePrediction]:
             results.append(result)
     order = {p: i for i, p in enumerate(map(str, cfg.images))}
     return sorted(results, key=lambda r: order.get(r.path, 0))
-

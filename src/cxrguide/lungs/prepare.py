@@ -41,9 +41,19 @@ from cxrguide.lungs.records import LungRecord, lung_cache_path
 from cxrguide.lungs.v7 import NotDarwinError
 
 MANIFEST_COLUMNS = [
-    "image_id", "source", "path", "patient_id", "width", "height", "lung_fraction", "sided",
-    "ignore_fraction", "sha256", "split", "cache_index",
-]  # fmt: skip
+    "image_id",
+    "source",
+    "path",
+    "patient_id",
+    "width",
+    "height",
+    "lung_fraction",
+    "sided",
+    "ignore_fraction",
+    "sha256",
+    "split",
+    "cache_index",
+]
 ASPECT_TOLERANCE = 0.01
 
 
@@ -192,15 +202,33 @@ def prepare_lungs(cfg: LungsPrepareConfig) -> LungsPrepareResult:
         writer.writerow(MANIFEST_COLUMNS)
         for k, i in enumerate(order):
             r, row = records[i], rows[i]
-            writer.writerow([r.image_id, r.source, r.path, r.patient_id, row["width"],
-                             row["height"], row["lung_fraction"], row["sided"],
-                             row["ignore_fraction"], row["sha256"], split_of[i], k])  # fmt: skip
+            writer.writerow(
+                [
+                    r.image_id,
+                    r.source,
+                    r.path,
+                    r.patient_id,
+                    row["width"],
+                    row["height"],
+                    row["lung_fraction"],
+                    row["sided"],
+                    row["ignore_fraction"],
+                    row["sha256"],
+                    split_of[i],
+                    k,
+                ]
+            )
     cache.gather(images, order, cache.image_cache_path(out, cfg.size))
     cache.gather(masks, order, lung_cache_path(out, cfg.size))
     del images, masks
     splits = dict(Counter(split_of[i] for i in order))
-    summary = {"images": len(order), "splits": splits, "rejected": len(rejected),
-               "size": cfg.size, "sided": sum(int(rows[i]["sided"]) for i in order)}  # fmt: skip
+    summary = {
+        "images": len(order),
+        "splits": splits,
+        "rejected": len(rejected),
+        "size": cfg.size,
+        "sided": sum(int(rows[i]["sided"]) for i in order),
+    }
     completion.mark_complete(out, summary)  # last: the folder is finished only now
     shutil.rmtree(out / ".work", ignore_errors=True)
     return LungsPrepareResult(out, len(order), splits, len(rejected))

@@ -118,8 +118,11 @@ class LungTask:
         inter = (pred * y).flatten(1).sum(1)
         total = pred.flatten(1).sum(1) + y.flatten(1).sum(1)
         dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
-        return {"loss": self.loss(logits, y).item() * len(x), "dice": dice.sum().item(),
-                "n": len(x)}  # fmt: skip
+        return {
+            "loss": self.loss(logits, y).item() * len(x),
+            "dice": dice.sum().item(),
+            "n": len(x),
+        }
 
 
 @dataclass
@@ -172,13 +175,19 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
     model = build_segmenter(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     task = LungTask(DiceBCELoss(cfg.dice_weight, cfg.bce_weight), cfg.threshold)
-    ecfg = engine.EngineConfig(max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed,
-                               device=cfg.device, precision=cfg.precision,
-                               progress=cfg.progress, mlflow=cfg.mlflow)  # fmt: skip
+    ecfg = engine.EngineConfig(
+        max_epochs=cfg.max_epochs,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        device=cfg.device,
+        precision=cfg.precision,
+        progress=cfg.progress,
+        mlflow=cfg.mlflow,
+    )
     loaders = [
         engine.make_loader(
             ds, cfg.batch_size, shuffle=shuffle, seed=cfg.seed, num_workers=cfg.workers
-        )  # fmt: skip
+        )
         for ds, shuffle in ((train_set, True), (val_set, False))
     ]
     result = engine.fit(model, task, *loaders, optimizer, ecfg, run)
@@ -188,16 +197,24 @@ def train_lungs(cfg: LungsTrainConfig) -> LungsTrainResult:
 
 
 def evaluate_model(
-    model: LungSegmenter, cfg: LungsTrainConfig, run: Path, splits=("val", "test"), batch_size=0,
+    model: LungSegmenter,
+    cfg: LungsTrainConfig,
+    run: Path,
+    splits=("val", "test"),
+    batch_size=0,
     device: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Per-image and mean Dice / IoU / HD95 on post-processed masks; writes metrics.json."""
     dev = resolve_device(device or cfg.device)
     batch_size = inference_batch(batch_size, dev)
     model.to(dev).eval()
     old = json.loads((run / METRICS).read_text()) if (run / METRICS).is_file() else {}
-    metrics: dict[str, Any] = {**old, "size": cfg.size, "threshold": cfg.threshold,
-                               "data": str(cfg.data)}  # fmt: skip
+    metrics: dict[str, Any] = {
+        **old,
+        "size": cfg.size,
+        "threshold": cfg.threshold,
+        "data": str(cfg.data),
+    }
     per_image_rows = [r for r in _read_per_image(run) if r[0] not in splits]
     for split in splits:
         ds = LungsDataset(cfg.data, split, cfg.size)  # type: ignore[arg-type]
@@ -222,9 +239,17 @@ def evaluate_model(
         summary["flags"] = {f: flags.count(f) for f in sorted(set(flags))}
         metrics[split] = summary
         for k, row in enumerate(ds.rows):
-            per_image_rows.append([split, row["image_id"], round(per["dice"][k], 5),
-                                   round(per["iou"][k], 5), round(per["hd95"][k], 3),
-                                   round(raw_dice[k], 5), flags[k]])  # fmt: skip
+            per_image_rows.append(
+                [
+                    split,
+                    row["image_id"],
+                    round(per["dice"][k], 5),
+                    round(per["iou"][k], 5),
+                    round(per["hd95"][k], 3),
+                    round(raw_dice[k], 5),
+                    flags[k],
+                ]
+            )
     atomic_write_json(run / METRICS, metrics)
     with (run / PER_IMAGE).open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -249,8 +274,9 @@ def evaluate_lungs(cfg: LungsEvaluateConfig) -> dict[str, Any]:
     for split in cfg.splits:
         if split not in ("train", "val", "test"):
             raise ConfigError(f"splits: {split!r} is not one of train, val, test")
-    return evaluate_model(model, train_cfg, Path(cfg.run), tuple(cfg.splits), cfg.batch_size,
-                          cfg.device)  # fmt: skip
+    return evaluate_model(
+        model, train_cfg, Path(cfg.run), tuple(cfg.splits), cfg.batch_size, cfg.device
+    )
 
 
 def describe(metrics: dict[str, Any]) -> str:
@@ -270,6 +296,12 @@ def describe(metrics: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "LungTask", "LungsDataset", "LungsTrainResult", "describe", "evaluate_lungs",
-    "evaluate_model", "read_lung_set", "train_lungs",
-]  # fmt: skip
+    "LungTask",
+    "LungsDataset",
+    "LungsTrainResult",
+    "describe",
+    "evaluate_lungs",
+    "evaluate_model",
+    "read_lung_set",
+    "train_lungs",
+]

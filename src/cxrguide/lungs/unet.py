@@ -118,9 +118,15 @@ class DiceBCELoss(nn.Module):
         super().__init__()
         from monai.losses import DiceCELoss
 
-        self.loss = DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=False,
-                               reduction="mean", lambda_dice=dice_weight,
-                               lambda_ce=bce_weight)  # fmt: skip
+        self.loss = DiceCELoss(
+            sigmoid=True,
+            smooth_nr=1e-5,
+            smooth_dr=1e-5,
+            batch=False,
+            reduction="mean",
+            lambda_dice=dice_weight,
+            lambda_ce=bce_weight,
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss(logits.float(), target.float())

@@ -137,8 +137,9 @@ class CxrClassifier(nn.Module):
         """The mask grown by ``lung_dilation`` of the side (what ``input``/``early`` use)."""
         return dilate_mask(lung_mask, int(round(self.lung_dilation * int(side))))
 
-    def lung_features(self, x: torch.Tensor, lung_mask: torch.Tensor | None = None,
-                      *, last: bool = True) -> torch.Tensor:  # fmt: skip
+    def lung_features(
+        self, x: torch.Tensor, lung_mask: torch.Tensor | None = None, *, last: bool = True
+    ) -> torch.Tensor:
         """The last feature map with the mask applied where :attr:`lung_inputs` say.
 
         ``last=False`` leaves out the last-map gate (the exporter applies its own).

@@ -99,8 +99,14 @@ def _download(timm_name: str, pin: HubPin | None) -> tuple[Path, str]:
         sha = _check_pin(path, pin, timm_name)
     else:
         sha = file_sha256(path)
-        log.warning("%s: no pinned revision/SHA-256 in cxrguide; using hf-hub:%s@%s (SHA-256 "
-                    "%s), recorded in the run", timm_name, repo, commit, sha)  # fmt: skip
+        log.warning(
+            "%s: no pinned revision/SHA-256 in cxrguide; using hf-hub:%s@%s (SHA-256 "
+            "%s), recorded in the run",
+            timm_name,
+            repo,
+            commit,
+            sha,
+        )
     return path, f"imagenet:hf-hub:{repo}@{commit}:{sha}"
 
 

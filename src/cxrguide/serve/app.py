@@ -93,8 +93,11 @@ def _write_dicom(writer: Any, pred: Prediction) -> DicomWritten | None:
         result = writer.write(pred)
     except CxrGuideError as err:
         return DicomWritten(not_written=str(err))
-    return DicomWritten(sr_sop_instance_uid=result.sr_uid, sc_sop_instance_uid=result.sc_uid,
-                        seg_sop_instance_uid=result.seg_uid)  # fmt: skip
+    return DicomWritten(
+        sr_sop_instance_uid=result.sr_uid,
+        sc_sop_instance_uid=result.sc_uid,
+        seg_sop_instance_uid=result.seg_uid,
+    )
 
 
 def create_app(
@@ -153,8 +156,9 @@ def create_app(
             pred = predictor.predict_file(path, source=name or "upload")
             overlay = _png_base64(predictor.cam(pred, method)) if cam else None
             written = _write_dicom(writer, pred)
-            response = to_response(pred, predictor.run_id, name, started, overlay,
-                                   method if cam else None)  # fmt: skip
+            response = to_response(
+                pred, predictor.run_id, name, started, overlay, method if cam else None
+            )
             if pred.uids:
                 response.dicom_source = DicomSource(**pred.uids)
             response.dicom_written = written
@@ -163,8 +167,12 @@ def create_app(
             path.unlink(missing_ok=True)
             trim_heap()
 
-    @app.post("/v1/predict", response_model=PredictResponse, openapi_extra=UPLOAD_BODY,
-              responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}})  # fmt: skip
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        openapi_extra=UPLOAD_BODY,
+        responses={400: {}, 408: {}, 413: {}, 415: {}, 422: {}, 503: {}},
+    )
     async def predict(
         request: Request,
         cam: Annotated[bool, Query(description="add a Grad-CAM overlay PNG (base64)")] = False,
@@ -172,8 +180,11 @@ def create_app(
     ) -> PredictResponse:
         """Label one chest X-ray (multipart part ``file``: PNG, JPEG or DICOM)."""
         if uploads["active"] >= max_concurrent:
-            raise HTTPException(503, f"busy: {max_concurrent} uploads in progress; retry shortly",
-                                headers={"Retry-After": "5"})  # fmt: skip
+            raise HTTPException(
+                503,
+                f"busy: {max_concurrent} uploads in progress; retry shortly",
+                headers={"Retry-After": "5"},
+            )
         uploads["active"] += 1
         try:
             body = await read_body(request, max_upload_bytes, body_timeout_s)
@@ -192,15 +203,30 @@ def create_app(
 
     @app.get("/v1/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "run_id": predictor.run_id, "backend": predictor.backend,
-                "uptime_s": round(time.time() - started_at, 1)}  # fmt: skip
+        return {
+            "status": "ok",
+            "run_id": predictor.run_id,
+            "backend": predictor.backend,
+            "uptime_s": round(time.time() - started_at, 1),
+        }
 
-    card = _no_paths({**predictor.describe(), "limits": {"max_upload_bytes": max_upload_bytes,
-                      "max_pixels": predictor.max_pixels, "min_side": predictor.min_side,
-                      "allow_modality": list(predictor.allow_modality),
-                      "max_concurrent_uploads": max_concurrent, "max_decodes": max_decodes,
-                      "body_timeout_s": body_timeout_s}, "auth": "bearer" if token else None,
-                      "cam_methods": list(CAM_METHODS), "disclaimer": DISCLAIMER})  # fmt: skip
+    card = _no_paths(
+        {
+            **predictor.describe(),
+            "limits": {
+                "max_upload_bytes": max_upload_bytes,
+                "max_pixels": predictor.max_pixels,
+                "min_side": predictor.min_side,
+                "allow_modality": list(predictor.allow_modality),
+                "max_concurrent_uploads": max_concurrent,
+                "max_decodes": max_decodes,
+                "body_timeout_s": body_timeout_s,
+            },
+            "auth": "bearer" if token else None,
+            "cam_methods": list(CAM_METHODS),
+            "disclaimer": DISCLAIMER,
+        }
+    )
 
     @app.get("/v1/model")
     def model_info() -> dict[str, Any]:
@@ -209,8 +235,9 @@ def create_app(
 
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
-    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse,
-                   include_in_schema=False)  # fmt: skip
+    @app.api_route(
+        "/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False
+    )
     def index() -> HTMLResponse:
         return HTMLResponse(page, headers=_PAGE_HEADERS)
 
@@ -227,11 +254,12 @@ def _local_docs(app: FastAPI) -> None:
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="openapi.json", title="cxrguide API",
+            openapi_url="openapi.json",
+            title="cxrguide API",
             swagger_js_url="docs-assets/swagger-ui-bundle.js",
             swagger_css_url="docs-assets/swagger-ui.css",
             swagger_favicon_url="docs-assets/favicon.png",
-        )  # fmt: skip
+        )
 
 
 __all__ = ["DISCLAIMER", "create_app"]

@@ -50,8 +50,7 @@ def allowed_hosts(bound_host: str, extra: Iterable[str] = ()) -> list[str]:
 
 def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> tuple[dict, bytes]:
     body = json.dumps({"detail": detail}).encode()
-    head = {"content-type": "application/json", "content-length": str(len(body)),
-            **(headers or {})}  # fmt: skip
+    head = {"content-type": "application/json", "content-length": str(len(body)), **(headers or {})}
     return head, body
 
 
@@ -82,13 +81,20 @@ class FrontDoor:
         if self.token is not None and scope["path"].startswith(PROTECTED_PREFIX):
             given = _bearer(headers.get("authorization", ""))
             if given is None:
-                await _answer(send, 401, "this server needs a token: send the header "
-                              "'Authorization: Bearer <token>'",
-                              {"www-authenticate": 'Bearer realm="cxrguide"'})  # fmt: skip
+                await _answer(
+                    send,
+                    401,
+                    "this server needs a token: send the header 'Authorization: Bearer <token>'",
+                    {"www-authenticate": 'Bearer realm="cxrguide"'},
+                )
                 return
             if not hmac.compare_digest(given, self.token):
-                await _answer(send, 401, "wrong token", {
-                    "www-authenticate": 'Bearer realm="cxrguide", error="invalid_token"'})  # fmt: skip
+                await _answer(
+                    send,
+                    401,
+                    "wrong token",
+                    {"www-authenticate": 'Bearer realm="cxrguide", error="invalid_token"'},
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -171,7 +177,9 @@ def _declare_bearer(app: FastAPI) -> None:
         if app.openapi_schema is None:
             spec = plain()
             spec.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-                "type": "http", "scheme": "bearer"}  # fmt: skip
+                "type": "http",
+                "scheme": "bearer",
+            }
             for path, ops in spec.get("paths", {}).items():
                 if path.startswith(PROTECTED_PREFIX):
                     for op in ops.values():

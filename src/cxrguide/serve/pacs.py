@@ -39,16 +39,25 @@ log = logging.getLogger("cxrguide.pacs")
 def _storage_classes() -> list[str]:
     from pynetdicom import sop_class
 
-    return [sop_class.ComputedRadiographyImageStorage,
-            sop_class.DigitalXRayImageStorageForPresentation,
-            sop_class.SecondaryCaptureImageStorage]  # fmt: skip
+    return [
+        sop_class.ComputedRadiographyImageStorage,
+        sop_class.DigitalXRayImageStorageForPresentation,
+        sop_class.SecondaryCaptureImageStorage,
+    ]
 
 
 class PacsListener:
     """The C-STORE SCP over one :class:`DicomWriter`; ``start()`` -> the bound port."""
 
-    def __init__(self, writer: DicomWriter, host: str = "127.0.0.1", port: int = 11112, *,
-                 ae_title: str = "", return_to: str = "") -> None:  # fmt: skip
+    def __init__(
+        self,
+        writer: DicomWriter,
+        host: str = "127.0.0.1",
+        port: int = 11112,
+        *,
+        ae_title: str = "",
+        return_to: str = "",
+    ) -> None:
         self.writer, self.host, self.port = writer, host, port
         self.ae_title = ae_title.strip()
         self.return_to = parse_peer(return_to) if return_to else None
@@ -69,8 +78,9 @@ class PacsListener:
         self.workdir = Path(tempfile.mkdtemp(prefix="cxrguide-pacs-"))  # mode 0700
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: STATUS_OK)]
         try:
-            self._server = ae.start_server((self.host, self.port), block=False,
-                                           evt_handlers=handlers)  # fmt: skip
+            self._server = ae.start_server(
+                (self.host, self.port), block=False, evt_handlers=handlers
+            )
         except OSError as err:
             shutil.rmtree(self.workdir, ignore_errors=True)
             why = err.strerror or str(err)
@@ -112,9 +122,13 @@ class PacsListener:
         finally:
             path.unlink(missing_ok=True)
         self.received += 1
-        log.info("C-STORE from %s: %s %s -> %s", calling, prediction.label,
-                 {k: round(v, 3) for k, v in prediction.probabilities.items()},
-                 None if result is None else result.sr_path.name)  # fmt: skip
+        log.info(
+            "C-STORE from %s: %s %s -> %s",
+            calling,
+            prediction.label,
+            {k: round(v, 3) for k, v in prediction.probabilities.items()},
+            None if result is None else result.sr_path.name,
+        )
         if result is not None and self._sender is not None:
             self._sender.submit(self._send_back, result)
         return STATUS_OK
@@ -136,8 +150,9 @@ class PacsListener:
         ae.add_requested_context(SegmentationStorage)
         assoc = ae.associate(host, port, ae_title=ae_title)
         if not assoc.is_established:
-            log.warning("--dicom-return %s@%s:%d: association refused or no answer", ae_title,
-                        host, port)  # fmt: skip
+            log.warning(
+                "--dicom-return %s@%s:%d: association refused or no answer", ae_title, host, port
+            )
             return
         try:
             for path in (result.sr_path, result.sc_path, result.seg_path):

@@ -63,8 +63,11 @@ def header_timeout_protocol(header_timeout_s: float) -> type[H11Protocol]:
             self._header_timer = None
             if self._waiting_for_head() and not self.transport.is_closing():
                 client = self.client[0] if self.client else "?"
-                log.warning("client %s sent no complete request within %g s; closed", client,
-                            header_timeout_s)  # fmt: skip
+                log.warning(
+                    "client %s sent no complete request within %g s; closed",
+                    client,
+                    header_timeout_s,
+                )
                 self.transport.close()
 
     return HeaderTimeoutH11
@@ -72,6 +75,11 @@ def header_timeout_protocol(header_timeout_s: float) -> type[H11Protocol]:
 
 def uvicorn_config(app: Any, cfg: ServeConfig) -> uvicorn.Config:
     """uvicorn's settings for ``app`` under ``cfg`` (the socket is bound by the caller)."""
-    return uvicorn.Config(app, log_level=cfg.log_level, timeout_keep_alive=cfg.keep_alive_s,
-                          limit_concurrency=cfg.max_connections, server_header=False,
-                          http=header_timeout_protocol(cfg.header_timeout_s))  # fmt: skip
+    return uvicorn.Config(
+        app,
+        log_level=cfg.log_level,
+        timeout_keep_alive=cfg.keep_alive_s,
+        limit_concurrency=cfg.max_connections,
+        server_header=False,
+        http=header_timeout_protocol(cfg.header_timeout_s),
+    )

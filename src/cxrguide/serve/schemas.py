@@ -80,25 +80,42 @@ UPLOAD_BODY = {
                             "description": "PNG, JPEG or DICOM chest X-ray",
                         }
                     },
-                }  # fmt: skip
+                }
             }
         },
     }
 }
 
 
-def to_response(pred: Prediction, run_id: str, name: str | None, started: float,
-                overlay: str | None, method: str | None) -> PredictResponse:  # fmt: skip
+def to_response(
+    pred: Prediction,
+    run_id: str,
+    name: str | None,
+    started: float,
+    overlay: str | None,
+    method: str | None,
+) -> PredictResponse:
     """The JSON answer to one prediction (``started``: ``time.perf_counter()`` at receipt)."""
     lung = None
     if pred.lung is not None:
-        lung = LungInfo(coverage=pred.lung.area_fraction, quality=pred.lung.flag,
-                        lungs=pred.lung.lungs, components=pred.lung.components)  # fmt: skip
+        lung = LungInfo(
+            coverage=pred.lung.area_fraction,
+            quality=pred.lung.flag,
+            lungs=pred.lung.lungs,
+            components=pred.lung.components,
+        )
     return PredictResponse(
-        label=pred.label, probabilities=pred.probabilities, lung=lung,
+        label=pred.label,
+        probabilities=pred.probabilities,
+        lung=lung,
         image=ImageMeta(format=pred.info.format, width=pred.info.width, height=pred.info.height),
-        reliable=pred.reliable, warnings=pred.warnings, ood_score=pred.ood_score,
+        reliable=pred.reliable,
+        warnings=pred.warnings,
+        ood_score=pred.ood_score,
         calibrated=pred.calibrated,
-        filename=name, run_id=run_id, overlay_png_base64=overlay,
-        cam_method=method, elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
-    )  # fmt: skip
+        filename=name,
+        run_id=run_id,
+        overlay_png_base64=overlay,
+        cam_method=method,
+        elapsed_ms=round(1000 * (time.perf_counter() - started), 1),
+    )

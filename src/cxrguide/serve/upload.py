@@ -57,13 +57,18 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
                     raise HTTPException(413, f"upload too large (limit {limit:,} bytes)")
     except TimeoutError:
         client = request.client.host if request.client else "?"
-        log.warning("upload from %s timed out after %.0f s (%d bytes received)", client,
-                    timeout_s, len(body))  # fmt: skip
+        log.warning(
+            "upload from %s timed out after %.0f s (%d bytes received)",
+            client,
+            timeout_s,
+            len(body),
+        )
         raise HTTPException(408, f"upload not received within {timeout_s:g} s") from None
     except ClientDisconnect:
         client = request.client.host if request.client else "?"
-        log.warning("client %s disconnected during the upload (%d bytes received)", client,
-                    len(body))  # fmt: skip
+        log.warning(
+            "client %s disconnected during the upload (%d bytes received)", client, len(body)
+        )
         raise HTTPException(400, "client disconnected") from None
     return bytes(body)
 

@@ -64,8 +64,9 @@ class SourceAdversary(nn.Module):
 
     def __init__(self, in_features: int, num_sources: int, width: int = ADVERSARY_WIDTH):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_features, width), nn.ReLU(),
-                                 nn.Linear(width, num_sources))  # fmt: skip
+        self.mlp = nn.Sequential(
+            nn.Linear(in_features, width), nn.ReLU(), nn.Linear(width, num_sources)
+        )
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def forward(self, pooled: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

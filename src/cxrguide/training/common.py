@@ -37,10 +37,15 @@ Scorer = Callable[[Path, str, TrainConfig], dict[str, Any]]
 
 def engine_config(cfg: TrainConfig) -> engine.EngineConfig:
     return engine.EngineConfig(
-        max_epochs=cfg.max_epochs, patience=cfg.patience, seed=cfg.seed, device=cfg.device,
-        precision=cfg.precision, channels_last=cfg.channels_last, progress=cfg.progress,
+        max_epochs=cfg.max_epochs,
+        patience=cfg.patience,
+        seed=cfg.seed,
+        device=cfg.device,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        progress=cfg.progress,
         mlflow=cfg.mlflow,
-    )  # fmt: skip
+    )
 
 
 def backbones(cfg: TrainConfig) -> list[str]:

@@ -44,8 +44,18 @@ def body_digest(model: CxrClassifier) -> str:
 def cache_key(model: CxrClassifier, prepared: Prepared, image_size: int, precision: str) -> str:
     images = prepared.images
     stat = Path(images.filename).stat()  # type: ignore[attr-defined]
-    payload = json.dumps([model.name, model.weights_source, body_digest(model), image_size,
-                          precision, images.shape, stat.st_size, stat.st_mtime_ns])  # fmt: skip
+    payload = json.dumps(
+        [
+            model.name,
+            model.weights_source,
+            body_digest(model),
+            image_size,
+            precision,
+            images.shape,
+            stat.st_size,
+            stat.st_mtime_ns,
+        ]
+    )
     return f"{model.name}-{image_size}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
@@ -56,8 +66,12 @@ def stage1_rows(prepared: Prepared) -> np.ndarray:
 
 def _files(folder: Path, key: str) -> tuple[Path, Path, Path, Path]:
     """Final, partial, row mask and the older count-of-rows-done marker."""
-    return (folder / f"{key}.npy", folder / f"{key}.partial.npy", folder / f"{key}.rows",
-            folder / f"{key}.done")  # fmt: skip
+    return (
+        folder / f"{key}.npy",
+        folder / f"{key}.partial.npy",
+        folder / f"{key}.rows",
+        folder / f"{key}.done",
+    )
 
 
 def _filled(folder: Path, key: str, n: int) -> np.ndarray:
@@ -108,14 +122,36 @@ def pooled_features(
     with open(folder / f"{key}.lock", "w") as lock:  # one process fills, the others wait
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.exists():
-            _fill(model, prepared, image_size, device, key, wanted, batch_size, precision,
-                  channels_last, progress, workers)  # fmt: skip
+            _fill(
+                model,
+                prepared,
+                image_size,
+                device,
+                key,
+                wanted,
+                batch_size,
+                precision,
+                channels_last,
+                progress,
+                workers,
+            )
     return np.load(final if final.exists() else partial, mmap_mode="r")
 
 
 @torch.no_grad()
-def _fill(model, prepared, image_size, device, key, wanted, batch_size, precision, channels_last,
-          progress, workers) -> None:  # fmt: skip
+def _fill(
+    model,
+    prepared,
+    image_size,
+    device,
+    key,
+    wanted,
+    batch_size,
+    precision,
+    channels_last,
+    progress,
+    workers,
+) -> None:
     folder = prepared.root / "features"
     final, partial, mask_file, done_file = _files(folder, key)
     n = len(prepared.manifest)
@@ -127,8 +163,13 @@ def _fill(model, prepared, image_size, device, key, wanted, batch_size, precisio
         out = reserve_memmap(partial, np.float32, (n, model.num_features))
     todo = wanted[~have[wanted]]
     dataset = CxrDataset(prepared, rows=todo, image_size=image_size)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
     model.eval().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -163,5 +204,8 @@ class FeatureDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         row = int(self.rows[i])
-        return {"features": torch.from_numpy(np.array(self.features[row])),
-                "label": torch.tensor(self.labels[row]), "index": torch.tensor(row)}  # fmt: skip
+        return {
+            "features": torch.from_numpy(np.array(self.features[row])),
+            "label": torch.tensor(self.labels[row]),
+            "index": torch.tensor(row),
+        }

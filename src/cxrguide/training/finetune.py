@@ -67,10 +67,16 @@ _log = logging.getLogger(__name__)
 
 def settings_from(cfg: TrainConfig) -> GainSettings:
     return GainSettings.from_names(
-        cfg.attention, alpha=cfg.gain_alpha, sigma=cfg.gain_sigma, omega=cfg.gain_omega,
-        external_weight=cfg.external_weight, second_order=cfg.gain_second_order,
-        erased_bn=cfg.gain_bn, rrr_weight=cfg.rrr_weight, dilation=cfg.lung_dilation,
-    )  # fmt: skip
+        cfg.attention,
+        alpha=cfg.gain_alpha,
+        sigma=cfg.gain_sigma,
+        omega=cfg.gain_omega,
+        external_weight=cfg.external_weight,
+        second_order=cfg.gain_second_order,
+        erased_bn=cfg.gain_bn,
+        rrr_weight=cfg.rrr_weight,
+        dilation=cfg.lung_dilation,
+    )
 
 
 def lung_model_of(cfg: TrainConfig, prepared: Prepared) -> str:
@@ -119,8 +125,13 @@ def rows_with_lungs(prepared: Prepared, split: str, why: str) -> np.ndarray:
             f"{why} needs lungs; check 'cxrguide lungs predict' (its quality flags)"
         )
     if not present.all():
-        _log.info("%s: skipped %d of %d %s images (empty lung mask)", why,
-                  int((~present).sum()), len(rows), split)  # fmt: skip
+        _log.info(
+            "%s: skipped %d of %d %s images (empty lung mask)",
+            why,
+            int((~present).sum()),
+            len(rows),
+            split,
+        )
     return rows[present]
 
 
@@ -134,11 +145,23 @@ def _start(
         return model, dataclasses.replace(info, parent=str(parent))
     if backbone is None:
         raise ConfigError("backbone: Stage III without --from needs --backbone NAME")
-    model = create_model(backbone, cfg.weights, head_widths=cfg.head_widths,
-                         head_dropouts=cfg.head_dropouts, head_activation=cfg.activation,
-                         seed=cfg.seed)  # fmt: skip
-    info = RunInfo(model.name, 3, 0, list(cfg.head_widths), list(cfg.head_dropouts),
-                   cfg.activation, model.weights_source)  # fmt: skip
+    model = create_model(
+        backbone,
+        cfg.weights,
+        head_widths=cfg.head_widths,
+        head_dropouts=cfg.head_dropouts,
+        head_activation=cfg.activation,
+        seed=cfg.seed,
+    )
+    info = RunInfo(
+        model.name,
+        3,
+        0,
+        list(cfg.head_widths),
+        list(cfg.head_dropouts),
+        cfg.activation,
+        model.weights_source,
+    )
     return model, info
 
 
@@ -179,8 +202,12 @@ def fine_tune(
         augment=augment,
         with_lungs=lungs,
     )
-    val = CxrDataset(prepared, rows=rows_with_lungs(prepared, "val", why) if strict else
-                     prepared.rows("val"), image_size=size, with_lungs=lungs)  # fmt: skip
+    val = CxrDataset(
+        prepared,
+        rows=rows_with_lungs(prepared, "val", why) if strict else prepared.rows("val"),
+        image_size=size,
+        with_lungs=lungs,
+    )
     labels = dataset_labels(train)
     if settings is None:
         net, task = model, classifier_task(cfg, labels)
@@ -188,8 +215,7 @@ def fine_tune(
         net = GuidedAttention(model, settings)
         task = Stage3Task(settings, cfg.l2, cfg.l2_scope, class_weights(cfg, labels))
     loader = train_loader(cfg, train, labels, dataset_sources(cfg, prepared, train))
-    net, task = with_adversary(cfg, prepared, train, model, net, task,
-                               cfg.max_epochs * len(loader))  # fmt: skip
+    net, task = with_adversary(cfg, prepared, train, model, net, task, cfg.max_epochs * len(loader))
     if optimizer == "sgd":
         opt = sgd(net.parameters(), cfg.finetune_lr, cfg.momentum)
     elif optimizer == "adam":
@@ -197,18 +223,28 @@ def fine_tune(
     else:
         raise ConfigError(f"optimizer: {optimizer!r} is not one of sgd, adam")
     engine.fit(
-        net, task, loader,
-        engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
-        opt, engine_config(cfg), run, on_epoch_end=on_epoch_end,
-    )  # fmt: skip
+        net,
+        task,
+        loader,
+        engine.make_loader(
+            val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers
+        ),
+        opt,
+        engine_config(cfg),
+        run,
+        on_epoch_end=on_epoch_end,
+    )
     new = dataclasses.replace(
-        info, stage=2 if settings is None else 3, image_size=size, data=str(prepared.root),
+        info,
+        stage=2 if settings is None else 3,
+        image_size=size,
+        data=str(prepared.root),
         lung_gate=settings is not None and bool(settings.lung_inputs),
         lung_model=bundle_lung_run(run, lung_model_of(cfg, prepared)) if lungs else "",
         attention=names,
         lung_inputs=list(settings.lung_inputs) if settings is not None else [],
         lung_dilation=settings.dilation if strict else 0.0,
-    )  # fmt: skip
+    )
     return finish_run(
         run, dataclasses.replace(cfg, attention=names or cfg.attention), model.cpu(), new, score
     )
@@ -234,10 +270,16 @@ def stage3(
     if settings.needs_lungs:
         check_lungs(prepared)  # before loading anything
     model, info = _start(cfg, parent, backbone)
-    if (parent is None and model.weights_source == "random" and settings.gain
-            and settings.erased_bn == "frozen"):  # fmt: skip
-        _log.info("Stage III from a random body: BatchNorm has no trained statistics to freeze; "
-                  "GAIN uses --gain-bn clean")  # fmt: skip
+    if (
+        parent is None
+        and model.weights_source == "random"
+        and settings.gain
+        and settings.erased_bn == "frozen"
+    ):
+        _log.info(
+            "Stage III from a random body: BatchNorm has no trained statistics to freeze; "
+            "GAIN uses --gain-bn clean"
+        )
         cfg = dataclasses.replace(cfg, gain_bn="clean")  # recorded in the run's config.yaml
         settings = dataclasses.replace(settings, erased_bn="clean")
     return fine_tune(cfg, model, info, prepared, settings, score)

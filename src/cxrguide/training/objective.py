@@ -56,8 +56,14 @@ def train_loader(
             raise ConfigError("sampler: 'group' needs each training film's source")
         labels = np.char.add(np.asarray(train_labels).astype(str), "|")
         weights = group_sample_weights(np.char.add(labels, np.asarray(sources).astype(str)))
-    return engine.make_loader(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                              num_workers=cfg.workers, sample_weights=weights)  # fmt: skip
+    return engine.make_loader(
+        dataset,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.workers,
+        sample_weights=weights,
+    )
 
 
 def source_names(cfg: TrainConfig, prepared: Prepared) -> np.ndarray:
@@ -83,11 +89,15 @@ def with_adversary(
     if cfg.adversary == "none":
         return net, task
     codes, known = source_codes(source_names(cfg, prepared), np.asarray(train.rows))
-    print(f"adversary: {len(known)} training sources ({', '.join(known)}), "
-          f"weight {cfg.adversary_weight}")  # fmt: skip
+    print(
+        f"adversary: {len(known)} training sources ({', '.join(known)}), "
+        f"weight {cfg.adversary_weight}"
+    )
     adversary = SourceAdversary(classifier.num_features, len(known))
-    return (AdversarialNet(net, classifier, adversary),
-            AdversaryTask(task, codes, cfg.adversary_weight, steps))  # fmt: skip
+    return (
+        AdversarialNet(net, classifier, adversary),
+        AdversaryTask(task, codes, cfg.adversary_weight, steps),
+    )
 
 
 def dataset_labels(dataset) -> np.ndarray:

@@ -50,9 +50,14 @@ def stage1(
     """
 
     run = claim_run(cfg, name)
-    model = create_model(name, cfg.weights, head_widths=cfg.head_widths,
-                         head_dropouts=cfg.head_dropouts, head_activation=cfg.activation,
-                         seed=cfg.seed).freeze_body()  # fmt: skip
+    model = create_model(
+        name,
+        cfg.weights,
+        head_widths=cfg.head_widths,
+        head_dropouts=cfg.head_dropouts,
+        head_activation=cfg.activation,
+        seed=cfg.seed,
+    ).freeze_body()
     size = effective_image_size(cfg, model)
     labels = CxrDataset(prepared, "train").labels
     device = resolve_device(cfg.device)
@@ -60,14 +65,23 @@ def stage1(
     if cfg.feature_cache:
         used = stage1_rows(prepared)  # test is scored by the full model, never from features
         if engine.is_main_process():  # rank 0 fills the cache, the other ranks then read it
-            feats = pooled_features(model, prepared, size, device, rows=used,
-                                    batch_size=cfg.batch_size, precision=cfg.precision,
-                                    channels_last=cfg.channels_last, workers=cfg.workers,
-                                    progress=cfg.progress)  # fmt: skip
+            feats = pooled_features(
+                model,
+                prepared,
+                size,
+                device,
+                rows=used,
+                batch_size=cfg.batch_size,
+                precision=cfg.precision,
+                channels_last=cfg.channels_last,
+                workers=cfg.workers,
+                progress=cfg.progress,
+            )
         engine.barrier()
         if not engine.is_main_process():
-            feats = pooled_features(model, prepared, size, device, rows=used,
-                                    precision=cfg.precision, progress=False)  # fmt: skip
+            feats = pooled_features(
+                model, prepared, size, device, rows=used, precision=cfg.precision, progress=False
+            )
         train = FeatureDataset(feats, labels, prepared.rows("train"))
         val = FeatureDataset(feats, labels, prepared.rows("val"))
         net, ecfg = model.head, dataclasses.replace(ecfg, channels_last=False)
@@ -78,12 +92,27 @@ def stage1(
     labels_used = dataset_labels(train)
     task = classifier_task(cfg, labels_used, features=cfg.feature_cache)
     engine.fit(
-        net, task, train_loader(cfg, train, labels_used, dataset_sources(cfg, prepared, train)),
-        engine.make_loader(val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers),
-        sgd(net.parameters(), cfg.lr, cfg.momentum), ecfg, run, on_epoch_end=on_epoch_end,
-    )  # fmt: skip
-    info = RunInfo(name, 1, size, list(cfg.head_widths), list(cfg.head_dropouts), cfg.activation,
-                   model.weights_source, data=str(prepared.root))  # fmt: skip
+        net,
+        task,
+        train_loader(cfg, train, labels_used, dataset_sources(cfg, prepared, train)),
+        engine.make_loader(
+            val, cfg.batch_size, shuffle=False, seed=cfg.seed, num_workers=cfg.workers
+        ),
+        sgd(net.parameters(), cfg.lr, cfg.momentum),
+        ecfg,
+        run,
+        on_epoch_end=on_epoch_end,
+    )
+    info = RunInfo(
+        name,
+        1,
+        size,
+        list(cfg.head_widths),
+        list(cfg.head_dropouts),
+        cfg.activation,
+        model.weights_source,
+        data=str(prepared.root),
+    )
     return finish_run(run, cfg, model.cpu(), info, score)
 
 

@@ -60,8 +60,13 @@ class FeatureTask(ClassifierTask):
 class Stage3Task:
     """Batches -> L = L_clas + alpha L_am + w_e L_e + lambda R (+ the study's L2 penalty)."""
 
-    def __init__(self, settings: GainSettings, l2: float, l2_scope: str = "head",
-                 class_weights: torch.Tensor | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: GainSettings,
+        l2: float,
+        l2_scope: str = "head",
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         self.settings = settings
         self.l2, self.l2_scope, self.class_weights = l2, l2_scope, class_weights
 
@@ -80,9 +85,14 @@ class Stage3Task:
             total = total + s.rrr_weight * out["rrr"]
         n = len(batch["label"])
         correct = (out["logits"].argmax(1) == batch["label"]).sum().item()
-        sums = {"loss": total.detach().item() * n, "ce": ce.detach().item() * n,
-                "am": out["am"].detach().item() * n, "ext": out["ext"].detach().item() * n,
-                "acc": correct, "n": n}  # fmt: skip
+        sums = {
+            "loss": total.detach().item() * n,
+            "ce": ce.detach().item() * n,
+            "am": out["am"].detach().item() * n,
+            "ext": out["ext"].detach().item() * n,
+            "acc": correct,
+            "n": n,
+        }
         if s.rrr:
             sums["rrr"] = out["rrr"].detach().item() * n
         return total, sums

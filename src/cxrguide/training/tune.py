@@ -116,8 +116,11 @@ def plan(cfg: TuneConfig) -> Plan:
 
 
 def _space(cfg: TuneConfig, backbone: str) -> dict[str, Any]:
-    return {"backbone": backbone, "layers": len(cfg.head_widths),
-            **{k: to_dict(getattr(cfg, k)) for k in SPACE_FIELDS}}  # fmt: skip
+    return {
+        "backbone": backbone,
+        "layers": len(cfg.head_widths),
+        **{k: to_dict(getattr(cfg, k)) for k in SPACE_FIELDS},
+    }
 
 
 def open_study(p: Plan) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
@@ -138,8 +141,10 @@ def open_study(p: Plan) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
         theirs = study.user_attrs.get("space")
         if theirs is not None and theirs != space:
             diff = ", ".join(sorted(k for k in space if theirs.get(k) != space[k]))
-            raise ConfigError(f"study: {p.study_name!r} in {safe_url(p.url)} searches another "
-                              f"space ({diff} differ); use another --study")  # fmt: skip
+            raise ConfigError(
+                f"study: {p.study_name!r} in {safe_url(p.url)} searches another "
+                f"space ({diff} differ); use another --study"
+            )
         return study, storage
     if any(p.out.glob("trial-*")):
         optuna.delete_study(study_name=p.study_name, storage=storage)
@@ -168,8 +173,9 @@ class Objective:
         trial.set_user_attr("trial_dir", str(root.resolve()))
         trial.set_user_attr("seed", p.base.seed)
         try:
-            cfg = apply_params(dataclasses.replace(p.base, out=root, resume=resume),
-                               suggest(trial, p.cfg))  # fmt: skip
+            cfg = apply_params(
+                dataclasses.replace(p.base, out=root, resume=resume), suggest(trial, p.cfg)
+            )
             run = root / f"stage{p.base.stage}-{p.backbone}"
             _replay_history(trial, run)
             report = partial(_report, trial, cfg.max_epochs)
@@ -222,17 +228,28 @@ def _warm_feature_cache(p: Plan) -> None:
     from cxrguide.models.zoo import create_model
 
     b = p.base
-    model = create_model(p.backbone, b.weights, head_widths=b.head_widths,
-                         head_dropouts=b.head_dropouts, head_activation=b.activation,
-                         seed=b.seed).freeze_body()  # fmt: skip
+    model = create_model(
+        p.backbone,
+        b.weights,
+        head_widths=b.head_widths,
+        head_dropouts=b.head_dropouts,
+        head_activation=b.activation,
+        seed=b.seed,
+    ).freeze_body()
     folder = p.prepared.root / "features"
     folder.mkdir(exist_ok=True)
     with open(folder / f".{p.backbone}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        pooled_features(model, p.prepared, effective_image_size(b, model),
-                        resolve_device(b.device), rows=stage1_rows(p.prepared),
-                        batch_size=b.batch_size,
-                        precision=b.precision, channels_last=b.channels_last)  # fmt: skip
+        pooled_features(
+            model,
+            p.prepared,
+            effective_image_size(b, model),
+            resolve_device(b.device),
+            rows=stage1_rows(p.prepared),
+            batch_size=b.batch_size,
+            precision=b.precision,
+            channels_last=b.channels_last,
+        )
 
 
 def tune(cfg: TuneConfig, score: Scorer) -> tuple[optuna.Study, Path]:
@@ -277,11 +294,20 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         error = a.get("error", "")
         if t.state == TrialState.FAIL and not error:
             error = "lost: its worker stopped sending heartbeats"
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value,
-                     "epochs": len(t.intermediate_values), **t.params,
-                     "duration_s": t.duration.total_seconds() if t.duration else math.nan,
-                     "retry_of": a.get("retry_of"), "worker": f"{a.get('host', '')}:{a.get('pid', '')}",
-                     "run": a.get("run", ""), "error": error})  # fmt: skip
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "epochs": len(t.intermediate_values),
+                **t.params,
+                "duration_s": t.duration.total_seconds() if t.duration else math.nan,
+                "retry_of": a.get("retry_of"),
+                "worker": f"{a.get('host', '')}:{a.get('pid', '')}",
+                "run": a.get("run", ""),
+                "error": error,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -321,8 +347,13 @@ def plot_history(study: optuna.Study, path: Path) -> Path:
         ax.scatter([t.number for t in pruned], last, marker="x", color="grey", label="pruned")
     if done:
         xs = [t.number for t in done]
-        ax.step(xs, np.maximum.accumulate([t.value for t in done]), where="post", color="C3",
-                label="best so far")  # fmt: skip
+        ax.step(
+            xs,
+            np.maximum.accumulate([t.value for t in done]),
+            where="post",
+            color="C3",
+            label="best so far",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel="val accuracy", title=f"optimisation history: {study.study_name}")
     ax.legend(loc="lower right")

@@ -12,8 +12,16 @@ from optuna.trial import FrozenTrial
 from cxrguide.config import TrainConfig, TuneConfig
 
 # The search space's knobs, recorded with a study so that every worker searches the same space.
-SPACE_FIELDS = ("stage", "lr_range", "l2_range", "momentum_range", "batch_sizes", "width_range",
-                "dropout_range", "activations")  # fmt: skip
+SPACE_FIELDS = (
+    "stage",
+    "lr_range",
+    "l2_range",
+    "momentum_range",
+    "batch_sizes",
+    "width_range",
+    "dropout_range",
+    "activations",
+)
 
 
 # ---- search space ------------------------------------------------------------------------------
@@ -37,8 +45,12 @@ def suggest(trial: optuna.Trial, cfg: TuneConfig) -> dict[str, Any]:
 
 def first_params(cfg: TrainConfig) -> dict[str, Any]:
     """The configured values (the paper's by default) as search-space parameters."""
-    params: dict[str, Any] = {"lr": cfg.lr if cfg.stage == 1 else cfg.finetune_lr, "l2": cfg.l2,
-                              "momentum": cfg.momentum, "batch_size": cfg.batch_size}  # fmt: skip
+    params: dict[str, Any] = {
+        "lr": cfg.lr if cfg.stage == 1 else cfg.finetune_lr,
+        "l2": cfg.l2,
+        "momentum": cfg.momentum,
+        "batch_size": cfg.batch_size,
+    }
     if cfg.stage == 1:
         for i, (w, d) in enumerate(zip(cfg.head_widths, cfg.head_dropouts, strict=True), 1):
             params[f"width_{i}"], params[f"dropout_{i}"] = w, d
@@ -49,8 +61,12 @@ def first_params(cfg: TrainConfig) -> dict[str, Any]:
 def apply_params(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
     """The training config of one trial: ``base`` with the trial's parameters filled in."""
     lr_field = "lr" if base.stage == 1 else "finetune_lr"
-    changes: dict[str, Any] = {lr_field: params["lr"], "l2": params["l2"],
-                               "momentum": params["momentum"], "batch_size": params["batch_size"]}  # fmt: skip
+    changes: dict[str, Any] = {
+        lr_field: params["lr"],
+        "l2": params["l2"],
+        "momentum": params["momentum"],
+        "batch_size": params["batch_size"],
+    }
     if "activation" in params:
         layers = range(1, len(base.head_widths) + 1)
         changes["head_widths"] = [int(params[f"width_{i}"]) for i in layers]
@@ -93,8 +109,9 @@ class PerTrialSeededSampler(optuna.samplers.BaseSampler):
             return optuna.samplers.RandomSampler(seed=seed)
         if self.kind == "gp":
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.startup_trials)
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.startup_trials,
-                                          multivariate=True, constant_liar=True)  # fmt: skip
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=self.startup_trials, multivariate=True, constant_liar=True
+        )
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self._inner = self._make(_trial_seed(self.seed, trial.number))
@@ -119,9 +136,11 @@ class PerTrialSeededSampler(optuna.samplers.BaseSampler):
 def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
     """Pruners see the per-epoch val accuracy at step = epoch (1-based)."""
     if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
-                                           n_warmup_steps=cfg.prune_warmup)  # fmt: skip
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.startup_trials, n_warmup_steps=cfg.prune_warmup
+        )
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, cfg.prune_warmup),
-                                              max_resource=cfg.max_epochs)  # fmt: skip
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, cfg.prune_warmup), max_resource=cfg.max_epochs
+        )
     return optuna.pruners.NopPruner()

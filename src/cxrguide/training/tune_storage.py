@@ -34,8 +34,11 @@ def make_storage(url: str, heartbeat: int = 0, retries: int = 0) -> optuna.stora
         engine_kwargs = {"connect_args": {"timeout": 120}}  # wait for other local writers
     kwargs: dict[str, Any] = {}
     if heartbeat:
-        kwargs = dict(heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                      heartbeat_stale_trial_callback=partial(retry_trial, retries=retries))  # fmt: skip
+        kwargs = dict(
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=partial(retry_trial, retries=retries),
+        )
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(4):
@@ -96,7 +99,9 @@ def recover_dead_trials(
         if t.user_attrs.get("host") != HOST or pid is None or _pid_alive(int(pid)):
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "error", f"worker {HOST}:{pid} ended during the trial")  # fmt: skip
+            storage.set_trial_user_attr(
+                t._trial_id, "error", f"worker {HOST}:{pid} ended during the trial"
+            )
             if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 retry_trial(study, storage.get_trial(t._trial_id), retries)
                 lost.append(t.number)
@@ -110,5 +115,7 @@ def finished_count(study: optuna.Study) -> int:
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return sum(t.state in counted or (t.state == TrialState.FAIL and t.number not in retried)
-               for t in trials)  # fmt: skip
+    return sum(
+        t.state in counted or (t.state == TrialState.FAIL and t.number not in retried)
+        for t in trials
+    )

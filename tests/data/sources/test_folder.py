@@ -16,13 +16,16 @@ from test_readme_examples import readme_commands
 
 
 def _split(items):
-    return ([i for i in items if isinstance(i, SourceRecord)],
-            [i for i in items if isinstance(i, Rejection)])  # fmt: skip
+    return (
+        [i for i in items if isinstance(i, SourceRecord)],
+        [i for i in items if isinstance(i, Rejection)],
+    )
 
 
 def test_folder_is_named_after_itself_and_maps_labels(tmp_path):
-    root = image_folder(tmp_path / "Kermany pediatric (CXR)", {"NORMAL": 2, "PNEUMONIA": 1,
-                                                                "virus": 1, "TB": 1})  # fmt: skip
+    root = image_folder(
+        tmp_path / "Kermany pediatric (CXR)", {"NORMAL": 2, "PNEUMONIA": 1, "virus": 1, "TB": 1}
+    )
     film(root / "NORMAL" / "nested" / "deep.png", seed=50)
     film(root / "loose.png", seed=51)  # beside the label folders
     (root / "labels.csv").write_text("file,label\n")  # not a film: ignored
@@ -32,11 +35,12 @@ def test_folder_is_named_after_itself_and_maps_labels(tmp_path):
     assert isinstance(src, FolderSource) and src.name == "Kermany-pediatric-CXR"
     records, rejections = _split(list(src.scan()))
     assert {(r.path, r.label, r.finding) for r in records} == {
-        ("NORMAL/normal-0.png", "Normal", "NORMAL"), ("NORMAL/normal-1.png", "Normal", "NORMAL"),
+        ("NORMAL/normal-0.png", "Normal", "NORMAL"),
+        ("NORMAL/normal-1.png", "Normal", "NORMAL"),
         ("NORMAL/nested/deep.png", "Normal", "NORMAL"),
         ("PNEUMONIA/pneumonia-0.png", "Pneumonia", "PNEUMONIA"),
         ("virus/virus-0.png", "Pneumonia", "virus"),
-    }  # fmt: skip
+    }
     assert {r.source for r in records} == {"Kermany-pediatric-CXR"}
     assert records[0].patient_id == "Kermany-pediatric-CXR:normal-0" and records[0].view == ""
     assert {(r.path, r.reason) for r in rejections} == {
@@ -67,7 +71,7 @@ def test_explicit_name_and_user_label_map(tmp_path):
             r"none of its subfolders \(siteA, siteB\) is a label of the label map",
         ),
         (lambda r: r.with_name("elsewhere").mkdir(), "folder source not found"),
-    ],  # fmt: skip
+    ],
     ids=["empty", "files-only", "no-label-folder", "missing"],
 )
 def test_bad_folder_layouts_are_one_line_errors(tmp_path, make, match):

@@ -133,8 +133,11 @@ def test_hierarchical_schema(tmp_path: Path) -> None:
         ["10", "Pneumonia/Viral/COVID-19", "PA", "X-ray", "images", "missing.jpg"],
         ["", "Pneumonia/Fungal/Pneumocystis", "PA", "X-ray", "images", "k.png"],
     ]
-    root = _write_dataset(tmp_path / "ds", rows, ["a.jpg", "b.jpg", "c.png", "d.png", "e.jpeg",
-                                                  "f.jpg", "g.jpg", "h.jpg", "j.jpg", "K.PNG"])  # fmt: skip
+    root = _write_dataset(
+        tmp_path / "ds",
+        rows,
+        ["a.jpg", "b.jpg", "c.png", "d.png", "e.jpeg", "f.jpg", "g.jpg", "h.jpg", "j.jpg", "K.PNG"],
+    )
     records, rejections = _split(list(Ieee8023Source(root).scan()))
     got = [(r.path, r.label, r.view, r.patient_id) for r in records]
     assert got == [

@@ -62,8 +62,12 @@ def test_path_column_explicit_name_and_stem_patients(tmp_path):
     )
     src = open_source("table", str(csv_path), name="kids")
     (rec,) = src.scan()
-    assert (rec.source, rec.path, rec.patient_id, rec.label) == ("kids", "NORMAL/IM-1.png",
-                                                                 "kids:IM-1", "Normal")  # fmt: skip
+    assert (rec.source, rec.path, rec.patient_id, rec.label) == (
+        "kids",
+        "NORMAL/IM-1.png",
+        "kids:IM-1",
+        "Normal",
+    )
 
 
 @pytest.mark.parametrize(

@@ -78,8 +78,18 @@ def test_written_files_agree_with_each_other(tmp_path):
 
 
 def test_same_bytes_for_any_worker_count_and_resume_redraws_only_missing(tmp_path):
-    cfgs = [SynthConfig(out=tmp_path / f"w{w}", n=8, size=40, seed=2, shortcut_test=2,
-                        shortcut_rate=0.5, workers=w) for w in (1, 2)]  # fmt: skip
+    cfgs = [
+        SynthConfig(
+            out=tmp_path / f"w{w}",
+            n=8,
+            size=40,
+            seed=2,
+            shortcut_test=2,
+            shortcut_rate=0.5,
+            workers=w,
+        )
+        for w in (1, 2)
+    ]
     for cfg in cfgs:
         generate_dataset(cfg, progress=False)
     a, b = cfgs[0].out, cfgs[1].out

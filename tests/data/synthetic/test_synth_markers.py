@@ -8,8 +8,21 @@ from cxrguide.labels import CLASSES
 
 
 def _spec(i: int, kind: str, position: str, style: int) -> CaseSpec:
-    return CaseSpec(f"m{i}", "", CLASSES[i % 3], f"p{i}", ("PA", "AP")[i % 2], style, kind,
-                    position, "", 7, 0, i, i)  # fmt: skip
+    return CaseSpec(
+        f"m{i}",
+        "",
+        CLASSES[i % 3],
+        f"p{i}",
+        ("PA", "AP")[i % 2],
+        style,
+        kind,
+        position,
+        "",
+        7,
+        0,
+        i,
+        i,
+    )
 
 
 def test_class_positions_are_distinct_named_positions():

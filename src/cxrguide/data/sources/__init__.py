@@ -24,8 +24,9 @@ def register(cls: type[Source]) -> type[Source]:
     return cls
 
 
-def open_source(kind: str, root: str, *, name: str = "",
-                options: SourceOptions | None = None) -> Source:  # fmt: skip
+def open_source(
+    kind: str, root: str, *, name: str = "", options: SourceOptions | None = None
+) -> Source:
     """Instantiate the source ``kind`` on ``root`` (validates the layout)."""
     _load_all()
     kind = kind.strip().lower()
@@ -54,11 +55,15 @@ def open_sources(specs: Iterable[str], options: SourceOptions | None = None) -> 
         by_path[path] = text
         src = open_source(spec.kind, spec.path, name=spec.name, options=options)
         if src.name != src.kind and src.name.casefold() in {k.casefold() for k in SOURCES}:
-            raise ConfigError(f"source: name {src.name!r} of {text} is a source kind's; "
-                              f"choose another with {spec.kind}:NAME=PATH")  # fmt: skip
+            raise ConfigError(
+                f"source: name {src.name!r} of {text} is a source kind's; "
+                f"choose another with {spec.kind}:NAME=PATH"
+            )
         if src.name.casefold() in by_name:
-            raise ConfigError(f"source: name {src.name!r} is given twice ({by_name[src.name.casefold()]} "
-                              f"and {text}); name one with {spec.kind}:NAME=PATH")  # fmt: skip
+            raise ConfigError(
+                f"source: name {src.name!r} is given twice ({by_name[src.name.casefold()]} "
+                f"and {text}); name one with {spec.kind}:NAME=PATH"
+            )
         by_name[src.name.casefold()] = text
         sources.append(src)
     return sources
@@ -70,5 +75,13 @@ def _load_all() -> None:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
-__all__ = ["SOURCES", "Rejection", "Source", "SourceOptions", "SourceRecord", "open_source",
-           "open_sources", "register"]  # fmt: skip
+__all__ = [
+    "SOURCES",
+    "Rejection",
+    "Source",
+    "SourceOptions",
+    "SourceRecord",
+    "open_source",
+    "open_sources",
+    "register",
+]

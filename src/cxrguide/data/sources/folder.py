@@ -61,8 +61,9 @@ class FolderSource(Source):
         self.name = name or derived_name(root)
         if not root.is_dir():
             raise SourceLayoutError(f"{root}: folder source not found (or not a folder)")
-        self.label_dirs = sorted((p for p in root.iterdir() if p.is_dir() and _visible(p.name)),
-                                 key=lambda p: p.name)  # fmt: skip
+        self.label_dirs = sorted(
+            (p for p in root.iterdir() if p.is_dir() and _visible(p.name)), key=lambda p: p.name
+        )
         if not self.label_dirs:
             raise SourceLayoutError(
                 f"{root}: no label subfolders (a folder source needs {self.expected_layout})"

@@ -44,14 +44,33 @@ NORMAL_FINDINGS = frozenset({"no finding"})
 #: Last components (case-folded) that name a non-COVID pneumonia, flat or hierarchical schema.
 PNEUMONIA_FINDINGS = frozenset(
     {
-        "pneumonia", "bacterial", "viral", "fungal",
-        "sars", "mers", "mers-cov", "influenza", "h1n1", "varicella", "herpes",
-        "streptococcus", "klebsiella", "chlamydophila", "legionella", "e.coli", "mycoplasma",
-        "mycoplasma bacterial pneumonia", "staphylococcus", "mrsa", "nocardia",
-        "pneumocystis", "aspergillosis",
-        "lipoid", "aspiration",
+        "pneumonia",
+        "bacterial",
+        "viral",
+        "fungal",
+        "sars",
+        "mers",
+        "mers-cov",
+        "influenza",
+        "h1n1",
+        "varicella",
+        "herpes",
+        "streptococcus",
+        "klebsiella",
+        "chlamydophila",
+        "legionella",
+        "e.coli",
+        "mycoplasma",
+        "mycoplasma bacterial pneumonia",
+        "staphylococcus",
+        "mrsa",
+        "nocardia",
+        "pneumocystis",
+        "aspergillosis",
+        "lipoid",
+        "aspiration",
     }
-)  # fmt: skip
+)
 
 
 def map_finding(finding: str) -> str | None:

@@ -15,12 +15,21 @@ from cxrguide.errors import ConfigError
 
 #: The documented default (docs/sources.md). Keys are matched through :func:`label_key`.
 DEFAULT_LABEL_MAP: dict[str, str] = {
-    "NORMAL": "Normal", "Normal": "Normal", "normal": "Normal", "No_findings": "Normal",
+    "NORMAL": "Normal",
+    "Normal": "Normal",
+    "normal": "Normal",
+    "No_findings": "Normal",
     "No Finding": "Normal",
-    "PNEUMONIA": "Pneumonia", "Pneumonia": "Pneumonia", "bacteria": "Pneumonia",
-    "virus": "Pneumonia", "Viral Pneumonia": "Pneumonia",
-    "COVID-19": "COVID-19", "COVID": "COVID-19", "covid": "COVID-19", "COVID19": "COVID-19",
-}  # fmt: skip
+    "PNEUMONIA": "Pneumonia",
+    "Pneumonia": "Pneumonia",
+    "bacteria": "Pneumonia",
+    "virus": "Pneumonia",
+    "Viral Pneumonia": "Pneumonia",
+    "COVID-19": "COVID-19",
+    "COVID": "COVID-19",
+    "covid": "COVID-19",
+    "COVID19": "COVID-19",
+}
 
 
 def label_key(text: str) -> str:
@@ -38,8 +47,10 @@ class LabelMap:
             key = label_key(raw)
             if key in mine and mine[key][1] != label:
                 first, other = mine[key]
-                raise ConfigError(f"label_map: {first!r} -> {other!r} and {raw!r} -> {label!r} "
-                                  "are the same label (case and '_' are ignored)")  # fmt: skip
+                raise ConfigError(
+                    f"label_map: {first!r} -> {other!r} and {raw!r} -> {label!r} "
+                    "are the same label (case and '_' are ignored)"
+                )
             mine[key] = (raw, label)
         self._map.update({key: label for key, (_, label) in mine.items()})
 

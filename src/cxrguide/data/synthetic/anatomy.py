@@ -268,8 +268,10 @@ def _vessels(cv: Canvas, a: Anatomy, outlines: dict, rng: np.random.Generator) -
         fork_end = end[:, 0] + rng.normal(0, 0.05, (n, 2))
         mid = (bend[:, 0] + end[:, 0]) / 2
         branch = cv.to_px(np.stack([mid, (mid + fork_end) / 2, fork_end], 1))
-        for paths, styles in ((trunk, ((1.0, 0.011), (0.75, 0.007), (0.5, 0.004))),
-                              (branch, ((0.55, 0.005), (0.4, 0.003)))):  # fmt: skip
+        for paths, styles in (
+            (trunk, ((1.0, 0.011), (0.75, 0.007), (0.5, 0.004))),
+            (branch, ((0.55, 0.005), (0.4, 0.003))),
+        ):
             for k, (value, width) in enumerate(styles):
                 w, ink = max(1, round(cv.px_len(width))), lay.ink(value)
                 for seg in paths[:, k : k + 2].reshape(n, 4).tolist():

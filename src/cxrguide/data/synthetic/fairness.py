@@ -95,12 +95,17 @@ def small_cnn(width: int = 16):
 
     w = width
     return nn.Sequential(
-        *block(1, w, 5, 2), nn.MaxPool2d(2),
-        *block(w, 2 * w), nn.MaxPool2d(2),
-        *block(2 * w, 4 * w), nn.MaxPool2d(2),
+        *block(1, w, 5, 2),
+        nn.MaxPool2d(2),
+        *block(w, 2 * w),
+        nn.MaxPool2d(2),
+        *block(2 * w, 4 * w),
+        nn.MaxPool2d(2),
         *block(4 * w, 8 * w),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * w, 3),
-    )  # fmt: skip
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8 * w, 3),
+    )
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,27 @@ PAIR_RATE = 0.15  # share of main-set patients with a second film
 AP_RATE = 0.3
 CONTENT_FIELDS = ("n", "size", "seed", "shortcut_rate", "styles", "shortcut_test")
 COLUMNS = (
-    "image_id", "image", "mask", "lesion", "annotation", "label", "patient_id", "view", "style",
-    "marker_kind", "marker_position", "marker_class_specific", "marker_target_class",
-    "marker_x0", "marker_y0", "marker_x1", "marker_y1", "severity", "lesion_pixels",
+    "image_id",
+    "image",
+    "mask",
+    "lesion",
+    "annotation",
+    "label",
+    "patient_id",
+    "view",
+    "style",
+    "marker_kind",
+    "marker_position",
+    "marker_class_specific",
+    "marker_target_class",
+    "marker_x0",
+    "marker_y0",
+    "marker_x1",
+    "marker_y1",
+    "severity",
+    "lesion_pixels",
     "split_hint",
-)  # fmt: skip
+)
 
 
 def shortcut_test_size(cfg: SynthConfig) -> int:

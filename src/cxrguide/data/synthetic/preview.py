@@ -96,7 +96,10 @@ def draw_preview(
     )
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=12)
-    legend = "cyan: right lung  green: left lung  red: lesion  yellow: marker " "(* / thick: class position)"
+    legend = (
+        "cyan: right lung  green: left lung  red: lesion  yellow: marker "
+        "(* / thick: class position)"
+    )
     draw.text((6, 5), legend, fill="black", font=font)
     for r, (title, picked) in enumerate(rows):
         top = 24 + r * (tile + cap + 4)

@@ -38,10 +38,23 @@ class Style:
 
 
 NEUTRAL = Style(
-    index=0, exposure=1.0, mid=0.58, latitude=0.26, gamma=0.9, black=0.02, white=0.97,
-    noise=0.018, mottle=0.015, blur=0.7, sharpen=0.3, zoom=1.0, shift_y=0.0, max_rotation=2.0,
-    border="none", border_width=0.0,
-)  # fmt: skip
+    index=0,
+    exposure=1.0,
+    mid=0.58,
+    latitude=0.26,
+    gamma=0.9,
+    black=0.02,
+    white=0.97,
+    noise=0.018,
+    mottle=0.015,
+    blur=0.7,
+    sharpen=0.3,
+    zoom=1.0,
+    shift_y=0.0,
+    max_rotation=2.0,
+    border="none",
+    border_width=0.0,
+)
 
 
 def style_for(k: int) -> Style:
