@@ -45,6 +45,8 @@ system-deps:
 # Whole files per worker, longest first, one BLAS thread per worker (two workers on two cores;
 # docs/development.md "Test suite").
 test: $(STAMP) system-deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
