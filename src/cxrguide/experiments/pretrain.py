@@ -287,6 +287,13 @@ def _card_markdown(card: dict) -> str:
     )
 
 
+def build_recipe(cfg: PretrainConfig) -> dict[str, Any]:
+    """The fields that make a body what it is (a killed build resumes only with the same ones);
+    where it is written, how fast and where it is tracked are not among them."""
+    runtime = ("backbone", "out", "threads", "workers", "device", "mlflow")
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in runtime}
+
+
 def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     """Draw clean phantoms, train ``cfg.backbone`` on them, write body + card; returns both."""
 
@@ -297,11 +304,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     folder.mkdir(parents=True, exist_ok=True)
     body_path = phantom_body_file(name, folder)
     work = folder / f".phantom-{name}.work"
-    recipe = {
-        k: v
-        for k, v in dataclasses.asdict(cfg).items()
-        if k not in ("backbone", "out", "threads", "workers", "device", "mlflow")
-    }
+    recipe = build_recipe(cfg)
     if (work / "recipe.json").is_file() and json.loads(
         (work / "recipe.json").read_text()
     ) != recipe:
