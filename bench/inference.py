@@ -34,7 +34,7 @@ latency: channels-last 1.41x / 1.31x, bf16 3.08x / 1.83x, ONNX Runtime 2.21x / 2
 vs fp32: ONNX 2e-7, bf16 2.3e-3. With torch's default 2 threads on the loaded machine, eager
 PyTorch collapses (OpenMP threads wait on each other: 0.2-2.6 img/s) and ONNX Runtime was the
 fastest path on every backbone. ONNX is the ``predict``/``serve`` default
-(:data:`cxrguide.inference.predictor.CPU_DEFAULT`): numerically identical to fp32, best for the
+(:data:`cxrguide.inference.backends.CPU_DEFAULT`): numerically identical to fp32, best for the
 one-image-at-a-time case, and robust to a busy CPU.
 """
 

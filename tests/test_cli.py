@@ -46,6 +46,17 @@ def test_console_script_help_lists_verbs():
         assert verb in out
 
 
+def test_building_the_parser_loads_no_torch():
+    """Every verb's flags without torch or timm: ``cxrguide --help`` stays quick (the CAM method
+    names come from ``config.inference``; ``models`` imports the zoo when it runs)."""
+    code = (
+        "import sys; from cxrguide.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def _out_commands(tmp_path: Path) -> dict[str, list[str]]:
     """synth / prepare / train argument lists, minus ``--out``, on tiny real inputs."""
 

@@ -20,14 +20,10 @@ from cxrguide.core.runs import RunInfo
 from cxrguide.data.audit import audit_prepared
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.galleries import explain_run
-from cxrguide.evaluation.report import (
-    RunRecord,
-    build_report,
-    find_runs,
-    pct,
-    provenance_table,
-    shortcut_split_table,
-)
+from cxrguide.evaluation.report import build_report
+from cxrguide.evaluation.report_results import shortcut_split_table
+from cxrguide.evaluation.report_runs import RunRecord, find_runs, provenance_table
+from cxrguide.evaluation.report_table import pct
 from cxrguide.evaluation.sources_summary import write_study
 from cxrguide.training.tune import plot_history
 from explain_helpers import tiny_runs

@@ -16,16 +16,9 @@ from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.data.imaging import ImageInfo
 from cxrguide.errors import CxrGuideError, ImageReadError
 from cxrguide.evaluation.evaluate import predict_split
-from cxrguide.inference.predictor import (
-    CPU_DEFAULT,
-    Failure,
-    Prediction,
-    Predictor,
-    _public,
-    bf16_supported,
-    collect_inputs,
-    resolve_backend,
-)
+from cxrguide.inference.backends import CPU_DEFAULT, bf16_supported, resolve_backend
+from cxrguide.inference.predictor import Failure, Prediction, Predictor, collect_inputs
+from cxrguide.inference.run_summary import public_source
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
 from inference_helpers import film, gated_run, lung_run, tiny_prepared, tiny_run
@@ -182,7 +175,10 @@ def test_describe_and_run_id(run, predictor, tmp_path_factory):
     assert data["images"] == 36 and data["train_by_class"] == dict.fromkeys(CLASSES, 8)
     assert data["sources"] == ["synthetic"] and data["test_metrics"]["n"] == 6
     assert d["weights_source"] == "random"
-    assert _public("imagenet:/srv/w/mobilenetv2.safetensors") == "imagenet:mobilenetv2.safetensors"
+    assert (
+        public_source("imagenet:/srv/w/mobilenetv2.safetensors")
+        == "imagenet:mobilenetv2.safetensors"
+    )
 
 
 def test_concurrent_calls_match_serial_ones(predictor, tmp_path):

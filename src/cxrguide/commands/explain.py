@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxrguide.config.inference import EXPLAIN_CAM_METHODS
 from cxrguide.errors import CxrGuideError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cxrguide.evaluation.galleries import METHODS
-
     parser = sub.add_parser(
         "explain",
         help="Grad-CAM galleries of a run, or the same films across runs (--compare)",
@@ -51,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--method",
-        choices=METHODS,
+        choices=tuple(EXPLAIN_CAM_METHODS),
         default="gradcam",
         help="CAM method (default gradcam; scorecam is slow: one forward pass per feature channel)",
     )

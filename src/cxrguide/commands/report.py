@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cxrguide.config.inference import EXPLAIN_CAM_METHODS
 from cxrguide.errors import CxrGuideError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cxrguide.evaluation.galleries import METHODS
-
     parser = sub.add_parser(
         "report",
         help="one self-contained HTML report (tables + figures, readable offline) over runs",
@@ -69,7 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--split", default="test", help="split of the tables (default test)")
     parser.add_argument(
-        "--method", choices=METHODS, default="gradcam", help="CAM method for the figures drawn now"
+        "--method",
+        choices=tuple(EXPLAIN_CAM_METHODS),
+        default="gradcam",
+        help="CAM method for the figures drawn now",
     )
     parser.add_argument(
         "--per-group",

@@ -29,6 +29,8 @@ CAM_METHODS: dict[str, str] = {
     "eigencam": "Eigen-CAM",
 }
 SLOW_CAM_METHODS: dict[str, str] = {"scorecam": "Score-CAM"}
+# every method `explain` and `report` offer (their --method choices; the galleries' labels)
+EXPLAIN_CAM_METHODS: dict[str, str] = {**CAM_METHODS, **SLOW_CAM_METHODS}
 CamMethod = Literal[tuple(CAM_METHODS)]  # type: ignore[valid-type]  # the names as a type
 _REDACT_HELP = "replace file names in the output by a salted hash (file-<16 hex>)"
 _SALT_HELP = "salt for --redact-paths (default: $CXRGUIDE_REDACT_SALT, else random per process)"

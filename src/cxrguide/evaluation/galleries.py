@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cxrguide.attention.cam import _Gated, cam_map, draw_contour, heat_overlay, library_class
-from cxrguide.config.inference import CAM_METHODS, SLOW_CAM_METHODS
+from cxrguide.config.inference import EXPLAIN_CAM_METHODS
 from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo, read_info
 from cxrguide.data.datasets import Prepared
@@ -45,8 +45,6 @@ from cxrguide.files import atomic_write_json
 from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
 
-METHOD_NAMES = {**CAM_METHODS, **SLOW_CAM_METHODS}
-METHODS = tuple(METHOD_NAMES)
 GROUPS = {
     "correct": "most confident correct",
     "mistake": "most confident mistakes",
@@ -65,7 +63,7 @@ def method_map(
     *,
     gate: bool = False,
 ) -> np.ndarray:
-    """:func:`cam_map` for every method of :data:`METHODS`, Score-CAM included.
+    """:func:`cam_map` for every method of :data:`EXPLAIN_CAM_METHODS`, Score-CAM included.
 
     Score-CAM needs no gradients but one forward pass per feature channel (1280 for MobileNet
     V2), so it is opt-in and slow; ``explain.cam_map`` leaves it out for that reason.
@@ -113,8 +111,10 @@ class RunExplainer:
     """A loaded run that turns samples into panels (prediction + heatmap + contour)."""
 
     def __init__(self, run: str | Path, method: str = "gradcam", device: str = "cpu") -> None:
-        if method not in METHODS:
-            raise CxrGuideError(f"method: {method!r} unknown; choose one of {', '.join(METHODS)}")
+        if method not in EXPLAIN_CAM_METHODS:
+            raise CxrGuideError(
+                f"method: {method!r} unknown; choose one of {', '.join(EXPLAIN_CAM_METHODS)}"
+            )
         self.run = Path(run)
         self.model, self.info = load_run(self.run, resolve_device(device))
         self.method = method
@@ -225,7 +225,7 @@ def explain_run(
     run, out = Path(run), Path(out)
     explainer = RunExplainer(run, method, device)
     prepared = _prepared_of(explainer.info, data)
-    how = f"{METHOD_NAMES[method]} of the predicted class; {lung_note(prepared)}"
+    how = f"{EXPLAIN_CAM_METHODS[method]} of the predicted class; {lung_note(prepared)}"
     meta = {
         "kind": "gallery",
         "run": str(run),
@@ -339,7 +339,7 @@ def compare_runs(
     labels = [f"true {s.true or '?'}\n{source_of(s.key)}{short_name(s.key, 18)}" for s in samples]
     cols = ["image", *(e.label for e in explainers)]
     title = "The same films across runs: " + " vs ".join(e.label for e in explainers)
-    caption = f"{METHOD_NAMES[method]} of each run's predicted class; {lung_note(prepared)}"
+    caption = f"{EXPLAIN_CAM_METHODS[method]} of each run's predicted class; {lung_note(prepared)}"
     render_grid(
         grid, Path(out) / name, title=title, caption=caption, row_labels=labels, col_labels=cols
     )

@@ -37,7 +37,8 @@ from cxrguide.data.imaging import unfit_square
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_save
 from cxrguide.inference.dicom_ids import read_header, uids_of
-from cxrguide.inference.predictor import Prediction, Predictor, _public
+from cxrguide.inference.predictor import Prediction, Predictor
+from cxrguide.inference.run_summary import public_source
 from cxrguide.labels import CLASSES
 
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE. Research tool output, unverified by a person."
@@ -278,7 +279,7 @@ class DicomWriter:
         self.model = ModelFacts(
             predictor.run_id,
             info.backbone,
-            _public(info.weights_source),
+            public_source(info.weights_source),
             int(info.stage),
             cxrguide.__version__,
         )

@@ -8,17 +8,10 @@ When the run gates on the lungs (``RunInfo.lung_gate``), its lung segmenter
 post-processed and quality-flagged like ``lungs predict`` does, and enters the forward pass.
 Ungated runs can still be given a lung model, for the coverage figure and the contour.
 
-Backends (``backend=``): ``fp32`` eager; ``channels_last`` (fp32, NHWC weights); ``bf16``
-(channels-last + bfloat16 autocast); ``onnx`` (run by ONNX Runtime; the run is exported once,
-~30 s for MobileNet V2 at 224 px, into the user cache (``$XDG_CACHE_HOME/cxrguide/onnx``,
-``~/.cache/cxrguide/onnx``) or ``$CXRGUIDE_CACHE_DIR/onnx``, or a private temp file when that is not
-writable); ``auto`` picks :data:`CPU_DEFAULT` on CPU, fp32 on CUDA. ONNX won in
-``bench/inference.py`` (figures in its docstring): 100 % top-1 agreement and probabilities within
-3e-7 of eager fp32, 2.2x eager's throughput and 2.8x its batch-1 speed over the ten backbones
-with one thread, and the fastest path everywhere with two threads on the busy shared CPU (bf16
-had the best one-thread throughput, 3.1x, but drifts by up to 2e-3 and gains less at batch 1).
-If the export fails under ``auto``, eager fp32 is used with a warning. Grad-CAM always runs on
-the fp32 PyTorch model.
+Backends (``backend=``, :mod:`cxrguide.inference.backends`): eager fp32, channels-last, bf16, or
+ONNX Runtime (``onnx``, ``onnx-int8``) over an export cached per run; ``auto`` picks
+:data:`~cxrguide.inference.backends.CPU_DEFAULT` on CPU, fp32 on CUDA. If the export fails under
+``auto``, eager fp32 is used with a warning. Grad-CAM always runs on the fp32 PyTorch model.
 
 Files are decoded at the size needed (``target``: memory follows the input side, not the
 header); DICOMs that are not radiographs are refused unless ``allow_modality`` names them. A
@@ -39,7 +32,6 @@ Calls are serialised by a lock, so one Predictor can be shared by a threaded ser
 
 from __future__ import annotations
 
-import json
 import tempfile
 import threading
 import warnings
@@ -48,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from cxrguide.attention.cam import cam_map, cam_overlay
@@ -70,6 +61,7 @@ from cxrguide.data.imaging import (
     read_image,
 )
 from cxrguide.errors import CxrGuideError, ImageReadError
+from cxrguide.inference.backends import resolve_backend
 from cxrguide.inference.dicom_ids import source_uids
 from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
 from cxrguide.inference.film_cam import film_overlay
@@ -82,33 +74,11 @@ from cxrguide.inference.results import (  # noqa: F401  (re-exported: the public
     collect_inputs,
     looks_like_image,
 )
+from cxrguide.inference.run_summary import public_source, training_summary
 from cxrguide.labels import CLASSES
 from cxrguide.lungs.metrics import MaskQuality
 from cxrguide.lungs.segmenter import FilmSegmenter, explicit_lung_run, find_lung_run
 from cxrguide.models.saved import load_run
-
-BACKENDS = ("auto", "fp32", "channels_last", "bf16", "onnx", "onnx-int8")
-CPU_DEFAULT = "onnx"  # chosen with bench/inference.py (see the module docstring)
-
-
-def bf16_supported() -> bool:
-    """Native bfloat16 matmuls on this CPU (AVX512-BF16 / AMX); without them bf16 is slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise CxrGuideError(f"backend: {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    if device.type != "cpu":
-        return "fp32"
-    if CPU_DEFAULT == "bf16" and not bf16_supported():
-        return "channels_last"
-    return CPU_DEFAULT
 
 
 class Predictor:
@@ -389,7 +359,7 @@ class Predictor:
             "lung_gate": info.lung_gate,
             "lung_model": None if self.segmenter is None else self.segmenter.run.resolve().name,
             "attention": list(info.attention),
-            "weights_source": _public(info.weights_source),
+            "weights_source": public_source(info.weights_source),
             "backend": self.backend,
             "device": str(self.device),
             "calibrated": self.calibrated,
@@ -398,34 +368,3 @@ class Predictor:
             "ood_threshold": None if self.reliability is None else self.reliability.ood_threshold,
             "training_data": training_summary(self.run_dir, info),
         }
-
-
-def _public(source: str) -> str:
-    """``kind:/some/dir/file`` -> ``kind:file``: the API names weights without server paths."""
-    kind, sep, rest = source.partition(":")
-    return f"{kind}{sep}{Path(rest).name}" if sep and "/" in rest else source
-
-
-def training_summary(run_dir: Path, info: RunInfo) -> dict[str, Any]:
-    """Counts from the run's prepared manifest (when still on disk) and its saved metrics."""
-
-    summary: dict[str, Any] = {"prepared": Path(info.data).name if info.data else None}
-    manifest = Path(info.data) / "manifest.csv" if info.data else None
-    if manifest is not None and manifest.is_file():
-        table = pd.read_csv(manifest, usecols=lambda c: c in {"split", "label", "source"})
-        summary["images"] = int(len(table))
-        if "split" in table:
-            summary["by_split"] = {str(k): int(v) for k, v in table["split"].value_counts().items()}
-        if {"split", "label"} <= set(table):
-            train = table[table["split"] == "train"]["label"].value_counts()
-            summary["train_by_class"] = {c: int(train.get(c, 0)) for c in CLASSES}
-        if "source" in table:
-            summary["sources"] = sorted(map(str, table["source"].unique()))
-    for split in ("val", "test"):
-        path = run_dir / f"metrics_{split}.json"
-        if path.is_file():
-            m = json.loads(path.read_text())
-            summary[f"{split}_metrics"] = {
-                k: m.get(k) for k in ("n", "accuracy", "macro_f1", "macro_auc")
-            }
-    return summary
