@@ -10,8 +10,7 @@ from pydicom.dataset import Dataset
 
 from cxr_testutils import chest_like, dicom_film
 from cxrguide.config import ReaderConfig
-from cxrguide.data import intensity
-from cxrguide.data import prepare as prepare_mod
+from cxrguide.data import decode_pool, intensity
 from cxrguide.data.decode_guard import reduce_factor
 from cxrguide.data.imaging import Letterbox, fit_square, model_input, read_image
 from cxrguide.data.transforms import resize_image
@@ -108,7 +107,7 @@ def test_prepare_cache_and_predict_input_agree(tmp_path):
     dcm = dicom_film(
         tmp_path / "film.dcm", arr, "MONOCHROME1", bits=12, WindowCenter=2000, WindowWidth=3000
     )
-    row, square, _ = prepare_mod._decode((0, str(dcm), 512, ReaderConfig().limits))
+    row, square, _ = decode_pool.decode((0, str(dcm), 512, ReaderConfig().limits))
     assert row["ok"] == 1 and square.shape == (512, 512)
     for size in SIZES:
         trained = resize_image(torch.from_numpy(square / np.float32(255))[None], size)[0].numpy()

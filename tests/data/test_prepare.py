@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter
 from cxr_testutils import chest_like, dicom_film, jpeg_dicom
 from cxrguide.cli import main
 from cxrguide.config import PrepareConfig, SynthConfig
-from cxrguide.data import cache
+from cxrguide.data import cache, decode_pool
 from cxrguide.data import prepare as prepare_mod
 from cxrguide.data.datasets import Prepared
 from cxrguide.data.sources import Rejection, Source, SourceRecord, register
@@ -157,7 +157,7 @@ def test_rerun_reuses_and_other_config_refuses(folder, tmp_path):
 
 def test_killed_prepare_resumes_without_redecoding(folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    real = prepare_mod._decode
+    real = decode_pool.decode
     calls = []
 
     def dying(task):
@@ -166,11 +166,11 @@ def test_killed_prepare_resumes_without_redecoding(folder, tmp_path, monkeypatch
             raise KeyboardInterrupt
         return real(task)
 
-    monkeypatch.setattr(prepare_mod, "_decode", dying)
+    monkeypatch.setattr(decode_pool, "decode", dying)
     with pytest.raises(KeyboardInterrupt):
         prepare_mod.prepare(_cfg(folder, out))
     calls.clear()
-    monkeypatch.setattr(prepare_mod, "_decode", lambda t: calls.append(t[0]) or real(t))
+    monkeypatch.setattr(decode_pool, "decode", lambda t: calls.append(t[0]) or real(t))
     result = prepare_mod.prepare(_cfg(folder, out))
     total = 127 + 4  # kept + copy, near, corrupt, empty (missing never reaches decoding)
     assert len(calls) == total - 29
@@ -192,7 +192,7 @@ def test_summary_table_counts(folder, tmp_path):
 # ---- crash safety: a kill after any step, then the same command again --------------------------
 KILL_POINTS = [  # (object holding the step, its name, which call): prepare's steps in order
     (prepare_mod, "save_yaml", 1),
-    (prepare_mod, "_decode_all", 1),
+    (decode_pool, "decode_all", 1),
     (prepare_mod, "_deduplicate", 1),
     (prepare_mod.splits, "apply_quota", 1),
     (prepare_mod.splits, "split", 1),
@@ -383,7 +383,7 @@ def test_one_worker_and_pool_write_identical_outputs(folder, tmp_path):
 def test_decode_chunks_cover_every_task_once():
     todo = list(range(131))
     for workers in (1, 2, 16):
-        chunks = prepare_mod._chunks(todo, workers)
+        chunks = decode_pool.chunks(todo, workers)
         assert [t for c in chunks for t in c] == todo
         assert len(chunks) >= min(len(todo), 8 * workers) or max(map(len, chunks)) == 1
 
@@ -411,7 +411,7 @@ def test_parallel_gather_matches_a_serial_one(tmp_path):
 def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, monkeypatch, capsys):
     """The OOM killer taking a pool worker hung multiprocessing.Pool forever."""
 
-    real = prepare_mod._decode
+    real = decode_pool.decode
 
     def dies_on_the_planted_file(task):
         if task[1].endswith("corrupt.png") and os.getpid() != parent:
@@ -419,7 +419,7 @@ def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, mon
         return real(task)
 
     parent = os.getpid()
-    monkeypatch.setattr(prepare_mod, "_decode", dies_on_the_planted_file)
+    monkeypatch.setattr(decode_pool, "decode", dies_on_the_planted_file)
     signal.alarm(120)  # a hang fails the test instead of stalling the suite
     try:
         code = main(

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.errors import CxrGuideError
 from cxrguide.experiments import pretrain as P
+from cxrguide.experiments.phantom_training import lesion_loss
 from cxrguide.models.weights import OFFLINE_ENV, WEIGHTS_ENV, file_sha256
 from cxrguide.models.zoo import create_model
 from tracking_testutils import assert_events_match_history
@@ -145,7 +146,7 @@ def test_lesion_loss_rewards_the_cells_that_hold_a_finding():
     aux = torch.nn.Identity()
     right = torch.full((1, 1, 8, 8), -9.0)
     right[..., :2, :2] = 9.0
-    assert P._lesion_loss(aux, right, lesions) < 0.01 < P._lesion_loss(aux, -right, lesions)
+    assert lesion_loss(aux, right, lesions) < 0.01 < lesion_loss(aux, -right, lesions)
 
 
 def test_the_body_file_header_is_the_same_in_every_process(tmp_path):

@@ -1,40 +1,35 @@
 """`cxrguide prepare`: sources -> one de-duplicated, patient-grouped, stratified 8:1:1 manifest.
 
 Steps: scan every source's metadata (no pixels), decode all images in parallel into a resumable
-work cache, drop exact and near duplicates across sources, apply quotas, group by patient (and
-by duplicate links), split, and write ``manifest.csv`` plus an image cache whose row i is
-manifest row i. A near-duplicate candidate (dHash, or the crop-tolerant thumbnail search of
-:mod:`cxrguide.data.near_index`) is dropped only when its thumbnail confirms it
-(:func:`cxrguide.data.manifest.near_similarity`); candidates found distinct and confirmed pairs
-whose labels differ are listed in ``near_duplicates_review.csv`` for a person to check. A killed
-run resumes from ``.work/`` with the same config; ``summary.json``,
-written atomically and last, marks the folder finished (:mod:`cxrguide.data.completion`).
+work cache (:mod:`cxrguide.data.decode_pool`), drop exact and near duplicates across sources,
+apply quotas, group by patient (and by duplicate links), split, and write ``manifest.csv`` plus
+an image cache whose row i is manifest row i. A near-duplicate candidate (dHash, or the
+crop-tolerant thumbnail search of :mod:`cxrguide.data.near_index`) is dropped only when its
+thumbnail confirms it (:func:`cxrguide.data.manifest.near_similarity`); candidates found
+distinct and confirmed pairs whose labels differ are listed in ``near_duplicates_review.csv``
+for a person to check. A killed run resumes from ``.work/`` with the same config;
+``summary.json``, written atomically and last, marks the folder finished
+(:mod:`cxrguide.data.completion`).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import os
 import shutil
 from collections import Counter
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from cxrguide.config import PrepareConfig, save_yaml
-from cxrguide.data import cache, completion, manifest, near_index, splits
+from cxrguide.data import cache, completion, decode_pool, manifest, near_index, splits
 from cxrguide.data.completion import CONFIG_FILE, check_out_dir
-from cxrguide.data.imaging import read_film, to_uint8
+from cxrguide.data.decode_pool import THUMBS, worker_count
 from cxrguide.data.sources import Rejection, SourceOptions, SourceRecord, open_sources
-from cxrguide.data.workers import fork_map, fork_pool, unordered
-from cxrguide.errors import ConfigError, ImageReadError
+from cxrguide.data.workers import fork_map, fork_pool
+from cxrguide.errors import ConfigError
 
 MANIFEST_COLUMNS = [
     "image_id",
@@ -66,19 +61,6 @@ DUPLICATE_COLUMNS = [
     "patient_id",
     "kept_patient_id",
 ]
-DECODED_COLUMNS = [
-    "idx",
-    "ok",
-    "reason",
-    "sha256",
-    "dhash",
-    "width",
-    "height",
-    "format",
-    "view",
-    "warnings",
-]
-THUMBS = "thumbs.npy"  # in .work/: near-duplicate thumbnails, row = record index
 REVIEW_COLUMNS = [
     "image_id",
     "label",
@@ -109,172 +91,6 @@ def source_options(cfg: PrepareConfig) -> SourceOptions:
     )
 
 
-def _decode(
-    task: tuple[int, str, int, dict[str, Any]],
-) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
-    """Worker: read one file, hash its bytes and pixels; return the cache-sized uint8 image and
-    the thumbnail that confirms near duplicates. ``task``: index, path, cache side, the
-    reader's limits (:attr:`cxrguide.config.ReaderConfig.limits`)."""
-
-    idx, path, size, limits = task
-    row = {
-        "idx": idx,
-        "ok": 0,
-        "reason": "",
-        "sha256": "",
-        "dhash": "",
-        "width": 0,
-        "height": 0,
-        "format": "",
-        "view": "",
-        "warnings": "",
-    }
-    try:
-        img, square, info = read_film(path, target=size, square=size, **limits)
-        with open(path, "rb") as fh:
-            row["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
-    except ImageReadError as err:
-        row["reason"] = err.reason
-        return row, None, None
-    except OSError as err:
-        row["reason"] = f"cannot read file ({err.strerror or err})"
-        return row, None, None
-    row.update(
-        ok=1,
-        width=info.width,
-        height=info.height,
-        format=info.format,
-        view=info.view,
-        warnings=";".join(info.warning_codes),
-    )
-    row["dhash"] = manifest.dhash(img).tobytes().hex()
-    return row, to_uint8(square), manifest.thumbnail(img)
-
-
-# The work caches a pool worker writes into: their paths and maps, opened once per process.
-_worker_caches: tuple[tuple[str, str], np.ndarray, np.ndarray] | None = None
-
-
-def _decode_chunk(caches: tuple[str, str], tasks: list[tuple[int, str, int, dict]]) -> list[dict]:
-    """Pool worker: decode a chunk straight into the memory-mapped work cache (``caches``: the
-    pixel and thumbnail files, opened on the first chunk: prepare's one pool is forked before
-    they exist).
-
-    Only the small log rows travel back to the parent: pickling every 64-256 kB image through
-    a pipe and copying it in the parent kept one core busy with bookkeeping (1.45x on 2 cores).
-    Pixels are written before the row is returned, so a logged row is always cached; a chunk
-    lost to a kill is simply decoded again on resume.
-    """
-    global _worker_caches
-    if _worker_caches is None or _worker_caches[0] != caches:
-        opened = tuple(cache.open_writable(Path(c)) for c in caches)
-        _worker_caches = (caches, *opened)  # type: ignore[assignment]
-    assert _worker_caches is not None
-    return [_store(_decode(task), *_worker_caches[1:]) for task in tasks]
-
-
-def _store(decoded: tuple, pixels: np.ndarray, thumbs: np.ndarray) -> dict:
-    """Pixels and thumbnail into the work caches, first: a logged row is always cached."""
-    row, arr, thumb = decoded
-    if arr is not None:
-        pixels[row["idx"]] = arr
-        thumbs[row["idx"]] = thumb
-    return row
-
-
-def _workers(cfg: PrepareConfig) -> int:
-    return cfg.workers or os.cpu_count() or 1
-
-
-def _chunks(todo: list, workers: int) -> list[list]:
-    """Chunks small enough to balance the pool (>= 8 per worker; <= 16 items, so the last one
-    finishes soon after the others), large enough to amortise the IPC."""
-    size = max(1, min(16, len(todo) // (8 * workers) or 1))
-    return [todo[i : i + size] for i in range(0, len(todo), size)]
-
-
-def _fingerprint(cfg: PrepareConfig, records: list[SourceRecord]) -> str:
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            # "intensity-v2": the one intensity rule (full resolution, padding, 8-bit /255)
-            [cfg.size, cfg.reader.limits, "thumbs-v1", "intensity-v2"]
-        ).encode()
-    )
-    for r in records:
-        h.update(f"{r.source}|{r.root}|{r.path}\n".encode())
-    return h.hexdigest()
-
-
-def _decode_all(
-    cfg: PrepareConfig, records: list[SourceRecord], work: Path, pool: Executor | None = None
-) -> list[dict]:
-    """Decode every record into ``work``; resumable (rows already decoded are skipped)."""
-    fingerprint = _fingerprint(cfg, records)
-    fp_file, log_file, arr_file = work / "fingerprint", work / "decoded.csv", work / "decoded.npy"
-    if fp_file.exists() and fp_file.read_text() != fingerprint:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    done: dict[int, dict] = {}
-    if fp_file.exists() and log_file.exists() and arr_file.exists():
-        with log_file.open(newline="") as fh:
-            for row in csv.DictReader(fh):
-                done[int(row["idx"])] = row
-        pixels = cache.open_writable(arr_file)
-        thumbs = cache.open_writable(work / THUMBS)
-    else:
-        pixels = cache.create(arr_file, max(len(records), 1), cfg.size)
-        thumbs = cache.create(work / THUMBS, max(len(records), 1), manifest.THUMB_SIDE)
-        with log_file.open("w", newline="") as fh:
-            csv.writer(fh).writerow(DECODED_COLUMNS)
-        fp_file.write_text(fingerprint)
-    todo = [
-        (i, str(r.file), cfg.size, cfg.reader.limits)
-        for i, r in enumerate(records)
-        if i not in done
-    ]
-    workers = _workers(cfg)
-    with log_file.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=DECODED_COLUMNS)
-        bar = tqdm(total=len(records), initial=len(done), desc="decode", unit="img", disable=None)
-        for rows in _decoded_rows(
-            todo, workers, (str(arr_file), str(work / THUMBS)), pixels, thumbs, pool
-        ):
-            writer.writerows(rows)
-            fh.flush()
-            for row in rows:
-                done[row["idx"]] = {k: str(v) for k, v in row.items()}
-            bar.update(len(rows))
-        bar.close()
-    # No msync here: every process wrote through a shared mapping, so the pixels are in the page
-    # cache for the gather and survive a killed process; syncing 100+ MB to disk was serial time.
-    del pixels, thumbs
-    return [done[i] for i in range(len(records))]
-
-
-def _decoded_rows(
-    todo: list,
-    workers: int,
-    caches: tuple[str, str],
-    pixels: np.ndarray,
-    thumbs: np.ndarray,
-    pool: Executor | None,
-):
-    """Log rows of decoded items (a chunk per pool result, one by one in process), each one's
-    pixels already in the work cache. A killed worker: one line (``data.workers``), no hang."""
-    if workers > 1 and len(todo) > 1:
-        yield from unordered(
-            partial(_decode_chunk, caches),
-            _chunks(todo, workers),
-            workers,
-            what="prepare",
-            pool=pool,
-        )
-        return
-    for task in todo:
-        yield [_store(_decode(task), pixels, thumbs)]
-
-
 def prepare(cfg: PrepareConfig) -> PrepareResult:
     if cfg.out is None:
         raise ConfigError("out: give --out DIR")
@@ -294,7 +110,7 @@ def prepare(cfg: PrepareConfig) -> PrepareResult:
     save_yaml(cfg, out / CONFIG_FILE)
     # one pool for every parallel step (decode, near-duplicate search, confirmations, gather):
     # forked once, before the big arrays exist, instead of five pools per run
-    pool = fork_pool(_workers(cfg)) if _workers(cfg) > 1 else None
+    pool = fork_pool(worker_count(cfg)) if worker_count(cfg) > 1 else None
     try:
         return _prepare(cfg, out, sources, pool)
     finally:
@@ -314,7 +130,7 @@ def _prepare(cfg: PrepareConfig, out: Path, sources: list, pool: Executor | None
             else:
                 records.append(item)
 
-    decoded = _decode_all(cfg, records, out / ".work", pool)
+    decoded = decode_pool.decode_all(cfg, records, out / ".work", pool)
     ok: list[int] = []
     views: dict[int, str] = {}
     for i, (rec, row) in enumerate(zip(records, decoded, strict=True)):
@@ -339,7 +155,7 @@ def _prepare(cfg: PrepareConfig, out: Path, sources: list, pool: Executor | None
         cache.open_readonly(out / ".work/decoded.npy"),
         rows,
         cache.image_cache_path(out, cfg.size),
-        workers=_workers(cfg),
+        workers=worker_count(cfg),
         pool=pool,
     )
     _write_csv(out / "rejected.csv", ["source", "path", "stage", "reason"], rejected)
@@ -373,7 +189,7 @@ def _deduplicate(
     thumbs = cache.open_readonly(Path(cfg.out) / ".work" / THUMBS)
     review: list[tuple] = []
 
-    workers = _workers(cfg)
+    workers = worker_count(cfg)
     scores: dict[tuple[int, int], float] = {}
 
     def prefetch(pairs: list[tuple[int, int]]) -> None:

@@ -16,6 +16,17 @@ from optuna.trial import FrozenTrial, TrialState
 from cxrguide.errors import CxrGuideError
 
 HOST = socket.gethostname()
+STUDY_DB = "study.db"
+
+
+def default_out(study_name: str) -> Path:
+    """A study's folder when no ``--out`` is given: ``runs/tune-<study>``."""
+    return Path("runs") / f"tune-{study_name}"
+
+
+def default_url(out: Path) -> str:
+    """The study's database when no ``--storage`` is given: SQLite ``OUT/study.db``."""
+    return f"sqlite:///{(out / STUDY_DB).resolve()}"
 
 
 def safe_url(url: str) -> str:
