@@ -61,6 +61,26 @@ def test_resume_override_records_the_change(tiny_prepared, tmp_path):
     assert changes == [{"resumed_after_epoch": 1, "changed": {"max_epochs": {"from": 1, "to": 2}}}]
 
 
+def test_a_field_added_since_the_run_started_counts_as_its_default(tmp_path):
+    """A run killed before an upgrade that added fields resumes (they held their defaults then);
+    a saved value that differs from the wanted one is still refused."""
+    run = tmp_path / "r"
+    claim_run_config(run, TrainConfig(out=tmp_path, weights="none"), resume=False, override=False)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["adversary"], saved["calibration"]  # as an older cxrguide wrote it
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = TrainConfig(out=tmp_path, weights="none", resume=True)
+    claim_run_config(run, cfg, resume=True, override=False)
+    assert yaml.safe_load((run / "config.yaml").read_text())["adversary"] == "none"
+    with pytest.raises(CxrGuideError, match=r"calibration: 'temperature' -> 'vector'"):
+        claim_run_config(
+            run,
+            TrainConfig(out=tmp_path, weights="none", calibration="vector", resume=True),
+            resume=True,
+            override=False,
+        )
+
+
 def test_config_is_written_when_the_run_starts(tmp_path):
     cfg = TrainConfig(out=tmp_path, weights="none")
     claim_run_config(tmp_path / "r", cfg, resume=False, override=False)

@@ -33,9 +33,21 @@ RUNTIME_FIELDS = (
 )
 
 
-def changed_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    keys = [k for k in wanted if k not in RUNTIME_FIELDS]
-    return {k: (saved.get(k), wanted[k]) for k in keys if saved.get(k) != wanted[k]}
+def changed_fields(
+    saved: dict[str, Any], wanted: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """Fields whose wanted value differs from the saved one. A field the saved config lacks was
+    added to cxrguide after the run started: the run behaved as its default (``defaults``)."""
+    defaults = defaults or {}
+    old = {k: saved.get(k, defaults.get(k)) for k in wanted if k not in RUNTIME_FIELDS}
+    return {k: (v, wanted[k]) for k, v in old.items() if v != wanted[k]}
+
+
+def _defaults(cfg: Any) -> dict[str, Any]:
+    try:
+        return to_dict(type(cfg)())
+    except TypeError:  # a config with required fields: no defaults to assume
+        return {}
 
 
 def claim_run_config(run: Path, cfg: Any, *, resume: bool, override: bool) -> None:
@@ -47,7 +59,7 @@ def claim_run_config(run: Path, cfg: Any, *, resume: bool, override: bool) -> No
             saved = load_yaml(path)
         except ConfigError:
             saved = None  # unreadable: nothing trustworthy to compare with
-        diff = changed_fields(saved, wanted) if saved is not None else {}
+        diff = changed_fields(saved, wanted, _defaults(cfg)) if saved is not None else {}
         if diff and not override:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _rows(diff))
             raise CxrGuideError(
