@@ -227,3 +227,4 @@ def test_folds_in_parallel_processes_then_one_summary(tmp_path, capsys):
     assert [p["source"] for p in study["variants"]["stage1"]["per_source"]] == ["S0", "S1", "S2"]
     assert study["timing"]["train:stage1"] > first["train:stage1"]  # S0, S2 added to S1 + all
     assert study["timing"]["wall"] > first["wall"]
+    assert study["timing"]["cpu"] > first["cpu"] > 0

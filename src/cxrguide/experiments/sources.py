@@ -289,6 +289,7 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
     for s in skipped:
         _log.info("skipped %s: %s", s["source"], s["reason"])
     timing, start = Timing(out / "timing.json"), time.perf_counter()
+    cpu_start = time.process_time()
     device = resolve_device(cfg.device)
     ensure_lungs(cfg, prepared, timing)
     wanted = set(cfg.folds)
@@ -348,6 +349,7 @@ def run_study(cfg: SourcesBenchConfig) -> tuple[str, dict[str, Any]]:
             )
         timing.add("summary", time.perf_counter() - t0)
     timing.add("wall", time.perf_counter() - start)  # every invocation, added up
+    timing.add("cpu", time.process_time() - cpu_start)  # load-robust: this process's CPU seconds
     if partial:
         note = (
             f"folds {', '.join(sorted(wanted))} done; rerun without --folds for "
