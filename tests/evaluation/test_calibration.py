@@ -92,3 +92,21 @@ def test_ece_interval_brackets_and_repeats():
     lo, hi = calibration.ece_interval(y, probs, n_boot=200, seed=1)
     assert lo < calibration.ece(y, probs) < hi
     assert [lo, hi] == calibration.ece_interval(y, probs, n_boot=200, seed=1)
+
+
+def test_ece_floor_is_what_perfect_calibration_shows_and_shrinks_with_films():
+    """Labels drawn from the probabilities themselves are perfectly calibrated, yet their binned
+    ECE is positive on a small split; the floor matches that and falls as films grow."""
+    rng = np.random.default_rng(0)
+    small, large = rng.dirichlet([2, 1, 1], 100), rng.dirichlet([2, 1, 1], 5000)
+    f_small, f_large = calibration.ece_floor(small, seed=1), calibration.ece_floor(large, seed=1)
+    assert 0.03 < f_small["mean"] < f_small["hi95"] < 0.2
+    assert f_large["mean"] < f_small["mean"] / 3
+    drawn = [
+        calibration.ece(np.array([rng.choice(3, p=p) for p in small]), small) for _ in range(200)
+    ]
+    assert abs(np.mean(drawn) - f_small["mean"]) < 0.01
+    assert calibration.ece_floor(small, seed=1) == f_small  # seeded: repeatable
+    # a model that is wrong on purpose lies far above its floor
+    flipped = small.argmin(1)
+    assert calibration.ece(flipped, small) > 3 * f_small["hi95"]

@@ -135,7 +135,9 @@ def test_evaluate_calibration_vector_refits_and_applies_it(fitted_run, tmp_path,
     assert set(cal["ece_after_by_method"]) == {"temperature", "vector"}
     lo, hi = cal["ece_after_ci"]
     assert lo <= cal["ece_after"] <= hi
+    assert 0 < cal["ece_after_floor"]["mean"] <= cal["ece_after_floor"]["hi95"]
     table = pd.read_csv(out / "predictions_test.csv")  # the CSV holds the vector-scaled ones
-    assert "vector scaling" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "vector scaling" in printed and "a perfectly calibrated model would show" in printed
     assert np.isfinite(table[[c for c in table.columns if c.startswith("p_")]].to_numpy()).all()
     assert main(["evaluate", str(fitted_run), "--false-flag-rate", "2"]) == 2

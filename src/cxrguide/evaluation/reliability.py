@@ -226,6 +226,7 @@ def calibration_section(
     out: dict[str, Any] = {
         "ece": calibration.ece(y, raw),
         "ece_ci": calibration.ece_interval(y, raw),
+        "ece_floor": calibration.ece_floor(raw),
         "ece_classwise": calibration.ece_classwise(y, raw),
         "brier": calibration.brier(y, raw),
         "nll": calibration.nll(y, raw),
@@ -243,6 +244,7 @@ def calibration_section(
         out.update(
             ece_after=calibration.ece(y, after),
             ece_after_ci=calibration.ece_interval(y, after),
+            ece_after_floor=calibration.ece_floor(after),
             ece_classwise_after=calibration.ece_classwise(y, after),
             brier_after=calibration.brier(y, after),
             nll_after=calibration.nll(y, after),
@@ -258,6 +260,7 @@ def calibration_section(
         out.update(
             ece_after=None,
             ece_after_ci=None,
+            ece_after_floor=None,
             ece_classwise_after=None,
             brier_after=None,
             nll_after=None,

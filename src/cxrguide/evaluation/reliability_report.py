@@ -133,12 +133,18 @@ def format_reliability(report: dict[str, Any]) -> list[str]:
     t = cal.get("temperature")
     how = "vector scaling" if cal.get("method") == "vector" else f"T {_f(t, '.2f')}"
     ci = cal.get("ece_after_ci") or [None, None]
+    floor = cal.get("ece_after_floor") or cal.get("ece_floor") or {}
     lines = [
         f"calibration: ECE {_f(cal['ece'])} -> {_f(cal.get('ece_after'))} "
         f"(95% CI {_f(ci[0])}-{_f(ci[1])}; {how}), classwise ECE {_f(cal['ece_classwise'])} -> "
         f"{_f(cal.get('ece_classwise_after'))}, Brier {_f(cal['brier'])} -> "
         f"{_f(cal.get('brier_after'))}"
     ]
+    if floor:
+        lines.append(
+            f"  a perfectly calibrated model would show ECE {_f(floor['mean'])} "
+            f"(95% up to {_f(floor['hi95'])}) on these films"
+        )
     if ood and ood.get("flagged_share") is not None:
         line = (
             f"out-of-distribution: {ood['flagged_share']:.1%} flagged (Mahalanobis > "
