@@ -16,7 +16,7 @@ Protocol (leave one source out; nothing is chosen on a held-out source):
   (Mahalanobis on the penultimate features, fitted on that run's training films).
 - Variants: ``stage1`` (frozen body + head on the cached pooled features), ``stage2`` (plain
   fine-tuning) and Stage III mechanisms, all through the training package's own paths
-  (:func:`~cxrguide.training.stages.stage1`, :func:`~cxrguide.training.finetune.fine_tune`);
+  (:func:`~cxrguide.training.stage1.stage1`, :func:`~cxrguide.training.finetune.fine_tune`);
   Stage II/III continue the fold's Stage I run for ``--max-epochs`` (Adam, the same budget
   for every variant). Suffix ``-group``: batches balanced over class x source (``train
   --sampler group``), which removes the class-source correlation a model can exploit. Suffix
@@ -67,7 +67,7 @@ from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model, get_spec
 from cxrguide.training.features import pooled_features
 from cxrguide.training.finetune import fine_tune, settings_from
-from cxrguide.training.stages import stage1
+from cxrguide.training.stage1 import stage1
 
 _log = logging.getLogger(__name__)
 
