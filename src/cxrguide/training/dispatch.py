@@ -24,9 +24,9 @@ from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.files import atomic_open
 from cxrguide.models.zoo import get_spec, list_models
-from cxrguide.training.common import Scorer
 from cxrguide.training.finetune import stage2, stage3
 from cxrguide.training.stage1 import stage1
+from cxrguide.training.stage_run import Scorer
 
 LEADERBOARD = "leaderboard_stage{stage}.csv"
 
@@ -90,7 +90,7 @@ def _bind(job: Callable[..., dict], what: str | Path) -> Job:
 def train(cfg: TrainConfig, score: Scorer) -> list[dict]:
     """Run the configured stage for every selected model; write the stage leaderboard.
 
-    ``score`` evaluates each saved run (see :data:`~cxrguide.training.common.Scorer`).
+    ``score`` evaluates each saved run (see :data:`~cxrguide.training.stage_run.Scorer`).
 
     Under torchrun every rank calls this; the process group is joined first so that the feature
     cache, run folders and leaderboard are written by rank 0 only.

@@ -43,15 +43,7 @@ from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model
-from cxrguide.training.common import (
-    Scorer,
-    claim_run,
-    effective_image_size,
-    engine_config,
-    finish_run,
-    sgd,
-)
-from cxrguide.training.objective import (
+from cxrguide.training.fit_inputs import (
     class_weights,
     classifier_task,
     dataset_labels,
@@ -59,7 +51,15 @@ from cxrguide.training.objective import (
     train_loader,
     with_adversary,
 )
-from cxrguide.training.tasks import Stage3Task
+from cxrguide.training.fit_tasks import Stage3Task
+from cxrguide.training.stage_run import (
+    Scorer,
+    claim_run,
+    effective_image_size,
+    engine_config,
+    finish_run,
+    sgd,
+)
 
 _log = logging.getLogger(__name__)
 

@@ -14,20 +14,20 @@ from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.models.zoo import create_model
-from cxrguide.training.common import (
+from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
+from cxrguide.training.fit_inputs import (
+    classifier_task,
+    dataset_labels,
+    dataset_sources,
+    train_loader,
+)
+from cxrguide.training.stage_run import (
     Scorer,
     claim_run,
     effective_image_size,
     engine_config,
     finish_run,
     sgd,
-)
-from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
-from cxrguide.training.objective import (
-    classifier_task,
-    dataset_labels,
-    dataset_sources,
-    train_loader,
 )
 
 

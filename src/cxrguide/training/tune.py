@@ -41,9 +41,9 @@ from cxrguide.core.runs import read_info
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.head import ACTIVATIONS
-from cxrguide.training.common import Scorer, effective_image_size
 from cxrguide.training.dispatch import parents
 from cxrguide.training.features import pooled_features, stage1_rows
+from cxrguide.training.stage_run import Scorer, effective_image_size
 from cxrguide.training.tune_report import (  # noqa: F401  (re-exported: the module's API)
     best_config,
     best_trial,
@@ -258,7 +258,7 @@ def _warm_feature_cache(p: Plan) -> None:
 def tune(cfg: TuneConfig, score: Scorer) -> tuple[optuna.Study, Path]:
     """Run ``cfg.trials`` trials (Optuna's ``n_trials``), fewer if the study reaches
     ``cfg.total_trials`` finished ones over all its workers first; ``score`` evaluates each
-    trial's run (see :data:`~cxrguide.training.common.Scorer`)."""
+    trial's run (see :data:`~cxrguide.training.stage_run.Scorer`)."""
     p = plan(cfg)
     study, storage = open_study(p)
     _warm_feature_cache(p)

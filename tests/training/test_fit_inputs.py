@@ -17,6 +17,7 @@ from cxrguide.errors import ConfigError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.zoo import create_model
 from cxrguide.training import dispatch
+from cxrguide.training.fit_inputs import dataset_sources, train_loader
 from cxrguide.training.losses import (
     balanced_class_weights,
     balanced_sample_weights,
@@ -24,7 +25,6 @@ from cxrguide.training.losses import (
     l2_penalty,
     paper_cross_entropy,
 )
-from cxrguide.training.objective import dataset_sources, train_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,5 +1,5 @@
-"""What every classification stage shares: engine settings, run folders, the optimiser, saving
-and scoring a finished run.
+"""One run of a classification stage, from claiming its folder to scoring it: ``run_path`` /
+``claim_run``, the engine settings and optimiser it trains with, ``finish_run`` (save + score).
 
 Scoring is injected (a :data:`Scorer`): training sits below evaluation, so the caller (the
 ``train`` command, the pipeline, the tuner's command, an experiment) hands in the function
