@@ -55,7 +55,7 @@ from cxrguide.core.device import resolve_device
 from cxrguide.data.datasets import LUNG_CACHE, CxrAugment, CxrDataset, Prepared
 from cxrguide.models.zoo import create_model, get_spec, list_models
 from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
-from cxrguide.training.tasks import ClassifierTask, FeatureTask, Stage3Task
+from cxrguide.training.fit_tasks import ClassifierTask, FeatureTask, Stage3Task
 
 TOP4 = ("vgg16", "mobilenet_v2", "efficientnet_b1", "efficientnet_b3")
 STUDY_IMAGES = 2631

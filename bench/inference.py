@@ -55,7 +55,7 @@ from _common import add_quick, emit, interleave, load, spread, torch_threads
 from cxrguide.data.imaging import letterbox, read_image
 from cxrguide.errors import ImageReadError
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.inference.predictor import collect_inputs
 from cxrguide.inference.quantize import quantize_onnx
 from cxrguide.models.saved import load_run

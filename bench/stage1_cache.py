@@ -3,7 +3,7 @@
 How to run: ``.venv/bin/python bench/stage1_cache.py [--quick] [--n 200] [--size 224] [--epochs 30]
 [--backbone mobilenet_v2] [--weights none|imagenet|PATH] [--batch-size 32] [--seed 0]
 [--threads N]``. It writes a synthetic prepared set of N images (8:1:1 split) into a temporary
-folder, then runs :func:`cxrguide.training.stages.stage1` twice on it with the same config and
+folder, then runs :func:`cxrguide.training.stage1.stage1` twice on it with the same config and
 seed: once with the feature cache (the body runs once per image; building the cache is inside
 the timed region) and once with ``feature_cache=False`` (the body runs on every train and val
 image each epoch). Early stopping is disabled (patience = epochs) so both run all epochs; the
@@ -33,7 +33,7 @@ from _prepared import write_prepared
 from cxrguide.config import TrainConfig
 from cxrguide.data.datasets import Prepared
 from cxrguide.models import zoo  # noqa: F401  (imported up front: timm's import is not Stage I time)
-from cxrguide.training import stages
+from cxrguide.training import stage1 as stages
 
 
 @contextlib.contextmanager

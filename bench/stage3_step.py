@@ -26,7 +26,7 @@ from _common import add_quick, emit, load, spread, torch_threads
 from cxrguide.attention.gain import GainSettings, GuidedAttention
 from cxrguide.core.device import resolve_device
 from cxrguide.models.zoo import create_model
-from cxrguide.training.tasks import ClassifierTask, Stage3Task
+from cxrguide.training.fit_tasks import ClassifierTask, Stage3Task
 
 
 def _sync(device: torch.device) -> None:

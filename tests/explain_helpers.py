@@ -14,7 +14,7 @@ import torch
 from cxr_testutils import make_prepared, write_lung_cache
 from cxrguide.config import TrainConfig
 from cxrguide.evaluation.evaluate import score_split
-from cxrguide.training.stages import train
+from cxrguide.training.dispatch import train
 
 
 def tiny_runs(base: Path) -> dict[str, Path]:

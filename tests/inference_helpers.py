@@ -5,7 +5,7 @@ module that asks (``tiny_run``, ``lung_run``, ``gated_run``); under pytest-xdist
 that folder and a file lock, so one worker builds each run and the other waits for it instead of
 training its own copy:
 
-- ``tiny_run``: a real Stage I run (``stages.train``: MobileNet V2, random body, 64 px, 1 epoch).
+- ``tiny_run``: a real Stage I run (``dispatch.train``: MobileNet V2, random body, 64 px, 1 epoch).
 - ``lung_run``: a small BasicUNet trained for a few epochs on lung phantoms (``lungs train``).
 - ``gated_run``: the tiny run's weights in a run folder that declares the lung gate and holds
   a copy of ``lung_run`` as its lung model (``lungs/``), the layout Stage III writes.
@@ -31,7 +31,7 @@ from cxrguide.config import LungsTrainConfig, TrainConfig
 from cxrguide.core.runs import bundle_lung_run
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.lungs.train import train_lungs
-from cxrguide.training.stages import train
+from cxrguide.training.dispatch import train
 from lung_phantoms import phantom, prepared_lung_phantoms
 
 

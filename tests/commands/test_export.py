@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cxrguide.cli import main
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.models.saved import load_run
 from inference_helpers import tiny_run
 

@@ -15,7 +15,7 @@ from cxrguide.core import engine
 from cxrguide.core.run_config import claim_run_config
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
-from cxrguide.training import stages
+from cxrguide.training import dispatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,23 +37,23 @@ def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
 
 
 def test_resume_with_changed_config_is_refused_naming_fields(tiny_prepared, tmp_path):
-    stages.train(_cfg(tiny_prepared, tmp_path, max_epochs=1), score_split)
+    dispatch.train(_cfg(tiny_prepared, tmp_path, max_epochs=1), score_split)
     run = tmp_path / "stage1-mobilenet_v2"
     before = (run / "config.yaml").read_text()
     changed = _cfg(tiny_prepared, tmp_path, max_epochs=2, lr=0.5, resume=True, device="cpu")
     with pytest.raises(CxrGuideError, match=r"max_epochs: 1 -> 2; lr: 0.01 -> 0.5"):
-        stages.train(changed, score_split)
+        dispatch.train(changed, score_split)
     assert (run / "config.yaml").read_text() == before  # the record still matches the model
     # the same settings (device/workers may differ) resume without a word
-    stages.train(
+    dispatch.train(
         _cfg(tiny_prepared, tmp_path, max_epochs=1, resume=True, device="cpu"), score_split
     )
 
 
 def test_resume_override_records_the_change(tiny_prepared, tmp_path):
-    stages.train(_cfg(tiny_prepared, tmp_path, max_epochs=1), score_split)
+    dispatch.train(_cfg(tiny_prepared, tmp_path, max_epochs=1), score_split)
     run = tmp_path / "stage1-mobilenet_v2"
-    stages.train(
+    dispatch.train(
         _cfg(tiny_prepared, tmp_path, max_epochs=2, resume=True, resume_override=True), score_split
     )
     assert yaml.safe_load((run / "config.yaml").read_text())["max_epochs"] == 2

@@ -17,7 +17,7 @@ from cxrguide.data.datasets import Prepared
 from cxrguide.evaluation import attention_metrics as am
 from cxrguide.evaluation.evaluate import evaluate_run, score_split
 from cxrguide.models.zoo import create_model
-from cxrguide.training.stages import train
+from cxrguide.training.dispatch import train
 
 
 def _lungs(prep: Path, size: int = 64) -> np.ndarray:

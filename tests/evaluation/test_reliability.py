@@ -15,7 +15,7 @@ from cxrguide.cli import main
 from cxrguide.config import TrainConfig
 from cxrguide.core.reliability import MIN_VAL_FILMS, RELIABILITY_FILE, load_reliability
 from cxrguide.evaluation.evaluate import score_split
-from cxrguide.training.stages import train
+from cxrguide.training.dispatch import train
 from inference_helpers import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")

@@ -21,7 +21,7 @@ from cxrguide.inference.export import (
     export_run,
     parity,
 )
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.inference.predictor import Predictor
 from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model

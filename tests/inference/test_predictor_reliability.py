@@ -16,7 +16,7 @@ from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.evaluation.ood import fit_mahalanobis
 from cxrguide.evaluation.reliability import forward_split
 from cxrguide.inference.export import ExportModule, export_run, run_metadata
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.inference.predictor import Predictor
 from cxrguide.labels import CLASSES
 from cxrguide.serve.app import create_app

@@ -12,7 +12,7 @@ from cxrguide.cli import main
 from cxrguide.errors import CxrGuideError
 from cxrguide.inference import quantize
 from cxrguide.inference.export import export_run
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.inference.predictor import Predictor
 from cxrguide.models.saved import load_run
 from inference_helpers import tiny_run

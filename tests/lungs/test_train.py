@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from cxrguide.config import LungsEvaluateConfig, LungsPrepareConfig, LungsTrainConfig, SynthConfig
 from cxrguide.core import engine
@@ -94,6 +95,22 @@ def test_finished_run_is_not_retrained_and_config_changes_refused(trained, prepa
     assert again.fit.history == trained.fit.history
     with pytest.raises(CxrGuideError, match="different config.*lr"):
         train_lungs(_cfg(prepared, trained.run, lr=1e-2))
+
+
+def test_a_field_added_since_the_run_started_counts_as_its_default(trained, prepared):
+    saved = trained.run / "config.yaml"
+    original = saved.read_text()
+    fields = yaml.safe_load(original)
+    del fields["hflip"]  # as if the run had started before --hflip existed (default False)
+    try:
+        saved.write_text(yaml.safe_dump(fields))
+        again = train_lungs(_cfg(prepared, trained.run))
+        assert again.fit.history == trained.fit.history
+        saved.write_text(yaml.safe_dump(fields))
+        with pytest.raises(CxrGuideError, match=r"different config \(hflip\)"):
+            train_lungs(_cfg(prepared, trained.run, hflip=True))
+    finally:
+        saved.write_text(original)
 
 
 def test_killed_run_resumes_with_the_same_augmentations(prepared, tmp_path, monkeypatch):

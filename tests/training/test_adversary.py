@@ -28,7 +28,7 @@ from cxrguide.training.adversary import (
     grad_reverse,
     source_codes,
 )
-from cxrguide.training.tasks import ClassifierTask
+from cxrguide.training.fit_tasks import ClassifierTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

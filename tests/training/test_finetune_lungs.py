@@ -22,7 +22,7 @@ from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.inference.export import export_run
 from cxrguide.models.saved import load_run
-from cxrguide.training import stages
+from cxrguide.training import dispatch
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_bootstrap")  # CIs: tests/evaluation
 
@@ -54,7 +54,7 @@ def test_each_mode_trains_records_itself_and_is_applied_at_evaluation(
     mechanism, inputs, tiny_prepared, tmp_path
 ):
     write_lung_cache(tiny_prepared, run="/somewhere/lung-run")
-    rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", [mechanism]), score_split)
+    rows = dispatch.train(_cfg(tiny_prepared, tmp_path / "runs", [mechanism]), score_split)
     run = Path(rows[0]["run"])
     info = read_info(run)
     assert (info.stage, info.attention, info.lung_inputs) == (3, [mechanism], inputs)
@@ -91,14 +91,14 @@ def test_empty_lung_masks_are_skipped_and_counted_all_empty_refuses(
     masks[test[0]] = 0
     np.save(prepared.lung_cache_path, masks)
     with caplog.at_level(logging.INFO, logger="cxrguide"):
-        rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", ["lung-input"]), score_split)
+        rows = dispatch.train(_cfg(tiny_prepared, tmp_path / "runs", ["lung-input"]), score_split)
     assert f"skipped 1 of {len(train)} train images (empty lung mask)" in caplog.text
     metrics = json.loads((Path(rows[0]["run"]) / "metrics_test.json").read_text())
     assert metrics["skipped"] == {"empty lung mask": 1} and metrics["n"] == len(test) - 1
     masks[train] = 0
     np.save(prepared.lung_cache_path, masks)
     with pytest.raises(CxrGuideError, match="every train image has an empty lung mask"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "runs2", ["rrr"]), score_split)
+        dispatch.train(_cfg(tiny_prepared, tmp_path / "runs2", ["rrr"]), score_split)
 
 
 def test_cli_accepts_the_new_mechanisms_and_their_constants(tmp_path):

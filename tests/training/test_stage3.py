@@ -22,7 +22,7 @@ from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model
-from cxrguide.training import stages
+from cxrguide.training import dispatch
 from cxrguide.training.finetune import fine_tune
 
 pytestmark = pytest.mark.usefixtures("one_thread", "no_bootstrap")  # CIs: tests/evaluation
@@ -47,7 +47,7 @@ def _cfg(prep: Path | None, out: Path, **kw) -> TrainConfig:
 
 def test_stage3_from_backbone_with_gate_and_gain(tiny_prepared, tmp_path):
     write_lung_cache(tiny_prepared, run="/somewhere/lung-run")
-    rows = stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=2), score_split)
+    rows = dispatch.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=2), score_split)
     run = Path(rows[0]["run"])
     assert run == tmp_path / "runs/stage3-mobilenet_v2"
     info = read_info(run)
@@ -97,7 +97,7 @@ def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, t
             "mobilenet_v2", 2, 64, [128, 64], [0.1, 0.05], "elu", "random", data=str(tiny_prepared)
         ),
     )
-    rows = stages.train(
+    rows = dispatch.train(
         _cfg(
             None,
             tmp_path / "runs",
@@ -129,13 +129,13 @@ def test_stage3_from_a_parent_run_gain_only_needs_no_lung_masks(tiny_prepared, t
 
 def test_stage3_needs_the_lung_cache_for_the_gate(tiny_prepared, tmp_path):
     with pytest.raises(CxrGuideError, match="cxrguide lungs predict"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "runs", attention=["gate"]), score_split)
+        dispatch.train(_cfg(tiny_prepared, tmp_path / "runs", attention=["gate"]), score_split)
     with pytest.raises(CxrGuideError, match="cxrguide lungs predict"):
-        stages.train(
+        dispatch.train(
             _cfg(tiny_prepared, tmp_path / "runs", attention=["gain", "external"]), score_split
         )
     with pytest.raises(ConfigError, match="--data"):
-        stages.train(_cfg(None, tmp_path / "runs", attention=["gain"]), score_split)
+        dispatch.train(_cfg(None, tmp_path / "runs", attention=["gain"]), score_split)
 
 
 def test_cli_flags_for_stage3(tmp_path):

@@ -14,7 +14,7 @@ from cxrguide.config import TrainConfig, TuneConfig, load_config
 from cxrguide.errors import ConfigError
 from cxrguide.evaluation import evaluate as E
 from cxrguide.evaluation.evaluate import evaluate_run, score_split
-from cxrguide.training import stages
+from cxrguide.training import dispatch
 from cxrguide.training import tune as T
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -279,7 +279,7 @@ def test_joining_a_study_with_another_search_space_is_refused(tiny_prepared, tmp
 
 
 def test_stage2_tunes_the_fine_tuning_optimiser_of_a_stage1_run(tiny_prepared, tmp_path, fast_eval):
-    stages.train(
+    dispatch.train(
         TrainConfig(
             data=tiny_prepared,
             out=tmp_path / "runs",

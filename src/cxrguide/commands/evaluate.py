@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_onnx(args: argparse.Namespace, format_report) -> int:
-    from cxrguide.evaluation.onnx_model import default_out_dir, evaluate_onnx
+    from cxrguide.evaluation.external_onnx import default_out_dir, evaluate_onnx
     from cxrguide.labels import CLASSES
 
     if args.data is None:

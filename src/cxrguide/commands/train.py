@@ -25,13 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxrguide.core.engine import is_main_process
     from cxrguide.evaluation.evaluate import score_split
-    from cxrguide.training.common import LEADERBOARD
-    from cxrguide.training.stages import train
+    from cxrguide.training.dispatch import LEADERBOARD, backbones, train
 
     cfg = config_from_args(TrainConfig, args)
     if cfg.stage == 1 or (cfg.stage == 3 and cfg.from_run is None):  # the stages that build bodies
         from cxrguide.experiments.pretrain import with_resolved_weights
-        from cxrguide.training.common import backbones
 
         cfg = with_resolved_weights(cfg, backbones(cfg))
     rows = train(cfg, score_split)

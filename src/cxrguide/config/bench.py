@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 from cxrguide.config.core import _f
-from cxrguide.config.training import parse_attention
+from cxrguide.config.training import TrainConfig, parse_attention
 from cxrguide.errors import ConfigError
 
 # ---- benchmarks (`cxrguide bench ...`) -----------------------------------------------------
@@ -207,3 +207,43 @@ class SourcesBenchConfig:
             raise ConfigError("stage1_epochs/max_epochs/batch_size: must be >= 1")
         if self.lr <= 0 or self.stage1_lr <= 0:
             raise ConfigError("lr/stage1_lr: must be positive")
+
+
+def bench_train_config(
+    bench: ShortcutBenchConfig | SourcesBenchConfig,
+    *,
+    stage: int,
+    data: Path | None,
+    parent: Path | None,
+    folder: Path,
+    seed: int,
+    epochs: int,
+    attention: list[str] | None,
+    gain_bn: str,
+    **own: object,
+) -> TrainConfig:
+    """One benchmark run's TrainConfig: the fields both benches map the same way (budget, size,
+    Stage II/III learning rate ``bench.lr``, resumable), plus ``own``, each bench's own fields
+    (``bench shortcut``: SGD momentum; ``bench sources``: the Stage I lr, sampler, adversary)."""
+    return TrainConfig(
+        stage=stage,
+        data=data,
+        backbone=bench.backbone,
+        from_run=parent,
+        out=folder,
+        weights=bench.weights,
+        image_size=bench.size,
+        max_epochs=epochs,
+        patience=epochs,
+        batch_size=bench.batch_size,
+        finetune_lr=bench.lr,
+        l2=bench.l2,
+        augment=bench.augment,
+        seed=seed,
+        device=bench.device,
+        resume=True,
+        attention=attention or ["gate", "gain"],
+        gain_bn=gain_bn,
+        rrr_weight=bench.rrr_weight,
+        **own,
+    )

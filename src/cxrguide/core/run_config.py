@@ -43,7 +43,9 @@ def changed_fields(
     return {k: (v, wanted[k]) for k, v in old.items() if v != wanted[k]}
 
 
-def _defaults(cfg: Any) -> dict[str, Any]:
+def config_defaults(cfg: Any) -> dict[str, Any]:
+    """The default of every field of ``cfg``'s class: what a run started before a field existed
+    behaved as."""
     try:
         return to_dict(type(cfg)())
     except TypeError:  # a config with required fields: no defaults to assume
@@ -59,7 +61,7 @@ def claim_run_config(run: Path, cfg: Any, *, resume: bool, override: bool) -> No
             saved = load_yaml(path)
         except ConfigError:
             saved = None  # unreadable: nothing trustworthy to compare with
-        diff = changed_fields(saved, wanted, _defaults(cfg)) if saved is not None else {}
+        diff = changed_fields(saved, wanted, config_defaults(cfg)) if saved is not None else {}
         if diff and not override:
             shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _rows(diff))
             raise CxrGuideError(

@@ -215,7 +215,7 @@ def write_results(
 
 
 def score_split(run_dir: Path, split: str, cfg: TrainConfig) -> dict[str, Any]:
-    """The :data:`~cxrguide.training.common.Scorer` every training caller hands in: a finished
+    """The :data:`~cxrguide.training.stage_run.Scorer` every training caller hands in: a finished
     run's metrics on ``split`` of its data (200 bootstrap resamples, quiet)."""
     metrics = evaluate_run(
         run_dir,

@@ -2,7 +2,7 @@
 
 Where it is fitted: lazily, by the first ``evaluate`` of a run without ``reliability.safetensors``
 (:func:`ensure_reliability`), always on the run's own prepared data (``RunInfo.data``), whatever
-``--data`` says. Training's :data:`~cxrguide.training.common.Scorer` evaluates ``val`` right
+``--data`` says. Training's :data:`~cxrguide.training.stage_run.Scorer` evaluates ``val`` right
 after saving the run, so a freshly trained run has them when training finishes; an older run
 gets them at its next ``evaluate``. Stage I runs read their train / val features from the Stage
 I feature cache (one pass for nothing when it is current); other runs need one forward pass

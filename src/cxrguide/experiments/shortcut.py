@@ -52,8 +52,8 @@ from cxrguide.config import (
     PrepareConfig,
     ShortcutBenchConfig,
     SynthConfig,
-    TrainConfig,
 )
+from cxrguide.config.bench import bench_train_config
 from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo, save_run
 from cxrguide.data import cache, completion
@@ -201,27 +201,17 @@ def run_variant(
             result.update(marker_report(Path(result["run"]), data, synth, device))
             done.write_text(json.dumps(result, indent=2))
         return result
-    tcfg = TrainConfig(
+    tcfg = bench_train_config(
+        cfg,
         stage=2 if attention is None else 3,
         data=data.root,
-        backbone=cfg.backbone,
-        from_run=parent,
-        out=folder,
-        weights=cfg.weights,
-        image_size=cfg.size,
-        max_epochs=epochs,
-        patience=epochs,
-        batch_size=cfg.batch_size,
-        finetune_lr=cfg.lr,
-        momentum=cfg.momentum,
-        l2=cfg.l2,
-        augment=cfg.augment,
+        parent=parent,
+        folder=folder,
         seed=seed,
-        device=cfg.device,
-        resume=True,
-        attention=attention or ["gate", "gain"],
+        epochs=epochs,
+        attention=attention,
         gain_bn=gain_bn,
-        rrr_weight=cfg.rrr_weight,
+        momentum=cfg.momentum,
     )
     t0 = time.perf_counter()
     model, info = load_run(parent)

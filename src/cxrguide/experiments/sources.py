@@ -16,7 +16,7 @@ Protocol (leave one source out; nothing is chosen on a held-out source):
   (Mahalanobis on the penultimate features, fitted on that run's training films).
 - Variants: ``stage1`` (frozen body + head on the cached pooled features), ``stage2`` (plain
   fine-tuning) and Stage III mechanisms, all through the training package's own paths
-  (:func:`~cxrguide.training.stages.stage1`, :func:`~cxrguide.training.finetune.fine_tune`);
+  (:func:`~cxrguide.training.stage1.stage1`, :func:`~cxrguide.training.finetune.fine_tune`);
   Stage II/III continue the fold's Stage I run for ``--max-epochs`` (Adam, the same budget
   for every variant). Suffix ``-group``: batches balanced over class x source (``train
   --sampler group``), which removes the class-source correlation a model can exploit. Suffix
@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from cxrguide.config import LungsPredictConfig, SourcesBenchConfig, TrainConfig
-from cxrguide.config.bench import parse_source_variant
+from cxrguide.config.bench import bench_train_config, parse_source_variant
 from cxrguide.core.device import resolve_device
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
@@ -67,7 +67,7 @@ from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model, get_spec
 from cxrguide.training.features import pooled_features
 from cxrguide.training.finetune import fine_tune, settings_from
-from cxrguide.training.stages import stage1
+from cxrguide.training.stage1 import stage1
 
 _log = logging.getLogger(__name__)
 
@@ -171,28 +171,18 @@ def train_config(
     """The run's TrainConfig: the study's budget, the variant's stage, mechanisms, sampler."""
     stage, attention, group, adversary = parse_source_variant(variant)
     epochs = cfg.stage1_epochs if stage == 1 else cfg.max_epochs
-    return TrainConfig(
+    return bench_train_config(
+        cfg,
         stage=stage,
         data=cfg.data,
-        backbone=cfg.backbone,
-        from_run=parent,
-        out=folder,
-        weights=cfg.weights,
-        image_size=cfg.size,
-        max_epochs=epochs,
-        patience=epochs,
-        batch_size=cfg.batch_size,
-        lr=cfg.stage1_lr,
-        finetune_lr=cfg.lr,
-        l2=cfg.l2,
-        augment=cfg.augment,
+        parent=parent,
+        folder=folder,
         seed=seed,
-        device=cfg.device,
-        resume=True,
-        progress=False,
-        attention=attention or ["gate", "gain"],
+        epochs=epochs,
+        attention=attention,
         gain_bn=cfg.gain_bn,
-        rrr_weight=cfg.rrr_weight,
+        lr=cfg.stage1_lr,
+        progress=False,
         sampler="group" if group else "none",
         group_by=cfg.by,
         adversary="source" if adversary else "none",

@@ -47,7 +47,7 @@ from cxrguide.core.reliability import load_reliability, warn_missing
 from cxrguide.core.runs import run_identifier
 from cxrguide.errors import CxrGuideError
 from cxrguide.files import atomic_path, atomic_write_text, user_cache_dir
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.inference.quantize import quantize_checked, validation_feeds
 from cxrguide.labels import CLASSES
 from cxrguide.models.classifier import CxrClassifier

@@ -65,7 +65,7 @@ from cxrguide.inference.backends import resolve_backend
 from cxrguide.inference.dicom_ids import source_uids
 from cxrguide.inference.export import ExportModule, cached_onnx, export_onnx
 from cxrguide.inference.film_cam import film_overlay
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.inference.quantize import cached_int8
 from cxrguide.inference.results import (  # noqa: F401  (re-exported: the public API)
     IMAGE_SUFFIXES,

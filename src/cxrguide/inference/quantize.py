@@ -23,7 +23,7 @@ import numpy as np
 from cxrguide.core.runs import RunInfo
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 
 MIN_AGREEMENT = 0.99
 CALIBRATION_FILMS = 64

@@ -31,6 +31,7 @@ from cxrguide.config import (
 )
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
+from cxrguide.core.run_config import changed_fields, config_defaults
 from cxrguide.core.tracking import finish_mlflow
 from cxrguide.data import cache
 from cxrguide.data.augment import CxrAugment
@@ -51,7 +52,6 @@ from cxrguide.lungs.segmenter import (
 from cxrguide.lungs.unet import DiceBCELoss, LungSegmenter
 
 METRICS, PER_IMAGE = "metrics.json", "per_image.csv"
-_RUNTIME_FIELDS = ("device", "progress", "workers", "mlflow")  # may change when a run is resumed
 
 
 def read_lung_set(prepared: str | Path) -> tuple[list[dict[str, str]], int]:
@@ -138,12 +138,12 @@ def _check_run_dir(run: Path, cfg: LungsTrainConfig) -> None:
         if run.exists() and any(run.iterdir()):
             raise CxrGuideError(f"{run}: folder is not empty and holds no lungs run")
         return
-    saved = {k: v for k, v in load_yaml(saved_file).items() if k not in _RUNTIME_FIELDS}
-    wanted = {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS}
-    if saved != wanted:
-        diff = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    # the classifier runs' rule: runtime fields may change, a field added since counts as default
+    diff = changed_fields(load_yaml(saved_file), to_dict(cfg), config_defaults(cfg))
+    if diff:
         raise CxrGuideError(
-            f"{saved_file}: this run was started with a different config ({', '.join(diff)}); "
+            f"{saved_file}: this run was started with a different config "
+            f"({', '.join(sorted(diff))}); "
             "use another --out"
         )
 

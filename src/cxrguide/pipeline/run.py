@@ -252,7 +252,7 @@ def _resolve_bodies(s1: TrainConfig, log) -> tuple[TrainConfig, dict[str, str]]:
     body files, built on first use in the weight cache); their ``phantom:<sha256>`` labels join
     Stage I's fingerprint, so a rebuilt body re-runs Stage I."""
     from cxrguide.experiments.pretrain import resolve_bodies
-    from cxrguide.training.common import backbones
+    from cxrguide.training.dispatch import backbones
 
     if WeightsSpec.parse(s1.weights, "stage1.weights").kind != "phantom":
         return s1, {}
@@ -313,7 +313,7 @@ def _lungs_predict(cfg: LungsPredictConfig) -> dict[str, Any]:
 
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     from cxrguide.evaluation.evaluate import score_split
-    from cxrguide.training.stages import train
+    from cxrguide.training.dispatch import train
 
     rows = train(cfg, score_split)
     best = max(rows, key=lambda r: r["val_accuracy"])

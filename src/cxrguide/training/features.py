@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,36 +123,30 @@ def pooled_features(
     with open(folder / f"{key}.lock", "w") as lock:  # one process fills, the others wait
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.exists():
-            _fill(
-                model,
-                prepared,
-                image_size,
-                device,
-                key,
-                wanted,
-                batch_size,
-                precision,
-                channels_last,
-                progress,
-                workers,
+            job = FeaturePass(
+                model, prepared, image_size, device, batch_size, precision, channels_last
             )
+            _fill(job, key, wanted, progress=progress, workers=workers)
     return np.load(final if final.exists() else partial, mmap_mode="r")
 
 
+@dataclass(frozen=True)
+class FeaturePass:
+    """One feature pass: the body, the data, and how it runs (size, batch, precision, layout)."""
+
+    model: CxrClassifier
+    prepared: Prepared
+    image_size: int
+    device: torch.device
+    batch_size: int
+    precision: str
+    channels_last: bool
+
+
 @torch.no_grad()
-def _fill(
-    model,
-    prepared,
-    image_size,
-    device,
-    key,
-    wanted,
-    batch_size,
-    precision,
-    channels_last,
-    progress,
-    workers,
-) -> None:
+def _fill(job: FeaturePass, key: str, wanted: np.ndarray, *, progress: bool, workers: int) -> None:
+    """Compute the features of the ``wanted`` rows not yet on disk (resumable per row)."""
+    model, prepared, device, channels_last = job.model, job.prepared, job.device, job.channels_last
     folder = prepared.root / "features"
     final, partial, mask_file, done_file = _files(folder, key)
     n = len(prepared.manifest)
@@ -162,10 +157,10 @@ def _fill(
         # space reserved: a full disk is one line naming the file, not a SIGBUS mid-fill
         out = reserve_memmap(partial, np.float32, (n, model.num_features))
     todo = wanted[~have[wanted]]
-    dataset = CxrDataset(prepared, rows=todo, image_size=image_size)
+    dataset = CxrDataset(prepared, rows=todo, image_size=job.image_size)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=job.batch_size,
         shuffle=False,
         num_workers=workers,
         pin_memory=device.type == "cuda",
@@ -173,7 +168,7 @@ def _fill(
     model.eval().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.precision)
     bar = tqdm(
         loader, desc=f"features {model.name}", unit="batch", disable=None if progress else True
     )

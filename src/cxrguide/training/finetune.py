@@ -7,7 +7,8 @@ Stage III adds guided attention (lung gate, GAIN attention mining, lung-mask sup
 ``cxrguide train --stage 3 --from RUN|LEADERBOARD --attention gate,gain[,external]`` fine-tunes
 Stage II runs (the study's order) with the mechanisms switched on; without ``--from`` it starts
 from ``--backbone`` with ``--weights`` (ImageNet or random), which ablations and the shortcut
-benchmark use. Run folders are ``RUNS/stage3-<backbone>`` like the other stages.
+benchmark use. Run folders are ``RUNS/stage3-<backbone>`` like the other stages; which runs a
+config asks for is :mod:`.dispatch`'s.
 
 The lung masks come from the prepared set's lung cache (``cxrguide lungs predict``). The lung
 run that made them is recorded in ``model.yaml`` (``lung_model``), taken from ``--lung-model``
@@ -35,24 +36,14 @@ import torch
 from cxrguide.attention.gain import GainSettings, GuidedAttention, parse_attention
 from cxrguide.config import TrainConfig
 from cxrguide.core import engine
-from cxrguide.core.runs import RunInfo, bundle_lung_run, read_info
+from cxrguide.core.runs import RunInfo, bundle_lung_run
 from cxrguide.data.augment import CxrAugment
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.saved import load_run
 from cxrguide.models.zoo import create_model
-from cxrguide.training.common import (
-    Scorer,
-    backbones,
-    claim_run,
-    effective_image_size,
-    engine_config,
-    finish_run,
-    parents,
-    sgd,
-)
-from cxrguide.training.objective import (
+from cxrguide.training.fit_inputs import (
     class_weights,
     classifier_task,
     dataset_labels,
@@ -60,7 +51,15 @@ from cxrguide.training.objective import (
     train_loader,
     with_adversary,
 )
-from cxrguide.training.tasks import Stage3Task
+from cxrguide.training.fit_tasks import Stage3Task
+from cxrguide.training.stage_run import (
+    Scorer,
+    claim_run,
+    effective_image_size,
+    engine_config,
+    finish_run,
+    sgd,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -283,26 +282,3 @@ def stage3(
         cfg = dataclasses.replace(cfg, gain_bn="clean")  # recorded in the run's config.yaml
         settings = dataclasses.replace(settings, erased_bn="clean")
     return fine_tune(cfg, model, info, prepared, settings, score)
-
-
-def train_finetune(cfg: TrainConfig, score: Scorer) -> tuple[TrainConfig, list[dict]]:
-    """Every Stage II/III job of ``cfg``: the runs of ``--from``, else (Stage III) each
-    ``--backbone``.
-
-    Returns the config with ``data`` resolved (for the leaderboard) and one row per run.
-    """
-    job = stage2 if cfg.stage == 2 else stage3
-    if cfg.from_run is not None:
-        sources = parents(cfg)
-        data = cfg.data or read_info(sources[0]).data
-        if not str(data):
-            raise ConfigError("data: the parent run does not record its data; give --data PREP")
-        prepared = Prepared.open(data)
-        cfg = dataclasses.replace(cfg, data=Path(data))
-        return cfg, [job(cfg, parent, prepared, score) for parent in sources]
-    if cfg.stage == 2:
-        parents(cfg)  # raises the one-line "need --from" error
-    if cfg.data is None:
-        raise ConfigError("data: Stage III without --from needs --data PREP")
-    prepared = Prepared.open(cfg.data)
-    return cfg, [stage3(cfg, None, prepared, score, name) for name in backbones(cfg)]

@@ -41,8 +41,9 @@ from cxrguide.core.runs import read_info
 from cxrguide.data.datasets import Prepared
 from cxrguide.errors import ConfigError, CxrGuideError
 from cxrguide.models.head import ACTIVATIONS
-from cxrguide.training.common import Scorer, effective_image_size, parents
+from cxrguide.training.dispatch import parents
 from cxrguide.training.features import pooled_features, stage1_rows
+from cxrguide.training.stage_run import Scorer, effective_image_size
 from cxrguide.training.tune_report import (  # noqa: F401  (re-exported: the module's API)
     best_config,
     best_trial,
@@ -164,7 +165,8 @@ class Objective:
         self.p, self.storage, self.score = p, storage, score
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from cxrguide.training import finetune, stages
+        from cxrguide.training.finetune import stage2
+        from cxrguide.training.stage1 import stage1
 
         p, attrs = self.p, trial.user_attrs
         trial.set_user_attr("host", HOST)
@@ -181,10 +183,10 @@ class Objective:
             _replay_history(trial, run)
             report = partial(_report, trial, cfg.max_epochs)
             if p.base.stage == 1:
-                row = stages.stage1(cfg, p.backbone, p.prepared, self.score, report)
+                row = stage1(cfg, p.backbone, p.prepared, self.score, report)
             else:
                 assert p.parent is not None
-                row = finetune.stage2(cfg, p.parent, p.prepared, self.score, report)
+                row = stage2(cfg, p.parent, p.prepared, self.score, report)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -256,7 +258,7 @@ def _warm_feature_cache(p: Plan) -> None:
 def tune(cfg: TuneConfig, score: Scorer) -> tuple[optuna.Study, Path]:
     """Run ``cfg.trials`` trials (Optuna's ``n_trials``), fewer if the study reaches
     ``cfg.total_trials`` finished ones over all its workers first; ``score`` evaluates each
-    trial's run (see :data:`~cxrguide.training.common.Scorer`)."""
+    trial's run (see :data:`~cxrguide.training.stage_run.Scorer`)."""
     p = plan(cfg)
     study, storage = open_study(p)
     _warm_feature_cache(p)

@@ -4,7 +4,7 @@ import pytest
 
 from cxrguide.config import TrainConfig, load_yaml
 from cxrguide.errors import CxrGuideError
-from cxrguide.training.common import claim_run, effective_image_size, run_path
+from cxrguide.training.stage_run import claim_run, effective_image_size, run_path
 
 
 def test_run_path_only_names_the_folder(tmp_path):

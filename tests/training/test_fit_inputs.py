@@ -16,7 +16,8 @@ from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import ConfigError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.zoo import create_model
-from cxrguide.training import stages
+from cxrguide.training import dispatch
+from cxrguide.training.fit_inputs import dataset_sources, train_loader
 from cxrguide.training.losses import (
     balanced_class_weights,
     balanced_sample_weights,
@@ -24,7 +25,6 @@ from cxrguide.training.losses import (
     l2_penalty,
     paper_cross_entropy,
 )
-from cxrguide.training.objective import dataset_sources, train_loader
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -89,12 +89,12 @@ def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
 
 
 def test_history_logs_l2_apart_from_cross_entropy(tiny_prepared, tmp_path):
-    stages.train(_cfg(tiny_prepared, tmp_path / "runs"), score_split)
+    dispatch.train(_cfg(tiny_prepared, tmp_path / "runs"), score_split)
     board = tmp_path / "runs/leaderboard_stage1.csv"
     l2 = {}
     for scope in ("head", "all"):
         out = tmp_path / scope
-        row = stages.train(
+        row = dispatch.train(
             _cfg(
                 tiny_prepared,
                 out,

@@ -3,7 +3,7 @@
 Used by the predictor's ``onnx`` backend, the export parity check and ``bench/inference.py``.
 It speaks the exported contract only (inputs ``image`` and optionally ``lung_mask``, output
 ``probabilities``); external ONNX classifiers with other layouts are
-:mod:`cxrguide.evaluation.onnx_model`'s business.
+:mod:`cxrguide.evaluation.external_onnx`'s business.
 """
 
 from __future__ import annotations

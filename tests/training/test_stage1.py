@@ -15,7 +15,7 @@ from cxrguide.models.classifier import CxrClassifier
 from cxrguide.models.saved import load_run
 from cxrguide.models.weights import WEIGHTS_ENV
 from cxrguide.models.zoo import create_model
-from cxrguide.training import stages
+from cxrguide.training import dispatch, stage1
 from tracking_testutils import assert_events_match_history
 
 pytestmark = pytest.mark.usefixtures("no_bootstrap")  # the CIs: tests/evaluation
@@ -38,8 +38,8 @@ def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
 
 
 def test_stage1_feature_cache_equals_training_the_frozen_whole_model(tiny_prepared, tmp_path):
-    cached = stages.train(_cfg(tiny_prepared, tmp_path / "a"), score_split)[0]
-    whole = stages.train(_cfg(tiny_prepared, tmp_path / "b", feature_cache=False), score_split)[0]
+    cached = dispatch.train(_cfg(tiny_prepared, tmp_path / "a"), score_split)[0]
+    whole = dispatch.train(_cfg(tiny_prepared, tmp_path / "b", feature_cache=False), score_split)[0]
     a, _ = load_run(cached["run"])
     b, _ = load_run(whole["run"])
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
@@ -55,7 +55,7 @@ def test_stage1_feature_cache_equals_training_the_frozen_whole_model(tiny_prepar
 
 
 def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, monkeypatch):
-    rows = stages.train(
+    rows = dispatch.train(
         _cfg(tiny_prepared, tmp_path / "runs", backbone="mobilenet_v2,efficientnet_b0"), score_split
     )
     board = pd.read_csv(tmp_path / "runs/leaderboard_stage1.csv")
@@ -85,25 +85,27 @@ def test_stage1_run_folder_leaderboard_and_cache_reuse(tiny_prepared, tmp_path, 
 
     monkeypatch.setattr(CxrClassifier, "forward_features", boom)
     monkeypatch.setattr(
-        stages,
+        stage1,
         "finish_run",
         lambda run, cfg, model, info, score: {"val_accuracy": 0, "test_accuracy": 0},
     )
-    stages.train(_cfg(tiny_prepared, tmp_path / "again"), score_split)
+    dispatch.train(_cfg(tiny_prepared, tmp_path / "again"), score_split)
 
 
 def test_existing_run_needs_resume(tiny_prepared, tmp_path):
-    stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1), score_split)
+    dispatch.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1), score_split)
     with pytest.raises(CxrGuideError, match="--resume"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1), score_split)
-    rows = stages.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1, resume=True), score_split)
+        dispatch.train(_cfg(tiny_prepared, tmp_path / "r", max_epochs=1), score_split)
+    rows = dispatch.train(
+        _cfg(tiny_prepared, tmp_path / "r", max_epochs=1, resume=True), score_split
+    )
     assert rows[0]["backbone"] == "mobilenet_v2"
 
 
 def test_stage2_fine_tunes_body_of_the_best_run(tiny_prepared, tmp_path):
-    stages.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=1), score_split)
+    dispatch.train(_cfg(tiny_prepared, tmp_path / "runs", max_epochs=1), score_split)
     board = tmp_path / "runs/leaderboard_stage1.csv"
-    rows = stages.train(
+    rows = dispatch.train(
         _cfg(
             tiny_prepared,
             tmp_path / "runs",
@@ -128,9 +130,9 @@ def test_stage2_fine_tunes_body_of_the_best_run(tiny_prepared, tmp_path):
 
 def test_stage2_needs_a_source(tiny_prepared, tmp_path):
     with pytest.raises(CxrGuideError, match="--from"):
-        stages.train(_cfg(tiny_prepared, tmp_path / "x", stage=2), score_split)
+        dispatch.train(_cfg(tiny_prepared, tmp_path / "x", stage=2), score_split)
     with pytest.raises(CxrGuideError, match="no such leaderboard"):
-        stages.train(
+        dispatch.train(
             _cfg(tiny_prepared, tmp_path / "x", stage=2, from_run=tmp_path / "nope.csv"),
             score_split,
         )
@@ -149,7 +151,7 @@ def test_stage1_run_records_imagenet_weights_from_the_weights_folder(
     path.parent.mkdir()
     save_file(reference, str(path))
     monkeypatch.setenv(WEIGHTS_ENV, str(path.parent))
-    row = stages.train(
+    row = dispatch.train(
         _cfg(tiny_prepared, tmp_path / "runs", weights="imagenet", max_epochs=1), score_split
     )[0]
     model, info = load_run(row["run"])

@@ -17,8 +17,13 @@ from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.data.transforms import resize_mask
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import predict_split
-from cxrguide.evaluation.onnx_input import IMAGENET_MEAN, IMAGENET_STD, parse_classes, resolve_input
-from cxrguide.evaluation.onnx_model import evaluate_onnx
+from cxrguide.evaluation.external_onnx import evaluate_onnx
+from cxrguide.evaluation.external_onnx_input import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    parse_classes,
+    resolve_input,
+)
 from cxrguide.inference.export import ExportModule, export_onnx
 from cxrguide.labels import CLASSES
 from cxrguide.models.zoo import create_model

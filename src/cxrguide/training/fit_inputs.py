@@ -1,4 +1,5 @@
-"""What a classifier run optimises, from its config: the task (cross-entropy with optional class
+"""What :func:`cxrguide.core.engine.fit` is handed for a classifier run, built from its config:
+the task (cross-entropy with optional class
 weights, L2 on the head or on every kernel, optionally an adversary against the source) and the
 training loader (optional class- or class x source-balanced sampling).
 
@@ -22,12 +23,12 @@ from cxrguide.training.adversary import (
     SourceAdversary,
     source_codes,
 )
+from cxrguide.training.fit_tasks import ClassifierTask, FeatureTask
 from cxrguide.training.losses import (
     balanced_class_weights,
     balanced_sample_weights,
     group_sample_weights,
 )
-from cxrguide.training.tasks import ClassifierTask, FeatureTask
 
 
 def class_weights(cfg: TrainConfig, train_labels: np.ndarray):

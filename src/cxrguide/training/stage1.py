@@ -1,43 +1,33 @@
-"""Stage I (frozen body, head on cached features) and the stage dispatcher.
+"""Stage I: a frozen body, the paper's head trained on pooled features cached once.
 
-``train(cfg, score)`` is what ``cxrguide train`` calls; Stage II and III are the one
-fine-tuning path of :mod:`.finetune`. Each model gets its own run folder
-``RUNS/stage<k>-<backbone>``; a stage over several models also writes
-``RUNS/leaderboard_stage<k>.csv`` sorted by validation accuracy, which the next stage reads.
+One model per call, in its own run folder ``OUT/stage1-<backbone>``; which models a stage trains
+and the leaderboard over them are :mod:`.dispatch`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-
-import pandas as pd
 
 from cxrguide.config import TrainConfig
 from cxrguide.core import engine
 from cxrguide.core.device import resolve_device
 from cxrguide.core.runs import RunInfo
 from cxrguide.data.datasets import CxrDataset, Prepared
-from cxrguide.errors import ConfigError
-from cxrguide.files import atomic_open
 from cxrguide.models.zoo import create_model
-from cxrguide.training.common import (
-    LEADERBOARD,
+from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
+from cxrguide.training.fit_inputs import (
+    classifier_task,
+    dataset_labels,
+    dataset_sources,
+    train_loader,
+)
+from cxrguide.training.stage_run import (
     Scorer,
-    backbones,
     claim_run,
     effective_image_size,
     engine_config,
     finish_run,
     sgd,
-)
-from cxrguide.training.features import FeatureDataset, pooled_features, stage1_rows
-from cxrguide.training.finetune import train_finetune
-from cxrguide.training.objective import (
-    classifier_task,
-    dataset_labels,
-    dataset_sources,
-    train_loader,
 )
 
 
@@ -114,29 +104,3 @@ def stage1(
         data=str(prepared.root),
     )
     return finish_run(run, cfg, model.cpu(), info, score)
-
-
-def train(cfg: TrainConfig, score: Scorer) -> list[dict]:
-    """Run the configured stage for every selected model; write the stage leaderboard.
-
-    ``score`` evaluates each saved run (see :data:`~cxrguide.training.common.Scorer`).
-
-    Under torchrun every rank calls this; the process group is joined first so that the feature
-    cache, run folders and leaderboard are written by rank 0 only.
-    """
-    engine.init_distributed(resolve_device(cfg.device))
-    if cfg.stage == 1:
-        if cfg.data is None:
-            raise ConfigError("data: give --data PREP (a folder written by 'cxrguide prepare')")
-        prepared = Prepared.open(cfg.data)
-        rows = [stage1(cfg, name, prepared, score) for name in backbones(cfg)]
-    else:
-        cfg, rows = train_finetune(cfg, score)
-    if engine.is_main_process():
-        board = pd.DataFrame(rows).sort_values("val_accuracy", ascending=False, kind="stable")
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        with atomic_open(
-            Path(cfg.out) / LEADERBOARD.format(stage=cfg.stage), "w", newline=""
-        ) as fh:
-            board.to_csv(fh, index=False)
-    return rows

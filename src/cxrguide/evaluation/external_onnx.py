@@ -41,7 +41,7 @@ from cxrguide.core.onnx_session import open_session
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.data.transforms import resize_image, resize_mask
 from cxrguide.errors import CxrGuideError
-from cxrguide.evaluation.onnx_input import (
+from cxrguide.evaluation.external_onnx_input import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MASK_INPUT,

@@ -1,4 +1,4 @@
-"""Per-stage training tasks plugged into :func:`cxrguide.core.engine.fit`.
+"""The Task objects :func:`cxrguide.core.engine.fit` runs: each stage's train and eval step.
 
 Each train step reports the cross-entropy as ``loss`` and the L2 term as ``l2`` separately (so
 ``history.csv`` has ``train_loss`` and ``train_l2`` and the progress bar shows the same names);

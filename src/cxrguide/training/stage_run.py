@@ -1,5 +1,5 @@
-"""What every classification stage shares: engine settings, run folders, the optimiser, saving
-and scoring a finished run, and which models a stage trains.
+"""One run of a classification stage, from claiming its folder to scoring it: ``run_path`` /
+``claim_run``, the engine settings and optimiser it trains with, ``finish_run`` (save + score).
 
 Scoring is injected (a :data:`Scorer`): training sits below evaluation, so the caller (the
 ``train`` command, the pipeline, the tuner's command, an experiment) hands in the function
@@ -13,19 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from cxrguide.config import TrainConfig, save_yaml
 from cxrguide.core import engine
 from cxrguide.core.run_config import claim_run_config
-from cxrguide.core.runs import RunInfo, read_info, save_run
+from cxrguide.core.runs import RunInfo, save_run
 from cxrguide.core.tracking import finish_mlflow
 from cxrguide.data.datasets import Prepared
-from cxrguide.errors import ConfigError, CxrGuideError
+from cxrguide.errors import CxrGuideError
 from cxrguide.models.classifier import CxrClassifier
 
-LEADERBOARD = "leaderboard_stage{stage}.csv"
 SCORED_SPLITS = ("val", "test")
 SHORTCUT_SPLIT = "shortcut_test"  # phantoms' markers at another class's place (cxrguide synth)
 
@@ -46,32 +44,6 @@ def engine_config(cfg: TrainConfig) -> engine.EngineConfig:
         progress=cfg.progress,
         mlflow=cfg.mlflow,
     )
-
-
-def backbones(cfg: TrainConfig) -> list[str]:
-    """The models ``--backbone`` names (``all``: the ten backbones, COVID-Net aside)."""
-    from cxrguide.models.zoo import get_spec, list_models
-
-    if cfg.backbone == "all":
-        return [n for n in list_models() if not n.startswith("covidnet")]
-    return [get_spec(name.strip()).name for name in cfg.backbone.split(",") if name.strip()]
-
-
-def parents(cfg: TrainConfig) -> list[Path]:
-    """Stage II/III inputs: the top-k runs of a leaderboard CSV, or one run folder."""
-    if cfg.from_run is None:
-        raise ConfigError("from_run: Stage II/III need --from LEADERBOARD.csv or a run folder")
-    src = Path(cfg.from_run)
-    if src.is_dir():
-        read_info(src)
-        return [src]
-    if not src.exists():
-        raise CxrGuideError(f"{src}: no such leaderboard CSV or run folder")
-    board = pd.read_csv(src)
-    if "run" not in board.columns or "val_accuracy" not in board.columns:
-        raise CxrGuideError(f"{src}: not a leaderboard (needs columns run, val_accuracy)")
-    board = board.sort_values("val_accuracy", ascending=False, kind="stable")
-    return [Path(r) for r in board["run"].head(cfg.top)]
 
 
 def run_path(cfg: TrainConfig, name: str) -> Path:

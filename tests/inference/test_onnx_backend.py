@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from cxrguide.errors import CxrGuideError
-from cxrguide.inference.onnx_runtime import OnnxRunner
+from cxrguide.inference.onnx_backend import OnnxRunner
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*legacy TorchScript-based ONNX export:DeprecationWarning",
