@@ -23,8 +23,8 @@ pixel, or a PNG with much more data than its rows need, is refused
 ``target`` the image is block-averaged to the smallest size whose longer side is still
 >= target, so memory follows the output, not the header. :func:`model_input` is what the model
 sees (``predict``, ``serve``, ``inspect --model-input``); the letterboxed square and its
-geometry (``fit_square``, ``letterbox``, ``Letterbox``, ``unfit_square``, ``to_uint8``) live in
-:mod:`cxrguide.data.film_square` and are re-exported here.
+geometry (``fit_square``, ``letterbox``, ``Letterbox``, ``unfit_square``, ``to_uint8``) live
+with the one resize rule in :mod:`cxrguide.data.transforms` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from PIL import Image, UnidentifiedImageError
 from cxrguide.data import decode_guard as guard
 from cxrguide.data import dicom_reader as dicom
 from cxrguide.data.film_flags import normalise_modalities
-from cxrguide.data.film_square import Letterbox, fit_square, letterbox, to_uint8, unfit_square
 from cxrguide.data.frame_headers import dicom_frame_refusal
 from cxrguide.data.image_info import DicomRef, ImageInfo, check_size, fail, is_truncation, short
+from cxrguide.data.transforms import Letterbox, fit_square, letterbox, to_uint8, unfit_square
 from cxrguide.errors import ImageReadError
 
 __all__ = [
