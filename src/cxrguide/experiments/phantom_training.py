@@ -32,8 +32,8 @@ def draw_phantoms(cfg: PretrainConfig) -> tuple[torch.Tensor, ...]:
     """Clean films (N, 1, S, S) in [0, 1], their lesion masks, labels, and train / held-out rows
     split by patient."""
 
-    from cxrguide.data.synthetic.fairness import labels_of, patient_split
     from cxrguide.data.synthetic.generate import plan_dataset, resolve_workers
+    from cxrguide.data.synthetic.task_check import labels_of, patient_split
 
     synth = SynthConfig(n=cfg.n, size=cfg.size, seed=cfg.seed, shortcut_rate=0.0, shortcut_test=0)
     specs = plan_dataset(synth)
