@@ -29,7 +29,7 @@ from _near_copies import KINDS, near_copies, sample_films
 from cxrguide.config import SynthConfig
 from cxrguide.data import manifest, near_index
 from cxrguide.data.imaging import read_image
-from cxrguide.data.synthetic.fairness import render_images
+from cxrguide.data.synthetic.task_check import render_images
 
 
 def _search(

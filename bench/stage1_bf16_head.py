@@ -38,7 +38,7 @@ from cxrguide.data.datasets import Prepared
 from cxrguide.data.prepare import prepare
 from cxrguide.data.synthetic import generate_dataset
 from cxrguide.evaluation.evaluate import score_split
-from cxrguide.experiments.pretrain import pretrain
+from cxrguide.experiments.phantom_body import pretrain
 from cxrguide.models.zoo import create_model, get_spec
 from cxrguide.training import stage1 as stages
 from cxrguide.training.features import pooled_features

@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/synth_fairness.py [--quick] [--n 900] [--size 128]
 
 1. Logistic regression on each film's global 32-bin intensity histogram, clean data (shortcut
    rate 0): should stay near chance (<= 50 % on 3 classes): the class is not in global statistics.
-2. A small plain CNN (:func:`cxrguide.data.synthetic.fairness.small_cnn`, ~0.1M parameters,
+2. A small plain CNN (:func:`cxrguide.data.synthetic.task_check.small_cnn`, ~0.1M parameters,
    AdamW, one-cycle, one CPU thread by default) trained on the same clean films: should reach
    >= 85 % test accuracy: the findings are learnable.
 3. The same CNN trained on films drawn with ``--shortcut-rate`` (0.95): accuracy on the ordinary
@@ -25,7 +25,7 @@ import os
 import time
 
 from _common import add_quick, emit, load
-from cxrguide.data.synthetic.fairness import fairness_report
+from cxrguide.data.synthetic.task_check import task_check_report
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
 
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
-    numbers = fairness_report(
+    numbers = task_check_report(
         n=args.n,
         size=args.size,
         seed=args.seed,

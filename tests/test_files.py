@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,18 @@ def test_a_failed_write_leaves_nothing_and_names_the_target(tmp_path):
         fh.write("half")
         raise OSError(errno.ENOSPC, "No space left on device")
     assert err.value.filename == str(tmp_path / "a.csv") and list(tmp_path.iterdir()) == []
+
+
+def test_only_files_py_renames_over_a_target():
+    """Every atomic write goes through files.atomic_*: a hand-rolled temp file + rename elsewhere
+    would skip the fsyncs, the umask mode or the clean-up on error."""
+    src = Path(files.__file__).parent
+    pattern = re.compile(r"os\.replace\(|os\.rename\(|\.rename\(|mkstemp\(|NamedTemporaryFile\(")
+    found = [
+        f"{path.relative_to(src)}:{n}: {line.strip()}"
+        for path in sorted(src.rglob("*.py"))
+        if path.name != "files.py" or path.parent != src
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []

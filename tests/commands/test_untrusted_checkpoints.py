@@ -15,7 +15,7 @@ from cxrguide.cli import build_parser, main
 from cxrguide.config import config_from_args
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.core.checkpoint import UnsafeCheckpointError
-from cxrguide.experiments.pretrain import build_recipe
+from cxrguide.experiments.phantom_body import build_recipe
 from cxrguide.training.tune import _replay_history
 from inference_helpers import film, gated_run, lung_run, tiny_prepared, tiny_run
 

@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 from cxrguide.config import SynthConfig
 from cxrguide.data import manifest, near_index
 from cxrguide.data.imaging import read_image
-from cxrguide.data.synthetic.fairness import render_images
+from cxrguide.data.synthetic.task_check import render_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from _near_copies import KINDS, near_copies, sample_films  # noqa: E402

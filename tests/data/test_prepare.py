@@ -408,6 +408,12 @@ def test_parallel_gather_matches_a_serial_one(tmp_path):
     assert np.array_equal(np.load(tmp_path / "three.npy"), src[rows])
 
 
+def test_a_failed_copy_process_raises_its_error_in_the_parent(tmp_path):
+    src = np.zeros((50, 8, 8), dtype=np.uint8)
+    with pytest.raises(IndexError, match="60"):
+        cache.gather(src, list(range(20)) + [60], tmp_path / "bad.npy", chunk=4, workers=3)
+
+
 def test_a_killed_worker_is_one_line_and_exit_2_not_a_hang(folder, tmp_path, monkeypatch, capsys):
     """The OOM killer taking a pool worker hung multiprocessing.Pool forever."""
 

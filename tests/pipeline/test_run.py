@@ -21,7 +21,7 @@ from cxrguide.config import (
     load_config,
 )
 from cxrguide.errors import ConfigError
-from cxrguide.experiments import pretrain
+from cxrguide.experiments import phantom_body
 from cxrguide.pipeline import run
 from cxrguide.pipeline.run import plan, run_pipeline
 
@@ -155,7 +155,7 @@ def test_phantom_weights_resolve_to_verified_files_before_stage1(monkeypatch):
         asked.append(names)
         return "/cache/phantom-{backbone}.safetensors", {n: f"phantom:{n}" for n in names}
 
-    monkeypatch.setattr(pretrain, "resolve_phantom", fake)
+    monkeypatch.setattr(phantom_body, "resolve_phantom", fake)
     s1 = TrainConfig(backbone="mobilenet_v2,efficientnet_b0", weights="phantom", lr=0.01)
     resolved, labels = run._resolve_bodies(s1, log=lambda m: None)
     assert asked == [["mobilenet_v2", "efficientnet_b0"]]

@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_shortcut(args: argparse.Namespace) -> int:
-    from cxrguide.experiments.pretrain import with_resolved_weights
+    from cxrguide.experiments.phantom_body import with_resolved_weights
     from cxrguide.experiments.shortcut import run_benchmark
 
     cfg = config_from_args(ShortcutBenchConfig, args)
@@ -76,7 +76,7 @@ def run_sources(args: argparse.Namespace) -> int:
     if cfg.weights == "phantom":
         from dataclasses import replace
 
-        from cxrguide.experiments.pretrain import resolve_weights
+        from cxrguide.experiments.phantom_body import resolve_weights
 
         cfg = replace(cfg, weights=resolve_weights(cfg.weights, [cfg.backbone]))
     md, study = run_study(cfg)

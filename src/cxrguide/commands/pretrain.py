@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrguide.experiments.pretrain import pretrain
+    from cxrguide.experiments.phantom_body import pretrain
 
     cfg = config_from_args(PretrainConfig, args)
     result = pretrain(cfg)

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(TrainConfig, args)
     if cfg.stage == 1 or (cfg.stage == 3 and cfg.from_run is None):  # the stages that build bodies
-        from cxrguide.experiments.pretrain import with_resolved_weights
+        from cxrguide.experiments.phantom_body import with_resolved_weights
 
         cfg = with_resolved_weights(cfg, backbones(cfg))
     rows = train(cfg, score_split)

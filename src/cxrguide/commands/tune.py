@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         from cxrguide.evaluation.evaluate import score_split
 
         if cfg.stage == 1:
-            from cxrguide.experiments.pretrain import with_resolved_weights
+            from cxrguide.experiments.phantom_body import with_resolved_weights
 
             cfg = with_resolved_weights(cfg, [cfg.backbone])
         study, out = tuning.tune(cfg, score_split)

@@ -62,6 +62,7 @@ class EngineConfig:
     monitor: str = "loss"  # the val metric early stopping watches (lower is better)
     track: bool = True  # TensorBoard event files in the run folder (core.tracking)
     mlflow: str | None = None  # an MLflow tracking URI: the same scalars, params and artefacts
+    reseed: bool = True  # seed_everything(seed) first; False: the caller seeded before building
 
 
 @dataclass
@@ -133,8 +134,14 @@ def make_loader(
     )
 
 
-def _set_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
-    if isinstance(loader.sampler, DistributedSampler):
+def _set_epoch(loader: Iterable, seed: int, epoch: int) -> None:
+    """Make the epoch's order a function of (seed, epoch); a batch source of one's own says how
+    with a ``set_epoch(epoch)`` method."""
+    if callable(getattr(loader, "set_epoch", None)):
+        loader.set_epoch(epoch)  # type: ignore[attr-defined]
+    elif not isinstance(loader, DataLoader):
+        return
+    elif isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
     elif loader.generator is not None:
         loader.generator.manual_seed(seed * 1000 + epoch)
@@ -190,6 +197,7 @@ def _run_epoch(
     optimizer: torch.optim.Optimizer | None,
     scaler: torch.amp.GradScaler | None,
     desc: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     use_amp = amp_dtype is not None and (device.type == "cuda" or amp_dtype == torch.bfloat16)
@@ -219,6 +227,8 @@ def _run_epoch(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if scheduler is not None:  # stepped per batch (one-cycle and the like)
+                scheduler.step()
         for k, v in stats.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         if train:  # the epoch's running means, named as in history.csv (``train_<name>``)
@@ -230,22 +240,30 @@ def _run_epoch(
 def fit(
     model: nn.Module,
     task: Task,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    train_loader: Iterable,
+    val_loader: Iterable | None,
     optimizer: torch.optim.Optimizer,
     cfg: EngineConfig,
     run_dir: str | Path,
     *,
     on_epoch_end: Any = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    log_dir: str | Path | None = None,
+    params: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train until ``max_epochs`` or early stopping; resume from ``run_dir/last.pt`` if present.
 
-    The model is left holding the best (lowest val ``monitor``) weights. ``on_epoch_end(epoch,
-    row)`` may raise to abort (the tuner's pruner does) after the checkpoint is written.
-    Eval runs under ``no_grad``: tasks that need gradients at eval (Grad-CAM) enable them inside.
+    The model is left holding the best (lowest val ``monitor``) weights; with no
+    ``val_loader``, the last ones (no best.pt, no early stopping). ``on_epoch_end(epoch, row)``
+    may raise to abort (the tuner's pruner does) after the checkpoint is written. Eval runs
+    under ``no_grad``: tasks that need gradients at eval (Grad-CAM) enable them inside.
+    ``scheduler`` steps after every optimiser step and is checkpointed with it; ``log_dir``
+    (default ``run_dir``) gets history.csv and the tracker's files; ``params``: the MLflow
+    params when there is no ``config.yaml`` to read them from.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(log_dir) if log_dir is not None else run_dir
     device = resolve_device(cfg.device)
     init_distributed(device)
     model.to(device)
@@ -261,7 +279,8 @@ def fit(
         device.type, enabled=cfg.precision == "fp16" and device.type == "cuda"
     )
 
-    seed_everything(cfg.seed)
+    if cfg.reseed:
+        seed_everything(cfg.seed)
     start, best_value, best_epoch, bad, history = 0, float("inf"), -1, 0, []
     last = run_dir / LAST
     if last.exists():
@@ -269,18 +288,22 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
         start, best_value, best_epoch = state["epoch"] + 1, state["best_value"], state["best_epoch"]
         bad, history = state["bad_epochs"], state["history"]
         set_rng_state(state["rng"])
         if state.get("finished"):
-            load_weights(model, run_dir / BEST)
+            if (run_dir / BEST).exists():
+                load_weights(model, run_dir / BEST)
             return FitResult(best_epoch, best_value, len(history), state["stopped_early"], history)
 
     stopped_early = False
     tracker = None
     if cfg.track and is_main_process():
-        params = run_params(run_dir) if cfg.mlflow else None  # the run's config.yaml
-        tracker = Tracker(run_dir, start_epoch=start, mlflow=cfg.mlflow, params=params)
+        if params is None and cfg.mlflow:
+            params = run_params(run_dir)  # the run's config.yaml
+        tracker = Tracker(log_dir, start_epoch=start, mlflow=cfg.mlflow, params=params)
     try:
         for epoch in range(start, cfg.max_epochs):
             _set_epoch(train_loader, cfg.seed, epoch)
@@ -296,18 +319,21 @@ def fit(
                 optimizer=optimizer,
                 scaler=scaler,
                 desc=f"{desc} train",
+                scheduler=scheduler,
             )
-            va = _run_epoch(
-                net,
-                task,
-                val_loader,
-                device,
-                cfg,
-                train=False,
-                optimizer=None,
-                scaler=None,
-                desc=f"{desc} val",
-            )
+            va = {}
+            if val_loader is not None:
+                va = _run_epoch(
+                    net,
+                    task,
+                    val_loader,
+                    device,
+                    cfg,
+                    train=False,
+                    optimizer=None,
+                    scaler=None,
+                    desc=f"{desc} val",
+                )
             row = {
                 "epoch": epoch + 1,
                 **{f"train_{k}": v for k, v in tr.items()},
@@ -315,12 +341,13 @@ def fit(
                 "lr": lr,
             }
             history.append(row)
-            value = va[cfg.monitor]
+            # no val: no best.pt, and it never stops early
+            value = va[cfg.monitor] if val_loader is not None else float("inf")
             if value < best_value:
                 best_value, best_epoch, bad = value, epoch + 1, 0
                 if is_main_process():
                     _atomic_save({"model": model.state_dict(), "epoch": epoch + 1}, run_dir / BEST)
-            else:
+            elif val_loader is not None:
                 bad += 1
             stopped_early = bad >= cfg.patience
             done = stopped_early or epoch + 1 == cfg.max_epochs
@@ -332,6 +359,7 @@ def fit(
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scaler": scaler.state_dict(),
+                        **({"scheduler": scheduler.state_dict()} if scheduler else {}),
                         "epoch": epoch,
                         "best_value": best_value,
                         "best_epoch": best_epoch,
@@ -343,7 +371,7 @@ def fit(
                     },
                     last,
                 )
-                write_history(run_dir / HISTORY, history)
+                write_history(log_dir / HISTORY, history)
                 if cfg.progress:
                     shown = ", ".join(
                         f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4f}"

@@ -1,6 +1,6 @@
 """A training run's per-epoch scalars in the field's viewers: TensorBoard and, optionally, MLflow.
 
-Every loop (the engine, pretraining) hands each epoch's ``history.csv`` row to a
+The engine (every stage, the U-Net, pretraining) hands each epoch's ``history.csv`` row to a
 :class:`Tracker`; ``history.csv`` stays the record, these mirror it. TensorBoard event files go
 into the run folder itself (``tensorboard --logdir RUNS`` shows one curve per run). With an MLflow
 tracking URI the same scalars, the run's config as params, and (at :func:`finish_mlflow`) the run

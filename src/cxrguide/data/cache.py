@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,23 +82,51 @@ def gather(
         ]
         list(pool.map(_gather_span, spans))
         return
-    global _gather_job
-    _gather_job = (src, rows, dst_path, chunk)
+    _forked(
+        _copy_part,
+        [
+            (src, rows, dst_path, lo, hi, chunk)
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ],
+    )
+
+
+def _forked(target: Callable[..., None], jobs: list[tuple]) -> None:
+    """``target(*job)`` in one forked process per job, all at once: a job's arguments (``src``
+    may be a large in-memory array) are inherited by the fork, never pickled. The first
+    exception a child raised is raised here (an OSError still names its file)."""
+    ctx = mp.get_context("fork")
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_reporting, args=(target, job, errors)) for job in jobs]
     try:
-        with mp.get_context("fork").Pool(workers) as own:
-            own.map(_gather_part, list(zip(bounds[:-1], bounds[1:], strict=True)))
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
     finally:
-        _gather_job = None
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+    if not errors.empty():
+        raise errors.get()
+    failed = [proc.exitcode for proc in procs if proc.exitcode]
+    if failed:
+        raise RuntimeError(f"a copy process exited with code {failed[0]}")
 
 
-# (src, rows, dst_path, chunk) of the running gather: inherited by forked workers, never pickled
-_gather_job: tuple | None = None
+def _reporting(target: Callable[..., None], job: tuple, errors: Any) -> None:
+    """Child side of :func:`_forked`: run the job, hand an exception back to the parent."""
+    try:
+        target(*job)
+    except BaseException as err:  # the parent raises it; the child ends quietly
+        errors.put(err)
 
 
-def _gather_part(span: tuple[int, int]) -> None:
-    assert _gather_job is not None
-    src, rows, dst_path, chunk = _gather_job
-    _copy(src, rows, open_writable(dst_path), span[0], span[1], chunk)
+def _copy_part(
+    src: np.ndarray, rows: list[int], dst_path: Path, lo: int, hi: int, chunk: int
+) -> None:
+    _copy(src, rows, open_writable(dst_path), lo, hi, chunk)
 
 
 def _gather_span(span: tuple[str, list[int], str, int, int, int]) -> None:

@@ -12,7 +12,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import Executor
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +83,6 @@ def decode(
     return row, to_uint8(square), manifest.thumbnail(img)
 
 
-# The work caches a pool worker writes into: their paths and maps, opened once per process.
-_worker_caches: tuple[tuple[str, str], np.ndarray, np.ndarray] | None = None
-
-
 def _decode_chunk(caches: tuple[str, str], tasks: list[tuple[int, str, int, dict]]) -> list[dict]:
     """Pool worker: decode a chunk straight into the memory-mapped work cache (``caches``: the
     pixel and thumbnail files, opened on the first chunk: prepare's one pool is forked before
@@ -97,12 +93,15 @@ def _decode_chunk(caches: tuple[str, str], tasks: list[tuple[int, str, int, dict
     Pixels are written before the row is returned, so a logged row is always cached; a chunk
     lost to a kill is simply decoded again on resume.
     """
-    global _worker_caches
-    if _worker_caches is None or _worker_caches[0] != caches:
-        opened = tuple(cache.open_writable(Path(c)) for c in caches)
-        _worker_caches = (caches, *opened)  # type: ignore[assignment]
-    assert _worker_caches is not None
-    return [_store(decode(task), *_worker_caches[1:]) for task in tasks]
+    pixels, thumbs = _open_work_caches(caches)
+    return [_store(decode(task), pixels, thumbs) for task in tasks]
+
+
+@lru_cache(maxsize=1)
+def _open_work_caches(caches: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """The work caches' memory maps, opened once per process (one prepare's pair at a time)."""
+    pixels, thumbs = (cache.open_writable(Path(c)) for c in caches)
+    return pixels, thumbs
 
 
 def _store(decoded: tuple, pixels: np.ndarray, thumbs: np.ndarray) -> dict:

@@ -12,6 +12,7 @@ else the valid range, MONOCHROME1 inverted, padding to 0. RGB / YBR: luminance f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import struct
 import warnings
@@ -26,8 +27,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from cxrguide.data import film_flags, intensity
-from cxrguide.data.decode_guard import reduce_factor
+from cxrguide.data.decode_guard import Deadline, dicom_jpeg_refusal, reduce_factor
+from cxrguide.data.frame_headers import dicom_frame_refusal
 from cxrguide.data.image_info import DicomRef, ImageInfo, check_size, fail, is_truncation, short
+from cxrguide.errors import ImageReadError
 
 _DICOM_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -246,3 +249,39 @@ def decode_reason(ds: Any, err: BaseException) -> str:
     syntax = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "") or "unknown syntax"
     text = f"cannot decode DICOM {syntax} pixel data ({detail})"
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def open_film(
+    path: Path,
+    head: bytes,
+    max_pixels: int,
+    min_side: int,
+    deferred: bool,
+    allow_modality: list[str] | tuple[str, ...] | None,
+    allow_for_processing: bool,
+) -> tuple[ImageInfo, Any]:
+    """A DICOM file's info (refused unless a usable radiograph) and its dataset."""
+    ds = open_dicom(path, head, deferred, max_pixels)
+    try:
+        modalities = film_flags.normalise_modalities(allow_modality)
+        with warnings.catch_warnings():  # pydicom warns on bad values as it converts them
+            warnings.simplefilter("ignore")
+            info = dicom_info(path, ds, max_pixels, min_side, modalities, allow_for_processing)
+            return info, ds
+    except ImageReadError:
+        raise
+    except Exception as err:  # a malformed header value (Rows "abc", bad VR, ...)
+        raise fail(path, f"corrupt DICOM data ({short(err)})") from None
+
+
+def decode_film(
+    ds: Any, info: ImageInfo, target: int | None, deadline: Deadline, square: int | None
+) -> tuple[np.ndarray, np.ndarray | None, ImageInfo]:
+    """A DICOM's gray pixels (the frame's own header and data checked before any codec runs),
+    the letterboxed square when asked for, and the info with its intensity rule."""
+    refusal = dicom_frame_refusal(ds) or dicom_jpeg_refusal(ds)
+    if refusal:
+        raise fail(Path(info.path), refusal)
+    deadline.check()
+    gray, box, rule = dicom_pixels(ds, info, target, deadline.check, square)
+    return gray, box, dataclasses.replace(info, intensity=rule)

@@ -1,10 +1,12 @@
 """The one reader for chest X-ray files: PNG, JPEG, DICOM (and other Pillow formats) -> gray [0, 1].
 
 Every step that touches pixels (``inspect``, ``prepare``, ``predict``, ``serve``) goes through
-:func:`read_image`, so a file is read the same way everywhere. The format is detected from the
-content (magic bytes, DICOM preamble), never from the extension: the public sets contain PNGs
-named ``.jpg``. Size limits are checked from the header before any pixel is decoded, so a
-decompression bomb costs a few header bytes, and a refused file raises
+:func:`read_image`, so a file is read the same way everywhere. This module dispatches by content
+and owns the deadline and the error wording; the formats are read by
+:mod:`cxrguide.data.pil_reader` (Pillow formats) and :mod:`cxrguide.data.dicom_reader`. The
+format is detected from the content (magic bytes, DICOM preamble), never from the extension:
+the public sets contain PNGs named ``.jpg``. Size limits are checked from the header before any
+pixel is decoded, so a decompression bomb costs a few header bytes, and a refused file raises
 :class:`~cxrguide.errors.ImageReadError` with a short reason instead of a library exception.
 
 Intensity: one rule for every format (:mod:`cxrguide.data.intensity`), on the full-resolution
@@ -23,28 +25,24 @@ pixel, or a PNG with much more data than its rows need, is refused
 ``target`` the image is block-averaged to the smallest size whose longer side is still
 >= target, so memory follows the output, not the header. :func:`model_input` is what the model
 sees (``predict``, ``serve``, ``inspect --model-input``); the letterboxed square and its
-geometry (``fit_square``, ``letterbox``, ``Letterbox``, ``unfit_square``, ``to_uint8``) live in
-:mod:`cxrguide.data.film_square` and are re-exported here.
+geometry (``fit_square``, ``letterbox``, ``Letterbox``, ``unfit_square``, ``to_uint8``) live
+with the one resize rule in :mod:`cxrguide.data.transforms` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import struct
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cxrguide.data import decode_guard as guard
 from cxrguide.data import dicom_reader as dicom
-from cxrguide.data.film_flags import normalise_modalities
-from cxrguide.data.film_square import Letterbox, fit_square, letterbox, to_uint8, unfit_square
-from cxrguide.data.frame_headers import dicom_frame_refusal
-from cxrguide.data.image_info import DicomRef, ImageInfo, check_size, fail, is_truncation, short
+from cxrguide.data import pil_reader as pil
+from cxrguide.data.image_info import DicomRef, ImageInfo, fail, is_truncation, short
+from cxrguide.data.transforms import Letterbox, fit_square, letterbox, to_uint8, unfit_square
 from cxrguide.errors import ImageReadError
 
 __all__ = [
@@ -67,13 +65,6 @@ DEFAULT_MAX_PIXELS = 64_000_000
 MIN_SIDE = 64
 DEFAULT_DEADLINE_S = 60.0
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-# Pillow formats accepted besides PNG/JPEG; a whitelist, because Pillow's permissive plugins
-# (TGA, ...) would "identify" random binaries.
-_OTHER_PIL_FORMATS = ("TIFF", "BMP", "WEBP", "JPEG2000")
-_MODE_BITS = {"1": 1, "I": 32, "F": 32, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
-
 
 def _read_head(path: Path) -> bytes:
     """First bytes of the file; refuses missing, non-regular and empty files."""
@@ -91,67 +82,6 @@ def _read_head(path: Path) -> bytes:
     return head
 
 
-def _png_header(path: Path, head: bytes) -> tuple[int, int, int]:
-    """(width, height, bit depth) from the IHDR chunk, which the PNG spec puts first."""
-    if len(head) < 8 + 8 + 13:
-        raise fail(path, "truncated image data")
-    _, ctype, width, height, depth = struct.unpack(">I4sIIB", head[8:25])
-    if ctype != b"IHDR":
-        raise fail(path, "corrupt PNG data (no IHDR chunk)")
-    return width, height, depth
-
-
-def _jpeg_header(path: Path) -> tuple[int, int, int, int]:
-    """(width, height, sample precision, SOF marker) from the first SOF segment."""
-    with path.open("rb") as f:
-        try:
-            return guard.jpeg_frame_header(f)
-        except ValueError as err:
-            raise fail(path, str(err)) from None
-
-
-def _open_pil(path: Path, head: bytes, max_pixels: int, min_side: int) -> tuple[ImageInfo, Any]:
-    """Open with Pillow (header only) after our own size check; returns an unloaded image."""
-    if head.startswith(_PNG_MAGIC):
-        width, height, depth = _png_header(path, head)
-        check_size(path, width, height, max_pixels, min_side)
-        formats: tuple[str, ...] = ("PNG",)
-    elif head.startswith(_JPEG_MAGIC):
-        width, height, depth, sof = _jpeg_header(path)
-        check_size(path, width, height, max_pixels, min_side)
-        short_data = guard.jpeg_too_short(path.stat().st_size, sof, width, height)
-        if short_data:
-            raise fail(path, short_data)
-        formats = ("JPEG",)
-    else:
-        formats, depth = _OTHER_PIL_FORMATS, 0
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # incl. DecompressionBombWarning: ours came first
-            im = Image.open(path, formats=formats)
-    except Image.DecompressionBombError as err:  # only above our limit for non-PNG/JPEG
-        n, limit = (int(x) for x in re.findall(r"\d+", str(err))[:2])
-        raise fail(path, f"too many pixels ({n:,} > Pillow's limit {limit:,})") from None
-    except UnidentifiedImageError:
-        if formats == _OTHER_PIL_FORMATS:
-            raise fail(path, "not an image file") from None
-        raise fail(path, f"corrupt {formats[0]} data") from None
-    except Exception as err:
-        if is_truncation(err):
-            raise fail(path, "truncated image data") from None
-        label = formats[0] if len(formats) == 1 else "image"
-        raise fail(path, f"corrupt {label} data ({short(err)})") from None
-    fmt = formats[0] if len(formats) == 1 else str(im.format)
-    width, height = im.size
-    try:
-        check_size(path, width, height, max_pixels, min_side)
-    except ImageReadError:
-        im.close()
-        raise
-    bits = depth or _MODE_BITS.get(im.mode, 8)
-    return ImageInfo(str(path), fmt, width, height, bits, im.mode, ""), im
-
-
 def _open(
     path: str | Path,
     max_pixels: int,
@@ -162,23 +92,13 @@ def _open(
 ) -> tuple[ImageInfo, Any]:
     path = Path(path)
     head = _read_head(path)
-    if head.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
-        return _open_pil(path, head, max_pixels, min_side)
+    if head.startswith((pil.PNG_MAGIC, pil.JPEG_MAGIC)):
+        return pil.open_pil(path, head, max_pixels, min_side)
     if head[128:132] == b"DICM" or dicom.looks_like_raw_dicom(head):
-        ds = dicom.open_dicom(path, head, deferred, max_pixels)
-        try:
-            modalities = normalise_modalities(allow_modality)
-            with warnings.catch_warnings():  # pydicom warns on bad values as it converts them
-                warnings.simplefilter("ignore")
-                info = dicom.dicom_info(
-                    path, ds, max_pixels, min_side, modalities, allow_for_processing
-                )
-                return info, ds
-        except ImageReadError:
-            raise
-        except Exception as err:  # a malformed header value (Rows "abc", bad VR, ...)
-            raise fail(path, f"corrupt DICOM data ({short(err)})") from None
-    return _open_pil(path, head, max_pixels, min_side)
+        return dicom.open_film(
+            path, head, max_pixels, min_side, deferred, allow_modality, allow_for_processing
+        )
+    return pil.open_pil(path, head, max_pixels, min_side)
 
 
 def probe(
@@ -209,21 +129,9 @@ def _decode(
 ):
     """The pixels of an opened file (Pillow image or pydicom dataset), the letterboxed square
     when asked for, and the info to report."""
-    path = Path(info.path)
     if isinstance(handle, Image.Image):
-        if info.format == "PNG":
-            refusal = guard.png_data_refusal(path, deadline.check)
-            if refusal:
-                raise fail(path, refusal)
-        gray, box = guard.pil_gray(handle, info.bit_depth, target, path, deadline.check, square)
-        rule = "8-bit /255" if info.bit_depth <= 8 else "range"
-        return gray, box, dataclasses.replace(info, intensity=rule)
-    refusal = dicom_frame_refusal(handle) or guard.dicom_jpeg_refusal(handle)
-    if refusal:  # the frame's own header and data, before any codec runs
-        raise fail(path, refusal)
-    deadline.check()
-    gray, box, rule = dicom.dicom_pixels(handle, info, target, deadline.check, square)
-    return gray, box, dataclasses.replace(info, intensity=rule)
+        return pil.decode_pil(handle, info, target, deadline, square)
+    return dicom.decode_film(handle, info, target, deadline, square)
 
 
 def read_image(

@@ -1,25 +1,23 @@
 """How ``cxrguide pretrain`` trains a phantom body: the clean phantoms drawn (patient-split
-train / held-out rows), the training loop (AdamW one-cycle, random shifts, the stride-8 lesion
-target that gets a deep body off its plateau; resumable per epoch) and the held-out accuracy.
-The card, the files and the ``--weights phantom`` resolution are :mod:`.pretrain`'s."""
+train / held-out rows), the engine task (AdamW one-cycle, random shifts, the stride-8 lesion
+target that gets a deep body off its plateau; run and resumed per epoch by
+:func:`cxrguide.core.engine.fit`) and the held-out accuracy.
+The card, the files and the ``--weights phantom`` resolution are :mod:`.phantom_body`'s."""
 
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from cxrguide.config import SynthConfig
 from cxrguide.config.pretrain import PretrainConfig
-from cxrguide.core.checkpoint import load_checkpoint
-from cxrguide.core.engine import HISTORY, write_history
-from cxrguide.core.tracking import Tracker
+from cxrguide.core.engine import EngineConfig, fit
 from cxrguide.errors import CxrGuideError
-from cxrguide.files import atomic_save
 from cxrguide.models.grid import feature_stages
 
 
@@ -34,8 +32,8 @@ def draw_phantoms(cfg: PretrainConfig) -> tuple[torch.Tensor, ...]:
     """Clean films (N, 1, S, S) in [0, 1], their lesion masks, labels, and train / held-out rows
     split by patient."""
 
-    from cxrguide.data.synthetic.fairness import labels_of, patient_split
     from cxrguide.data.synthetic.generate import plan_dataset, resolve_workers
+    from cxrguide.data.synthetic.task_check import labels_of, patient_split
 
     synth = SynthConfig(n=cfg.n, size=cfg.size, seed=cfg.seed, shortcut_rate=0.0, shortcut_test=0)
     specs = plan_dataset(synth)
@@ -100,102 +98,103 @@ def lesion_loss(aux: torch.nn.Module, fmap: torch.Tensor, lesions: torch.Tensor)
     return F.binary_cross_entropy_with_logits(aux(fmap).float(), target)
 
 
+class PhantomBatches:
+    """The build's training batches, one random shift each (films and lesion masks together).
+
+    The order and the shifts come from one generator seeded by (seed, epoch), drawn in the same
+    sequence as the loop this replaced, so a resumed build draws what an unbroken one would and
+    the body's bytes did not change when the loop moved into the engine. A batch of one film is
+    skipped: BatchNorm cannot train on it."""
+
+    def __init__(self, cfg: PretrainConfig, x, lesions, y, rows: np.ndarray) -> None:
+        self.x, self.lesions, self.y, self.rows = x, lesions, y, torch.from_numpy(rows)
+        self.batch_size, self.seed, self.epoch = cfg.batch_size, cfg.seed, 0
+        self.limit = max(1, cfg.size // 16)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.rows) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        order = self.rows[torch.randperm(len(self.rows), generator=g)]
+        for idx in order.split(self.batch_size):
+            if len(idx) < 2:
+                continue
+            dy, dx = (int(v) for v in torch.randint(-self.limit, self.limit + 1, (2,), generator=g))
+            yield _shift(self.x[idx], dy, dx), _shift(self.lesions[idx], dy, dx), self.y[idx]
+
+
+class BodyWithLesionHead(torch.nn.Module):
+    """The classifier and the 1x1 lesion head on its stride-8 map, trained (and checkpointed)
+    together; only ``model`` is kept."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        tap, channels = lesion_tap(model)
+        self.model = model
+        self.aux = torch.nn.Conv2d(channels, 1, 1)
+        self.tapped: dict[str, torch.Tensor] = {}
+        self.hook = tap.register_forward_hook(lambda _m, _i, out: self.tapped.update(map=out))
+
+
+class PhantomTask:
+    """Engine task: cross-entropy on the class, plus ``lesion_weight`` x the lesion loss."""
+
+    def __init__(self, lesion_weight: float) -> None:
+        self.lesion_weight = lesion_weight
+
+    def train_step(self, net: BodyWithLesionHead, batch: tuple) -> tuple[torch.Tensor, dict]:
+        xb, lb, yb = batch
+        logits = net.model.forward_head(net.model.forward_features(xb))
+        loss = F.cross_entropy(logits, yb)
+        if self.lesion_weight > 0:
+            loss = loss + self.lesion_weight * lesion_loss(net.aux, net.tapped["map"], lb)
+        hits = int((logits.argmax(1) == yb).sum())
+        return loss, {"loss": loss.item() * len(yb), "acc": hits, "n": len(yb)}
+
+    def eval_step(self, net: BodyWithLesionHead, batch: tuple) -> dict[str, float]:
+        return self.train_step(net, batch)[1]
+
+
 def train_body(
-    cfg: PretrainConfig,
-    model,
-    x,
-    lesions,
-    y,
-    train,
-    work: Path,
-    device,
-    progress: bool,
-    run: Path,
-    config: dict,
+    cfg: PretrainConfig, model, x, lesions, y, train, work: Path, progress: bool, run: Path, config
 ) -> list[dict[str, float]]:
-    """AdamW + one-cycle on the whole network (+ the stride-8 lesion head); resumable per epoch.
+    """AdamW + one-cycle (stepped per batch) on the whole network (+ the stride-8 lesion head),
+    run by :func:`cxrguide.core.engine.fit` with no validation split; resumable per epoch from
+    ``work/last.pt``.
 
     Returns the per-epoch history (train loss, accuracy, the epoch's starting learning rate), also
     written to ``run`` as history.csv and TensorBoard events (``config``: the MLflow params)."""
-    steps_per_epoch = (len(train) + cfg.batch_size - 1) // cfg.batch_size
-    tapped: dict[str, torch.Tensor] = {}
-    tap, channels = lesion_tap(model)
-    hook = tap.register_forward_hook(lambda _m, _i, out: tapped.__setitem__("map", out))
-    aux = torch.nn.Conv2d(channels, 1, 1).to(device)  # dropped after training
-    params = [*model.parameters(), *aux.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    batches = PhantomBatches(cfg, x, lesions, y, train)
+    net = BodyWithLesionHead(model)  # the lesion head is created here, after the body, as before
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=max(8, cfg.epochs * steps_per_epoch), pct_start=0.25
+        opt, max_lr=cfg.lr, total_steps=max(8, cfg.epochs * len(batches)), pct_start=0.25
     )  # (at least 8 steps: one-cycle needs a warm-up step; tiny test recipes have fewer)
-    start, history = 0, []
-    last = work / "last.pt"
-    if last.is_file():
-        state = load_checkpoint(last)
-        model.load_state_dict(state["model"])
-        aux.load_state_dict(state["aux"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start, history = state["epoch"], state.get("history", [])
-        torch.set_rng_state(state["rng"])  # dropout masks continue as in an unbroken run
-    bar = tqdm(
-        total=cfg.epochs * steps_per_epoch,
-        initial=start * steps_per_epoch,
-        desc=f"pretrain {model.name}",
-        unit="step",
-        disable=None if progress else True,
+    engine_cfg = EngineConfig(
+        max_epochs=cfg.epochs,
+        seed=cfg.seed,
+        device=cfg.device,
+        progress=progress,
+        mlflow=cfg.mlflow,
+        reseed=False,  # seeded before the body and the lesion head: dropout continues from there
     )
-    tracker = Tracker(run, start_epoch=start, mlflow=cfg.mlflow, params=config)
     try:
-        for epoch in range(start, cfg.epochs):
-            g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-            model.train()
-            seen, loss_sum, hits, lr = 0, 0.0, 0, float(opt.param_groups[0]["lr"])
-            for idx in torch.from_numpy(train)[torch.randperm(len(train), generator=g)].split(
-                cfg.batch_size
-            ):
-                if len(idx) < 2:  # BatchNorm cannot train on one image
-                    continue
-                limit = max(1, cfg.size // 16)
-                dy, dx = (int(v) for v in torch.randint(-limit, limit + 1, (2,), generator=g))
-                xb, lb = _shift(x[idx], dy, dx).to(device), _shift(lesions[idx], dy, dx).to(device)
-                yb = y[idx].to(device)
-                fmap = model.forward_features(xb)
-                logits = model.forward_head(fmap)
-                loss = F.cross_entropy(logits, yb)
-                if cfg.lesion_weight > 0:
-                    loss = loss + cfg.lesion_weight * lesion_loss(aux, tapped["map"], lb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                seen += len(idx)
-                loss_sum += loss.item() * len(idx)
-                hits += int((logits.argmax(1) == yb).sum())
-                bar.update(1)
-                bar.set_postfix(
-                    epoch=epoch + 1, loss=f"{loss_sum / seen:.4f}", acc=f"{hits / seen:.3f}"
-                )
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_acc": hits / max(seen, 1),
-                "lr": lr,
-            }
-            history.append(row)
-            tracker.log(row)  # before the checkpoint: a resume purges what it re-runs
-            state = {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch + 1,
-                "aux": aux.state_dict(),
-                "rng": torch.get_rng_state(),
-                "history": history,
-            }
-            atomic_save(lambda fh, s=state: torch.save(s, fh), last)
-            write_history(run / HISTORY, history)
+        result = fit(
+            net,
+            PhantomTask(cfg.lesion_weight),
+            batches,
+            None,
+            opt,
+            engine_cfg,
+            work,
+            scheduler=sched,
+            log_dir=run,
+            params=config,
+        )
     finally:
-        tracker.close()
-    bar.close()
-    hook.remove()
-    return history
+        net.hook.remove()
+    return result.history

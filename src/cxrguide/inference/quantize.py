@@ -12,7 +12,6 @@ the measured agreement is the error message. Measurements: ``bench/inference.py`
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 from cxrguide.core.runs import RunInfo
 from cxrguide.data.datasets import CxrDataset, Prepared
 from cxrguide.errors import CxrGuideError
+from cxrguide.files import atomic_path
 from cxrguide.inference.onnx_backend import OnnxRunner
 
 MIN_AGREEMENT = 0.99
@@ -142,10 +142,7 @@ def quantize_checked(
     """
     import onnx
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out) as tmp:
         quantize_onnx(fp32, tmp, calibration)
         agree, diff = agreement(fp32, tmp, check)
         n_check = sum(len(f["image"]) for f in check)
@@ -165,9 +162,6 @@ def quantize_checked(
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     n_calib = sum(len(f["image"]) for f in calibration)
     return Int8Result(out, agree, diff, n_calib, n_check)
 

@@ -251,7 +251,7 @@ def _resolve_bodies(s1: TrainConfig, log) -> tuple[TrainConfig, dict[str, str]]:
     """Stage I's ``weights`` resolved as the commands resolve them (``phantom``: the verified
     body files, built on first use in the weight cache); their ``phantom:<sha256>`` labels join
     Stage I's fingerprint, so a rebuilt body re-runs Stage I."""
-    from cxrguide.experiments.pretrain import resolve_bodies
+    from cxrguide.experiments.phantom_body import resolve_bodies
     from cxrguide.training.dispatch import backbones
 
     if WeightsSpec.parse(s1.weights, "stage1.weights").kind != "phantom":

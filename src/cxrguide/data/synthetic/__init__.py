@@ -3,7 +3,7 @@
 Modules: :mod:`.canvas` (canonical frame, raster helpers), :mod:`.anatomy` (chest),
 :mod:`.findings` (consolidation, ground glass), :mod:`.styles` (acquisition styles),
 :mod:`.markers` (shortcut markers), :mod:`.render` (one film), :mod:`.generate` (plan, parallel
-writing, resume), :mod:`.preview` (contact sheet), :mod:`.fairness` (is the task fair?).
+writing, resume), :mod:`.preview` (contact sheet), :mod:`.task_check` (is the task a fair test?).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""The fairness proof at small size (full-size numbers: bench/synth_fairness.py, README)."""
+"""The task check (is the phantom task a fair test?) at small size (full-size numbers:
+bench/synth_fairness.py, README)."""
 
 from dataclasses import replace
 
 import pytest
 
 from cxrguide.config import SynthConfig
-from cxrguide.data.synthetic import fairness as F
 from cxrguide.data.synthetic import plan_dataset
+from cxrguide.data.synthetic import task_check as F
 
 BASE = SynthConfig(n=450, size=64, seed=11, shortcut_test=90)
 

@@ -1,4 +1,5 @@
-"""Evidence that the synthetic task is fair: not in global statistics, learnable, shortcut-prone.
+"""Checks that the synthetic task is a fair test (not ML fairness): the class is not in global
+statistics, it is learnable, and markers make it shortcut-prone.
 
 Three checks, shared by ``bench/synth_fairness.py`` (full size, prints numbers for the README)
 and the tests (small size):
@@ -14,10 +15,13 @@ Films are drawn in memory (no files); train/test is split by patient.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -115,6 +119,47 @@ class TrainResult:
     epochs: int
 
 
+class _ShiftedBatches:
+    """Shuffled batches, each rolled sideways by -3..3 px: the permutation and the shifts come
+    from one generator seeded once, in the order the loop this replaced drew them."""
+
+    def __init__(self, x, t, batch: int, seed: int) -> None:
+        import torch
+
+        self.x, self.t, self.batch = x, t, batch
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[tuple]:
+        import torch
+
+        for idx in torch.randperm(len(self.x), generator=self.g).split(self.batch):
+            shift = int(torch.randint(-3, 4, (1,), generator=self.g))
+            yield torch.roll(self.x[idx], shifts=shift, dims=3), self.t[idx]
+
+
+class _CnnTask:
+    """Engine task: plain cross-entropy, accuracy as a metric."""
+
+    def __init__(self) -> None:
+        from torch import nn
+
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def train_step(self, model, batch: tuple) -> tuple:
+        xb, yb = batch
+        logits = model(xb)
+        loss = self.loss_fn(logits, yb)
+        hits = int((logits.argmax(1) == yb).sum())
+        return loss, {"loss": loss.item() * len(yb), "acc": hits, "n": len(yb)}
+
+    def eval_step(self, model, batch: tuple) -> dict[str, float]:
+        return self.train_step(model, batch)[1]
+
+
+class _OutOfTime(Exception):
+    """``max_seconds`` passed: stop after the epoch that crossed it."""
+
+
 def train_cnn(
     images: np.ndarray,
     y: np.ndarray,
@@ -126,35 +171,41 @@ def train_cnn(
     width: int = 16,
     max_seconds: float | None = None,
 ) -> TrainResult:
-    """Plain AdamW + one-cycle schedule, horizontal shifts as the only augmentation."""
+    """Plain AdamW + one-cycle schedule, horizontal shifts as the only augmentation; run by
+    :func:`cxrguide.core.engine.fit` (on the CPU, no validation split, checkpoints in a temp
+    folder that is removed afterwards)."""
     import torch
+
+    from cxrguide.core.engine import EngineConfig, fit
 
     torch.manual_seed(seed)
     if threads > 0:
         torch.set_num_threads(threads)
-    g = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
     t = torch.from_numpy(y).long()
     model = small_cnn(width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    cfg = EngineConfig(
+        max_epochs=epochs, seed=seed, device="cpu", progress=False, track=False, reseed=False
+    )
     start = time.perf_counter()
     done = 0
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(x), generator=g).split(batch):
-            xb = x[idx]
-            shift = int(torch.randint(-3, 4, (1,), generator=g))
-            xb = torch.roll(xb, shifts=shift, dims=3)
-            opt.zero_grad()
-            loss_fn(model(xb), t[idx]).backward()
-            opt.step()
-            sched.step()
-        done += 1
+
+    def count(epoch: int, _row: dict) -> None:
+        nonlocal done
+        done = epoch + 1
         if max_seconds is not None and time.perf_counter() - start > max_seconds:
-            break
+            raise _OutOfTime
+
+    batches = _ShiftedBatches(x, t, batch, seed)
+    task = _CnnTask()
+    with (
+        tempfile.TemporaryDirectory(prefix="cxrguide-task-check-") as work,
+        contextlib.suppress(_OutOfTime),
+    ):
+        fit(model, task, batches, None, opt, cfg, work, on_epoch_end=count, scheduler=sched)
     return TrainResult(model, time.perf_counter() - start, done)
 
 
@@ -170,7 +221,7 @@ def accuracy(model, images: np.ndarray, y: np.ndarray, batch: int = 128) -> floa
     return correct / max(1, len(images))
 
 
-def fairness_report(
+def task_check_report(
     n: int = 900,
     size: int = 128,
     seed: int = 0,

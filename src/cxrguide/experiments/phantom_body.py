@@ -12,8 +12,8 @@ timm body, marked ``cxrguide_body: phantom`` in its metadata, so any ``--weights
 labels it correctly) and ``phantom-<backbone>.json`` (the model card: data, recipe, held-out
 accuracy, seed, versions, SHA-256) with a readable ``.md`` twin. Both are written atomically, card
 last, so a half-written body is never taken for a finished one; a killed build resumes from its
-last epoch (``.phantom-<backbone>.work/``). The phantoms and the training loop are
-:mod:`.phantom_training`'s (its public names are re-exported here).
+last epoch (``.phantom-<backbone>.work/``). The phantoms and the engine task that trains them
+are :mod:`.phantom_training`'s (its public names are re-exported here).
 """
 
 from __future__ import annotations
@@ -144,9 +144,7 @@ def pretrain(cfg: PretrainConfig, progress: bool = True) -> PretrainResult:
     x, lesions, y, train, test = draw_phantoms(cfg)
     seed_everything(cfg.seed)
     model = create_model(name, "none", seed=cfg.seed).to(device)
-    train_body(
-        cfg, model, x, lesions, y, train, work, device, progress, run, {"backbone": name, **recipe}
-    )
+    train_body(cfg, model, x, lesions, y, train, work, progress, run, {"backbone": name, **recipe})
     acc = accuracy(model, x[test], y[test], device)
     seconds = time.perf_counter() - t0
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from cxrguide.config.pretrain import PretrainConfig
 from cxrguide.errors import CxrGuideError
-from cxrguide.experiments import pretrain as P
+from cxrguide.experiments import phantom_body as P
 from cxrguide.experiments.phantom_training import lesion_loss
 from cxrguide.models.weights import OFFLINE_ENV, WEIGHTS_ENV, file_sha256
 from cxrguide.models.zoo import create_model
@@ -155,7 +155,7 @@ def test_the_body_file_header_is_the_same_in_every_process(tmp_path):
 
     code = (
         "import sys; from cxrguide.config.pretrain import PretrainConfig; "
-        "from cxrguide.experiments.pretrain import pretrain; "
+        "from cxrguide.experiments.phantom_body import pretrain; "
         f"pretrain(PretrainConfig(out=sys.argv[1], **{TINY!r}), progress=False)"
     )
     headers = set()
