@@ -22,10 +22,13 @@ run; the JSON line's ``int8`` block has its speed-up over eager fp32 and over ON
 and its top-1 agreement per backbone, ``cpu_flags`` the instruction sets it ran with). Without
 ``--run`` each backbone has random weights (seeded; ``--weights
 imagenet`` for pretrained bodies) and the paper head; weights do not change speed. With
-``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks).
+``--run RUN`` a trained run's network is timed (a gated run gets elliptic lung masks); with
+``--data PREP`` the timed films (and the agreement) are PREP's test films and INT8 is calibrated
+on its validation films, as ``export --int8`` does; ``--no-int8-reduce-range``: 8-bit weights.
 
     python bench/inference.py [--quick] [--backbones all|a,b] [--batch 32] [--batches 2]
         [--repeats 10] [--size 0] [--latency-runs 10] [--threads 0] [--paths fp32,...] [--run RUN]
+        [--data PREP] [--no-int8-reduce-range]
 
 Measured before the paths were interleaved (one after another, 2 repeats; shared 2-core Xeon with
 AMX/AVX512-BF16, load average 6-10 from other jobs; batch
@@ -52,7 +55,9 @@ import numpy as np
 import torch
 
 from _common import add_quick, emit, interleave, load, spread, torch_threads
+from cxrguide.data.datasets import Prepared
 from cxrguide.data.imaging import letterbox, read_image
+from cxrguide.data.transforms import resize_image
 from cxrguide.errors import ImageReadError
 from cxrguide.inference.export import ExportModule, example_inputs, export_onnx
 from cxrguide.inference.onnx_backend import OnnxRunner
@@ -65,9 +70,23 @@ PATHS = ("fp32", "channels_last", "bf16", "onnx", "onnx_int8")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def load_images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """``(n, size, size)`` float32 inputs: real films when available, else noisy phantoms."""
+def prepared_images(prep: Path, split: str, n: int, size: int, seed: int = 0) -> np.ndarray:
+    """``(n, size, size)`` float32 films of a prepared folder's split (a run's own data), a
+    seeded sample, at the model's side by the one resize rule."""
+    prepared = Prepared.open(prep)
+    rows = prepared.rows(split)
+    if len(rows) < n:
+        raise SystemExit(f"{prep}: split {split!r} has {len(rows)} films, {n} needed")
+    rows = np.sort(np.random.default_rng(seed).permutation(rows)[:n])
+    images = torch.from_numpy(prepared.images[rows].astype(np.float32) / 255)
+    return resize_image(images, size).numpy() if prepared.size != size else images.numpy()
 
+
+def load_images(n: int, size: int, seed: int = 0, data: Path | None = None) -> np.ndarray:
+    """``(n, size, size)`` float32 inputs: ``data``'s test films when given, else real films
+    from ``../shared/data`` when available, else noisy phantoms."""
+    if data is not None:
+        return prepared_images(data, "test", n, size, seed)
     files, _ = collect_inputs([SHARED]) if SHARED.is_dir() else ([], [])
     rng = np.random.default_rng(seed)
     rng.shuffle(files)
@@ -89,9 +108,15 @@ def load_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
-def calibration_feeds(size: int, gate: bool, n: int = 32) -> list[dict[str, np.ndarray]]:
-    """INT8 calibration batches: films drawn with another seed than the timed ones."""
-    images = load_images(n, size, seed=1)[:, None]
+def calibration_feeds(
+    size: int, gate: bool, n: int = 32, data: Path | None = None
+) -> list[dict[str, np.ndarray]]:
+    """INT8 calibration batches: films drawn with another seed than the timed ones (with
+    ``data``: its validation films, as ``export --int8`` calibrates)."""
+    if data is not None:
+        images = prepared_images(data, "val", n, size, seed=1)[:, None]
+    else:
+        images = load_images(n, size, seed=1)[:, None]
     masks = example_inputs(size, True, batch=n, seed=1)[1].numpy() if gate else None
     feeds = []
     for i in range(0, n, 8):
@@ -102,13 +127,18 @@ def calibration_feeds(size: int, gate: bool, n: int = 32) -> list[dict[str, np.n
     return feeds
 
 
-def make_runner(path: str, model: torch.nn.Module, size: int, gate: bool, tmp: Path):
+def make_runner(
+    path: str, model: torch.nn.Module, size: int, gate: bool, tmp: Path, args: argparse.Namespace
+):
     """A callable ``(x (B,1,S,S) tensor, mask|None) -> probabilities (B,3) numpy``."""
     if path in ("onnx", "onnx_int8"):
         file = tmp / "model.onnx"
         export_onnx(ExportModule(model, size, gate).eval(), file, size)
         if path == "onnx_int8":  # calibrated on other films than the timed ones
-            file = quantize_onnx(file, tmp / "model.int8.onnx", calibration_feeds(size, gate))
+            feeds = calibration_feeds(size, gate, data=args.data)
+            file = quantize_onnx(
+                file, tmp / "model.int8.onnx", feeds, reduce_range=args.int8_reduce_range
+            )
         runner = OnnxRunner(file, threads=torch.get_num_threads())
         return lambda x, m: runner(x.numpy(), None if m is None else m.numpy())
     fast = path in ("channels_last", "bf16")
@@ -140,7 +170,7 @@ def bench_one(model, size: int, gate: bool, images: np.ndarray, args) -> dict[st
         runs = {}
         for path in args.paths:
             (Path(tmp) / path).mkdir()
-            runs[path] = make_runner(path, _copy(model), size, gate, Path(tmp) / path)
+            runs[path] = make_runner(path, _copy(model), size, gate, Path(tmp) / path, args)
             for _ in range(2):  # warm-up: kernel selection, allocations, ORT arenas
                 runs[path](*batches[0])
             runs[path](*one)
@@ -224,6 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         default="none",
         help="none | imagenet (offline from $CXRGUIDE_WEIGHTS_DIR) for the bodies",
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="PREP",
+        help="time this prepared folder's test films, calibrate INT8 on its validation films",
+    )
+    parser.add_argument(
+        "--int8-reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="INT8 weights in 7 bits (export's default; --no-: 8 bits, for VNNI CPUs)",
+    )
     add_quick(parser)
     args = parser.parse_args(argv)
     if args.quick:  # one small backbone, 2 batches of 8 per pass
@@ -260,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, model, size, gate in jobs:
         if model is None:
             model = create_model(name, args.weights, seed=0).eval()
-        images = load_images(args.batch * args.batches, size)
+        images = load_images(args.batch * args.batches, size, data=args.data)
         res = bench_one(model, size, gate, images, args)
         table[name] = res
         cells = " ".join(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 
 from cxrguide.cli import main
@@ -14,6 +16,7 @@ from cxrguide.inference import quantize
 from cxrguide.inference.export import export_run
 from cxrguide.inference.onnx_backend import OnnxRunner
 from cxrguide.inference.predictor import Predictor
+from cxrguide.labels import CLASSES
 from cxrguide.models.saved import load_run
 from inference_helpers import tiny_run
 
@@ -88,3 +91,44 @@ def test_predictor_int8_backend_is_cached_and_close_to_fp32(exports, tmp_path, m
     stamp = cached[0].stat().st_mtime_ns
     Predictor(exports["run"], backend="onnx-int8")  # the second start reuses the file
     assert cached[0].stat().st_mtime_ns == stamp
+
+
+def _weight_extremes(path: Path) -> int:
+    """The largest |int8 weight| stored in a QDQ file."""
+    graph = onnx.load(str(path)).graph
+    return max(
+        int(np.abs(onnx.numpy_helper.to_array(t).astype(np.int32)).max())
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.INT8
+    )
+
+
+def test_no_int8_reduce_range_gives_8_bit_weights(exports, tmp_path, capsys):
+    out = tmp_path / "int8-w8.onnx"
+    argv = ["export", str(exports["run"]), "--int8", "--no-int8-reduce-range", "--out", str(out)]
+    assert main([*argv, "--min-agreement", "0"]) == 0, capsys.readouterr().err
+    assert OnnxRunner(out).metadata["int8_weight_bits"] == "8"
+    assert OnnxRunner(exports["int8"]).metadata["int8_weight_bits"] == "7"
+    # per-channel scales put each channel's largest weight at the end of the range
+    assert _weight_extremes(out) == 127
+    assert _weight_extremes(exports["int8"]) == 64  # 7 bits: [-64, 64]
+
+
+def test_evaluate_scores_the_int8_file_on_test_like_fp32(exports, tmp_path, capsys):
+    """`evaluate --onnx` is how the INT8 file's test accuracy is measured beside fp32's."""
+    _, info = load_run(exports["run"])
+    tables, scored = {}, {}
+    for kind in ("fp32", "int8"):
+        out = tmp_path / kind
+        argv = ["evaluate", "--onnx", str(exports[kind]), "--data", str(info.data)]
+        assert main([*argv, "--split", "test", "--bootstrap", "20", "--out", str(out)]) == 0
+        scored[kind] = json.loads((out / "metrics_test.json").read_text())
+        assert scored[kind]["onnx"]["output"] == "probabilities"
+        tables[kind] = pd.read_csv(out / "predictions_test.csv")
+    assert "accuracy" in capsys.readouterr().out
+    probs = [t[[f"p_{c}" for c in CLASSES]].to_numpy() for t in tables.values()]
+    assert len(probs[0]) == 6 and not np.array_equal(probs[0], probs[1])  # really the INT8 graph
+    np.testing.assert_allclose(probs[1], probs[0], atol=0.2)  # a 1-epoch net: small margins
+    int8 = tables["int8"]
+    accuracy = float((int8["predicted"] == int8["true"]).mean())
+    assert scored["int8"]["accuracy"] == pytest.approx(accuracy)  # scored from the INT8 answers

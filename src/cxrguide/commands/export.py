@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         calibration_films=cfg.calibration_films,
         min_agreement=cfg.min_agreement,
         seed=cfg.seed,
+        int8_reduce_range=cfg.int8_reduce_range,
     )
     if result.agreement is not None:
         check = (

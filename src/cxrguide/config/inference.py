@@ -119,6 +119,11 @@ class ExportConfig:
     calibration_films: int = _f(64, "validation films used to calibrate --int8")
     min_agreement: float = _f(0.99, "refuse --int8 below this top-1 agreement with fp32")
     seed: int = _f(0, "seed choosing the calibration films")
+    int8_reduce_range: bool = _f(
+        True,
+        "--int8 weights in 7 bits: exact on AVX2 CPUs without VNNI; --no-int8-reduce-range "
+        "(8 bits) only for CPUs with VNNI (docs/performance.md)",
+    )
 
     def validate(self) -> None:
         if not 18 <= self.opset <= 23:

@@ -308,11 +308,13 @@ def export_run(
     calibration_films: int = 64,
     min_agreement: float = 0.99,
     seed: int = 0,
+    int8_reduce_range: bool = True,
 ) -> ExportResult:
     """Export a run folder's classifier; with ``check`` fail unless parity is within 1e-4.
 
     ``int8``: the checked fp32 graph statically quantized on the run's validation films
-    (:mod:`cxrguide.inference.quantize`), refused below ``min_agreement`` top-1 agreement.
+    (:mod:`cxrguide.inference.quantize`; ``int8_reduce_range``: 7-bit weights), refused below
+    ``min_agreement`` top-1 agreement.
     """
     from cxrguide.models.saved import load_run
 
@@ -333,7 +335,16 @@ def export_run(
     meta = run_metadata(info, run_identifier(run), rel)
     if int8:
         return _export_int8(
-            module, info, run, out, meta, opset, calibration_films, min_agreement, seed
+            module,
+            info,
+            run,
+            out,
+            meta,
+            opset,
+            calibration_films,
+            min_agreement,
+            seed,
+            int8_reduce_range,
         )
     with atomic_path(out) as tmp:  # a file that fails its parity check never reaches --out
         if fmt == "onnx":
@@ -361,6 +372,7 @@ def _export_int8(
     calibration_films: int,
     min_agreement: float,
     seed: int,
+    reduce_range: bool,
 ) -> ExportResult:
     """fp32 export (parity-checked) in a temp folder, then the checked INT8 file at ``out``."""
 
@@ -373,7 +385,13 @@ def _export_int8(
                 f"{run}: the fp32 ONNX graph differs from PyTorch by {diff:.2e}; not quantizing it"
             )
         result = quantize_checked(
-            fp32, out, calibration, check, min_agreement=min_agreement, metadata=meta
+            fp32,
+            out,
+            calibration,
+            check,
+            min_agreement=min_agreement,
+            metadata=meta,
+            reduce_range=reduce_range,
         )
     names = ["image", "lung_mask"] if info.lung_gate else ["image"]
     return ExportResult(out, "onnx-int8", names, result.max_abs_diff, result.agreement)

@@ -2,11 +2,12 @@
 
 ONNX Runtime's ``quantize_static`` in QDQ format with per-channel weights, calibrated on films of
 the run's own validation split (never test). Activations are unsigned and weights signed (U8S8)
-with ``reduce_range``: the combination ONNX Runtime recommends for x86 CPUs without VNNI, where
-signed activations fall back to a slower kernel. The quantized file is kept only if its top-1
-answers agree with the fp32 graph on validation films at or above ``min_agreement``; otherwise
-the measured agreement is the error message. Measurements: ``bench/inference.py`` and
-``docs/performance.md``.
+with ``reduce_range`` (7-bit weights): the combination ONNX Runtime recommends for x86 CPUs
+without VNNI, where signed activations fall back to a slower kernel and 8-bit weights overflow
+the AVX2 kernel's 16-bit sums; ``reduce_range=False`` (8-bit weights) is for CPUs with VNNI. The
+quantized file is kept only if its top-1 answers agree with the fp32 graph on validation films at
+or above ``min_agreement``; otherwise the measured agreement is the error message. Measurements:
+``bench/inference.py`` and ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -80,8 +81,12 @@ def _feeds(prepared: Prepared, rows: np.ndarray, info: RunInfo, batch: int) -> l
     return feeds
 
 
-def quantize_onnx(fp32: Path, out: Path, calibration: list[Feed]) -> Path:
-    """Write the INT8 QDQ version of ``fp32`` to ``out`` (shape inference + static ranges)."""
+def quantize_onnx(
+    fp32: Path, out: Path, calibration: list[Feed], *, reduce_range: bool = True
+) -> Path:
+    """Write the INT8 QDQ version of ``fp32`` to ``out`` (shape inference + static ranges).
+
+    ``reduce_range``: 7-bit weights, which the AVX2 U8S8 kernel needs to stay exact."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -109,7 +114,7 @@ def quantize_onnx(fp32: Path, out: Path, calibration: list[Feed]) -> Path:
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            reduce_range=True,
+            reduce_range=reduce_range,
         )
     return out
 
@@ -134,6 +139,7 @@ def quantize_checked(
     *,
     min_agreement: float = MIN_AGREEMENT,
     metadata: dict[str, str] | None = None,
+    reduce_range: bool = True,
 ) -> Int8Result:
     """Quantize, measure agreement, and keep ``out`` only when it agrees well enough.
 
@@ -143,7 +149,7 @@ def quantize_checked(
     import onnx
 
     with atomic_path(out) as tmp:
-        quantize_onnx(fp32, tmp, calibration)
+        quantize_onnx(fp32, tmp, calibration, reduce_range=reduce_range)
         agree, diff = agreement(fp32, tmp, check)
         n_check = sum(len(f["image"]) for f in check)
         if agree < min_agreement:
@@ -156,6 +162,7 @@ def quantize_checked(
             "precision": "int8",
             "int8_agreement": f"{agree:.6f}",
             "int8_check_films": str(n_check),
+            "int8_weight_bits": "7" if reduce_range else "8",
         }
         del proto.metadata_props[:]
         for key, value in facts.items():
