@@ -34,6 +34,23 @@ from cxrguide.lungs.train import train_lungs
 from cxrguide.training.dispatch import train
 from lung_phantoms import phantom, prepared_lung_phantoms
 
+# The tiny Stage I run the training tests start from (fields they all share; override per test).
+TINY_TRAIN = dict(
+    stage=1,
+    backbone="mobilenet_v2",
+    weights="none",
+    image_size=64,
+    max_epochs=2,
+    batch_size=8,
+    seed=0,
+    lr=1e-2,
+)
+
+
+def tiny_train_config(prep: Path | None, out: Path, **kw) -> TrainConfig:
+    """A :data:`TINY_TRAIN` config on ``prep`` writing to ``out``, with ``kw`` on top."""
+    return TrainConfig(**{**TINY_TRAIN, "data": prep, "out": out, **kw})
+
 
 def session_root(tmp_path_factory) -> Path:
     """This run's temp root: the session's base temp, or under xdist the folder above the

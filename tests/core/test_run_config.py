@@ -4,7 +4,6 @@ a full disk while saving a checkpoint is an OSError naming the file and leaves n
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,24 +15,12 @@ from cxrguide.core.run_config import claim_run_config
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.training import dispatch
+from inference_helpers import tiny_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        stage=1,
-        data=prep,
-        backbone="mobilenet_v2",
-        out=out,
-        weights="none",
-        image_size=64,
-        max_epochs=2,
-        batch_size=8,
-        seed=0,
-        lr=1e-2,
-    )
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_train_config
 
 
 def test_resume_with_changed_config_is_refused_naming_fields(tiny_prepared, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from cxrguide.training.losses import (
     l2_penalty,
     paper_cross_entropy,
 )
+from inference_helpers import tiny_train_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,20 +74,7 @@ def test_balanced_sampler_draws_classes_equally_and_reproducibly():
     assert not np.array_equal(first, drawn(0, 1))
 
 
-def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        stage=1,
-        data=prep,
-        backbone="mobilenet_v2",
-        out=out,
-        weights="none",
-        image_size=64,
-        max_epochs=1,
-        batch_size=8,
-        seed=0,
-        lr=1e-2,
-    )
-    return TrainConfig(**{**base, **kw})
+_cfg = partial(tiny_train_config, max_epochs=1)
 
 
 def test_history_logs_l2_apart_from_cross_entropy(tiny_prepared, tmp_path):

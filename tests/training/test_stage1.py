@@ -8,7 +8,6 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from cxrguide.config import TrainConfig
 from cxrguide.errors import CxrGuideError
 from cxrguide.evaluation.evaluate import score_split
 from cxrguide.models.classifier import CxrClassifier
@@ -16,25 +15,13 @@ from cxrguide.models.saved import load_run
 from cxrguide.models.weights import WEIGHTS_ENV
 from cxrguide.models.zoo import create_model
 from cxrguide.training import dispatch, stage1
+from inference_helpers import tiny_train_config
 from tracking_testutils import assert_events_match_history
 
 pytestmark = pytest.mark.usefixtures("no_bootstrap")  # the CIs: tests/evaluation
 
 
-def _cfg(prep: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        stage=1,
-        data=prep,
-        backbone="mobilenet_v2",
-        out=out,
-        weights="none",
-        image_size=64,
-        max_epochs=2,
-        batch_size=8,
-        seed=0,
-        lr=1e-2,
-    )
-    return TrainConfig(**{**base, **kw})
+_cfg = tiny_train_config
 
 
 def test_stage1_feature_cache_equals_training_the_frozen_whole_model(tiny_prepared, tmp_path):

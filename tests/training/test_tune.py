@@ -16,6 +16,7 @@ from cxrguide.evaluation import evaluate as E
 from cxrguide.evaluation.evaluate import evaluate_run, score_split
 from cxrguide.training import dispatch
 from cxrguide.training import tune as T
+from inference_helpers import TINY_TRAIN
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -37,16 +38,9 @@ def fast_eval(monkeypatch):
 
 def _cfg(prep: Path, out: Path, **kw) -> TuneConfig:
     base = dict(
-        stage=1,
+        **TINY_TRAIN,
         data=prep,
-        backbone="mobilenet_v2",
         out=out,
-        weights="none",
-        image_size=64,
-        max_epochs=2,
-        batch_size=8,
-        lr=1e-2,
-        seed=0,
         trials=2,
         startup_trials=1,
         prune_warmup=1,
